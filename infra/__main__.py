@@ -1,0 +1,32 @@
+"""The Pulumi program: `pulumi up` (or `python -m tools plan`) runs this file as __main__."""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs `main: infra/` as a script directory; the `infra` package lives one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.config import StackConfig
+from infra.platform import Platform
+
+config = StackConfig.from_pulumi()
+
+# One explicit provider: every resource inherits its project and the stack's cost labels.
+provider = gcp.Provider(
+    "gcp",
+    project=config.project_id,
+    region=config.regions[0],
+    default_labels=config.labels,
+)
+platform = Platform("signal-platform", config, pulumi.ResourceOptions(providers=[provider]))
+
+pulumi.export("project", config.project_id)
+pulumi.export("regions", list(config.regions))
+pulumi.export("network", platform.vpc.network.id)
+pulumi.export("subnets", {name: r.network.subnet.id for name, r in platform.regions.items()})
+pulumi.export("registry", platform.artifacts.registry.registry_uri)
+pulumi.export("modelBucket", platform.artifacts.models.url)
+pulumi.export("serviceAccounts", {k: a.email for k, a in platform.accounts.workloads.items()})

@@ -1,0 +1,624 @@
+"""Typed stack configuration: the only place the Pulumi program reads configuration.
+
+`Pulumi.<stack>.yaml` → `StackConfig.load(...)` → one validated, frozen model. Keys are
+camelCase in YAML (Pulumi's convention) and snake_case in Python. Every error names the
+stack file, the key path, the bad value and what is allowed, and all errors of a file are
+reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "signal-platform"
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+REQUIRED_LABELS = ("cost-center", "env", "owner")
+DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+
+
+class ConfigError(ValueError):
+    """Every problem found in one stack's configuration, each on its own line."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {p}" for p in problems]
+        super().__init__(
+            f"invalid stack configuration ({len(problems)} problem(s)):\n" + "\n".join(lines)
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    value: Any
+    message: str
+    allowed: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message} (got {self.value!r})"
+        return f"{text}; allowed: {self.allowed}" if self.allowed else text
+
+
+# --------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The dated GPU catalogue (`infra/catalog.yaml`)."""
+
+    as_of: str
+    source: str
+    zones: Mapping[str, tuple[str, ...]]
+    gpu_zones: Mapping[str, Mapping[str, tuple[str, ...]]]
+    machines: Mapping[str, Mapping[str, Any]]
+
+    def gpus_in(self, region: str) -> Mapping[str, tuple[str, ...]]:
+        return self.gpu_zones.get(region, {})
+
+
+@cache
+def load_catalog(path: Path = CATALOG_PATH) -> Catalog:
+    raw = yaml.safe_load(path.read_text())
+    regions = raw["regions"]
+    return Catalog(
+        as_of=str(raw["as_of"]),
+        source=raw["source"],
+        zones={r: tuple(v["zones"]) for r, v in regions.items()},
+        gpu_zones={
+            r: {g: tuple(z) for g, z in (v.get("gpus") or {}).items()} for r, v in regions.items()
+        },
+        machines=raw["machines"],
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Model(BaseModel):
+    """Base for every config section: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class AuthorizedNetwork(Model):
+    cidr: str
+    name: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        network = ipaddress.ip_network(value, strict=False)
+        if network.prefixlen == 0:
+            raise ValueError("0.0.0.0/0 would expose the control plane to the internet")
+        return str(network)
+
+
+class MaintenanceWindow(Model):
+    # RFC 5545 recurrence, in UTC: weekends, outside trading hours.
+    start_time: str = "2026-01-03T04:00:00Z"
+    end_time: str = "2026-01-03T10:00:00Z"
+    recurrence: str = "FREQ=WEEKLY;BYDAY=SA,SU"
+
+
+class ClusterSettings(Model):
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
+    kubernetes_minor_version: str = "1.33"
+    private_endpoint: bool = False
+    master_authorized_networks: tuple[AuthorizedNetwork, ...] = (
+        AuthorizedNetwork(cidr="10.0.0.0/8", name="internal"),
+    )
+    maintenance: MaintenanceWindow = MaintenanceWindow()
+    deletion_protection: bool | None = None  # None: on in prod, off elsewhere
+
+
+class NodePoolBase(Model):
+    machine_type: str
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(3, ge=1)
+    disk_size_gb: int = Field(100, ge=20)
+    disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
+
+
+class SystemPool(NodePoolBase):
+    machine_type: str = "e2-standard-4"
+    min_nodes: int = Field(1, ge=1)
+    max_nodes: int = Field(3, ge=1)
+
+
+class GpuPool(NodePoolBase):
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")
+    machine_type: str = "g2-standard-8"
+    accelerator_type: str = "nvidia-l4"
+    accelerator_count: int = Field(1, ge=1)
+    spot: bool = True
+    max_nodes: int = Field(4, ge=1)
+    max_shared_clients_per_gpu: int = Field(2, ge=1, le=48)
+    sharing_strategy: Literal["TIME_SHARING", "MPS"] = "TIME_SHARING"
+    driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"
+
+
+class NodePools(Model):
+    system: SystemPool = SystemPool()
+    gpu: tuple[GpuPool, ...] = (GpuPool(name="l4-spot"),)
+
+
+class NetworkSettings(Model):
+    flow_log_sampling: float = Field(0.5, gt=0, le=1)
+    nat_log_filter: Literal["ERRORS_ONLY", "TRANSLATIONS_ONLY", "ALL"] = "ERRORS_ONLY"
+
+
+class RegionNetwork(Model):
+    """Address plan of one region; derived from the region's position unless overridden."""
+
+    nodes_cidr: str
+    pods_cidr: str
+    services_cidr: str
+    master_cidr: str
+
+    @field_validator("nodes_cidr", "pods_cidr", "services_cidr", "master_cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        return str(ipaddress.ip_network(value, strict=True))
+
+    @classmethod
+    def for_index(cls, index: int) -> RegionNetwork:
+        return cls(
+            nodes_cidr=f"10.{index}.0.0/20",
+            pods_cidr=f"10.{64 + 4 * index}.0.0/14",
+            services_cidr=f"10.{128 + index}.0.0/20",
+            master_cidr=f"172.16.{index}.0/28",
+        )
+
+
+class RedisSettings(Model):
+    shard_count: int = Field(3, ge=1, le=250)
+    replica_count: int = Field(1, ge=0, le=5)
+    node_type: Literal[
+        "REDIS_SHARED_CORE_NANO",
+        "REDIS_STANDARD_SMALL",
+        "REDIS_HIGHMEM_MEDIUM",
+        "REDIS_HIGHMEM_XLARGE",
+    ] = "REDIS_HIGHMEM_MEDIUM"
+    persistence: Literal["AOF", "RDB", "DISABLED"] = "AOF"
+
+
+class BigQuerySettings(Model):
+    location: str = "US"
+    partition_expiration_days: int = Field(90, ge=1)
+    time_travel_hours: int = Field(168, ge=48, le=168)
+    tables: tuple[Literal["ticks", "features", "signals"], ...] = ("ticks", "features", "signals")
+    view_refresh_minutes: int = Field(30, ge=1, le=10080)
+
+
+class PubSubSettings(Model):
+    message_retention_days: int = Field(7, ge=1, le=31)
+    max_delivery_attempts: int = Field(10, ge=5, le=100)
+    ack_deadline_seconds: int = Field(30, ge=10, le=600)
+
+
+class Resources(Model):
+    requests: dict[str, str]
+    limits: dict[str, str]
+
+
+class Workload(Model):
+    image: str = Field(min_length=1)
+    replicas: int = Field(2, ge=1)
+    max_replicas: int = Field(20, ge=1)
+    resources: Resources
+
+
+class Workloads(Model):
+    signal_service: Workload = Workload(
+        image="signal-service:dev",
+        resources=Resources(
+            requests={"cpu": "1", "memory": "1Gi"}, limits={"cpu": "2", "memory": "2Gi"}
+        ),
+    )
+    triton: Workload = Workload(
+        image="tritonserver:24.08-py3",
+        resources=Resources(
+            requests={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+            limits={"memory": "16Gi", "nvidia.com/gpu": "1"},
+        ),
+    )
+
+
+class Budget(Model):
+    monthly_usd: float
+    alert_thresholds: tuple[float, ...] = (0.5, 0.9, 1.0)
+
+
+class RegionOverride(Model):
+    node_pools: NodePools | None = None
+    cluster: ClusterSettings | None = None
+    redis: RedisSettings | None = None
+    network: RegionNetwork | None = None
+
+
+class StackConfig(Model):
+    """The whole stack, as validated once at program start."""
+
+    stack: str
+    project_id: str
+    environment: Literal["dev", "staging", "prod"]
+    regions: tuple[str, ...] = Field(min_length=1)
+    labels: dict[str, str]
+    budget: Budget
+    network: NetworkSettings = NetworkSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    node_pools: NodePools = NodePools()
+    region_overrides: dict[str, RegionOverride] = {}
+    redis: RedisSettings = RedisSettings()
+    bigquery: BigQuerySettings = BigQuerySettings()
+    pubsub: PubSubSettings = PubSubSettings()
+    workloads: Workloads = Workloads()
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def deletion_protection(self) -> bool:
+        setting = self.cluster.deletion_protection
+        return self.is_prod if setting is None else setting
+
+    def region(self, name: str) -> RegionConfig:
+        """The settings of one region: the stack's, with that region's overrides applied."""
+        override = self.region_overrides.get(name) or RegionOverride()
+        index = self.regions.index(name)
+        return RegionConfig(
+            name=name,
+            index=index,
+            zones=load_catalog().zones[name],
+            network=override.network or RegionNetwork.for_index(index),
+            cluster=override.cluster or self.cluster,
+            node_pools=override.node_pools or self.node_pools,
+            redis=override.redis or self.redis,
+        )
+
+    # ---- loading
+
+    @classmethod
+    def load(cls, stack: str, values: Mapping[str, Any], source: str | None = None) -> StackConfig:
+        """Validate a Pulumi config map (`{"signal-platform:regions": "[...]", ...}`)."""
+        source = source or f"Pulumi.{stack}.yaml"
+        data, problems = _namespace_values(values)
+        model: StackConfig | None = None
+        try:
+            model = cls.model_validate({"stack": stack, **data})
+        except ValidationError as exc:
+            problems += [_from_pydantic(err) for err in exc.errors()]
+        if model is not None:
+            problems += _semantic_problems(model, load_catalog())
+        if problems:
+            raise ConfigError(source, problems)
+        assert model is not None
+        return model
+
+    @classmethod
+    def from_stack_file(cls, path: Path, overrides: Mapping[str, str] | None = None) -> StackConfig:
+        """Read `Pulumi.<stack>.yaml` the way `pulumi config` hands it to the program."""
+        stack = path.name.removeprefix("Pulumi.").removesuffix(".yaml")
+        values = read_stack_file(path, project=NAMESPACE)
+        return cls.load(stack, {**values, **(overrides or {})}, source=path.name)
+
+    @classmethod
+    def from_pulumi(cls) -> StackConfig:
+        """Read the running program's configuration (what the language host passed in)."""
+        import pulumi
+        from pulumi.runtime import config as runtime_config
+
+        # The SDK has no public "all keys" accessor; its config map and the env fallback are
+        # what pulumi.Config reads, so reading them sees exactly the same values.
+        values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+        return cls.load(pulumi.get_stack(), values)
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    name: str
+    index: int
+    zones: tuple[str, ...]
+    network: RegionNetwork
+    cluster: ClusterSettings
+    node_pools: NodePools
+    redis: RedisSettings
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def read_stack_file(path: Path, project: str) -> dict[str, str]:
+    """`config:` of a stack file as Pulumi's language host passes it: `ns:key` → string
+    (objects and lists JSON-encoded); keys without a namespace belong to the project."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    config = raw.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(path.name, [Problem("config", config, "must be a mapping of keys")])
+    values: dict[str, str] = {}
+    for key, value in config.items():
+        full = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            raise ConfigError(
+                path.name, [Problem(full, "<secure>", "secrets need the Pulumi CLI to decrypt")]
+            )
+        values[full] = value if isinstance(value, str) else json.dumps(value)
+    return values
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _namespace_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """Our namespace's keys, decoded; unknown keys are problems with the closest valid name."""
+    known = {field.alias or name for name, field in StackConfig.model_fields.items()} - {"stack"}
+    data: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in values.items():
+        namespace, _, name = key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "no such key"
+            problems.append(Problem(key, value, f"unknown key, {hint}", ", ".join(sorted(known))))
+            continue
+        data[name] = _decode(value)
+    if "projectId" not in data and "gcp:project" in values:
+        data["projectId"] = values["gcp:project"]
+    return data, problems
+
+
+def _from_pydantic(err: Any) -> Problem:
+    loc = [str(p) for p in err["loc"]]
+    path = NAMESPACE + ":" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+    allowed = ""
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = str(ctx["expected"])
+    elif err["type"] == "extra_forbidden":
+        return Problem(path, err.get("input"), "unknown key")
+    elif err["type"] == "missing":
+        return Problem(path, None, "required key is missing")
+    elif "ge" in ctx or "gt" in ctx or "le" in ctx or "lt" in ctx:
+        bounds = {k: ctx[k] for k in ("ge", "gt", "le", "lt") if k in ctx}
+        allowed = ", ".join(f"{_OPS[k]} {v}" for k, v in bounds.items())
+    elif "pattern" in ctx:
+        allowed = f"matching {ctx['pattern']}"
+    message = err["msg"].removeprefix("Value error, ")
+    return Problem(path, err.get("input"), message, allowed)
+
+
+_OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def _semantic_problems(cfg: StackConfig, catalog: Catalog) -> list[Problem]:
+    """Rules that span fields, or need the catalogue."""
+    ns = NAMESPACE
+    problems: list[Problem] = []
+
+    if not PROJECT_ID_RE.match(cfg.project_id):
+        problems.append(
+            Problem(
+                f"{ns}:projectId",
+                cfg.project_id,
+                "not a valid GCP project id",
+                "6-30 chars, lowercase letters, digits, hyphens, starting with a letter",
+            )
+        )
+
+    for label in REQUIRED_LABELS:
+        if not cfg.labels.get(label):
+            problems.append(
+                Problem(
+                    f"{ns}:labels.{label}",
+                    cfg.labels.get(label),
+                    "required cost label is missing",
+                    ", ".join(REQUIRED_LABELS) + " all set",
+                )
+            )
+    for key, value in cfg.labels.items():
+        if not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(value):
+            problems.append(
+                Problem(
+                    f"{ns}:labels.{key}",
+                    value,
+                    "not a valid GCP label",
+                    "lowercase letters, digits, '_' and '-', at most 63 characters",
+                )
+            )
+    if cfg.labels.get("env") and cfg.labels["env"] != cfg.environment:
+        problems.append(
+            Problem(
+                f"{ns}:labels.env",
+                cfg.labels["env"],
+                "must equal the stack's environment",
+                cfg.environment,
+            )
+        )
+
+    if cfg.budget.monthly_usd <= 0:
+        problems.append(
+            Problem(
+                f"{ns}:budget.monthlyUsd", cfg.budget.monthly_usd, "budget must be positive", "> 0"
+            )
+        )
+
+    known_regions = sorted(catalog.zones)
+    if len(set(cfg.regions)) != len(cfg.regions):
+        problems.append(
+            Problem(
+                f"{ns}:regions", list(cfg.regions), "regions are listed twice", "unique regions"
+            )
+        )
+    for i, region in enumerate(cfg.regions):
+        if region not in catalog.zones:
+            close = difflib.get_close_matches(region, known_regions, n=1)
+            hint = f"unknown region (did you mean {close[0]}?)" if close else "unknown region"
+            problems.append(Problem(f"{ns}:regions[{i}]", region, hint, ", ".join(known_regions)))
+    for region in cfg.region_overrides:
+        if region not in cfg.regions:
+            problems.append(
+                Problem(
+                    f"{ns}:regionOverrides.{region}",
+                    region,
+                    "override for a region the stack does not deploy",
+                    ", ".join(cfg.regions),
+                )
+            )
+
+    for region in cfg.regions:
+        if region not in catalog.zones:
+            continue
+        base = (
+            f"{ns}:regionOverrides.{region}.nodePools"
+            if region in cfg.region_overrides and cfg.region_overrides[region].node_pools
+            else f"{ns}:nodePools"
+        )
+        problems += _pool_problems(cfg, cfg.region(region), base, catalog)
+
+    images = {"signalService": cfg.workloads.signal_service, "triton": cfg.workloads.triton}
+    if cfg.is_prod:
+        for name, workload in images.items():
+            if not DIGEST_RE.search(workload.image):
+                problems.append(
+                    Problem(
+                        f"{ns}:workloads.{name}.image",
+                        workload.image,
+                        "prod images must be pinned by digest",
+                        "name@sha256:<64 hex digits>",
+                    )
+                )
+    for name, workload in images.items():
+        if workload.replicas > workload.max_replicas:
+            problems.append(
+                Problem(
+                    f"{ns}:workloads.{name}.replicas",
+                    workload.replicas,
+                    "replicas exceed maxReplicas",
+                    f"<= {workload.max_replicas}",
+                )
+            )
+    if cfg.is_prod and cfg.workloads.signal_service.replicas < 2:
+        problems.append(
+            Problem(
+                f"{ns}:workloads.signalService.replicas",
+                cfg.workloads.signal_service.replicas,
+                "prod needs at least two replicas across zones",
+                ">= 2",
+            )
+        )
+    return problems
+
+
+def _pool_problems(
+    cfg: StackConfig, region: RegionConfig, base: str, catalog: Catalog
+) -> list[Problem]:
+    problems: list[Problem] = []
+    pools = region.node_pools
+    if pools.system.min_nodes > pools.system.max_nodes:
+        problems.append(
+            Problem(
+                f"{base}.system.minNodes",
+                pools.system.min_nodes,
+                f"minNodes is greater than maxNodes ({pools.system.max_nodes})",
+                "minNodes <= maxNodes",
+            )
+        )
+    offered = catalog.gpus_in(region.name)
+    names = [p.name for p in pools.gpu]
+    for i, pool in enumerate(pools.gpu):
+        path = f"{base}.gpu[{i}]"
+        if names.count(pool.name) > 1:
+            problems.append(
+                Problem(f"{path}.name", pool.name, "pool names must be unique", "unique names")
+            )
+        if pool.min_nodes > pool.max_nodes:
+            problems.append(
+                Problem(
+                    f"{path}.minNodes",
+                    pool.min_nodes,
+                    f"minNodes is greater than maxNodes ({pool.max_nodes})",
+                    "minNodes <= maxNodes",
+                )
+            )
+        if pool.accelerator_type not in offered:
+            problems.append(
+                Problem(
+                    f"{path}.acceleratorType",
+                    pool.accelerator_type,
+                    f"GPU type not offered in {region.name} (catalogue of {catalog.as_of})",
+                    ", ".join(sorted(offered)) or "none: this region offers no GPUs",
+                )
+            )
+        machine = catalog.machines.get(pool.machine_type)
+        if machine is None:
+            problems.append(
+                Problem(
+                    f"{path}.machineType",
+                    pool.machine_type,
+                    "not a GPU machine type",
+                    ", ".join(sorted(catalog.machines)),
+                )
+            )
+        elif machine["accelerator"] != pool.accelerator_type:
+            problems.append(
+                Problem(
+                    f"{path}.acceleratorType",
+                    pool.accelerator_type,
+                    f"{pool.machine_type} carries {machine['accelerator']}",
+                    machine["accelerator"],
+                )
+            )
+        else:
+            counts = machine.get("counts") or [machine["count"]]
+            if pool.accelerator_count not in counts:
+                problems.append(
+                    Problem(
+                        f"{path}.acceleratorCount",
+                        pool.accelerator_count,
+                        f"{pool.machine_type} takes a fixed number of GPUs",
+                        ", ".join(map(str, counts)),
+                    )
+                )
+    if cfg.is_prod:
+        for i, pool in enumerate(pools.gpu):
+            has_fallback = any(
+                not other.spot and other.accelerator_type == pool.accelerator_type
+                for other in pools.gpu
+            )
+            if pool.spot and not has_fallback:
+                problems.append(
+                    Problem(
+                        f"{base}.gpu[{i}].spot",
+                        True,
+                        f"spot pool {pool.name!r} in {region.name} has no on-demand fallback",
+                        f"an on-demand (spot: false) {pool.accelerator_type} pool beside it",
+                    )
+                )
+    return problems

@@ -1,0 +1,1 @@
+"""The offline engine: plan, check, diff and price a Pulumi stack with no cloud and no CLI."""

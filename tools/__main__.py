@@ -1,0 +1,27 @@
+"""`python -m tools <command>`: the offline engine's command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tools import plan_command
+
+# Each command module exposes add_parser(subparsers) and run(args) -> exit code.
+COMMANDS = [plan_command]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools",
+        description="Plan, check, diff and price a Pulumi stack offline: no cloud, no Pulumi CLI.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
