@@ -206,9 +206,12 @@ class BigQuerySettings(Model):
     time_travel_hours: int = Field(168, ge=48, le=168)
     tables: tuple[Literal["ticks", "features", "signals"], ...] = ("ticks", "features", "signals")
     view_refresh_minutes: int = Field(30, ge=1, le=10080)
+    dataset_id: str = Field("signals", pattern=r"^[a-z][a-z0-9_]{0,1023}$")
 
 
 class PubSubSettings(Model):
+    ticks_topic: str = "ticks"
+    signals_topic: str = "signals"
     message_retention_days: int = Field(7, ge=1, le=31)
     max_delivery_attempts: int = Field(10, ge=5, le=100)
     ack_deadline_seconds: int = Field(30, ge=10, le=600)
