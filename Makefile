@@ -31,6 +31,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright
 
 format: setup
 	$(VENV)/bin/ruff format .

@@ -13,7 +13,7 @@ from infra.config import NetworkSettings, RegionConfig
 HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22"]
 # Ports the GKE control plane calls on nodes: kubelet, webhooks (Istio's sidecar injector on 15017).
 CONTROL_PLANE_PORTS = ["443", "8443", "10250", "15017"]
-FIREWALL_LOGS = {"metadata": "INCLUDE_ALL_METADATA"}
+FIREWALL_LOGS: gcp.compute.FirewallLogConfigArgsDict = {"metadata": "INCLUDE_ALL_METADATA"}
 
 
 class Vpc(pulumi.ComponentResource):

@@ -38,7 +38,11 @@ UNKNOWN_MARK = "<unknown>"
 
 
 class PlanError(Exception):
-    """The program could not be planned: bad project files, or the program raised."""
+    """The program could not be planned: bad project files or arguments."""
+
+
+class UnknownInputsError(Exception):
+    """The program passes inputs its provider does not declare."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,7 @@ def plan(
         loop = asyncio.new_event_loop()
         try:
             asyncio.set_event_loop(loop)
-            loop.run_until_complete(
-                run_in_stack(lambda: runpy.run_path(str(project.main), run_name="__main__"))
-            )
+            loop.run_until_complete(run_in_stack(lambda: _run_main(project.main)))
         finally:
             loop.close()
             asyncio.set_event_loop(None)
@@ -140,6 +142,10 @@ def plan(
     return Inventory(
         stack=stack, project=project.name, resources=resources, outputs=monitor.outputs
     )
+
+
+def _run_main(main: Path) -> None:
+    runpy.run_path(str(main), run_name="__main__")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,8 @@ import time
 import traceback
 from pathlib import Path
 
-from tools.engine import PlanError, parse_overrides, plan, read_project
+from tools.engine import PlanError, UnknownInputsError, parse_overrides, plan, read_project
+from tools.input_check import check_inputs, unchecked_types
 from tools.inventory import Inventory
 
 
@@ -23,6 +24,11 @@ def add_program_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="override a config value (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-unknown-inputs",
+        action="store_true",
+        help="report inputs the provider does not know as warnings instead of errors",
     )
 
 
@@ -42,7 +48,25 @@ def plan_from_args(args: argparse.Namespace) -> Inventory:
     inventory = plan(args.program, args.stack, overrides)
     elapsed = time.perf_counter() - started
     print(f"planned {len(inventory.resources)} resources in {elapsed:.1f}s", file=sys.stderr)
+    _check_inputs(inventory, allow_unknown=args.allow_unknown_inputs)
     return inventory
+
+
+def _check_inputs(inventory: Inventory, allow_unknown: bool) -> None:
+    """Unknown inputs fail the plan (a real `pulumi up` would reject or ignore them)."""
+    unknown = check_inputs(inventory)
+    level = "warning" if allow_unknown else "error"
+    for problem in unknown:
+        print(f"{level}: {problem}", file=sys.stderr)
+    for type_token in unchecked_types(inventory):
+        print(
+            f"note: inputs of {type_token} not checked: no SDK class or CRD model", file=sys.stderr
+        )
+    if unknown and not allow_unknown:
+        raise UnknownInputsError(
+            f"{len(unknown)} input(s) the provider does not know; fix them, or pass"
+            " --allow-unknown-inputs to report them as warnings"
+        )
 
 
 def run_guarded(action, args: argparse.Namespace) -> int:
@@ -53,6 +77,9 @@ def run_guarded(action, args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except UnknownInputsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # the program under plan raised: show it as Pulumi would
         traceback.print_exc()
         print(f"\nerror: the program failed: {type(exc).__name__}: {exc}", file=sys.stderr)
