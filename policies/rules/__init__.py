@@ -1,0 +1,13 @@
+"""Every rule of the pack, one module per domain; `ALL_POLICIES` is what `__main__` serves."""
+
+from __future__ import annotations
+
+from rules import cost, data, gke, iam, istio, kubernetes, nodepool, stack
+
+DOMAINS = (gke, nodepool, kubernetes, istio, data, iam, cost, stack)
+ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.POLICIES]
+
+_names = [policy.name for policy in ALL_POLICIES]
+_duplicates = sorted({name for name in _names if _names.count(name) > 1})
+if _duplicates:
+    raise ValueError(f"policy ids must be unique; duplicated: {', '.join(_duplicates)}")

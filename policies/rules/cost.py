@@ -1,0 +1,167 @@
+"""Cost rules: cost-allocation labels, allowed regions, and the stack's monthly budget."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rules.kit import (
+    MANDATORY,
+    NotApplicable,
+    Resource,
+    StackResource,
+    resource_policy,
+    schema,
+    stack_policy,
+)
+from rules.label_fields import LABEL_FIELDS
+from rules.values import as_dict, as_list, as_str_map, get, is_unknown
+
+TAGS = ("cost",)
+GCP_PROVIDER = "pulumi:providers:gcp"
+_REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+\d+)-[a-z]$")
+DEFAULT_REGIONS = [
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-west1",
+    "us-west4",
+    "europe-west1",
+    "europe-west4",
+    "asia-northeast1",
+    "asia-southeast1",
+]
+
+
+def label_field(token: str, props: dict[str, Any]) -> tuple[str, bool] | None:
+    """Where a resource keeps its labels and whether provider default labels reach it;
+    None for types that take no labels (exempt)."""
+    if token in LABEL_FIELDS:
+        return LABEL_FIELDS[token]
+    if token.startswith("gcp:") and isinstance(props.get("labels"), dict):
+        return ("labels", True)  # a labelled type this table does not know yet
+    return None
+
+
+def required_labels(r: Resource) -> Iterator[str]:
+    field = label_field(r.type, r.props)
+    if field is None:
+        raise NotApplicable("this resource type takes no labels")
+    path, defaults_apply = field
+    labels = get(r.props, *path.split("."))
+    if is_unknown(labels):
+        return
+    merged = dict(as_str_map(get(r.provider_props, "defaultLabels"))) if defaults_apply else {}
+    merged.update(as_dict(labels))
+    missing = [k for k in r.config["requiredLabels"] if merged.get(k) in (None, "")]
+    if missing:
+        where = f"{path} or the provider's defaultLabels" if defaults_apply else path
+        yield f"missing cost labels {', '.join(missing)} (set them in {where})"
+
+
+def _region_of(value: str) -> str | None:
+    lowered = value.lower()
+    if _REGION.match(lowered):
+        return lowered
+    zone = _ZONE.match(lowered)
+    return zone.group(1) if zone else None
+
+
+def _locations(r: Resource) -> Iterator[tuple[str, Any]]:
+    for key in ("region", "location", "zone"):
+        yield key, get(r.props, key)
+    for index, zone in enumerate(as_list(get(r.props, "nodeLocations"))):
+        yield f"nodeLocations[{index}]", zone
+
+
+def allowed_regions(r: Resource) -> Iterator[str]:
+    regions = {str(x).lower() for x in r.config["allowedRegions"]}
+    multi = {str(x).lower() for x in r.config["allowedMultiRegions"]}
+    for key, value in _locations(r):
+        if not isinstance(value, str) or is_unknown(value) or not value:
+            continue
+        region = _region_of(value)
+        if region is not None and region not in regions:
+            yield f"{key} {value!r} is outside the allowed regions ({', '.join(sorted(regions))})"
+        elif region is None and value.lower() not in multi:
+            yield f"{key} {value!r} is not an allowed multi-region ({', '.join(sorted(multi))})"
+
+
+def _applies_to_regions(token: str) -> bool:
+    # BigQuery locations have their own rule (bigquery-allowed-locations).
+    return token == GCP_PROVIDER or (
+        token.startswith("gcp:") and not token.startswith("gcp:bigquery/")
+    )
+
+
+def monthly_budget(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    estimate, budget = config.get("estimatedMonthlyUsd"), config.get("budgetMonthlyUsd")
+    if not isinstance(estimate, int | float) or not isinstance(budget, int | float):
+        raise NotApplicable("no estimatedMonthlyUsd and budgetMonthlyUsd in the policy config")
+    if estimate > budget:
+        stack = next((r.urn for r in resources if r.type == "pulumi:pulumi:Stack"), None)
+        yield stack, f"estimated ${estimate:,.2f}/month exceeds the budget of ${budget:,.2f}/month"
+
+
+POLICIES = [
+    resource_policy(
+        name="cost-required-labels",
+        description="Every resource that takes labels carries the cost-allocation labels, on the "
+        "resource or through the provider's defaultLabels. Source: Checkov CKV_GCP_21 (cluster labels); "
+        "Google Cloud docs, 'Best practices for labels: cost allocation'.",
+        level=MANDATORY,
+        types=lambda token: token.startswith("gcp:"),
+        rule=required_labels,
+        config_schema=schema(
+            {
+                "requiredLabels": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["cost-center", "env", "owner"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="cost-allowed-regions",
+        description="Resources and providers stay in the allowed regions and multi-regions. "
+        "Source: Google Cloud docs, 'Resource locations' organization policy (gcp.resourceLocations).",
+        level=MANDATORY,
+        types=_applies_to_regions,
+        rule=allowed_regions,
+        config_schema=schema(
+            {
+                "allowedRegions": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": DEFAULT_REGIONS,
+                },
+                "allowedMultiRegions": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["global", "us", "eu"],
+                },
+            }
+        ),
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="cost-monthly-budget",
+        description="The stack's estimated monthly cost stays within its budget (both passed as policy "
+        "config; skipped when absent). Source: FinOps Foundation, 'Budget management'.",
+        level=MANDATORY,
+        rule=monthly_budget,
+        config_schema=schema(
+            {
+                "estimatedMonthlyUsd": {"type": "number", "minimum": 0},
+                "budgetMonthlyUsd": {"type": "number", "minimum": 0},
+            }
+        ),
+        tags=TAGS,
+    ),
+]

@@ -1,0 +1,414 @@
+"""Data-plane rules: Memorystore Redis, BigQuery, Pub/Sub, Cloud KMS and CMEK everywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from rules.kit import ADVISORY, MANDATORY, NotApplicable, Resource, resource_policy, schema
+from rules.values import as_int, as_list, duration_seconds, get, is_unknown, shown
+
+TAGS = ("data",)
+REDIS_CLUSTER = "gcp:redis/cluster:Cluster"
+REDIS_INSTANCE = "gcp:redis/instance:Instance"
+DATASET = "gcp:bigquery/dataset:Dataset"
+TABLE = "gcp:bigquery/table:Table"
+TOPIC = "gcp:pubsub/topic:Topic"
+SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
+CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+
+# Resource type → path to its customer-managed key.
+CMEK_FIELDS: dict[str, tuple[str, ...]] = {
+    DATASET: ("defaultEncryptionConfiguration", "kmsKeyName"),
+    TOPIC: ("kmsKeyName",),
+    REDIS_CLUSTER: ("kmsKey",),
+    REDIS_INSTANCE: ("customerManagedKey",),
+    "gcp:artifactregistry/repository:Repository": ("kmsKeyName",),
+    "gcp:storage/bucket:Bucket": ("encryption", "defaultKmsKeyName"),
+    "gcp:compute/disk:Disk": ("diskEncryptionKey", "kmsKeySelfLink"),
+}
+
+
+def iam_members(r: Resource) -> list[tuple[str, Any]]:
+    """(role, member) pairs of an IAM Member, Binding or Policy resource (any service)."""
+    props = r.props
+    role = get(props, "role")
+    if "member" in props:
+        return [(role, get(props, "member"))]
+    if "members" in props:
+        return [(role, m) for m in as_list(get(props, "members"))]
+    data = get(props, "policyData")
+    if isinstance(data, str):
+        try:
+            policy = json.loads(data)
+        except ValueError:
+            return []
+        return [
+            (get(binding, "role"), member)
+            for binding in as_list(get(policy, "bindings"))
+            for member in as_list(get(binding, "members"))
+        ]
+    return []
+
+
+def is_iam_type(token: str) -> bool:
+    """IAM Member/Binding/Policy resources of every service (`...IAMMember`, `...IamBinding`)."""
+    kind = token.rsplit(":", 1)[-1].lower()
+    return token.startswith("gcp:") and kind.endswith(("iammember", "iambinding", "iampolicy"))
+
+
+def iam_types_of(*modules: str):
+    return lambda token: is_iam_type(token) and token.split(":")[1].split("/")[0] in modules
+
+
+def public_members(r: Resource) -> Iterator[str]:
+    for role, member in iam_members(r):
+        if member in PUBLIC_MEMBERS:
+            yield f"grants {role} to {member}"
+
+
+def redis_transit_encryption(r: Resource) -> Iterator[str]:
+    mode = get(r.props, "transitEncryptionMode")
+    expected = (
+        "TRANSIT_ENCRYPTION_MODE_SERVER_AUTHENTICATION"
+        if r.type == REDIS_CLUSTER
+        else "SERVER_AUTHENTICATION"
+    )
+    if not is_unknown(mode) and mode != expected:
+        yield f"transitEncryptionMode must be {expected} (got {shown(mode)})"
+
+
+def redis_iam_auth(r: Resource) -> Iterator[str]:
+    if r.type == REDIS_CLUSTER:
+        mode = get(r.props, "authorizationMode")
+        if not is_unknown(mode) and mode != "AUTH_MODE_IAM_AUTH":
+            yield f"authorizationMode must be AUTH_MODE_IAM_AUTH (got {shown(mode)})"
+    else:
+        enabled = get(r.props, "authEnabled")
+        if enabled is not True and not is_unknown(enabled):
+            yield "authEnabled must be true"
+
+
+def redis_deletion_protection(r: Resource) -> Iterator[str]:
+    field = "deletionProtectionEnabled" if r.type == REDIS_CLUSTER else "deletionProtection"
+    if get(r.props, field) is False:
+        yield f"{field} is false"
+
+
+def redis_high_availability(r: Resource) -> Iterator[str]:
+    if r.type == REDIS_CLUSTER:
+        replicas = get(r.props, "replicaCount")
+        if not is_unknown(replicas) and (as_int(replicas) or 0) < 1:
+            yield "replicaCount must be at least 1 so a primary's loss does not lose its shard"
+        if get(r.props, "zoneDistributionConfig", "mode") == "SINGLE_ZONE":
+            yield "zoneDistributionConfig.mode SINGLE_ZONE: spread nodes across zones"
+    else:
+        tier = get(r.props, "tier")
+        if not is_unknown(tier) and tier != "STANDARD_HA":
+            yield f"tier must be STANDARD_HA (got {shown(tier)})"
+
+
+def bigquery_public(r: Resource) -> Iterator[str]:
+    if r.type == DATASET:
+        for index, access in enumerate(as_list(get(r.props, "accesses"))):
+            member = get(access, "specialGroup", default=get(access, "iamMember"))
+            if member in PUBLIC_MEMBERS:
+                yield f"accesses[{index}] grants {get(access, 'role')} to {member}"
+    elif r.type == "gcp:bigquery/datasetAccess:DatasetAccess":
+        member = get(r.props, "specialGroup", default=get(r.props, "iamMember"))
+        if member in PUBLIC_MEMBERS:
+            yield f"grants {get(r.props, 'role')} to {member}"
+    else:
+        yield from public_members(r)
+
+
+def bigquery_deletion_protection(r: Resource) -> Iterator[str]:
+    if r.type == TABLE and get(r.props, "deletionProtection") is False:
+        yield "deletionProtection is false"
+    if r.type == DATASET and get(r.props, "deleteContentsOnDestroy") is True:
+        yield "deleteContentsOnDestroy is true: destroying the dataset drops every table in it"
+
+
+def bigquery_partition_filter(r: Resource) -> Iterator[str]:
+    partitioned = (
+        get(r.props, "timePartitioning") is not None
+        or get(r.props, "rangePartitioning") is not None
+    )
+    if (
+        not partitioned
+        or get(r.props, "materializedView") is not None
+        or get(r.props, "view") is not None
+    ):
+        raise NotApplicable("not a partitioned base table")
+    required = get(r.props, "requirePartitionFilter")
+    if required is not True and not is_unknown(required):
+        yield "partitioned tables must set requirePartitionFilter: true so queries cannot scan every partition"
+
+
+def bigquery_locations(r: Resource) -> Iterator[str]:
+    location = get(r.props, "location")
+    allowed = [str(a) for a in r.config["allowedLocations"]]
+    if is_unknown(location):
+        return
+    if not isinstance(location, str):
+        yield f"location must be set explicitly; allowed: {', '.join(allowed)}"
+    elif location.lower() not in {a.lower() for a in allowed}:
+        yield f"location {location!r} is not allowed; allowed: {', '.join(allowed)}"
+
+
+def materialized_view_refresh(r: Resource) -> Iterator[str]:
+    view = get(r.props, "materializedView")
+    if view is None:
+        raise NotApplicable("not a materialized view")
+    if get(view, "enableRefresh") is False:
+        yield "materializedView.enableRefresh is false: the view goes stale"
+        return
+    interval = get(view, "refreshIntervalMs")
+    if is_unknown(interval):
+        return
+    milliseconds = as_int(interval)
+    if milliseconds is None:
+        yield "materializedView.refreshIntervalMs must be set explicitly"
+        return
+    low, high = as_int(r.config["minRefreshIntervalMs"]), as_int(r.config["maxRefreshIntervalMs"])
+    if low is not None and milliseconds < low:
+        yield f"refreshIntervalMs {milliseconds} is below {low}: refreshes cost slots without gain"
+    if high is not None and milliseconds > high:
+        yield f"refreshIntervalMs {milliseconds} exceeds {high}: signals read stale aggregates"
+
+
+def subscription_dead_letter(r: Resource) -> Iterator[str]:
+    topic = get(r.props, "deadLetterPolicy", "deadLetterTopic")
+    if not topic and not is_unknown(topic):
+        yield "deadLetterPolicy.deadLetterTopic must be set so poison messages are parked, not redelivered forever"
+        return
+    attempts = as_int(get(r.props, "deadLetterPolicy", "maxDeliveryAttempts"))
+    if attempts is not None and attempts > int(r.config["maxDeliveryAttempts"]):
+        yield f"deadLetterPolicy.maxDeliveryAttempts {attempts} exceeds {r.config['maxDeliveryAttempts']}"
+
+
+def subscription_retry(r: Resource) -> Iterator[str]:
+    policy = get(r.props, "retryPolicy")
+    if is_unknown(policy):
+        return
+    if not isinstance(policy, dict) or get(policy, "minimumBackoff") is None:
+        yield "retryPolicy.minimumBackoff must be set: immediate redelivery hammers a failing consumer"
+
+
+def kms_rotation(r: Resource) -> Iterator[str]:
+    purpose = get(r.props, "purpose", default="ENCRYPT_DECRYPT")
+    if purpose != "ENCRYPT_DECRYPT":
+        raise NotApplicable(f"{purpose} keys cannot rotate automatically")
+    period = get(r.props, "rotationPeriod")
+    if is_unknown(period):
+        return
+    seconds = duration_seconds(period)
+    limit_days = int(r.config["maxRotationDays"])
+    if seconds is None:
+        yield f"rotationPeriod must be set (at most {limit_days} days, e.g. '7776000s')"
+    elif seconds > limit_days * 86400:
+        yield f"rotationPeriod {period} is longer than {limit_days} days"
+
+
+def kms_protected(r: Resource) -> Iterator[str]:
+    if r.protect:
+        return
+    scheduled = get(r.props, "destroyScheduledDuration")
+    if is_unknown(scheduled):
+        return
+    seconds = duration_seconds(scheduled)
+    minimum_days = int(r.config["minDestroyScheduledDays"])
+    if seconds is None or seconds < minimum_days * 86400:
+        yield (
+            "protect the key (resource option protect=True) or set destroyScheduledDuration to at "
+            f"least {minimum_days} days: destroying a key makes its data unreadable"
+        )
+
+
+def cmek(r: Resource) -> Iterator[str]:
+    path = CMEK_FIELDS[r.type]
+    key = get(r.props, *path)
+    if not key and not is_unknown(key):
+        yield f"{'.'.join(path)} must name a Cloud KMS key (CMEK)"
+
+
+POLICIES = [
+    resource_policy(
+        name="redis-transit-encryption",
+        description="Memorystore Redis encrypts traffic in transit (TLS). Source: Checkov CKV_GCP_97.",
+        level=MANDATORY,
+        types={REDIS_CLUSTER, REDIS_INSTANCE},
+        rule=redis_transit_encryption,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="redis-iam-auth",
+        description="Memorystore Redis requires authentication (IAM auth for Redis Cluster). "
+        "Source: Checkov CKV_GCP_95; Memorystore docs, 'About IAM authentication'.",
+        level=MANDATORY,
+        types={REDIS_CLUSTER, REDIS_INSTANCE},
+        rule=redis_iam_auth,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="redis-deletion-protection",
+        description="Memorystore Redis deletion protection is not switched off. "
+        "Source: Memorystore docs, 'Deletion protection'.",
+        level=MANDATORY,
+        types={REDIS_CLUSTER, REDIS_INSTANCE},
+        rule=redis_deletion_protection,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="redis-high-availability",
+        description="Memorystore Redis keeps replicas across zones. "
+        "Source: Memorystore docs, 'High availability and replicas'.",
+        level=ADVISORY,
+        types={REDIS_CLUSTER, REDIS_INSTANCE},
+        rule=redis_high_availability,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="bigquery-no-public-access",
+        description="BigQuery datasets and tables grant nothing to allUsers or allAuthenticatedUsers. "
+        "Source: CIS Google Cloud 7.1; Checkov CKV_GCP_15.",
+        level=MANDATORY,
+        types=lambda t: (
+            t in (DATASET, "gcp:bigquery/datasetAccess:DatasetAccess")
+            or iam_types_of("bigquery")(t)
+        ),
+        rule=bigquery_public,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="bigquery-deletion-protection",
+        description="BigQuery tables keep deletion protection and datasets do not delete their "
+        "contents on destroy. Source: Checkov CKV_GCP_121.",
+        level=MANDATORY,
+        types={TABLE, DATASET},
+        rule=bigquery_deletion_protection,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="bigquery-partition-filter",
+        description="Partitioned tables require a partition filter. "
+        "Source: BigQuery docs, 'Set partition filter requirements'.",
+        level=MANDATORY,
+        types={TABLE},
+        rule=bigquery_partition_filter,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="bigquery-allowed-locations",
+        description="BigQuery datasets live in an allowed location (data residency). "
+        "Source: BigQuery docs, 'Dataset locations'.",
+        level=MANDATORY,
+        types={DATASET},
+        rule=bigquery_locations,
+        config_schema=schema(
+            {
+                "allowedLocations": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["US", "EU", "us-central1", "us-east4", "europe-west4"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="bigquery-materialized-view-refresh",
+        description="Materialized views refresh automatically within the configured interval. "
+        "Source: BigQuery docs, 'Manage materialized views: refresh'.",
+        level=ADVISORY,
+        types={TABLE},
+        rule=materialized_view_refresh,
+        config_schema=schema(
+            {
+                "minRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 60000},
+                "maxRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 3600000},
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="pubsub-no-public-iam",
+        description="Pub/Sub topics, subscriptions and schemas grant nothing to allUsers or "
+        "allAuthenticatedUsers. Source: Pub/Sub docs, 'Access control with IAM'.",
+        level=MANDATORY,
+        types=iam_types_of("pubsub"),
+        rule=public_members,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="pubsub-dead-letter",
+        description="Subscriptions park undeliverable messages on a dead-letter topic. "
+        "Source: Pub/Sub docs, 'Handle message failures'.",
+        level=MANDATORY,
+        types={SUBSCRIPTION},
+        rule=subscription_dead_letter,
+        config_schema=schema(
+            {
+                "maxDeliveryAttempts": {
+                    "type": "integer",
+                    "minimum": 5,
+                    "maximum": 100,
+                    "default": 10,
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="pubsub-retry-policy",
+        description="Subscriptions back off exponentially before redelivery. "
+        "Source: Pub/Sub docs, 'Handle message failures: retry policy'.",
+        level=MANDATORY,
+        types={SUBSCRIPTION},
+        rule=subscription_retry,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="kms-rotation",
+        description="Symmetric KMS keys rotate at least every 90 days. "
+        "Source: CIS Google Cloud 1.10; Checkov CKV_GCP_43.",
+        level=MANDATORY,
+        types={CRYPTO_KEY},
+        rule=kms_rotation,
+        config_schema=schema({"maxRotationDays": {"type": "integer", "minimum": 1, "default": 90}}),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="kms-key-protected",
+        description="KMS keys are protected from deletion (protect option or a long destroy delay). "
+        "Source: Checkov CKV_GCP_82.",
+        level=MANDATORY,
+        types={CRYPTO_KEY},
+        rule=kms_protected,
+        config_schema=schema(
+            {"minDestroyScheduledDays": {"type": "integer", "minimum": 1, "default": 30}}
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="kms-no-public-iam",
+        description="KMS keys and key rings grant nothing to allUsers or allAuthenticatedUsers. "
+        "Source: CIS Google Cloud 1.9.",
+        level=MANDATORY,
+        types=iam_types_of("kms"),
+        rule=public_members,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="cmek-required",
+        description="Data services that support it encrypt with a customer-managed KMS key "
+        "(BigQuery datasets, Pub/Sub topics, Redis, Artifact Registry, Storage buckets, disks). "
+        "Source: CIS Google Cloud 7.3; Checkov CKV_GCP_81, CKV_GCP_83.",
+        level=MANDATORY,
+        types=set(CMEK_FIELDS),
+        rule=cmek,
+        tags=TAGS,
+    ),
+]

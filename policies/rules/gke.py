@@ -1,0 +1,333 @@
+"""GKE cluster rules (gcp:container/cluster:Cluster): CIS GKE Benchmark section 5 and GKE docs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rules.kit import ADVISORY, MANDATORY, Resource, resource_policy, schema
+from rules.values import as_dict, as_list, get, is_unknown, shown
+
+CLUSTER = "gcp:container/cluster:Cluster"
+TAGS = ("gke",)
+_OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
+
+
+def private_nodes(r: Resource) -> Iterator[str]:
+    value = get(r.props, "privateClusterConfig", "enablePrivateNodes")
+    if value is not True and not is_unknown(value):
+        yield "privateClusterConfig.enablePrivateNodes must be true: nodes get public IPs otherwise"
+
+
+def control_plane_access(r: Resource) -> Iterator[str]:
+    if get(r.props, "privateClusterConfig", "enablePrivateEndpoint") is True:
+        return
+    if get(r.props, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled") is False:
+        return  # DNS-based endpoint only: no IP endpoint to reach
+    authorized = get(r.props, "masterAuthorizedNetworksConfig")
+    if is_unknown(authorized):
+        return
+    if not isinstance(authorized, dict):
+        yield (
+            "the public control-plane endpoint is open to the internet: set "
+            "privateClusterConfig.enablePrivateEndpoint or masterAuthorizedNetworksConfig"
+        )
+        return
+    if get(authorized, "gcpPublicCidrsAccessEnabled") is True:
+        yield "masterAuthorizedNetworksConfig.gcpPublicCidrsAccessEnabled opens the endpoint to all GCP IPs"
+    for index, block in enumerate(as_list(get(authorized, "cidrBlocks"))):
+        cidr = get(block, "cidrBlock")
+        if cidr in _OPEN_CIDRS:
+            yield f"masterAuthorizedNetworksConfig.cidrBlocks[{index}] authorizes {cidr}"
+
+
+def workload_identity(r: Resource) -> Iterator[str]:
+    pool = get(r.props, "workloadIdentityConfig", "workloadPool")
+    if is_unknown(pool):
+        return
+    if not isinstance(pool, str) or not pool.endswith(".svc.id.goog"):
+        yield (
+            "workloadIdentityConfig.workloadPool must be set to '<project>.svc.id.goog' "
+            f"(got {shown(pool)})"
+        )
+
+
+def no_legacy_abac(r: Resource) -> Iterator[str]:
+    if get(r.props, "enableLegacyAbac") is True:
+        yield "enableLegacyAbac is true: legacy ABAC bypasses RBAC"
+
+
+def no_client_certificate(r: Resource) -> Iterator[str]:
+    if get(r.props, "masterAuth", "clientCertificateConfig", "issueClientCertificate") is True:
+        yield "masterAuth.clientCertificateConfig.issueClientCertificate is true"
+
+
+def secrets_encryption(r: Resource) -> Iterator[str]:
+    encryption = get(r.props, "databaseEncryption")
+    if is_unknown(encryption):
+        return
+    state, key = get(encryption, "state"), get(encryption, "keyName")
+    if not is_unknown(state) and state != "ENCRYPTED":
+        yield f"databaseEncryption.state must be ENCRYPTED (got {shown(state)})"
+    elif not key and not is_unknown(key):
+        yield "databaseEncryption.keyName must name a Cloud KMS key"
+
+
+def network_policy(r: Resource) -> Iterator[str]:
+    datapath = get(r.props, "datapathProvider")
+    enabled = get(r.props, "networkPolicy", "enabled")
+    if datapath == "ADVANCED_DATAPATH" or enabled is True:
+        return
+    if is_unknown(datapath) or is_unknown(enabled):
+        return
+    yield (
+        "enforce NetworkPolicies: datapathProvider ADVANCED_DATAPATH (Dataplane V2) "
+        "or networkPolicy.enabled true"
+    )
+
+
+def vpc_native(r: Resource) -> Iterator[str]:
+    if get(r.props, "networkingMode") == "ROUTES":
+        yield "networkingMode ROUTES: use VPC_NATIVE"
+    elif get(r.props, "ipAllocationPolicy") is None:
+        yield "ipAllocationPolicy is required for a VPC-native (alias IP) cluster"
+
+
+def release_channel(r: Resource) -> Iterator[str]:
+    channel = get(r.props, "releaseChannel", "channel")
+    allowed = list(r.config["allowedChannels"])
+    if not is_unknown(channel) and channel not in allowed:
+        yield f"releaseChannel.channel is {shown(channel)}; allowed: {', '.join(allowed)}"
+
+
+def shielded_nodes(r: Resource) -> Iterator[str]:
+    if get(r.props, "enableShieldedNodes") is False:
+        yield "enableShieldedNodes is false"
+
+
+def logging_enabled(r: Resource) -> Iterator[str]:
+    if get(r.props, "loggingService") == "none":
+        yield "loggingService is 'none'"
+    components = get(r.props, "loggingConfig", "enableComponents")
+    if isinstance(components, list):
+        for needed in ("SYSTEM_COMPONENTS", "WORKLOADS"):
+            if needed not in components:
+                yield f"loggingConfig.enableComponents lacks {needed}"
+
+
+def monitoring_enabled(r: Resource) -> Iterator[str]:
+    if get(r.props, "monitoringService") == "none":
+        yield "monitoringService is 'none'"
+    components = get(r.props, "monitoringConfig", "enableComponents")
+    if isinstance(components, list) and "SYSTEM_COMPONENTS" not in components:
+        yield "monitoringConfig.enableComponents lacks SYSTEM_COMPONENTS"
+
+
+def binary_authorization(r: Resource) -> Iterator[str]:
+    mode = get(r.props, "binaryAuthorization", "evaluationMode")
+    if not is_unknown(mode) and mode != "PROJECT_SINGLETON_POLICY_ENFORCE":
+        yield f"binaryAuthorization.evaluationMode must be PROJECT_SINGLETON_POLICY_ENFORCE (got {shown(mode)})"
+
+
+def security_posture(r: Resource) -> Iterator[str]:
+    posture = as_dict(get(r.props, "securityPostureConfig"))
+    mode, vulnerability = get(posture, "mode"), get(posture, "vulnerabilityMode")
+    if not is_unknown(mode) and mode not in ("BASIC", "ENTERPRISE"):
+        yield f"securityPostureConfig.mode must be BASIC or ENTERPRISE (got {shown(mode)})"
+    if not is_unknown(vulnerability) and vulnerability not in (
+        "VULNERABILITY_BASIC",
+        "VULNERABILITY_ENTERPRISE",
+    ):
+        yield f"securityPostureConfig.vulnerabilityMode must scan images (got {shown(vulnerability)})"
+
+
+def no_alpha(r: Resource) -> Iterator[str]:
+    if get(r.props, "enableKubernetesAlpha") is True:
+        yield "enableKubernetesAlpha is true: alpha clusters are unsupported and expire"
+
+
+def cost_allocation(r: Resource) -> Iterator[str]:
+    enabled = get(r.props, "costManagementConfig", "enabled")
+    if enabled is not True and not is_unknown(enabled):
+        yield "costManagementConfig.enabled must be true for GKE cost allocation"
+
+
+def intranode_visibility(r: Resource) -> Iterator[str]:
+    enabled = get(r.props, "enableIntranodeVisibility")
+    if enabled is not True and not is_unknown(enabled):
+        yield "enableIntranodeVisibility should be true so pod-to-pod traffic reaches VPC flow logs"
+
+
+def deletion_protection(r: Resource) -> Iterator[str]:
+    if get(r.props, "deletionProtection") is False:
+        yield "deletionProtection is false"
+
+
+_CHANNELS = ["RAPID", "REGULAR", "STABLE", "EXTENDED"]
+
+POLICIES = [
+    resource_policy(
+        name="gke-private-nodes",
+        description="GKE nodes have private IPs only. Source: CIS GKE 5.6.5; Checkov CKV_GCP_64.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=private_nodes,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-control-plane-access",
+        description="The control plane has a private endpoint, or authorized networks that exclude "
+        "0.0.0.0/0. Source: CIS GKE 5.6.3 and 5.6.4; Checkov CKV_GCP_18, CKV_GCP_20.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=control_plane_access,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-workload-identity",
+        description="Workload Identity is enabled (workloadIdentityConfig.workloadPool). "
+        "Source: CIS GKE 5.2.2; GKE hardening guide.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=workload_identity,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-no-legacy-abac",
+        description="Legacy ABAC authorization is disabled. Source: CIS GKE 5.8.3; Checkov CKV_GCP_7.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=no_legacy_abac,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-no-client-certificate",
+        description="No client certificate is issued for cluster authentication. "
+        "Source: CIS GKE 5.8.1; Checkov CKV_GCP_13.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=no_client_certificate,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-secrets-encryption",
+        description="Kubernetes Secrets are encrypted at the application layer with a Cloud KMS key. "
+        "Source: CIS GKE 5.3.1.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=secrets_encryption,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-network-policy",
+        description="NetworkPolicies are enforced (Dataplane V2 or the network policy add-on). "
+        "Source: CIS GKE 5.6.7; Checkov CKV_GCP_12.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=network_policy,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-vpc-native",
+        description="The cluster is VPC-native (alias IPs via ipAllocationPolicy). "
+        "Source: CIS GKE 5.6.2; Checkov CKV_GCP_23.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=vpc_native,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-release-channel",
+        description="The cluster is enrolled in an allowed release channel. "
+        "Source: CIS GKE 5.5.4; Checkov CKV_GCP_70.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=release_channel,
+        config_schema=schema(
+            {
+                "allowedChannels": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": _CHANNELS},
+                    "default": ["REGULAR", "STABLE"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-shielded-nodes",
+        description="Shielded GKE nodes are enabled. Source: CIS GKE 5.5.5; Checkov CKV_GCP_71.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=shielded_nodes,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-logging",
+        description="Cloud Logging collects system and workload logs. "
+        "Source: CIS GKE 5.7.1; Checkov CKV_GCP_1.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=logging_enabled,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-monitoring",
+        description="Cloud Monitoring collects system metrics. Source: CIS GKE 5.7.1; Checkov CKV_GCP_8.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=monitoring_enabled,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-binary-authorization",
+        description="Binary Authorization enforces the project policy on every image. "
+        "Source: CIS GKE 5.10.5; Checkov CKV_GCP_66.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=binary_authorization,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-security-posture",
+        description="GKE security posture and workload vulnerability scanning are on. "
+        "Source: GKE docs, 'About the security posture dashboard'.",
+        level=ADVISORY,
+        types={CLUSTER},
+        rule=security_posture,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-no-alpha",
+        description="Kubernetes alpha features are disabled. Source: CIS GKE 5.10.2.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=no_alpha,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-cost-allocation",
+        description="GKE cost allocation is enabled so spend is attributable per namespace and label. "
+        "Source: GKE docs, 'Get key spending insights with GKE cost allocation'.",
+        level=MANDATORY,
+        types={CLUSTER},
+        rule=cost_allocation,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-intranode-visibility",
+        description="Intranode visibility is enabled. Source: CIS GKE 5.6.1; Checkov CKV_GCP_61.",
+        level=ADVISORY,
+        types={CLUSTER},
+        rule=intranode_visibility,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="gke-deletion-protection",
+        description="Cluster deletion protection is not switched off. "
+        "Source: GKE docs, 'Deletion protection'.",
+        level=ADVISORY,
+        types={CLUSTER},
+        rule=deletion_protection,
+        tags=TAGS,
+    ),
+]

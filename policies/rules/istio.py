@@ -1,0 +1,155 @@
+"""Istio rules: mTLS everywhere and safe authorization patterns (Istio security best practices)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from rules.kit import MANDATORY, Resource, resource_policy
+from rules.values import as_dict, as_list, get, is_unknown, shown
+from rules.workloads import is_kind, is_workload, pod_metadata
+
+TAGS = ("istio",)
+SECURITY = "security.istio.io"
+NETWORKING = "networking.istio.io"
+_NEGATIVE_SOURCE = (
+    "notPrincipals",
+    "notNamespaces",
+    "notRequestPrincipals",
+    "notIpBlocks",
+    "notRemoteIpBlocks",
+)
+_NEGATIVE_OPERATION = ("notHosts", "notPorts", "notMethods", "notPaths")
+_POSITIVE_IDENTITY = ("principals", "namespaces", "requestPrincipals")
+
+
+def is_peer_authentication(token: str) -> bool:
+    return is_kind(token, SECURITY, "PeerAuthentication")
+
+
+def is_authorization_policy(token: str) -> bool:
+    return is_kind(token, SECURITY, "AuthorizationPolicy")
+
+
+def is_destination_rule(token: str) -> bool:
+    return is_kind(token, NETWORKING, "DestinationRule")
+
+
+def peer_authentication_strict(r: Resource) -> Iterator[str]:
+    mode = get(r.props, "spec", "mtls", "mode")
+    if not is_unknown(mode) and mode != "STRICT":
+        yield f"spec.mtls.mode must be STRICT (got {shown(mode)}; unset inherits PERMISSIVE from the mesh default)"
+
+
+def peer_authentication_ports(r: Resource) -> Iterator[str]:
+    for port, setting in sorted(as_dict(get(r.props, "spec", "portLevelMtls")).items()):
+        mode = get(setting, "mode")
+        if mode in ("PERMISSIVE", "DISABLE"):
+            yield f"spec.portLevelMtls[{port}].mode is {mode}: plaintext is accepted on that port"
+
+
+def authorization_positive_match(r: Resource) -> Iterator[str]:
+    spec = get(r.props, "spec")
+    if is_unknown(spec):
+        return
+    action = get(spec, "action", default="ALLOW")
+    if action != "ALLOW":
+        return
+    for index, rule in enumerate(as_list(get(spec, "rules"))):
+        sources = as_list(get(rule, "from"))
+        identified = False
+        for source_index, entry in enumerate(sources):
+            source = as_dict(get(entry, "source"))
+            for field in _NEGATIVE_SOURCE:
+                if field in source:
+                    yield f"rules[{index}].from[{source_index}].source.{field}: ALLOW must match positively"
+            identities = [v for f in _POSITIVE_IDENTITY for v in as_list(source.get(f))]
+            if "*" in identities:
+                yield f"rules[{index}].from[{source_index}]: '*' matches every identity"
+            identified = identified or any(v != "*" for v in identities)
+        for to_index, entry in enumerate(as_list(get(rule, "to"))):
+            operation = as_dict(get(entry, "operation"))
+            for field in _NEGATIVE_OPERATION:
+                if field in operation:
+                    yield f"rules[{index}].to[{to_index}].operation.{field}: ALLOW must match positively"
+        if not identified:
+            yield f"rules[{index}] allows any caller: match source principals or namespaces"
+
+
+def _tls_modes(policy: Any, where: str) -> Iterator[tuple[str, Any]]:
+    yield f"{where}.tls.mode", get(policy, "tls", "mode")
+    for index, port in enumerate(as_list(get(policy, "portLevelSettings"))):
+        yield f"{where}.portLevelSettings[{index}].tls.mode", get(port, "tls", "mode")
+
+
+def destination_rule_tls(r: Resource) -> Iterator[str]:
+    spec = as_dict(get(r.props, "spec"))
+    host = get(spec, "host")
+    in_mesh = isinstance(host, str) and (host.endswith(".svc.cluster.local") or "." not in host)
+    policies = [("spec.trafficPolicy", get(spec, "trafficPolicy"))]
+    for index, subset in enumerate(as_list(get(spec, "subsets"))):
+        policies.append((f"spec.subsets[{index}].trafficPolicy", get(subset, "trafficPolicy")))
+    for where, policy in policies:
+        for path, mode in _tls_modes(policy, where):
+            if mode == "DISABLE":
+                yield f"{path} is DISABLE: traffic to {host} leaves the mesh's mTLS"
+            elif in_mesh and mode in ("SIMPLE", "MUTUAL"):
+                yield f"{path} is {mode} for in-mesh host {host}: use ISTIO_MUTUAL"
+
+
+def sidecar_injection_enabled(r: Resource) -> Iterator[str]:
+    metadata = pod_metadata(r.type, r.props)
+    for source in ("annotations", "labels"):
+        value = get(metadata, source, "sidecar.istio.io/inject")
+        if isinstance(value, str) and value.lower() == "false":
+            yield f"pod template {source} sidecar.istio.io/inject=false opts out of the mesh (no mTLS)"
+
+
+POLICIES = [
+    resource_policy(
+        name="istio-peer-authentication-strict",
+        description="PeerAuthentication policies set mTLS mode STRICT. "
+        "Source: Istio security best practices, 'Mutual TLS'; Istio docs, 'Authentication policy'.",
+        level=MANDATORY,
+        types=is_peer_authentication,
+        rule=peer_authentication_strict,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="istio-peer-authentication-ports",
+        description="PeerAuthentication has no PERMISSIVE or DISABLE port-level overrides. "
+        "Source: Istio security best practices, 'Mutual TLS'.",
+        level=MANDATORY,
+        types=is_peer_authentication,
+        rule=peer_authentication_ports,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="istio-authorization-positive-match",
+        description="ALLOW AuthorizationPolicies match positive principals or namespaces, never "
+        "negations or wildcards. Source: Istio security best practices, 'Use ALLOW-with-positive-"
+        "matching and DENY-with-negative-match patterns'.",
+        level=MANDATORY,
+        types=is_authorization_policy,
+        rule=authorization_positive_match,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="istio-destination-rule-tls",
+        description="DestinationRules never disable mesh TLS (in-mesh hosts keep ISTIO_MUTUAL). "
+        "Source: Istio security best practices; Istio docs, 'DestinationRule ClientTLSSettings'.",
+        level=MANDATORY,
+        types=is_destination_rule,
+        rule=destination_rule_tls,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="istio-sidecar-injection",
+        description="Workloads do not opt out of sidecar injection. "
+        "Source: Istio docs, 'Installing the sidecar: controlling the injection policy'.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=sidecar_injection_enabled,
+        tags=TAGS,
+    ),
+]

@@ -1,0 +1,192 @@
+"""How a rule function becomes a CrossGuard policy: type filter, safe properties, config, reporting.
+
+A resource rule is a plain generator `rule(resource) -> Iterable[str]` yielding one message per
+violation; a stack rule is `rule(resources, config) -> Iterable[tuple[urn | None, str]]`.
+Python packs have no type filter, so `resource_policy` checks `args.resource_type` before the
+rule runs. Config defaults come from the rule's schema, so a rule behaves the same whether or
+not the engine sends the reconciled config. A rule that raises does not take the other rules
+down with it: the failure is reported as a violation of that rule, at its level (fail closed).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+from rules.values import plain
+
+MANDATORY = EnforcementLevel.MANDATORY
+ADVISORY = EnforcementLevel.ADVISORY
+
+
+class NotApplicable(Exception):
+    """Raised by a rule that does not apply in this context (e.g. its config is absent)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource as a resource rule sees it: plain properties, its provider's inputs."""
+
+    type: str
+    name: str
+    urn: str
+    props: dict[str, Any]
+    provider_type: str | None = None
+    provider_props: dict[str, Any] = field(default_factory=dict)
+    protect: bool = False
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StackResource:
+    """One resource of the stack as a stack rule sees it."""
+
+    type: str
+    name: str
+    urn: str
+    props: dict[str, Any]
+    parent: str | None = None
+    provider_props: dict[str, Any] = field(default_factory=dict)
+    dependencies: tuple[str, ...] = ()
+    protect: bool = False
+
+
+ResourceRule = Callable[[Resource], Iterable[str]]
+StackRule = Callable[[list[StackResource], Mapping[str, Any]], Iterable[tuple[str | None, str]]]
+TypeFilter = Collection[str] | Callable[[str], bool]
+
+
+def schema(
+    properties: dict[str, dict[str, Any]], required: list[str] | None = None
+) -> PolicyConfigSchema:
+    return PolicyConfigSchema(properties=properties, required=required)
+
+
+def _defaults(config_schema: PolicyConfigSchema | None) -> dict[str, Any]:
+    if config_schema is None:
+        return {}
+    return {k: v["default"] for k, v in config_schema.properties.items() if "default" in v}
+
+
+def _type_filter(types: TypeFilter) -> Callable[[str], bool]:
+    if callable(types):
+        return types
+    accepted = frozenset(types)
+    return accepted.__contains__
+
+
+def _report_crash(name: str, report: Callable[[str], None]) -> None:
+    error = sys.exc_info()[1]
+    traceback.print_exc(file=sys.stderr)
+    report(f"internal error in rule {name}: {type(error).__name__}: {error}")
+
+
+def resource_policy(
+    *,
+    name: str,
+    description: str,
+    level: EnforcementLevel,
+    types: TypeFilter,
+    rule: ResourceRule,
+    config_schema: PolicyConfigSchema | None = None,
+    tags: Iterable[str] = (),
+) -> ResourceValidationPolicy:
+    applies = _type_filter(types)
+    defaults = _defaults(config_schema)
+
+    def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        if not applies(args.resource_type):
+            return
+        provider = args.provider
+        resource = Resource(
+            type=args.resource_type,
+            name=args.name,
+            urn=args.urn,
+            props=plain(args.props),
+            provider_type=provider.resource_type if provider else None,
+            provider_props=plain(provider.props) if provider else {},
+            protect=bool(args.opts.protect),
+            config={**defaults, **args.get_config()},
+        )
+        try:
+            messages = list(rule(resource))
+        except NotApplicable as exc:
+            args.not_applicable(exc.reason)
+            return
+        except Exception:
+            _report_crash(name, report_violation)
+            return
+        for message in messages:
+            report_violation(message, None)
+
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=level,
+        config_schema=config_schema,
+        tags=list(tags),
+    )
+
+
+def stack_policy(
+    *,
+    name: str,
+    description: str,
+    level: EnforcementLevel,
+    rule: StackRule,
+    config_schema: PolicyConfigSchema | None = None,
+    tags: Iterable[str] = (),
+) -> StackValidationPolicy:
+    defaults = _defaults(config_schema)
+
+    def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        resources = [
+            StackResource(
+                type=r.resource_type,
+                name=r.name,
+                urn=r.urn,
+                props=plain(r.props),
+                parent=r.parent.urn if r.parent is not None else r.opts.parent,
+                provider_props=plain(r.provider.props) if r.provider else {},
+                dependencies=tuple(d.urn for d in r.dependencies),
+                protect=bool(r.opts.protect),
+            )
+            for r in args.resources
+        ]
+        try:
+            findings = list(rule(resources, {**defaults, **args.get_config()}))
+        except NotApplicable as exc:
+            args.not_applicable(exc.reason)
+            return
+        except Exception:
+            _report_crash(name, lambda message: report_violation(message, None))
+            return
+        for urn, message in findings:
+            report_violation(message, urn)
+
+    return StackValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=level,
+        config_schema=config_schema,
+        tags=list(tags),
+    )

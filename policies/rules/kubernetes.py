@@ -1,0 +1,586 @@
+"""Kubernetes workload and object rules: Pod Security Standards, CIS Kubernetes, Checkov, Polaris,
+kube-score. Workloads are Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, Pods."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rules.kit import (
+    ADVISORY,
+    MANDATORY,
+    NotApplicable,
+    Resource,
+    StackResource,
+    resource_policy,
+    schema,
+    stack_policy,
+)
+from rules.values import as_dict, as_int, as_list, get, is_unknown, shown
+from rules.workloads import (
+    CLUSTER_SCOPED_KINDS,
+    LONG_RUNNING,
+    Container,
+    containers,
+    effective_security,
+    is_kind,
+    is_workload,
+    kind_of,
+    kube_type,
+    namespace_of,
+    pod_spec,
+)
+
+TAGS = ("kubernetes",)
+GPU_NODE_KEYS = ("cloud.google.com/gke-accelerator",)
+_SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)", re.I)
+_INTERNAL_LB_ANNOTATIONS = (
+    "networking.gke.io/load-balancer-type",
+    "cloud.google.com/load-balancer-type",
+)
+
+
+def _pod(r: Resource) -> Any:
+    return pod_spec(r.type, r.props)
+
+
+def _each_container(r: Resource) -> Iterator[tuple[Any, Container]]:
+    pod = _pod(r)
+    if is_unknown(pod):
+        return
+    for container in containers(pod):
+        yield pod, container
+
+
+def no_privileged(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        if get(c.spec, "securityContext", "privileged") is True:
+            yield f"{c.label}: securityContext.privileged is true"
+
+
+def no_privilege_escalation(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        value = get(c.spec, "securityContext", "allowPrivilegeEscalation")
+        if value is not False and not is_unknown(value):
+            yield f"{c.label}: securityContext.allowPrivilegeEscalation must be false"
+
+
+def run_as_non_root(r: Resource) -> Iterator[str]:
+    for pod, c in _each_container(r):
+        non_root = effective_security(pod, c, "runAsNonRoot")
+        user = effective_security(pod, c, "runAsUser")
+        if is_unknown(non_root) or is_unknown(user):
+            continue
+        uid = as_int(user)
+        if uid == 0:
+            yield f"{c.label}: runAsUser is 0 (root)"
+        elif non_root is not True and (uid is None or uid < 1):
+            yield f"{c.label}: set securityContext.runAsNonRoot true (or a non-zero runAsUser)"
+
+
+def read_only_root_fs(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        value = get(c.spec, "securityContext", "readOnlyRootFilesystem")
+        if value is not True and not is_unknown(value):
+            yield f"{c.label}: securityContext.readOnlyRootFilesystem must be true"
+
+
+def drop_all_capabilities(r: Resource) -> Iterator[str]:
+    allowed = {str(c).upper() for c in r.config["allowedAddedCapabilities"]}
+    for _, c in _each_container(r):
+        capabilities = get(c.spec, "securityContext", "capabilities")
+        if is_unknown(capabilities):
+            continue
+        drop = [str(x).upper() for x in as_list(get(capabilities, "drop"))]
+        if "ALL" not in drop:
+            yield f"{c.label}: securityContext.capabilities.drop must include ALL"
+        added = [str(x).upper() for x in as_list(get(capabilities, "add"))]
+        extra = sorted(set(added) - allowed)
+        if extra:
+            yield f"{c.label}: adds capabilities {', '.join(extra)}"
+
+
+def no_host_namespaces(r: Resource) -> Iterator[str]:
+    pod = _pod(r)
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if get(pod, field) is True:
+            yield f"pod spec sets {field}: true"
+
+
+def no_host_ports(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        for port in as_list(get(c.spec, "ports")):
+            host_port = as_int(get(port, "hostPort"))
+            if host_port:
+                yield f"{c.label}: binds hostPort {host_port}"
+
+
+def no_host_path(r: Resource) -> Iterator[str]:
+    for volume in as_list(get(_pod(r), "volumes")):
+        if get(volume, "hostPath") is not None:
+            yield f'volume "{get(volume, "name")}" mounts a hostPath'
+
+
+def seccomp_runtime_default(r: Resource) -> Iterator[str]:
+    for pod, c in _each_container(r):
+        profile = get(c.spec, "securityContext", "seccompProfile", "type")
+        if profile is None:
+            profile = get(pod, "securityContext", "seccompProfile", "type")
+        if not is_unknown(profile) and profile not in ("RuntimeDefault", "Localhost"):
+            yield f"{c.label}: seccompProfile.type must be RuntimeDefault (pod or container), got {shown(profile)}"
+
+
+def resource_requests(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        requests = get(c.spec, "resources", "requests")
+        if is_unknown(requests):
+            continue
+        missing = [k for k in ("cpu", "memory") if get(requests, k) is None]
+        if missing:
+            yield f"{c.label}: resources.requests lacks {' and '.join(missing)}"
+
+
+def memory_limits(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        limit = get(c.spec, "resources", "limits", "memory")
+        if limit is None:
+            yield f"{c.label}: resources.limits.memory is required"
+
+
+def _gpu_amounts(c: Container, resource_names: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    requests = as_dict(get(c.spec, "resources", "requests"))
+    limits = as_dict(get(c.spec, "resources", "limits"))
+    pick = lambda amounts: {k: amounts[k] for k in resource_names if k in amounts}  # noqa: E731
+    return pick(requests), pick(limits)
+
+
+def gpu_requests_equal_limits(r: Resource) -> Iterator[str]:
+    names = list(r.config["gpuResources"])
+    for _, c in _each_container(r):
+        requests, limits = _gpu_amounts(c, names)
+        for name in sorted(set(requests) | set(limits)):
+            request, limit = requests.get(name), limits.get(name)
+            if is_unknown(request) or is_unknown(limit):
+                continue
+            if name not in limits:
+                yield f"{c.label}: requests {name} without a limit"
+            elif name in requests and str(request) != str(limit):
+                yield f"{c.label}: {name} request {request} differs from limit {limit}"
+
+
+def _selects_gpu_node(pod: Any) -> bool:
+    if any(key in as_dict(get(pod, "nodeSelector")) for key in GPU_NODE_KEYS):
+        return True
+    terms = get(
+        pod,
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+    )
+    for term in as_list(terms):
+        for expression in as_list(get(term, "matchExpressions")):
+            if get(expression, "key") in GPU_NODE_KEYS and get(expression, "operator") in (
+                "In",
+                "Exists",
+            ):
+                return True
+    return False
+
+
+def gpu_node_selector(r: Resource) -> Iterator[str]:
+    names = list(r.config["gpuResources"])
+    pod = _pod(r)
+    if is_unknown(pod):
+        return
+    users = [c.label for c in containers(pod) if any(_gpu_amounts(c, names))]
+    if not users:
+        raise NotApplicable("no container requests a GPU")
+    if not _selects_gpu_node(pod):
+        yield (
+            f"{', '.join(users)} request GPUs but the pod does not select a GPU node "
+            f"(nodeSelector or required nodeAffinity on {GPU_NODE_KEYS[0]})"
+        )
+
+
+def parse_image(image: str) -> tuple[str, str | None, str | None]:
+    """`repo[:tag][@digest]` → (repo, tag, digest); a registry port is not a tag."""
+    name, _, digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.rsplit(":", 1)[1] if ":" in last else None
+    repo = name[: len(name) - len(tag) - 1] if tag is not None else name
+    return repo, tag, digest or None
+
+
+def image_tag_pinned(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        image = get(c.spec, "image")
+        if not isinstance(image, str) or is_unknown(image):
+            continue
+        _, tag, digest = parse_image(image)
+        if digest:
+            continue
+        if tag is None:
+            yield f"{c.label}: image {image!r} has no tag or digest (implies latest)"
+        elif tag == "latest":
+            yield f"{c.label}: image {image!r} uses the mutable tag 'latest'"
+
+
+def image_digest(r: Resource) -> Iterator[str]:
+    stack = os.environ.get("PULUMI_STACK", "")
+    stacks = list(r.config["stacks"])
+    if stack not in stacks:
+        raise NotApplicable(f"stack {stack!r} is not one of {stacks}")
+    for _, c in _each_container(r):
+        image = get(c.spec, "image")
+        if isinstance(image, str) and not parse_image(image)[2]:
+            yield f"{c.label}: image {image!r} must be pinned by digest (@sha256:...) on stack {stack}"
+
+
+def probes(r: Resource) -> Iterator[str]:
+    if kind_of(r.type) not in LONG_RUNNING:
+        raise NotApplicable("run-to-completion workloads need no probes")
+    pod = _pod(r)
+    if is_unknown(pod):
+        return
+    for c in containers(pod, ("containers",)):
+        missing = [p for p in ("readinessProbe", "livenessProbe") if get(c.spec, p) is None]
+        if missing:
+            yield f"{c.label}: {' and '.join(missing)} missing"
+
+
+def no_default_namespace(r: Resource) -> Iterator[str]:
+    kt = kube_type(r.type)
+    if kt is None or kt.kind in CLUSTER_SCOPED_KINDS:
+        raise NotApplicable("cluster-scoped or not a Kubernetes object")
+    namespace = namespace_of(r.props, r.provider_props)
+    if namespace == "default":
+        yield f"{kt.kind} lands in the default namespace: set metadata.namespace"
+
+
+def no_default_service_account(r: Resource) -> Iterator[str]:
+    pod = _pod(r)
+    account = get(pod, "serviceAccountName", default=get(pod, "serviceAccount"))
+    if is_unknown(pod) or is_unknown(account):
+        return
+    if account in (None, "", "default"):
+        yield "pod runs as the namespace's default service account: set serviceAccountName"
+
+
+def no_plaintext_secrets(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        for env in as_list(get(c.spec, "env")):
+            name, value = get(env, "name"), get(env, "value")
+            if (
+                isinstance(name, str)
+                and _SECRET_ENV.search(name)
+                and isinstance(value, str)
+                and value
+            ):
+                yield f"{c.label}: env {name} carries a literal secret; use valueFrom.secretKeyRef"
+
+
+def service_internal(r: Resource) -> Iterator[str]:
+    kind = get(r.props, "spec", "type")
+    if kind == "NodePort":
+        yield "Service type NodePort exposes every node; use ClusterIP or an internal LoadBalancer"
+    elif kind == "LoadBalancer":
+        annotations = as_dict(get(r.props, "metadata", "annotations"))
+        internal = any(
+            str(annotations.get(key, "")).lower() == "internal" for key in _INTERNAL_LB_ANNOTATIONS
+        )
+        if not internal:
+            yield (
+                "Service type LoadBalancer is external: annotate "
+                "networking.gke.io/load-balancer-type: Internal (public entry goes through the mesh gateway)"
+            )
+
+
+def pdb_allows_disruption(r: Resource) -> Iterator[str]:
+    spec = as_dict(get(r.props, "spec"))
+    max_unavailable = get(spec, "maxUnavailable")
+    min_available = get(spec, "minAvailable")
+    if max_unavailable in (0, "0", "0%"):
+        yield "maxUnavailable 0 blocks every voluntary disruption (node upgrades, spot drains)"
+    if min_available == "100%":
+        yield "minAvailable 100% blocks every voluntary disruption (node upgrades, spot drains)"
+
+
+def _replicated(resources: list[StackResource]) -> Iterator[StackResource]:
+    for r in resources:
+        if is_kind(r.type, "apps", "Deployment") or is_kind(r.type, "apps", "StatefulSet"):
+            yield r
+
+
+def hpa_targets(resources: list[StackResource]) -> dict[tuple[Any, str, Any], dict[str, Any]]:
+    """(namespace, kind, name) → HPA spec, for every HorizontalPodAutoscaler in the stack."""
+    found: dict[tuple[Any, str, Any], dict[str, Any]] = {}
+    for r in resources:
+        if is_kind(r.type, "autoscaling", "HorizontalPodAutoscaler"):
+            target = as_dict(get(r.props, "spec", "scaleTargetRef"))
+            key = (
+                namespace_of(r.props, r.provider_props),
+                get(target, "kind"),
+                get(target, "name"),
+            )
+            found[key] = as_dict(get(r.props, "spec"))
+    return found
+
+
+def object_key(r: StackResource) -> tuple[Any, str, Any]:
+    return (
+        namespace_of(r.props, r.provider_props),
+        kind_of(r.type),
+        get(r.props, "metadata", "name"),
+    )
+
+
+def replicas_or_hpa(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    minimum = as_int(config["minReplicas"]) or 2
+    hpas = hpa_targets(resources)
+    for r in _replicated(resources):
+        if object_key(r) in hpas:
+            continue
+        replicas = get(r.props, "spec", "replicas", default=1)
+        if is_unknown(replicas):
+            continue
+        count = as_int(replicas)
+        if count is not None and count < minimum:
+            yield (
+                r.urn,
+                f"{kind_of(r.type)} runs {count} replica(s) and no HorizontalPodAutoscaler targets it",
+            )
+
+
+POLICIES = [
+    resource_policy(
+        name="k8s-no-privileged",
+        description="No privileged containers. Source: Pod Security Standards (Baseline); "
+        "Checkov CKV_K8S_16; Polaris runAsPrivileged.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_privileged,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-privilege-escalation",
+        description="Containers set allowPrivilegeEscalation: false. Source: Pod Security Standards "
+        "(Restricted); Checkov CKV_K8S_20; Polaris privilegeEscalationAllowed.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_privilege_escalation,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-run-as-non-root",
+        description="Containers run as a non-root user. Source: Pod Security Standards (Restricted); "
+        "Checkov CKV_K8S_23; Polaris runAsRootAllowed.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=run_as_non_root,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-read-only-root-fs",
+        description="Containers have a read-only root filesystem. Source: Checkov CKV_K8S_22; "
+        "Polaris notReadOnlyRootFilesystem.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=read_only_root_fs,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-drop-all-capabilities",
+        description="Containers drop ALL capabilities and add back only allowed ones. "
+        "Source: Pod Security Standards (Restricted); Checkov CKV_K8S_37, CKV_K8S_28.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=drop_all_capabilities,
+        config_schema=schema(
+            {
+                "allowedAddedCapabilities": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["NET_BIND_SERVICE"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-host-namespaces",
+        description="Pods do not share the host's network, PID or IPC namespace. Source: Pod Security "
+        "Standards (Baseline); Checkov CKV_K8S_17, CKV_K8S_18, CKV_K8S_19.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_host_namespaces,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-host-ports",
+        description="Containers bind no host ports. Source: Pod Security Standards (Baseline); "
+        "Checkov CKV_K8S_26; Polaris hostPortSet.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_host_ports,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-host-path",
+        description="Pods mount no hostPath volumes. Source: Pod Security Standards (Baseline): "
+        "HostPath Volumes.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_host_path,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-seccomp-runtime-default",
+        description="Containers run under the RuntimeDefault seccomp profile. Source: Pod Security "
+        "Standards (Restricted); Checkov CKV_K8S_31; CIS Kubernetes 5.7.2.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=seccomp_runtime_default,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-resource-requests",
+        description="Containers request CPU and memory. Source: Checkov CKV_K8S_10, CKV_K8S_12; "
+        "Polaris cpuRequestsMissing, memoryRequestsMissing.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=resource_requests,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-memory-limits",
+        description="Containers set a memory limit. Source: Checkov CKV_K8S_13; Polaris memoryLimitsMissing.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=memory_limits,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-gpu-requests-equal-limits",
+        description="GPU requests equal GPU limits (extended resources cannot be overcommitted). "
+        "Source: Kubernetes docs, 'Schedule GPUs'.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=gpu_requests_equal_limits,
+        config_schema=schema(
+            {
+                "gpuResources": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["nvidia.com/gpu"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-gpu-node-selector",
+        description="Pods that request GPUs select a GPU node (cloud.google.com/gke-accelerator). "
+        "Source: GKE docs, 'Deploy GPU workloads in GKE Standard'.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=gpu_node_selector,
+        config_schema=schema(
+            {
+                "gpuResources": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": ["nvidia.com/gpu"],
+                }
+            }
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-image-tag-pinned",
+        description="Images carry an explicit tag other than latest, or a digest. "
+        "Source: Checkov CKV_K8S_14; Polaris tagNotSpecified; kube-score container-image-tag.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=image_tag_pinned,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-image-digest",
+        description="On the configured stacks (prod), images are pinned by digest. Source: Checkov CKV_K8S_43.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=image_digest,
+        config_schema=schema(
+            {"stacks": {"type": "array", "items": {"type": "string"}, "default": ["prod"]}}
+        ),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-probes",
+        description="Long-running containers define readiness and liveness probes. "
+        "Source: Checkov CKV_K8S_8, CKV_K8S_9; Polaris readinessProbeMissing, livenessProbeMissing.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=probes,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-default-namespace",
+        description="Namespaced objects never land in the default namespace. "
+        "Source: CIS Kubernetes 5.7.4; Checkov CKV_K8S_21.",
+        level=MANDATORY,
+        types=lambda token: kube_type(token) is not None,
+        rule=no_default_namespace,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-default-service-account",
+        description="Pods run as a dedicated Kubernetes service account. "
+        "Source: CIS Kubernetes 5.1.5; Checkov CKV_K8S_41.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_default_service_account,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-no-plaintext-secrets",
+        description="No secret values in plain env vars (use secretKeyRef or mounted files). "
+        "Source: CIS Kubernetes 5.4.1; Checkov CKV_K8S_35.",
+        level=MANDATORY,
+        types=is_workload,
+        rule=no_plaintext_secrets,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-service-internal",
+        description="Services are not NodePort, and LoadBalancers are internal. "
+        "Source: kube-score service-type; GKE docs, 'Internal passthrough Network Load Balancer'.",
+        level=MANDATORY,
+        types=lambda token: is_kind(token, "core", "Service"),
+        rule=service_internal,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="k8s-pdb-allows-disruption",
+        description="PodDisruptionBudgets allow at least one voluntary disruption. "
+        "Source: kube-score poddisruptionbudget; GKE docs, 'Node upgrade strategies'.",
+        level=MANDATORY,
+        types=lambda token: is_kind(token, "policy", "PodDisruptionBudget"),
+        rule=pdb_allows_disruption,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="k8s-replicas-or-hpa",
+        description="Deployments and StatefulSets run at least two replicas or are scaled by an HPA. "
+        "Source: Polaris deploymentMissingReplicas.",
+        level=ADVISORY,
+        rule=replicas_or_hpa,
+        config_schema=schema({"minReplicas": {"type": "integer", "minimum": 1, "default": 2}}),
+        tags=TAGS,
+    ),
+]

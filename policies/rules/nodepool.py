@@ -1,0 +1,320 @@
+"""GKE node pool rules (gcp:container/nodePool:NodePool): hardening, spot and GPU capacity."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from rules.kit import MANDATORY, NotApplicable, Resource, resource_policy, schema
+from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown, shown
+
+NODE_POOL = "gcp:container/nodePool:NodePool"
+TAGS = ("nodepool",)
+SPOT_TAINT_KEYS = ("cloud.google.com/gke-spot", "cloud.google.com/gke-preemptible")
+# Machine families whose VMs always carry GPUs.
+_GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
+_DEFAULT_COMPUTE_SA = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
+
+
+def node_config(r: Resource) -> dict[str, Any]:
+    return as_dict(get(r.props, "nodeConfig"))
+
+
+def is_spot(config: dict[str, Any]) -> bool:
+    return get(config, "spot") is True or get(config, "preemptible") is True
+
+
+def is_gpu_pool(config: dict[str, Any]) -> bool:
+    machine = get(config, "machineType")
+    accelerators = [a for a in as_list(get(config, "guestAccelerators")) if isinstance(a, dict)]
+    return bool(accelerators) or (isinstance(machine, str) and machine.startswith(_GPU_FAMILIES))
+
+
+def _gpu_only(r: Resource) -> dict[str, Any]:
+    config = node_config(r)
+    if not is_gpu_pool(config):
+        raise NotApplicable("not a GPU node pool")
+    return config
+
+
+def auto_repair(r: Resource) -> Iterator[str]:
+    if get(r.props, "management", "autoRepair") is False:
+        yield "management.autoRepair is false"
+
+
+def auto_upgrade(r: Resource) -> Iterator[str]:
+    if get(r.props, "management", "autoUpgrade") is False:
+        yield "management.autoUpgrade is false"
+
+
+def dedicated_service_account(r: Resource) -> Iterator[str]:
+    account = get(node_config(r), "serviceAccount")
+    if is_unknown(account):
+        return  # an output of a service account created in this stack: dedicated by construction
+    if not isinstance(account, str) or account in ("", "default"):
+        yield "nodeConfig.serviceAccount must name a dedicated least-privilege service account"
+    elif _DEFAULT_COMPUTE_SA.match(account):
+        yield f"nodeConfig.serviceAccount is the Compute Engine default service account ({account})"
+
+
+def gke_metadata(r: Resource) -> Iterator[str]:
+    mode = get(node_config(r), "workloadMetadataConfig", "mode")
+    if not is_unknown(mode) and mode != "GKE_METADATA":
+        yield f"nodeConfig.workloadMetadataConfig.mode must be GKE_METADATA (got {shown(mode)})"
+
+
+def cos_containerd(r: Resource) -> Iterator[str]:
+    image = get(node_config(r), "imageType")
+    if isinstance(image, str) and image.upper() != "COS_CONTAINERD":
+        yield f"nodeConfig.imageType is {image!r}; use COS_CONTAINERD"
+
+
+def shielded_boot(r: Resource) -> Iterator[str]:
+    shielded = get(node_config(r), "shieldedInstanceConfig")
+    secure_boot = get(shielded, "enableSecureBoot")
+    if secure_boot is not True and not is_unknown(secure_boot):
+        yield "nodeConfig.shieldedInstanceConfig.enableSecureBoot must be true"
+    if get(shielded, "enableIntegrityMonitoring") is False:
+        yield "nodeConfig.shieldedInstanceConfig.enableIntegrityMonitoring is false"
+
+
+def spot_taint(r: Resource) -> Iterator[str]:
+    config = node_config(r)
+    if not is_spot(config):
+        raise NotApplicable("not a spot or preemptible node pool")
+    taints = get(config, "taints")
+    if is_unknown(taints):
+        return
+    for taint in as_list(taints):
+        if get(taint, "key") in SPOT_TAINT_KEYS and get(taint, "effect") == "NO_SCHEDULE":
+            return
+    yield (
+        "spot pools must carry the taint cloud.google.com/gke-spot=true:NO_SCHEDULE so only "
+        "workloads that tolerate preemption land on them"
+    )
+
+
+def _autoscaling(r: Resource) -> dict[str, Any]:
+    return as_dict(get(r.props, "autoscaling"))
+
+
+def gpu_scale_from_zero(r: Resource) -> Iterator[str]:
+    _gpu_only(r)
+    scaling = get(r.props, "autoscaling")
+    if is_unknown(scaling):
+        return
+    if not isinstance(scaling, dict):
+        yield "GPU pools must autoscale (autoscaling with minNodeCount 0)"
+        return
+    minimum = get(scaling, "totalMinNodeCount", default=get(scaling, "minNodeCount"))
+    if not is_unknown(minimum) and as_int(minimum) not in (0, None):
+        yield f"GPU pools must scale from zero: minimum is {as_int(minimum)}"
+
+
+def max_gpu_nodes(r: Resource) -> int | Any | None:
+    """The most nodes the pool can reach: totalMaxNodeCount, or per-zone max times zones."""
+    scaling = _autoscaling(r)
+    total = get(scaling, "totalMaxNodeCount")
+    if total is not None:
+        return UNKNOWN if is_unknown(total) else as_int(total)
+    per_zone = get(scaling, "maxNodeCount")
+    if per_zone is None:
+        count = get(r.props, "nodeCount", default=get(r.props, "initialNodeCount"))
+        return UNKNOWN if is_unknown(count) else as_int(count)
+    if is_unknown(per_zone):
+        return UNKNOWN
+    zones = get(r.props, "nodeLocations")
+    if is_unknown(zones):
+        return UNKNOWN
+    per_zone_count = as_int(per_zone)
+    return None if per_zone_count is None else per_zone_count * max(1, len(as_list(zones)))
+
+
+def gpu_max_nodes(r: Resource) -> Iterator[str]:
+    _gpu_only(r)
+    limit = as_int(r.config["maxGpuNodes"])
+    maximum = max_gpu_nodes(r)
+    if is_unknown(maximum) or limit is None:
+        return
+    if maximum is None:
+        yield "GPU pools must set autoscaling.maxNodeCount or totalMaxNodeCount"
+    elif maximum > limit:
+        yield f"GPU pool can grow to {maximum} nodes; the limit is {limit} (maxGpuNodes)"
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def gpu_allowed_types(r: Resource) -> Iterator[str]:
+    config = _gpu_only(r)
+    machines = list(r.config["allowedMachineTypes"])
+    accelerators = list(r.config["allowedAcceleratorTypes"])
+    machine = get(config, "machineType")
+    if isinstance(machine, str) and not _matches(machine, machines):
+        yield f"machineType {machine!r} is not allowed for GPU pools; allowed: {', '.join(machines)}"
+    for index, accelerator in enumerate(as_list(get(config, "guestAccelerators"))):
+        kind = get(accelerator, "type")
+        if isinstance(kind, str) and kind not in accelerators:
+            yield (
+                f"guestAccelerators[{index}].type {kind!r} is not allowed; "
+                f"allowed: {', '.join(accelerators)}"
+            )
+
+
+def gpu_drivers(r: Resource) -> Iterator[str]:
+    config = _gpu_only(r)
+    accelerators = get(config, "guestAccelerators")
+    if is_unknown(accelerators):
+        return
+    if not as_list(accelerators):
+        yield "declare nodeConfig.guestAccelerators with gpuDriverInstallationConfig so GKE installs drivers"
+    for index, accelerator in enumerate(as_list(accelerators)):
+        version = get(accelerator, "gpuDriverInstallationConfig", "gpuDriverVersion")
+        if not is_unknown(version) and version not in ("DEFAULT", "LATEST"):
+            yield (
+                f"guestAccelerators[{index}].gpuDriverInstallationConfig.gpuDriverVersion must be "
+                f"DEFAULT or LATEST (got {shown(version)})"
+            )
+
+
+def boot_disk_cmek(r: Resource) -> Iterator[str]:
+    key = get(node_config(r), "bootDiskKmsKey")
+    if not key and not is_unknown(key):
+        yield "nodeConfig.bootDiskKmsKey must name a Cloud KMS key"
+
+
+_GPU_CONFIG = schema(
+    {
+        "maxGpuNodes": {"type": "integer", "minimum": 0, "default": 8},
+        "allowedMachineTypes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "fnmatch patterns of GPU machine types",
+            "default": ["g2-standard-*", "a2-highgpu-*", "n1-standard-*"],
+        },
+        "allowedAcceleratorTypes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"],
+        },
+    }
+)
+
+
+def _gpu_schema(*keys: str):
+    return schema({k: v for k, v in _GPU_CONFIG.properties.items() if k in keys})
+
+
+POLICIES = [
+    resource_policy(
+        name="nodepool-auto-repair",
+        description="Node auto-repair is on. Source: CIS GKE 5.5.2; Checkov CKV_GCP_9.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=auto_repair,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-auto-upgrade",
+        description="Node auto-upgrade is on. Source: CIS GKE 5.5.3; Checkov CKV_GCP_10.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=auto_upgrade,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-dedicated-service-account",
+        description="Nodes run as a dedicated service account, never the Compute Engine default. "
+        "Source: CIS GKE 5.2.1.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=dedicated_service_account,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-gke-metadata",
+        description="The GKE metadata server shields node credentials (workloadMetadataConfig "
+        "GKE_METADATA). Source: CIS GKE 5.4.2; Checkov CKV_GCP_69.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=gke_metadata,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-cos-containerd",
+        description="Nodes run Container-Optimized OS with containerd. "
+        "Source: CIS GKE 5.5.1; Checkov CKV_GCP_22.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=cos_containerd,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-shielded-boot",
+        description="Shielded nodes use Secure Boot and integrity monitoring. "
+        "Source: CIS GKE 5.5.6 and 5.5.7; Checkov CKV_GCP_68, CKV_GCP_72.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=shielded_boot,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-spot-taint",
+        description="Spot and preemptible pools carry the cloud.google.com/gke-spot NoSchedule taint. "
+        "Source: GKE docs, 'Spot VMs: taints and tolerations'.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=spot_taint,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-gpu-scale-from-zero",
+        description="GPU pools autoscale from zero nodes. "
+        "Source: GKE docs, 'Cluster autoscaler: scale GPU node pools to zero'.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=gpu_scale_from_zero,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-gpu-max-nodes",
+        description="GPU pools cannot grow past the configured node limit. "
+        "Source: GKE docs, 'GPU quota and autoscaling limits'.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=gpu_max_nodes,
+        config_schema=_gpu_schema("maxGpuNodes"),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-gpu-allowed-types",
+        description="GPU pools use an allowed machine type and accelerator type. "
+        "Source: GKE docs, 'About GPUs in GKE'.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=gpu_allowed_types,
+        config_schema=_gpu_schema("allowedMachineTypes", "allowedAcceleratorTypes"),
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-gpu-drivers",
+        description="GPU pools let GKE install the NVIDIA drivers (gpuDriverVersion DEFAULT or LATEST). "
+        "Source: GKE docs, 'Run GPUs in GKE Standard node pools'.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=gpu_drivers,
+        tags=TAGS,
+    ),
+    resource_policy(
+        name="nodepool-boot-disk-cmek",
+        description="Node boot disks are encrypted with a customer-managed KMS key. "
+        "Source: CIS GKE 5.9.1.",
+        level=MANDATORY,
+        types={NODE_POOL},
+        rule=boot_disk_cmek,
+        tags=TAGS,
+    ),
+]

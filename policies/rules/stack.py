@@ -1,0 +1,307 @@
+"""Stack-level rules: what must exist alongside the workloads (mesh policy, network policy,
+PDBs, system node pools). They see every resource at once through AnalyzeStack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rules.istio import is_authorization_policy, is_peer_authentication
+from rules.kit import MANDATORY, StackResource, schema, stack_policy
+from rules.kubernetes import hpa_targets, object_key
+from rules.nodepool import NODE_POOL, is_spot
+from rules.values import as_dict, as_int, as_list, get, is_unknown
+from rules.workloads import is_kind, is_workload, kind_of, labels_match, namespace_of, pod_metadata
+
+TAGS = ("stack",)
+CLUSTER = "gcp:container/cluster:Cluster"
+Finding = tuple[str | None, str]
+
+_NAMESPACE_CONFIG = schema(
+    {
+        "exemptNamespaces": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": [
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                "istio-system",
+                "gke-managed-system",
+                "gmp-system",
+                "gmp-public",
+            ],
+        },
+        "meshRootNamespace": {"type": "string", "default": "istio-system"},
+    }
+)
+
+
+def workload_namespaces(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> dict[str, StackResource]:
+    """Each namespace that runs workloads → the first workload found there (where a finding
+    is reported when the namespace itself is not declared in the stack)."""
+    exempt = set(config["exemptNamespaces"])
+    found: dict[str, StackResource] = {}
+    for r in resources:
+        if is_workload(r.type):
+            namespace = namespace_of(r.props, r.provider_props)
+            if isinstance(namespace, str) and namespace not in exempt:
+                found.setdefault(namespace, r)
+    return found
+
+
+def declared_namespaces(resources: list[StackResource]) -> dict[Any, StackResource]:
+    return {
+        get(r.props, "metadata", "name"): r
+        for r in resources
+        if is_kind(r.type, "core", "Namespace")
+    }
+
+
+def _report_urn(namespace: str, first: StackResource, declared: dict[Any, StackResource]) -> str:
+    return declared[namespace].urn if namespace in declared else first.urn
+
+
+def _namespace_wide(r: StackResource) -> bool:
+    selector = get(r.props, "spec", "selector")
+    return selector is None or (
+        isinstance(selector, dict) and not as_dict(selector.get("matchLabels"))
+    )
+
+
+def _in(r: StackResource, namespace: str) -> bool:
+    return namespace_of(r.props, r.provider_props) == namespace
+
+
+def mtls_per_namespace(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    root = config["meshRootNamespace"]
+    strict = [
+        r
+        for r in resources
+        if is_peer_authentication(r.type)
+        and _namespace_wide(r)
+        and get(r.props, "spec", "mtls", "mode") == "STRICT"
+    ]
+    if any(_in(r, root) for r in strict):
+        return  # a mesh-wide STRICT policy covers every namespace
+    declared = declared_namespaces(resources)
+    for namespace, first in sorted(workload_namespaces(resources, config).items()):
+        if not any(_in(r, namespace) for r in strict):
+            yield (
+                _report_urn(namespace, first, declared),
+                (
+                    f"namespace {namespace} has no namespace-wide STRICT PeerAuthentication "
+                    f"and there is no mesh-wide one in {root}"
+                ),
+            )
+
+
+def _is_default_deny(r: StackResource) -> bool:
+    if not is_authorization_policy(r.type) or not _namespace_wide(r):
+        return False
+    spec = as_dict(get(r.props, "spec"))
+    action = spec.get("action", "ALLOW")
+    rules = as_list(spec.get("rules"))
+    if action == "ALLOW" and not rules:
+        return True  # allow-nothing: every request that no other ALLOW matches is denied
+    return action == "DENY" and any(rule == {} for rule in rules)  # deny-all
+
+
+def default_deny_per_namespace(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    root = config["meshRootNamespace"]
+    denies = [r for r in resources if _is_default_deny(r)]
+    if any(_in(r, root) for r in denies):
+        return
+    declared = declared_namespaces(resources)
+    for namespace, first in sorted(workload_namespaces(resources, config).items()):
+        if not any(_in(r, namespace) for r in denies):
+            yield (
+                _report_urn(namespace, first, declared),
+                (
+                    f"namespace {namespace} has no default-deny AuthorizationPolicy (allow-nothing: spec {{}})"
+                ),
+            )
+
+
+def network_policy_per_namespace(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    covering = [
+        r
+        for r in resources
+        if is_kind(r.type, "networking.k8s.io", "NetworkPolicy")
+        and not as_dict(get(r.props, "spec", "podSelector")).get("matchLabels")
+        and not as_list(get(r.props, "spec", "podSelector", "matchExpressions"))
+    ]
+    declared = declared_namespaces(resources)
+    for namespace, first in sorted(workload_namespaces(resources, config).items()):
+        if not any(_in(r, namespace) for r in covering):
+            yield (
+                _report_urn(namespace, first, declared),
+                (
+                    f"namespace {namespace} has no NetworkPolicy selecting all its pods (podSelector: {{}})"
+                ),
+            )
+
+
+def sidecar_injection_per_namespace(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    declared = declared_namespaces(resources)
+    for namespace, first in sorted(workload_namespaces(resources, config).items()):
+        if namespace not in declared:
+            yield (
+                first.urn,
+                f"namespace {namespace} is not declared in the stack, so its sidecar injection is unmanaged",
+            )
+            continue
+        labels = as_dict(get(declared[namespace].props, "metadata", "labels"))
+        if labels.get("istio-injection") != "enabled" and not labels.get("istio.io/rev"):
+            yield (
+                declared[namespace].urn,
+                (
+                    f"namespace {namespace} lacks the label istio-injection=enabled (or istio.io/rev)"
+                ),
+            )
+
+
+def _replicas(r: StackResource, hpas: dict[tuple[Any, str, Any], dict[str, Any]]) -> int | None:
+    hpa = hpas.get(object_key(r))
+    if hpa is not None:
+        return as_int(get(hpa, "minReplicas", default=1))
+    replicas = get(r.props, "spec", "replicas", default=1)
+    return None if is_unknown(replicas) else as_int(replicas)
+
+
+def pdb_per_deployment(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    hpas = hpa_targets(resources)
+    pdbs = [r for r in resources if is_kind(r.type, "policy", "PodDisruptionBudget")]
+    for r in resources:
+        if not (is_kind(r.type, "apps", "Deployment") or is_kind(r.type, "apps", "StatefulSet")):
+            continue
+        replicas = _replicas(r, hpas)
+        if replicas is None or replicas < 2:
+            continue
+        namespace = namespace_of(r.props, r.provider_props)
+        labels = as_dict(get(pod_metadata(r.type, r.props), "labels"))
+        matching = [
+            p
+            for p in pdbs
+            if namespace_of(p.props, p.provider_props) == namespace
+            and get(p.props, "spec", "selector") is not None
+            and labels_match(get(p.props, "spec", "selector"), labels)
+        ]
+        name = get(r.props, "metadata", "name", default=r.name)
+        if not matching:
+            yield (
+                r.urn,
+                f"{kind_of(r.type)} {name} runs {replicas} replicas without a PodDisruptionBudget",
+            )
+            continue
+        for pdb in matching:
+            min_available = as_int(get(pdb.props, "spec", "minAvailable"))
+            if min_available is not None and min_available >= replicas:
+                yield (
+                    pdb.urn,
+                    (
+                        f"minAvailable {min_available} >= the {replicas} replicas of {name}: no pod can ever be evicted"
+                    ),
+                )
+
+
+def _owns(pool: StackResource, cluster: StackResource) -> bool:
+    if cluster.urn in pool.dependencies:
+        return True
+    reference = get(pool.props, "cluster")
+    name = get(cluster.props, "name", default=cluster.name)
+    if isinstance(reference, str) and reference in (cluster.urn, name, cluster.name):
+        return True
+    if isinstance(reference, str) and reference.endswith(f"/clusters/{name}"):
+        return True
+    return is_unknown(reference) and pool.parent is not None and pool.parent == cluster.parent
+
+
+def system_pool_per_cluster(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[Finding]:
+    pools = [r for r in resources if r.type == NODE_POOL]
+    for cluster in resources:
+        if cluster.type != CLUSTER or get(cluster.props, "enableAutopilot") is True:
+            continue
+        keeps_default = get(cluster.props, "removeDefaultNodePool") is not True
+        if keeps_default and not is_spot(as_dict(get(cluster.props, "nodeConfig"))):
+            continue
+        owned = [p for p in pools if _owns(p, cluster)]
+        if not any(not is_spot(as_dict(get(p.props, "nodeConfig"))) for p in owned):
+            yield (
+                cluster.urn,
+                (
+                    f"cluster {cluster.name} has no non-spot node pool for system pods "
+                    f"({len(owned)} pool(s) found, all spot)"
+                ),
+            )
+
+
+POLICIES = [
+    stack_policy(
+        name="stack-namespace-mtls",
+        description="Every workload namespace has a namespace-wide STRICT PeerAuthentication, or a "
+        "mesh-wide one exists. Source: Istio security best practices, 'Mutual TLS'.",
+        level=MANDATORY,
+        rule=mtls_per_namespace,
+        config_schema=_NAMESPACE_CONFIG,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="stack-namespace-default-deny",
+        description="Every workload namespace (or the mesh root) has a default-deny AuthorizationPolicy. "
+        "Source: Istio security best practices, 'Safer authorization policy patterns: default-deny'.",
+        level=MANDATORY,
+        rule=default_deny_per_namespace,
+        config_schema=_NAMESPACE_CONFIG,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="stack-namespace-network-policy",
+        description="Every workload namespace has a NetworkPolicy selecting all of its pods. "
+        "Source: CIS Kubernetes 5.3.2; kube-score pod-networkpolicy.",
+        level=MANDATORY,
+        rule=network_policy_per_namespace,
+        config_schema=_NAMESPACE_CONFIG,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="stack-namespace-sidecar-injection",
+        description="Every workload namespace is declared with Istio sidecar injection enabled. "
+        "Source: Istio docs, 'Automatic sidecar injection'.",
+        level=MANDATORY,
+        rule=sidecar_injection_per_namespace,
+        config_schema=_NAMESPACE_CONFIG,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="stack-deployment-pdb",
+        description="Every multi-replica Deployment or StatefulSet has a PodDisruptionBudget that "
+        "still lets a pod be evicted. Source: kube-score deployment-has-poddisruptionbudget; "
+        "Polaris missingPodDisruptionBudget.",
+        level=MANDATORY,
+        rule=pdb_per_deployment,
+        tags=TAGS,
+    ),
+    stack_policy(
+        name="stack-cluster-system-pool",
+        description="Every Standard GKE cluster keeps a non-spot node pool for system pods. "
+        "Source: GKE docs, 'Spot VMs: best practices'.",
+        level=MANDATORY,
+        rule=system_pool_per_cluster,
+        tags=TAGS,
+    ),
+]
