@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_plan_fails_on_unknown_inputs_unless_allowed():
         "--program",
         str(TYPO_PROGRAM),
     ]
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     failed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert failed.returncode == 1
     assert (

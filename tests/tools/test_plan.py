@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ def run_tools(*args: str, cwd: Path = REPO, timeout: int = 120) -> subprocess.Co
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
