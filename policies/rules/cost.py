@@ -53,7 +53,10 @@ def required_labels(r: Resource) -> Iterator[str]:
     labels = get(r.props, *path.split("."))
     if is_unknown(labels):
         return
-    merged = dict(as_str_map(get(r.provider_props, "defaultLabels"))) if defaults_apply else {}
+    defaults = get(r.provider_props, "defaultLabels") if defaults_apply else None
+    if is_unknown(defaults):
+        return
+    merged = dict(as_str_map(defaults))
     merged.update(as_dict(labels))
     missing = [k for k in r.config["requiredLabels"] if merged.get(k) in (None, "")]
     if missing:

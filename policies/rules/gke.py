@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from rules.kit import ADVISORY, MANDATORY, Resource, resource_policy, schema
-from rules.values import as_dict, as_list, get, is_unknown, shown
+from rules.values import as_list, get, is_unknown, shown
 
 CLUSTER = "gcp:container/cluster:Cluster"
 TAGS = ("gke",)
@@ -19,12 +19,12 @@ def private_nodes(r: Resource) -> Iterator[str]:
 
 
 def control_plane_access(r: Resource) -> Iterator[str]:
-    if get(r.props, "privateClusterConfig", "enablePrivateEndpoint") is True:
-        return
-    if get(r.props, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled") is False:
-        return  # DNS-based endpoint only: no IP endpoint to reach
+    private_endpoint = get(r.props, "privateClusterConfig", "enablePrivateEndpoint")
+    ip_endpoint = get(r.props, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled")
     authorized = get(r.props, "masterAuthorizedNetworksConfig")
-    if is_unknown(authorized):
+    if private_endpoint is True or ip_endpoint is False:
+        return  # no public IP endpoint (private endpoint, or the DNS-based endpoint only)
+    if is_unknown(private_endpoint) or is_unknown(ip_endpoint) or is_unknown(authorized):
         return
     if not isinstance(authorized, dict):
         yield (
@@ -108,7 +108,7 @@ def logging_enabled(r: Resource) -> Iterator[str]:
     if get(r.props, "loggingService") == "none":
         yield "loggingService is 'none'"
     components = get(r.props, "loggingConfig", "enableComponents")
-    if isinstance(components, list):
+    if isinstance(components, list) and not any(map(is_unknown, components)):
         for needed in ("SYSTEM_COMPONENTS", "WORKLOADS"):
             if needed not in components:
                 yield f"loggingConfig.enableComponents lacks {needed}"
@@ -118,7 +118,11 @@ def monitoring_enabled(r: Resource) -> Iterator[str]:
     if get(r.props, "monitoringService") == "none":
         yield "monitoringService is 'none'"
     components = get(r.props, "monitoringConfig", "enableComponents")
-    if isinstance(components, list) and "SYSTEM_COMPONENTS" not in components:
+    if (
+        isinstance(components, list)
+        and not any(map(is_unknown, components))
+        and "SYSTEM_COMPONENTS" not in components
+    ):
         yield "monitoringConfig.enableComponents lacks SYSTEM_COMPONENTS"
 
 
@@ -129,7 +133,7 @@ def binary_authorization(r: Resource) -> Iterator[str]:
 
 
 def security_posture(r: Resource) -> Iterator[str]:
-    posture = as_dict(get(r.props, "securityPostureConfig"))
+    posture = get(r.props, "securityPostureConfig")
     mode, vulnerability = get(posture, "mode"), get(posture, "vulnerabilityMode")
     if not is_unknown(mode) and mode not in ("BASIC", "ENTERPRISE"):
         yield f"securityPostureConfig.mode must be BASIC or ENTERPRISE (got {shown(mode)})"

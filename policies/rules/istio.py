@@ -56,9 +56,12 @@ def authorization_positive_match(r: Resource) -> Iterator[str]:
     if action != "ALLOW":
         return
     for index, rule in enumerate(as_list(get(spec, "rules"))):
-        sources = as_list(get(rule, "from"))
-        identified = False
-        for source_index, entry in enumerate(sources):
+        sources = get(rule, "from")
+        # An unknown rule or source may well name principals: only judge what is known.
+        identified = is_unknown(sources) or any(
+            is_unknown(get(e, "source")) for e in as_list(sources)
+        )
+        for source_index, entry in enumerate(as_list(sources)):
             source = as_dict(get(entry, "source"))
             for field in _NEGATIVE_SOURCE:
                 if field in source:

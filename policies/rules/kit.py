@@ -8,6 +8,10 @@ not the engine sends the reconciled config. A rule that raises does not take the
 down with it: the failure is reported as a violation of that rule, at its level (fail closed).
 """
 
+# pulumi_policy lives only in policies/venv (it pins protobuf 5), not in the .venv pyright
+# checks against; the pack's own tests exercise these imports through the real process.
+# pyright: reportMissingImports=false
+
 from __future__ import annotations
 
 import sys

@@ -91,12 +91,12 @@ def drop_all_capabilities(r: Resource) -> Iterator[str]:
     allowed = {str(c).upper() for c in r.config["allowedAddedCapabilities"]}
     for _, c in _each_container(r):
         capabilities = get(c.spec, "securityContext", "capabilities")
-        if is_unknown(capabilities):
-            continue
-        drop = [str(x).upper() for x in as_list(get(capabilities, "drop"))]
-        if "ALL" not in drop:
+        drop = get(capabilities, "drop")
+        if is_unknown(drop) or any(map(is_unknown, as_list(drop))):
+            pass  # an unknown entry may be ALL
+        elif "ALL" not in [str(x).upper() for x in as_list(drop)]:
             yield f"{c.label}: securityContext.capabilities.drop must include ALL"
-        added = [str(x).upper() for x in as_list(get(capabilities, "add"))]
+        added = [str(x).upper() for x in as_list(get(capabilities, "add")) if isinstance(x, str)]
         extra = sorted(set(added) - allowed)
         if extra:
             yield f"{c.label}: adds capabilities {', '.join(extra)}"
@@ -119,7 +119,8 @@ def no_host_ports(r: Resource) -> Iterator[str]:
 
 def no_host_path(r: Resource) -> Iterator[str]:
     for volume in as_list(get(_pod(r), "volumes")):
-        if get(volume, "hostPath") is not None:
+        host_path = get(volume, "hostPath")
+        if host_path is not None and not is_unknown(host_path):
             yield f'volume "{get(volume, "name")}" mounts a hostPath'
 
 
@@ -159,6 +160,10 @@ def _gpu_amounts(c: Container, resource_names: list[str]) -> tuple[dict[str, Any
 def gpu_requests_equal_limits(r: Resource) -> Iterator[str]:
     names = list(r.config["gpuResources"])
     for _, c in _each_container(r):
+        if is_unknown(get(c.spec, "resources", "requests")) or is_unknown(
+            get(c.spec, "resources", "limits")
+        ):
+            continue
         requests, limits = _gpu_amounts(c, names)
         for name in sorted(set(requests) | set(limits)):
             request, limit = requests.get(name), limits.get(name)
@@ -171,6 +176,8 @@ def gpu_requests_equal_limits(r: Resource) -> Iterator[str]:
 
 
 def _selects_gpu_node(pod: Any) -> bool:
+    if is_unknown(get(pod, "nodeSelector")) or is_unknown(get(pod, "affinity")):
+        return True  # cannot tell during preview
     if any(key in as_dict(get(pod, "nodeSelector")) for key in GPU_NODE_KEYS):
         return True
     terms = get(
@@ -182,6 +189,8 @@ def _selects_gpu_node(pod: Any) -> bool:
     )
     for term in as_list(terms):
         for expression in as_list(get(term, "matchExpressions")):
+            if is_unknown(get(expression, "key")) or is_unknown(get(expression, "operator")):
+                return True
             if get(expression, "key") in GPU_NODE_KEYS and get(expression, "operator") in (
                 "In",
                 "Exists",
@@ -287,7 +296,10 @@ def service_internal(r: Resource) -> Iterator[str]:
     if kind == "NodePort":
         yield "Service type NodePort exposes every node; use ClusterIP or an internal LoadBalancer"
     elif kind == "LoadBalancer":
-        annotations = as_dict(get(r.props, "metadata", "annotations"))
+        annotations = get(r.props, "metadata", "annotations")
+        if is_unknown(annotations) or any(map(is_unknown, as_dict(annotations).values())):
+            return
+        annotations = as_dict(annotations)
         internal = any(
             str(annotations.get(key, "")).lower() == "internal" for key in _INTERNAL_LB_ANNOTATIONS
         )

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rules.kit import MANDATORY, NotApplicable, Resource, resource_policy, schema
-from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown, shown
+from rules.values import UNKNOWN, as_int, as_list, get, is_unknown, shown
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
 TAGS = ("nodepool",)
@@ -18,21 +18,22 @@ _GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
 _DEFAULT_COMPUTE_SA = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
 
 
-def node_config(r: Resource) -> dict[str, Any]:
-    return as_dict(get(r.props, "nodeConfig"))
+def node_config(r: Resource) -> Any:
+    """The pool's nodeConfig: {} when absent, UNKNOWN when unknown (reads through it stay so)."""
+    return get(r.props, "nodeConfig", default={})
 
 
-def is_spot(config: dict[str, Any]) -> bool:
+def is_spot(config: Any) -> bool:
     return get(config, "spot") is True or get(config, "preemptible") is True
 
 
-def is_gpu_pool(config: dict[str, Any]) -> bool:
+def is_gpu_pool(config: Any) -> bool:
     machine = get(config, "machineType")
     accelerators = [a for a in as_list(get(config, "guestAccelerators")) if isinstance(a, dict)]
     return bool(accelerators) or (isinstance(machine, str) and machine.startswith(_GPU_FAMILIES))
 
 
-def _gpu_only(r: Resource) -> dict[str, Any]:
+def _gpu_only(r: Resource) -> Any:
     config = node_config(r)
     if not is_gpu_pool(config):
         raise NotApplicable("not a GPU node pool")
@@ -85,7 +86,9 @@ def spot_taint(r: Resource) -> Iterator[str]:
     if not is_spot(config):
         raise NotApplicable("not a spot or preemptible node pool")
     taints = get(config, "taints")
-    if is_unknown(taints):
+    if is_unknown(taints) or any(
+        is_unknown(get(t, "key")) or is_unknown(get(t, "effect")) for t in as_list(taints)
+    ):
         return
     for taint in as_list(taints):
         if get(taint, "key") in SPOT_TAINT_KEYS and get(taint, "effect") == "NO_SCHEDULE":
@@ -94,10 +97,6 @@ def spot_taint(r: Resource) -> Iterator[str]:
         "spot pools must carry the taint cloud.google.com/gke-spot=true:NO_SCHEDULE so only "
         "workloads that tolerate preemption land on them"
     )
-
-
-def _autoscaling(r: Resource) -> dict[str, Any]:
-    return as_dict(get(r.props, "autoscaling"))
 
 
 def gpu_scale_from_zero(r: Resource) -> Iterator[str]:
@@ -115,7 +114,9 @@ def gpu_scale_from_zero(r: Resource) -> Iterator[str]:
 
 def max_gpu_nodes(r: Resource) -> int | Any | None:
     """The most nodes the pool can reach: totalMaxNodeCount, or per-zone max times zones."""
-    scaling = _autoscaling(r)
+    scaling = get(r.props, "autoscaling", default={})
+    if is_unknown(scaling):
+        return UNKNOWN
     total = get(scaling, "totalMaxNodeCount")
     if total is not None:
         return UNKNOWN if is_unknown(total) else as_int(total)

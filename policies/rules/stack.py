@@ -10,7 +10,7 @@ from rules.istio import is_authorization_policy, is_peer_authentication
 from rules.kit import MANDATORY, StackResource, schema, stack_policy
 from rules.kubernetes import hpa_targets, object_key
 from rules.nodepool import NODE_POOL, is_spot
-from rules.values import as_dict, as_int, as_list, get, is_unknown
+from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown
 from rules.workloads import is_kind, is_workload, kind_of, labels_match, namespace_of, pod_metadata
 
 TAGS = ("stack",)
@@ -64,15 +64,22 @@ def _report_urn(namespace: str, first: StackResource, declared: dict[Any, StackR
     return declared[namespace].urn if namespace in declared else first.urn
 
 
+# Where a decisive field is unknown (preview), these rules assume the compliant reading: a
+# stack rule never reports what it cannot know.
+
+
 def _namespace_wide(r: StackResource) -> bool:
     selector = get(r.props, "spec", "selector")
-    return selector is None or (
-        isinstance(selector, dict) and not as_dict(selector.get("matchLabels"))
+    return (
+        selector is None
+        or is_unknown(selector)
+        or (isinstance(selector, dict) and not as_dict(selector.get("matchLabels")))
     )
 
 
 def _in(r: StackResource, namespace: str) -> bool:
-    return namespace_of(r.props, r.provider_props) == namespace
+    found = namespace_of(r.props, r.provider_props)
+    return found == namespace or is_unknown(found)
 
 
 def mtls_per_namespace(
@@ -84,7 +91,7 @@ def mtls_per_namespace(
         for r in resources
         if is_peer_authentication(r.type)
         and _namespace_wide(r)
-        and get(r.props, "spec", "mtls", "mode") == "STRICT"
+        and get(r.props, "spec", "mtls", "mode") in ("STRICT", UNKNOWN)
     ]
     if any(_in(r, root) for r in strict):
         return  # a mesh-wide STRICT policy covers every namespace
@@ -103,9 +110,11 @@ def mtls_per_namespace(
 def _is_default_deny(r: StackResource) -> bool:
     if not is_authorization_policy(r.type) or not _namespace_wide(r):
         return False
-    spec = as_dict(get(r.props, "spec"))
-    action = spec.get("action", "ALLOW")
-    rules = as_list(spec.get("rules"))
+    spec = get(r.props, "spec", default={})
+    action, rules = get(spec, "action", default="ALLOW"), get(spec, "rules", default=[])
+    if is_unknown(spec) or is_unknown(action) or is_unknown(rules):
+        return True
+    rules = as_list(rules)
     if action == "ALLOW" and not rules:
         return True  # allow-nothing: every request that no other ALLOW matches is denied
     return action == "DENY" and any(rule == {} for rule in rules)  # deny-all
@@ -129,15 +138,20 @@ def default_deny_per_namespace(
             )
 
 
+def _selects_all(policy: StackResource) -> bool:
+    selector = get(policy.props, "spec", "podSelector")
+    if is_unknown(selector):
+        return True
+    return not get(selector, "matchLabels") and not get(selector, "matchExpressions")
+
+
 def network_policy_per_namespace(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
     covering = [
         r
         for r in resources
-        if is_kind(r.type, "networking.k8s.io", "NetworkPolicy")
-        and not as_dict(get(r.props, "spec", "podSelector")).get("matchLabels")
-        and not as_list(get(r.props, "spec", "podSelector", "matchExpressions"))
+        if is_kind(r.type, "networking.k8s.io", "NetworkPolicy") and _selects_all(r)
     ]
     declared = declared_namespaces(resources)
     for namespace, first in sorted(workload_namespaces(resources, config).items()):
@@ -161,7 +175,10 @@ def sidecar_injection_per_namespace(
                 f"namespace {namespace} is not declared in the stack, so its sidecar injection is unmanaged",
             )
             continue
-        labels = as_dict(get(declared[namespace].props, "metadata", "labels"))
+        labels = get(declared[namespace].props, "metadata", "labels")
+        if is_unknown(labels) or any(map(is_unknown, as_dict(labels).values())):
+            continue
+        labels = as_dict(labels)
         if labels.get("istio-injection") != "enabled" and not labels.get("istio.io/rev"):
             yield (
                 declared[namespace].urn,
@@ -197,7 +214,10 @@ def pdb_per_deployment(
             for p in pdbs
             if namespace_of(p.props, p.provider_props) == namespace
             and get(p.props, "spec", "selector") is not None
-            and labels_match(get(p.props, "spec", "selector"), labels)
+            and (
+                is_unknown(get(p.props, "spec", "selector"))
+                or labels_match(get(p.props, "spec", "selector"), labels)
+            )
         ]
         name = get(r.props, "metadata", "name", default=r.name)
         if not matching:

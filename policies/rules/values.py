@@ -7,6 +7,10 @@ The pack receives properties wrapped in pulumi_policy's unknown-checking proxies
 means for them (always: "cannot tell yet", never a violation).
 """
 
+# pulumi_policy lives only in policies/venv (it pins protobuf 5), not in the .venv pyright
+# checks against; the pack's own tests exercise these imports through the real process.
+# pyright: reportMissingImports=false
+
 from __future__ import annotations
 
 import json

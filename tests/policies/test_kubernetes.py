@@ -1,0 +1,552 @@
+"""Kubernetes object rules through the real pack: golden Deployment, GPU Deployment, Job, CronJob,
+Service and PDB, and mutations of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.policies.cases import (
+    DELETE,
+    K8S_PROVIDER,
+    UNKNOWN,
+    Case,
+    StackCase,
+    assert_case,
+    assert_stack_case,
+    bad,
+    mutate,
+    ok,
+    resource,
+)
+from tools.analyzer import PolicyPackProcess
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+JOB = "kubernetes:batch/v1:Job"
+CRONJOB = "kubernetes:batch/v1:CronJob"
+SERVICE = "kubernetes:core/v1:Service"
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+CONFIGMAP = "kubernetes:core/v1:ConfigMap"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = "us-docker.pkg.dev/signal-test/images/signal:1.4.2"
+
+LEVELS = {
+    "k8s-no-privileged": "mandatory",
+    "k8s-no-privilege-escalation": "mandatory",
+    "k8s-run-as-non-root": "mandatory",
+    "k8s-read-only-root-fs": "mandatory",
+    "k8s-drop-all-capabilities": "mandatory",
+    "k8s-no-host-namespaces": "mandatory",
+    "k8s-no-host-ports": "mandatory",
+    "k8s-no-host-path": "mandatory",
+    "k8s-seccomp-runtime-default": "mandatory",
+    "k8s-resource-requests": "mandatory",
+    "k8s-memory-limits": "mandatory",
+    "k8s-gpu-requests-equal-limits": "mandatory",
+    "k8s-gpu-node-selector": "mandatory",
+    "k8s-image-tag-pinned": "mandatory",
+    "k8s-image-digest": "mandatory",
+    "k8s-probes": "mandatory",
+    "k8s-no-default-namespace": "mandatory",
+    "k8s-no-default-service-account": "mandatory",
+    "k8s-no-plaintext-secrets": "mandatory",
+    "k8s-service-internal": "mandatory",
+    "k8s-pdb-allows-disruption": "mandatory",
+    "k8s-replicas-or-hpa": "advisory",
+}
+
+PROBE = {"grpc": {"port": 50051}, "periodSeconds": 10}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+SERVER = {
+    "name": "server",
+    "image": IMAGE,
+    "ports": [{"name": "grpc", "containerPort": 50051}],
+    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    "securityContext": CONTAINER_SECURITY,
+    "readinessProbe": PROBE,
+    "livenessProbe": PROBE,
+    "env": [
+        {"name": "LOG_LEVEL", "value": "info"},
+        {
+            "name": "REDIS_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "redis", "key": "password"}},
+        },
+    ],
+}
+MIGRATE = {
+    "name": "warm-cache",
+    "image": IMAGE,
+    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
+    "securityContext": CONTAINER_SECURITY,
+}
+POD_SPEC = {
+    "serviceAccountName": "signal",
+    "automountServiceAccountToken": False,
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "initContainers": [MIGRATE],
+    "containers": [SERVER],
+    "volumes": [{"name": "tmp", "emptyDir": {}}],
+}
+LABELS = {"app": "signal"}
+GOLDEN = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "signal", "namespace": "signal", "labels": LABELS},
+    "spec": {
+        "replicas": 2,
+        "selector": {"matchLabels": LABELS},
+        "template": {"metadata": {"labels": LABELS}, "spec": POD_SPEC},
+    },
+}
+GPU = mutate(
+    GOLDEN,
+    {
+        "metadata.name": "inference",
+        ("spec", "template", "spec", "containers", 0, "resources"): {
+            "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+            "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+        },
+        "spec.template.spec.nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+        "spec.template.spec.tolerations": [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ],
+    },
+)
+JOB_SPEC = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"name": "backfill", "namespace": "signal"},
+    "spec": {
+        "template": {
+            "spec": mutate(
+                POD_SPEC,
+                {
+                    "containers": [
+                        mutate(SERVER, {"readinessProbe": DELETE, "livenessProbe": DELETE})
+                    ],
+                    "restartPolicy": "Never",
+                },
+            )
+        }
+    },
+}
+CRON = {
+    "apiVersion": "batch/v1",
+    "kind": "CronJob",
+    "metadata": {"name": "rollup", "namespace": "signal"},
+    "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": JOB_SPEC["spec"]}},
+}
+SVC = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "signal", "namespace": "signal"},
+    "spec": {"type": "ClusterIP", "selector": LABELS, "ports": [{"name": "grpc", "port": 50051}]},
+}
+BUDGET = {
+    "apiVersion": "policy/v1",
+    "kind": "PodDisruptionBudget",
+    "metadata": {"name": "signal", "namespace": "signal"},
+    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": LABELS}},
+}
+SERVER_PATH = ("spec", "template", "spec", "containers", 0)
+INIT_PATH = ("spec", "template", "spec", "initContainers", 0)
+POD_PATH = ("spec", "template", "spec")
+
+
+def d(policy: str, label: str, changes: dict, expect: int = 1, **kw: object) -> Case:
+    """A violating mutation of the golden Deployment."""
+    return bad(policy, DEPLOYMENT, mutate(GOLDEN, changes), label, expect, **kw)
+
+
+def at(base: tuple, *path: str | int) -> tuple:
+    return (*base, *path)
+
+
+CASES = [
+    ok("k8s-no-privileged", DEPLOYMENT, GOLDEN),
+    ok("k8s-no-privileged", JOB, JOB_SPEC, "job"),
+    d("k8s-no-privileged", "server", {at(SERVER_PATH, "securityContext", "privileged"): True}),
+    d(
+        "k8s-no-privileged",
+        "init",
+        {at(INIT_PATH, "securityContext", "privileged"): True},
+        message='initContainer container "warm-cache"',
+    ),
+    bad(
+        "k8s-no-privileged",
+        CRONJOB,
+        mutate(
+            CRON,
+            {
+                (
+                    "spec",
+                    "jobTemplate",
+                    "spec",
+                    "template",
+                    "spec",
+                    "containers",
+                    0,
+                    "securityContext",
+                    "privileged",
+                ): True
+            },
+        ),
+        "cronjob",
+    ),
+    ok("k8s-no-privilege-escalation", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-no-privilege-escalation",
+        "unset",
+        {at(SERVER_PATH, "securityContext", "allowPrivilegeEscalation"): DELETE},
+    ),
+    d(
+        "k8s-no-privilege-escalation",
+        "true",
+        {at(INIT_PATH, "securityContext", "allowPrivilegeEscalation"): True},
+    ),
+    ok("k8s-run-as-non-root", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-run-as-non-root",
+        DEPLOYMENT,
+        mutate(GOLDEN, {at(POD_PATH, "securityContext", "runAsNonRoot"): DELETE}),
+        "uid-only",
+    ),
+    d(
+        "k8s-run-as-non-root",
+        "unset",
+        {at(POD_PATH, "securityContext"): {"seccompProfile": {"type": "RuntimeDefault"}}},
+        expect=2,
+    ),
+    d(
+        "k8s-run-as-non-root",
+        "container-root",
+        {at(SERVER_PATH, "securityContext", "runAsUser"): 0},
+        message="runAsUser is 0",
+    ),
+    ok("k8s-read-only-root-fs", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-read-only-root-fs",
+        "writable",
+        {at(SERVER_PATH, "securityContext", "readOnlyRootFilesystem"): False},
+    ),
+    ok("k8s-drop-all-capabilities", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-drop-all-capabilities",
+        DEPLOYMENT,
+        mutate(
+            GOLDEN,
+            {at(SERVER_PATH, "securityContext", "capabilities", "add"): ["NET_BIND_SERVICE"]},
+        ),
+        "bind-low-port",
+    ),
+    d(
+        "k8s-drop-all-capabilities",
+        "drops-net-raw-only",
+        {at(SERVER_PATH, "securityContext", "capabilities", "drop"): ["NET_RAW"]},
+    ),
+    d(
+        "k8s-drop-all-capabilities",
+        "adds-sys-admin",
+        {at(SERVER_PATH, "securityContext", "capabilities", "add"): ["SYS_ADMIN"]},
+        message="SYS_ADMIN",
+    ),
+    ok("k8s-no-host-namespaces", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-no-host-namespaces",
+        "all-three",
+        {
+            at(POD_PATH, "hostNetwork"): True,
+            at(POD_PATH, "hostPID"): True,
+            at(POD_PATH, "hostIPC"): True,
+        },
+        expect=3,
+    ),
+    ok("k8s-no-host-ports", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-no-host-ports",
+        "host-port",
+        {at(SERVER_PATH, "ports"): [{"containerPort": 50051, "hostPort": 50051}]},
+    ),
+    ok("k8s-no-host-path", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-no-host-path",
+        "docker-socket",
+        {at(POD_PATH, "volumes"): [{"name": "sock", "hostPath": {"path": "/var/run/docker.sock"}}]},
+        message='volume "sock"',
+    ),
+    ok("k8s-seccomp-runtime-default", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-seccomp-runtime-default",
+        DEPLOYMENT,
+        mutate(
+            GOLDEN,
+            {
+                at(POD_PATH, "securityContext", "seccompProfile"): DELETE,
+                at(SERVER_PATH, "securityContext", "seccompProfile"): {"type": "RuntimeDefault"},
+                at(INIT_PATH, "securityContext", "seccompProfile"): {
+                    "type": "Localhost",
+                    "localhostProfile": "p.json",
+                },
+            },
+        ),
+        "per-container",
+    ),
+    d(
+        "k8s-seccomp-runtime-default",
+        "unset",
+        {at(POD_PATH, "securityContext", "seccompProfile"): DELETE},
+        expect=2,
+    ),
+    d(
+        "k8s-seccomp-runtime-default",
+        "unconfined-override",
+        {at(SERVER_PATH, "securityContext", "seccompProfile"): {"type": "Unconfined"}},
+    ),
+    ok("k8s-resource-requests", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-resource-requests",
+        "no-cpu",
+        {at(SERVER_PATH, "resources", "requests", "cpu"): DELETE},
+        message="lacks cpu",
+    ),
+    d(
+        "k8s-resource-requests",
+        "none",
+        {at(INIT_PATH, "resources"): DELETE},
+        also=frozenset({"k8s-memory-limits"}),
+    ),
+    ok("k8s-memory-limits", DEPLOYMENT, GOLDEN),
+    d("k8s-memory-limits", "unbounded", {at(SERVER_PATH, "resources", "limits"): DELETE}),
+    ok("k8s-gpu-requests-equal-limits", DEPLOYMENT, GPU, "gpu"),
+    bad(
+        "k8s-gpu-requests-equal-limits",
+        DEPLOYMENT,
+        mutate(GPU, {at(SERVER_PATH, "resources", "limits", "nvidia.com/gpu"): "2"}),
+        "differs",
+    ),
+    bad(
+        "k8s-gpu-requests-equal-limits",
+        DEPLOYMENT,
+        mutate(GPU, {at(SERVER_PATH, "resources", "limits", "nvidia.com/gpu"): DELETE}),
+        "request-only",
+        message="without a limit",
+    ),
+    ok("k8s-gpu-node-selector", DEPLOYMENT, GPU, "gpu"),
+    ok(
+        "k8s-gpu-node-selector",
+        DEPLOYMENT,
+        mutate(
+            GPU,
+            {
+                at(POD_PATH, "nodeSelector"): DELETE,
+                at(POD_PATH, "affinity"): {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "cloud.google.com/gke-accelerator",
+                                            "operator": "In",
+                                            "values": ["nvidia-l4"],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    }
+                },
+            },
+        ),
+        "affinity",
+    ),
+    bad(
+        "k8s-gpu-node-selector",
+        DEPLOYMENT,
+        mutate(GPU, {at(POD_PATH, "nodeSelector"): {"cloud.google.com/gke-nodepool": "default"}}),
+        "no-gpu-selector",
+    ),
+    ok("k8s-image-tag-pinned", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-image-tag-pinned",
+        DEPLOYMENT,
+        mutate(GOLDEN, {at(SERVER_PATH, "image"): f"localhost:5000/signal@{DIGEST}"}),
+        "digest-with-registry-port",
+    ),
+    d("k8s-image-tag-pinned", "latest", {at(SERVER_PATH, "image"): "signal:latest"}),
+    d(
+        "k8s-image-tag-pinned",
+        "untagged-with-port",
+        {at(INIT_PATH, "image"): "localhost:5000/signal"},
+        message="no tag or digest",
+    ),
+    ok("k8s-image-digest", DEPLOYMENT, GOLDEN, "not-a-digest-stack"),
+    ok(
+        "k8s-image-digest",
+        DEPLOYMENT,
+        mutate(
+            GOLDEN,
+            {
+                at(SERVER_PATH, "image"): f"{IMAGE}@{DIGEST}",
+                at(INIT_PATH, "image"): f"{IMAGE}@{DIGEST}",
+            },
+        ),
+        "pinned",
+        config={"k8s-image-digest": {"stacks": ["test"]}},
+    ),
+    bad(
+        "k8s-image-digest",
+        DEPLOYMENT,
+        GOLDEN,
+        "tag-only-on-digest-stack",
+        expect=2,
+        config={"k8s-image-digest": {"stacks": ["test"]}},
+        message="on stack test",
+    ),
+    ok("k8s-probes", DEPLOYMENT, GOLDEN),
+    ok("k8s-probes", JOB, JOB_SPEC, "job"),
+    ok("k8s-probes", CRONJOB, CRON, "cronjob"),
+    d(
+        "k8s-probes",
+        "no-liveness",
+        {at(SERVER_PATH, "livenessProbe"): DELETE},
+        message="livenessProbe",
+    ),
+    ok("k8s-no-default-namespace", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-no-default-namespace",
+        CONFIGMAP,
+        {"metadata": {"name": "settings"}, "data": {}},
+        "provider-namespace",
+        provider={"namespace": "signal"},
+        provider_type=K8S_PROVIDER,
+    ),
+    ok(
+        "k8s-no-default-namespace",
+        NAMESPACE,
+        {"metadata": {"name": "signal"}},
+        "cluster-scoped",
+        strict=False,
+    ),
+    d("k8s-no-default-namespace", "unset", {"metadata.namespace": DELETE}),
+    bad(
+        "k8s-no-default-namespace",
+        SERVICE,
+        mutate(SVC, {"metadata.namespace": "default"}),
+        "service",
+    ),
+    ok("k8s-no-default-service-account", DEPLOYMENT, GOLDEN),
+    d("k8s-no-default-service-account", "unset", {at(POD_PATH, "serviceAccountName"): DELETE}),
+    d("k8s-no-default-service-account", "default", {at(POD_PATH, "serviceAccountName"): "default"}),
+    ok("k8s-no-plaintext-secrets", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-no-plaintext-secrets",
+        "literal-password",
+        {at(SERVER_PATH, "env", 1): {"name": "REDIS_PASSWORD", "value": "hunter2"}},
+        message="REDIS_PASSWORD",
+    ),
+    d(
+        "k8s-no-plaintext-secrets",
+        "api-key",
+        {at(SERVER_PATH, "env"): [{"name": "vendor_api_key", "value": "k-123"}]},
+    ),
+    ok("k8s-service-internal", SERVICE, SVC),
+    ok(
+        "k8s-service-internal",
+        SERVICE,
+        mutate(
+            SVC,
+            {
+                "spec.type": "LoadBalancer",
+                ("metadata", "annotations"): {"networking.gke.io/load-balancer-type": "Internal"},
+            },
+        ),
+        "internal-lb",
+    ),
+    bad("k8s-service-internal", SERVICE, mutate(SVC, {"spec.type": "LoadBalancer"}), "external-lb"),
+    bad("k8s-service-internal", SERVICE, mutate(SVC, {"spec.type": "NodePort"}), "node-port"),
+    ok("k8s-pdb-allows-disruption", PDB, BUDGET),
+    ok(
+        "k8s-pdb-allows-disruption",
+        PDB,
+        mutate(BUDGET, {"spec.maxUnavailable": DELETE, "spec.minAvailable": "50%"}),
+        "min-50",
+    ),
+    bad("k8s-pdb-allows-disruption", PDB, mutate(BUDGET, {"spec.maxUnavailable": 0}), "max-zero"),
+    bad(
+        "k8s-pdb-allows-disruption",
+        PDB,
+        mutate(BUDGET, {"spec.maxUnavailable": DELETE, "spec.minAvailable": "100%"}),
+        "min-all",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_kubernetes_rule(pack: PolicyPackProcess, case: Case) -> None:
+    assert_case(pack, case, LEVELS)
+
+
+def _stack(*resources):
+    return tuple(resources)
+
+
+SINGLE = mutate(GOLDEN, {"spec.replicas": 1})
+HPA_FOR_SIGNAL = {
+    "metadata": {"name": "signal", "namespace": "signal"},
+    "spec": {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "signal"},
+        "minReplicas": 1,
+        "maxReplicas": 4,
+    },
+}
+
+STACK_CASES = [
+    StackCase("k8s-replicas-or-hpa", _stack(resource(DEPLOYMENT, GOLDEN)), 0, "two-replicas"),
+    StackCase(
+        "k8s-replicas-or-hpa",
+        _stack(resource(DEPLOYMENT, SINGLE), resource(HPA, HPA_FOR_SIGNAL, "hpa")),
+        0,
+        "hpa",
+    ),
+    StackCase(
+        "k8s-replicas-or-hpa",
+        _stack(resource(DEPLOYMENT, mutate(GOLDEN, {"spec.replicas": UNKNOWN}))),
+        0,
+        "unknown-replicas",
+    ),
+    StackCase(
+        "k8s-replicas-or-hpa",
+        _stack(
+            resource(DEPLOYMENT, SINGLE),
+            resource(HPA, mutate(HPA_FOR_SIGNAL, {"spec.scaleTargetRef.name": "other"}), "hpa"),
+        ),
+        1,
+        "single-replica",
+        urns=(resource(DEPLOYMENT, SINGLE).urn,),
+        message="runs 1 replica(s)",
+    ),
+    StackCase(
+        "k8s-replicas-or-hpa",
+        _stack(
+            resource(STATEFULSET, mutate(GOLDEN, {"kind": "StatefulSet", "spec.replicas": DELETE}))
+        ),
+        1,
+        "statefulset-default-one",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", STACK_CASES, ids=lambda c: c.id)
+def test_kubernetes_stack_rule(pack: PolicyPackProcess, case: StackCase) -> None:
+    assert_stack_case(pack, case, LEVELS)
