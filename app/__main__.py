@@ -1,0 +1,81 @@
+"""``python -m app serve`` (the gRPC service) and ``python -m app replay`` (a load client)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from app.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC signal service (embedded defaults)")
+    serve.add_argument("--config", type=Path, help="YAML file with sections of app.config")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 50051; 0 = any free)")
+    serve.add_argument("--model-dir", type=Path, help="built model (default artifacts/model)")
+    serve.add_argument("--variant", help="in-process model: fp32, int8 or int4")
+    serve.add_argument("--kserve-url", help="KServe-v2 gRPC server host:port (Triton, MLServer)")
+    serve.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
+
+    rp = sub.add_parser("replay", help="stream synthetic ticks to a server, print latency")
+    rp.add_argument("--target", default="127.0.0.1:50051")
+    rp.add_argument("--rate", type=float, required=True, help="ticks per second")
+    rp.add_argument("--seconds", type=float, required=True)
+    rp.add_argument("--batch-size", type=int, default=50, help="ticks per TickBatch")
+    rp.add_argument("--symbols", type=int, default=100)
+    rp.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        try:
+            config = load_config(
+                args.config,
+                {
+                    "server.host": args.host,
+                    "server.port": args.port,
+                    "server.grace_s": args.grace,
+                    "model.dir": None if args.model_dir is None else str(args.model_dir),
+                    "model.variant": args.variant,
+                    "kserve.url": args.kserve_url,
+                },
+            )
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        from app.server import serve as run_server
+
+        asyncio.run(run_server(config))
+        return 0
+
+    from app.replay import replay
+
+    try:
+        report = asyncio.run(
+            replay(
+                args.target,
+                rate=args.rate,
+                seconds=args.seconds,
+                batch_size=args.batch_size,
+                n_symbols=args.symbols,
+                seed=args.seed,
+            )
+        )
+    except (ConnectionError, ValueError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 1
+    print(report.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The service's configuration: pydantic models with embedded defaults, validated once.
+
+``python -m app serve`` with no configuration runs everything in-process (local ONNX
+model, no Redis, no cloud). A YAML file and command-line flags override the defaults;
+errors name the key, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.model import DEFAULT_MODEL_DIR
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureConfig(_Section):
+    """Indicator periods (ticks) and the symbol universe."""
+
+    n_symbols: int = Field(default=1000, ge=1, le=10_000_000)
+    ema_fast: int = Field(default=12, ge=2)
+    ema_slow: int = Field(default=26, ge=2)
+    rsi_period: int = Field(default=14, ge=2)
+    window: int = Field(default=20, ge=2)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> FeatureConfig:
+        if self.ema_fast >= self.ema_slow:
+            raise ValueError(
+                f"ema_fast = {self.ema_fast}, ema_slow = {self.ema_slow}: "
+                "ema_fast must be smaller than ema_slow"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """Which built model the in-process backend loads."""
+
+    dir: Path = Path(DEFAULT_MODEL_DIR)
+    variant: Literal["fp32", "int8", "int4"] = "fp32"
+    intra_op_threads: int = Field(default=1, ge=1, le=256)
+    build_if_missing: bool = True
+
+
+class BatcherConfig(_Section):
+    """The dynamic micro-batcher in front of the inference backend."""
+
+    max_batch_size: int = Field(default=256, ge=1, le=65536)
+    max_queue_delay_us: int = Field(default=500, ge=0, le=1_000_000)
+    max_queue_rows: int = Field(default=16384, ge=1)
+    max_concurrent_batches: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> BatcherConfig:
+        if self.max_queue_rows < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_rows = {self.max_queue_rows}: must be >= max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        return self
+
+
+class KServeConfig(_Section):
+    """A KServe-v2 gRPC inference server (Triton in production, MLServer locally).
+
+    Unset ``url`` means in-process inference only.
+    """
+
+    url: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    model_name: str = "signal_mlp"
+    model_version: str = ""
+    timeout_s: float = Field(default=0.5, gt=0, le=60)
+    failure_threshold: int = Field(default=3, ge=1)
+    reset_timeout_s: float = Field(default=2.0, gt=0, le=3600)
+
+
+class ServerConfig(_Section):
+    """The gRPC API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    max_batch_ticks: int = Field(default=10_000, ge=1, le=1_000_000)
+    grace_s: float = Field(default=20.0, ge=0, le=300)  # spot preemption gives ~25 s
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class AppConfig(_Section):
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    batcher: BatcherConfig = BatcherConfig()
+    kserve: KServeConfig = KServeConfig()
+    server: ServerConfig = ServerConfig()
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names every bad key, its value and what is allowed."""
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``key = value: what is allowed``."""
+    lines = [f"invalid {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(exc.title, err["loc"])
+            msg = f"unknown key; allowed keys: {allowed}" if allowed else "unknown key"
+        else:
+            msg = err["msg"]
+            ctx = err.get("ctx") or {}
+            if "expected" in ctx:
+                msg = f"must be {ctx['expected']}"
+        lines.append(f"  {key} = {value!r}: {msg}")
+    return "\n".join(lines)
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    m.__name__: m
+    for m in (AppConfig, FeatureConfig, ModelConfig, BatcherConfig, KServeConfig, ServerConfig)
+}
+
+
+def _allowed_keys(title: str, loc: tuple[Any, ...]) -> str:
+    model = _MODELS.get(title)
+    for part in loc[:-1]:
+        if model is None:
+            return ""
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return ", ".join(model.model_fields) if model else ""
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (``{"server.port": 1}``)."""
+    data: dict[str, Any] = {}
+    source = "configuration"
+    if path is not None:
+        source = str(path)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {loaded!r}")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        node = data.setdefault(section, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{section} = {node!r}: must be a mapping")
+        node[key] = value
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

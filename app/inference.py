@@ -1,0 +1,296 @@
+"""Inference backends behind one interface: in-process ONNX Runtime and KServe-v2 over gRPC.
+
+* ``LocalOnnxBackend``: the embedded default; ONNX Runtime in this process.
+* ``KServeBackend``: Triton (production) or MLServer (local runs and tests) through
+  ``tritonclient.grpc.aio``: one persistent channel, a deadline on every call.
+* ``ResilientBackend``: a primary behind a ``CircuitBreaker`` with a fallback: when
+  the server fails, requests go to the in-process model; after ``reset_timeout_s`` one
+  trial request probes the server and, if it answers, traffic returns to it.
+
+A backend takes float32 ``[n, N_INPUTS]`` and returns an ``Inference``: float32
+``[n, N_CLASSES]`` probabilities and the ``name/version`` of the model that computed them.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from app.model.contract import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
+
+log = logging.getLogger(__name__)
+
+
+class InferenceError(RuntimeError):
+    """The backend could not produce probabilities for a batch."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    probabilities: np.ndarray  # float32 [n, N_CLASSES]
+    model_version: str  # "name/version" of the model that computed them
+    backend: str  # which backend served the call
+
+
+class InferenceBackend(abc.ABC):
+    """Turns model inputs into class probabilities. Safe to call concurrently."""
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    async def infer(self, inputs: np.ndarray) -> Inference:
+        """Probabilities for ``inputs`` (float32 ``[n, N_INPUTS]``, n >= 1)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections; the backend is unusable afterwards."""
+
+
+def check_inputs(inputs: np.ndarray) -> np.ndarray:
+    """``inputs`` as C-contiguous float32 ``[n, N_INPUTS]`` with n >= 1, or ValueError."""
+    arr = np.ascontiguousarray(inputs, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != N_INPUTS or arr.shape[0] < 1:
+        raise ValueError(f"inputs: shape {arr.shape}: must be (n >= 1, {N_INPUTS})")
+    return arr
+
+
+class LocalOnnxBackend(InferenceBackend):
+    """ONNX Runtime in this process (CPU).
+
+    Small batches run inline on the caller's thread: the model takes microseconds, less
+    than a hop to a worker thread. Batches of ``offload_rows`` or more run in a thread
+    (ONNX Runtime releases the GIL), so the event loop keeps serving meanwhile.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model_path: Path,
+        model_version: str,
+        *,
+        intra_op_threads: int = 1,
+        offload_rows: int = 1024,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.model_version = model_version
+        self.model_path = model_path
+        self._offload_rows = offload_rows
+
+    def infer_sync(self, inputs: np.ndarray) -> np.ndarray:
+        """Probabilities for ``inputs``, on this thread."""
+        out = self._session.run([OUTPUT_NAME], {INPUT_NAME: check_inputs(inputs)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    async def infer(self, inputs: np.ndarray) -> Inference:
+        if inputs.shape[0] >= self._offload_rows:
+            probs = await asyncio.to_thread(self.infer_sync, inputs)
+        else:
+            probs = self.infer_sync(inputs)
+        return Inference(probs, self.model_version, self.name)
+
+
+class KServeBackend(InferenceBackend):
+    """A KServe-v2 gRPC server (Triton, MLServer) through ``tritonclient.grpc.aio``.
+
+    The client and its channel are created on first use, inside the running event loop,
+    and reused for every call after that. Every call has a deadline of ``timeout_s``.
+    """
+
+    name = "kserve"
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        model_version: str = "",
+        timeout_s: float = 0.5,
+        reconnect_backoff_ms: int = 200,
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.model_version = model_version
+        self.timeout_s = timeout_s
+        self._reconnect_backoff_ms = reconnect_backoff_ms
+        self._client: Any = None
+        self.calls = 0
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import tritonclient.grpc.aio as grpcclient
+
+            backoff = self._reconnect_backoff_ms
+            self._client = grpcclient.InferenceServerClient(
+                self.url,
+                channel_args=[
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 30_000),
+                    ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    # Reconnect quickly once the server is back: the breaker's probe
+                    # should find the channel ready, not in a long backoff.
+                    ("grpc.initial_reconnect_backoff_ms", backoff),
+                    ("grpc.min_reconnect_backoff_ms", backoff),
+                    ("grpc.max_reconnect_backoff_ms", 5 * backoff),
+                ],
+            )
+        return self._client
+
+    async def infer(self, inputs: np.ndarray) -> Inference:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        arr = check_inputs(inputs)
+        client = self._get_client()
+        tensor = grpcclient.InferInput(INPUT_NAME, list(arr.shape), "FP32")
+        tensor.set_data_from_numpy(arr)
+        self.calls += 1
+        try:
+            result = await client.infer(
+                self.model_name,
+                [tensor],
+                model_version=self.model_version,
+                outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise InferenceError(f"{self.url}: {exc.status()} {exc.message()}") from exc
+        probs = result.as_numpy(OUTPUT_NAME)
+        if probs is None or probs.shape != (arr.shape[0], N_CLASSES):
+            shape = None if probs is None else probs.shape
+            raise InferenceError(
+                f"{self.url}: output {OUTPUT_NAME} has shape {shape}, "
+                f"expected ({arr.shape[0]}, {N_CLASSES})"
+            )
+        response = result.get_response()
+        version = response.model_version or self.model_version or "?"
+        return Inference(
+            np.asarray(probs, dtype=np.float32), f"{response.model_name}/{version}", self.name
+        )
+
+    async def server_ready(self) -> bool:
+        """Whether the server is up and the model loaded (never raises)."""
+        try:
+            client = self._get_client()
+            return bool(
+                await client.is_model_ready(
+                    self.model_name, self.model_version, client_timeout=self.timeout_s
+                )
+            )
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed → open after ``failure_threshold`` consecutive failures; open → half-open after
+    ``reset_timeout_s``; half-open lets one trial call through: success closes, failure reopens.
+    """
+
+    failure_threshold: int = 3
+    reset_timeout_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    state: BreakerState = "closed"
+    failures: int = 0
+    opened_at: float = 0.0
+    times_opened: int = 0
+    _trial_in_flight: bool = field(default=False, repr=False)
+
+    def allow(self) -> bool:
+        """Whether a call may go to the protected backend now (claims the half-open trial)."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if self.clock() - self.opened_at < self.reset_timeout_s:
+                return False
+            self.state = "half_open"
+            self._trial_in_flight = False
+        if self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        if self.state != "closed":
+            log.info("circuit closed: primary backend answered again")
+        self.state = "closed"
+        self.failures = 0
+        self._trial_in_flight = False
+
+    def abandon(self) -> None:
+        """A claimed call ended without a verdict (cancelled, bad input): free the trial."""
+        self._trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self._trial_in_flight = False
+        if self.state == "half_open":
+            self._open()
+            return
+        self.failures += 1
+        if self.state == "closed" and self.failures >= self.failure_threshold:
+            self._open()
+
+    def _open(self) -> None:
+        self.state = "open"
+        self.opened_at = self.clock()
+        self.times_opened += 1
+        log.warning("circuit open: serving from the fallback for %.1f s", self.reset_timeout_s)
+
+
+class ResilientBackend(InferenceBackend):
+    """``primary`` while it works, ``fallback`` while the breaker is open or a call fails."""
+
+    name = "resilient"
+
+    def __init__(
+        self, primary: InferenceBackend, fallback: InferenceBackend, breaker: CircuitBreaker
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.breaker = breaker
+        self.fallback_calls = 0
+
+    async def infer(self, inputs: np.ndarray) -> Inference:
+        if self.breaker.allow():
+            try:
+                result = await self.primary.infer(inputs)
+            except (TimeoutError, InferenceError, OSError) as exc:
+                self.breaker.record_failure()
+                log.debug("primary backend failed, using the fallback: %s", exc)
+            except BaseException:
+                self.breaker.abandon()
+                raise
+            else:
+                self.breaker.record_success()
+                return result
+        self.fallback_calls += 1
+        return await self.fallback.infer(inputs)
+
+    async def close(self) -> None:
+        await self.primary.close()
+        await self.fallback.close()

@@ -1,0 +1,242 @@
+"""The model build: train, export fp32/int8/4-bit, check the targets, write the repositories.
+
+``build_model`` is what ``python -m app.model build`` runs. Everything it writes lives
+under one output folder, described by ``manifest.json``::
+
+    fp32/model.onnx  int8/model.onnx  int4/model.onnx  manifest.json
+    triton/<name>/config.pbtxt  triton/<name>/<version>/model.onnx
+
+The 4-bit variant is quantisation-aware distilled from the fp32 model (the plain
+post-training 4-bit quantisation's agreement is reported next to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.model.contract import CLASSES, INPUT_NAME, MODEL_INPUTS, OUTPUT_NAME
+from app.model.export import to_onnx
+from app.model.quantization import INT4_BLOCK_SIZE, fake_quant_4bit, quantize_int4, quantize_int8
+from app.model.train import accuracy, distill_quantized, make_dataset, train_mlp
+from app.model.triton import InstanceGroup, TritonModelConfig, write_model_repository
+
+Variant = Literal["fp32", "int8", "int4"]
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8", "int4")
+MANIFEST = "manifest.json"
+MIN_INT4_REDUCTION = 0.75
+MIN_AGREEMENT = 0.99
+
+
+class BuildOptions(BaseModel):
+    """Everything that determines the built model; the same options give the same bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="signal_mlp", pattern=r"^[A-Za-z0-9_.-]+$")
+    version: int = Field(default=1, ge=1)
+    seed: int = 1
+    train_symbols: int = Field(default=48, ge=1)
+    heldout_symbols: int = Field(default=16, ge=1)
+    ticks_per_symbol: int = Field(default=2500, ge=100)
+    hidden: tuple[int, ...] = (256, 256)
+    epochs: int = Field(default=6, ge=1)
+    qat_epochs: int = Field(default=3, ge=1)
+    int4_block_size: int = Field(default=INT4_BLOCK_SIZE, ge=16)
+    triton_variant: Variant = "int4"
+    triton: TritonModelConfig = TritonModelConfig()
+
+
+class BuildTargetError(RuntimeError):
+    """The built model misses a size or agreement target."""
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    """A built model folder, read through its manifest."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def load(cls, root: Path) -> ModelArtifacts:
+        path = root / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no built model here; run `python -m app.model build --out {root}`"
+            )
+        return cls(root=root, manifest=json.loads(path.read_text()))
+
+    def path(self, variant: Variant) -> Path:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant = {variant!r}: must be one of {', '.join(VARIANTS)}")
+        return self.root / self.manifest["variants"][variant]["path"]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def model_version(self) -> str:
+        """``name/version``: what signals carry, whichever server computed them."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def triton_repository(self) -> Path:
+        return self.root / "triton"
+
+
+def build_model(out: Path, options: BuildOptions | None = None, *, log=print) -> ModelArtifacts:
+    """Train, export, quantise and check; write everything under ``out``."""
+    opts = options or BuildOptions()
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    train = make_dataset(opts.train_symbols, opts.ticks_per_symbol, seed=opts.seed)
+    heldout = make_dataset(opts.heldout_symbols, opts.ticks_per_symbol, seed=opts.seed + 1000)
+    teacher = train_mlp(train, hidden=opts.hidden, epochs=opts.epochs, seed=opts.seed)
+
+    def quant(w: np.ndarray) -> np.ndarray:
+        return fake_quant_4bit(w, opts.int4_block_size)
+
+    student = distill_quantized(teacher, train.x, quant, epochs=opts.qat_epochs, seed=opts.seed)
+
+    paths = {v: out / v / "model.onnx" for v in VARIANTS}
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    version = str(opts.version)
+    onnx.save(to_onnx(teacher, name=opts.name, version=version), paths["fp32"])
+    quantize_int8(paths["fp32"], paths["int8"])
+    quantize_int4(
+        to_onnx(student, name=opts.name, version=version),
+        paths["int4"],
+        block_size=opts.int4_block_size,
+    )
+    ptq_path = out / "int4" / "ptq.onnx"  # plain post-training 4-bit, for comparison only
+    quantize_int4(to_onnx(teacher, name=opts.name, version=version), ptq_path,
+                  block_size=opts.int4_block_size)  # fmt: skip
+
+    probs = {v: run_onnx(paths[v], heldout.x) for v in VARIANTS}
+    ptq_probs = run_onnx(ptq_path, heldout.x)
+    ptq_path.unlink()
+    fp32_class = probs["fp32"].argmax(axis=1)
+    sizes = {v: paths[v].stat().st_size for v in VARIANTS}
+    agreement = {v: float((probs[v].argmax(axis=1) == fp32_class).mean()) for v in VARIANTS}
+    reduction = 1.0 - sizes["int4"] / sizes["fp32"]
+
+    repo_model = write_model_repository(
+        out / "triton", paths[opts.triton_variant], opts.triton, version=opts.version
+    )
+    manifest = {
+        "name": opts.name,
+        "version": opts.version,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "inputs": list(MODEL_INPUTS),
+        "classes": list(CLASSES),
+        "variants": {
+            v: {
+                "path": f"{v}/model.onnx",
+                "bytes": sizes[v],
+                "sha256": hashlib.sha256(paths[v].read_bytes()).hexdigest(),
+            }
+            for v in VARIANTS
+        },
+        "heldout": {
+            "samples": len(heldout),
+            "accuracy": {v: accuracy(probs[v], heldout.y) for v in VARIANTS},
+            "agreement_with_fp32": agreement,
+            "int4_post_training_agreement": float((ptq_probs.argmax(1) == fp32_class).mean()),
+        },
+        "int4_size_reduction": reduction,
+        "training": {
+            "samples": len(train),
+            "parameters": teacher.n_parameters,
+            **opts.model_dump(mode="json", exclude={"triton"}),
+        },
+        "triton": {
+            "repository": "triton",
+            "model": str(repo_model.relative_to(out)),
+            "variant": opts.triton_variant,
+            "config": opts.triton.model_dump(mode="json"),
+        },
+        "build_seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    artifacts = ModelArtifacts(root=out, manifest=manifest)
+    log(summary(artifacts))
+    failures = []
+    if reduction < MIN_INT4_REDUCTION:
+        failures.append(f"int4 is {reduction:.1%} smaller than fp32 (target >= 75%)")
+    if agreement["int4"] < MIN_AGREEMENT:
+        failures.append(f"int4 agrees with fp32 on {agreement['int4']:.2%} (target >= 99%)")
+    if failures:
+        raise BuildTargetError("; ".join(failures))
+    return artifacts
+
+
+def run_onnx(path: Path, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Class probabilities of ``x`` from the ONNX model at ``path`` (CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [
+            session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0]
+            for i in range(0, len(x), batch)
+        ]
+    )
+
+
+def summary(artifacts: ModelArtifacts) -> str:
+    m = artifacts.manifest
+    held = m["heldout"]
+    lines = [f"model {artifacts.model_version} in {artifacts.root} ({m['build_seconds']} s)"]
+    for v in VARIANTS:
+        lines.append(
+            f"  {v:<5} {m['variants'][v]['bytes']:>8,} bytes  "
+            f"accuracy {held['accuracy'][v]:.2%}  agreement with fp32 {held['agreement_with_fp32'][v]:.2%}"
+        )
+    lines.append(
+        f"  int4 is {m['int4_size_reduction']:.1%} smaller than fp32 (target >= 75%); "
+        f"agreement {held['agreement_with_fp32']['int4']:.2%} on {held['samples']:,} held-out "
+        f"samples (target >= 99%; plain post-training 4-bit: {held['int4_post_training_agreement']:.2%})"
+    )
+    lines.append(
+        f"  triton repository: {artifacts.root / m['triton']['model']} ({m['triton']['variant']})"
+    )
+    return "\n".join(lines)
+
+
+def ensure_model(root: Path, options: BuildOptions | None = None, *, log=print) -> ModelArtifacts:
+    """The model at ``root``, built first if it is not there."""
+    try:
+        return ModelArtifacts.load(root)
+    except FileNotFoundError:
+        log(f"no model in {root}: building it (about a minute)")
+        return build_model(root, options, log=log)
+
+
+__all__ = [
+    "VARIANTS",
+    "BuildOptions",
+    "BuildTargetError",
+    "InstanceGroup",
+    "ModelArtifacts",
+    "TritonModelConfig",
+    "Variant",
+    "build_model",
+    "ensure_model",
+    "run_onnx",
+]

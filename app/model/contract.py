@@ -1,0 +1,71 @@
+"""The model's interface: input and output tensors, classes, and features → model inputs.
+
+The engine's features are in price units (EMAs, VWAP) or bounded scales (RSI, OFI);
+the model sees scale-free transforms of them so one model serves every symbol,
+whatever its price level. Every backend (in-process ONNX Runtime, Triton, MLServer)
+takes ``INPUT_NAME`` as float32 ``[batch, len(MODEL_INPUTS)]`` and returns
+``OUTPUT_NAME`` as float32 ``[batch, len(CLASSES)]`` class probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+INPUT_NAME = "features"
+OUTPUT_NAME = "probabilities"
+CLASSES: tuple[str, ...] = ("down", "flat", "up")
+MODEL_INPUTS: tuple[str, ...] = (
+    "trend",  # (ema_fast - ema_slow) / ema_slow
+    "rsi",  # (rsi - 50) / 50, in [-1, 1]
+    "volatility",  # standard deviation of log returns
+    "zscore",
+    "vwap_gap",  # (ema_fast - vwap) / vwap; 0 while the session has no volume
+    "ofi",
+)
+N_INPUTS = len(MODEL_INPUTS)
+N_CLASSES = len(CLASSES)
+
+
+@njit(cache=True, nogil=True)
+def _model_inputs_kernel(features, out, warm):
+    n = features.shape[0]
+    for i in range(n):
+        ema_fast = features[i, 0]
+        ema_slow = features[i, 1]
+        rsi = features[i, 2]
+        vol = features[i, 3]
+        z = features[i, 4]
+        vwap = features[i, 5]
+        ofi = features[i, 6]
+        ok = not (
+            math.isnan(ema_slow) or math.isnan(rsi) or math.isnan(vol) or math.isnan(z)
+            or math.isnan(ofi) or math.isnan(ema_fast)
+        )  # fmt: skip
+        warm[i] = ok
+        if not ok:
+            for c in range(out.shape[1]):
+                out[i, c] = 0.0
+            continue
+        out[i, 0] = (ema_fast - ema_slow) / ema_slow
+        out[i, 1] = (rsi - 50.0) / 50.0
+        out[i, 2] = vol
+        out[i, 3] = z
+        out[i, 4] = (ema_fast - vwap) / vwap if vwap > 0.0 else 0.0
+        out[i, 5] = ofi
+
+
+def model_inputs(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inputs float32[n, N_INPUTS], warm bool[n])`` from engine features ``float64[n, 7]``.
+
+    A row is warm when every indicator is past its warm-up; cold rows are zeros and
+    must not be sent to the model.
+    """
+    if features.ndim != 2 or features.shape[1] != 7:
+        raise ValueError(f"features: shape {features.shape}: must be (n, 7)")
+    out = np.empty((features.shape[0], N_INPUTS), dtype=np.float32)
+    warm = np.empty(features.shape[0], dtype=np.bool_)
+    _model_inputs_kernel(np.ascontiguousarray(features, dtype=np.float64), out, warm)
+    return out, warm

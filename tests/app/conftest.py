@@ -1,0 +1,51 @@
+"""Session fixtures for the app tests: one built model and one MLServer, shared by all."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from app.model.build import BuildOptions, ModelArtifacts, build_model
+
+T = TypeVar("T")
+
+# Smaller than the default build (the same code path), so the session builds in seconds.
+TEST_BUILD = BuildOptions(
+    train_symbols=24, heldout_symbols=8, ticks_per_symbol=2000, epochs=4, qat_epochs=3
+)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one async scenario on a fresh event loop (no pytest-asyncio needed)."""
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifacts:
+    root = tmp_path_factory.mktemp("model")
+    return build_model(root, TEST_BUILD, log=lambda _msg: None)
+
+
+@pytest.fixture(scope="session")
+def mlserver(tmp_path_factory: pytest.TempPathFactory, model: ModelArtifacts) -> Iterator[Any]:
+    """MLServer serving the fp32 model over KServe-v2 gRPC on a free loopback port."""
+    from app.serving.launch import MLServerProcess
+
+    server = MLServerProcess(
+        tmp_path_factory.mktemp("mlserver"),
+        model.path("fp32"),
+        model_name=model.name,
+        model_version=str(model.version),
+    )
+    server.start(timeout_s=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def model_path(model: ModelArtifacts) -> Path:
+    return model.path("fp32")
