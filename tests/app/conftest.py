@@ -49,3 +49,14 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory, model: ModelArtifacts) ->
 @pytest.fixture
 def model_path(model: ModelArtifacts) -> Path:
     return model.path("fp32")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real six-node Redis Cluster (3 masters, 3 replicas) on loopback, shared by the
+    session; tests that kill nodes call ``ensure_healthy()`` when they are done."""
+    from tests.app.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.close()

@@ -1,0 +1,365 @@
+"""The service's telemetry: Prometheus metrics, sampled structured JSON logs, OpenTelemetry traces.
+
+* Metrics follow Prometheus naming (``signal_`` prefix, base units, ``_total`` counters)
+  and live on one ``Metrics`` object per registry, so tests get a fresh registry each
+  and the process exposes the default one on ``TelemetryConfig.metrics_port``.
+  Latency histograms start at 10 µs: the in-process tick → signal path is tens of µs.
+* Logs are one JSON object per line (structlog). High-volume events are sampled, one
+  kept in N, counted deterministically; warnings and errors are never sampled away.
+* Traces: gRPC server and client interceptors from opentelemetry-instrumentation-grpc,
+  and ``trace_headers()`` for calls that are not made through an instrumented channel
+  (the tritonclient inference call passes them as gRPC metadata), so a request's trace
+  continues into the inference server.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TextIO
+
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import start_http_server as _start_http_server
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from structlog.typing import EventDict
+
+# 10 µs .. 2.5 s, three steps per decade: fine where the hot path lives, coarse for outliers.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    1e-5, 2.5e-5, 5e-5,
+    1e-4, 2.5e-4, 5e-4,
+    1e-3, 2.5e-3, 5e-3,
+    1e-2, 2.5e-2, 5e-2,
+    0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 .. 16384
+BYTES_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
+CACHE_LEVELS: tuple[str, ...] = ("l1", "l2", "l3")
+
+# Events logged per tick, per request or per cache lookup: sampled unless configured otherwise.
+DEFAULT_LOG_SAMPLING: dict[str, int] = {
+    "ticks_ingested": 100,
+    "signal_served": 100,
+    "cache_lookup": 1000,
+    "batch_published": 100,
+    "warehouse_flush": 10,
+}
+
+
+class TelemetryConfig(BaseModel):
+    """Where metrics are served, how logs are sampled, whether and where traces go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9464, ge=0, le=65535)  # None: no HTTP endpoint
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_sampling: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_LOG_SAMPLING))
+    service_name: str = Field(default="signal-service", min_length=1)
+    trace_sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
+    otlp_endpoint: str | None = None  # e.g. "otel-collector:4317"; None: spans not exported
+
+    @field_validator("log_sampling")
+    @classmethod
+    def _one_in_n(cls, value: dict[str, int]) -> dict[str, int]:
+        for event, every in value.items():
+            if every < 1:
+                raise ValueError(f"log_sampling.{event} = {every}: must be >= 1 (keep one in N)")
+        return value
+
+
+class Metrics:
+    """Every metric the service exports, registered once on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = registry if registry is not None else REGISTRY
+        self.registry = reg
+        self.request_latency = Histogram(
+            "signal_request_duration_seconds",
+            "gRPC request latency by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.request_errors = Counter(
+            "signal_request_errors_total",
+            "gRPC requests that ended with a non-OK status, by method and code.",
+            ["method", "code"],
+            registry=reg,
+        )
+        self.inference_latency = Histogram(
+            "signal_inference_duration_seconds",
+            "Latency of one inference call (one micro-batch) by backend.",
+            ["backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.inference_batch_size = Histogram(
+            "signal_inference_batch_size",
+            "Rows per inference call.",
+            buckets=SIZE_BUCKETS,
+            registry=reg,
+        )
+        self.inference_queue_depth = Gauge(
+            "signal_inference_queue_depth",
+            "Rows waiting in the micro-batcher.",
+            registry=reg,
+        )
+        self.inference_fallbacks = Counter(
+            "signal_inference_fallbacks_total",
+            "Inference calls served by the in-process model because the server failed.",
+            ["reason"],
+            registry=reg,
+        )
+        self.cache_requests = Counter(
+            "signal_cache_requests_total",
+            "Cache lookups by level and result (hit or miss).",
+            ["level", "result"],
+            registry=reg,
+        )
+        self.cache_errors = Counter(
+            "signal_cache_errors_total",
+            "Cache operations that failed (and were answered as misses) by level.",
+            ["level"],
+            registry=reg,
+        )
+        self.cache_available = Gauge(
+            "signal_cache_available",
+            "1 while a cache level is in use, 0 while it is skipped after failures.",
+            ["level"],
+            registry=reg,
+        )
+        self.cache_entries = Gauge(
+            "signal_cache_l1_entries",
+            "Entries in the in-process cache.",
+            registry=reg,
+        )
+        self.publish_backlog = Gauge(
+            "signal_publish_backlog_messages",
+            "Messages accepted but not yet acknowledged by the sink, by topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self.publish_batch_messages = Histogram(
+            "signal_publish_batch_messages",
+            "Messages per published batch.",
+            ["topic"],
+            buckets=SIZE_BUCKETS,
+            registry=reg,
+        )
+        self.publish_batch_bytes = Histogram(
+            "signal_publish_batch_bytes",
+            "Compressed bytes per published batch.",
+            ["topic"],
+            buckets=BYTES_BUCKETS,
+            registry=reg,
+        )
+        self.publish_bytes = Counter(
+            "signal_publish_bytes_total",
+            "Bytes published before (raw) and after (compressed) compression.",
+            ["topic", "stage"],
+            registry=reg,
+        )
+        self.publish_failures = Counter(
+            "signal_publish_failures_total",
+            "Failed publish attempts (each is retried with backoff), by topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self.publish_rejected = Counter(
+            "signal_publish_rejected_total",
+            "Messages refused because the retry buffer was full (back-pressure), by topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self.publish_dead_lettered = Counter(
+            "signal_publish_dead_lettered_total",
+            "Messages a sink refused permanently, written to the dead-letter file, by topic.",
+            ["topic"],
+            registry=reg,
+        )
+        self.warehouse_rows = Counter(
+            "signal_warehouse_rows_total",
+            "Rows written to the warehouse, by table.",
+            ["table"],
+            registry=reg,
+        )
+        self.warehouse_backlog = Gauge(
+            "signal_warehouse_backlog_rows",
+            "Rows accepted but not yet written, by table.",
+            ["table"],
+            registry=reg,
+        )
+        self.warehouse_failures = Counter(
+            "signal_warehouse_failures_total",
+            "Failed warehouse writes (retried), by table.",
+            ["table"],
+            registry=reg,
+        )
+        self._hit_ratio = Gauge(
+            "signal_cache_hit_ratio",
+            "Hits over lookups since start, by cache level.",
+            ["level"],
+            registry=reg,
+        )
+        for level in CACHE_LEVELS:
+            self._hit_ratio.labels(level).set_function(self._ratio_of(level))
+
+    def _ratio_of(self, level: str) -> Callable[[], float]:
+        hits = self.cache_requests.labels(level, "hit")
+        misses = self.cache_requests.labels(level, "miss")
+
+        def ratio() -> float:
+            h, m = hits._value.get(), misses._value.get()
+            return h / (h + m) if h + m else 0.0
+
+        return ratio
+
+    def hit_ratio(self, level: str) -> float:
+        """Hits over lookups at ``level`` so far (0 before the first lookup)."""
+        return self._ratio_of(level)()
+
+
+_default_metrics: Metrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> Metrics:
+    """The process's metrics on Prometheus's default registry (created on first use)."""
+    global _default_metrics
+    with _default_lock:
+        if _default_metrics is None:
+            _default_metrics = Metrics()
+        return _default_metrics
+
+
+class MetricsServer:
+    """Prometheus's text exposition over HTTP on a background thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry | None = None) -> None:
+        self._server, self._thread = _start_http_server(
+            port, addr=host, registry=registry if registry is not None else REGISTRY
+        )
+        self.host = host
+        self.port: int = self._server.server_port
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+# --- logs ---------------------------------------------------------------------------------
+
+_ALWAYS_KEPT = frozenset({"warning", "warn", "error", "critical", "exception"})
+
+
+class LogSampler:
+    """A structlog processor keeping one of every N events of each sampled kind.
+
+    Counting (not randomness) makes the kept share exact and testable; events at
+    warning level and above are always kept, and so is every event not listed.
+    """
+
+    def __init__(self, every: Mapping[str, int]) -> None:
+        self.every = dict(every)
+        self._seen: dict[str, int] = {}
+        self.dropped = 0
+
+    def __call__(self, _logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        if method in _ALWAYS_KEPT:
+            return event_dict
+        event = event_dict.get("event")
+        every = self.every.get(event, 1) if isinstance(event, str) else 1
+        if every == 1:
+            return event_dict
+        n = self._seen.get(event, 0)  # type: ignore[arg-type]
+        self._seen[event] = n + 1  # type: ignore[index]
+        if n % every:
+            self.dropped += 1
+            raise structlog.DropEvent
+        event_dict["sampled_one_in"] = every
+        return event_dict
+
+
+def configure_logging(config: TelemetryConfig, stream: TextIO | None = None) -> LogSampler:
+    """JSON lines on ``stream`` (stdout by default); returns the sampler for inspection."""
+    sampler = LogSampler(config.log_sampling)
+    level = logging.getLevelNamesMapping()[config.log_level.upper()]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            sampler,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            _add_trace_ids,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    return sampler
+
+
+def _add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """Correlate a log line with its trace when a span is active."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event_dict["trace_id"] = format(ctx.trace_id, "032x")
+        event_dict["span_id"] = format(ctx.span_id, "016x")
+    return event_dict
+
+
+# --- traces -------------------------------------------------------------------------------
+
+
+def configure_tracing(
+    config: TelemetryConfig, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """A tracer provider sampling ``trace_sample_ratio`` of new traces (always following a
+    sampled parent), exporting to ``exporter`` or, when set, OTLP at ``otlp_endpoint``."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": config.service_name}),
+        sampler=ParentBased(TraceIdRatioBased(config.trace_sample_ratio)),
+    )
+    if exporter is None and config.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=config.otlp_endpoint)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def server_interceptors(provider: TracerProvider | None = None) -> list[Any]:
+    """Interceptors for ``grpc.aio.server(interceptors=...)``: one span per RPC, continuing
+    the caller's trace from its ``traceparent`` metadata."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor(tracer_provider=provider)]
+
+
+def client_interceptors(provider: TracerProvider | None = None) -> Sequence[Any]:
+    """Interceptors for ``grpc.aio.insecure_channel(..., interceptors=...)``."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return aio_client_interceptors(tracer_provider=provider)
+
+
+def trace_headers() -> dict[str, str]:
+    """The active trace context as W3C headers (``traceparent``, ``tracestate``), for gRPC
+    metadata on calls made outside an instrumented channel, e.g. tritonclient's
+    ``infer(..., headers=trace_headers())``. Empty when no span is active."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier

@@ -1,0 +1,600 @@
+"""Warehouse writes and history reads: batched rows in the declared schemas, DuckDB or BigQuery.
+
+`Warehouse` buffers rows per table (the schemas in ``app/schemas/tables.json``, the same
+the infra declares) and writes them in batches through a `WarehouseSink`: a DuckDB file
+(the embedded default) or BigQuery (the Storage Write API's default stream; history
+read through the Storage Read API). It is also the cache's L3: ``latest_signals``.
+
+NaN in a NULLABLE FLOAT64 column (an indicator before its warm-up) is written as NULL
+by both sinks. Appends never block: rows go into a bounded backlog, and a full backlog raises
+`WarehouseBackpressure` (the service answers RESOURCE_EXHAUSTED) instead of growing
+without bound or dropping rows. Failed writes stay in the backlog and are retried with
+backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.records import SignalRecord
+from app.schemas import Table, table, tables
+from app.telemetry import Metrics, default_metrics
+
+log = structlog.get_logger("app.warehouse")
+
+Columns = dict[str, np.ndarray]  # one batch of one table: column name -> values, schema order
+
+_NUMPY_KIND: dict[str, tuple[str, ...]] = {
+    "STRING": ("O", "U"),
+    "INT64": ("i", "u"),
+    "FLOAT64": ("f", "i", "u"),
+    "BOOL": ("b",),
+    "TIMESTAMP": ("i",),  # integer nanoseconds since the epoch (UTC)
+    "DATE": ("i",),  # days since the epoch
+    "BYTES": ("O", "S"),
+}
+
+
+class WarehouseConfig(BaseModel):
+    """Where rows go and how they are batched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["duckdb", "bigquery"] = "duckdb"
+    duckdb_path: Path = Path("/tmp/signal-platform/warehouse.duckdb")
+    project: str | None = None  # bigquery
+    dataset: str = Field(default="signals", pattern=r"^[a-z][a-z0-9_]{0,1023}$")
+    batch_rows: int = Field(default=5_000, ge=1, le=1_000_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=3_600)
+    max_backlog_rows: int = Field(default=500_000, ge=1)
+    retry_initial_s: float = Field(default=0.2, gt=0, le=60)
+    retry_max_s: float = Field(default=10.0, gt=0, le=3_600)
+    history_days: int = Field(default=2, ge=1, le=3_650)  # how far back L3 reads look
+
+    @model_validator(mode="after")
+    def _check(self) -> WarehouseConfig:
+        if self.backend == "bigquery" and not self.project:
+            raise ValueError("backend = 'bigquery': project must be set")
+        if self.max_backlog_rows < self.batch_rows:
+            raise ValueError(
+                f"max_backlog_rows = {self.max_backlog_rows}: must be >= batch_rows "
+                f"({self.batch_rows})"
+            )
+        return self
+
+
+class WarehouseBackpressure(RuntimeError):
+    """The backlog is full: the caller must slow down (nothing was accepted)."""
+
+
+class WarehouseSink(Protocol):
+    """Where batches land: DuckDB locally, BigQuery in production (tests fake the client)."""
+
+    async def write(self, table: Table, columns: Columns) -> None: ...
+
+    async def latest_signals(
+        self, symbols: Sequence[str], since_ns: int
+    ) -> dict[str, SignalRecord]: ...
+
+    async def close(self) -> None: ...
+
+
+def check_columns(tbl: Table, columns: Mapping[str, Any]) -> Columns:
+    """``columns`` as numpy arrays, exactly the table's columns in its order, equal lengths,
+    of the declared types; ValueError naming the table and column otherwise."""
+    names = set(columns)
+    declared = tbl.column_names
+    missing = [c.name for c in tbl.columns if c.name not in names and c.mode == "REQUIRED"]
+    unknown = sorted(names - set(declared))
+    if missing or unknown:
+        raise ValueError(
+            f"{tbl.name}: columns do not match the declared schema "
+            f"(missing required {missing}, unknown {unknown}); declared: {list(declared)}"
+        )
+    out: Columns = {}
+    length: int | None = None
+    for col in tbl.columns:
+        raw = columns.get(col.name)
+        if raw is None:
+            if length is None:
+                length = len(next(iter(columns.values())))
+            arr = np.full(length, None, dtype=object)
+        else:
+            arr = np.asarray(raw)
+        if arr.ndim != 1:
+            raise ValueError(f"{tbl.name}.{col.name}: must be one-dimensional, got {arr.shape}")
+        if length is None:
+            length = len(arr)
+        elif len(arr) != length:
+            raise ValueError(f"{tbl.name}.{col.name}: {len(arr)} values, other columns {length}")
+        if raw is not None and arr.dtype.kind not in _NUMPY_KIND[col.type] and len(arr):
+            raise ValueError(
+                f"{tbl.name}.{col.name}: dtype {arr.dtype} does not hold {col.type} "
+                f"(allowed kinds: {_NUMPY_KIND[col.type]})"
+            )
+        if col.mode == "REQUIRED" and arr.dtype == object and any(v is None for v in arr):
+            raise ValueError(f"{tbl.name}.{col.name}: REQUIRED, but some values are null")
+        if col.mode == "REQUIRED" and arr.dtype.kind == "f" and np.isnan(arr).any():
+            raise ValueError(f"{tbl.name}.{col.name}: REQUIRED, but some values are NaN")
+        if col.type == "STRING" and arr.dtype.kind == "U":
+            arr = arr.astype(object)
+        out[col.name] = arr
+    return out
+
+
+def signal_columns(records: Sequence[SignalRecord]) -> Columns:
+    return {
+        "symbol": np.array([r.symbol for r in records], dtype=object),
+        "event_time": np.array([r.event_time_ns for r in records], dtype=np.int64),
+        "direction": np.array([r.direction for r in records], dtype=object),
+        "strength": np.array([r.strength for r in records], dtype=np.float64),
+        "confidence": np.array([r.confidence for r in records], dtype=np.float64),
+        "model_version": np.array([r.model_version for r in records], dtype=object),
+    }
+
+
+# --- DuckDB (embedded default) -------------------------------------------------------------
+
+
+class DuckDBSink:
+    """A DuckDB file with every declared table; one worker thread owns the connection
+    (DuckDB calls block, and a connection must not be used by two threads at once)."""
+
+    def __init__(self, path: Path | str) -> None:
+        import duckdb
+
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
+        self._con = duckdb.connect(self.path)
+        existing = {
+            r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        for tbl in tables().values():
+            if tbl.name not in existing:
+                self._con.execute(tbl.duckdb_ddl())
+
+    async def _run(self, fn: Callable[[], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _insert(self, tbl: Table, columns: Columns) -> None:
+        select = ", ".join(
+            f"make_timestamp(CAST({c.name} // 1000 AS BIGINT)) AS {c.name}"
+            if c.type == "TIMESTAMP"
+            else c.name
+            for c in tbl.columns
+        )
+        con = self._con
+        con.register("_batch", columns)
+        try:
+            con.execute(f"INSERT INTO {tbl.name} SELECT {select} FROM _batch")
+        finally:
+            con.unregister("_batch")
+
+    async def write(self, table: Table, columns: Columns) -> None:
+        await self._run(lambda: self._insert(table, columns))
+
+    def _latest(self, symbols: Sequence[str], since_ns: int) -> dict[str, SignalRecord]:
+        rows = self._con.execute(
+            """
+            SELECT symbol, epoch_us(event_time) * 1000, direction, strength, confidence,
+                   model_version
+            FROM signals
+            WHERE symbol IN (SELECT unnest(?)) AND event_time >= make_timestamp(?)
+            QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY event_time DESC) = 1
+            """,
+            [list(symbols), since_ns // 1000],
+        ).fetchall()
+        return {r[0]: SignalRecord(r[0], int(r[1]), r[2], r[3] if r[3] is not None else 0.0,
+                                   r[4], r[5]) for r in rows}  # fmt: skip
+
+    async def latest_signals(
+        self, symbols: Sequence[str], since_ns: int
+    ) -> dict[str, SignalRecord]:
+        return await self._run(lambda: self._latest(symbols, since_ns))
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run SQL on the warehouse file (tests and tools)."""
+        return await self._run(lambda: self._con.execute(sql, list(params)).fetchall())
+
+    async def close(self) -> None:
+        await self._run(self._con.close)
+        self._executor.shutdown(wait=True)
+
+
+# --- BigQuery (production) -----------------------------------------------------------------
+
+_PROTO_TYPES = {
+    "STRING": "TYPE_STRING",
+    "INT64": "TYPE_INT64",
+    "FLOAT64": "TYPE_DOUBLE",
+    "BOOL": "TYPE_BOOL",
+    "TIMESTAMP": "TYPE_INT64",  # microseconds since the epoch, as the Write API takes it
+    "DATE": "TYPE_INT32",  # days since the epoch
+    "BYTES": "TYPE_BYTES",
+}
+_PROTO_LABELS = {"REQUIRED": "LABEL_REQUIRED", "NULLABLE": "LABEL_OPTIONAL",
+                 "REPEATED": "LABEL_REPEATED"}  # fmt: skip
+MAX_APPEND_BYTES = 9 * 1024 * 1024  # AppendRows requests must stay under 10 MB
+
+
+@dataclass
+class _RowProto:
+    descriptor: Any  # descriptor_pb2.DescriptorProto
+    message_class: Any
+
+
+def row_descriptor(tbl: Table) -> Any:
+    """The proto2 ``DescriptorProto`` of one row of ``tbl``, as the Write API requires."""
+    from google.protobuf import descriptor_pb2
+
+    desc = descriptor_pb2.DescriptorProto(name=f"{tbl.name}_row")
+    for number, col in enumerate(tbl.columns, start=1):
+        desc.field.add(
+            name=col.name,
+            number=number,
+            type=getattr(descriptor_pb2.FieldDescriptorProto, _PROTO_TYPES[col.type]),
+            label=getattr(descriptor_pb2.FieldDescriptorProto, _PROTO_LABELS[col.mode]),
+        )
+    return desc
+
+
+def _row_proto(tbl: Table) -> _RowProto:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    desc = row_descriptor(tbl)
+    pool = descriptor_pool.DescriptorPool()
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"signal_warehouse_{tbl.name}.proto", package="signal_warehouse", syntax="proto2"
+    )
+    file.message_type.add().CopyFrom(desc)
+    pool.Add(file)
+    message = pool.FindMessageTypeByName(f"signal_warehouse.{desc.name}")
+    return _RowProto(desc, message_factory.GetMessageClass(message))
+
+
+def _to_python(col_type: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if col_type == "FLOAT64" and value != value:  # NaN: NULL, as DuckDB stores it
+        return None
+    if col_type == "TIMESTAMP":
+        return int(value) // 1000  # ns -> µs
+    if col_type in ("INT64", "DATE"):
+        return int(value)
+    if col_type == "FLOAT64":
+        return float(value)
+    if col_type == "BOOL":
+        return bool(value)
+    return value
+
+
+class BigQuerySink:
+    """BigQuery through the Storage Write API (default stream, at-least-once) for writes
+    and the Storage Read API for history. ``write_client`` and ``read_client`` are the
+    true edge: google-cloud-bigquery-storage's clients in production, fakes in tests."""
+
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        *,
+        write_client: Any = None,
+        read_client: Any = None,
+    ) -> None:
+        self.project = project
+        self.dataset = dataset
+        self._write_client = write_client
+        self._read_client = read_client
+        self._protos: dict[str, _RowProto] = {}
+
+    def _writer(self) -> Any:
+        if self._write_client is None:  # pragma: no cover - needs Google credentials
+            from google.cloud import bigquery_storage_v1
+
+            self._write_client = bigquery_storage_v1.BigQueryWriteClient()
+        return self._write_client
+
+    def _reader(self) -> Any:
+        if self._read_client is None:  # pragma: no cover - needs Google credentials
+            from google.cloud import bigquery_storage_v1
+
+            self._read_client = bigquery_storage_v1.BigQueryReadClient()
+        return self._read_client
+
+    def table_path(self, name: str) -> str:
+        return f"projects/{self.project}/datasets/{self.dataset}/tables/{name}"
+
+    def append_requests(self, tbl: Table, columns: Columns) -> list[Any]:
+        """The AppendRows requests carrying ``columns``, each under the 10 MB limit."""
+        from google.cloud.bigquery_storage_v1 import types
+
+        proto = self._protos.get(tbl.name)
+        if proto is None:
+            proto = self._protos[tbl.name] = _row_proto(tbl)
+        n = len(next(iter(columns.values()))) if columns else 0
+        col_specs = [(c.name, c.type, columns[c.name]) for c in tbl.columns]
+        required = {c.name for c in tbl.columns if c.mode == "REQUIRED"}
+        requests: list[Any] = []
+        batch: list[bytes] = []
+        size = 0
+
+        def emit() -> None:
+            rows = types.ProtoRows(serialized_rows=list(batch))
+            data = types.AppendRowsRequest.ProtoData(
+                writer_schema=types.ProtoSchema(proto_descriptor=proto.descriptor), rows=rows
+            )
+            requests.append(
+                types.AppendRowsRequest(
+                    write_stream=f"{self.table_path(tbl.name)}/streams/_default",
+                    proto_rows=data,
+                )
+            )
+
+        for i in range(n):
+            message = proto.message_class()
+            for name, col_type, values in col_specs:
+                value = _to_python(col_type, values[i])
+                if value is None and name in required:
+                    raise ValueError(f"{tbl.name}.{name}[{i}]: REQUIRED, but the value is null")
+                if value is not None:
+                    setattr(message, name, value)
+            row = message.SerializeToString()
+            if batch and size + len(row) > MAX_APPEND_BYTES:
+                emit()
+                batch, size = [], 0
+            batch.append(row)
+            size += len(row)
+        if batch:
+            emit()
+        return requests
+
+    def _append(self, requests: list[Any]) -> None:
+        responses = self._writer().append_rows(iter(requests))
+        for response in responses:
+            if response.error.code or list(response.row_errors):
+                raise RuntimeError(
+                    f"AppendRows failed: {response.error.message or response.row_errors}"
+                )
+
+    async def write(self, table: Table, columns: Columns) -> None:
+        requests = self.append_requests(table, columns)
+        if requests:
+            await asyncio.to_thread(self._append, requests)
+
+    def _latest(self, symbols: Sequence[str], since_ns: int) -> dict[str, SignalRecord]:
+        from google.cloud.bigquery_storage_v1 import types
+
+        quoted = ", ".join("'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'" for s in symbols)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since_ns // 1_000_000_000))
+        session = self._reader().create_read_session(
+            parent=f"projects/{self.project}",
+            read_session=types.ReadSession(
+                table=self.table_path("signals"),
+                data_format=types.DataFormat.AVRO,
+                read_options=types.ReadSession.TableReadOptions(
+                    selected_fields=list(table("signals").column_names),
+                    row_restriction=(
+                        f"symbol IN ({quoted}) AND event_time >= TIMESTAMP('{since}+00')"
+                    ),
+                ),
+            ),
+            max_stream_count=1,
+        )
+        latest: dict[str, SignalRecord] = {}
+        for stream in session.streams:
+            for row in self._reader().read_rows(stream.name).rows(session):
+                record = _record_from_row(row)
+                current = latest.get(record.symbol)
+                if current is None or current.event_time_ns < record.event_time_ns:
+                    latest[record.symbol] = record
+        return latest
+
+    async def latest_signals(
+        self, symbols: Sequence[str], since_ns: int
+    ) -> dict[str, SignalRecord]:
+        if not symbols:
+            return {}
+        return await asyncio.to_thread(self._latest, symbols, since_ns)
+
+    async def close(self) -> None:
+        return None
+
+
+def _record_from_row(row: Mapping[str, Any]) -> SignalRecord:
+    ts = row["event_time"]  # Avro timestamp-micros decodes to an aware datetime
+    ts_ns = int(ts.timestamp() * 1_000_000) * 1000 if hasattr(ts, "timestamp") else int(ts) * 1000
+    return SignalRecord(
+        symbol=row["symbol"],
+        event_time_ns=ts_ns,
+        direction=row["direction"],
+        strength=row.get("strength") or 0.0,
+        confidence=row["confidence"],
+        model_version=row["model_version"],
+    )
+
+
+# --- the batched writer ----------------------------------------------------------------------
+
+
+@dataclass
+class _TableBuffer:
+    table: Table
+    chunks: list[Columns] = field(default_factory=list)
+    rows: int = 0
+    oldest: float = 0.0
+
+    def take(self) -> Columns:
+        names = self.table.column_names
+        merged = {n: np.concatenate([c[n] for c in self.chunks]) for n in names}
+        self.chunks.clear()
+        self.rows = 0
+        return merged
+
+
+class Warehouse:
+    """Batched writes of every table, and the cache's L3 reads."""
+
+    def __init__(
+        self,
+        config: WarehouseConfig,
+        sink: WarehouseSink,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.metrics = metrics or default_metrics()
+        self._clock = clock
+        self._buffers = {name: _TableBuffer(t) for name, t in tables().items()}
+        self._backlog = 0  # rows buffered or being written
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    def from_config(
+        cls, config: WarehouseConfig, metrics: Metrics | None = None, **clients: Any
+    ) -> Warehouse:
+        sink: WarehouseSink
+        if config.backend == "duckdb":
+            sink = DuckDBSink(config.duckdb_path)
+        else:
+            assert config.project is not None
+            sink = BigQuerySink(config.project, config.dataset, **clients)
+        return cls(config, sink, metrics)
+
+    @property
+    def backlog_rows(self) -> int:
+        return self._backlog
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="warehouse")
+
+    def append(self, table_name: str, columns: Mapping[str, Any]) -> None:
+        """Accept rows for ``table_name`` (checked against its declared schema) or raise
+        `WarehouseBackpressure` without accepting any when the backlog is full."""
+        buf = self._buffers.get(table_name)
+        if buf is None:
+            raise KeyError(f"no warehouse table {table_name!r}; known: {sorted(self._buffers)}")
+        checked = check_columns(buf.table, columns)
+        n = len(next(iter(checked.values())))
+        if n == 0:
+            return
+        if self._backlog + n > self.config.max_backlog_rows:
+            raise WarehouseBackpressure(
+                f"warehouse backlog full ({self._backlog} of {self.config.max_backlog_rows} "
+                f"rows); {n} {table_name} rows refused"
+            )
+        if not buf.chunks:
+            buf.oldest = self._clock()
+        buf.chunks.append(checked)
+        buf.rows += n
+        self._backlog += n
+        self._idle.clear()
+        self.metrics.warehouse_backlog.labels(table_name).inc(n)
+        if buf.rows >= self.config.batch_rows:
+            self._wake.set()
+
+    def append_signals(self, records: Sequence[SignalRecord]) -> None:
+        if records:
+            self.append("signals", signal_columns(records))
+
+    def append_ticks(
+        self, symbols: Sequence[str] | np.ndarray, ts_ns: np.ndarray, price: np.ndarray,
+        size: np.ndarray,
+    ) -> None:  # fmt: skip
+        self.append(
+            "ticks",
+            {"symbol": np.asarray(symbols, dtype=object), "event_time": ts_ns,
+             "price": price, "size": size},
+        )  # fmt: skip
+
+    async def latest_signals(self, symbols: Sequence[str]) -> dict[str, SignalRecord]:
+        since_ns = time.time_ns() - self.config.history_days * 86_400 * 1_000_000_000
+        return await self.sink.latest_signals(list(symbols), since_ns)
+
+    def _due(self) -> list[_TableBuffer]:
+        now = self._clock()
+        return [
+            b
+            for b in self._buffers.values()
+            if b.rows and (b.rows >= self.config.batch_rows or self._closing
+                           or now - b.oldest >= self.config.flush_interval_s)
+        ]  # fmt: skip
+
+    async def _run(self) -> None:
+        delay = self.config.retry_initial_s
+        while True:
+            due = self._due()
+            if not due:
+                if self._backlog == 0:
+                    self._idle.set()
+                if self._closing and self._backlog == 0:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s / 4)
+                continue
+            for buf in due:
+                columns = buf.take()
+                n = len(columns[buf.table.column_names[0]])
+                try:
+                    await self.sink.write(buf.table, columns)
+                except Exception as exc:
+                    # Keep the rows (at the front, in order) and back off.
+                    buf.chunks.insert(0, columns)
+                    buf.rows += n
+                    self.metrics.warehouse_failures.labels(buf.table.name).inc()
+                    log.error("warehouse_write_failed", table=buf.table.name, rows=n,
+                              error=repr(exc), retry_in_s=delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.config.retry_max_s)
+                    break
+                delay = self.config.retry_initial_s
+                self._backlog -= n
+                self.metrics.warehouse_backlog.labels(buf.table.name).dec(n)
+                self.metrics.warehouse_rows.labels(buf.table.name).inc(n)
+                log.info("warehouse_flush", table=buf.table.name, rows=n)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every accepted row is written."""
+        if self._backlog == 0:
+            return
+        self.start()
+        for buf in self._buffers.values():
+            if buf.rows:
+                buf.oldest = -float("inf")  # due now
+        self._wake.set()
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write what is buffered (up to ``timeout``), then close the sink."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.error("warehouse_close_timeout", backlog_rows=self._backlog)
+                self._task.cancel()
+        elif self._backlog:
+            self.start()
+            await self.close(timeout)
+            return
+        await self.sink.close()

@@ -1,0 +1,378 @@
+"""The cache hierarchy: L1 semantics, the binary values, and L2 on a real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+from redis.asyncio.cluster import RedisCluster
+
+from app.cache import (
+    CacheConfig,
+    IamTokenCredentialProvider,
+    L1Cache,
+    RedisConfig,
+    RedisL2,
+    TieredCache,
+    redis_client_kwargs,
+    signal_key,
+)
+from app.records import SignalRecord, decode_signal, encode_signal
+from app.telemetry import Metrics
+from app.warehouse import DuckDBSink, Warehouse, WarehouseConfig
+from tests.app.conftest import run
+from tests.app.redis_cluster import PASSWORD, LocalRedisCluster
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def record(symbol: str, ts: int = 1_700_000_000_000_000_000, direction: str = "UP") -> SignalRecord:
+    return SignalRecord(symbol, ts, direction, 0.25, 0.75, "signal_mlp/1")
+
+
+def token_provider() -> IamTokenCredentialProvider:
+    return IamTokenCredentialProvider(lambda: (PASSWORD, time.time() + 3600))
+
+
+def counts(metrics: Metrics) -> dict[tuple[str, str], float]:
+    out = {}
+    for level in ("l1", "l2", "l3"):
+        for result in ("hit", "miss"):
+            out[(level, result)] = metrics.cache_requests.labels(level, result)._value.get()
+    return out
+
+
+# --- L1 ---------------------------------------------------------------------------------
+
+
+def test_l1_evicts_the_least_recently_used_entry_when_full() -> None:
+    l1: L1Cache[int] = L1Cache(max_entries=3, ttl_s=60)
+    for k in "abc":
+        l1.put(k, ord(k))
+    assert l1.get("a") == ord("a")  # a is now the most recently used
+    l1.put("d", 4)
+    assert len(l1) == 3
+    assert l1.get("b") is None  # b was the least recently used
+    assert [l1.get(k) for k in "acd"] == [ord("a"), ord("c"), 4]
+
+
+def test_l1_entries_expire_after_their_ttl() -> None:
+    clock = FakeClock()
+    l1: L1Cache[str] = L1Cache(max_entries=10, ttl_s=2.0, clock=clock)
+    l1.put("AAPL", "x")
+    clock.t += 1.999
+    assert l1.get("AAPL") == "x"
+    clock.t += 0.002
+    assert l1.get("AAPL") is None
+    assert len(l1) == 0  # the expired entry was dropped, not kept around
+    l1.put("AAPL", "y")  # a rewrite gets a fresh TTL
+    clock.t += 1.5
+    assert l1.get("AAPL") == "y"
+
+
+def test_l1_stays_bounded_under_many_distinct_keys() -> None:
+    l1: L1Cache[int] = L1Cache(max_entries=1000, ttl_s=60)
+    for i in range(50_000):
+        l1.put(str(i), i)
+    assert len(l1) == 1000
+    assert l1.get("49999") == 49999 and l1.get("0") is None
+
+
+# --- values and keys --------------------------------------------------------------------
+
+
+def test_signal_values_are_compact_binary_and_round_trip() -> None:
+    rec = SignalRecord("AAPL", 1_700_000_000_123_456_789, "DOWN", -0.625, 0.8125, "signal_mlp/3")
+    value = encode_signal(rec)
+    assert decode_signal(value) == rec
+    as_json = json.dumps(asdict(rec)).encode()
+    assert len(value) < 0.5 * len(as_json), (len(value), len(as_json))
+    with pytest.raises(UnicodeDecodeError):
+        value.decode()  # not text: binary through and through
+    for corrupt in (value[:-1], b"\x02" + value[1:], b""):
+        with pytest.raises(ValueError):
+            decode_signal(corrupt)
+
+
+def test_keys_are_hash_tagged_by_symbol() -> None:
+    assert signal_key("AAPL") == "{AAPL}:signal"
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def test_redis_config_errors_name_the_field_the_value_and_what_is_allowed() -> None:
+    with pytest.raises(ValidationError) as err:
+        RedisConfig(nodes=["10.0.0.1:6379", "redis-2:99999"])
+    assert "nodes[1] = 'redis-2:99999'" in str(err.value)
+    assert "host:port with port 1-65535" in str(err.value)
+    with pytest.raises(ValidationError) as err:
+        RedisConfig(nodes=["r:6379"], auth="password")
+    assert "password must be set" in str(err.value)
+    with pytest.raises(ValidationError) as err:
+        CacheConfig(l1_max_entries=0)
+    text = str(err.value)
+    assert (
+        "l1_max_entries" in text
+        and "input_value=0" in text
+        and "greater than or equal to 1" in text
+    )
+    with pytest.raises(ValidationError) as err:
+        RedisConfig(nodes=["r:6379"], ttl_seconds=3)  # type: ignore[call-arg]
+    assert "ttl_seconds" in str(err.value) and "Extra inputs are not permitted" in str(err.value)
+
+
+def test_tls_and_iam_settings_reach_the_client(tmp_path: Path) -> None:
+    ca = tmp_path / "server-ca.pem"
+    provider = token_provider()
+    cfg = RedisConfig(
+        nodes=["10.1.2.3:6379", "10.1.2.4:6380"], tls=True, ca_file=ca, auth="iam",
+        timeout_s=0.3, connect_timeout_s=0.4,
+    )  # fmt: skip
+    kwargs = redis_client_kwargs(cfg, provider)
+    assert kwargs["ssl"] is True and kwargs["ssl_ca_certs"] == str(ca)
+    assert kwargs["ssl_cert_reqs"] == "required"
+    assert kwargs["credential_provider"] is provider
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.3, 0.4)
+    assert [(n.host, n.port) for n in kwargs["startup_nodes"]] == [
+        ("10.1.2.3", 6379),
+        ("10.1.2.4", 6380),
+    ]
+    plain = redis_client_kwargs(RedisConfig(nodes=["r:1"]))
+    assert "ssl" not in plain and "credential_provider" not in plain and "password" not in plain
+    client = RedisCluster(**kwargs)  # the real client accepts them all
+    assert client.get_connection_kwargs()["credential_provider"] is provider
+    with pytest.raises(ValidationError, match="needs tls = true"):
+        RedisConfig(nodes=["r:1"], ca_file=ca)
+
+
+def test_iam_tokens_are_reused_until_close_to_expiry_then_refreshed() -> None:
+    now = FakeClock(10_000.0)
+    issued: list[str] = []
+
+    def source() -> tuple[str, float]:
+        issued.append(f"token-{len(issued)}")
+        return issued[-1], now.t + 3600
+
+    provider = IamTokenCredentialProvider(source, refresh_margin_s=300, clock=now)
+    assert provider.get_credentials() == ("token-0",)
+    now.t += 3000  # 600 s left: still fresh
+    assert run(provider.get_credentials_async()) == ("token-0",)
+    now.t += 301  # inside the refresh margin
+    assert run(provider.get_credentials_async()) == ("token-1",)
+    assert provider.fetches == 2
+
+
+# --- L2 on the real Redis Cluster -------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(redis_cluster: LocalRedisCluster) -> LocalRedisCluster:
+    redis_cluster.ensure_healthy()
+    redis_cluster.flush()
+    return redis_cluster
+
+
+def cache_config(cluster: LocalRedisCluster, **redis: object) -> CacheConfig:
+    settings: dict[str, object] = {"nodes": cluster.startup_nodes, "auth": "iam", "cooldown_s": 0.2}
+    settings.update(redis)
+    return CacheConfig(l1_ttl_s=60, redis=RedisConfig.model_validate(settings))
+
+
+def test_symbols_spread_over_every_master_and_values_are_binary(cluster: LocalRedisCluster) -> None:
+    symbols = [f"SYM{i:03d}" for i in range(200)]
+
+    async def scenario() -> None:
+        cache = TieredCache.from_config(
+            cache_config(cluster), metrics=Metrics(CollectorRegistry()),
+            credential_provider=token_provider(),
+        )  # fmt: skip
+        await cache.put_many([record(s) for s in symbols])
+        await cache.close()
+
+    run(scenario())
+    masters = cluster.masters()
+    per_master = [int(m.cli("DBSIZE")) for m in masters]
+    assert len(masters) == 3 and all(n > 20 for n in per_master), per_master
+    assert sum(per_master) == len(symbols)
+    owner = cluster.master_of("{SYM007}:signal")
+    assert owner.cli("EXISTS", "{SYM007}:signal") == "1"
+    assert int(owner.cli("STRLEN", "{SYM007}:signal")) == len(encode_signal(record("SYM007")))
+    assert 0 < int(owner.cli("PTTL", "{SYM007}:signal")) <= 300_000  # written with the TTL
+
+
+def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        warehouse = Warehouse(
+            WarehouseConfig(batch_rows=10), DuckDBSink(tmp_path / "w.duckdb"), metrics
+        )
+        now = time.time_ns() // 1000 * 1000  # the warehouse keeps microseconds
+        history = [record("AAPL", now - 2_000_000), record("AAPL", now - 1_000_000, "DOWN")]
+        warehouse.append_signals(history + [record("MSFT", now)])
+        await warehouse.flush(10)
+        cache = TieredCache.from_config(
+            cache_config(cluster), l3=warehouse, metrics=metrics,
+            credential_provider=token_provider(),
+        )  # fmt: skip
+        assert cache.l2 is not None
+
+        first = await cache.get("AAPL")  # L1 miss, L2 miss, L3 hit: the latest row
+        assert first == history[1]
+        assert counts(metrics) == {("l1", "hit"): 0, ("l1", "miss"): 1, ("l2", "hit"): 0,
+                                   ("l2", "miss"): 1, ("l3", "hit"): 1, ("l3", "miss"): 0}  # fmt: skip
+        raw = await cache.l2.client.get("{AAPL}:signal")  # filled into L2 ...
+        assert raw is not None and decode_signal(raw) == history[1]
+        assert cache.l1.get("AAPL") == history[1]  # ... and into L1
+
+        assert await cache.get("AAPL") == history[1]  # now an L1 hit
+        assert counts(metrics)[("l1", "hit")] == 1
+        cache.l1.clear()
+        assert await cache.get("AAPL") == history[1]  # an L2 hit, refilling L1
+        assert counts(metrics)[("l2", "hit")] == 1 and cache.l1.get("AAPL") == history[1]
+
+        got = await cache.get_many(["AAPL", "MSFT", "NOPE"])
+        assert set(got) == {"AAPL", "MSFT"}
+        c = counts(metrics)
+        assert c[("l3", "miss")] == 1 and c[("l3", "hit")] == 2  # NOPE missed everywhere
+        assert metrics.hit_ratio("l1") == pytest.approx(c[("l1", "hit")] / (c[("l1", "hit")]
+                                                        + c[("l1", "miss")]))  # fmt: skip
+
+        newer = record("AAPL", now, "FLAT")
+        await cache.put(newer)  # write-through: L1, L2 and the warehouse batch
+        assert cache.l1.get("AAPL") == newer
+        assert decode_signal(await cache.l2.client.get("{AAPL}:signal")) == newer
+        await warehouse.flush(10)
+        assert (await warehouse.latest_signals(["AAPL"]))["AAPL"] == newer
+        await cache.close()
+        await warehouse.close()
+
+    run(scenario())
+
+
+def test_a_wrong_token_fails_soft_to_misses(cluster: LocalRedisCluster) -> None:
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        bad = IamTokenCredentialProvider(lambda: ("expired-token", time.time() + 3600))
+        cache = TieredCache.from_config(
+            cache_config(cluster), metrics=metrics, credential_provider=bad
+        )
+        await cache.put(record("AAPL"))  # no exception: L2 refused, L1 still written
+        assert await cache.get("AAPL") == record("AAPL")
+        cache.l1.clear()
+        assert await cache.get("AAPL") is None
+        assert metrics.cache_errors.labels("l2")._value.get() >= 1
+        assert metrics.cache_available.labels("l2")._value.get() == 0
+        await cache.close()
+
+    run(scenario())
+
+
+def test_a_killed_master_fails_over_and_the_cache_keeps_answering(
+    cluster: LocalRedisCluster,
+) -> None:
+    symbols = [f"FO{i:03d}" for i in range(150)]
+    records = {s: record(s) for s in symbols}
+
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        cache = TieredCache.from_config(
+            cache_config(cluster), metrics=metrics, credential_provider=token_provider()
+        )
+        assert cache.l2 is not None
+        await cache.put_many(list(records.values()))
+        await asyncio.sleep(0.2)  # let the replicas take the writes
+        victim = cluster.master_of(signal_key(symbols[0]))
+        victim.kill()
+        killed_at = time.monotonic()
+        answered = full = 0
+        while time.monotonic() - killed_at < 15:
+            cache.l1.clear()  # force every read down to L2
+            got = await cache.get_many(symbols)  # must never raise
+            answered += 1
+            assert all(got[s] == records[s] for s in got)  # misses allowed, wrong answers not
+            if len(got) == len(symbols):
+                full += 1
+                if full >= 3:
+                    break
+            await asyncio.sleep(0.05)
+        # The promoted replica serves the dead master's slots, with its data.
+        assert full >= 3, f"L2 never answered fully again after the failover ({answered} reads)"
+        assert cluster.master_of(signal_key(symbols[0])).port != victim.port
+        assert metrics.cache_errors.labels("l2")._value.get() >= 1  # the outage was seen
+        await cache.close()
+
+    try:
+        run(scenario())
+    finally:
+        cluster.ensure_healthy()
+
+
+def test_whole_cluster_down_degrades_to_l1_and_recovers(cluster: LocalRedisCluster) -> None:
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        cache = TieredCache.from_config(
+            cache_config(cluster), metrics=metrics, credential_provider=token_provider()
+        )
+        assert cache.l2 is not None
+        await cache.put(record("AAPL"))
+        cluster.stop_all()
+        slowest = 0.0
+        for i in range(20):
+            t0 = time.perf_counter()
+            await cache.put(record(f"DOWN{i}"))  # writes keep working (L1)
+            assert await cache.get(f"DOWN{i}") == record(f"DOWN{i}")
+            assert await cache.get("AAPL") == record("AAPL")
+            assert await cache.get(f"NEVER{i}") is None  # a miss, not an error
+            slowest = max(slowest, time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+        assert metrics.cache_available.labels("l2")._value.get() == 0
+        # Degraded: L2 is retried once per cooldown, not on each of the 80 calls, and no
+        # call waits out timeouts.
+        assert 1 <= cache.l2.failures < 20, cache.l2.failures
+        assert slowest < 1.0, slowest
+
+        cluster.start_all()
+        cluster.wait_healthy()
+        deadline = time.monotonic() + 20
+        while True:  # writes reach Redis again once it answers
+            await cache.put(record("BACK"))
+            cache.l1.clear()
+            if await cache.get("BACK") == record("BACK"):
+                break
+            assert time.monotonic() < deadline, "L2 did not come back after the cluster did"
+            await asyncio.sleep(0.2)
+        assert metrics.cache_requests.labels("l2", "hit")._value.get() >= 1
+        assert metrics.cache_available.labels("l2")._value.get() == 1
+        await cache.close()
+
+    try:
+        run(scenario())
+    finally:
+        cluster.ensure_healthy()
+
+
+def test_an_unreachable_cluster_at_startup_is_no_error() -> None:
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        l2 = RedisL2(RedisConfig(nodes=["127.0.0.1:1"], cooldown_s=5), metrics)
+        cache = TieredCache(CacheConfig(), l2=l2, metrics=metrics)
+        await cache.put(record("AAPL"))
+        assert await cache.get("AAPL") == record("AAPL")
+        assert await cache.get("MSFT") is None
+        assert l2.failures == 1  # tried once, then skipped for the cooldown
+        await cache.close()
+
+    run(scenario())
