@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 # Smaller than the default build (the same code path), so the session builds in seconds.
 TEST_BUILD = BuildOptions(
-    train_symbols=24, heldout_symbols=8, ticks_per_symbol=2000, epochs=4, qat_epochs=3
+    train_symbols=16, heldout_symbols=8, ticks_per_symbol=1500, epochs=4, qat_epochs=3
 )
 
 

@@ -40,7 +40,7 @@ def test_build_writes_three_variants_that_meet_the_targets(model: ModelArtifacts
 
 
 def test_manifest_agreement_is_reproducible_from_the_files(model: ModelArtifacts) -> None:
-    heldout = make_dataset(8, 2000, seed=1 + 1000)  # the build's held-out set (seed + 1000)
+    heldout = make_dataset(8, 1500, seed=1 + 1000)  # the build's held-out set (seed + 1000)
     fp32 = run_onnx(model.path("fp32"), heldout.x).argmax(axis=1)
     int4 = run_onnx(model.path("int4"), heldout.x).argmax(axis=1)
     agreement = float((fp32 == int4).mean())

@@ -1,0 +1,181 @@
+"""The KServe-v2 client against a real MLServer (the same protocol Triton speaks)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import numpy as np
+import pytest
+
+from app.batcher import MicroBatcher
+from app.inference import (
+    CircuitBreaker,
+    InferenceError,
+    KServeBackend,
+    LocalOnnxBackend,
+    ResilientBackend,
+)
+from app.model.build import ModelArtifacts, run_onnx
+from app.model.train import make_dataset
+from app.serving.launch import free_port, write_mlserver_settings
+from tests.app.conftest import run
+
+pytestmark = pytest.mark.slow
+X = make_dataset(4, 600, seed=6).x[:200]
+
+
+def test_mlserver_serves_the_same_model(mlserver, model: ModelArtifacts) -> None:
+    async def scenario() -> None:
+        backend = KServeBackend(mlserver.url, model.name)
+        assert await backend.server_ready()
+        result = await backend.infer(X)
+        again = await backend.infer(X[:1])
+        await backend.close()
+        np.testing.assert_allclose(result.probabilities, run_onnx(model.path("fp32"), X), rtol=1e-6)
+        assert result.model_version == "signal_mlp/1" and result.backend == "kserve"
+        np.testing.assert_allclose(again.probabilities, result.probabilities[:1], rtol=1e-6)
+        assert backend.calls == 2
+
+    run(scenario())
+
+
+def test_server_rejects_bad_tensors_and_keeps_serving(mlserver, model: ModelArtifacts) -> None:
+    import tritonclient.grpc.aio as grpcclient
+
+    async def scenario() -> None:
+        client = grpcclient.InferenceServerClient(mlserver.url)
+        wrong = grpcclient.InferInput("features", [2, 4], "FP32")
+        wrong.set_data_from_numpy(np.zeros((2, 4), np.float32))
+        with pytest.raises(Exception, match=r"features: shape \[2, 4\]"):
+            await client.infer(model.name, [wrong])
+        await client.close()
+        backend = KServeBackend(mlserver.url, model.name)
+        assert (await backend.infer(X[:3])).probabilities.shape == (3, 3)
+        await backend.close()
+
+    run(scenario())
+
+
+def test_unknown_model_and_dead_server_raise_inference_error(mlserver) -> None:
+    async def scenario() -> None:
+        unknown = KServeBackend(mlserver.url, "no_such_model")
+        with pytest.raises(InferenceError):
+            await unknown.infer(X[:1])
+        await unknown.close()
+        dead = KServeBackend(f"127.0.0.1:{free_port()}", "signal_mlp", timeout_s=0.3)
+        with pytest.raises(InferenceError):
+            await dead.infer(X[:1])
+        assert not await dead.server_ready()
+        await dead.close()
+
+    run(scenario())
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can be cut (connections reset, port closed) and restored."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._conns |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._conns):
+            w.transport.abort()
+        self._conns.clear()
+        await self._server.wait_closed()
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+def test_breaker_falls_back_while_the_server_is_unreachable_and_recovers(
+    mlserver, model: ModelArtifacts
+) -> None:
+    async def scenario() -> None:
+        proxy = TcpProxy(mlserver.grpc_port)
+        await proxy.start()
+        remote = KServeBackend(f"127.0.0.1:{proxy.port}", model.name, timeout_s=0.5,
+                               reconnect_backoff_ms=50)  # fmt: skip
+        local = LocalOnnxBackend(model.path("fp32"), model.model_version)
+        backend = ResilientBackend(remote, local, CircuitBreaker(2, reset_timeout_s=0.3))
+        expected = run_onnx(model.path("fp32"), X[:5])
+
+        first = await backend.infer(X[:5])
+        assert first.backend == "kserve"
+        await proxy.cut()
+        served_by = [(await backend.infer(X[:5])).backend for _ in range(6)]
+        assert served_by == ["local"] * 6  # every call answered, none lost
+        assert backend.breaker.state == "open" and remote.calls == 3  # 2 failures, then skipped
+
+        await proxy.restore()
+        await asyncio.sleep(0.35)  # past reset_timeout_s: the next call is the trial
+        recovered = None
+        for _ in range(40):  # the channel may need a moment to reconnect
+            result = await backend.infer(X[:5])
+            if result.backend == "kserve":
+                recovered = result
+                break
+            await asyncio.sleep(0.35)
+        assert recovered is not None, "traffic never returned to the server"
+        assert backend.breaker.state == "closed"
+        np.testing.assert_allclose(recovered.probabilities, expected, rtol=1e-6)
+        await backend.close()
+        await proxy.cut()
+
+    run(scenario())
+
+
+def test_batching_to_mlserver_cuts_calls(mlserver, model: ModelArtifacts) -> None:
+    async def scenario() -> tuple[int, int]:
+        remote = KServeBackend(mlserver.url, model.name)
+        batcher = MicroBatcher(remote, max_batch_size=64, max_queue_delay_us=2000)
+        results = await asyncio.gather(*(batcher.infer(X[i : i + 1]) for i in range(128)))
+        await batcher.close()
+        await remote.close()
+        got = np.concatenate([r.probabilities for r in results])
+        np.testing.assert_allclose(got, run_onnx(model.path("fp32"), X[:128]), rtol=1e-6)
+        return remote.calls, len(results)
+
+    calls, answered = run(scenario())
+    assert answered == 128 and calls <= 8
+
+
+def test_settings_written_for_mlserver(tmp_path, model: ModelArtifacts) -> None:
+    import json
+
+    write_mlserver_settings(tmp_path, model.path("int4"), model_name="m", model_version="7",
+                            host="127.0.0.1", grpc_port=1234, http_port=1235)  # fmt: skip
+    server = json.loads((tmp_path / "settings.json").read_text())
+    settings = json.loads((tmp_path / "m" / "model-settings.json").read_text())
+    assert (server["host"], server["grpc_port"], server["parallel_workers"]) == (
+        "127.0.0.1",
+        1234,
+        0,
+    )
+    assert settings["implementation"] == "app.serving.runtime.OnnxSignalRuntime"
+    assert settings["parameters"] == {"uri": str(model.path("int4").resolve()), "version": "7"}
