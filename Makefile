@@ -34,6 +34,10 @@ COVERAGE_GATES := \
 plan: setup
 	$(PY) -m tools plan --stack $(STACK)
 
+# The policy pack over the offline plan: what `pulumi preview --policy-pack policies` enforces.
+check: setup
+	$(PY) -m tools check --stack $(STACK)
+
 # The tests, with line coverage over every process they start, and the coverage floors.
 test: setup
 	@rm -f .coverage .coverage.*

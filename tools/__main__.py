@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tools import plan_command
+from tools import check, plan_command
 
 # Each command module exposes add_parser(subparsers) and run(args) -> exit code.
-COMMANDS = [plan_command]
+COMMANDS = [plan_command, check]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,16 +126,23 @@ class AnalyzerResource:
         """From an inventory resource: a tools.inventory.Resource or its JSON dict."""
         if isinstance(resource, AnalyzerResource):
             return resource
-        read = (
-            resource.get
-            if isinstance(resource, Mapping)
-            else lambda k, d=None: getattr(resource, k, d)
-        )
+
+        def read(key: str, default: Any = None) -> Any:
+            if isinstance(resource, Mapping):
+                return resource.get(key, default)
+            return getattr(resource, key, default)
+
+        def text(key: str) -> str:
+            value = read(key)
+            if not isinstance(value, str) or not value:
+                raise AnalyzerError(f"inventory resource {resource!r:.200} has no {key}")
+            return value
+
         options = read("options") or {}
         return cls(
-            type=read("type"),
-            name=read("name"),
-            urn=read("urn"),
+            type=text("type"),
+            name=text("name"),
+            urn=text("urn"),
             inputs=read("inputs") or {},
             parent=read("parent") or None,
             provider=read("provider") or None,
@@ -467,7 +474,10 @@ class PolicyPackProcess:
         got_line.wait(self.startup_timeout)
         text = first_line[0].decode(errors="replace").strip() if first_line else ""
         if not text.isdigit():
-            exit_code = self._process.poll()
+            try:  # stdout closed: the process is exiting; give it a moment to be reaped
+                exit_code = self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                exit_code = None
             self.close()
             state = "timed out" if exit_code is None else f"exited with {exit_code}"
             raise AnalyzerError(
@@ -480,6 +490,7 @@ class PolicyPackProcess:
         return "\n".join(list(self._stderr)[-lines:])
 
     def close(self) -> None:
+        self._stub = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -574,13 +585,18 @@ class PolicyPackProcess:
         """Configure every policy: its level and config after reconciling `policy_config`
         (the `--policy-pack-config` shape) with the schemas' defaults. Replaces earlier config."""
         reconciled = reconcile_policy_config(self.info().policies, policy_config)
+        self.send_config(reconciled)
+        return reconciled
+
+    def send_config(self, config: Mapping[str, tuple[str, Mapping[str, Any]]]) -> None:
+        """Configure exactly as given (name → (level, properties)), without reconciling or
+        validating: what an engine with a different notion of the schema might send."""
         request = analyzer_pb2.ConfigureAnalyzerRequest()
-        for name, (level, props) in reconciled.items():
+        for name, (level, props) in config.items():
             entry = request.policyConfig[name]
             entry.enforcementLevel = _LEVEL_TO_WIRE[level]
             entry.properties.update(_wire_value(props))
         self._call("Configure", request)
-        return reconciled
 
     def analyze(self, resource: Any, provider: Any | None = None) -> list[Violation]:
         """Analyze one resource; `provider` is its provider resource, if it has one."""
@@ -656,7 +672,7 @@ def _cell(text: str) -> str:
 def _config_cell(policy: PolicyInfo) -> str:
     properties = (policy.config_schema or {}).get("properties", {})
     parts = []
-    for key, spec in properties.items():
+    for key, spec in sorted(properties.items()):
         default = f" = `{json.dumps(spec['default'])}`" if "default" in spec else ""
         parts.append(f"`{key}`{default}")
     return "<br>".join(parts) or "—"

@@ -6,7 +6,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from rules.kit import ADVISORY, MANDATORY, NotApplicable, Resource, resource_policy, schema
+from rules.kit import (
+    ADVISORY,
+    MANDATORY,
+    STACKS_SCHEMA,
+    NotApplicable,
+    Resource,
+    only_on_stacks,
+    resource_policy,
+    schema,
+)
 from rules.values import as_int, as_list, duration_seconds, get, is_unknown, shown
 
 TAGS = ("data",)
@@ -92,6 +101,7 @@ def redis_iam_auth(r: Resource) -> Iterator[str]:
 
 
 def redis_deletion_protection(r: Resource) -> Iterator[str]:
+    only_on_stacks(r.config)
     field = "deletionProtectionEnabled" if r.type == REDIS_CLUSTER else "deletionProtection"
     if get(r.props, field) is False:
         yield f"{field} is false"
@@ -125,6 +135,7 @@ def bigquery_public(r: Resource) -> Iterator[str]:
 
 
 def bigquery_deletion_protection(r: Resource) -> Iterator[str]:
+    only_on_stacks(r.config)
     if r.type == TABLE and get(r.props, "deletionProtection") is False:
         yield "deletionProtection is false"
     if r.type == DATASET and get(r.props, "deleteContentsOnDestroy") is True:
@@ -254,11 +265,12 @@ POLICIES = [
     ),
     resource_policy(
         name="redis-deletion-protection",
-        description="Memorystore Redis deletion protection is not switched off. "
+        description="On production stacks, Memorystore Redis deletion protection is not switched off. "
         "Source: Memorystore docs, 'Deletion protection'.",
         level=MANDATORY,
         types={REDIS_CLUSTER, REDIS_INSTANCE},
         rule=redis_deletion_protection,
+        config_schema=schema(STACKS_SCHEMA),
         tags=TAGS,
     ),
     resource_policy(
@@ -284,11 +296,12 @@ POLICIES = [
     ),
     resource_policy(
         name="bigquery-deletion-protection",
-        description="BigQuery tables keep deletion protection and datasets do not delete their "
-        "contents on destroy. Source: Checkov CKV_GCP_121.",
+        description="On production stacks, BigQuery tables keep deletion protection and datasets do "
+        "not delete their contents on destroy. Source: Checkov CKV_GCP_121.",
         level=MANDATORY,
         types={TABLE, DATASET},
         rule=bigquery_deletion_protection,
+        config_schema=schema(STACKS_SCHEMA),
         tags=TAGS,
     ),
     resource_policy(

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from rules.kit import ADVISORY, MANDATORY, Resource, resource_policy, schema
+from rules.kit import (
+    ADVISORY,
+    MANDATORY,
+    STACKS_SCHEMA,
+    Resource,
+    only_on_stacks,
+    resource_policy,
+    schema,
+)
 from rules.values import as_list, get, is_unknown, shown
 
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -162,6 +170,7 @@ def intranode_visibility(r: Resource) -> Iterator[str]:
 
 
 def deletion_protection(r: Resource) -> Iterator[str]:
+    only_on_stacks(r.config)
     if get(r.props, "deletionProtection") is False:
         yield "deletionProtection is false"
 
@@ -327,11 +336,12 @@ POLICIES = [
     ),
     resource_policy(
         name="gke-deletion-protection",
-        description="Cluster deletion protection is not switched off. "
+        description="On production stacks, cluster deletion protection is not switched off. "
         "Source: GKE docs, 'Deletion protection'.",
-        level=ADVISORY,
+        level=MANDATORY,
         types={CLUSTER},
         rule=deletion_protection,
+        config_schema=schema(STACKS_SCHEMA),
         tags=TAGS,
     ),
 ]

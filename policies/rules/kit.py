@@ -14,6 +14,7 @@ down with it: the failure is reported as a violation of that rule, at its level 
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -34,6 +35,30 @@ from rules.values import plain
 
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
+
+
+def current_stack() -> str:
+    """The stack being previewed: the engine passes it to the pack as PULUMI_STACK."""
+    return os.environ.get("PULUMI_STACK", "")
+
+
+def only_on_stacks(config: Mapping[str, Any]) -> str:
+    """For rules that apply to some stacks only (config `stacks`): the current stack, or
+    NotApplicable when it is not one of them."""
+    stack, stacks = current_stack(), [str(s) for s in config["stacks"]]
+    if stack not in stacks:
+        raise NotApplicable(f"stack {stack!r} is not one of {stacks}")
+    return stack
+
+
+STACKS_SCHEMA: dict[str, Any] = {
+    "stacks": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "the stacks this rule applies to",
+        "default": ["prod"],
+    }
+}
 
 
 class NotApplicable(Exception):

@@ -3,7 +3,6 @@ kube-score. Workloads are Deployments, StatefulSets, DaemonSets, ReplicaSets, Jo
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -11,9 +10,11 @@ from typing import Any
 from rules.kit import (
     ADVISORY,
     MANDATORY,
+    STACKS_SCHEMA,
     NotApplicable,
     Resource,
     StackResource,
+    only_on_stacks,
     resource_policy,
     schema,
     stack_policy,
@@ -238,10 +239,7 @@ def image_tag_pinned(r: Resource) -> Iterator[str]:
 
 
 def image_digest(r: Resource) -> Iterator[str]:
-    stack = os.environ.get("PULUMI_STACK", "")
-    stacks = list(r.config["stacks"])
-    if stack not in stacks:
-        raise NotApplicable(f"stack {stack!r} is not one of {stacks}")
+    stack = only_on_stacks(r.config)
     for _, c in _each_container(r):
         image = get(c.spec, "image")
         if isinstance(image, str) and not parse_image(image)[2]:
@@ -262,7 +260,9 @@ def probes(r: Resource) -> Iterator[str]:
 
 def no_default_namespace(r: Resource) -> Iterator[str]:
     kt = kube_type(r.type)
-    if kt is None or kt.kind in CLUSTER_SCOPED_KINDS:
+    extra = set(r.config["clusterScopedKinds"])
+    # Cluster* kinds (ClusterRole, ClusterIssuer, ClusterSecretStore ...) are cluster-scoped.
+    if kt is None or kt.kind in CLUSTER_SCOPED_KINDS | extra or kt.kind.startswith("Cluster"):
         raise NotApplicable("cluster-scoped or not a Kubernetes object")
     namespace = namespace_of(r.props, r.provider_props)
     if namespace == "default":
@@ -527,9 +527,7 @@ POLICIES = [
         level=MANDATORY,
         types=is_workload,
         rule=image_digest,
-        config_schema=schema(
-            {"stacks": {"type": "array", "items": {"type": "string"}, "default": ["prod"]}}
-        ),
+        config_schema=schema(STACKS_SCHEMA),
         tags=TAGS,
     ),
     resource_policy(
@@ -548,6 +546,16 @@ POLICIES = [
         level=MANDATORY,
         types=lambda token: kube_type(token) is not None,
         rule=no_default_namespace,
+        config_schema=schema(
+            {
+                "clusterScopedKinds": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "more cluster-scoped kinds (custom resources) to skip",
+                    "default": [],
+                }
+            }
+        ),
         tags=TAGS,
     ),
     resource_policy(

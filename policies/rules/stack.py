@@ -17,23 +17,24 @@ TAGS = ("stack",)
 CLUSTER = "gcp:container/cluster:Cluster"
 Finding = tuple[str | None, str]
 
-_NAMESPACE_CONFIG = schema(
-    {
-        "exemptNamespaces": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": [
-                "kube-system",
-                "kube-public",
-                "kube-node-lease",
-                "istio-system",
-                "gke-managed-system",
-                "gmp-system",
-                "gmp-public",
-            ],
-        },
-        "meshRootNamespace": {"type": "string", "default": "istio-system"},
+_EXEMPT = {
+    "exemptNamespaces": {
+        "type": "array",
+        "items": {"type": "string"},
+        "default": [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "istio-system",
+            "gke-managed-system",
+            "gmp-system",
+            "gmp-public",
+        ],
     }
+}
+_NAMESPACE_CONFIG = schema(_EXEMPT)
+_MESH_CONFIG = schema(
+    {**_EXEMPT, "meshRootNamespace": {"type": "string", "default": "istio-system"}}
 )
 
 
@@ -277,7 +278,7 @@ POLICIES = [
         "mesh-wide one exists. Source: Istio security best practices, 'Mutual TLS'.",
         level=MANDATORY,
         rule=mtls_per_namespace,
-        config_schema=_NAMESPACE_CONFIG,
+        config_schema=_MESH_CONFIG,
         tags=TAGS,
     ),
     stack_policy(
@@ -286,7 +287,7 @@ POLICIES = [
         "Source: Istio security best practices, 'Safer authorization policy patterns: default-deny'.",
         level=MANDATORY,
         rule=default_deny_per_namespace,
-        config_schema=_NAMESPACE_CONFIG,
+        config_schema=_MESH_CONFIG,
         tags=TAGS,
     ),
     stack_policy(

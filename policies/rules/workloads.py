@@ -33,6 +33,7 @@ WORKLOAD_GROUPS = {
 }
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod"}
 CLUSTER_SCOPED_KINDS = {
+    "ComputeClass",  # GKE custom compute classes (cloud.google.com/v1)
     "Namespace",
     "Node",
     "PersistentVolume",

@@ -120,6 +120,11 @@ KEY_GOLDEN = {
     "destroyScheduledDuration": "2592000s",
     "labels": COST_LABELS,
 }
+# The rules that guard production data apply to the stacks in their `stacks` config.
+PROD_IS_TEST = {
+    "redis-deletion-protection": {"stacks": ["test"]},
+    "bigquery-deletion-protection": {"stacks": ["test"]},
+}
 MEMBER = {
     "role": "roles/pubsub.publisher",
     "member": "serviceAccount:signal@p.iam.gserviceaccount.com",
@@ -158,18 +163,33 @@ CASES = [
         mutate(INSTANCE, {"authEnabled": DELETE}),
         "instance-no-auth",
     ),
-    ok("redis-deletion-protection", REDIS_CLUSTER, CLUSTER),
+    ok("redis-deletion-protection", REDIS_CLUSTER, CLUSTER, config=PROD_IS_TEST),
     ok(
         "redis-deletion-protection",
         REDIS_CLUSTER,
         mutate(CLUSTER, {"deletionProtectionEnabled": DELETE}),
         "api-default",
+        config=PROD_IS_TEST,
+    ),
+    ok(
+        "redis-deletion-protection",
+        REDIS_CLUSTER,
+        mutate(CLUSTER, {"deletionProtectionEnabled": False}),
+        "off-outside-prod",
     ),
     bad(
         "redis-deletion-protection",
         REDIS_CLUSTER,
         mutate(CLUSTER, {"deletionProtectionEnabled": False}),
         "off",
+        config=PROD_IS_TEST,
+    ),
+    bad(
+        "redis-deletion-protection",
+        REDIS_INSTANCE,
+        mutate(INSTANCE, {"deletionProtection": False}),
+        "instance-off",
+        config=PROD_IS_TEST,
     ),
     ok("redis-high-availability", REDIS_CLUSTER, CLUSTER),
     bad(
@@ -226,19 +246,27 @@ CASES = [
         },
         "table-policy",
     ),
-    ok("bigquery-deletion-protection", TABLE, TABLE_GOLDEN),
-    ok("bigquery-deletion-protection", DATASET, DATASET_GOLDEN, "dataset"),
+    ok("bigquery-deletion-protection", TABLE, TABLE_GOLDEN, config=PROD_IS_TEST),
+    ok("bigquery-deletion-protection", DATASET, DATASET_GOLDEN, "dataset", config=PROD_IS_TEST),
+    ok(
+        "bigquery-deletion-protection",
+        TABLE,
+        mutate(TABLE_GOLDEN, {"deletionProtection": False}),
+        "off-outside-prod",
+    ),
     bad(
         "bigquery-deletion-protection",
         TABLE,
         mutate(TABLE_GOLDEN, {"deletionProtection": False}),
         "table-off",
+        config=PROD_IS_TEST,
     ),
     bad(
         "bigquery-deletion-protection",
         DATASET,
         mutate(DATASET_GOLDEN, {"deleteContentsOnDestroy": True}),
         "dataset-drops-contents",
+        config=PROD_IS_TEST,
     ),
     ok("bigquery-partition-filter", TABLE, TABLE_GOLDEN),
     ok("bigquery-partition-filter", TABLE, VIEW_GOLDEN, "materialized-view"),

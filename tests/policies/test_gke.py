@@ -27,7 +27,7 @@ LEVELS = {
     "gke-no-alpha": "mandatory",
     "gke-cost-allocation": "mandatory",
     "gke-intranode-visibility": "advisory",
-    "gke-deletion-protection": "advisory",
+    "gke-deletion-protection": "mandatory",
 }
 
 GOLDEN = {
@@ -200,8 +200,25 @@ CASES = [
     b("gke-cost-allocation", "off", {"costManagementConfig.enabled": False}),
     g("gke-intranode-visibility"),
     b("gke-intranode-visibility", "off", {"enableIntranodeVisibility": DELETE}),
-    g("gke-deletion-protection"),
-    b("gke-deletion-protection", "off", {"deletionProtection": False}),
+    ok(
+        "gke-deletion-protection",
+        CLUSTER,
+        GOLDEN,
+        "on-prod",
+        config={"gke-deletion-protection": {"stacks": ["test"]}},
+    ),
+    ok(
+        "gke-deletion-protection",
+        CLUSTER,
+        mutate(GOLDEN, {"deletionProtection": False}),
+        "off-outside-prod",
+    ),
+    b(
+        "gke-deletion-protection",
+        "off-on-prod",
+        {"deletionProtection": False},
+        config={"gke-deletion-protection": {"stacks": ["test"]}},
+    ),
 ]
 
 

@@ -438,6 +438,31 @@ CASES = [
         "cluster-scoped",
         strict=False,
     ),
+    ok(
+        "k8s-no-default-namespace",
+        "kubernetes:cloud.google.com/v1:ComputeClass",
+        {"metadata": {"name": "gpu-spot-first"}, "spec": {"priorities": [{"spot": True}]}},
+        "compute-class",
+    ),
+    ok(
+        "k8s-no-default-namespace",
+        "kubernetes:cert-manager.io/v1:ClusterIssuer",
+        {"metadata": {"name": "letsencrypt"}, "spec": {}},
+        "cluster-kind",
+    ),
+    ok(
+        "k8s-no-default-namespace",
+        "kubernetes:example.com/v1:GlobalThing",
+        {"metadata": {"name": "g"}},
+        "configured-cluster-scoped",
+        config={"k8s-no-default-namespace": {"clusterScopedKinds": ["GlobalThing"]}},
+    ),
+    bad(
+        "k8s-no-default-namespace",
+        "kubernetes:example.com/v1:GlobalThing",
+        {"metadata": {"name": "g"}},
+        "custom-resource",
+    ),
     d("k8s-no-default-namespace", "unset", {"metadata.namespace": DELETE}),
     bad(
         "k8s-no-default-namespace",
