@@ -80,7 +80,7 @@ DEFAULT_SESSION_NS = 86_400 * 1_000_000_000  # one UTC day
 P_EMA_FAST, P_EMA_SLOW, P_RSI, P_WINDOW, P_SESSION_NS = range(5)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _ema_step(floats, field, s, k, period, alpha, p):
     """One EMA update as TA-Lib computes it; the EMA after tick ``k``, NaN while seeding."""
     if k < period - 1:
@@ -96,7 +96,7 @@ def _ema_step(floats, field, s, k, period, alpha, p):
     return ema
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _talib_var_step(floats, ints, rings, s, j, w):
     """TA-Lib's VAR after log return ``j`` (already in the ring): the same operations in order.
 
@@ -157,7 +157,7 @@ def _talib_var_step(floats, ints, rings, s, j, w):
     return var
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out, reasons):
     """Apply a batch of ticks in order; write features to ``out`` and verdicts to ``reasons``.
 

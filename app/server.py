@@ -209,7 +209,7 @@ async def warm_up(runtime: Runtime) -> None:
     """Load the jitted kernels and run the model once, so the first real call is not slow."""
     scratch = FeatureEngine(1)
     scratch.update(np.zeros(1, np.int32), np.ones(1), np.ones(1), np.zeros(1, np.int64))
-    model_inputs(np.zeros((1, 7)))
+    model_inputs(np.ones((1, 7)))
     try:
         await runtime.backend.infer(np.zeros((1, N_INPUTS), np.float32))
     except (InferenceError, OSError) as exc:  # a remote backend may be down: the breaker copes
@@ -258,6 +258,8 @@ class SignalServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish (up to the grace), then release all."""
+        if self._stopped.is_set():
+            return
         grace = self.config.server.grace_s if grace_s is None else grace_s
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)

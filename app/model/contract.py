@@ -29,7 +29,7 @@ N_INPUTS = len(MODEL_INPUTS)
 N_CLASSES = len(CLASSES)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _model_inputs_kernel(features, out, warm):
     n = features.shape[0]
     for i in range(n):
