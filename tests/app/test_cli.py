@@ -64,7 +64,7 @@ def test_serve_replay_and_sigterm(model: ModelArtifacts, capsys: pytest.CaptureF
 
 
 def test_replay_without_a_server_says_so() -> None:
-    with pytest.raises(ConnectionError, match="no server at 127.0.0.1:.*python -m app serve"):
+    with pytest.raises(ConnectionError, match=r"no server at 127\.0\.0\.1:.*python -m app serve"):
         run(replay(f"127.0.0.1:{free_port()}", rate=10, seconds=1, connect_timeout_s=0.5))
 
 
