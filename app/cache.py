@@ -9,7 +9,8 @@ through every configured level. Each level counts its hits and misses
 * L2 (`RedisL2`): one pooled redis-py asyncio ``RedisCluster`` client per process. A
   symbol's keys are hash-tagged (``{AAPL}:signal``) so they share a slot; multi-key
   reads and writes are pipelined (redis-py groups them per node and sends the groups
-  concurrently); values are the compact binary ``records.encode_signal`` form. TLS and
+  concurrently); values are the compact binary `encode_signal` form (about 30 bytes,
+  a quarter of the same signal as JSON), versioned by its first byte. TLS and
   IAM-token authentication (Memorystore) are switched on by configuration. Any L2
   failure is answered as a miss and L2 is skipped for ``cooldown_s``, so a failover or
   a dead cluster costs misses, never failed requests, and L2 is used again as soon as
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -35,11 +37,12 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from app.records import SignalRecord, decode_signal, encode_signal
+from app.signals import DIRECTION_DOWN, DIRECTION_UP, Signal
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.cache")
 
+K = TypeVar("K")
 V = TypeVar("V")
 
 _NODE_PATTERN = r"^[A-Za-z0-9_.\-]+:\d{1,5}$"
@@ -90,16 +93,45 @@ class CacheConfig(BaseModel):
     read_through_warehouse: bool = True
 
 
-def signal_key(symbol: str) -> str:
+def signal_key(symbol: int) -> str:
     """The L2 key of a symbol's latest signal; the hash tag puts all of a symbol's keys in
-    one slot (``{AAPL}:signal``, ``{AAPL}:...``), so they can share a pipeline or a script."""
+    one slot (``{17}:signal``, ``{17}:...``), so they can share a pipeline or a script."""
     return f"{{{symbol}}}:signal"
+
+
+_VALUE_VERSION = 1
+# version, symbol, ts_ns, direction, strength, confidence, len(model_version)
+_VALUE_HEAD = struct.Struct("<BiqBffB")
+
+
+def encode_signal(signal: Signal) -> bytes:
+    """The compact binary value L2 stores (strength and confidence are float32, as the
+    model computes and the API carries them)."""
+    version = signal.model_version.encode()
+    if len(version) > 255:
+        raise ValueError(f"model_version of symbol {signal.symbol}: at most 255 bytes")
+    head = _VALUE_HEAD.pack(
+        _VALUE_VERSION, signal.symbol, signal.ts_ns, signal.direction, signal.strength,
+        signal.confidence, len(version),
+    )  # fmt: skip
+    return head + version
+
+
+def decode_signal(data: bytes) -> Signal:
+    """Inverse of `encode_signal`; ValueError on a value it did not write."""
+    if len(data) < _VALUE_HEAD.size or data[0] != _VALUE_VERSION:
+        raise ValueError(f"not a version-{_VALUE_VERSION} signal value ({len(data)} bytes)")
+    _, symbol, ts, direction, strength, confidence, n = _VALUE_HEAD.unpack_from(data)
+    if len(data) != _VALUE_HEAD.size + n or not DIRECTION_DOWN <= direction <= DIRECTION_UP:
+        raise ValueError(f"corrupt signal value ({len(data)} bytes)")
+    version = data[_VALUE_HEAD.size :].decode()
+    return Signal(symbol, ts, direction, strength, confidence, version)
 
 
 # --- L1 ---------------------------------------------------------------------------------
 
 
-class L1Cache(Generic[V]):
+class L1Cache(Generic[K, V]):
     """Bounded LRU with per-entry TTL: O(1) get, put and eviction; not thread-safe by design
     (one event loop owns it, so the hot path takes no lock)."""
 
@@ -113,9 +145,9 @@ class L1Cache(Generic[V]):
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
-    def get(self, key: str) -> V | None:
+    def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -125,14 +157,14 @@ class L1Cache(Generic[V]):
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: str, value: V) -> None:
+    def put(self, key: K, value: V) -> None:
         entries = self._entries
         entries[key] = (self._clock() + self.ttl_s, value)
         entries.move_to_end(key)
         if len(entries) > self.max_entries:
             entries.popitem(last=False)  # the least recently used
 
-    def pop(self, key: str) -> V | None:
+    def pop(self, key: K) -> V | None:
         entry = self._entries.pop(key, None)
         return None if entry is None else entry[1]
 
@@ -142,7 +174,7 @@ class L1Cache(Generic[V]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: K) -> bool:
         return self.get(key) is not None
 
 
@@ -284,7 +316,7 @@ class RedisL2:
             log.info("cache_l2_recovered")
         self.metrics.cache_available.labels("l2").set(1)
 
-    async def get_many(self, symbols: Sequence[str]) -> dict[str, bytes] | None:
+    async def get_many(self, symbols: Sequence[int]) -> dict[int, bytes] | None:
         """Values found for ``symbols``; None when L2 is skipped or failed."""
         if not symbols or not self.available:
             return None
@@ -302,7 +334,7 @@ class RedisL2:
         self._recovered()
         return {s: v for s, v in zip(symbols, values, strict=True) if isinstance(v, bytes)}
 
-    async def set_many(self, items: dict[str, bytes]) -> bool:
+    async def set_many(self, items: dict[int, bytes]) -> bool:
         """Write ``{symbol: value}`` with the configured TTL; False when skipped or failed."""
         if not items or not self.available:
             return False
@@ -332,9 +364,9 @@ class RedisL2:
 class SignalHistory(Protocol):
     """The warehouse as the cache sees it (`app.warehouse.Warehouse` implements it)."""
 
-    async def latest_signals(self, symbols: Sequence[str]) -> dict[str, SignalRecord]: ...
+    async def latest_signals(self, symbols: Sequence[int]) -> dict[int, Signal]: ...
 
-    def append_signals(self, records: Sequence[SignalRecord]) -> None: ...
+    def append_signals(self, records: Sequence[Signal]) -> None: ...
 
 
 class TieredCache:
@@ -351,7 +383,7 @@ class TieredCache:
     ) -> None:
         self.config = config
         self.metrics = metrics or default_metrics()
-        self.l1: L1Cache[SignalRecord] = L1Cache(config.l1_max_entries, config.l1_ttl_s, clock)
+        self.l1: L1Cache[int, Signal] = L1Cache(config.l1_max_entries, config.l1_ttl_s, clock)
         self.l2 = l2
         self.l3 = l3 if config.read_through_warehouse else None
         self._writes_l3 = l3
@@ -375,17 +407,17 @@ class TieredCache:
             l2 = RedisL2(config.redis, metrics, credential_provider)
         return cls(config, l2=l2, l3=l3, metrics=metrics)
 
-    async def get(self, symbol: str) -> SignalRecord | None:
+    async def get(self, symbol: int) -> Signal | None:
         record = self.l1.get(symbol)
         if record is not None:
             self._hit["l1"].inc()
             return record
         return (await self.get_many((symbol,))).get(symbol)
 
-    async def get_many(self, symbols: Iterable[str]) -> dict[str, SignalRecord]:
+    async def get_many(self, symbols: Iterable[int]) -> dict[int, Signal]:
         """The latest signal of each symbol any level has; absent symbols are misses."""
-        found: dict[str, SignalRecord] = {}
-        missing: list[str] = []
+        found: dict[int, Signal] = {}
+        missing: list[int] = []
         for symbol in symbols:
             record = self.l1.get(symbol)
             if record is None:
@@ -400,7 +432,7 @@ class TieredCache:
         if self.l2 is not None:
             values = await self.l2.get_many(missing)
             if values is not None:
-                still: list[str] = []
+                still: list[int] = []
                 for symbol in missing:
                     raw = values.get(symbol)
                     record = _decode_or_none(raw) if raw is not None else None
@@ -431,18 +463,18 @@ class TieredCache:
         self._entries.set(len(self.l1))
         return found
 
-    def _fill_l1(self, record: SignalRecord) -> None:
+    def _fill_l1(self, record: Signal) -> None:
         # A lower level must not overwrite a newer signal written while we awaited it.
         current = self.l1.get(record.symbol)
-        if current is None or current.event_time_ns <= record.event_time_ns:
+        if current is None or current.ts_ns <= record.ts_ns:
             self.l1.put(record.symbol, record)
 
-    async def put(self, record: SignalRecord) -> None:
+    async def put(self, record: Signal) -> None:
         await self.put_many((record,))
 
-    async def put_many(self, records: Sequence[SignalRecord]) -> None:
+    async def put_many(self, records: Sequence[Signal]) -> None:
         """Write through: L1 now, L2 in one pipeline, L3 into the warehouse's write batch."""
-        latest: dict[str, SignalRecord] = {}
+        latest: dict[int, Signal] = {}
         for record in records:
             self.l1.put(record.symbol, record)
             latest[record.symbol] = record
@@ -457,7 +489,7 @@ class TieredCache:
             await self.l2.close()
 
 
-def _decode_or_none(raw: bytes) -> SignalRecord | None:
+def _decode_or_none(raw: bytes) -> Signal | None:
     try:
         return decode_signal(raw)
     except ValueError:

@@ -157,6 +157,8 @@ class KServeBackend(InferenceBackend):
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
+        from app.telemetry import trace_headers
+
         arr = check_inputs(inputs)
         client = self._get_client()
         tensor = grpcclient.InferInput(INPUT_NAME, list(arr.shape), "FP32")
@@ -169,6 +171,7 @@ class KServeBackend(InferenceBackend):
                 model_version=self.model_version,
                 outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
                 client_timeout=self.timeout_s,
+                headers=trace_headers(),  # the trace continues in the inference server
             )
         except InferenceServerException as exc:
             raise InferenceError(f"{self.url}: {exc.status()} {exc.message()}") from exc
@@ -276,11 +279,15 @@ class ResilientBackend(InferenceBackend):
         self.fallback_calls = 0
 
     async def infer(self, inputs: np.ndarray) -> Inference:
+        from app.telemetry import default_metrics
+
+        reason = "circuit_open"
         if self.breaker.allow():
             try:
                 result = await self.primary.infer(inputs)
             except (TimeoutError, InferenceError, OSError) as exc:
                 self.breaker.record_failure()
+                reason = "primary_failed"
                 log.debug("primary backend failed, using the fallback: %s", exc)
             except BaseException:
                 self.breaker.abandon()
@@ -289,6 +296,7 @@ class ResilientBackend(InferenceBackend):
                 self.breaker.record_success()
                 return result
         self.fallback_calls += 1
+        default_metrics().inference_fallbacks.labels(reason).inc()
         return await self.fallback.infer(inputs)
 
     async def close(self) -> None:

@@ -27,13 +27,21 @@ import numpy as np
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.records import SignalRecord
 from app.schemas import Table, table, tables
+from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.warehouse")
 
 Columns = dict[str, np.ndarray]  # one batch of one table: column name -> values, schema order
+
+# The `signals.direction` values: the protobuf Direction enum's names.
+DIRECTION_NAMES: dict[int, str] = {
+    DIRECTION_DOWN: "DIRECTION_DOWN",
+    DIRECTION_FLAT: "DIRECTION_FLAT",
+    DIRECTION_UP: "DIRECTION_UP",
+}
+DIRECTION_CODES: dict[str, int] = {v: k for k, v in DIRECTION_NAMES.items()}
 
 _NUMPY_KIND: dict[str, tuple[str, ...]] = {
     "STRING": ("O", "U"),
@@ -61,6 +69,13 @@ class WarehouseConfig(BaseModel):
     retry_initial_s: float = Field(default=0.2, gt=0, le=60)
     retry_max_s: float = Field(default=10.0, gt=0, le=3_600)
     history_days: int = Field(default=2, ge=1, le=3_650)  # how far back L3 reads look
+    # Whether this writer writes the `signals` table. None: DuckDB yes; BigQuery no, since
+    # there the signals topic's BigQuery subscription writes it (see infra/messaging.py).
+    write_signals: bool | None = None
+
+    @property
+    def writes_signals(self) -> bool:
+        return self.backend == "duckdb" if self.write_signals is None else self.write_signals
 
     @model_validator(mode="after")
     def _check(self) -> WarehouseConfig:
@@ -83,9 +98,7 @@ class WarehouseSink(Protocol):
 
     async def write(self, table: Table, columns: Columns) -> None: ...
 
-    async def latest_signals(
-        self, symbols: Sequence[str], since_ns: int
-    ) -> dict[str, SignalRecord]: ...
+    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]: ...
 
     async def close(self) -> None: ...
 
@@ -133,15 +146,32 @@ def check_columns(tbl: Table, columns: Mapping[str, Any]) -> Columns:
     return out
 
 
-def signal_columns(records: Sequence[SignalRecord]) -> Columns:
+def signal_columns(signals: Sequence[Signal] | SignalColumns) -> Columns:
+    """`signals` rows (the Signal message's fields; direction by its enum name)."""
+    if isinstance(signals, SignalColumns):
+        n = len(signals)
+        return {
+            "symbol": signals.symbol.astype(np.int64),
+            "ts_ns": signals.ts_ns.astype(np.int64),
+            "direction": np.array([DIRECTION_NAMES[int(d)] for d in signals.direction], object),
+            "strength": signals.strength.astype(np.float64),
+            "confidence": signals.confidence.astype(np.float64),
+            "model_version": np.full(n, signals.model_version, dtype=object),
+        }
     return {
-        "symbol": np.array([r.symbol for r in records], dtype=object),
-        "event_time": np.array([r.event_time_ns for r in records], dtype=np.int64),
-        "direction": np.array([r.direction for r in records], dtype=object),
-        "strength": np.array([r.strength for r in records], dtype=np.float64),
-        "confidence": np.array([r.confidence for r in records], dtype=np.float64),
-        "model_version": np.array([r.model_version for r in records], dtype=object),
+        "symbol": np.array([s.symbol for s in signals], dtype=np.int64),
+        "ts_ns": np.array([s.ts_ns for s in signals], dtype=np.int64),
+        "direction": np.array([DIRECTION_NAMES[s.direction] for s in signals], dtype=object),
+        "strength": np.array([s.strength for s in signals], dtype=np.float64),
+        "confidence": np.array([s.confidence for s in signals], dtype=np.float64),
+        "model_version": np.array([s.model_version for s in signals], dtype=object),
     }
+
+
+def _signal_from_row(row: Sequence[Any]) -> Signal:
+    symbol, ts_ns, direction, strength, confidence, model_version = row
+    return Signal(int(symbol), int(ts_ns), DIRECTION_CODES[direction], float(strength),
+                  float(confidence), model_version)  # fmt: skip
 
 
 # --- DuckDB (embedded default) -------------------------------------------------------------
@@ -186,23 +216,19 @@ class DuckDBSink:
     async def write(self, table: Table, columns: Columns) -> None:
         await self._run(lambda: self._insert(table, columns))
 
-    def _latest(self, symbols: Sequence[str], since_ns: int) -> dict[str, SignalRecord]:
+    def _latest(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
         rows = self._con.execute(
             """
-            SELECT symbol, epoch_us(event_time) * 1000, direction, strength, confidence,
-                   model_version
+            SELECT symbol, ts_ns, direction, strength, confidence, model_version
             FROM signals
-            WHERE symbol IN (SELECT unnest(?)) AND event_time >= make_timestamp(?)
-            QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY event_time DESC) = 1
+            WHERE symbol IN (SELECT unnest(?::BIGINT[])) AND ts_ns >= ?
+            QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts_ns DESC) = 1
             """,
-            [list(symbols), since_ns // 1000],
+            [[int(s) for s in symbols], since_ns],
         ).fetchall()
-        return {r[0]: SignalRecord(r[0], int(r[1]), r[2], r[3] if r[3] is not None else 0.0,
-                                   r[4], r[5]) for r in rows}  # fmt: skip
+        return {int(r[0]): _signal_from_row(r) for r in rows}
 
-    async def latest_signals(
-        self, symbols: Sequence[str], since_ns: int
-    ) -> dict[str, SignalRecord]:
+    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
         return await self._run(lambda: self._latest(symbols, since_ns))
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -374,11 +400,10 @@ class BigQuerySink:
         if requests:
             await asyncio.to_thread(self._append, requests)
 
-    def _latest(self, symbols: Sequence[str], since_ns: int) -> dict[str, SignalRecord]:
+    def _latest(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
         from google.cloud.bigquery_storage_v1 import types
 
-        quoted = ", ".join("'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'" for s in symbols)
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since_ns // 1_000_000_000))
+        ids = ", ".join(str(int(s)) for s in symbols)  # integers: nothing to quote
         session = self._reader().create_read_session(
             parent=f"projects/{self.project}",
             read_session=types.ReadSession(
@@ -386,44 +411,29 @@ class BigQuerySink:
                 data_format=types.DataFormat.AVRO,
                 read_options=types.ReadSession.TableReadOptions(
                     selected_fields=list(table("signals").column_names),
-                    row_restriction=(
-                        f"symbol IN ({quoted}) AND event_time >= TIMESTAMP('{since}+00')"
-                    ),
+                    # ts_ns is the range-partitioning column: the bound prunes partitions.
+                    row_restriction=f"symbol IN ({ids}) AND ts_ns >= {int(since_ns)}",
                 ),
             ),
             max_stream_count=1,
         )
-        latest: dict[str, SignalRecord] = {}
+        names = table("signals").column_names
+        latest: dict[int, Signal] = {}
         for stream in session.streams:
             for row in self._reader().read_rows(stream.name).rows(session):
-                record = _record_from_row(row)
-                current = latest.get(record.symbol)
-                if current is None or current.event_time_ns < record.event_time_ns:
-                    latest[record.symbol] = record
+                signal = _signal_from_row([row[n] for n in names])
+                current = latest.get(signal.symbol)
+                if current is None or current.ts_ns < signal.ts_ns:
+                    latest[signal.symbol] = signal
         return latest
 
-    async def latest_signals(
-        self, symbols: Sequence[str], since_ns: int
-    ) -> dict[str, SignalRecord]:
+    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
         if not symbols:
             return {}
         return await asyncio.to_thread(self._latest, symbols, since_ns)
 
     async def close(self) -> None:
         return None
-
-
-def _record_from_row(row: Mapping[str, Any]) -> SignalRecord:
-    ts = row["event_time"]  # Avro timestamp-micros decodes to an aware datetime
-    ts_ns = int(ts.timestamp() * 1_000_000) * 1000 if hasattr(ts, "timestamp") else int(ts) * 1000
-    return SignalRecord(
-        symbol=row["symbol"],
-        event_time_ns=ts_ns,
-        direction=row["direction"],
-        strength=row.get("strength") or 0.0,
-        confidence=row["confidence"],
-        model_version=row["model_version"],
-    )
 
 
 # --- the batched writer ----------------------------------------------------------------------
@@ -511,21 +521,33 @@ class Warehouse:
         if buf.rows >= self.config.batch_rows:
             self._wake.set()
 
-    def append_signals(self, records: Sequence[SignalRecord]) -> None:
-        if records:
-            self.append("signals", signal_columns(records))
+    def append_signals(self, signals: Sequence[Signal] | SignalColumns) -> None:
+        """Signals for the `signals` table, unless its BigQuery subscription writes it."""
+        if len(signals) and self.config.writes_signals:
+            self.append("signals", signal_columns(signals))
 
     def append_ticks(
-        self, symbols: Sequence[str] | np.ndarray, ts_ns: np.ndarray, price: np.ndarray,
-        size: np.ndarray,
-    ) -> None:  # fmt: skip
+        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
+    ) -> None:
         self.append(
             "ticks",
-            {"symbol": np.asarray(symbols, dtype=object), "event_time": ts_ns,
+            {"symbol": np.asarray(symbol, dtype=np.int64), "event_time": ts_ns,
              "price": price, "size": size},
         )  # fmt: skip
 
-    async def latest_signals(self, symbols: Sequence[str]) -> dict[str, SignalRecord]:
+    def append_features(self, symbol: np.ndarray, ts_ns: np.ndarray, features: np.ndarray) -> None:
+        """The engine's output rows (``float64[n, 7]`` in `app.features.FEATURES` order)."""
+        from app.features import FEATURES
+
+        columns: dict[str, Any] = {
+            "symbol": np.asarray(symbol, dtype=np.int64),
+            "event_time": ts_ns,
+        }
+        for i, name in enumerate(FEATURES):
+            columns[name] = features[:, i]
+        self.append("features", columns)
+
+    async def latest_signals(self, symbols: Sequence[int]) -> dict[int, Signal]:
         since_ns = time.time_ns() - self.config.history_days * 86_400 * 1_000_000_000
         return await self.sink.latest_signals(list(symbols), since_ns)
 

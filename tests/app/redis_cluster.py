@@ -39,9 +39,9 @@ def free_ports(n: int) -> list[int]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port + CLUSTER_BUS_OFFSET < 65_536 and port not in ports:
-            if _port_free(port + CLUSTER_BUS_OFFSET):
-                ports.append(port)
+        bus = port + CLUSTER_BUS_OFFSET
+        if bus < 65_536 and port not in ports and _port_free(bus):
+            ports.append(port)
     return ports
 
 

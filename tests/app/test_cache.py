@@ -20,10 +20,12 @@ from app.cache import (
     RedisConfig,
     RedisL2,
     TieredCache,
+    decode_signal,
+    encode_signal,
     redis_client_kwargs,
     signal_key,
 )
-from app.records import SignalRecord, decode_signal, encode_signal
+from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal
 from app.telemetry import Metrics
 from app.warehouse import DuckDBSink, Warehouse, WarehouseConfig
 from tests.app.conftest import run
@@ -38,8 +40,10 @@ class FakeClock:
         return self.t
 
 
-def record(symbol: str, ts: int = 1_700_000_000_000_000_000, direction: str = "UP") -> SignalRecord:
-    return SignalRecord(symbol, ts, direction, 0.25, 0.75, "signal_mlp/1")
+def record(
+    symbol: int, ts: int = 1_700_000_000_000_000_000, direction: int = DIRECTION_UP
+) -> Signal:
+    return Signal(symbol, ts, direction, 0.25, 0.75, "signal_mlp/1")
 
 
 def token_provider() -> IamTokenCredentialProvider:
@@ -58,7 +62,7 @@ def counts(metrics: Metrics) -> dict[tuple[str, str], float]:
 
 
 def test_l1_evicts_the_least_recently_used_entry_when_full() -> None:
-    l1: L1Cache[int] = L1Cache(max_entries=3, ttl_s=60)
+    l1: L1Cache[str, int] = L1Cache(max_entries=3, ttl_s=60)
     for k in "abc":
         l1.put(k, ord(k))
     assert l1.get("a") == ord("a")  # a is now the most recently used
@@ -70,7 +74,7 @@ def test_l1_evicts_the_least_recently_used_entry_when_full() -> None:
 
 def test_l1_entries_expire_after_their_ttl() -> None:
     clock = FakeClock()
-    l1: L1Cache[str] = L1Cache(max_entries=10, ttl_s=2.0, clock=clock)
+    l1: L1Cache[str, str] = L1Cache(max_entries=10, ttl_s=2.0, clock=clock)
     l1.put("AAPL", "x")
     clock.t += 1.999
     assert l1.get("AAPL") == "x"
@@ -83,7 +87,7 @@ def test_l1_entries_expire_after_their_ttl() -> None:
 
 
 def test_l1_stays_bounded_under_many_distinct_keys() -> None:
-    l1: L1Cache[int] = L1Cache(max_entries=1000, ttl_s=60)
+    l1: L1Cache[str, int] = L1Cache(max_entries=1000, ttl_s=60)
     for i in range(50_000):
         l1.put(str(i), i)
     assert len(l1) == 1000
@@ -94,20 +98,21 @@ def test_l1_stays_bounded_under_many_distinct_keys() -> None:
 
 
 def test_signal_values_are_compact_binary_and_round_trip() -> None:
-    rec = SignalRecord("AAPL", 1_700_000_000_123_456_789, "DOWN", -0.625, 0.8125, "signal_mlp/3")
+    rec = Signal(4711, 1_700_000_000_123_456_789, DIRECTION_DOWN, -0.625, 0.8125, "signal_mlp/3")
     value = encode_signal(rec)
     assert decode_signal(value) == rec
     as_json = json.dumps(asdict(rec)).encode()
     assert len(value) < 0.5 * len(as_json), (len(value), len(as_json))
     with pytest.raises(UnicodeDecodeError):
         value.decode()  # not text: binary through and through
-    for corrupt in (value[:-1], b"\x02" + value[1:], b""):
+    wrong_direction = value[:13] + b"\x07" + value[14:]
+    for corrupt in (value[:-1], b"\x02" + value[1:], b"", wrong_direction):
         with pytest.raises(ValueError):
             decode_signal(corrupt)
 
 
 def test_keys_are_hash_tagged_by_symbol() -> None:
-    assert signal_key("AAPL") == "{AAPL}:signal"
+    assert signal_key(17) == "{17}:signal"
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -192,7 +197,7 @@ def cache_config(cluster: LocalRedisCluster, **redis: object) -> CacheConfig:
 
 
 def test_symbols_spread_over_every_master_and_values_are_binary(cluster: LocalRedisCluster) -> None:
-    symbols = [f"SYM{i:03d}" for i in range(200)]
+    symbols = list(range(200))
 
     async def scenario() -> None:
         cache = TieredCache.from_config(
@@ -207,10 +212,10 @@ def test_symbols_spread_over_every_master_and_values_are_binary(cluster: LocalRe
     per_master = [int(m.cli("DBSIZE")) for m in masters]
     assert len(masters) == 3 and all(n > 20 for n in per_master), per_master
     assert sum(per_master) == len(symbols)
-    owner = cluster.master_of("{SYM007}:signal")
-    assert owner.cli("EXISTS", "{SYM007}:signal") == "1"
-    assert int(owner.cli("STRLEN", "{SYM007}:signal")) == len(encode_signal(record("SYM007")))
-    assert 0 < int(owner.cli("PTTL", "{SYM007}:signal")) <= 300_000  # written with the TTL
+    owner = cluster.master_of("{7}:signal")
+    assert owner.cli("EXISTS", "{7}:signal") == "1"
+    assert int(owner.cli("STRLEN", "{7}:signal")) == len(encode_signal(record(7)))
+    assert 0 < int(owner.cli("PTTL", "{7}:signal")) <= 300_000  # written with the TTL
 
 
 def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path: Path) -> None:
@@ -220,8 +225,8 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
             WarehouseConfig(batch_rows=10), DuckDBSink(tmp_path / "w.duckdb"), metrics
         )
         now = time.time_ns() // 1000 * 1000  # the warehouse keeps microseconds
-        history = [record("AAPL", now - 2_000_000), record("AAPL", now - 1_000_000, "DOWN")]
-        warehouse.append_signals(history + [record("MSFT", now)])
+        history = [record(1, now - 2_000_000), record(1, now - 1_000_000, DIRECTION_DOWN)]
+        warehouse.append_signals([*history, record(2, now)])
         await warehouse.flush(10)
         cache = TieredCache.from_config(
             cache_config(cluster), l3=warehouse, metrics=metrics,
@@ -229,33 +234,33 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
         )  # fmt: skip
         assert cache.l2 is not None
 
-        first = await cache.get("AAPL")  # L1 miss, L2 miss, L3 hit: the latest row
+        first = await cache.get(1)  # L1 miss, L2 miss, L3 hit: the latest row
         assert first == history[1]
         assert counts(metrics) == {("l1", "hit"): 0, ("l1", "miss"): 1, ("l2", "hit"): 0,
                                    ("l2", "miss"): 1, ("l3", "hit"): 1, ("l3", "miss"): 0}  # fmt: skip
-        raw = await cache.l2.client.get("{AAPL}:signal")  # filled into L2 ...
+        raw = await cache.l2.client.get("{1}:signal")  # filled into L2 ...
         assert raw is not None and decode_signal(raw) == history[1]
-        assert cache.l1.get("AAPL") == history[1]  # ... and into L1
+        assert cache.l1.get(1) == history[1]  # ... and into L1
 
-        assert await cache.get("AAPL") == history[1]  # now an L1 hit
+        assert await cache.get(1) == history[1]  # now an L1 hit
         assert counts(metrics)[("l1", "hit")] == 1
         cache.l1.clear()
-        assert await cache.get("AAPL") == history[1]  # an L2 hit, refilling L1
-        assert counts(metrics)[("l2", "hit")] == 1 and cache.l1.get("AAPL") == history[1]
+        assert await cache.get(1) == history[1]  # an L2 hit, refilling L1
+        assert counts(metrics)[("l2", "hit")] == 1 and cache.l1.get(1) == history[1]
 
-        got = await cache.get_many(["AAPL", "MSFT", "NOPE"])
-        assert set(got) == {"AAPL", "MSFT"}
+        got = await cache.get_many([1, 2, 999])
+        assert set(got) == {1, 2}
         c = counts(metrics)
         assert c[("l3", "miss")] == 1 and c[("l3", "hit")] == 2  # NOPE missed everywhere
         assert metrics.hit_ratio("l1") == pytest.approx(c[("l1", "hit")] / (c[("l1", "hit")]
                                                         + c[("l1", "miss")]))  # fmt: skip
 
-        newer = record("AAPL", now, "FLAT")
+        newer = record(1, now, DIRECTION_FLAT)
         await cache.put(newer)  # write-through: L1, L2 and the warehouse batch
-        assert cache.l1.get("AAPL") == newer
-        assert decode_signal(await cache.l2.client.get("{AAPL}:signal")) == newer
+        assert cache.l1.get(1) == newer
+        assert decode_signal(await cache.l2.client.get("{1}:signal")) == newer
         await warehouse.flush(10)
-        assert (await warehouse.latest_signals(["AAPL"]))["AAPL"] == newer
+        assert (await warehouse.latest_signals([1]))[1] == newer
         await cache.close()
         await warehouse.close()
 
@@ -269,10 +274,10 @@ def test_a_wrong_token_fails_soft_to_misses(cluster: LocalRedisCluster) -> None:
         cache = TieredCache.from_config(
             cache_config(cluster), metrics=metrics, credential_provider=bad
         )
-        await cache.put(record("AAPL"))  # no exception: L2 refused, L1 still written
-        assert await cache.get("AAPL") == record("AAPL")
+        await cache.put(record(1))  # no exception: L2 refused, L1 still written
+        assert await cache.get(1) == record(1)
         cache.l1.clear()
-        assert await cache.get("AAPL") is None
+        assert await cache.get(1) is None
         assert metrics.cache_errors.labels("l2")._value.get() >= 1
         assert metrics.cache_available.labels("l2")._value.get() == 0
         await cache.close()
@@ -283,7 +288,7 @@ def test_a_wrong_token_fails_soft_to_misses(cluster: LocalRedisCluster) -> None:
 def test_a_killed_master_fails_over_and_the_cache_keeps_answering(
     cluster: LocalRedisCluster,
 ) -> None:
-    symbols = [f"FO{i:03d}" for i in range(150)]
+    symbols = list(range(1000, 1150))
     records = {s: record(s) for s in symbols}
 
     async def scenario() -> None:
@@ -327,15 +332,15 @@ def test_whole_cluster_down_degrades_to_l1_and_recovers(cluster: LocalRedisClust
             cache_config(cluster), metrics=metrics, credential_provider=token_provider()
         )
         assert cache.l2 is not None
-        await cache.put(record("AAPL"))
+        await cache.put(record(1))
         cluster.stop_all()
         slowest = 0.0
         for i in range(20):
             t0 = time.perf_counter()
-            await cache.put(record(f"DOWN{i}"))  # writes keep working (L1)
-            assert await cache.get(f"DOWN{i}") == record(f"DOWN{i}")
-            assert await cache.get("AAPL") == record("AAPL")
-            assert await cache.get(f"NEVER{i}") is None  # a miss, not an error
+            await cache.put(record(100 + i))  # writes keep working (L1)
+            assert await cache.get(100 + i) == record(100 + i)
+            assert await cache.get(1) == record(1)
+            assert await cache.get(500 + i) is None  # a miss, not an error
             slowest = max(slowest, time.perf_counter() - t0)
             await asyncio.sleep(0.02)
         assert metrics.cache_available.labels("l2")._value.get() == 0
@@ -348,9 +353,9 @@ def test_whole_cluster_down_degrades_to_l1_and_recovers(cluster: LocalRedisClust
         cluster.wait_healthy()
         deadline = time.monotonic() + 20
         while True:  # writes reach Redis again once it answers
-            await cache.put(record("BACK"))
+            await cache.put(record(77))
             cache.l1.clear()
-            if await cache.get("BACK") == record("BACK"):
+            if await cache.get(77) == record(77):
                 break
             assert time.monotonic() < deadline, "L2 did not come back after the cluster did"
             await asyncio.sleep(0.2)
@@ -369,9 +374,9 @@ def test_an_unreachable_cluster_at_startup_is_no_error() -> None:
         metrics = Metrics(CollectorRegistry())
         l2 = RedisL2(RedisConfig(nodes=["127.0.0.1:1"], cooldown_s=5), metrics)
         cache = TieredCache(CacheConfig(), l2=l2, metrics=metrics)
-        await cache.put(record("AAPL"))
-        assert await cache.get("AAPL") == record("AAPL")
-        assert await cache.get("MSFT") is None
+        await cache.put(record(1))
+        assert await cache.get(1) == record(1)
+        assert await cache.get(2) is None
         assert l2.failures == 1  # tried once, then skipped for the cooldown
         await cache.close()
 

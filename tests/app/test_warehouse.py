@@ -17,8 +17,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from app.records import SignalRecord
 from app.schemas import DUCKDB_TYPES, Table, table, tables
+from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics
 from app.warehouse import (
     BigQuerySink,
@@ -37,7 +37,7 @@ T0 = 1_700_000_000_000_000_000  # ns, on a microsecond boundary
 def tick_columns(n: int, start: int = 0) -> dict[str, Any]:
     i = np.arange(start, start + n)
     return {
-        "symbol": np.array([f"S{k % 7}" for k in i], dtype=object),
+        "symbol": (i % 7).astype(np.int64),
         "event_time": T0 + i.astype(np.int64) * 1000,
         "price": 100.0 + i * 0.01,
         "size": (i % 5 + 1).astype(np.float64),
@@ -45,7 +45,7 @@ def tick_columns(n: int, start: int = 0) -> dict[str, Any]:
 
 
 def feature_columns(n: int) -> dict[str, Any]:
-    cols: dict[str, Any] = {"symbol": np.array(["AAPL"] * n, dtype=object),
+    cols: dict[str, Any] = {"symbol": np.full(n, 3, dtype=np.int64),
                             "event_time": T0 + np.arange(n, dtype=np.int64) * 1000}  # fmt: skip
     for name in ("ema_fast", "ema_slow", "rsi", "volatility", "zscore", "vwap", "ofi"):
         cols[name] = np.linspace(0, 1, n)
@@ -97,6 +97,8 @@ def test_rows_must_match_the_declared_schema() -> None:
         check_columns(ticks, {k: v for k, v in tick_columns(3).items() if k != "size"})
     with pytest.raises(ValueError, match=r"unknown \['venue'\]"):
         check_columns(ticks, {**tick_columns(3), "venue": np.array(["X"] * 3, dtype=object)})
+    with pytest.raises(ValueError, match=r"ticks.symbol: dtype object does not hold INT64"):
+        check_columns(ticks, {**tick_columns(3), "symbol": np.array(["A", "B", "C"], object)})
     with pytest.raises(ValueError, match=r"ticks.price: 2 values, other columns 3"):
         check_columns(ticks, {**tick_columns(3), "price": np.array([1.0, 2.0])})
     with pytest.raises(
@@ -107,7 +109,7 @@ def test_rows_must_match_the_declared_schema() -> None:
         check_columns(ticks, {**tick_columns(3), "price": np.array([1.0, np.nan, 2.0])})
     with pytest.raises(ValueError, match=r"signals.direction: REQUIRED, but some values are null"):
         check_columns(table("signals"), {
-            "symbol": np.array(["A"], dtype=object), "event_time": np.array([T0]),
+            "symbol": np.array([1]), "ts_ns": np.array([T0]),
             "direction": np.array([None], dtype=object), "strength": np.array([0.1]),
             "confidence": np.array([0.5]), "model_version": np.array(["m"], dtype=object),
         })  # fmt: skip
@@ -119,7 +121,7 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
         w = Warehouse(WarehouseConfig(batch_rows=10), sink, Metrics(CollectorRegistry()))
         w.append("ticks", tick_columns(25))
         w.append("features", feature_columns(4))
-        w.append_signals([SignalRecord("AAPL", T0 + 5000, "UP", 0.5, 0.7, "m/1")])
+        w.append_signals([Signal(5, T0 + 5000, DIRECTION_UP, 0.5, 0.75, "m/1")])
         await w.flush(10)
         for name, tbl in tables().items():
             described = await sink.query(f"DESCRIBE {name}")
@@ -130,12 +132,13 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
         rows = await sink.query("SELECT * FROM ticks ORDER BY event_time")
         assert len(rows) == 25
         first = rows[0]
-        assert first[0] == "S0" and first[2] == 100.0 and first[3] == 1.0
+        assert first[0] == 0 and first[2] == 100.0 and first[3] == 1.0
         assert first[1] == dt.datetime(2023, 11, 14, 22, 13, 20)  # ns → µs TIMESTAMP, exact
         assert rows[1][1] - first[1] == dt.timedelta(microseconds=1)
         rsi = await sink.query("SELECT rsi FROM features ORDER BY event_time LIMIT 2")
         assert rsi == [(None,), (1 / 3,)]  # NaN (before warm-up) is stored as NULL
-        assert (await sink.query("SELECT direction, model_version FROM signals")) == [("UP", "m/1")]
+        assert (await sink.query("SELECT * FROM signals")) == [
+            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1")]  # fmt: skip
         await w.close()
 
     run(scenario())
@@ -192,18 +195,17 @@ def test_latest_signals_reads_the_newest_row_per_symbol(tmp_path: Path) -> None:
             WarehouseConfig(duckdb_path=tmp_path / "w.duckdb"), Metrics(CollectorRegistry())
         )
         now = time.time_ns() // 1000 * 1000
-        old = SignalRecord("AAPL", now - 5 * 86_400 * 10**9, "UP", 0.1, 0.5, "m/1")  # too old
-        recs = [SignalRecord("AAPL", now - 2000, "DOWN", -0.2, 0.6, "m/1"),
-                SignalRecord("AAPL", now - 1000, "FLAT", 0.0, 0.9, "m/2"),
-                SignalRecord("MSFT", now - 3000, "UP", 0.3, 0.7, "m/2"), old]  # fmt: skip
+        old = Signal(1, now - 5 * 86_400 * 10**9, DIRECTION_UP, 0.125, 0.5, "m/1")  # too old
+        recs = [Signal(1, now - 2, DIRECTION_DOWN, -0.25, 0.625, "m/1"),
+                Signal(1, now - 1, DIRECTION_FLAT, 0.0, 0.875, "m/2"),
+                Signal(2, now - 3, DIRECTION_UP, 0.375, 0.75, "m/2"), old]  # fmt: skip
         w.append_signals(recs)
         await w.flush(10)
-        latest = await w.latest_signals(["AAPL", "MSFT", "TSLA"])
-        assert latest == {"AAPL": recs[1], "MSFT": recs[2]}
-        only_old = SignalRecord("IBM", old.event_time_ns, "UP", 0.1, 0.5, "m/1")
-        w.append_signals([only_old])
+        latest = await w.latest_signals([1, 2, 3])
+        assert latest == {1: recs[1], 2: recs[2]}  # ns-exact: ts_ns is an INT64 column
+        w.append_signals([Signal(4, old.ts_ns, DIRECTION_UP, 0.125, 0.5, "m/1")])
         await w.flush(10)
-        assert await w.latest_signals(["IBM"]) == {}  # outside history_days
+        assert await w.latest_signals([4]) == {}  # outside history_days
         await w.close()
 
     run(scenario())
@@ -244,6 +246,7 @@ def decode_rows(request: Any) -> tuple[descriptor_pb2.DescriptorProto, list[Any]
 
 
 BQ_TO_PROTO = {"STRING": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+               "INT64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
                "FLOAT64": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
                "TIMESTAMP": descriptor_pb2.FieldDescriptorProto.TYPE_INT64}  # fmt: skip
 MODE_TO_LABEL = {"REQUIRED": descriptor_pb2.FieldDescriptorProto.LABEL_REQUIRED,
@@ -256,11 +259,11 @@ def test_bigquery_appends_rows_in_the_declared_schema_to_the_default_stream() ->
         sink = BigQuerySink("proj", "signals", write_client=client)
         metrics = Metrics(CollectorRegistry())
         cfg = WarehouseConfig(backend="bigquery", project="proj", batch_rows=5,
-                              retry_initial_s=0.01)  # fmt: skip
+                              retry_initial_s=0.01, write_signals=True)  # fmt: skip
         w = Warehouse(cfg, sink, metrics)
         w.append("ticks", tick_columns(7))
         w.append("features", feature_columns(3))
-        w.append_signals([SignalRecord("AAPL", T0 + 1000, "DOWN", -0.5, 0.8, "m/7")])
+        w.append_signals([Signal(9, T0 + 1000, DIRECTION_DOWN, -0.5, 0.75, "m/7")])
         await w.flush(10)
         by_table = {r.write_stream.split("/")[5]: r for r in client.requests}
         assert set(by_table) == {"ticks", "features", "signals"}
@@ -278,10 +281,10 @@ def test_bigquery_appends_rows_in_the_declared_schema_to_the_default_stream() ->
         _, ticks = decode_rows(by_table["ticks"])
         assert len(ticks) == 7
         assert ticks[3].event_time == (T0 + 3000) // 1000  # TIMESTAMP as µs since the epoch
-        assert (ticks[3].symbol, ticks[3].price, ticks[3].size) == ("S3", 100.03, 4.0)
+        assert (ticks[3].symbol, ticks[3].price, ticks[3].size) == (3, 100.03, 4.0)
         _, signals = decode_rows(by_table["signals"])
-        assert (signals[0].direction, signals[0].confidence, signals[0].model_version) == (
-            "DOWN", 0.8, "m/7")  # fmt: skip
+        assert (signals[0].symbol, signals[0].ts_ns, signals[0].direction) == (
+            9, T0 + 1000, "DIRECTION_DOWN")  # fmt: skip
         assert metrics.warehouse_failures.labels("ticks")._value.get() == 1  # retried
         await w.close()
 
@@ -326,23 +329,47 @@ class FakeReadClient:
 
 
 def test_bigquery_history_reads_restrict_by_symbol_and_time_and_keep_the_newest() -> None:
-    ts = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
     rows = [
-        {"symbol": "AAPL", "event_time": ts, "direction": "UP", "strength": 0.5,
-         "confidence": 0.9, "model_version": "m/1"},
-        {"symbol": "AAPL", "event_time": ts - dt.timedelta(seconds=1), "direction": "DOWN",
-         "strength": None, "confidence": 0.4, "model_version": "m/1"},
+        {"symbol": 4, "ts_ns": T0 + 7, "direction": "DIRECTION_UP", "strength": 0.5,
+         "confidence": 0.875, "model_version": "m/1"},
+        {"symbol": 4, "ts_ns": T0 + 9, "direction": "DIRECTION_DOWN", "strength": -0.5,
+         "confidence": 0.625, "model_version": "m/1"},
+        {"symbol": 5, "ts_ns": T0 + 1, "direction": "DIRECTION_FLAT", "strength": 0.0,
+         "confidence": 0.5, "model_version": "m/2"},
     ]  # fmt: skip
     client = FakeReadClient(rows)
     sink = BigQuerySink("proj", "signals", read_client=client)
-    since = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
-    latest = run(sink.latest_signals(["AAPL", "O'Neil"], since))
-    assert latest["AAPL"].direction == "UP"
-    assert latest["AAPL"].event_time_ns == int(ts.timestamp()) * 10**9 + 6000
+    latest = run(sink.latest_signals([4, 5, 6], T0))
+    assert latest == {4: Signal(4, T0 + 9, DIRECTION_DOWN, -0.5, 0.625, "m/1"),
+                      5: Signal(5, T0 + 1, DIRECTION_FLAT, 0.0, 0.5, "m/2")}  # fmt: skip
     parent, session = client.sessions[0]
     assert parent == "projects/proj"
     assert session.table == "projects/proj/datasets/signals/tables/signals"
-    restriction = session.read_options.row_restriction
-    assert "symbol IN ('AAPL', 'O\\'Neil')" in restriction  # quoted, not injectable
-    assert "event_time >= TIMESTAMP('2026-01-01 00:00:00+00')" in restriction
+    assert session.read_options.row_restriction == f"symbol IN (4, 5, 6) AND ts_ns >= {T0}"
     assert list(session.read_options.selected_fields) == list(table("signals").column_names)
+
+
+def test_signals_go_to_the_warehouse_only_where_no_subscription_writes_them() -> None:
+    cols = SignalColumns(
+        symbol=np.array([3, 4], np.int32), ts_ns=np.array([T0, T0 + 1]),
+        direction=np.array([DIRECTION_UP, DIRECTION_DOWN], np.int8),
+        strength=np.array([0.5, -0.5], np.float32), confidence=np.array([0.75, 0.5], np.float32),
+        model_version="m/3",
+    )  # fmt: skip
+    local = Warehouse(WarehouseConfig(), RecordingSink(DuckDBSink(":memory:")))
+    local.append_signals(cols)
+    assert local.backlog_rows == 2
+    prod_cfg = WarehouseConfig(backend="bigquery", project="p")
+    assert not prod_cfg.writes_signals  # the signals topic's BigQuery subscription does
+    prod = Warehouse(prod_cfg, BigQuerySink("p", "signals", write_client=FakeWriteClient()))
+    prod.append_signals(cols)
+    assert prod.backlog_rows == 0
+    rows = Warehouse(WarehouseConfig(), DuckDBSink(":memory:"))
+    assert list(check_columns(table("signals"), {
+        "symbol": cols.symbol.astype(np.int64), "ts_ns": cols.ts_ns,
+        "direction": np.array(["DIRECTION_UP", "DIRECTION_DOWN"], object),
+        "strength": cols.strength.astype(np.float64),
+        "confidence": cols.confidence.astype(np.float64),
+        "model_version": np.array(["m/3", "m/3"], object),
+    })) == list(table("signals").column_names)  # fmt: skip
+    run(rows.close())

@@ -1,0 +1,353 @@
+"""Publishing: batch bounds, the codec header, ordering, retries, back-pressure, the sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.api_core import exceptions
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from app.publish import (
+    CODEC_IDS,
+    HEADER,
+    Compressor,
+    LocalFileSink,
+    PermanentPublishError,
+    PublishBackpressure,
+    PublishConfig,
+    Publisher,
+    PubSubSink,
+    build_sink,
+    decode_batch,
+    encode_batch,
+    read_local_topic,
+)
+from app.synthetic import synthetic_ticks
+from app.telemetry import Metrics
+from tests.app.conftest import run
+
+
+class RecordingSink:
+    """Keeps every batch; fails the calls whose number is in ``fail_calls`` (transiently),
+    or every call while ``down``, or permanently for keys in ``refuse_keys``."""
+
+    def __init__(self, fail_calls: set[int] | None = None) -> None:
+        self.batches: list[tuple[str, str, bytes, dict[str, str], float]] = []
+        self.calls = 0
+        self.fail_calls = fail_calls or set()
+        self.down = False
+        self.refuse_keys: set[str] = set()
+
+    async def publish(
+        self, topic: str, key: str, payload: bytes, attributes: dict[str, str]
+    ) -> None:
+        self.calls += 1
+        call = self.calls
+        await asyncio.sleep(0)
+        if self.down or call in self.fail_calls:
+            raise ConnectionError(f"sink unavailable (call {call}, on purpose)")
+        if key in self.refuse_keys:
+            raise PermanentPublishError("message too large (on purpose)")
+        self.batches.append((topic, key, payload, dict(attributes), time.monotonic()))
+
+    async def close(self) -> None:
+        pass
+
+    def records(self, key: str | None = None) -> list[bytes]:
+        out: list[bytes] = []
+        for _, k, payload, _, _ in self.batches:
+            if key is None or k == key:
+                out.extend(decode_batch(payload)[1])
+        return out
+
+
+def config(**kw: Any) -> PublishConfig:
+    base: dict[str, Any] = {"max_messages": 10, "max_bytes": 10_000, "max_latency_ms": 30,
+                            "buffer_max_messages": 1000, "retry_initial_ms": 5,
+                            "retry_max_ms": 20}  # fmt: skip
+    base.update(kw)
+    return PublishConfig(**base)
+
+
+def publisher(sink: Any, **kw: Any) -> Publisher:
+    return Publisher("ticks", config(**kw), sink, Metrics(CollectorRegistry()))
+
+
+# --- the batch format --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_batches_round_trip_and_the_header_names_the_codec(codec: str) -> None:
+    records = [b"", b"x", bytes(range(256)) * 3, b"tick" * 40]
+    payload = encode_batch(records, Compressor(codec))  # type: ignore[arg-type]
+    magic, version, codec_id, count, raw_len = HEADER.unpack_from(payload)
+    assert (magic, version, codec_id, count) == (b"SG", 1, CODEC_IDS[codec], 4)
+    assert decode_batch(payload) == (codec, records)
+    if codec != "none":
+        assert len(payload) < HEADER.size + raw_len  # compressed
+
+
+def test_corrupt_payloads_are_rejected() -> None:
+    payload = encode_batch([b"abc", b"def"], Compressor("zstd"))
+    with pytest.raises(ValueError, match="not a signal batch"):
+        decode_batch(b"XX" + payload[2:])
+    with pytest.raises(ValueError, match="shorter than the header"):
+        decode_batch(payload[:5])
+    with pytest.raises(ValueError, match="unknown codec id 9"):
+        decode_batch(payload[:3] + b"\x09" + payload[4:])
+    bad_count = HEADER.pack(b"SG", 1, 0, 3, 8) + b"\x03abc\x03def"
+    with pytest.raises(ValueError, match="2 records, header says 3"):
+        decode_batch(bad_count)
+
+
+def test_realistic_tick_batches_compress_well() -> None:
+    from app.proto import load
+
+    pb2, _ = load()
+    ticks, _ = synthetic_ticks(1, 500, seed=3)
+    record = pb2.TickBatch(symbol=ticks.symbol.tolist(), price=ticks.price.tolist(),
+                           size=ticks.size.tolist(), ts_ns=ticks.ts_ns.tolist()).SerializeToString()  # fmt: skip
+    for codec in ("zstd", "lz4"):
+        payload = encode_batch([record], Compressor(codec))  # type: ignore[arg-type]
+        assert len(payload) < 0.75 * len(record), (codec, len(payload), len(record))
+
+
+def test_config_errors_name_field_value_and_rule() -> None:
+    with pytest.raises(ValidationError) as err:
+        PublishConfig(codec="gzip")  # type: ignore[arg-type]
+    assert "codec" in str(err.value) and "'zstd', 'lz4' or 'none'" in str(err.value)
+    with pytest.raises(ValidationError) as err:
+        PublishConfig(max_messages=100, buffer_max_messages=10)
+    assert "buffer_max_messages = 10: must be >= max_messages (100)" in str(err.value)
+    with pytest.raises(ValidationError, match="project must be set"):
+        PublishConfig(sink="pubsub")
+    with pytest.raises(ValidationError) as err:
+        PublishConfig(max_bytes=20_000_000)
+    assert "max_bytes" in str(err.value) and "less than or equal to 9998976" in str(err.value)
+
+
+# --- batching ----------------------------------------------------------------------------
+
+
+def test_batches_are_bounded_by_count_bytes_and_latency() -> None:
+    async def scenario() -> None:
+        sink = RecordingSink()
+        pub = publisher(sink, max_messages=10, max_bytes=10_000, max_latency_ms=80)
+        pub.start()
+        pub.submit_many("AAPL", [b"a%03d" % i for i in range(25)])
+        await asyncio.sleep(0.02)
+        assert [len(decode_batch(b[2])[1]) for b in sink.batches] == [10, 10]  # count bound
+        t_open = time.monotonic()
+        await asyncio.sleep(0.15)
+        assert [len(decode_batch(b[2])[1]) for b in sink.batches] == [10, 10, 5]  # latency
+        assert sink.batches[2][4] - t_open >= 0.04  # not sent before its latency bound
+
+        big = publisher(sink := RecordingSink(), max_messages=1000, max_bytes=1000)
+        big.start()
+        big.submit_many("MSFT", [bytes(300)] * 10)  # 302 framed bytes each
+        await big.flush(5)
+        sizes = [len(decode_batch(b[2])[1]) for b in sink.batches]
+        assert sizes == [4, 4, 2] and sum(sizes) == 10  # bytes bound: 4 x 302 >= 1000
+        await pub.close()
+        await big.close()
+
+    run(scenario())
+
+
+def test_each_key_keeps_its_order_through_retries_and_nothing_is_lost() -> None:
+    async def scenario() -> None:
+        sink = RecordingSink(fail_calls={2, 3, 5, 8, 13, 21, 34})
+        metrics = Metrics(CollectorRegistry())
+        pub = Publisher("signals", config(max_messages=7), sink, metrics)
+        pub.start()
+        sent: dict[str, list[bytes]] = {f"S{k}": [] for k in range(6)}
+        for i in range(600):
+            key = f"S{i % 6}"
+            record = f"{key}-{i}".encode()
+            pub.submit(key, record)
+            sent[key].append(record)
+            if i % 50 == 0:
+                await asyncio.sleep(0.001)
+        await pub.flush(10)
+        for key, records in sent.items():
+            assert sink.records(key) == records  # in order, no gap, no duplicate
+        assert all(b[1] in sent and b[3]["codec"] == "zstd" for b in sink.batches)
+        assert metrics.publish_failures.labels("signals")._value.get() == 7
+        assert pub.backlog == 0 and pub.delivered_messages == 600
+        await pub.close()
+
+    run(scenario())
+
+
+def test_a_full_buffer_pushes_back_and_the_accepted_survive_the_outage() -> None:
+    async def scenario() -> None:
+        sink = RecordingSink()
+        sink.down = True
+        metrics = Metrics(CollectorRegistry())
+        pub = Publisher("ticks", config(buffer_max_messages=100, max_messages=10), sink, metrics)
+        pub.start()
+        for i in range(100):
+            pub.submit(f"K{i % 3}", b"%d" % i)
+        with pytest.raises(PublishBackpressure, match="publish buffer full"):
+            pub.submit("K0", b"one too many")
+        with pytest.raises(PublishBackpressure):
+            pub.submit_many("K1", [b"x", b"y"])  # all-or-nothing: none of these accepted
+        assert metrics.publish_rejected.labels("ticks")._value.get() == 3
+        assert metrics.publish_backlog.labels("ticks")._value.get() == 100
+        await asyncio.sleep(0.2)  # retrying with backoff while down
+        assert sink.calls > 3 and not sink.batches
+        sink.down = False
+        await pub.flush(10)
+        delivered = sorted(int(r) for r in sink.records())
+        assert delivered == list(range(100))  # every accepted record, once
+        pub.submit("K0", b"room again")
+        await pub.close()
+        assert sink.records("K0")[-1] == b"room again"
+
+    run(scenario())
+
+
+def test_permanent_refusals_are_dead_lettered_not_retried_forever(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sink = RecordingSink()
+        sink.refuse_keys = {"BAD"}
+        metrics = Metrics(CollectorRegistry())
+        pub = Publisher("ticks", config(local_dir=tmp_path), sink, metrics)
+        pub.start()
+        pub.submit_many("BAD", [b"1", b"2"])
+        pub.submit("GOOD", b"3")
+        await pub.flush(5)
+        assert sink.records() == [b"3"]
+        dead = list(read_local_topic(tmp_path / "deadletter-ticks.sgb"))
+        assert [(k, decode_batch(p)[1]) for k, p in dead] == [("BAD", [b"1", b"2"])]
+        assert metrics.publish_dead_lettered.labels("ticks")._value.get() == 2
+        await pub.close()
+
+    run(scenario())
+
+
+def test_close_delivers_what_was_accepted_then_refuses_more(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sink = LocalFileSink(tmp_path)
+        pub = Publisher("ticks", config(max_latency_ms=10_000), sink, Metrics(CollectorRegistry()))
+        pub.start()
+        pub.submit_many("AAPL", [b"a", b"b", b"c"])
+        await pub.close(5)  # well before the latency bound
+        with pytest.raises(PublishBackpressure, match="closing"):
+            pub.submit("AAPL", b"d")
+        frames = list(read_local_topic(tmp_path / "ticks.sgb"))
+        assert [(k, decode_batch(p)) for k, p in frames] == [("AAPL", ("zstd", [b"a", b"b", b"c"]))]
+
+    run(scenario())
+
+
+# --- sinks -------------------------------------------------------------------------------
+
+
+def test_the_local_sink_is_the_default_and_appends_frames(tmp_path: Path) -> None:
+    sink = build_sink(PublishConfig(local_dir=tmp_path))
+    assert isinstance(sink, LocalFileSink)
+
+    async def scenario() -> None:
+        pub = Publisher("signals", config(codec="lz4", max_messages=2), sink,
+                        Metrics(CollectorRegistry()))  # fmt: skip
+        pub.start()
+        pub.submit_many("AAPL", [b"1", b"2", b"3"])
+        pub.submit("MSFT", b"4")
+        await pub.close()
+
+    run(scenario())
+    frames = [(k, decode_batch(p)) for k, p in read_local_topic(tmp_path / "signals.sgb")]
+    assert sorted(frames) == [("AAPL", ("lz4", [b"1", b"2"])), ("AAPL", ("lz4", [b"3"])),
+                              ("MSFT", ("lz4", [b"4"]))]  # fmt: skip
+
+
+class FakePublisherClient:
+    """The google-cloud-pubsub PublisherClient surface the sink uses."""
+
+    def __init__(self, errors: dict[str, list[Exception]] | None = None) -> None:
+        self.published: list[tuple[str, bytes, str, dict[str, str]]] = []
+        self.resumed: list[tuple[str, str]] = []
+        self.errors = errors or {}  # ordering key -> errors its next publishes get
+        self.stopped = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def publish(self, topic: str, data: bytes, ordering_key: str = "", **attrs: str) -> Any:
+        pending = self.errors.get(ordering_key)
+        error = pending.pop(0) if pending else None
+
+        def settle() -> str:
+            time.sleep(0.001)
+            if error is not None:
+                raise error
+            self.published.append((topic, data, ordering_key, attrs))
+            return str(len(self.published))
+
+        return self._pool.submit(settle)
+
+    def resume_publish(self, topic: str, ordering_key: str) -> None:
+        self.resumed.append((topic, ordering_key))
+
+    def stop(self) -> None:
+        self.stopped = True
+        self._pool.shutdown()
+
+
+def test_pubsub_sink_publishes_with_ordering_keys_and_codec_attributes(tmp_path: Path) -> None:
+    client = FakePublisherClient(
+        errors={
+            "AAPL": [exceptions.ServiceUnavailable("blip")],
+            "MSFT": [exceptions.InvalidArgument("too big")],
+        }
+    )
+    cfg = config(sink="pubsub", project="proj", local_dir=tmp_path)
+    sink = build_sink(cfg, client)
+    assert isinstance(sink, PubSubSink)
+
+    async def scenario() -> None:
+        pub = Publisher("signals", cfg, sink, Metrics(CollectorRegistry()), record_type="Signal")
+        pub.start()
+        pub.submit("AAPL", b"first")  # fails transiently, then is retried
+        await pub.flush(5)
+        pub.submit("MSFT", b"refused")  # refused for good: dead-lettered
+        await pub.flush(5)
+        pub.submit("AAPL", b"second")
+        await pub.close()
+
+    run(scenario())
+    topics = {p[0] for p in client.published}
+    assert topics == {"projects/proj/topics/signals"}
+    assert [(p[2], decode_batch(p[1])[1]) for p in client.published] == [
+        ("AAPL", [b"first"]), ("AAPL", [b"second"])]  # fmt: skip
+    assert client.published[0][3] == {"codec": "zstd", "format": "1", "record_type": "Signal"}
+    # An ordered key pauses after an error; the sink resumes it so the retry can go.
+    assert client.resumed == [("projects/proj/topics/signals", "AAPL"),
+                              ("projects/proj/topics/signals", "MSFT")]  # fmt: skip
+    assert [k for k, _ in read_local_topic(tmp_path / "deadletter-signals.sgb")] == ["MSFT"]
+    assert client.stopped
+
+
+def test_a_tick_batch_split_by_symbol_keeps_per_symbol_order() -> None:
+    """The data path publishes each symbol's ticks under its own ordering key."""
+
+    async def scenario() -> None:
+        sink = RecordingSink(fail_calls={1, 4})
+        pub = publisher(sink, max_messages=3)
+        pub.start()
+        ticks, _ = synthetic_ticks(4, 30, seed=1)
+        for i in range(len(ticks)):
+            pub.submit(f"S{ticks.symbol[i]}", np.int64(ticks.ts_ns[i]).tobytes())
+        await pub.flush(5)
+        for s in range(4):
+            ts = [int(np.frombuffer(r, np.int64)[0]) for r in sink.records(f"S{s}")]
+            assert ts == sorted(ts) and len(ts) == 30
+        await pub.close()
+
+    run(scenario())
