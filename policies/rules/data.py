@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rules.kit import (
@@ -12,9 +13,11 @@ from rules.kit import (
     STACKS_SCHEMA,
     NotApplicable,
     Resource,
+    StackResource,
     only_on_stacks,
     resource_policy,
     schema,
+    stack_policy,
 )
 from rules.values import as_int, as_list, duration_seconds, get, is_unknown, shown
 
@@ -190,22 +193,84 @@ def materialized_view_refresh(r: Resource) -> Iterator[str]:
         yield f"refreshIntervalMs {milliseconds} exceeds {high}: signals read stale aggregates"
 
 
-def subscription_dead_letter(r: Resource) -> Iterator[str]:
-    topic = get(r.props, "deadLetterPolicy", "deadLetterTopic")
-    if not topic and not is_unknown(topic):
-        yield "deadLetterPolicy.deadLetterTopic must be set so poison messages are parked, not redelivered forever"
-        return
-    attempts = as_int(get(r.props, "deadLetterPolicy", "maxDeliveryAttempts"))
-    if attempts is not None and attempts > int(r.config["maxDeliveryAttempts"]):
-        yield f"deadLetterPolicy.maxDeliveryAttempts {attempts} exceeds {r.config['maxDeliveryAttempts']}"
+@dataclass(frozen=True)
+class DeadLetterTopics:
+    """The stack's dead-letter topics: by value, and by URN where the engine says which
+    resource each subscription's deadLetterPolicy depends on."""
+
+    values: frozenset[str]
+    urns: frozenset[str]
+    any_unknown: bool
 
 
-def subscription_retry(r: Resource) -> Iterator[str]:
-    policy = get(r.props, "retryPolicy")
-    if is_unknown(policy):
-        return
-    if not isinstance(policy, dict) or get(policy, "minimumBackoff") is None:
-        yield "retryPolicy.minimumBackoff must be set: immediate redelivery hammers a failing consumer"
+def dead_letter_topics(subscriptions: list[StackResource]) -> DeadLetterTopics:
+    values, urns, unknown = set(), set(), False
+    for s in subscriptions:
+        topic = get(s.props, "deadLetterPolicy", "deadLetterTopic")
+        if isinstance(topic, str) and topic:
+            values.add(topic)
+        unknown = unknown or is_unknown(topic)
+        urns.update(s.property_dependencies.get("deadLetterPolicy", ()))
+    return DeadLetterTopics(frozenset(values), frozenset(urns), unknown)
+
+
+def reads_dead_letters(s: StackResource, dead_letters: DeadLetterTopics) -> bool | None:
+    """Whether a subscription reads a dead-letter topic (its own dead-lettering would be
+    circular); None when preview unknowns make it impossible to tell."""
+    topic_urns = set(s.property_dependencies.get("topic", ()))
+    if topic_urns and dead_letters.urns:
+        return bool(topic_urns & dead_letters.urns)  # the engine says which topic it reads
+    topic = get(s.props, "topic")
+    if isinstance(topic, str) and topic in dead_letters.values:
+        return True
+    if is_unknown(topic) and (dead_letters.any_unknown or dead_letters.urns):
+        return None
+    return False
+
+
+def _subscriptions_to_check(resources: list[StackResource]) -> Iterator[StackResource]:
+    subscriptions = [r for r in resources if r.type == SUBSCRIPTION]
+    dead_letters = dead_letter_topics(subscriptions)
+    for s in subscriptions:
+        if reads_dead_letters(s, dead_letters) is False:
+            yield s
+
+
+def subscription_dead_letter(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    limit = int(config["maxDeliveryAttempts"])
+    for s in _subscriptions_to_check(resources):
+        topic = get(s.props, "deadLetterPolicy", "deadLetterTopic")
+        if not topic and not is_unknown(topic):
+            yield (
+                s.urn,
+                (
+                    "deadLetterPolicy.deadLetterTopic must be set so poison messages are parked, "
+                    "not redelivered forever"
+                ),
+            )
+            continue
+        attempts = as_int(get(s.props, "deadLetterPolicy", "maxDeliveryAttempts"))
+        if attempts is not None and attempts > limit:
+            yield s.urn, f"deadLetterPolicy.maxDeliveryAttempts {attempts} exceeds {limit}"
+
+
+def subscription_retry(
+    resources: list[StackResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    for s in _subscriptions_to_check(resources):
+        policy = get(s.props, "retryPolicy")
+        if is_unknown(policy):
+            continue
+        if not isinstance(policy, dict) or get(policy, "minimumBackoff") is None:
+            yield (
+                s.urn,
+                (
+                    "retryPolicy.minimumBackoff must be set: immediate redelivery hammers a failing "
+                    "consumer"
+                ),
+            )
 
 
 def kms_rotation(r: Resource) -> Iterator[str]:
@@ -355,12 +420,12 @@ POLICIES = [
         rule=public_members,
         tags=TAGS,
     ),
-    resource_policy(
+    stack_policy(
         name="pubsub-dead-letter",
-        description="Subscriptions park undeliverable messages on a dead-letter topic. "
+        description="Subscriptions park undeliverable messages on a dead-letter topic (except "
+        "those reading a dead-letter topic of the stack). "
         "Source: Pub/Sub docs, 'Handle message failures'.",
         level=MANDATORY,
-        types={SUBSCRIPTION},
         rule=subscription_dead_letter,
         config_schema=schema(
             {
@@ -374,12 +439,11 @@ POLICIES = [
         ),
         tags=TAGS,
     ),
-    resource_policy(
+    stack_policy(
         name="pubsub-retry-policy",
-        description="Subscriptions back off exponentially before redelivery. "
-        "Source: Pub/Sub docs, 'Handle message failures: retry policy'.",
+        description="Subscriptions back off exponentially before redelivery (except those reading "
+        "a dead-letter topic of the stack). Source: Pub/Sub docs, 'Handle message failures'.",
         level=MANDATORY,
-        types={SUBSCRIPTION},
         rule=subscription_retry,
         tags=TAGS,
     ),

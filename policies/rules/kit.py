@@ -94,6 +94,8 @@ class StackResource:
     parent: str | None = None
     provider_props: dict[str, Any] = field(default_factory=dict)
     dependencies: tuple[str, ...] = ()
+    # Input property → URNs it depends on (the engine's propertyDependencies).
+    property_dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     protect: bool = False
 
 
@@ -196,6 +198,9 @@ def stack_policy(
                 parent=r.parent.urn if r.parent is not None else r.opts.parent,
                 provider_props=plain(r.provider.props) if r.provider else {},
                 dependencies=tuple(d.urn for d in r.dependencies),
+                property_dependencies={
+                    k: tuple(d.urn for d in v) for k, v in r.property_dependencies.items()
+                },
                 protect=bool(r.opts.protect),
             )
             for r in args.resources

@@ -6,8 +6,21 @@ import json
 
 import pytest
 
-from tests.policies.cases import COST_LABELS, DELETE, UNKNOWN, Case, assert_case, bad, mutate, ok
-from tools.analyzer import PolicyPackProcess
+from tests.policies.cases import (
+    COST_LABELS,
+    DELETE,
+    UNKNOWN,
+    Case,
+    StackCase,
+    assert_case,
+    assert_stack_case,
+    bad,
+    mutate,
+    ok,
+    resource,
+    urn,
+)
+from tools.analyzer import AnalyzerResource, PolicyPackProcess
 
 REDIS_CLUSTER = "gcp:redis/cluster:Cluster"
 REDIS_INSTANCE = "gcp:redis/instance:Instance"
@@ -353,27 +366,6 @@ CASES = [
         "subscription-binding",
         message="allAuthenticatedUsers",
     ),
-    ok("pubsub-dead-letter", SUBSCRIPTION, SUB_GOLDEN),
-    bad(
-        "pubsub-dead-letter",
-        SUBSCRIPTION,
-        mutate(SUB_GOLDEN, {"deadLetterPolicy": DELETE}),
-        "absent",
-    ),
-    bad(
-        "pubsub-dead-letter",
-        SUBSCRIPTION,
-        mutate(SUB_GOLDEN, {"deadLetterPolicy.maxDeliveryAttempts": 50}),
-        "too-many-attempts",
-        config={"pubsub-dead-letter": {"maxDeliveryAttempts": 20}},
-    ),
-    ok("pubsub-retry-policy", SUBSCRIPTION, SUB_GOLDEN),
-    bad(
-        "pubsub-retry-policy",
-        SUBSCRIPTION,
-        mutate(SUB_GOLDEN, {"retryPolicy": DELETE}),
-        "immediate-redelivery",
-    ),
     ok("kms-rotation", KEY, KEY_GOLDEN),
     ok(
         "kms-rotation",
@@ -519,3 +511,109 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_data_rule(pack: PolicyPackProcess, case: Case) -> None:
     assert_case(pack, case, LEVELS)
+
+
+# Subscriptions: the stack knows which topics are dead-letter topics, and a subscription that
+# reads one needs no dead-letter policy of its own.
+DLQ = "projects/p/topics/signals-dlq"
+DLQ_READER = {"name": "signals-dlq-inspect", "topic": DLQ, "labels": COST_LABELS}
+NO_POLICIES = mutate(
+    SUB_GOLDEN, {"name": "ticks-replay", "deadLetterPolicy": DELETE, "retryPolicy": DELETE}
+)
+TOPIC_URN = urn(TOPIC, "signals")
+DLQ_URN = urn(TOPIC, "signals-dlq")
+
+
+def subscriptions(*items: tuple[str, dict]) -> tuple[AnalyzerResource, ...]:
+    return tuple(resource(SUBSCRIPTION, inputs, name) for name, inputs in items)
+
+
+def with_property_deps(name: str, inputs: dict, deps: dict[str, list[str]]) -> AnalyzerResource:
+    return AnalyzerResource(
+        SUBSCRIPTION, name, urn(SUBSCRIPTION, name), inputs, property_dependencies=deps
+    )
+
+
+GOLDEN_SUBSCRIPTIONS = subscriptions(("main", SUB_GOLDEN), ("inspect", DLQ_READER))
+# The pack resolves property dependencies to resources of the stack: the topics must be there.
+TOPICS = (resource(TOPIC, TOPIC_GOLDEN, "signals"), resource(TOPIC, TOPIC_GOLDEN, "signals-dlq"))
+UNKNOWN_TOPICS_MAIN = with_property_deps(
+    "main",
+    mutate(SUB_GOLDEN, {"topic": UNKNOWN, "deadLetterPolicy.deadLetterTopic": UNKNOWN}),
+    {"topic": [TOPIC_URN], "deadLetterPolicy": [DLQ_URN]},
+)
+
+STACK_CASES = [
+    *[
+        StackCase(policy, GOLDEN_SUBSCRIPTIONS, 0, "dead-letter-reader-exempt")
+        for policy in ("pubsub-dead-letter", "pubsub-retry-policy")
+    ],
+    StackCase(
+        "pubsub-dead-letter",
+        (*GOLDEN_SUBSCRIPTIONS, resource(SUBSCRIPTION, NO_POLICIES, "replay")),
+        1,
+        "absent",
+        urns=(urn(SUBSCRIPTION, "replay"),),
+        message="deadLetterPolicy.deadLetterTopic must be set",
+    ),
+    StackCase(
+        "pubsub-dead-letter",
+        subscriptions(("main", mutate(SUB_GOLDEN, {"deadLetterPolicy.maxDeliveryAttempts": 50}))),
+        1,
+        "too-many-attempts",
+        config={"pubsub-dead-letter": {"maxDeliveryAttempts": 20}},
+        message="maxDeliveryAttempts 50 exceeds 20",
+    ),
+    StackCase(
+        "pubsub-dead-letter",
+        subscriptions(("inspect", DLQ_READER)),
+        1,
+        "reader-of-an-ordinary-topic",
+    ),
+    StackCase(
+        "pubsub-dead-letter",
+        (
+            *TOPICS,
+            UNKNOWN_TOPICS_MAIN,
+            with_property_deps(
+                "inspect", mutate(DLQ_READER, {"topic": UNKNOWN}), {"topic": [DLQ_URN]}
+            ),
+        ),
+        0,
+        "reader-known-by-property-dependencies",
+    ),
+    StackCase(
+        "pubsub-dead-letter",
+        (
+            *TOPICS,
+            UNKNOWN_TOPICS_MAIN,
+            with_property_deps(
+                "replay", mutate(NO_POLICIES, {"topic": UNKNOWN}), {"topic": [TOPIC_URN]}
+            ),
+        ),
+        1,
+        "non-reader-known-by-property-dependencies",
+        urns=(urn(SUBSCRIPTION, "replay"),),
+    ),
+    StackCase(
+        "pubsub-dead-letter",
+        subscriptions(
+            ("main", mutate(SUB_GOLDEN, {"deadLetterPolicy.deadLetterTopic": UNKNOWN})),
+            ("inspect", mutate(DLQ_READER, {"topic": UNKNOWN})),
+        ),
+        0,
+        "unknown-during-preview",
+    ),
+    StackCase(
+        "pubsub-retry-policy",
+        (*GOLDEN_SUBSCRIPTIONS, resource(SUBSCRIPTION, NO_POLICIES, "replay")),
+        1,
+        "immediate-redelivery",
+        urns=(urn(SUBSCRIPTION, "replay"),),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", STACK_CASES, ids=lambda c: c.id)
+def test_data_stack_rule(pack: PolicyPackProcess, case: StackCase) -> None:
+    assert_stack_case(pack, case, LEVELS)
