@@ -30,3 +30,7 @@ pulumi.export("subnets", {name: r.network.subnet.id for name, r in platform.regi
 pulumi.export("registry", platform.artifacts.registry.registry_uri)
 pulumi.export("modelBucket", platform.artifacts.models.url)
 pulumi.export("serviceAccounts", {k: a.email for k, a in platform.accounts.workloads.items()})
+pulumi.export("redis", {name: r.redis.discovery_endpoint for name, r in platform.regions.items()})
+pulumi.export("dataset", platform.warehouse.dataset.dataset_id)
+pulumi.export("topics", {name: t.id for name, t in platform.messaging.topics.items()})
+pulumi.export("auditBucket", platform.observability.audit_bucket.url)

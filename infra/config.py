@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 NAMESPACE = "signal-platform"
@@ -29,6 +36,14 @@ DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+PUBSUB_TOPIC_RE = re.compile(
+    r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][\w.~+%-]{2,254}$"
+)
+# Pub/Sub topic ids: 3-255 characters, starting with a letter, not starting with "goog".
+TOPIC_ID_RE = re.compile(r"^(?!goog)[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+# A protobuf duration as Istio and Envoy take it: "500ms", "2s", "3600s".
+DURATION_PATTERN = r"^\d+(ms|s)$"
 
 
 class ConfigError(ValueError):
@@ -198,6 +213,15 @@ class RedisSettings(Model):
         "REDIS_HIGHMEM_XLARGE",
     ] = "REDIS_HIGHMEM_MEDIUM"
     persistence: Literal["AOF", "RDB", "DISABLED"] = "AOF"
+    aof_append_fsync: Literal["EVERYSEC", "ALWAYS", "NO"] = "EVERYSEC"
+    rdb_snapshot_period: Literal["ONE_HOUR", "SIX_HOURS", "TWELVE_HOURS", "TWENTY_FOUR_HOURS"] = (
+        "ONE_HOUR"
+    )
+    # Weekly maintenance window (UTC start hour, one hour long): a weekend, outside trading.
+    maintenance_day: Literal[
+        "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"
+    ] = "SUNDAY"
+    maintenance_hour: int = Field(default=5, ge=0, le=23)
 
 
 class BigQuerySettings(Model):
@@ -215,6 +239,12 @@ class PubSubSettings(Model):
     message_retention_days: int = Field(7, ge=1, le=31)
     max_delivery_attempts: int = Field(10, ge=5, le=100)
     ack_deadline_seconds: int = Field(30, ge=10, le=600)
+    # `<topic><batchSuffix>`: the compressed batch frames of each stream, opaque bytes to
+    # Pub/Sub, so topics without a schema (infra/messaging.py says why).
+    batch_suffix: str = Field(default="-batches", pattern=r"^[A-Za-z0-9._~+%-]{1,32}$")
+    dead_letter_topic: str = "signals-dead-letter"
+    min_retry_backoff_seconds: int = Field(default=10, ge=0, le=600)
+    max_retry_backoff_seconds: int = Field(default=600, ge=0, le=600)
 
 
 class Resources(Model):
@@ -248,6 +278,84 @@ class Workloads(Model):
 class Budget(Model):
     monthly_usd: float
     alert_thresholds: tuple[float, ...] = (0.5, 0.9, 1.0)
+    # The Cloud Billing account the budget watches; without one no budget is declared.
+    billing_account: str | None = Field(
+        default=None, pattern=r"^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$"
+    )
+
+
+class NotificationChannel(Model):
+    """Where alerts go: an email address, an HTTPS webhook or a Pub/Sub topic."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    type: Literal["email", "webhook_tokenauth", "pubsub"]
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str, info: ValidationInfo) -> str:
+        kind = info.data.get("type")
+        if kind == "email" and not EMAIL_RE.match(value):
+            raise ValueError("not an email address")
+        if kind == "webhook_tokenauth" and not value.startswith("https://"):
+            raise ValueError("webhooks must be https:// URLs")
+        if kind == "pubsub" and not PUBSUB_TOPIC_RE.match(value):
+            raise ValueError("must be projects/<project>/topics/<topic>")
+        return value
+
+
+class AlertThresholds(Model):
+    latency_p95_ms: float = Field(default=100, gt=0)
+    error_rate: float = Field(default=0.001, gt=0, lt=1)
+    triton_queue_ms: float = Field(default=20, gt=0)
+    gpu_duty_cycle_min: float = Field(default=60, ge=0, le=100)
+    gpu_duty_cycle_max: float = Field(default=95, ge=0, le=100)
+    spot_preemptions_per_hour: int = Field(default=5, ge=1)
+    redis_memory_utilization: float = Field(default=0.85, gt=0, lt=1)
+
+
+class ObservabilitySettings(Model):
+    notification_channels: tuple[NotificationChannel, ...] = ()
+    alerts: AlertThresholds = AlertThresholds()
+    slo_goal: float = Field(default=0.9995, gt=0.9, lt=1)
+    slo_window_days: int = Field(default=30, ge=1, le=30)
+    audit_log_retention_days: int = Field(default=400, ge=1, le=3650)
+
+
+POOL_USAGE_KEY_RE = re.compile(r"^(?:([a-z]+-[a-z]+\d+)/)?([a-z][a-z0-9-]{0,20})$")
+
+
+class CostSettings(Model):
+    """Usage assumptions `python -m tools cost` prices the plan with: the plan says what
+    exists, these say how much of it runs and how much data flows through it."""
+
+    # Share of a spot pool's node-hours that get spot capacity; the rest runs on-demand in the
+    # fallback pool (the spot-first ComputeClass targets 95%).
+    spot_share: float = Field(default=0.95, ge=0, le=1)
+    # Where an autoscaled pool averages between its min and max nodes (0 = always at min),
+    # for pools without an averageNodes entry.
+    utilisation: float = Field(default=0.25, ge=0, le=1)
+    # Average nodes of a pool across its zones, by pool name ("l4-spot") or for one region's
+    # pool ("europe-west4/l4-spot", which wins over the plain name).
+    average_nodes: dict[str, float] = {}
+    signals_per_month: int = Field(default=100_000, ge=1)
+    bigquery_storage_gib: float = Field(default=100, ge=0)
+    bigquery_scanned_tib_per_month: float = Field(default=1, ge=0)
+    pubsub_gib_per_month: float = Field(default=50, ge=0)  # published + delivered
+    nat_gib_per_month: float = Field(default=50, ge=0)  # through each region's NAT
+    logging_gib_per_month: float = Field(default=50, ge=0)
+    bucket_storage_gib: float = Field(default=10, ge=0)  # in each bucket
+    artifact_storage_gib: float = Field(default=20, ge=0)  # in each registry
+
+    @field_validator("average_nodes")
+    @classmethod
+    def _average_nodes(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, nodes in value.items():
+            if not POOL_USAGE_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a pool name or region/pool")
+            if nodes < 0:
+                raise ValueError(f"average nodes of {key} must be >= 0")
+        return value
 
 
 class RegionOverride(Model):
@@ -273,6 +381,7 @@ class StackConfig(Model):
     redis: RedisSettings = RedisSettings()
     bigquery: BigQuerySettings = BigQuerySettings()
     pubsub: PubSubSettings = PubSubSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     workloads: Workloads = Workloads()
 
     @property
@@ -423,7 +532,7 @@ _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 def _semantic_problems(cfg: StackConfig, catalog: Catalog) -> list[Problem]:
     """Rules that span fields, or need the catalogue."""
     ns = NAMESPACE
-    problems: list[Problem] = []
+    problems: list[Problem] = _data_platform_problems(cfg)
 
     if not PROJECT_ID_RE.match(cfg.project_id):
         problems.append(
@@ -624,4 +733,143 @@ def _pool_problems(
                         f"an on-demand (spot: false) {pool.accelerator_type} pool beside it",
                     )
                 )
+    return problems
+
+
+def _data_platform_problems(cfg: StackConfig) -> list[Problem]:
+    """Redis, Pub/Sub, budget and observability rules that span fields."""
+    ns = NAMESPACE
+    problems: list[Problem] = []
+    if cfg.is_prod:
+        for region in cfg.regions:
+            if region not in load_catalog().zones:
+                continue
+            redis = cfg.region(region).redis
+            base = (
+                f"{ns}:regionOverrides.{region}.redis"
+                if region in cfg.region_overrides and cfg.region_overrides[region].redis
+                else f"{ns}:redis"
+            )
+            if redis.replica_count < 1:
+                problems.append(
+                    Problem(
+                        f"{base}.replicaCount",
+                        redis.replica_count,
+                        f"prod Redis in {region} needs a replica per shard to fail over",
+                        ">= 1",
+                    )
+                )
+            if redis.persistence == "DISABLED":
+                problems.append(
+                    Problem(
+                        f"{base}.persistence",
+                        redis.persistence,
+                        f"prod Redis in {region} must persist its data",
+                        "AOF or RDB",
+                    )
+                )
+
+    pubsub = cfg.pubsub
+    topics = {
+        "ticksTopic": pubsub.ticks_topic,
+        "signalsTopic": pubsub.signals_topic,
+        "deadLetterTopic": pubsub.dead_letter_topic,
+    }
+    batch_topics = [f"{pubsub.ticks_topic}{pubsub.batch_suffix}"]
+    batch_topics.append(f"{pubsub.signals_topic}{pubsub.batch_suffix}")
+    for topic in batch_topics:
+        if topic in topics.values():
+            problems.append(
+                Problem(
+                    f"{ns}:pubsub.batchSuffix",
+                    pubsub.batch_suffix,
+                    f"makes the batch topic {topic!r}, which is already a topic",
+                    "a suffix that names new topics",
+                )
+            )
+    for key, topic in topics.items():
+        if not TOPIC_ID_RE.match(topic):
+            problems.append(
+                Problem(
+                    f"{ns}:pubsub.{key}",
+                    topic,
+                    "not a valid Pub/Sub topic id",
+                    "3-255 of letters, digits and ._~+%-, starting with a letter, not 'goog'",
+                )
+            )
+        elif list(topics.values()).count(topic) > 1:
+            problems.append(
+                Problem(f"{ns}:pubsub.{key}", topic, "topic used twice", "distinct topics")
+            )
+    if pubsub.min_retry_backoff_seconds > pubsub.max_retry_backoff_seconds:
+        problems.append(
+            Problem(
+                f"{ns}:pubsub.minRetryBackoffSeconds",
+                pubsub.min_retry_backoff_seconds,
+                f"greater than maxRetryBackoffSeconds ({pubsub.max_retry_backoff_seconds})",
+                "minRetryBackoffSeconds <= maxRetryBackoffSeconds",
+            )
+        )
+
+    thresholds = cfg.budget.alert_thresholds
+    for i, threshold in enumerate(thresholds):
+        if not 0 < threshold <= 2:
+            problems.append(
+                Problem(
+                    f"{ns}:budget.alertThresholds[{i}]",
+                    threshold,
+                    "a budget threshold is a fraction of the budget",
+                    "> 0 and <= 2 (e.g. 0.5 for 50%)",
+                )
+            )
+    if list(thresholds) != sorted(set(thresholds)):
+        problems.append(
+            Problem(
+                f"{ns}:budget.alertThresholds",
+                list(thresholds),
+                "thresholds must be increasing and distinct",
+                "e.g. [0.5, 0.9, 1.0]",
+            )
+        )
+    if cfg.is_prod and not cfg.budget.billing_account:
+        problems.append(
+            Problem(
+                f"{ns}:budget.billingAccount",
+                None,
+                "prod needs a billing account for its budget",
+                "XXXXXX-XXXXXX-XXXXXX",
+            )
+        )
+
+    obs = cfg.observability
+    alerts = obs.alerts
+    if alerts.gpu_duty_cycle_min >= alerts.gpu_duty_cycle_max:
+        problems.append(
+            Problem(
+                f"{ns}:observability.alerts.gpuDutyCycleMin",
+                alerts.gpu_duty_cycle_min,
+                f"not below gpuDutyCycleMax ({alerts.gpu_duty_cycle_max:g})",
+                "gpuDutyCycleMin < gpuDutyCycleMax",
+            )
+        )
+    names = [c.name for c in obs.notification_channels]
+    for i, name in enumerate(names):
+        if names.count(name) > 1:
+            problems.append(
+                Problem(
+                    f"{ns}:observability.notificationChannels[{i}].name",
+                    name,
+                    "channel names must be unique",
+                    "unique names",
+                )
+            )
+    if cfg.is_prod and not names:
+        problems.append(
+            Problem(
+                f"{ns}:observability.notificationChannels",
+                [],
+                "prod alerts need somewhere to go",
+                "at least one channel",
+            )
+        )
     return problems

@@ -64,9 +64,11 @@ KEY_USERS: Mapping[str, tuple[str, ...]] = {
     ),
     "bigquery": ("bq-{n}@bigquery-encryption.iam.gserviceaccount.com",),
     "pubsub": ("service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com",),
+    # The audit-log bucket, written by Cloud Storage on the log sink's behalf.
+    "audit-logs": ("service-{n}@gs-project-accounts.iam.gserviceaccount.com",),
 }
 REGIONAL_KEYS = ("gke-secrets", "disks", "redis", "artifacts")
-WAREHOUSE_KEYS = ("bigquery", "pubsub")
+WAREHOUSE_KEYS = ("bigquery", "pubsub", "audit-logs")
 
 
 class ServiceAccounts(pulumi.ComponentResource):

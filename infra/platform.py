@@ -8,7 +8,11 @@ import pulumi_gcp as gcp
 from infra.artifacts import ArtifactStore
 from infra.config import RegionConfig, StackConfig
 from infra.identity import REGIONAL_KEYS, WAREHOUSE_KEYS, KeyRing, ServiceAccounts
+from infra.messaging import Messaging, pubsub_agent
 from infra.network import RegionalNetwork, Vpc
+from infra.observability import Observability
+from infra.redis import RedisCluster
+from infra.warehouse import Warehouse
 
 APIS = (
     "artifactregistry.googleapis.com",
@@ -52,6 +56,21 @@ class Region(pulumi.ComponentResource):
             project_number,
             stack.labels,
             hsm=stack.is_prod,
+            opts=child,
+        )
+        # The L2 cache; the workloads read its discovery endpoint (`self.redis`).
+        self.redis = RedisCluster(
+            f"{region.name}-cache",
+            region=region.name,
+            project_id=stack.project_id,
+            settings=region.redis,
+            network=vpc.network,
+            subnet=self.network.subnet,
+            kms_key=self.keys.keys["redis"],
+            connection_members={"signal-service": accounts.workloads["signal-service"].member},
+            labels=stack.labels,
+            deletion_protection=stack.is_prod,
+            after=[self.keys],
             opts=child,
         )
         self.register_outputs({"subnet": self.network.subnet.id})
@@ -98,6 +117,7 @@ class Platform(pulumi.ComponentResource):
             hsm=config.is_prod,
             opts=after_apis,
         )
+        self._data_platform(config, project.number, after_apis)
 
         primary = self.regions[config.regions[0]]
         nodes = {pool: account.member for pool, account in self.accounts.nodes.items()}
@@ -113,3 +133,51 @@ class Platform(pulumi.ComponentResource):
             opts=after_apis,
         )
         self.register_outputs({"network": self.vpc.network.id})
+
+    def _data_platform(
+        self, config: StackConfig, project_number: pulumi.Output[str], opts: pulumi.ResourceOptions
+    ) -> None:
+        """The warehouse, messaging and observability: global, beside the regions."""
+        keys = self.warehouse_keys.keys
+        service = self.accounts.workloads["signal-service"]
+        after_keys = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(depends_on=[self.warehouse_keys])
+        )
+        self.warehouse = Warehouse(
+            "warehouse",
+            project_id=config.project_id,
+            settings=config.bigquery,
+            kms_key=keys["bigquery"],
+            # The Pub/Sub agent writes the BigQuery subscription's rows.
+            writers={"signal-service": service.email, "pubsub-agent": pubsub_agent(project_number)},
+            readers={},
+            labels=config.labels,
+            deletion_protection=config.is_prod,
+            opts=after_keys,
+        )
+        signals = self.warehouse.tables.get("signals")
+        self.messaging = Messaging(
+            "messaging",
+            project_number=project_number,
+            settings=config.pubsub,
+            regions=config.regions,
+            kms_key=keys["pubsub"],
+            signals_table=self.warehouse.path("signals") if signals is not None else None,
+            signals_table_resource=signals,
+            publishers={"signal-service": service.member},
+            consumers={"signal-service": service.member},
+            labels=config.labels,
+            opts=after_keys,
+        )
+        self.observability = Observability(
+            "observability",
+            project_id=config.project_id,
+            project_number=project_number,
+            settings=config.observability,
+            budget=config.budget,
+            audit_location=config.bigquery.location,
+            audit_kms_key=keys["audit-logs"],
+            labels=config.labels,
+            protect=config.is_prod,
+            opts=after_keys,
+        )

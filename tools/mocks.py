@@ -187,6 +187,38 @@ def _redis_cluster(mocks: PlanMocks, name: str, inputs: dict) -> dict:
     }
 
 
+def _project_number(project: str) -> str:
+    return str(int(_digest(project)[:11], 16))
+
+
+def _log_sink(mocks: PlanMocks, name: str, inputs: dict) -> dict:
+    number = _project_number(_project(mocks, inputs))
+    return {
+        "name": inputs.get("name", name),
+        "writerIdentity": f"serviceAccount:service-{number}@gcp-sa-logging.iam.gserviceaccount.com",
+    }
+
+
+def _notification_channel(mocks: PlanMocks, name: str, inputs: dict) -> dict:
+    channel = (
+        f"projects/{_project(mocks, inputs)}/notificationChannels/{int(_digest(name)[:15], 16)}"
+    )
+    return {"id": channel, "name": channel}
+
+
+def _monitoring_service(mocks: PlanMocks, name: str, inputs: dict) -> dict:
+    service = f"projects/{_project(mocks, inputs)}/services/{inputs.get('serviceId', name)}"
+    return {"id": service, "name": service}
+
+
+def _slo(mocks: PlanMocks, name: str, inputs: dict) -> dict:
+    slo = (
+        f"projects/{_project(mocks, inputs)}/services/{inputs.get('service')}"
+        f"/serviceLevelObjectives/{inputs.get('sloId', name)}"
+    )
+    return {"id": slo, "name": slo}
+
+
 def _router(mocks: PlanMocks, name: str, inputs: dict) -> dict:
     return {
         "name": inputs.get("name", name),
@@ -210,6 +242,10 @@ _OUTPUTS: dict[str, Callable[[PlanMocks, str, dict], dict]] = {
     "gcp:pubsub/subscription:Subscription": _pubsub("subscriptions"),
     "gcp:pubsub/schema:Schema": _pubsub("schemas"),
     "gcp:redis/cluster:Cluster": _redis_cluster,
+    "gcp:logging/projectSink:ProjectSink": _log_sink,
+    "gcp:monitoring/notificationChannel:NotificationChannel": _notification_channel,
+    "gcp:monitoring/customService:CustomService": _monitoring_service,
+    "gcp:monitoring/slo:Slo": _slo,
 }
 
 
@@ -218,7 +254,7 @@ _OUTPUTS: dict[str, Callable[[PlanMocks, str, dict], dict]] = {
 
 def _get_project(mocks: PlanMocks, args: dict) -> dict:
     project = args.get("projectId") or mocks.project
-    number = str(int(_digest(project)[:11], 16))
+    number = _project_number(project)
     return {
         "id": f"projects/{project}",
         "projectId": project,

@@ -1,0 +1,407 @@
+"""Observability: alerts, the signal API's SLO, the billing budget and the audit trail.
+
+- Notification channels come from `observability.notificationChannels`; every alert, the
+  burn-rate alert and the budget notify all of them.
+- Alert policies (thresholds from `observability.alerts`): signal p95 latency, signal error
+  rate, Triton queue time, GPU duty cycle outside its band, spot preemptions per hour and
+  Redis memory. The service and Triton metrics are Prometheus metrics read through Google
+  Cloud Managed Service for Prometheus (PromQL conditions); GPU duty cycle and Redis memory
+  are Google's own metrics; preemptions are counted by a log-based metric on Compute
+  Engine's `compute.instances.preempted` system events.
+- A Cloud Monitoring service for the signal API with a request-based availability SLO
+  (`observability.sloGoal`, rolling `sloWindowDays`) and a multi-window burn-rate alert.
+- A billing budget of `budget.monthlyUsd` with a rule per `budget.alertThresholds`.
+- Data-access audit logs (admin and data reads, data writes) for BigQuery and Redis, and a
+  sink of every audit log to a CMEK bucket whose retention policy is locked.
+
+The service's metric names below are a contract with `app/` (its Prometheus exporter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.config import AlertThresholds, Budget, ObservabilitySettings
+
+# Prometheus metrics of the signal service (the gRPC API) and of Triton.
+REQUESTS = "signal_requests_total"  # counter, label `code`: the gRPC status name
+REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram
+TRITON_QUEUE_US = "nv_inference_queue_duration_us"  # counter: cumulative queue time
+TRITON_REQUESTS = "nv_inference_request_success"  # counter
+# gRPC statuses that are the server's fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND)
+# are answers, not failures.
+SERVER_ERROR_CODES = (
+    "UNKNOWN",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "DATA_LOSS",
+    "RESOURCE_EXHAUSTED",
+)
+GPU_DUTY_CYCLE = "kubernetes.io/container/accelerator/duty_cycle"
+REDIS_MEMORY = "redis.googleapis.com/cluster/memory/maximum_utilization"
+PREEMPTION_METRIC = "spot-preemptions"
+
+AUDITED_SERVICES = ("bigquery.googleapis.com", "redis.googleapis.com")
+AUDIT_LOG_TYPES = ("ADMIN_READ", "DATA_READ", "DATA_WRITE")
+AUDIT_FILTER = 'logName:"cloudaudit.googleapis.com"'
+
+SERVICE_ID = "signal-api"
+SLO_ID = "availability"
+# (lookback, burn-rate threshold): the SRE workbook's page-worthy pair. 14.4x over an hour
+# spends 2% of a 30-day budget; 6x over six hours spends 5%.
+BURN_RATE_WINDOWS = (("3600s", 14.4), ("21600s", 6.0))
+
+CHANNEL_LABELS = {"email": "email_address", "webhook_tokenauth": "url", "pubsub": "topic"}
+
+
+def _codes_regex() -> str:
+    return "|".join(SERVER_ERROR_CODES)
+
+
+def promql_alerts(alerts: AlertThresholds) -> dict[str, tuple[str, str]]:
+    """Alert name → (PromQL, what it means), per cluster."""
+    codes = _codes_regex()
+    return {
+        "signal-latency-p95": (
+            "histogram_quantile(0.95, sum by (cluster, le) "
+            f"(rate({REQUEST_LATENCY}_bucket[5m]))) > {alerts.latency_p95_ms / 1000:g}",
+            f"p95 signal latency above {alerts.latency_p95_ms:g} ms",
+        ),
+        "signal-error-rate": (
+            f'sum by (cluster) (rate({REQUESTS}{{code=~"{codes}"}}[5m])) '
+            f"/ sum by (cluster) (rate({REQUESTS}[5m])) > {alerts.error_rate:g}",
+            f"more than {alerts.error_rate:.2%} of signal requests fail on the server",
+        ),
+        "triton-queue-time": (
+            f"sum by (cluster) (rate({TRITON_QUEUE_US}[5m])) "
+            f"/ sum by (cluster) (rate({TRITON_REQUESTS}[5m])) "
+            f"> {alerts.triton_queue_ms * 1000:g}",
+            f"Triton requests wait more than {alerts.triton_queue_ms:g} ms in its queue",
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A condition on a Cloud Monitoring time series."""
+
+    name: str
+    filter: str
+    comparison: str
+    value: float
+    duration: str
+    aligner: str
+    reducer: str
+    period: str = "300s"
+    group_by: tuple[str, ...] = ()
+
+    def condition(self) -> dict:
+        return {
+            "display_name": self.name,
+            "condition_threshold": {
+                "filter": self.filter,
+                "comparison": self.comparison,
+                "threshold_value": self.value,
+                "duration": self.duration,
+                "aggregations": [
+                    {
+                        "alignment_period": self.period,
+                        "per_series_aligner": self.aligner,
+                        "cross_series_reducer": self.reducer,
+                        "group_by_fields": list(self.group_by),
+                    }
+                ],
+                "trigger": {"count": 1},
+            },
+        }
+
+
+def gpu_duty_cycle(alerts: AlertThresholds) -> list[Threshold]:
+    """GPU duty cycle outside [min, max]: idle GPUs waste money, saturated ones add latency."""
+    series = f'resource.type = "k8s_container" AND metric.type = "{GPU_DUTY_CYCLE}"'
+    common = {
+        "filter": series,
+        "aligner": "ALIGN_MEAN",
+        "reducer": "REDUCE_MEAN",
+        "group_by": ("resource.label.cluster_name",),
+    }
+    return [
+        Threshold(
+            name=f"GPU duty cycle below {alerts.gpu_duty_cycle_min:g}%",
+            comparison="COMPARISON_LT",
+            value=alerts.gpu_duty_cycle_min,
+            duration="1800s",
+            **common,
+        ),
+        Threshold(
+            name=f"GPU duty cycle above {alerts.gpu_duty_cycle_max:g}%",
+            comparison="COMPARISON_GT",
+            value=alerts.gpu_duty_cycle_max,
+            duration="900s",
+            **common,
+        ),
+    ]
+
+
+def spot_preemptions(alerts: AlertThresholds, metric_name: str) -> Threshold:
+    return Threshold(
+        name=f"more than {alerts.spot_preemptions_per_hour} spot preemptions per hour",
+        filter=(
+            'resource.type = "gce_instance" AND '
+            f'metric.type = "logging.googleapis.com/user/{metric_name}"'
+        ),
+        comparison="COMPARISON_GT",
+        value=alerts.spot_preemptions_per_hour,
+        duration="0s",
+        aligner="ALIGN_SUM",
+        reducer="REDUCE_SUM",
+        period="3600s",
+    )
+
+
+def redis_memory(alerts: AlertThresholds) -> Threshold:
+    return Threshold(
+        name=f"Redis memory above {alerts.redis_memory_utilization:.0%}",
+        filter=f'resource.type = "redis.googleapis.com/Cluster" AND metric.type = "{REDIS_MEMORY}"',
+        comparison="COMPARISON_GT",
+        value=alerts.redis_memory_utilization,
+        duration="600s",
+        aligner="ALIGN_MAX",
+        reducer="REDUCE_MAX",
+        group_by=("resource.label.cluster_id",),
+    )
+
+
+def slo_name(project_id: str) -> str:
+    return f"projects/{project_id}/services/{SERVICE_ID}/serviceLevelObjectives/{SLO_ID}"
+
+
+def request_filters() -> tuple[str, str]:
+    """(total, bad) request filters of the availability SLI."""
+    total = (
+        f'metric.type="prometheus.googleapis.com/{REQUESTS}/counter" '
+        'resource.type="prometheus_target"'
+    )
+    bad = f'{total} metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
+    return total, bad
+
+
+class Observability(pulumi.ComponentResource):
+    """Channels, alert policies, the SLO, the budget and the audit-log trail of the stack."""
+
+    def __init__(
+        self,
+        name: str,
+        project_id: str,
+        project_number: pulumi.Input[str],
+        settings: ObservabilitySettings,
+        budget: Budget,
+        audit_location: str,
+        audit_kms_key: gcp.kms.CryptoKey,
+        labels: Mapping[str, str],
+        protect: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:Observability", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        user_labels = dict(labels)
+
+        self.channels = {
+            channel.name: gcp.monitoring.NotificationChannel(
+                f"channel-{channel.name}",
+                display_name=channel.name,
+                type=channel.type,
+                labels={CHANNEL_LABELS[channel.type]: channel.address},
+                user_labels=user_labels,
+                opts=child,
+            )
+            for channel in settings.notification_channels
+        }
+        channel_names = [c.name for c in self.channels.values()]
+
+        def policy(
+            key: str,
+            conditions: Sequence[dict],
+            severity: str,
+            docs: str,
+            depends_on: Sequence[pulumi.Resource] = (),
+        ) -> gcp.monitoring.AlertPolicy:
+            return gcp.monitoring.AlertPolicy(
+                f"alert-{key}",
+                display_name=key,
+                combiner="OR",
+                conditions=list(conditions),
+                severity=severity,
+                notification_channels=channel_names,
+                documentation={"content": docs, "mime_type": "text/markdown"},
+                alert_strategy={"auto_close": "86400s"},
+                user_labels=user_labels,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
+            )
+
+        alerts = settings.alerts
+        self.alerts: dict[str, gcp.monitoring.AlertPolicy] = {}
+        for key, (query, meaning) in promql_alerts(alerts).items():
+            condition = {
+                "display_name": meaning,
+                "condition_prometheus_query_language": {
+                    "query": query,
+                    "duration": "300s",
+                    "evaluation_interval": "60s",
+                },
+            }
+            self.alerts[key] = policy(key, [condition], "ERROR", f"Alert: {meaning}.")
+
+        self.alerts["gpu-duty-cycle"] = policy(
+            "gpu-duty-cycle",
+            [t.condition() for t in gpu_duty_cycle(alerts)],
+            "WARNING",
+            f"GPU duty cycle outside {alerts.gpu_duty_cycle_min:g}-{alerts.gpu_duty_cycle_max:g}%"
+            ": below, the pool is oversized (scale in); above, requests queue (scale out).",
+        )
+
+        self.preemptions = gcp.logging.Metric(
+            PREEMPTION_METRIC,
+            name=PREEMPTION_METRIC,
+            description="Spot VMs reclaimed by Compute Engine",
+            filter='resource.type="gce_instance" AND '
+            'protoPayload.methodName="compute.instances.preempted"',
+            metric_descriptor={"metric_kind": "DELTA", "value_type": "INT64", "unit": "1"},
+            opts=child,
+        )
+        self.alerts["spot-preemptions"] = policy(
+            "spot-preemptions",
+            [spot_preemptions(alerts, PREEMPTION_METRIC).condition()],
+            "WARNING",
+            "Spot capacity is being reclaimed: the on-demand fallback pools take the load.",
+            depends_on=[self.preemptions],
+        )
+        self.alerts["redis-memory"] = policy(
+            "redis-memory",
+            [redis_memory(alerts).condition()],
+            "WARNING",
+            "A Redis cluster is near its memory: add shards before evictions hurt hit rates.",
+        )
+
+        # ---- SLO: availability of the signal API, request-based.
+        self.service = gcp.monitoring.CustomService(
+            "service-signal-api",
+            service_id=SERVICE_ID,
+            display_name="signal API (gRPC)",
+            user_labels=user_labels,
+            opts=child,
+        )
+        total, bad = request_filters()
+        self.slo = gcp.monitoring.Slo(
+            "slo-signal-api-availability",
+            service=self.service.service_id,
+            slo_id=SLO_ID,
+            display_name=f"{settings.slo_goal:.2%} of signal requests succeed "
+            f"({settings.slo_window_days}-day rolling)",
+            goal=settings.slo_goal,
+            rolling_period_days=settings.slo_window_days,
+            request_based_sli={
+                "good_total_ratio": {"total_service_filter": total, "bad_service_filter": bad}
+            },
+            user_labels=user_labels,
+            opts=child,
+        )
+        self.alerts["slo-burn-rate"] = policy(
+            "slo-burn-rate",
+            [
+                {
+                    "display_name": f"error budget burning {rate:g}x over {window}",
+                    "condition_threshold": {
+                        "filter": f'select_slo_burn_rate("{slo_name(project_id)}", "{window}")',
+                        "comparison": "COMPARISON_GT",
+                        "threshold_value": rate,
+                        "duration": "0s",
+                    },
+                }
+                for window, rate in BURN_RATE_WINDOWS
+            ],
+            "CRITICAL",
+            "The signal API is spending its error budget too fast to last the SLO window.",
+            depends_on=[self.slo],
+        )
+
+        # ---- Budget.
+        self.budget: gcp.billing.Budget | None = None
+        if budget.billing_account:
+            self.budget = gcp.billing.Budget(
+                "budget",
+                billing_account=budget.billing_account,
+                display_name=f"signal-platform {project_id}",
+                budget_filter={
+                    "projects": [pulumi.Output.concat("projects/", project_number)],
+                    "calendar_period": "MONTH",
+                    "credit_types_treatment": "INCLUDE_ALL_CREDITS",
+                },
+                amount={
+                    "specified_amount": {
+                        "currency_code": "USD",
+                        "units": str(int(budget.monthly_usd)),
+                    }
+                },
+                threshold_rules=[
+                    {"threshold_percent": t, "spend_basis": "CURRENT_SPEND"}
+                    for t in budget.alert_thresholds
+                ],
+                all_updates_rule={
+                    # Budgets take at most five monitoring channels.
+                    "monitoring_notification_channels": channel_names[:5],
+                    "disable_default_iam_recipients": False,
+                },
+                opts=child,
+            )
+
+        # ---- Audit: data-access logs, and every audit log kept where nobody can delete it.
+        self.audit_configs = [
+            gcp.projects.IAMAuditConfig(
+                f"audit-{service.split('.')[0]}",
+                project=project_id,
+                service=service,
+                audit_log_configs=[{"log_type": t} for t in AUDIT_LOG_TYPES],
+                opts=child,
+            )
+            for service in AUDITED_SERVICES
+        ]
+        retention_days = settings.audit_log_retention_days
+        self.audit_bucket = gcp.storage.Bucket(
+            "audit-logs",
+            name=f"{project_id}-audit-logs",
+            location=audit_location.upper(),
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            encryption={"default_kms_key_name": audit_kms_key.id},
+            # Locked: the retention can be lengthened, never shortened or removed, and no
+            # object can be deleted or replaced before it expires.
+            retention_policy={"retention_period": str(retention_days * 86400), "is_locked": True},
+            lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": retention_days}}],
+            labels=dict(labels),
+            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+        )
+        self.audit_sink = gcp.logging.ProjectSink(
+            "audit-logs",
+            name="audit-logs",
+            project=project_id,
+            destination=pulumi.Output.concat("storage.googleapis.com/", self.audit_bucket.name),
+            filter=AUDIT_FILTER,
+            unique_writer_identity=True,
+            description="Every Cloud Audit Log of the project, kept in a locked bucket",
+            opts=child,
+        )
+        gcp.storage.BucketIAMMember(
+            "audit-logs-writer",
+            bucket=self.audit_bucket.name,
+            role="roles/storage.objectCreator",
+            member=self.audit_sink.writer_identity,
+            opts=child,
+        )
+        self.register_outputs({"auditBucket": self.audit_bucket.url, "slo": slo_name(project_id)})

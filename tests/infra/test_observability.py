@@ -1,0 +1,295 @@
+"""Alerts, SLO, budget and audit trail, as the policy pack sees them in each stack's plan."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from infra.config import ConfigError
+from infra.observability import SERVER_ERROR_CODES
+from tests.infra.stack_config import load, section
+from tools.inventory import Inventory, Resource
+
+CHANNEL = "gcp:monitoring/notificationChannel:NotificationChannel"
+POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
+SERVICE = "gcp:monitoring/customService:CustomService"
+SLO = "gcp:monitoring/slo:Slo"
+BUDGET = "gcp:billing/budget:Budget"
+AUDIT = "gcp:projects/iAMAuditConfig:IAMAuditConfig"
+BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
+SINK = "gcp:logging/projectSink:ProjectSink"
+LOG_METRIC = "gcp:logging/metric:Metric"
+COST_LABELS = {"cost-center", "env", "owner"}
+
+
+def policies(plan: Inventory) -> dict[str, Resource]:
+    return {p.inputs["displayName"]: p for p in plan.of_type(POLICY)}
+
+
+def promql(plan: Inventory, name: str) -> str:
+    (condition,) = policies(plan)[name].inputs["conditions"]
+    return condition["conditionPrometheusQueryLanguage"]["query"]
+
+
+def threshold_of(query: str) -> float:
+    return float(re.search(r"> ([0-9.e+-]+)$", query).group(1))
+
+
+def test_channels_come_from_config(dev_plan: Inventory, prod_plan: Inventory):
+    for plan, address in (
+        (dev_plan, "signal-platform-dev@example.com"),
+        (prod_plan, "signal-oncall@example.com"),
+    ):
+        (channel,) = plan.of_type(CHANNEL)
+        assert channel.inputs["type"] == "email"
+        assert channel.inputs["labels"] == {"email_address": address}
+        assert set(channel.inputs["userLabels"]) >= COST_LABELS
+
+
+def test_every_alert_notifies_every_channel_and_says_what_to_do(stack_plan: Inventory):
+    channels = {c.name for c in stack_plan.of_type(CHANNEL)}
+    channel_ids = {
+        r.urn: r for r in stack_plan.resources if r.type == CHANNEL
+    }  # names resolve from the channels' outputs
+    assert channels and channel_ids
+    found = policies(stack_plan)
+    assert set(found) == {
+        "signal-latency-p95",
+        "signal-error-rate",
+        "triton-queue-time",
+        "gpu-duty-cycle",
+        "spot-preemptions",
+        "redis-memory",
+        "slo-burn-rate",
+    }
+    for name, policy in found.items():
+        notified = policy.inputs["notificationChannels"]
+        assert len(notified) == len(channels), name
+        assert all(
+            n.startswith(f"projects/{stack_plan.outputs['project']}/notificationChannels/")
+            for n in notified
+        )
+        assert policy.inputs["documentation"]["content"], name
+        assert policy.inputs["severity"] in {"CRITICAL", "ERROR", "WARNING"}
+        assert set(policy.inputs["userLabels"]) >= COST_LABELS, name
+        assert set(channel_ids) <= set(policy.options["dependencies"]), name
+
+
+def test_service_alerts_use_the_configured_thresholds(stack_plan: Inventory):
+    alerts = load(stack_plan.stack).observability.alerts
+    latency = promql(stack_plan, "signal-latency-p95")
+    assert latency.startswith("histogram_quantile(0.95, sum by (cluster, le)")
+    assert "signal_request_duration_seconds_bucket" in latency
+    assert threshold_of(latency) == pytest.approx(alerts.latency_p95_ms / 1000) == 0.1
+    errors = promql(stack_plan, "signal-error-rate")
+    assert f'code=~"{"|".join(SERVER_ERROR_CODES)}"' in errors
+    assert threshold_of(errors) == pytest.approx(alerts.error_rate)
+    queue = promql(stack_plan, "triton-queue-time")
+    assert "nv_inference_queue_duration_us" in queue and "nv_inference_request_success" in queue
+    assert threshold_of(queue) == pytest.approx(alerts.triton_queue_ms * 1000)
+
+
+def test_gpu_duty_cycle_alerts_outside_60_to_95_percent(stack_plan: Inventory):
+    conditions = policies(stack_plan)["gpu-duty-cycle"].inputs["conditions"]
+    assert policies(stack_plan)["gpu-duty-cycle"].inputs["combiner"] == "OR"
+    found = {
+        c["conditionThreshold"]["comparison"]: c["conditionThreshold"]["thresholdValue"]
+        for c in conditions
+    }
+    assert found == {"COMPARISON_LT": 60, "COMPARISON_GT": 95}
+    for condition in conditions:
+        assert (
+            "kubernetes.io/container/accelerator/duty_cycle"
+            in condition["conditionThreshold"]["filter"]
+        )
+
+
+def test_spot_preemptions_are_counted_from_compute_engine_system_events(stack_plan: Inventory):
+    (metric,) = stack_plan.of_type(LOG_METRIC)
+    assert 'protoPayload.methodName="compute.instances.preempted"' in metric.inputs["filter"]
+    assert metric.inputs["metricDescriptor"]["metricKind"] == "DELTA"
+    policy = policies(stack_plan)["spot-preemptions"]
+    (condition,) = policy.inputs["conditions"]
+    threshold = condition["conditionThreshold"]
+    assert f"logging.googleapis.com/user/{metric.inputs['name']}" in threshold["filter"]
+    assert threshold["aggregations"][0]["alignmentPeriod"] == "3600s"
+    assert (
+        threshold["thresholdValue"]
+        == load(stack_plan.stack).observability.alerts.spot_preemptions_per_hour
+    )
+    assert metric.urn in policy.options["dependencies"]
+
+
+def test_redis_memory_alert(stack_plan: Inventory):
+    (condition,) = policies(stack_plan)["redis-memory"].inputs["conditions"]
+    threshold = condition["conditionThreshold"]
+    assert 'resource.type = "redis.googleapis.com/Cluster"' in threshold["filter"]
+    assert threshold["comparison"] == "COMPARISON_GT" and threshold["thresholdValue"] == 0.85
+
+
+def test_slo_is_99_95_percent_availability_over_30_days(stack_plan: Inventory):
+    (service,) = stack_plan.of_type(SERVICE)
+    (slo,) = stack_plan.of_type(SLO)
+    assert slo.inputs["service"] == service.inputs["serviceId"] == "signal-api"
+    assert slo.inputs["goal"] == 0.9995
+    assert slo.inputs["rollingPeriodDays"] == 30
+    ratio = slo.inputs["requestBasedSli"]["goodTotalRatio"]
+    assert ratio["badServiceFilter"].startswith(ratio["totalServiceFilter"] + " ")
+    assert "monitoring.regex.full_match" in ratio["badServiceFilter"]
+    assert set(slo.inputs["userLabels"]) >= COST_LABELS
+
+
+def test_burn_rate_alert_watches_the_slo_in_a_fast_and_a_slow_window(stack_plan: Inventory):
+    (slo,) = stack_plan.of_type(SLO)
+    policy = policies(stack_plan)["slo-burn-rate"]
+    name = (
+        f"projects/{stack_plan.outputs['project']}/services/{slo.inputs['service']}"
+        f"/serviceLevelObjectives/{slo.inputs['sloId']}"
+    )
+    windows = {}
+    for condition in policy.inputs["conditions"]:
+        threshold = condition["conditionThreshold"]
+        match = re.fullmatch(r'select_slo_burn_rate\("([^"]+)", "(\d+s)"\)', threshold["filter"])
+        assert match and match.group(1) == name
+        windows[match.group(2)] = threshold["thresholdValue"]
+    assert windows == {"3600s": 14.4, "21600s": 6}
+    assert policy.inputs["severity"] == "CRITICAL"
+    assert slo.urn in policy.options["dependencies"]
+
+
+def test_budget_at_the_monthly_amount_with_50_90_100_percent_rules(
+    dev_plan: Inventory, prod_plan: Inventory
+):
+    for plan, amount in ((dev_plan, "900"), (prod_plan, "9000")):
+        (budget,) = plan.of_type(BUDGET)
+        config = load(plan.stack)
+        assert budget.inputs["billingAccount"] == config.budget.billing_account
+        assert budget.inputs["amount"] == {
+            "specifiedAmount": {"currencyCode": "USD", "units": amount}
+        }
+        rules = [r["thresholdPercent"] for r in budget.inputs["thresholdRules"]]
+        assert rules == [0.5, 0.9, 1]
+        (project,) = budget.inputs["budgetFilter"]["projects"]
+        assert re.fullmatch(r"projects/\d+", project)
+        channels = budget.inputs["allUpdatesRule"]["monitoringNotificationChannels"]
+        assert len(channels) == len(plan.of_type(CHANNEL)) >= 1
+
+
+def test_data_access_audit_logs_for_bigquery_and_redis(stack_plan: Inventory):
+    configs = {a.inputs["service"]: a.inputs for a in stack_plan.of_type(AUDIT)}
+    assert set(configs) == {"bigquery.googleapis.com", "redis.googleapis.com"}
+    for config in configs.values():
+        types = {c["logType"] for c in config["auditLogConfigs"]}
+        assert {"DATA_READ", "DATA_WRITE"} <= types
+        assert not any(c.get("exemptedMembers") for c in config["auditLogConfigs"])
+
+
+def test_audit_logs_sink_to_a_locked_cmek_bucket(dev_plan: Inventory, prod_plan: Inventory):
+    for plan, days in ((dev_plan, 30), (prod_plan, 400)):
+        bucket = plan.named(BUCKET, "audit-logs")
+        assert bucket.inputs["retentionPolicy"] == {
+            "retentionPeriod": str(days * 86400),
+            "isLocked": True,
+        }
+        assert bucket.inputs["encryption"]["defaultKmsKeyName"].endswith(
+            "/keyRings/us-warehouse-keys/cryptoKeys/audit-logs"
+        )
+        assert bucket.inputs["publicAccessPrevention"] == "enforced"
+        assert bucket.inputs["uniformBucketLevelAccess"] is True
+        assert "versioning" not in bucket.inputs, "retention policies exclude versioning"
+        assert set(bucket.inputs["labels"]) >= COST_LABELS
+        (sink,) = plan.of_type(SINK)
+        assert sink.inputs["destination"] == f"storage.googleapis.com/{bucket.inputs['name']}"
+        assert 'logName:"cloudaudit.googleapis.com"' in sink.inputs["filter"]
+        assert sink.inputs["uniqueWriterIdentity"] is True
+        writer = plan.named(BUCKET_IAM, "audit-logs-writer")
+        assert writer.inputs["role"] == "roles/storage.objectCreator"
+        assert writer.inputs["member"].endswith("@gcp-sa-logging.iam.gserviceaccount.com")
+        assert sink.urn in writer.options["dependencies"]
+    assert prod_plan.named(BUCKET, "audit-logs").options["protect"] is True
+
+
+def test_the_audit_key_is_usable_by_cloud_storage(stack_plan: Inventory):
+    grants = [
+        g
+        for g in stack_plan.of_type("gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember")
+        if g.inputs["cryptoKeyId"].endswith("/us-warehouse-keys/cryptoKeys/audit-logs")
+    ]
+    (grant,) = grants
+    assert grant.inputs["member"].endswith("@gs-project-accounts.iam.gserviceaccount.com")
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("stack", "changes", "expected"),
+    [
+        (
+            "dev",
+            {"observability": {"alerts": {"gpuDutyCycleMin": 95, "gpuDutyCycleMax": 60}}},
+            ["signal-platform:observability.alerts.gpuDutyCycleMin", "not below gpuDutyCycleMax"],
+        ),
+        (
+            "dev",
+            {
+                "observability": {
+                    "notificationChannels": [
+                        {"name": "ops", "type": "email", "address": "not-an-address"}
+                    ]
+                }
+            },
+            ["signal-platform:observability.notificationChannels[0].address", "not an email"],
+        ),
+        (
+            "dev",
+            {
+                "observability": {
+                    "notificationChannels": [
+                        {"name": "hook", "type": "webhook_tokenauth", "address": "http://x.io"}
+                    ]
+                }
+            },
+            ["notificationChannels[0].address", "https://"],
+        ),
+        (
+            "prod",
+            {"observability": {"notificationChannels": []}},
+            ["signal-platform:observability.notificationChannels", "prod alerts need somewhere"],
+        ),
+        (
+            "dev",
+            {"observability": {"sloGoal": 1.0}},
+            ["signal-platform:observability.sloGoal", "< 1"],
+        ),
+        (
+            "dev",
+            {"budget": {"monthlyUsd": 900, "alertThresholds": [0.9, 0.5]}},
+            ["signal-platform:budget.alertThresholds", "increasing"],
+        ),
+        (
+            "prod",
+            {"budget": {"monthlyUsd": 9000}},
+            ["signal-platform:budget.billingAccount", "prod needs a billing account"],
+        ),
+        (
+            "dev",
+            {"budget": {"monthlyUsd": 900, "billingAccount": "my-account"}},
+            ["signal-platform:budget.billingAccount", "'my-account'"],
+        ),
+    ],
+)
+def test_bad_observability_config_is_named_precisely(stack: str, changes: dict, expected: list):
+    with pytest.raises(ConfigError) as exc:
+        load(stack, **changes)
+    text = str(exc.value)
+    for fragment in expected:
+        assert fragment in text, text
+
+
+def test_the_stacks_alert_config_loads_with_defaults():
+    config = load("prod")
+    assert config.observability.slo_goal == 0.9995
+    assert section("prod", "observability")["notificationChannels"][0]["type"] == "email"
