@@ -120,6 +120,8 @@ class AnalyzerResource:
     protect: bool = False
     dependencies: tuple[str, ...] = ()
     property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    ignore_changes: tuple[str, ...] = ()
+    delete_before_replace: bool | None = None
 
     @classmethod
     def of(cls, resource: Any) -> AnalyzerResource:
@@ -151,6 +153,8 @@ class AnalyzerResource:
             property_dependencies=dict(
                 options.get("propertyDependencies", read("property_dependencies", {})) or {}
             ),
+            ignore_changes=tuple(options.get("ignoreChanges", ()) or ()),
+            delete_before_replace=options.get("deleteBeforeReplace"),
         )
 
     @property
@@ -291,7 +295,11 @@ def to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
 
 def _options(resource: AnalyzerResource) -> analyzer_pb2.AnalyzerResourceOptions:
     return analyzer_pb2.AnalyzerResourceOptions(
-        protect=resource.protect, parent=resource.parent or ""
+        protect=resource.protect,
+        parent=resource.parent or "",
+        ignoreChanges=list(resource.ignore_changes),
+        deleteBeforeReplace=bool(resource.delete_before_replace),
+        deleteBeforeReplaceDefined=resource.delete_before_replace is not None,
     )
 
 
@@ -528,7 +536,7 @@ class PolicyPackProcess:
     def _handshake(self) -> None:
         directory = str(self.pack.directory)
         request = analyzer_pb2.AnalyzerHandshakeRequest(
-            engine_address="", root_directory=directory, program_directory=directory
+            engine_address=self.argv[4], root_directory=directory, program_directory=directory
         )
         with contextlib.suppress(AnalyzerError):  # Python packs do not implement it (UNIMPLEMENTED)
             self._call("Handshake", request)
