@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference import Inference, InferenceBackend, check_inputs
+from app.telemetry import default_metrics
 
 log = logging.getLogger(__name__)
 _TIMER_RESOLUTION_S = 0.0015  # below this, poll the loop instead of sleeping on a timer
@@ -194,6 +195,9 @@ class MicroBatcher:
                 batch[0].inputs if len(batch) == 1 else np.concatenate([r.inputs for r in batch])
             )
             self.stats.record(inputs.shape[0])
+            metrics = default_metrics()
+            metrics.inference_batch_size.observe(inputs.shape[0])
+            metrics.inference_queue_depth.set(self._queued_rows)
             try:
                 result = await self.backend.infer(inputs)
             except BaseException as exc:

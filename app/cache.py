@@ -366,7 +366,7 @@ class SignalHistory(Protocol):
 
     async def latest_signals(self, symbols: Sequence[int]) -> dict[int, Signal]: ...
 
-    def append_signals(self, records: Sequence[Signal]) -> None: ...
+    def append_signals(self, signals: Sequence[Signal]) -> None: ...
 
 
 class TieredCache:
@@ -380,13 +380,16 @@ class TieredCache:
         l3: SignalHistory | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        write_through_l3: bool = True,
     ) -> None:
+        """``write_through_l3=False``: the caller writes the warehouse itself (the data path
+        does, with room it reserved before doing the work)."""
         self.config = config
         self.metrics = metrics or default_metrics()
         self.l1: L1Cache[int, Signal] = L1Cache(config.l1_max_entries, config.l1_ttl_s, clock)
         self.l2 = l2
         self.l3 = l3 if config.read_through_warehouse else None
-        self._writes_l3 = l3
+        self._writes_l3 = l3 if write_through_l3 else None
         requests = self.metrics.cache_requests
         self._hit = {lvl: requests.labels(lvl, "hit") for lvl in ("l1", "l2", "l3")}
         self._miss = {lvl: requests.labels(lvl, "miss") for lvl in ("l1", "l2", "l3")}
@@ -400,12 +403,13 @@ class TieredCache:
         l3: SignalHistory | None = None,
         metrics: Metrics | None = None,
         credential_provider: CredentialProvider | None = None,
+        write_through_l3: bool = True,
     ) -> TieredCache:
         metrics = metrics or default_metrics()
         l2 = None
         if config.redis is not None:
             l2 = RedisL2(config.redis, metrics, credential_provider)
-        return cls(config, l2=l2, l3=l3, metrics=metrics)
+        return cls(config, l2=l2, l3=l3, metrics=metrics, write_through_l3=write_through_l3)
 
     async def get(self, symbol: int) -> Signal | None:
         record = self.l1.get(symbol)

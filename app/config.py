@@ -13,7 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.cache import CacheConfig, RedisConfig
 from app.model import DEFAULT_MODEL_DIR
+from app.publish import PublishConfig
+from app.telemetry import TelemetryConfig
+from app.warehouse import WarehouseConfig
 
 
 class _Section(BaseModel):
@@ -96,6 +100,11 @@ class AppConfig(_Section):
     batcher: BatcherConfig = BatcherConfig()
     kserve: KServeConfig = KServeConfig()
     server: ServerConfig = ServerConfig()
+    # The data path (issue 7): defaults need nothing running (L1, DuckDB, local files).
+    cache: CacheConfig = CacheConfig()
+    publish: PublishConfig = PublishConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 class ConfigError(ValueError):
@@ -124,6 +133,10 @@ _MODELS: dict[str, type[BaseModel]] = {
     m.__name__: m
     for m in (AppConfig, FeatureConfig, ModelConfig, BatcherConfig, KServeConfig, ServerConfig)
 }
+_MODELS.update(
+    (m.__name__, m)
+    for m in (CacheConfig, RedisConfig, PublishConfig, WarehouseConfig, TelemetryConfig)
+)
 
 
 def _allowed_keys(title: str, loc: tuple[Any, ...]) -> str:

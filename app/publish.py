@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import struct
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -64,10 +66,22 @@ class PublishConfig(BaseModel):
     max_in_flight: int = Field(default=16, ge=1, le=1024)  # batches, across keys
     retry_initial_ms: float = Field(default=50.0, gt=0, le=60_000)
     retry_max_ms: float = Field(default=5_000.0, gt=0, le=600_000)
-    local_dir: Path = Path("/tmp/signal-platform/publish")
+    # The local sink's directory. None: a fresh temporary one per sink, removed at close
+    # (embedded runs leave nothing behind); set it to keep what was published.
+    local_dir: Path | None = None
+    dead_letter_dir: Path = Path(tempfile.gettempdir()) / "signal-platform" / "dead-letter"
     project: str | None = None  # pubsub
+    # Topic names as the infra declares them (infra/messaging.py): the schema topics take one
+    # protobuf message each (TickBatch, Signal; the signals topic feeds BigQuery); the
+    # compressed frames go to `<topic><batch_suffix>`.
     ticks_topic: str = Field(default="ticks", pattern=r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
     signals_topic: str = Field(default="signals", pattern=r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+    batch_suffix: str = Field(default="-batches", pattern=r"^[A-Za-z0-9._~+%-]{1,32}$")
+    schema_topics: bool | None = None  # None: with the Pub/Sub sink only
+
+    @property
+    def publishes_schema_topics(self) -> bool:
+        return self.sink == "pubsub" if self.schema_topics is None else self.schema_topics
 
     @model_validator(mode="after")
     def _check(self) -> PublishConfig:
@@ -205,8 +219,13 @@ class LocalFileSink:
     """The embedded default: each topic is an append-only file of frames
     ``(u32 payload length, u16 key length, key, payload)``; `read_local_topic` reads it."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+    def __init__(self, directory: Path | None = None) -> None:
+        self.ephemeral = directory is None
+        self.directory = (
+            Path(tempfile.mkdtemp(prefix="signal-publish-"))
+            if directory is None
+            else Path(directory)
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, BinaryIO] = {}
 
@@ -227,6 +246,8 @@ class LocalFileSink:
         for f in self._files.values():
             f.close()
         self._files.clear()
+        if self.ephemeral:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def read_local_topic(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -314,19 +335,25 @@ class Publisher:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         record_type: str = "",
+        framed: bool = True,
     ) -> None:
+        """``framed``: records travel as compressed batches (one message per batch);
+        otherwise each record is one message as is (a schema topic's protobuf message,
+        which the Pub/Sub client batches on the wire)."""
         self.topic = topic
+        self.framed = framed
         self.config = config
         self.sink = sink
         self.metrics = metrics or default_metrics()
         self._clock = clock
         self._compressor = Compressor(config.codec, config.zstd_level)
-        self._attributes = {"codec": config.codec, "format": str(FORMAT_VERSION)}
+        self._attributes = {"codec": config.codec, "format": str(FORMAT_VERSION)} if framed else {}
         if record_type:
             self._attributes["record_type"] = record_type
         self._open: dict[str, _Batch] = {}
         self._keys: dict[str, _KeyQueue] = {}
         self._backlog = 0
+        self._reserved = 0
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -355,20 +382,47 @@ class Publisher:
         """Accept one record for ``key`` or raise `PublishBackpressure` (accepting nothing)."""
         self.submit_many(key, (record,))
 
-    def submit_many(self, key: str, records: Sequence[bytes]) -> None:
-        """Accept all of ``records`` for ``key`` in order, or none (`PublishBackpressure`)."""
+    def reserve(self, n: int) -> None:
+        """Hold room for ``n`` records a caller will submit after an await (so it can refuse
+        work before doing it), or raise `PublishBackpressure`; `release` what goes unused."""
+        self._check_room(n)
+        self._reserved += n
+
+    def release(self, n: int) -> None:
+        self._reserved -= min(n, self._reserved)
+
+    def _check_room(self, n: int) -> None:
+        if self._closing:
+            raise PublishBackpressure(f"{self.topic}: publisher is closing")
+        if self._backlog + self._reserved + n > self.config.buffer_max_messages:
+            self._rejected.inc(n)
+            raise PublishBackpressure(
+                f"{self.topic}: publish buffer full ({self._backlog} queued, {self._reserved} "
+                f"reserved of {self.config.buffer_max_messages} messages); {n} refused"
+            )
+
+    def submit_many(self, key: str, records: Sequence[bytes], *, reserved: bool = False) -> None:
+        """Accept all of ``records`` for ``key`` in order, or none (`PublishBackpressure`).
+        ``reserved``: the room was taken with `reserve` (then this cannot be refused)."""
         n = len(records)
         if not n:
             return
-        if self._closing:
-            raise PublishBackpressure(f"{self.topic}: publisher is closing")
-        if self._backlog + n > self.config.buffer_max_messages:
-            self._rejected.inc(n)
-            raise PublishBackpressure(
-                f"{self.topic}: publish buffer full ({self._backlog} of "
-                f"{self.config.buffer_max_messages} messages); {n} refused"
-            )
+        if reserved:
+            self._reserved -= min(n, self._reserved)
+        else:
+            self._check_room(n)
         cfg = self.config
+        if not self.framed:
+            queue = self._keys.get(key)
+            if queue is None:
+                queue = self._keys[key] = _KeyQueue()
+            for record in records:
+                queue.sealed.append(_Batch(key, [record], len(record)))
+            self._backlog += n
+            self._backlog_gauge.set(self._backlog)
+            self._drained.clear()
+            self._wake.set()
+            return
         batch = self._open.get(key)
         for record in records:
             if batch is None:
@@ -431,7 +485,9 @@ class Publisher:
         batch = queue.sealed[0]
         n = len(batch.records)
         try:
-            payload = encode_batch(batch.records, self._compressor)
+            payload = (
+                encode_batch(batch.records, self._compressor) if self.framed else batch.records[0]
+            )
             await self.sink.publish(self.topic, key, payload, self._attributes)
         except PermanentPublishError as exc:
             self._dead_letter(batch, exc)
@@ -467,7 +523,7 @@ class Publisher:
         self._backlog_gauge.set(self._backlog)
 
     def _dead_letter(self, batch: _Batch, exc: Exception) -> None:
-        path = self.config.local_dir / f"deadletter-{self.topic}.sgb"
+        path = self.config.dead_letter_dir / f"deadletter-{self.topic}.sgb"
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = encode_batch(batch.records, self._compressor)
         key = batch.key.encode()

@@ -22,8 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from app import telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from app.config import AppConfig
+from app.datapath import DataPath, DataPathBackpressure
 from app.features import FeatureEngine
 from app.inference import (
     CircuitBreaker,
@@ -93,14 +95,36 @@ def ingest_ack(batch_id: int, result: IngestResult) -> Any:
 
 
 class SignalServicer(pb2_grpc.SignalServiceServicer):
-    def __init__(self, pipeline: SignalPipeline, max_batch_ticks: int) -> None:
+    def __init__(
+        self, pipeline: SignalPipeline, max_batch_ticks: int, data_path: DataPath | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.max_batch_ticks = max_batch_ticks
+        self.data_path = data_path
 
     async def _ingest(self, request: Any, context: grpc.aio.ServicerContext) -> IngestResult:
         try:
             ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
-            return await self.pipeline.ingest(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+            if self.data_path is None:
+                return await self.pipeline.ingest(
+                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
+                )
+            # Room in the data path's buffers first: a full buffer refuses the batch before
+            # it changes any state (no accepted tick or signal is ever dropped).
+            admission = self.data_path.admit(len(ticks))
+            try:
+                result = await self.pipeline.ingest(
+                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
+                )
+                await self.data_path.record(
+                    admission, ticks.symbol, ticks.price, ticks.size, ticks.ts_ns,
+                    result.reasons == 0, result.signals,
+                )  # fmt: skip
+            finally:
+                self.data_path.release(admission)
+            return result
+        except DataPathBackpressure as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except QueueFullError as exc:
@@ -123,6 +147,8 @@ class SignalServicer(pb2_grpc.SignalServiceServicer):
                 f"symbol = {request.symbol}: unknown symbol; ids are 0 to {n - 1}",
             )
         found = self.pipeline.store.get(request.symbol)
+        if found is None and self.data_path is not None:
+            found = await self.data_path.latest(request.symbol)  # L1 → L2 (Redis) → L3
         if found is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -163,6 +189,7 @@ class Runtime:
     pipeline: SignalPipeline
     backend: InferenceBackend
     batcher: MicroBatcher
+    data_path: DataPath | None = None  # cache, publishing, warehouse (app.datapath)
 
 
 def build_backend(config: AppConfig) -> InferenceBackend:
@@ -202,7 +229,8 @@ def build_runtime(config: AppConfig, backend: InferenceBackend | None = None) ->
         max_queue_rows=bc.max_queue_rows,
         max_concurrent_batches=bc.max_concurrent_batches,
     )
-    return Runtime(SignalPipeline(engine, batcher), backend, batcher)
+    data_path = DataPath.from_config(config.cache, config.publish, config.warehouse)
+    return Runtime(SignalPipeline(engine, batcher), backend, batcher, data_path)
 
 
 async def warm_up(runtime: Runtime) -> None:
@@ -228,10 +256,11 @@ class SignalServer:
                 ("grpc.max_receive_message_length", sc.max_message_bytes),
                 ("grpc.max_send_message_length", sc.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            interceptors=telemetry.server_interceptors(),
         )
         pb2_grpc.add_SignalServiceServicer_to_server(
-            SignalServicer(runtime.pipeline, sc.max_batch_ticks), self.server
+            SignalServicer(runtime.pipeline, sc.max_batch_ticks, runtime.data_path), self.server
         )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -241,6 +270,7 @@ class SignalServer:
             self.server,
         )  # fmt: skip
         self.port = 0
+        self.metrics_server: telemetry.MetricsServer | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -250,6 +280,15 @@ class SignalServer:
             raise OSError(f"cannot listen on {sc.host}:{sc.port}")
         await warm_up(self.runtime)
         self.runtime.batcher.start()
+        if self.runtime.data_path is not None:
+            self.runtime.data_path.start()
+        tc = self.config.telemetry
+        if tc.metrics_port is not None and self.metrics_server is None:
+            try:
+                self.metrics_server = telemetry.MetricsServer(tc.metrics_host, tc.metrics_port)
+            except OSError as exc:  # another server of this host has the port: serve anyway
+                log.warning("metrics endpoint %s:%s unavailable: %s", tc.metrics_host,
+                            tc.metrics_port, exc)  # fmt: skip
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -265,6 +304,10 @@ class SignalServer:
         await self.server.stop(grace)
         await self.runtime.batcher.close()
         await self.runtime.backend.close()
+        if self.runtime.data_path is not None:
+            await self.runtime.data_path.close()  # deliver what was accepted
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -273,6 +316,10 @@ class SignalServer:
 
 async def serve(config: AppConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    from opentelemetry import trace
+
+    telemetry.configure_logging(config.telemetry)
+    trace.set_tracer_provider(telemetry.configure_tracing(config.telemetry))
     runtime = build_runtime(config)
     server = SignalServer(config, runtime)
     port = await server.start()

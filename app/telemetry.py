@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TextIO
 
+import grpc
 import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -341,12 +343,83 @@ def configure_tracing(
     return provider
 
 
-def server_interceptors(provider: TracerProvider | None = None) -> list[Any]:
-    """Interceptors for ``grpc.aio.server(interceptors=...)``: one span per RPC, continuing
-    the caller's trace from its ``traceparent`` metadata."""
+def server_interceptors(
+    provider: TracerProvider | None = None, metrics: Metrics | None = None
+) -> list[Any]:
+    """Interceptors for ``grpc.aio.server(interceptors=...)``: latency and error metrics per
+    method, and one span per RPC continuing the caller's trace from its ``traceparent``."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor(tracer_provider=provider)]
+    return [MetricsInterceptor(metrics), aio_server_interceptor(tracer_provider=provider)]
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """``signal_request_duration_seconds{method}`` and ``signal_request_errors_total`` for
+    unary and streaming RPCs (a stream is timed from its start to its end)."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics or default_metrics()
+
+    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        latency = self.metrics.request_latency.labels(method)
+        errors = self.metrics.request_errors
+
+        def code_of(context: Any, exc: BaseException | None) -> str | None:
+            code = context.code() if hasattr(context, "code") else None
+            if code is not None and code != grpc.StatusCode.OK:
+                return code.name if hasattr(code, "name") else str(code)
+            return None if exc is None else "UNKNOWN"
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                exc: BaseException | None = None
+                try:
+                    return await inner(request, context)
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    latency.observe(time.perf_counter() - start)
+                    code = code_of(context, exc)
+                    if code is not None:
+                        errors.labels(method, code).inc()
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            inner_stream = handler.stream_stream
+
+            async def stream(request_iterator: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                exc: BaseException | None = None
+                try:
+                    async for response in inner_stream(request_iterator, context):
+                        yield response
+                except BaseException as e:
+                    exc = e
+                    raise
+                finally:
+                    latency.observe(time.perf_counter() - start)
+                    code = code_of(context, exc)
+                    if code is not None:
+                        errors.labels(method, code).inc()
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
 
 
 def client_interceptors(provider: TracerProvider | None = None) -> Sequence[Any]:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +63,9 @@ class WarehouseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["duckdb", "bigquery"] = "duckdb"
-    duckdb_path: Path = Path("/tmp/signal-platform/warehouse.duckdb")
+    # The embedded warehouse file. None: a fresh temporary file per process run, removed at
+    # close (so an embedded run starts empty); set it to keep history across restarts.
+    duckdb_path: Path | None = None
     project: str | None = None  # bigquery
     dataset: str = Field(default="signals", pattern=r"^[a-z][a-z0-9_]{0,1023}$")
     batch_rows: int = Field(default=5_000, ge=1, le=1_000_000)
@@ -181,14 +186,21 @@ class DuckDBSink:
     """A DuckDB file with every declared table; one worker thread owns the connection
     (DuckDB calls block, and a connection must not be used by two threads at once)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str | None) -> None:
         import duckdb
 
-        self.path = str(path)
+        self._tempdir = tempfile.mkdtemp(prefix="signal-warehouse-") if path is None else None
+        self.path = str(Path(self._tempdir) / "warehouse.duckdb") if self._tempdir else str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
-        self._con = duckdb.connect(self.path)
+        try:
+            self._con = duckdb.connect(self.path)
+        except duckdb.IOException as exc:  # another process holds the file's lock
+            mine = Path(self.path)
+            self.path = str(mine.with_name(f"{mine.stem}-{os.getpid()}{mine.suffix}"))
+            log.warning("warehouse_file_locked", path=str(mine), using=self.path, error=str(exc))
+            self._con = duckdb.connect(self.path)
         existing = {
             r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
@@ -238,6 +250,8 @@ class DuckDBSink:
     async def close(self) -> None:
         await self._run(self._con.close)
         self._executor.shutdown(wait=True)
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
 
 
 # --- BigQuery (production) -----------------------------------------------------------------
@@ -470,6 +484,7 @@ class Warehouse:
         self._clock = clock
         self._buffers = {name: _TableBuffer(t) for name, t in tables().items()}
         self._backlog = 0  # rows buffered or being written
+        self._reserved = 0  # rows callers hold room for (see `reserve`)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -496,9 +511,28 @@ class Warehouse:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="warehouse")
 
-    def append(self, table_name: str, columns: Mapping[str, Any]) -> None:
+    def reserve(self, n: int) -> None:
+        """Hold room for ``n`` rows to append after an await, or raise `WarehouseBackpressure`;
+        `release` what goes unused."""
+        self._check_room(n, "reserved")
+        self._reserved += n
+
+    def release(self, n: int) -> None:
+        self._reserved -= min(n, self._reserved)
+
+    def _check_room(self, n: int, what: str) -> None:
+        if self._backlog + self._reserved + n > self.config.max_backlog_rows:
+            raise WarehouseBackpressure(
+                f"warehouse backlog full ({self._backlog} rows queued, {self._reserved} reserved "
+                f"of {self.config.max_backlog_rows}); {n} rows {what} refused"
+            )
+
+    def append(
+        self, table_name: str, columns: Mapping[str, Any], *, reserved: bool = False
+    ) -> None:
         """Accept rows for ``table_name`` (checked against its declared schema) or raise
-        `WarehouseBackpressure` without accepting any when the backlog is full."""
+        `WarehouseBackpressure` without accepting any when the backlog is full.
+        ``reserved``: the room was taken with `reserve`."""
         buf = self._buffers.get(table_name)
         if buf is None:
             raise KeyError(f"no warehouse table {table_name!r}; known: {sorted(self._buffers)}")
@@ -506,11 +540,10 @@ class Warehouse:
         n = len(next(iter(checked.values())))
         if n == 0:
             return
-        if self._backlog + n > self.config.max_backlog_rows:
-            raise WarehouseBackpressure(
-                f"warehouse backlog full ({self._backlog} of {self.config.max_backlog_rows} "
-                f"rows); {n} {table_name} rows refused"
-            )
+        if reserved:
+            self._reserved -= min(n, self._reserved)
+        else:
+            self._check_room(n, table_name)
         if not buf.chunks:
             buf.oldest = self._clock()
         buf.chunks.append(checked)
@@ -521,18 +554,22 @@ class Warehouse:
         if buf.rows >= self.config.batch_rows:
             self._wake.set()
 
-    def append_signals(self, signals: Sequence[Signal] | SignalColumns) -> None:
+    def append_signals(
+        self, signals: Sequence[Signal] | SignalColumns, *, reserved: bool = False
+    ) -> None:
         """Signals for the `signals` table, unless its BigQuery subscription writes it."""
         if len(signals) and self.config.writes_signals:
-            self.append("signals", signal_columns(signals))
+            self.append("signals", signal_columns(signals), reserved=reserved)
 
     def append_ticks(
-        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
-    ) -> None:
+        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray,
+        *, reserved: bool = False,
+    ) -> None:  # fmt: skip
         self.append(
             "ticks",
             {"symbol": np.asarray(symbol, dtype=np.int64), "event_time": ts_ns,
              "price": price, "size": size},
+            reserved=reserved,
         )  # fmt: skip
 
     def append_features(self, symbol: np.ndarray, ts_ns: np.ndarray, features: np.ndarray) -> None:

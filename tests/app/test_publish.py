@@ -219,7 +219,7 @@ def test_permanent_refusals_are_dead_lettered_not_retried_forever(tmp_path: Path
         sink = RecordingSink()
         sink.refuse_keys = {"BAD"}
         metrics = Metrics(CollectorRegistry())
-        pub = Publisher("ticks", config(local_dir=tmp_path), sink, metrics)
+        pub = Publisher("ticks", config(dead_letter_dir=tmp_path), sink, metrics)
         pub.start()
         pub.submit_many("BAD", [b"1", b"2"])
         pub.submit("GOOD", b"3")
@@ -307,7 +307,7 @@ def test_pubsub_sink_publishes_with_ordering_keys_and_codec_attributes(tmp_path:
             "MSFT": [exceptions.InvalidArgument("too big")],
         }
     )
-    cfg = config(sink="pubsub", project="proj", local_dir=tmp_path)
+    cfg = config(sink="pubsub", project="proj", dead_letter_dir=tmp_path)
     sink = build_sink(cfg, client)
     assert isinstance(sink, PubSubSink)
 
@@ -351,3 +351,53 @@ def test_a_tick_batch_split_by_symbol_keeps_per_symbol_order() -> None:
         await pub.close()
 
     run(scenario())
+
+
+def test_schema_topic_messages_are_single_unframed_records() -> None:
+    async def scenario() -> None:
+        sink = RecordingSink(fail_calls={1})
+        pub = Publisher("signals", config(), sink, Metrics(CollectorRegistry()), framed=False)
+        pub.start()
+        pub.submit_many("7", [b"signal-a", b"signal-b"])
+        pub.submit("8", b"signal-c")
+        await pub.flush(5)
+        by_key = {}
+        for _, key, payload, attrs, _ in sink.batches:
+            by_key.setdefault(key, []).append(payload)
+            assert attrs == {}  # a plain protobuf message: nothing to decode first
+        assert by_key == {"7": [b"signal-a", b"signal-b"], "8": [b"signal-c"]}
+        await pub.close()
+
+    run(scenario())
+
+
+def test_reserved_room_cannot_be_taken_by_others_and_is_released() -> None:
+    async def scenario() -> None:
+        sink = RecordingSink()
+        sink.down = True
+        pub = publisher(sink, buffer_max_messages=20, max_messages=5)
+        pub.start()
+        pub.reserve(15)
+        pub.submit_many("A", [b"1"] * 5)  # fits: 5 + 15 reserved = 20
+        with pytest.raises(PublishBackpressure, match="15 reserved"):
+            pub.submit("B", b"x")
+        pub.submit_many("C", [b"2"] * 10, reserved=True)  # uses the reservation
+        pub.release(5)  # the rest went unused
+        assert pub.backlog == 15
+        pub.submit_many("B", [b"3"] * 5)  # that room is back
+        with pytest.raises(PublishBackpressure):
+            pub.reserve(1)
+        sink.down = False
+        await pub.close(5)
+        assert len(sink.records()) == 20
+
+    run(scenario())
+
+
+def test_the_default_local_sink_is_ephemeral() -> None:
+    sink = build_sink(PublishConfig())
+    assert isinstance(sink, LocalFileSink) and sink.ephemeral
+    run(sink.publish("ticks", "1", b"payload", {}))
+    assert sink.path("ticks").read_bytes().endswith(b"payload")
+    run(sink.close())
+    assert not sink.directory.exists()  # an embedded run leaves nothing behind

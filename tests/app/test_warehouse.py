@@ -176,6 +176,8 @@ def test_failed_writes_are_retried_and_a_full_backlog_pushes_back(tmp_path: Path
         for i in range(4):
             w.append("ticks", tick_columns(10, start=10 * i))
         with pytest.raises(WarehouseBackpressure, match="backlog full"):
+            w.reserve(1)
+        with pytest.raises(WarehouseBackpressure, match="backlog full"):
             w.append("ticks", tick_columns(1, start=99))  # full: refused, not dropped later
         assert w.backlog_rows == 40
         await w.flush(10)
@@ -373,3 +375,17 @@ def test_signals_go_to_the_warehouse_only_where_no_subscription_writes_them() ->
         "model_version": np.array(["m/3", "m/3"], object),
     })) == list(table("signals").column_names)  # fmt: skip
     run(rows.close())
+
+
+def test_the_default_duckdb_file_is_per_run_and_removed_at_close() -> None:
+    async def scenario() -> None:
+        w = Warehouse.from_config(WarehouseConfig(), Metrics(CollectorRegistry()))
+        assert isinstance(w.sink, DuckDBSink)
+        path = Path(w.sink.path)
+        w.append("ticks", tick_columns(3))
+        await w.flush(5)
+        assert path.is_file()
+        await w.close()
+        assert not path.exists()
+
+    run(scenario())
