@@ -61,5 +61,26 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The signal service (app/): gRPC stubs, the model, the local server and its benchmarks.
+.PHONY: proto model
+APP_MODEL := artifacts/model
+
+proto: setup
+	$(PY) -m app.proto
+
+model: $(APP_MODEL)/manifest.json
+
+$(APP_MODEL)/manifest.json: app/model/*.py app/synthetic.py app/features.py app/state.py | setup
+	$(PY) -m app.model build --out $(APP_MODEL)
+
+serve: proto model
+	$(PY) -m app serve --model-dir $(APP_MODEL)
+
+bench: proto model
+	$(PY) bench/engine.py --quick --model-dir $(APP_MODEL)
+	$(PY) bench/batching.py --quick --model-dir $(APP_MODEL)
+	$(PY) bench/payload.py --quick
+	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
+
 clean:
 	rm -rf $(VENV) $(POLICY_VENV) .pytest_cache .ruff_cache .coverage artifacts plans
