@@ -13,6 +13,7 @@ local model (target p95 < 100 us). Medians of repeated runs; the last line is th
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import sys
@@ -22,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import itertools
 
 from app.features import FeatureEngine
 from app.inference import LocalOnnxBackend
