@@ -1,0 +1,111 @@
+"""The anomaly detector service's configuration: which series, per region, with which settings.
+
+Read from a JSON or YAML file (`--config`, or the file named by `SIGNAL_ALERTING_CONFIG`),
+camelCase keys; errors name the file, the key path, the value and what is allowed. The
+default series and their settings are the ones `bench/alerting.py` evaluates (thresholds
+chosen there on tuning scenarios, never on the evaluated ones).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from app.alerting.detector import DetectorSettings
+from app.autoscale.config import (
+    REGION_PLACEHOLDER,
+    URL_PATTERN,
+    ConfigError,
+    Model,
+    check_regions,
+    load_model,
+    read_file,
+)
+
+CONFIG_ENV = "SIGNAL_ALERTING_CONFIG"
+# gRPC statuses that are the server's fault (as infra/observability.py counts them).
+SERVER_ERRORS = "UNKNOWN|INTERNAL|UNAVAILABLE|DEADLINE_EXCEEDED|DATA_LOSS|RESOURCE_EXHAUSTED"
+
+
+class SeriesConfig(Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    # PromQL returning one value per evaluation; {region} is replaced by each region.
+    query: str
+    detector: DetectorSettings = DetectorSettings()
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if REGION_PLACEHOLDER not in value:
+            raise ValueError(f"must contain {REGION_PLACEHOLDER} (replaced by each region)")
+        return value
+
+
+DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
+    SeriesConfig(
+        name="latency_p99_ms",
+        query=(
+            "1000 * histogram_quantile(0.99, sum by (le) "
+            '(rate(signal_request_duration_seconds_bucket{location="{region}"}[5m])))'
+        ),
+        detector=DetectorSettings(
+            direction="up", absolute_floor=0.5, slow_threshold=4.0, fast_threshold=8.0
+        ),
+    ),
+    SeriesConfig(
+        name="error_ratio",
+        query=(
+            f'sum(rate(signal_requests_total{{location="{{region}}",code=~"{SERVER_ERRORS}"}}'
+            '[5m])) / sum(rate(signal_requests_total{location="{region}"}[5m]))'
+        ),
+        detector=DetectorSettings(
+            direction="up", absolute_floor=0.0002, slow_threshold=3.0, fast_threshold=8.0
+        ),
+    ),
+    SeriesConfig(
+        name="gpu_utilisation",
+        # GKE's accelerator duty cycle (percent), read through Managed Prometheus.
+        query=(
+            "avg(kubernetes_io:container_accelerator_duty_cycle"
+            '{location="{region}",container_name="triton"})'
+        ),
+        detector=DetectorSettings(
+            direction="both", absolute_floor=1.0, slow_threshold=3.0, fast_threshold=8.0
+        ),
+    ),
+)
+
+
+class AlertingConfig(Model):
+    prometheus_url: str = Field(pattern=URL_PATTERN)
+    regions: tuple[str, ...] = Field(min_length=1)
+    series: tuple[SeriesConfig, ...] = Field(default=DEFAULT_SERIES, min_length=1)
+    # Read each series' history on start so the baseline is ready at once.
+    backfill: bool = True
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(default=9465, ge=1, le=65535)
+    query_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    _regions = field_validator("regions")(check_regions)
+
+    @field_validator("series")
+    @classmethod
+    def _unique(cls, value: tuple[SeriesConfig, ...]) -> tuple[SeriesConfig, ...]:
+        names = [s.name for s in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"series names must be unique ({', '.join(duplicates)} repeated)")
+        return value
+
+
+def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AlertingConfig:
+    """The configuration from ``path``, else from the file ``$SIGNAL_ALERTING_CONFIG``."""
+    if path is None:
+        named = env.get(CONFIG_ENV)
+        if not named:
+            raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
+        path = Path(named)
+    return load_model(AlertingConfig, str(path), read_file(path))

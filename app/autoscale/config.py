@@ -1,0 +1,121 @@
+"""The predictive scaler's configuration: one typed, validated, frozen model.
+
+Read from a JSON or YAML file (`--config`, or the file named by `SIGNAL_AUTOSCALE_CONFIG`),
+camelCase keys. Every error names the file, the key path, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from app.autoscale.scaler import ScalingPolicy
+
+CONFIG_ENV = "SIGNAL_AUTOSCALE_CONFIG"
+REGION_PLACEHOLDER = "{region}"
+# Requests per second the signal service receives in one region (its own counter, summed
+# over pods; Managed Prometheus labels every series with the cluster's `location`).
+DEFAULT_RATE_QUERY = 'sum(rate(signal_requests_total{location="{region}"}[2m]))'
+URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
+
+
+class ConfigError(ValueError):
+    """A configuration file that does not validate; one line per problem."""
+
+
+def check_regions(cls: type, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Region names as Google Cloud spells them (``us-east4``), each once."""
+    if len(set(value)) != len(value):
+        raise ValueError("regions are listed twice")
+    for region in value:
+        if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
+            raise ValueError(f"{region!r} is not a region name such as us-east4")
+    return value
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class AutoscaleConfig(Model):
+    # The Prometheus HTTP API (Managed Prometheus: its frontend service in the cluster).
+    prometheus_url: str = Field(pattern=URL_PATTERN)
+    regions: tuple[str, ...] = Field(min_length=1)
+    rate_query: str = DEFAULT_RATE_QUERY
+    policy: ScalingPolicy = ScalingPolicy()
+    history_days: int = Field(default=7, ge=2, le=28)
+    refit_hours: int = Field(default=24, ge=1, le=168)
+    # Days of the week (Monday = 0) that teach the intraday shape; other days move only
+    # the level (markets are closed, the shape would be wrong).
+    trading_weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(default=9464, ge=1, le=65535)
+    query_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    _regions = field_validator("regions")(check_regions)
+
+    @field_validator("rate_query")
+    @classmethod
+    def _query(cls, value: str) -> str:
+        if REGION_PLACEHOLDER not in value:
+            raise ValueError(f"must contain {REGION_PLACEHOLDER} (replaced by each region)")
+        return value
+
+    @field_validator("trading_weekdays")
+    @classmethod
+    def _weekdays(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 0 <= d <= 6 for d in value) or len(set(value)) != len(value):
+            raise ValueError("weekdays must be unique, 0 (Monday) to 6 (Sunday)")
+        return value
+
+    def query_for(self, region: str) -> str:
+        return self.rate_query.replace(REGION_PLACEHOLDER, region)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(model: type[M], source: str, data: Mapping[str, Any]) -> M:
+    """Validate ``data``; on failure raise a ConfigError naming each key path, the value
+    and what is allowed."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                lines.append(f"{source}: {path}: required key is missing")
+            else:
+                lines.append(f"{source}: {path}: {message} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """A JSON or YAML mapping."""
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys (got {type(data).__name__})")
+    return data
+
+
+def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AutoscaleConfig:
+    """The configuration from ``path``, else from the file ``$SIGNAL_AUTOSCALE_CONFIG``."""
+    if path is None:
+        named = env.get(CONFIG_ENV)
+        if not named:
+            raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
+        path = Path(named)
+    return load_model(AutoscaleConfig, str(path), read_file(path))

@@ -1,0 +1,77 @@
+"""A minimal Prometheus HTTP API client: instant and range queries, one series each.
+
+Both services read their input through it: Google Cloud Managed Service for Prometheus
+serves the same API (its frontend) as a plain Prometheus does, so tests run a real HTTP
+server on loopback that answers like one. Standard library only (urllib), no retries:
+the services skip a minute they could not read, which their models tolerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import numpy as np
+
+
+class PrometheusError(RuntimeError):
+    """A query failed: names the URL, the query and what went wrong."""
+
+
+class PrometheusClient:
+    def __init__(self, base_url: str, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read().decode(errors="replace")
+            try:  # Prometheus' error envelope: {"status": "error", "errorType", "error"}
+                envelope = json.loads(raw)
+                detail = f"{envelope.get('errorType')}: {envelope.get('error')}"
+            except (json.JSONDecodeError, AttributeError):
+                detail = raw[:200]
+            raise PrometheusError(f"{url}: HTTP {exc.code} {detail}") from exc
+        except (urllib.error.URLError, TimeoutError, OSError, json.JSONDecodeError) as exc:
+            raise PrometheusError(f"{url}: {exc}") from exc
+        if body.get("status") != "success":
+            raise PrometheusError(f"{url}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, promql: str, at: float) -> float:
+        """The value of ``promql`` at ``at`` (unix seconds): the sum over the series it
+        returns, NaN when it returns none (nothing to observe this minute)."""
+        data = self._get("/api/v1/query", {"query": promql, "time": f"{at:.3f}"})
+        result = data.get("result") or []
+        if data.get("resultType") == "scalar":
+            return float(result[1])
+        values = [float(series["value"][1]) for series in result]
+        finite = [v for v in values if math.isfinite(v)]
+        return float(sum(finite)) if finite else math.nan
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> np.ndarray:
+        """Values of ``promql`` on the grid ``start, start + step, ... <= end``, summed over
+        series; NaN where no series had a sample."""
+        if step <= 0 or end < start:
+            raise ValueError(f"need step > 0 and end >= start (got {start}, {end}, {step})")
+        data = self._get(
+            "/api/v1/query_range",
+            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"},
+        )
+        points = math.floor((end - start) / step + 1e-9) + 1
+        out = np.full(points, np.nan)
+        for series in data.get("result") or []:
+            for ts, raw in series.get("values") or []:
+                index = round((float(ts) - start) / step)
+                value = float(raw)
+                if 0 <= index < points and math.isfinite(value):
+                    out[index] = value if math.isnan(out[index]) else out[index] + value
+        return out
