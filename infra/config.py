@@ -383,6 +383,7 @@ class StackConfig(Model):
     pubsub: PubSubSettings = PubSubSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     workloads: Workloads = Workloads()
+    cost: CostSettings = CostSettings()
 
     @property
     def is_prod(self) -> bool:
@@ -645,6 +646,45 @@ def _semantic_problems(cfg: StackConfig, catalog: Catalog) -> list[Problem]:
                 ">= 2",
             )
         )
+    problems += _cost_problems(cfg)
+    return problems
+
+
+def _cost_problems(cfg: StackConfig) -> list[Problem]:
+    """averageNodes entries must name a pool (and region) the stack deploys."""
+    problems: list[Problem] = []
+    for key in cfg.cost.average_nodes:
+        match = POOL_USAGE_KEY_RE.match(key)
+        if match is None:
+            continue
+        region, pool = match.groups()
+        regions = [region] if region else list(cfg.regions)
+        if region and region not in cfg.regions:
+            problems.append(
+                Problem(
+                    f"{NAMESPACE}:cost.averageNodes.{key}",
+                    key,
+                    "region the stack does not deploy",
+                    ", ".join(cfg.regions),
+                )
+            )
+            continue
+        known = load_catalog().zones
+        pools = {
+            name
+            for r in regions
+            if r in known
+            for name in ("system", *(p.name for p in cfg.region(r).node_pools.gpu))
+        }
+        if pool not in pools:
+            problems.append(
+                Problem(
+                    f"{NAMESPACE}:cost.averageNodes.{key}",
+                    key,
+                    "no such node pool",
+                    ", ".join(sorted(pools)),
+                )
+            )
     return problems
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tools import check, plan_command
+from tools import check, cost_command, diff_command, plan_command
 
 # Each command module exposes add_parser(subparsers) and run(args) -> exit code.
-COMMANDS = [plan_command, check]
+COMMANDS = [plan_command, check, diff_command, cost_command]
 
 
 def main(argv: list[str] | None = None) -> int:

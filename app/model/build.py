@@ -191,12 +191,11 @@ def run_onnx(path: Path, x: np.ndarray, batch: int = 4096) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate(
-        [
-            session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0]
-            for i in range(0, len(x), batch)
-        ]
-    )
+    parts = [
+        np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch]})[0])
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(parts)
 
 
 def summary(artifacts: ModelArtifacts) -> str:

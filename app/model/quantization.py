@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -68,5 +69,7 @@ def quantize_int4(
     quantizer.process()
     with tempfile.TemporaryDirectory() as tmp:  # the quantiser may write side files
         staged = Path(tmp) / "model.onnx"
-        quantizer.model.save_model_to_file(str(staged), use_external_data_format=False)
+        # process() leaves an ONNXModel wrapper (typed as ModelProto upstream) in .model.
+        wrapper: Any = quantizer.model
+        wrapper.save_model_to_file(str(staged), use_external_data_format=False)
         out_path.write_bytes(staged.read_bytes())

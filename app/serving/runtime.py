@@ -61,4 +61,4 @@ class OnnxSignalRuntime(MLModel):
         )
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        return np.asarray(self._session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], dtype=np.float32)

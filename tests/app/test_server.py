@@ -266,8 +266,9 @@ def test_graceful_shutdown_finishes_in_flight_calls(model: ModelArtifacts) -> No
         stopping = asyncio.ensure_future(server.stop(grace_s=5.0))
         await asyncio.sleep(0.05)
         health = health_pb2_grpc.HealthStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError):  # new calls are refused while draining
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # new calls are refused
             await stub.IngestTicks(batches[11], timeout=1.0)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         ack = await in_flight
         assert ack.accepted == 100 and ack.signals == len(set(batches[10].symbol))  # with signals
         await stopping

@@ -1,0 +1,52 @@
+"""`python -m tools cost`: a stack's monthly cost, per line item and region, from its plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tools.cost import Estimate, PricingError, estimate, usage_from_stack
+from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "cost", help="price a stack's plan: monthly cost per line item and region"
+    )
+    add_program_arguments(parser)
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the estimate as JSON")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="write the estimate as Markdown"
+    )
+    parser.set_defaults(run=run)
+
+
+def estimate_from_args(args: argparse.Namespace) -> Estimate:
+    """Plan the stack the arguments name and price it with its own cost config."""
+    inventory = plan_from_args(args)
+    stack_usage = usage_from_stack(args.program, args.stack, args.config)
+    return estimate(inventory, stack_usage.usage, stack_usage.budget_usd)
+
+
+def _cost(args: argparse.Namespace) -> int:
+    try:
+        result = estimate_from_args(args)
+    except (PricingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.render_text())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(result.render_markdown() + "\n")
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_guarded(_cost, args)
