@@ -11,6 +11,7 @@ import pulumi_gcp as gcp
 
 from infra.config import StackConfig
 from infra.platform import Platform
+from infra.workloads import triton_model_config
 
 config = StackConfig.from_pulumi()
 
@@ -34,3 +35,7 @@ pulumi.export("redis", {name: r.redis.discovery_endpoint for name, r in platform
 pulumi.export("dataset", platform.warehouse.dataset.dataset_id)
 pulumi.export("topics", {name: t.id for name, t in platform.messaging.topics.items()})
 pulumi.export("auditBucket", platform.observability.audit_bucket.url)
+pulumi.export("clusters", {name: r.cluster.cluster.name for name, r in platform.regions.items()})
+pulumi.export("apiHost", config.mesh.api.host)
+# What `python -m app.model build` takes to render Triton's config.pbtxt (values from config).
+pulumi.export("tritonModel", triton_model_config(config.workloads.triton.model))

@@ -142,6 +142,98 @@ class ClusterSettings(Model):
     )
     maintenance: MaintenanceWindow = MaintenanceWindow()
     deletion_protection: bool | None = None  # None: on in prod, off elsewhere
+    # GKE security posture: BASIC is free; ENTERPRISE adds fleet-wide findings at a cost.
+    security_posture: Literal["BASIC", "ENTERPRISE"] = "BASIC"
+    vulnerability_scanning: Literal["VULNERABILITY_BASIC", "VULNERABILITY_ENTERPRISE"] = (
+        "VULNERABILITY_BASIC"
+    )
+    # Zones the cluster's nodes run in (the first N of the region's); the system pool's
+    # min/max node counts are per zone, GPU pools' counts are totals across their zones.
+    node_zones: int = Field(default=3, ge=1, le=4)
+    # Serves Cloud Monitoring metrics (GPU duty cycle, request rates) to the HPAs.
+    metrics_adapter_image: str = Field(
+        default="gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.14.2-gke.0",
+        min_length=1,
+    )
+
+    @field_validator("kubernetes_minor_version")
+    @classmethod
+    def _minor(cls, value: str) -> str:
+        if not re.fullmatch(r"1\.\d{2}", value):
+            raise ValueError("must be a Kubernetes minor version such as 1.33")
+        return value
+
+
+# Istio minor → the Kubernetes minors it supports (istio.io/latest/docs/releases/supported-releases).
+ISTIO_KUBERNETES: Mapping[str, tuple[str, ...]] = {
+    "1.28": ("1.30", "1.31", "1.32", "1.33", "1.34"),
+    "1.29": ("1.31", "1.32", "1.33", "1.34", "1.35"),
+    "1.30": ("1.32", "1.33", "1.34", "1.35", "1.36"),
+}
+
+
+class ConnectionPool(Model):
+    """Envoy connection pool toward a service: persistent HTTP/2, bounded queues."""
+
+    max_connections: int = Field(default=1024, ge=1, le=100_000)
+    http2_max_requests: int = Field(default=4096, ge=1, le=1_000_000)
+    http1_max_pending_requests: int = Field(default=1024, ge=1, le=100_000)
+    # 0 = unlimited: connections stay open and are reused (no per-request TLS handshakes).
+    max_requests_per_connection: int = Field(default=0, ge=0)
+    connect_timeout: str = Field(default="1s", pattern=DURATION_PATTERN)
+    idle_timeout: str = Field(default="3600s", pattern=DURATION_PATTERN)
+    tcp_keepalive: str = Field(default="300s", pattern=DURATION_PATTERN)
+
+
+class OutlierDetection(Model):
+    consecutive_errors: int = Field(default=5, ge=1, le=1000)  # consecutive 5xx / gRPC errors
+    interval: str = Field(default="10s", pattern=DURATION_PATTERN)
+    base_ejection_time: str = Field(default="30s", pattern=DURATION_PATTERN)
+    max_ejection_percent: int = Field(default=50, ge=1, le=100)
+
+
+class ApiRoute(Model):
+    """Timeouts and retries of the public gRPC API at the gateway."""
+
+    host: str = Field(default="api.signals.internal", pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+    tls_secret: str = Field(default="signal-api-tls", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    timeout: str = Field(default="2s", pattern=DURATION_PATTERN)
+    retries: int = Field(default=2, ge=0, le=10)
+    per_try_timeout: str = Field(default="500ms", pattern=DURATION_PATTERN)
+    retry_on: str = "connect-failure,refused-stream,unavailable,cancelled,resource-exhausted"
+
+
+class MeshSettings(Model):
+    """The Istio mesh of every cluster: versions, traffic policy, cost-aware locality."""
+
+    istio_version: str = Field(default="1.30.5", pattern=r"^\d+\.\d+\.\d+$")
+    chart_repository: str = Field(
+        default="https://istio-release.storage.googleapis.com/charts", pattern=r"^https://"
+    )
+    istiod_replicas: int = Field(default=2, ge=1, le=10)
+    gateway_replicas: int = Field(default=2, ge=1, le=50)
+    trace_sampling_percent: float = Field(default=1.0, ge=0, le=100)
+    # OpenTelemetry collector (host:port) the sidecars send spans to.
+    tracing_collector: str = Field(
+        default="opentelemetry-collector.observability.svc.cluster.local:4317",
+        pattern=r"^[a-z0-9.-]+:\d+$",
+    )
+    connection_pool: ConnectionPool = ConnectionPool()
+    outlier_detection: OutlierDetection = OutlierDetection()
+    api: ApiRoute = ApiRoute()
+    # Share (percent) of GPU inference each region receives, e.g. the cheapest spot region
+    # the most; every deployed region, summing to 100. Empty: equal shares.
+    region_weights: dict[str, int] = {}
+
+    @field_validator("region_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, int]) -> dict[str, int]:
+        for region, weight in value.items():
+            if not 0 <= weight <= 100:
+                raise ValueError(f"weight of {region} must be between 0 and 100")
+        if value and sum(value.values()) != 100:
+            raise ValueError(f"weights must sum to 100 (they sum to {sum(value.values())})")
+        return value
 
 
 class NodePoolBase(Model):
@@ -257,20 +349,48 @@ class Workload(Model):
     replicas: int = Field(2, ge=1)
     max_replicas: int = Field(20, ge=1)
     resources: Resources
+    # Spot VMs get 30 s notice before preemption: drain and exit inside it.
+    termination_grace_seconds: int = Field(default=25, ge=5, le=25)
+
+
+class SignalServiceWorkload(Workload):
+    target_cpu_percent: int = Field(default=70, ge=10, le=95)
+    # gRPC requests per second one pod serves at its target latency.
+    target_requests_per_second: int = Field(default=500, ge=1)
+
+
+class TritonModel(Model):
+    """The model Triton serves and its dynamic batching: the values of its `config.pbtxt`
+    (app.model.triton renders it); the service's micro-batcher never exceeds maxBatchSize."""
+
+    # The name `python -m app.model build` gives the model (app.model.triton).
+    name: str = Field(default="signal_mlp", pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    max_batch_size: int = Field(default=256, ge=1, le=4096)
+    preferred_batch_sizes: tuple[int, ...] = (64, 128, 256)
+    max_queue_delay_microseconds: int = Field(default=500, ge=0, le=1_000_000)
+    instance_count: int = Field(default=2, ge=1, le=16)
+
+
+class TritonWorkload(Workload):
+    # Bounded by GPU capacity: the default GPU pool holds 4 nodes x 2 shared clients.
+    max_replicas: int = Field(default=8, ge=1)
+    # The GPU utilisation target: scale out when the average duty cycle passes it.
+    target_gpu_duty_cycle: int = Field(default=85, ge=10, le=100)
+    model: TritonModel = TritonModel()
 
 
 class Workloads(Model):
-    signal_service: Workload = Workload(
+    signal_service: SignalServiceWorkload = SignalServiceWorkload(
         image="signal-service:dev",
         resources=Resources(
             requests={"cpu": "1", "memory": "1Gi"}, limits={"cpu": "2", "memory": "2Gi"}
         ),
     )
-    triton: Workload = Workload(
+    triton: TritonWorkload = TritonWorkload(
         image="tritonserver:24.08-py3",
         resources=Resources(
             requests={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
-            limits={"memory": "16Gi", "nvidia.com/gpu": "1"},
+            limits={"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"},
         ),
     )
 
@@ -383,6 +503,7 @@ class StackConfig(Model):
     pubsub: PubSubSettings = PubSubSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     workloads: Workloads = Workloads()
+    mesh: MeshSettings = MeshSettings()
     cost: CostSettings = CostSettings()
 
     @property
@@ -646,6 +767,7 @@ def _semantic_problems(cfg: StackConfig, catalog: Catalog) -> list[Problem]:
                 ">= 2",
             )
         )
+    problems += _compute_problems(cfg, catalog)
     problems += _cost_problems(cfg)
     return problems
 
@@ -773,6 +895,164 @@ def _pool_problems(
                         f"an on-demand (spot: false) {pool.accelerator_type} pool beside it",
                     )
                 )
+    return problems
+
+
+def _compute_problems(cfg: StackConfig, catalog: Catalog) -> list[Problem]:
+    """Rules of the cluster, mesh and workload settings that span sections."""
+    ns = NAMESPACE
+    problems: list[Problem] = []
+    mesh = cfg.mesh
+    istio_minor = ".".join(mesh.istio_version.split(".")[:2])
+    supported = ISTIO_KUBERNETES.get(istio_minor)
+    if supported is None:
+        problems.append(
+            Problem(
+                f"{ns}:mesh.istioVersion",
+                mesh.istio_version,
+                "Istio minor without a known Kubernetes support range",
+                ", ".join(f"{m}.x" for m in ISTIO_KUBERNETES),
+            )
+        )
+    for region in cfg.regions:
+        if region not in catalog.zones:
+            continue
+        minor = cfg.region(region).cluster.kubernetes_minor_version
+        if supported is not None and minor not in supported:
+            override = cfg.region_overrides.get(region)
+            where = (
+                f"regionOverrides.{region}.cluster"
+                if override is not None and override.cluster is not None
+                else "cluster"
+            )
+            problems.append(
+                Problem(
+                    f"{ns}:{where}.kubernetesMinorVersion",
+                    minor,
+                    f"Istio {mesh.istio_version} does not support this Kubernetes version",
+                    ", ".join(supported),
+                )
+            )
+
+    if cfg.is_prod:
+        settings = {"cluster": cfg.cluster} | {
+            f"regionOverrides.{r}.cluster": o.cluster
+            for r, o in cfg.region_overrides.items()
+            if o.cluster is not None
+        }
+        for where, cluster in settings.items():
+            if not DIGEST_RE.search(cluster.metrics_adapter_image):
+                problems.append(
+                    Problem(
+                        f"{ns}:{where}.metricsAdapterImage",
+                        cluster.metrics_adapter_image,
+                        "prod images must be pinned by digest",
+                        "name@sha256:<64 hex digits>",
+                    )
+                )
+
+    for region in mesh.region_weights:
+        if region not in cfg.regions:
+            problems.append(
+                Problem(
+                    f"{ns}:mesh.regionWeights.{region}",
+                    region,
+                    "weight for a region the stack does not deploy",
+                    ", ".join(cfg.regions),
+                )
+            )
+    if mesh.region_weights and set(cfg.regions) - set(mesh.region_weights):
+        missing = [r for r in cfg.regions if r not in mesh.region_weights]
+        problems.append(
+            Problem(
+                f"{ns}:mesh.regionWeights",
+                dict(mesh.region_weights),
+                f"no weight for {', '.join(missing)}",
+                "a weight for every deployed region",
+            )
+        )
+
+    workloads = {"signalService": cfg.workloads.signal_service, "triton": cfg.workloads.triton}
+    for name, workload in workloads.items():
+        for kind, needed in (("requests", ("cpu", "memory")), ("limits", ("memory",))):
+            present = getattr(workload.resources, kind)
+            for resource in needed:
+                if resource not in present:
+                    problems.append(
+                        Problem(
+                            f"{ns}:workloads.{name}.resources.{kind}",
+                            dict(present),
+                            f"{kind} lack {resource}",
+                            f"{', '.join(needed)} set",
+                        )
+                    )
+        if cfg.is_prod and workload.max_replicas < 10 * workload.replicas:
+            problems.append(
+                Problem(
+                    f"{ns}:workloads.{name}.maxReplicas",
+                    workload.max_replicas,
+                    "prod must be able to scale to 10x its baseline replicas",
+                    f">= {10 * workload.replicas}",
+                )
+            )
+
+    triton = cfg.workloads.triton
+    gpu_request = triton.resources.requests.get("nvidia.com/gpu")
+    gpu_limit = triton.resources.limits.get("nvidia.com/gpu")
+    if gpu_request is None or gpu_request != gpu_limit:
+        problems.append(
+            Problem(
+                f"{ns}:workloads.triton.resources",
+                {"requests": gpu_request, "limits": gpu_limit},
+                "Triton must request and limit the same number of nvidia.com/gpu",
+                'requests and limits both "1"',
+            )
+        )
+    model = triton.model
+    for i, size in enumerate(model.preferred_batch_sizes):
+        if not 1 <= size <= model.max_batch_size:
+            problems.append(
+                Problem(
+                    f"{ns}:workloads.triton.model.preferredBatchSizes[{i}]",
+                    size,
+                    "preferred batch size outside 1..maxBatchSize",
+                    f"1 to {model.max_batch_size}",
+                )
+            )
+    if list(model.preferred_batch_sizes) != sorted(set(model.preferred_batch_sizes)):
+        problems.append(
+            Problem(
+                f"{ns}:workloads.triton.model.preferredBatchSizes",
+                list(model.preferred_batch_sizes),
+                "preferred batch sizes must be unique and ascending",
+                "e.g. [64, 128, 256]",
+            )
+        )
+
+    regions = [cfg.region(r) for r in cfg.regions if r in catalog.zones]
+    shared = any(p.max_shared_clients_per_gpu > 1 for r in regions for p in r.node_pools.gpu)
+    # GKE's GPU sharing gives each container one shared GPU: a request of 1 is one slot.
+    if shared and gpu_request not in (None, "1"):
+        problems.append(
+            Problem(
+                f"{ns}:workloads.triton.resources.requests.nvidia.com/gpu",
+                gpu_request,
+                "containers on shared GPUs can request only one GPU",
+                '"1"',
+            )
+        )
+    for region in regions:
+        pools = region.node_pools.gpu
+        slots = sum(p.max_nodes * p.accelerator_count * p.max_shared_clients_per_gpu for p in pools)
+        if triton.max_replicas > slots:
+            problems.append(
+                Problem(
+                    f"{ns}:workloads.triton.maxReplicas",
+                    triton.max_replicas,
+                    f"more Triton replicas than the GPU pools of {region.name} can hold ({slots})",
+                    f"<= {slots}, or larger GPU pools",
+                )
+            )
     return problems
 
 

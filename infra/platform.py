@@ -6,13 +6,24 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.artifacts import ArtifactStore
-from infra.config import RegionConfig, StackConfig
+from infra.cluster import INFERENCE_COMPUTE_CLASS, INFERENCE_PRIORITY, ClusterNetwork, GkeCluster
+from infra.config import RegionConfig, StackConfig, load_catalog
 from infra.identity import REGIONAL_KEYS, WAREHOUSE_KEYS, KeyRing, ServiceAccounts
+from infra.mesh import Mesh
 from infra.messaging import Messaging, pubsub_agent
 from infra.network import RegionalNetwork, Vpc
 from infra.observability import Observability
 from infra.redis import RedisCluster
 from infra.warehouse import Warehouse
+from infra.workloads import (
+    MetricsAdapter,
+    Placement,
+    ServiceEndpoints,
+    WorkloadSet,
+    mesh_services,
+    metrics_adapter_grant,
+    server_ca_bundle,
+)
 
 APIS = (
     "artifactregistry.googleapis.com",
@@ -43,6 +54,7 @@ class Region(pulumi.ComponentResource):
         vpc: Vpc,
         accounts: ServiceAccounts,
         project_number: pulumi.Input[str],
+        models_bucket: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:Region", name, None, opts)
@@ -73,7 +85,94 @@ class Region(pulumi.ComponentResource):
             after=[self.keys],
             opts=child,
         )
+        self._compute(region, stack, vpc, accounts, project_number, models_bucket)
         self.register_outputs({"subnet": self.network.subnet.id})
+
+    def _compute(
+        self,
+        region: RegionConfig,
+        stack: StackConfig,
+        vpc: Vpc,
+        accounts: ServiceAccounts,
+        project_number: pulumi.Input[str],
+        models_bucket: pulumi.Input[str],
+    ) -> None:
+        """Cluster → mesh → workloads: what runs on Kubernetes in this region."""
+        child = pulumi.ResourceOptions(parent=self)
+        self.cluster = GkeCluster(
+            f"{region.name}-cluster",
+            region,
+            project_id=stack.project_id,
+            network=ClusterNetwork(
+                network=vpc.network.id,
+                subnet=self.network.subnet.id,
+                pods_range=RegionalNetwork.PODS_RANGE,
+                services_range=RegionalNetwork.SERVICES_RANGE,
+            ),
+            secrets_key=self.keys.keys["gke-secrets"].id,
+            disk_key=self.keys.keys["disks"].id,
+            node_accounts={pool: a.email for pool, a in accounts.nodes.items()},
+            gpu_zones=load_catalog().gpus_in(region.name),
+            labels=stack.labels,
+            deletion_protection=stack.deletion_protection,
+            opts=child,
+        )
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.cluster.provider)
+        self.mesh = Mesh(
+            f"{region.name}-mesh",
+            stack.mesh,
+            region=region.name,
+            regions=stack.regions,
+            cluster=self.cluster.name,
+            network=vpc.network.name,
+            services=mesh_services(),
+            labels=stack.labels,
+            opts=on_cluster,
+        )
+        after_mesh = pulumi.ResourceOptions.merge(
+            on_cluster, pulumi.ResourceOptions(depends_on=[self.mesh])
+        )
+        self.metrics_adapter = MetricsAdapter(
+            f"{region.name}-metrics-adapter",
+            image=region.cluster.metrics_adapter_image,
+            control_plane_cidr=self.cluster.control_plane_cidr,
+            tracing_collector=stack.mesh.tracing_collector,
+            labels=stack.labels,
+            opts=after_mesh,
+        )
+        self.workloads = WorkloadSet(
+            f"{region.name}-workloads",
+            cluster=self.cluster.name,
+            namespace=self.mesh.namespace,
+            settings=stack.workloads,
+            google_accounts={k: a.email for k, a in accounts.workloads.items()},
+            placement=Placement(
+                compute_class=INFERENCE_COMPUTE_CLASS,
+                priority_class=INFERENCE_PRIORITY,
+                accelerator=self.cluster.accelerator,
+            ),
+            model_bucket=models_bucket,
+            endpoints=ServiceEndpoints(
+                project_id=stack.project_id,
+                ticks_topic=stack.pubsub.ticks_topic,
+                signals_topic=stack.pubsub.signals_topic,
+                dataset=stack.bigquery.dataset_id,
+                redis=self.redis.discovery_endpoint,
+                redis_ca=self.redis.cluster.managed_server_cas.apply(server_ca_bundle),
+            ),
+            peer_pod_ranges=[
+                stack.region(r).network.pods_cidr for r in stack.regions if r != region.name
+            ],
+            tracing_collector=stack.mesh.tracing_collector,
+            trace_sampling_percent=stack.mesh.trace_sampling_percent,
+            labels=stack.labels,
+            opts=pulumi.ResourceOptions.merge(
+                on_cluster,
+                pulumi.ResourceOptions(
+                    depends_on=[self.mesh, *self.cluster.priority_classes.values()]
+                ),
+            ),
+        )
 
 
 class Platform(pulumi.ComponentResource):
@@ -103,8 +202,20 @@ class Platform(pulumi.ComponentResource):
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
         self.accounts = ServiceAccounts("identity", config.project_id, pool_names, after_apis)
         self.vpc = Vpc("signal-vpc", regions, after_apis)
+        # Triton mounts the models bucket, which the artefact store creates after the regions
+        # (it is encrypted with the primary region's key): regions get its name as it resolves.
+        models_bucket, resolve_models_bucket = pulumi.deferred_output()
         self.regions = {
-            r.name: Region(r.name, r, config, self.vpc, self.accounts, project.number, after_apis)
+            r.name: Region(
+                r.name,
+                r,
+                config,
+                self.vpc,
+                self.accounts,
+                project.number,
+                models_bucket,
+                after_apis,
+            )
             for r in regions
         }
         # BigQuery and Pub/Sub keys must live where the warehouse lives (e.g. the "us" multi-region).
@@ -126,11 +237,17 @@ class Platform(pulumi.ComponentResource):
             project_id=config.project_id,
             location=primary.config.name,
             kms_key=primary.keys.keys["artifacts"],
-            model_readers={"triton": self.accounts.workloads["triton"].member},
+            # Triton serves the model build; the service loads it as its in-process fallback.
+            model_readers={k: a.member for k, a in self.accounts.workloads.items()},
             image_readers=nodes,
             labels=labels,
             force_destroy=not config.is_prod,
             opts=after_apis,
+        )
+        resolve_models_bucket(self.artifacts.models.name)
+        # One grant serves every cluster's metrics adapter (the principal is project-wide).
+        self.metrics_reader = metrics_adapter_grant(
+            "metrics-adapter-monitoring-viewer", config.project_id, project.number, after_apis
         )
         self.register_outputs({"network": self.vpc.network.id})
 

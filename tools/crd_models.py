@@ -319,6 +319,26 @@ class TelemetrySpec(Spec):
     tracing: list[Tracing] | None = None
 
 
+# ---------------------------------------------------------------- monitoring.googleapis.com/v1
+
+
+class LabelSelector(Spec):
+    match_labels: dict[str, str] | None = None
+
+
+class ScrapeEndpoint(Spec):
+    port: int | str
+    path: str | None = None
+    interval: str | None = None
+    timeout: str | None = None
+    scheme: Literal["http", "https"] | None = None
+
+
+class PodMonitoringSpec(Spec):
+    selector: LabelSelector
+    endpoints: list[ScrapeEndpoint]
+
+
 # ---------------------------------------------------------------- cloud.google.com/v1
 
 
@@ -363,6 +383,7 @@ SPECS: dict[tuple[str, str], type[Spec]] = {
     ("networking.istio.io/v1", "Sidecar"): SidecarSpec,
     ("telemetry.istio.io/v1", "Telemetry"): TelemetrySpec,
     ("cloud.google.com/v1", "ComputeClass"): ComputeClassSpec,
+    ("monitoring.googleapis.com/v1", "PodMonitoring"): PodMonitoringSpec,
 }
 TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec"}
 

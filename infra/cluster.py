@@ -1,0 +1,381 @@
+"""GKE: one regional Standard cluster per region, its node pools and the Kubernetes API on it.
+
+Spot-first GPU capacity: GPU pools are spot unless configured otherwise, each with an
+on-demand twin in prod (config rejects a spot pool without one). A GKE ComputeClass lists the
+pools spot first, so the autoscaler adds spot nodes while Compute Engine has them and falls back
+to on-demand when it does not; active migration moves pods back to spot when it returns. The
+cluster's own Kubernetes objects (ComputeClass, PriorityClasses, the metrics adapter HPAs read
+Cloud Monitoring through) and the per-cluster `pulumi_kubernetes.Provider` live here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.config import ClusterSettings, GpuPool, NodePoolBase, NodePools, RegionConfig
+
+# Node taints and labels the workloads select and tolerate.
+GPU_TAINT: gcp.container.NodePoolNodeConfigTaintArgsDict = {
+    "key": "nvidia.com/gpu",
+    "value": "present",
+    "effect": "NO_SCHEDULE",
+}
+SPOT_TAINT: gcp.container.NodePoolNodeConfigTaintArgsDict = {
+    "key": "cloud.google.com/gke-spot",
+    "value": "true",
+    "effect": "NO_SCHEDULE",
+}
+COMPUTE_CLASS_KEY = "cloud.google.com/compute-class"
+ACCELERATOR_KEY = "cloud.google.com/gke-accelerator"
+POOL_LABEL = "signal-platform/pool"
+
+INFERENCE_COMPUTE_CLASS = "gpu-inference"
+INFERENCE_PRIORITY = "signal-inference"
+BATCH_PRIORITY = "signal-batch"
+PRIORITY_VALUES = {INFERENCE_PRIORITY: 100_000, BATCH_PRIORITY: 1_000}
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+LEGACY_METADATA_OFF = {"disable-legacy-endpoints": "true"}
+
+
+@dataclass(frozen=True)
+class ClusterNetwork:
+    """Where a cluster lives: the VPC, its region's subnet and the subnet's secondary ranges."""
+
+    network: pulumi.Input[str]
+    subnet: pulumi.Input[str]
+    pods_range: str
+    services_range: str
+
+
+def cluster_name(region: str) -> str:
+    return f"signal-{region}"
+
+
+def kubeconfig(name: str, endpoint: str, ca_certificate: str) -> str:
+    """A kubeconfig that authenticates with `gke-gcloud-auth-plugin` (no keys in state)."""
+    return f"""apiVersion: v1
+kind: Config
+clusters:
+- name: {name}
+  cluster:
+    server: https://{endpoint}
+    certificate-authority-data: {ca_certificate}
+contexts:
+- name: {name}
+  context:
+    cluster: {name}
+    user: {name}
+current-context: {name}
+users:
+- name: {name}
+  user:
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: gke-gcloud-auth-plugin
+      installHint: Install gke-gcloud-auth-plugin (gcloud components install gke-gcloud-auth-plugin)
+      provideClusterInfo: true
+      interactiveMode: Never
+"""
+
+
+def hardened_node_config(
+    pool: NodePoolBase,
+    *,
+    service_account: pulumi.Input[str],
+    disk_key: pulumi.Input[str],
+    labels: Mapping[str, str],
+    node_labels: Mapping[str, str],
+    spot: bool = False,
+    accelerators: Sequence[gcp.container.NodePoolNodeConfigGuestAcceleratorArgsDict] = (),
+    taints: Sequence[gcp.container.NodePoolNodeConfigTaintArgsDict] = (),
+) -> gcp.container.NodePoolNodeConfigArgsDict:
+    """Every node: its own least-privilege account, COS with containerd, the GKE metadata
+    server (node credentials hidden from pods), Shielded VM, a CMEK boot disk."""
+    return {
+        "machine_type": pool.machine_type,
+        "disk_size_gb": pool.disk_size_gb,
+        "disk_type": pool.disk_type,
+        "service_account": service_account,
+        "oauth_scopes": [CLOUD_PLATFORM],
+        "image_type": "COS_CONTAINERD",
+        "workload_metadata_config": {"mode": "GKE_METADATA"},
+        "shielded_instance_config": {
+            "enable_secure_boot": True,
+            "enable_integrity_monitoring": True,
+        },
+        "boot_disk_kms_key": disk_key,
+        "metadata": LEGACY_METADATA_OFF,
+        "spot": spot,
+        "guest_accelerators": list(accelerators),
+        "taints": list(taints),
+        "labels": dict(node_labels),
+        "resource_labels": dict(labels),
+    }
+
+
+def spot_first(pools: Sequence[GpuPool]) -> list[GpuPool]:
+    """The ComputeClass order: spot pools, then on-demand ones, each in config order."""
+    return [p for p in pools if p.spot] + [p for p in pools if not p.spot]
+
+
+class GkeCluster(pulumi.ComponentResource):
+    """A private, hardened regional GKE Standard cluster with its node pools."""
+
+    def __init__(
+        self,
+        name: str,
+        region: RegionConfig,
+        project_id: str,
+        network: ClusterNetwork,
+        secrets_key: pulumi.Input[str],
+        disk_key: pulumi.Input[str],
+        node_accounts: Mapping[str, pulumi.Input[str]],
+        gpu_zones: Mapping[str, Sequence[str]],
+        labels: Mapping[str, str],
+        deletion_protection: bool,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:GkeCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        settings: ClusterSettings = region.cluster
+        pools: NodePools = region.node_pools
+        zones = list(region.zones[: settings.node_zones])
+        self.name = cluster_name(region.name)
+        self.region = region.name
+        self.minor_version = settings.kubernetes_minor_version
+        self.control_plane_cidr = region.network.master_cidr
+        self.cluster = gcp.container.Cluster(
+            f"{name}-gke",
+            name=self.name,
+            location=region.name,
+            node_locations=zones,
+            description=f"signal-platform compute in {region.name}",
+            network=network.network,
+            subnetwork=network.subnet,
+            networking_mode="VPC_NATIVE",
+            ip_allocation_policy={
+                "cluster_secondary_range_name": network.pods_range,
+                "services_secondary_range_name": network.services_range,
+                "stack_type": "IPV4",
+            },
+            # GKE needs a pool to create the cluster; it is removed at once, so it only has
+            # to be as hardened as the real pools while it exists.
+            remove_default_node_pool=True,
+            initial_node_count=1,
+            node_config={
+                "machine_type": pools.system.machine_type,
+                "service_account": node_accounts["system"],
+                "image_type": "COS_CONTAINERD",
+                "workload_metadata_config": {"mode": "GKE_METADATA"},
+                "shielded_instance_config": {
+                    "enable_secure_boot": True,
+                    "enable_integrity_monitoring": True,
+                },
+                "boot_disk_kms_key": disk_key,
+                "oauth_scopes": [CLOUD_PLATFORM],
+                "metadata": LEGACY_METADATA_OFF,
+                "resource_labels": dict(labels),
+            },
+            private_cluster_config={
+                "enable_private_nodes": True,
+                "enable_private_endpoint": settings.private_endpoint,
+                "master_ipv4_cidr_block": region.network.master_cidr,
+                "master_global_access_config": {"enabled": True},
+            },
+            master_authorized_networks_config={
+                "cidr_blocks": [
+                    {"cidr_block": n.cidr, "display_name": n.name}
+                    for n in settings.master_authorized_networks
+                ],
+                "gcp_public_cidrs_access_enabled": False,
+            },
+            master_auth={"client_certificate_config": {"issue_client_certificate": False}},
+            enable_legacy_abac=False,
+            enable_kubernetes_alpha=False,
+            workload_identity_config={"workload_pool": f"{project_id}.svc.id.goog"},
+            release_channel={"channel": settings.release_channel},
+            min_master_version=settings.kubernetes_minor_version,
+            datapath_provider="ADVANCED_DATAPATH",  # Dataplane V2: eBPF NetworkPolicy
+            enable_shielded_nodes=True,
+            enable_intranode_visibility=True,
+            binary_authorization={"evaluation_mode": "PROJECT_SINGLETON_POLICY_ENFORCE"},
+            security_posture_config={
+                "mode": settings.security_posture,
+                "vulnerability_mode": settings.vulnerability_scanning,
+            },
+            database_encryption={"state": "ENCRYPTED", "key_name": secrets_key},
+            logging_config={"enable_components": ["SYSTEM_COMPONENTS", "WORKLOADS"]},
+            monitoring_config={
+                "enable_components": ["SYSTEM_COMPONENTS", "DEPLOYMENT", "HPA", "POD"],
+                "managed_prometheus": {"enabled": True},
+            },
+            addons_config={
+                "gcs_fuse_csi_driver_config": {"enabled": True},
+                "gce_persistent_disk_csi_driver_config": {"enabled": True},
+                "horizontal_pod_autoscaling": {"disabled": False},
+                "http_load_balancing": {"disabled": False},
+            },
+            # Bin-pack and remove idle nodes sooner: GPU nodes are the bill.
+            cluster_autoscaling={"autoscaling_profile": "OPTIMIZE_UTILIZATION"},
+            vertical_pod_autoscaling={"enabled": True},
+            cost_management_config={"enabled": True},
+            maintenance_policy={
+                "recurring_window": {
+                    "start_time": settings.maintenance.start_time,
+                    "end_time": settings.maintenance.end_time,
+                    "recurrence": settings.maintenance.recurrence,
+                }
+            },
+            resource_labels=dict(labels),
+            deletion_protection=deletion_protection,
+            opts=pulumi.ResourceOptions(parent=self, protect=deletion_protection),
+        )
+
+        self.system_pool = gcp.container.NodePool(
+            f"{name}-system",
+            name="system",
+            cluster=self.cluster.id,
+            location=region.name,
+            node_locations=zones,
+            initial_node_count=pools.system.min_nodes,
+            # Per zone: the control plane's add-ons and istiod need every zone.
+            autoscaling={
+                "min_node_count": pools.system.min_nodes,
+                "max_node_count": pools.system.max_nodes,
+                "location_policy": "BALANCED",
+            },
+            management={"auto_repair": True, "auto_upgrade": True},
+            upgrade_settings={"strategy": "SURGE", "max_surge": 1, "max_unavailable": 0},
+            node_config=hardened_node_config(
+                pools.system,
+                service_account=node_accounts["system"],
+                disk_key=disk_key,
+                labels=labels,
+                node_labels={POOL_LABEL: "system"},
+            ),
+            opts=child,
+        )
+
+        self.gpu_pools: dict[str, gcp.container.NodePool] = {}
+        for pool in pools.gpu:
+            accelerator: gcp.container.NodePoolNodeConfigGuestAcceleratorArgsDict = {
+                "type": pool.accelerator_type,
+                "count": pool.accelerator_count,
+                "gpu_driver_installation_config": {"gpu_driver_version": pool.driver_version},
+            }
+            if pool.max_shared_clients_per_gpu > 1:
+                accelerator["gpu_sharing_config"] = {
+                    "gpu_sharing_strategy": pool.sharing_strategy,
+                    "max_shared_clients_per_gpu": pool.max_shared_clients_per_gpu,
+                }
+            compute_class_taint: gcp.container.NodePoolNodeConfigTaintArgsDict = {
+                "key": COMPUTE_CLASS_KEY,
+                "value": INFERENCE_COMPUTE_CLASS,
+                "effect": "NO_SCHEDULE",
+            }
+            taints = [GPU_TAINT, compute_class_taint, *([SPOT_TAINT] if pool.spot else [])]
+            self.gpu_pools[pool.name] = gcp.container.NodePool(
+                f"{name}-gpu-{pool.name}",
+                name=pool.name,
+                cluster=self.cluster.id,
+                location=region.name,
+                # Every zone of the region that offers the GPU: more zones, more spot capacity.
+                node_locations=list(gpu_zones[pool.accelerator_type]),
+                initial_node_count=0,
+                autoscaling={
+                    "total_min_node_count": pool.min_nodes,
+                    "total_max_node_count": pool.max_nodes,
+                    # ANY: take capacity in whichever zone has it (spot obtainability).
+                    "location_policy": "ANY",
+                },
+                management={"auto_repair": True, "auto_upgrade": True},
+                upgrade_settings={"strategy": "SURGE", "max_surge": 1, "max_unavailable": 0},
+                node_config=hardened_node_config(
+                    pool,
+                    service_account=node_accounts[pool.name],
+                    disk_key=disk_key,
+                    labels=labels,
+                    # Manually created pools join a ComputeClass by its label and taint.
+                    node_labels={POOL_LABEL: pool.name, COMPUTE_CLASS_KEY: INFERENCE_COMPUTE_CLASS},
+                    spot=pool.spot,
+                    accelerators=[accelerator],
+                    taints=taints,
+                ),
+                opts=child,
+            )
+        accelerators = {p.accelerator_type for p in pools.gpu}
+        # One accelerator type across the pools: workloads can also select it by node label.
+        self.accelerator = accelerators.pop() if len(accelerators) == 1 else None
+
+        self.kubeconfig = pulumi.Output.all(
+            self.cluster.name,
+            self.cluster.endpoint,
+            self.cluster.master_auth.cluster_ca_certificate,
+        ).apply(lambda a: kubeconfig(a[0], a[1], a[2]))
+        # Parent: the cluster itself, so every Kubernetes object resolves to its region.
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            enable_server_side_apply=True,
+            opts=pulumi.ResourceOptions(parent=self.cluster, depends_on=[self.system_pool]),
+        )
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
+
+        self.compute_class = k8s.apiextensions.CustomResource(
+            f"{name}-compute-class",
+            api_version="cloud.google.com/v1",
+            kind="ComputeClass",
+            metadata={"name": INFERENCE_COMPUTE_CLASS, "labels": _k8s_labels(labels)},
+            spec={
+                "priorities": [{"nodepools": [p.name]} for p in spot_first(pools.gpu)],
+                # Only the pools above: never an auto-created node of some other shape.
+                "nodePoolAutoCreation": {"enabled": False},
+                "whenUnsatisfiable": "DoNotScaleUp",
+                # Move pods back to spot when spot capacity returns.
+                "activeMigration": {"optimizeRulePriority": True},
+            },
+            opts=pulumi.ResourceOptions.merge(
+                on_cluster, pulumi.ResourceOptions(depends_on=list(self.gpu_pools.values()))
+            ),
+        )
+        self.priority_classes = {
+            class_name: k8s.scheduling.v1.PriorityClass(
+                f"{name}-priority-{class_name}",
+                metadata={"name": class_name, "labels": _k8s_labels(labels)},
+                value=value,
+                global_default=False,
+                preemption_policy="PreemptLowerPriority"
+                if class_name == INFERENCE_PRIORITY
+                else "Never",
+                description="Inference serving: preempts batch work"
+                if class_name == INFERENCE_PRIORITY
+                else "Batch and backfill: never preempts, yields to inference",
+                opts=on_cluster,
+            )
+            for class_name, value in PRIORITY_VALUES.items()
+        }
+        self.register_outputs(
+            {"name": self.cluster.name, "endpoint": self.cluster.endpoint, "id": self.cluster.id}
+        )
+
+
+# The container security context every container of this repository runs with.
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The stack's cost labels on Kubernetes objects (GKE cost allocation reads them)."""
+    return {"app.kubernetes.io/part-of": "signal-platform", **labels}

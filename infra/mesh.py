@@ -1,0 +1,440 @@
+"""The Istio mesh of one cluster: Helm-installed control plane, STRICT mTLS, default deny,
+persistent connection pools and cost-aware locality routing between regions.
+
+Every cluster runs its own istiod (multi-primary, one mesh ID, one VPC network, so pods reach
+each other directly across regions). Identity is SPIFFE: `cluster.local/ns/<ns>/sa/<ksa>`;
+callers are allowed by principal, never by IP. Locality settings follow the region weights of
+the stack: GPU inference is spread by weight (the cheapest region takes the most), the API
+stays in its region and fails over to the preferred other region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import MeshSettings
+from infra.identity import NAMESPACE as WORKLOAD_NAMESPACE
+
+ISTIO_NAMESPACE = "istio-system"
+GATEWAY_NAMESPACE = "istio-ingress"
+GATEWAY = "istio-ingressgateway"
+GATEWAY_LABELS = {"app": GATEWAY, "istio": "ingressgateway"}
+API_GATEWAY = "signal-api"
+MESH_ID = "signal-mesh"
+TRUST_DOMAIN = "cluster.local"
+TRACING_PROVIDER = "otel"
+# Proxy drain on shutdown: inside the workloads' 25 s grace, after their preStop.
+PROXY_DRAIN = "10s"
+WORKLOAD_NAMESPACES = (WORKLOAD_NAMESPACE,)
+
+
+def principal(namespace: str, service_account: str) -> str:
+    """The SPIFFE identity (without `spiffe://`) Istio gives a Kubernetes service account."""
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+GATEWAY_PRINCIPAL = principal(GATEWAY_NAMESPACE, GATEWAY)
+
+
+@dataclass(frozen=True)
+class MeshService:
+    """A service of the workload namespace as the mesh sees it."""
+
+    name: str  # the Service, its pods' `app` label and its Kubernetes service account
+    port: int  # the gRPC port callers use
+    callers: tuple[str, ...]  # SPIFFE principals allowed to call it; nobody else may
+    locality: Literal["distribute", "failover"]
+    public: bool = False  # routed from the ingress gateway
+
+    @property
+    def host(self) -> str:
+        return f"{self.name}.{WORKLOAD_NAMESPACE}.svc.cluster.local"
+
+
+def region_shares(regions: Sequence[str], weights: Mapping[str, int]) -> dict[str, int]:
+    """Percent of traffic per region: the configured weights, or equal shares summing to 100."""
+    if weights:
+        return {r: weights[r] for r in regions}
+    base, extra = divmod(100, len(regions))
+    return {r: base + (1 if i < extra else 0) for i, r in enumerate(regions)}
+
+
+def locality_setting(
+    kind: Literal["distribute", "failover"], region: str, shares: Mapping[str, int]
+) -> dict[str, object]:
+    """Istio's localityLbSetting for callers in `region` (one of distribute or failover)."""
+    others = [r for r in shares if r != region]
+    if not others:
+        return {"enabled": True}
+    if kind == "distribute":
+        to = {f"{r}/*": share for r, share in shares.items() if share > 0}
+        return {"enabled": True, "distribute": [{"from": f"{region}/*", "to": to}]}
+    preferred = max(others, key=lambda r: shares[r])  # ties: the first configured
+    return {"enabled": True, "failover": [{"from": region, "to": preferred}]}
+
+
+def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "signal-platform", **labels}
+
+
+class Mesh(pulumi.ComponentResource):
+    """Istio on one cluster, the workload namespace, and the mesh policy of its services."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: MeshSettings,
+        region: str,
+        regions: Sequence[str],
+        cluster: str,
+        network: pulumi.Input[str],
+        services: Sequence[MeshService],
+        labels: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:Mesh", name, None, opts)
+        meta = _labels(labels)
+
+        def after(*resources: pulumi.Resource) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=list(resources))
+
+        # ---- namespaces: Istio's own, the gateway's, and the workloads' (injected, restricted)
+        self.namespaces = {
+            ISTIO_NAMESPACE: self._namespace(f"{name}-ns-istio", ISTIO_NAMESPACE, meta, {}),
+            GATEWAY_NAMESPACE: self._namespace(
+                f"{name}-ns-ingress", GATEWAY_NAMESPACE, meta, {"istio-injection": "enabled"}
+            ),
+            WORKLOAD_NAMESPACE: self._namespace(
+                f"{name}-ns-{WORKLOAD_NAMESPACE}",
+                WORKLOAD_NAMESPACE,
+                meta,
+                {
+                    "istio-injection": "enabled",
+                    # Istio CNI sets up redirection: no NET_ADMIN init container in pods.
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            ),
+        }
+        self.namespace = WORKLOAD_NAMESPACE
+
+        # ---- control plane, from Istio's Helm charts at the pinned version
+        collector_host, collector_port = settings.tracing_collector.rsplit(":", 1)
+        self.base = self._chart(
+            f"{name}-istio-base",
+            "istio-base",
+            "base",
+            ISTIO_NAMESPACE,
+            settings,
+            {"defaultRevision": "default"},
+            after(self.namespaces[ISTIO_NAMESPACE]),
+        )
+        self.cni = self._chart(
+            f"{name}-istio-cni",
+            "istio-cni",
+            "cni",
+            "kube-system",
+            settings,
+            {"global": {"platform": "gke"}},
+            after(self.base),
+        )
+        self.istiod = self._chart(
+            f"{name}-istiod",
+            "istiod",
+            "istiod",
+            ISTIO_NAMESPACE,
+            settings,
+            {
+                "global": {
+                    "platform": "gke",
+                    "meshID": MESH_ID,
+                    "multiCluster": {"clusterName": cluster},
+                    "network": network,
+                    "logAsJson": True,
+                    "proxy": {
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "128Mi"},
+                            "limits": {"cpu": "1", "memory": "512Mi"},
+                        }
+                    },
+                },
+                "pilot": {
+                    "replicaCount": settings.istiod_replicas,
+                    "autoscaleMin": settings.istiod_replicas,
+                    "autoscaleMax": settings.istiod_replicas * 3,
+                    "cni": {"enabled": True},
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "2Gi"},
+                        "limits": {"cpu": "2", "memory": "4Gi"},
+                    },
+                },
+                "meshConfig": {
+                    "trustDomain": TRUST_DOMAIN,
+                    "enableTracing": True,
+                    "accessLogFile": "/dev/stdout",
+                    "accessLogEncoding": "JSON",
+                    "outboundTrafficPolicy": {"mode": "ALLOW_ANY"},
+                    "localityLbSetting": {"enabled": True},
+                    "defaultConfig": {
+                        "holdApplicationUntilProxyStarts": True,
+                        "terminationDrainDuration": PROXY_DRAIN,
+                    },
+                    "extensionProviders": [
+                        {
+                            "name": TRACING_PROVIDER,
+                            "opentelemetry": {
+                                "service": collector_host,
+                                "port": int(collector_port),
+                            },
+                        }
+                    ],
+                    "defaultProviders": {"tracing": [TRACING_PROVIDER]},
+                },
+            },
+            after(self.base, self.cni),
+        )
+        self.gateway = self._chart(
+            f"{name}-istio-gateway",
+            GATEWAY,
+            "gateway",
+            GATEWAY_NAMESPACE,
+            settings,
+            {
+                "name": GATEWAY,
+                "labels": GATEWAY_LABELS,
+                # Internal passthrough load balancer: the API is reachable from the VPC only.
+                "service": {
+                    "type": "LoadBalancer",
+                    "annotations": {"networking.gke.io/load-balancer-type": "Internal"},
+                },
+                "autoscaling": {
+                    "enabled": True,
+                    "minReplicas": settings.gateway_replicas,
+                    "maxReplicas": settings.gateway_replicas * 5,
+                    "targetCPUUtilizationPercentage": 70,
+                },
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "512Mi"},
+                    "limits": {"cpu": "2", "memory": "1Gi"},
+                },
+                "podDisruptionBudget": {"maxUnavailable": 1},
+            },
+            after(self.istiod, self.namespaces[GATEWAY_NAMESPACE]),
+        )
+        istio_ready = after(self.base, self.istiod)
+
+        # ---- mTLS everywhere: mesh-wide STRICT, restated for the workload namespace
+        self.peer_authentication = {
+            namespace: k8s.apiextensions.CustomResource(
+                f"{name}-mtls-{namespace}",
+                api_version="security.istio.io/v1",
+                kind="PeerAuthentication",
+                metadata={"name": "default", "namespace": namespace, "labels": meta},
+                spec={"mtls": {"mode": "STRICT"}},
+                opts=istio_ready,
+            )
+            for namespace in (ISTIO_NAMESPACE, *WORKLOAD_NAMESPACES)
+        }
+
+        # ---- authorization: nothing is allowed unless a policy below allows it
+        self.authorization: dict[str, k8s.apiextensions.CustomResource] = {}
+        for namespace in WORKLOAD_NAMESPACES:
+            self.authorization[f"{namespace}/default-deny"] = k8s.apiextensions.CustomResource(
+                f"{name}-deny-{namespace}",
+                api_version="security.istio.io/v1",
+                kind="AuthorizationPolicy",
+                # An ALLOW policy with no rules matches nothing: every request is denied.
+                metadata={"name": "default-deny", "namespace": namespace, "labels": meta},
+                spec={},
+                opts=istio_ready,
+            )
+        for service in services:
+            self.authorization[f"{WORKLOAD_NAMESPACE}/{service.name}"] = (
+                k8s.apiextensions.CustomResource(
+                    f"{name}-allow-{service.name}",
+                    api_version="security.istio.io/v1",
+                    kind="AuthorizationPolicy",
+                    metadata={
+                        "name": f"{service.name}-callers",
+                        "namespace": WORKLOAD_NAMESPACE,
+                        "labels": meta,
+                    },
+                    spec={
+                        "selector": {"matchLabels": {"app": service.name}},
+                        "action": "ALLOW",
+                        "rules": [
+                            {
+                                "from": [{"source": {"principals": list(service.callers)}}],
+                                "to": [{"operation": {"ports": [str(service.port)]}}],
+                            }
+                        ],
+                    },
+                    opts=istio_ready,
+                )
+            )
+
+        # ---- traffic: persistent HTTP/2 pools, outlier detection, locality across regions
+        shares = region_shares(regions, settings.region_weights)
+        pool, outliers = settings.connection_pool, settings.outlier_detection
+        self.destination_rules = {
+            service.name: k8s.apiextensions.CustomResource(
+                f"{name}-dr-{service.name}",
+                api_version="networking.istio.io/v1",
+                kind="DestinationRule",
+                metadata={"name": service.name, "namespace": WORKLOAD_NAMESPACE, "labels": meta},
+                spec={
+                    "host": service.host,
+                    "trafficPolicy": {
+                        "connectionPool": {
+                            "tcp": {
+                                "maxConnections": pool.max_connections,
+                                "connectTimeout": pool.connect_timeout,
+                                "tcpKeepalive": {"time": pool.tcp_keepalive, "interval": "75s"},
+                            },
+                            "http": {
+                                "h2UpgradePolicy": "UPGRADE",
+                                "http2MaxRequests": pool.http2_max_requests,
+                                "http1MaxPendingRequests": pool.http1_max_pending_requests,
+                                "maxRequestsPerConnection": pool.max_requests_per_connection,
+                                "idleTimeout": pool.idle_timeout,
+                            },
+                        },
+                        # Ejects failing endpoints; locality failover relies on it.
+                        "outlierDetection": {
+                            "consecutive5xxErrors": outliers.consecutive_errors,
+                            "interval": outliers.interval,
+                            "baseEjectionTime": outliers.base_ejection_time,
+                            "maxEjectionPercent": outliers.max_ejection_percent,
+                        },
+                        "loadBalancer": {
+                            "simple": "LEAST_REQUEST",
+                            "localityLbSetting": locality_setting(service.locality, region, shares),
+                        },
+                        "tls": {"mode": "ISTIO_MUTUAL"},
+                    },
+                },
+                opts=istio_ready,
+            )
+            for service in services
+        }
+
+        api = settings.api
+        self.api_gateway = k8s.apiextensions.CustomResource(
+            f"{name}-api-gateway",
+            api_version="networking.istio.io/v1",
+            kind="Gateway",
+            metadata={"name": API_GATEWAY, "namespace": GATEWAY_NAMESPACE, "labels": meta},
+            spec={
+                "selector": {"istio": GATEWAY_LABELS["istio"]},
+                "servers": [
+                    {
+                        "port": {"number": 443, "name": "https-grpc", "protocol": "HTTPS"},
+                        "hosts": [api.host],
+                        "tls": {
+                            "mode": "SIMPLE",
+                            "credentialName": api.tls_secret,
+                            "minProtocolVersion": "TLSV1_2",
+                        },
+                    }
+                ],
+            },
+            opts=after(self.gateway),
+        )
+        self.virtual_services = {
+            service.name: k8s.apiextensions.CustomResource(
+                f"{name}-vs-{service.name}",
+                api_version="networking.istio.io/v1",
+                kind="VirtualService",
+                metadata={"name": service.name, "namespace": WORKLOAD_NAMESPACE, "labels": meta},
+                spec={
+                    "hosts": [api.host, service.host],
+                    "gateways": [f"{GATEWAY_NAMESPACE}/{API_GATEWAY}", "mesh"],
+                    "http": [
+                        {
+                            "name": "grpc-api",
+                            "route": [
+                                {
+                                    "destination": {
+                                        "host": service.host,
+                                        "port": {"number": service.port},
+                                    }
+                                }
+                            ],
+                            "timeout": api.timeout,
+                            "retries": {
+                                "attempts": api.retries,
+                                "perTryTimeout": api.per_try_timeout,
+                                "retryOn": api.retry_on,
+                            },
+                        }
+                    ],
+                },
+                opts=istio_ready,
+            )
+            for service in services
+            if service.public
+        }
+
+        self.telemetry = k8s.apiextensions.CustomResource(
+            f"{name}-telemetry",
+            api_version="telemetry.istio.io/v1",
+            kind="Telemetry",
+            metadata={"name": "mesh-default", "namespace": ISTIO_NAMESPACE, "labels": meta},
+            spec={
+                "tracing": [
+                    {
+                        "providers": [{"name": TRACING_PROVIDER}],
+                        "randomSamplingPercentage": settings.trace_sampling_percent,
+                    }
+                ]
+            },
+            opts=istio_ready,
+        )
+        self.register_outputs({"namespace": self.namespace, "istio": settings.istio_version})
+
+    def _namespace(
+        self, resource: str, name: str, meta: Mapping[str, str], extra: Mapping[str, str]
+    ) -> k8s.core.v1.Namespace:
+        labels = {
+            **meta,
+            # Istio's control plane and gateway charts meet baseline; workloads meet restricted.
+            "pod-security.kubernetes.io/enforce": "baseline",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+            **extra,
+        }
+        return k8s.core.v1.Namespace(
+            resource,
+            metadata={"name": name, "labels": labels},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _chart(
+        self,
+        resource: str,
+        release: str,
+        chart: str,
+        namespace: str,
+        settings: MeshSettings,
+        values: Mapping[str, object],
+        opts: pulumi.ResourceOptions,
+    ) -> k8s.helm.v3.Release:
+        return k8s.helm.v3.Release(
+            resource,
+            name=release,
+            chart=chart,
+            version=settings.istio_version,
+            namespace=namespace,
+            repository_opts={"repo": settings.chart_repository},
+            values=dict(values),
+            create_namespace=False,
+            atomic=True,
+            cleanup_on_fail=True,
+            max_history=5,
+            timeout=600,
+            opts=opts,
+        )

@@ -1,0 +1,1168 @@
+"""The deployed workloads: the signal service and Triton on each cluster, with their identities,
+autoscaling, disruption budgets and network policy, and Triton's model configuration.
+
+Both run on spot capacity and are built for it: at least two replicas spread across zones in
+prod, a preStop pause so endpoints are withdrawn before SIGTERM, a grace period inside the 30 s
+spot notice, and PodDisruptionBudgets for voluntary disruptions. Every pod is restricted:
+non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp, no token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra.cluster import (
+    ACCELERATOR_KEY,
+    COMPUTE_CLASS_KEY,
+    GPU_TAINT,
+    RESTRICTED_CONTAINER,
+    SPOT_TAINT,
+)
+from infra.config import SignalServiceWorkload, TritonModel, TritonWorkload, Workload, Workloads
+from infra.identity import WORKLOADS
+from infra.mesh import (
+    GATEWAY,
+    GATEWAY_NAMESPACE,
+    GATEWAY_PRINCIPAL,
+    ISTIO_NAMESPACE,
+    MeshService,
+    principal,
+)
+
+SIGNAL_SERVICE = "signal-service"
+TRITON = "triton"
+GRPC_PORT = 50051  # the signal service's gRPC API (and gRPC health)
+METRICS_PORT = 9090  # the signal service's Prometheus metrics
+TRITON_HTTP_PORT = 8000  # KServe v2 HTTP: health probes only
+TRITON_GRPC_PORT = 8001  # KServe v2 gRPC: inference
+TRITON_METRICS_PORT = 8002
+# Istio's sidecar serves the pod's metrics merged with its own here, outside mTLS.
+MERGED_METRICS_PORT = 15020
+# The models bucket holds the output of `python -m app.model build` (app.model.build): the
+# service's in-process fallback model at its root, Triton's repository under `triton/`.
+MODELS_DIR = "/models"
+MODEL_REPOSITORY = f"{MODELS_DIR}/triton"
+CONFIG_DIR = "/etc/signal-service"  # the service's config file and Redis CA, from a ConfigMap
+CONFIG_FILE = "config.yaml"
+REDIS_CA = "redis-ca.pem"
+PRESTOP_SECONDS = 5  # endpoints are withdrawn mesh-wide before the process sees SIGTERM
+
+# Cloud Monitoring metrics the HPAs read through the custom metrics adapter.
+# `signal_requests_total` is the service's own request counter (a contract with app/).
+REQUEST_RATE_METRIC = "prometheus.googleapis.com|signal_requests_total|counter"
+GPU_DUTY_CYCLE_METRIC = "kubernetes.io|container|accelerator|duty_cycle"
+
+# Google's metadata server (Workload Identity tokens): the classic address and GKE's own.
+METADATA_SERVER = (("169.254.169.254/32", 80), ("169.254.169.252/32", 988))
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# Memorystore for Redis Cluster: its endpoints sit in the VPC's 10/8 plan; discovery and
+# shard ports.
+REDIS_RANGE = "10.0.0.0/8"
+REDIS_PORTS = ((6379, None), (11000, 13047))
+MONITORING_NAMESPACE = "gmp-system"  # Managed Prometheus collectors
+# GKE injects the GCS FUSE sidecar; it fetches tokens from the metadata server, which must
+# bypass the Istio proxy (GKE docs, "GCS FUSE CSI driver with Istio").
+GCS_FUSE_ANNOTATIONS = {
+    "gke-gcsfuse/volumes": "true",
+    "gke-gcsfuse/cpu-limit": "1",
+    "gke-gcsfuse/memory-limit": "1Gi",
+    "gke-gcsfuse/ephemeral-storage-limit": "1Gi",
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges": ",".join(
+        cidr for cidr, _ in METADATA_SERVER
+    ),
+}
+
+# The adapter that serves Cloud Monitoring (and Managed Prometheus) metrics to HPAs.
+METRICS_ADAPTER = "custom-metrics-stackdriver-adapter"
+METRICS_NAMESPACE = "custom-metrics"
+METRICS_ADAPTER_PORT = 6443  # unprivileged: the adapter runs as non-root
+
+
+def api_object(value: Any) -> Any:
+    """A part of a Kubernetes object, spelled as the Kubernetes API spells it (camelCase).
+
+    The SDK passes such dictionaries through unchanged, but its TypedDicts only know the
+    snake_case spelling; type checking stops here, and the tests validate every object against
+    the official Kubernetes schema instead (`tests/infra/test_kubernetes_schema.py`).
+    """
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """Where the signal service finds the platform's data services (its environment)."""
+
+    project_id: str
+    ticks_topic: str
+    signals_topic: str
+    dataset: str
+    # Redis Cluster discovery endpoint ("host:port"); None: the service runs on its L1 cache.
+    redis: pulumi.Input[str] | None = None
+    # PEM bundle of the cluster's server CA (Memorystore's TLS is server-authenticated).
+    redis_ca: pulumi.Input[str] | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What a cluster offers the workloads: where GPU pods go and how they rank."""
+
+    compute_class: str
+    priority_class: str
+    accelerator: str | None
+
+
+def mesh_services() -> list[MeshService]:
+    """The services of the workload namespace and who may call them."""
+    namespace = WORKLOADS[SIGNAL_SERVICE].namespace
+    return [
+        MeshService(
+            SIGNAL_SERVICE, GRPC_PORT, (GATEWAY_PRINCIPAL,), locality="failover", public=True
+        ),
+        MeshService(
+            TRITON,
+            TRITON_GRPC_PORT,
+            (principal(namespace, WORKLOADS[SIGNAL_SERVICE].ksa),),
+            locality="distribute",
+        ),
+    ]
+
+
+def signal_service_config(
+    endpoints: ServiceEndpoints,
+    model: TritonModel,
+    grace_seconds: int,
+    tracing_collector: str,
+    trace_sampling_percent: float,
+    redis: str | None,
+) -> dict[str, Any]:
+    """The signal service's own configuration file (sections of `app.config.AppConfig`):
+    Triton over KServe-v2 gRPC, Redis Cluster as L2, Pub/Sub and BigQuery as sinks."""
+    config: dict[str, Any] = {
+        "server": {"host": "0.0.0.0", "port": GRPC_PORT, "grace_s": grace_seconds},
+        # The built model from the bucket, never built in the pod.
+        "model": {"dir": MODELS_DIR, "build_if_missing": False},
+        "kserve": {
+            "url": f"{TRITON}.{WORKLOADS[TRITON].namespace}.svc.cluster.local:{TRITON_GRPC_PORT}",
+            "model_name": model.name,
+        },
+        # Triton rejects batches above its max_batch_size: the micro-batcher stays within it.
+        "batcher": {
+            "max_batch_size": model.max_batch_size,
+            "max_queue_delay_us": model.max_queue_delay_microseconds,
+        },
+        "publish": {
+            "sink": "pubsub",
+            "project": endpoints.project_id,
+            "ticks_topic": endpoints.ticks_topic,
+            "signals_topic": endpoints.signals_topic,
+        },
+        "warehouse": {
+            "backend": "bigquery",
+            "project": endpoints.project_id,
+            "dataset": endpoints.dataset,
+        },
+        "telemetry": {
+            "metrics_host": "0.0.0.0",
+            "metrics_port": METRICS_PORT,
+            "otlp_endpoint": tracing_collector,
+            "trace_sample_ratio": trace_sampling_percent / 100,
+        },
+    }
+    if redis is not None:
+        # Memorystore: TLS with server authentication, IAM tokens (no password exists).
+        config["cache"] = {
+            "redis": {
+                "nodes": [redis],
+                "tls": True,
+                "auth": "iam",
+                **({"ca_file": f"{CONFIG_DIR}/{REDIS_CA}"} if endpoints.redis_ca else {}),
+            }
+        }
+    return config
+
+
+def server_ca_bundle(cas: Sequence[Any] | None) -> str:
+    """The PEM bundle of a Memorystore cluster's `managed_server_cas` output."""
+    certificates = [
+        certificate
+        for ca in cas or []
+        for ca_cert in ca.ca_certs or []
+        for certificate in ca_cert.certificates or []
+    ]
+    return "\n".join(c.strip() for c in certificates) + ("\n" if certificates else "")
+
+
+def models_volume(bucket: pulumi.Input[str]) -> dict[str, Any]:
+    """The models bucket, read-only through the GCS FUSE CSI driver."""
+    return {
+        "name": "models",
+        "csi": {
+            "driver": "gcsfuse.csi.storage.gke.io",
+            "readOnly": True,
+            "volumeAttributes": {"bucketName": bucket, "mountOptions": "implicit-dirs"},
+        },
+    }
+
+
+def triton_model_config(model: TritonModel) -> dict[str, Any]:
+    """The stack's Triton settings as `app.model.triton.TritonModelConfig` takes them: what the
+    model build renders into `config.pbtxt` (exported as the stack output `tritonModel`)."""
+    return {
+        "name": model.name,
+        "max_batch_size": model.max_batch_size,
+        "max_queue_delay_us": model.max_queue_delay_microseconds,
+        "preferred_batch_sizes": list(model.preferred_batch_sizes),
+        "instance_groups": [{"kind": "KIND_GPU", "count": model.instance_count}],
+    }
+
+
+def _labels(labels: Mapping[str, str], app: str) -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "signal-platform", **labels, "app": app}
+
+
+class WorkloadSet(pulumi.ComponentResource):
+    """The signal service and Triton on one cluster."""
+
+    def __init__(
+        self,
+        name: str,
+        cluster: str,
+        namespace: str,
+        settings: Workloads,
+        google_accounts: Mapping[str, pulumi.Input[str]],
+        placement: Placement,
+        model_bucket: pulumi.Input[str],
+        endpoints: ServiceEndpoints,
+        peer_pod_ranges: Sequence[str],
+        tracing_collector: str,
+        trace_sampling_percent: float,
+        labels: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:Workloads", name, None, opts)
+        self.namespace = namespace
+        self.cluster = cluster
+        self._name = name
+        self._labels = labels
+
+        # ---- identities: each KSA acts as its Google service account (Workload Identity)
+        self.service_accounts = {
+            key: k8s.core.v1.ServiceAccount(
+                f"{name}-ksa-{key}",
+                metadata={
+                    "name": WORKLOADS[key].ksa,
+                    "namespace": namespace,
+                    "labels": _labels(labels, key),
+                    "annotations": {"iam.gke.io/gcp-service-account": google_accounts[key]},
+                },
+                automount_service_account_token=False,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for key in (SIGNAL_SERVICE, TRITON)
+        }
+
+        signal = settings.signal_service
+        triton = settings.triton
+        self.deployments = {
+            SIGNAL_SERVICE: self._signal_service(
+                signal,
+                triton.model,
+                endpoints,
+                placement,
+                model_bucket,
+                tracing_collector,
+                trace_sampling_percent,
+            ),
+            TRITON: self._triton(triton, placement, model_bucket),
+        }
+        self.services = {
+            SIGNAL_SERVICE: self._service(
+                SIGNAL_SERVICE,
+                [("grpc", GRPC_PORT, "grpc"), ("http-metrics", METRICS_PORT, "http")],
+            ),
+            TRITON: self._service(
+                TRITON,
+                [
+                    ("grpc", TRITON_GRPC_PORT, "grpc"),
+                    ("http", TRITON_HTTP_PORT, "http"),
+                    ("http-metrics", TRITON_METRICS_PORT, "http"),
+                ],
+            ),
+        }
+        self.autoscalers = {
+            SIGNAL_SERVICE: self._autoscaler(
+                SIGNAL_SERVICE,
+                signal,
+                [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {
+                                "type": "Utilization",
+                                "averageUtilization": signal.target_cpu_percent,
+                            },
+                        },
+                    },
+                    {
+                        "type": "Pods",
+                        "pods": {
+                            "metric": {"name": REQUEST_RATE_METRIC},
+                            "target": {
+                                "type": "AverageValue",
+                                "averageValue": str(signal.target_requests_per_second),
+                            },
+                        },
+                    },
+                ],
+                scale_up_window=0,
+                scale_down_window=300,
+            ),
+            TRITON: self._autoscaler(
+                TRITON,
+                triton,
+                [
+                    {
+                        "type": "External",
+                        "external": {
+                            "metric": {
+                                "name": GPU_DUTY_CYCLE_METRIC,
+                                # Cloud Monitoring is project-wide: this cluster's Triton only.
+                                "selector": {
+                                    "matchLabels": {
+                                        "resource.labels.cluster_name": cluster,
+                                        "resource.labels.namespace_name": namespace,
+                                        "resource.labels.container_name": TRITON,
+                                    }
+                                },
+                            },
+                            "target": {
+                                "type": "AverageValue",
+                                "averageValue": str(triton.target_gpu_duty_cycle),
+                            },
+                        },
+                    }
+                ],
+                # GPU nodes take minutes to arrive: scale early, release slowly.
+                scale_up_window=30,
+                scale_down_window=600,
+            ),
+        }
+        self.disruption_budgets = {
+            app: k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb-{app}",
+                metadata={"name": app, "namespace": namespace, "labels": _labels(labels, app)},
+                spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": {"app": app}}}),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for app in (SIGNAL_SERVICE, TRITON)
+        }
+        self.pod_monitors = {
+            app: k8s.apiextensions.CustomResource(
+                f"{name}-monitor-{app}",
+                api_version="monitoring.googleapis.com/v1",
+                kind="PodMonitoring",
+                metadata={"name": app, "namespace": namespace, "labels": _labels(labels, app)},
+                spec={
+                    "selector": {"matchLabels": {"app": app}},
+                    "endpoints": [
+                        {
+                            "port": MERGED_METRICS_PORT,
+                            "path": "/stats/prometheus",
+                            "interval": "15s",
+                        }
+                    ],
+                },
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for app in (SIGNAL_SERVICE, TRITON)
+        }
+        self.network_policies = self._network_policies(peer_pod_ranges, tracing_collector)
+        self.register_outputs(
+            {"namespace": namespace, "deployments": list(self.deployments), "cluster": cluster}
+        )
+
+    # ------------------------------------------------------------------ deployments
+
+    def _pod_template(
+        self,
+        app: str,
+        workload: Workload,
+        container: dict[str, Any],
+        spec: dict[str, Any],
+        annotations: Mapping[str, pulumi.Input[str]],
+        run_as: int,
+        zone_spread: str,
+    ) -> dict[str, Any]:
+        selector = {"matchLabels": {"app": app}}
+        return {
+            "metadata": {"labels": _labels(self._labels, app), "annotations": dict(annotations)},
+            "spec": {
+                "serviceAccountName": WORKLOADS[app].ksa,
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": workload.termination_grace_seconds,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": run_as,
+                    "runAsGroup": run_as,
+                    "fsGroup": run_as,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": zone_spread,
+                        "labelSelector": selector,
+                    },
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": selector,
+                    },
+                ],
+                "containers": [
+                    {
+                        **container,
+                        "imagePullPolicy": "IfNotPresent",
+                        "resources": {
+                            "requests": dict(workload.resources.requests),
+                            "limits": dict(workload.resources.limits),
+                        },
+                        "securityContext": RESTRICTED_CONTAINER,
+                        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+                    }
+                ],
+                **spec,
+            },
+        }
+
+    def _deployment(self, app: str, workload: Workload, template: dict[str, Any]):
+        return k8s.apps.v1.Deployment(
+            f"{self._name}-{app}",
+            metadata={
+                "name": app,
+                "namespace": self.namespace,
+                "labels": _labels(self._labels, app),
+            },
+            spec=api_object(
+                {
+                    "replicas": workload.replicas,
+                    "revisionHistoryLimit": 5,
+                    "selector": {"matchLabels": {"app": app}},
+                    # Never below the serving count during a rollout.
+                    "strategy": {
+                        "type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                    },
+                    "template": template,
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_accounts[app]]),
+        )
+
+    def _signal_service(
+        self,
+        workload: SignalServiceWorkload,
+        model: TritonModel,
+        endpoints: ServiceEndpoints,
+        placement: Placement,
+        model_bucket: pulumi.Input[str],
+        tracing_collector: str,
+        trace_sampling_percent: float,
+    ) -> k8s.apps.v1.Deployment:
+        # The service drains in-flight calls on SIGTERM, after the preStop pause.
+        grace = workload.termination_grace_seconds - PRESTOP_SECONDS - 2
+        rendered = pulumi.Output.from_input(endpoints.redis).apply(
+            lambda redis: yaml.safe_dump(
+                signal_service_config(
+                    endpoints, model, grace, tracing_collector, trace_sampling_percent, redis
+                ),
+                sort_keys=True,
+            )
+        )
+        data: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
+        if endpoints.redis_ca is not None:
+            data[REDIS_CA] = endpoints.redis_ca
+        self.config_map = k8s.core.v1.ConfigMap(
+            f"{self._name}-config-{SIGNAL_SERVICE}",
+            metadata={
+                "name": f"{SIGNAL_SERVICE}-config",
+                "namespace": self.namespace,
+                "labels": _labels(self._labels, SIGNAL_SERVICE),
+            },
+            data=data,
+            immutable=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        grpc_probe = {"grpc": {"port": GRPC_PORT}}
+        container = {
+            "name": SIGNAL_SERVICE,
+            "image": workload.image,
+            # The image's entrypoint is `python -m app`.
+            "args": ["serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+            "ports": [
+                {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            ],
+            "env": [
+                {"name": "GOOGLE_CLOUD_PROJECT", "value": endpoints.project_id},
+                {"name": "NUMBA_CACHE_DIR", "value": "/var/cache/numba"},
+            ],
+            # Numba compiles its kernels on start: give it time before liveness counts.
+            "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
+            "readinessProbe": {**grpc_probe, "periodSeconds": 5, "failureThreshold": 2},
+            "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 3},
+            "volumeMounts": [
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                # The in-process model the service falls back to when Triton is unavailable.
+                {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "numba-cache", "mountPath": "/var/cache/numba"},
+            ],
+        }
+        template = self._pod_template(
+            SIGNAL_SERVICE,
+            workload,
+            container,
+            {
+                "priorityClassName": placement.priority_class,
+                "volumes": [
+                    {"name": "config", "configMap": {"name": f"{SIGNAL_SERVICE}-config"}},
+                    models_volume(model_bucket),
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    {"name": "numba-cache", "emptyDir": {"sizeLimit": "512Mi"}},
+                ],
+            },
+            {
+                **GCS_FUSE_ANNOTATIONS,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+                # A new configuration rolls the pods.
+                "signal-platform/config-sha256": rendered.apply(
+                    lambda text: hashlib.sha256(text.encode()).hexdigest()
+                ),
+            },
+            run_as=65532,  # distroless "nonroot"
+            # The system pool spans the cluster's zones: replicas must too.
+            zone_spread="DoNotSchedule",
+        )
+        return self._deployment(SIGNAL_SERVICE, workload, template)
+
+    def _triton(
+        self, workload: TritonWorkload, placement: Placement, model_bucket: pulumi.Input[str]
+    ) -> k8s.apps.v1.Deployment:
+        http = {"port": TRITON_HTTP_PORT}
+        container = {
+            "name": TRITON,
+            "image": workload.image,
+            "command": ["tritonserver"],
+            "args": [
+                f"--model-repository={MODEL_REPOSITORY}",
+                "--model-control-mode=none",
+                "--strict-readiness=true",
+                f"--http-port={TRITON_HTTP_PORT}",
+                f"--grpc-port={TRITON_GRPC_PORT}",
+                f"--metrics-port={TRITON_METRICS_PORT}",
+                "--allow-gpu-metrics=true",
+                # Finish in-flight inferences on SIGTERM, inside the grace period.
+                f"--exit-timeout-secs={workload.termination_grace_seconds - PRESTOP_SECONDS - 2}",
+            ],
+            "ports": [
+                {"name": "http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
+                {"name": "grpc", "containerPort": TRITON_GRPC_PORT, "protocol": "TCP"},
+                {"name": "http-metrics", "containerPort": TRITON_METRICS_PORT, "protocol": "TCP"},
+            ],
+            # Loading models from the bucket takes a while; only then do the others count.
+            "startupProbe": {
+                "httpGet": {**http, "path": "/v2/health/ready"},
+                "periodSeconds": 5,
+                "failureThreshold": 120,
+            },
+            "readinessProbe": {
+                "httpGet": {**http, "path": "/v2/health/ready"},
+                "periodSeconds": 5,
+                "failureThreshold": 2,
+            },
+            "livenessProbe": {
+                "httpGet": {**http, "path": "/v2/health/live"},
+                "periodSeconds": 10,
+                "failureThreshold": 3,
+            },
+            "volumeMounts": [
+                {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+                {"name": "shm", "mountPath": "/dev/shm"},
+            ],
+        }
+        node_selector = {COMPUTE_CLASS_KEY: placement.compute_class}
+        if placement.accelerator:
+            node_selector[ACCELERATOR_KEY] = placement.accelerator
+        tolerations = [
+            {"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"},
+            {
+                "key": SPOT_TAINT["key"],
+                "operator": "Equal",
+                "value": "true",
+                "effect": "NoSchedule",
+            },
+            {
+                "key": COMPUTE_CLASS_KEY,
+                "operator": "Equal",
+                "value": placement.compute_class,
+                "effect": "NoSchedule",
+            },
+        ]
+        template = self._pod_template(
+            TRITON,
+            workload,
+            container,
+            {
+                "priorityClassName": placement.priority_class,
+                "nodeSelector": node_selector,
+                "tolerations": tolerations,
+                "volumes": [
+                    models_volume(model_bucket),
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                ],
+            },
+            {
+                **GCS_FUSE_ANNOTATIONS,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(TRITON_METRICS_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+            run_as=1000,  # the image's triton-server user
+            # GPU capacity is where spot is: prefer spreading, never wait for it.
+            zone_spread="ScheduleAnyway",
+        )
+        return self._deployment(TRITON, workload, template)
+
+    # ------------------------------------------------------------------ services, scaling
+
+    def _service(self, app: str, ports: Sequence[tuple[str, int, str]]) -> k8s.core.v1.Service:
+        return k8s.core.v1.Service(
+            f"{self._name}-svc-{app}",
+            metadata={
+                "name": app,
+                "namespace": self.namespace,
+                "labels": _labels(self._labels, app),
+            },
+            spec=api_object(
+                {
+                    "type": "ClusterIP",
+                    "selector": {"app": app},
+                    "ports": [
+                        {
+                            "name": port_name,
+                            "port": port,
+                            "targetPort": port_name,
+                            "protocol": "TCP",
+                            "appProtocol": protocol,
+                        }
+                        for port_name, port, protocol in ports
+                    ],
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _autoscaler(
+        self,
+        app: str,
+        workload: Workload,
+        metrics: list[dict[str, Any]],
+        scale_up_window: int,
+        scale_down_window: int,
+    ) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{self._name}-hpa-{app}",
+            metadata={
+                "name": app,
+                "namespace": self.namespace,
+                "labels": _labels(self._labels, app),
+            },
+            spec=api_object(
+                {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
+                    "minReplicas": workload.replicas,
+                    "maxReplicas": workload.max_replicas,
+                    "metrics": metrics,
+                    "behavior": {
+                        "scaleUp": {
+                            "stabilizationWindowSeconds": scale_up_window,
+                            "selectPolicy": "Max",
+                            "policies": [
+                                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                                {"type": "Pods", "value": 4, "periodSeconds": 15},
+                            ],
+                        },
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": scale_down_window,
+                            "selectPolicy": "Min",
+                            "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+                        },
+                    },
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.deployments[app]]),
+        )
+
+    # ------------------------------------------------------------------ network policy
+
+    def _network_policies(
+        self, peer_pod_ranges: Sequence[str], tracing_collector: str
+    ) -> dict[str, k8s.networking.v1.NetworkPolicy]:
+        """Default deny in both directions, then each flow the workloads need, by name."""
+        peers = [{"ipBlock": {"cidr": cidr}} for cidr in peer_pod_ranges]
+        policies: dict[str, dict[str, Any]] = {
+            **baseline_policies(tracing_collector),
+            "allow-metrics-scraping": {
+                "podSelector": {},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [_namespace_peer(MONITORING_NAMESPACE)],
+                        "ports": _tcp(MERGED_METRICS_PORT),
+                    }
+                ],
+            },
+            f"{SIGNAL_SERVICE}-ingress": {
+                # The gateways: this region's, and other regions' on failover.
+                "podSelector": _app_peer(SIGNAL_SERVICE)["podSelector"],
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [
+                            {**_namespace_peer(GATEWAY_NAMESPACE), **_app_peer(GATEWAY)},
+                            *peers,
+                        ],
+                        "ports": _tcp(GRPC_PORT),
+                    }
+                ],
+            },
+            f"{SIGNAL_SERVICE}-egress": {
+                "podSelector": _app_peer(SIGNAL_SERVICE)["podSelector"],
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {"to": [_app_peer(TRITON), *peers], "ports": _tcp(TRITON_GRPC_PORT)},
+                    {
+                        "to": [{"ipBlock": {"cidr": REDIS_RANGE}}],
+                        "ports": [
+                            {"protocol": "TCP", "port": port, **({"endPort": end} if end else {})}
+                            for port, end in REDIS_PORTS
+                        ],
+                    },
+                ],
+            },
+            f"{TRITON}-ingress": {
+                "podSelector": _app_peer(TRITON)["podSelector"],
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [_app_peer(SIGNAL_SERVICE), *peers], "ports": _tcp(TRITON_GRPC_PORT)}
+                ],
+            },
+        }
+        return {
+            policy: network_policy(
+                f"{self._name}-netpol-{policy}", policy, self.namespace, spec, self._labels, self
+            )
+            for policy, spec in policies.items()
+        }
+
+
+def _namespace_peer(name: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+
+def _app_peer(name: str) -> dict[str, Any]:
+    return {"podSelector": {"matchLabels": {"app": name}}}
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
+def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
+    """The NetworkPolicies every mesh namespace starts from: deny all, then DNS, the mesh
+    (istiod), Workload Identity (metadata server), Google APIs over Private Google Access and
+    the trace collector."""
+    host, port = tracing_collector.rsplit(":", 1)
+    collector_namespace = host.split(".")[1]
+    return {
+        "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        "allow-dns": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [_namespace_peer("kube-system")],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }
+            ],
+        },
+        "allow-platform": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{**_namespace_peer(ISTIO_NAMESPACE), **_app_peer("istiod")}],
+                    "ports": _tcp(15012),
+                },
+                *(
+                    {"to": [{"ipBlock": {"cidr": cidr}}], "ports": _tcp(metadata_port)}
+                    for cidr, metadata_port in METADATA_SERVER
+                ),
+                {
+                    "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
+                    "ports": _tcp(443),
+                },
+                {"to": [_namespace_peer(collector_namespace)], "ports": _tcp(int(port))},
+            ],
+        },
+    }
+
+
+def network_policy(
+    resource: str,
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    labels: Mapping[str, str],
+    parent: pulumi.Resource,
+) -> k8s.networking.v1.NetworkPolicy:
+    return k8s.networking.v1.NetworkPolicy(
+        resource,
+        metadata={
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "signal-platform", **labels},
+        },
+        spec=api_object(dict(spec)),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def metrics_adapter_grant(
+    name: str,
+    project_id: str,
+    project_number: pulumi.Input[str],
+    opts: pulumi.ResourceOptions | None = None,
+) -> gcp.projects.IAMMember:
+    """Lets every cluster's metrics adapter read Cloud Monitoring, as its Kubernetes service
+    account (a Workload Identity Federation principal: no Google service account, no key).
+    The principal names the namespace and account, not the cluster: one grant per project."""
+    return gcp.projects.IAMMember(
+        name,
+        project=project_id,
+        role="roles/monitoring.viewer",
+        member=pulumi.Output.from_input(project_number).apply(
+            lambda n: (
+                f"principal://iam.googleapis.com/projects/{n}/locations/global/"
+                f"workloadIdentityPools/{project_id}.svc.id.goog/subject/ns/{METRICS_NAMESPACE}"
+                f"/sa/{METRICS_ADAPTER}"
+            )
+        ),
+        opts=opts,
+    )
+
+
+class MetricsAdapter(pulumi.ComponentResource):
+    """The Custom Metrics Stackdriver Adapter: Cloud Monitoring metrics for HPAs.
+
+    From GoogleCloudPlatform/k8s-stackdriver's `adapter_new_resource_model.yaml`, hardened
+    (non-root on an unprivileged port, read-only root filesystem) and inside the mesh like every
+    namespace: injected, default deny, NetworkPolicies. Only its API port bypasses the sidecar:
+    the Kubernetes API server calls it with TLS from outside the mesh. It reads metrics as its
+    Kubernetes service account, which `metrics_adapter_grant` lets read Cloud Monitoring.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        image: str,
+        control_plane_cidr: str,
+        tracing_collector: str,
+        labels: Mapping[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:MetricsAdapter", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        meta = _labels(labels, METRICS_ADAPTER) | {"app.kubernetes.io/name": METRICS_ADAPTER}
+        selector = {"app.kubernetes.io/name": METRICS_ADAPTER}
+        adapter = {
+            "kind": "ServiceAccount",
+            "name": METRICS_ADAPTER,
+            "namespace": METRICS_NAMESPACE,
+        }
+
+        self.namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace",
+            metadata={
+                "name": METRICS_NAMESPACE,
+                "labels": meta
+                | {
+                    "istio-injection": "enabled",
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                },
+            },
+            opts=child,
+        )
+        in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
+        self.service_account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
+            automount_service_account_token=True,  # it calls the Kubernetes API
+            opts=in_namespace,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-auth-delegator",
+            metadata={"name": "custom-metrics:system:auth-delegator", "labels": meta},
+            role_ref=api_object(
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:auth-delegator",
+                }
+            ),
+            subjects=api_object([adapter]),
+            opts=child,
+        )
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-auth-reader",
+            metadata={
+                "name": "custom-metrics-auth-reader",
+                "namespace": "kube-system",
+                "labels": meta,
+            },
+            role_ref=api_object(
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "extension-apiserver-authentication-reader",
+                }
+            ),
+            subjects=api_object([adapter]),
+            opts=child,
+        )
+        reader = k8s.rbac.v1.ClusterRole(
+            f"{name}-resource-reader",
+            metadata={"name": "custom-metrics-resource-reader", "labels": meta},
+            rules=api_object(
+                [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["pods", "nodes", "nodes/stats"],
+                        "verbs": ["get", "list", "watch"],
+                    }
+                ]
+            ),
+            opts=child,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-resource-reader",
+            metadata={"name": "custom-metrics-resource-reader", "labels": meta},
+            role_ref=api_object(
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "custom-metrics-resource-reader",
+                }
+            ),
+            subjects=api_object([adapter]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[reader]),
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
+            spec=api_object(
+                {
+                    "replicas": 2,
+                    "selector": {"matchLabels": selector},
+                    "template": {
+                        "metadata": {
+                            "labels": meta,
+                            "annotations": {
+                                "traffic.sidecar.istio.io/excludeInboundPorts": str(
+                                    METRICS_ADAPTER_PORT
+                                )
+                            },
+                        },
+                        "spec": {
+                            "serviceAccountName": METRICS_ADAPTER,
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "runAsUser": 65532,
+                                "runAsGroup": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                            "topologySpreadConstraints": [
+                                {
+                                    "maxSkew": 1,
+                                    "topologyKey": "topology.kubernetes.io/zone",
+                                    "whenUnsatisfiable": "ScheduleAnyway",
+                                    "labelSelector": {"matchLabels": selector},
+                                }
+                            ],
+                            "containers": [
+                                {
+                                    "name": "adapter",
+                                    "image": image,
+                                    "command": [
+                                        "/adapter",
+                                        "--use-new-resource-model=true",
+                                        "--fallback-for-container-metrics=true",
+                                        f"--secure-port={METRICS_ADAPTER_PORT}",
+                                        "--cert-dir=/tmp/certs",
+                                    ],
+                                    "ports": [
+                                        {"name": "https", "containerPort": METRICS_ADAPTER_PORT}
+                                    ],
+                                    "resources": {
+                                        "requests": {"cpu": "250m", "memory": "200Mi"},
+                                        "limits": {"cpu": "500m", "memory": "400Mi"},
+                                    },
+                                    "securityContext": RESTRICTED_CONTAINER,
+                                    "readinessProbe": {
+                                        "tcpSocket": {"port": METRICS_ADAPTER_PORT},
+                                        "periodSeconds": 10,
+                                    },
+                                    "livenessProbe": {
+                                        "tcpSocket": {"port": METRICS_ADAPTER_PORT},
+                                        "periodSeconds": 20,
+                                        "failureThreshold": 3,
+                                    },
+                                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                                }
+                            ],
+                            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                        },
+                    },
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_account]),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
+            spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": selector}}),
+            opts=in_namespace,
+        )
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
+            spec=api_object(
+                {
+                    "type": "ClusterIP",
+                    "selector": selector,
+                    "ports": [
+                        {
+                            "name": "https",
+                            "port": 443,
+                            "targetPort": METRICS_ADAPTER_PORT,
+                            "protocol": "TCP",
+                        }
+                    ],
+                }
+            ),
+            opts=in_namespace,
+        )
+        for group, version, priority in (
+            ("custom.metrics.k8s.io", "v1beta1", 100),
+            ("custom.metrics.k8s.io", "v1beta2", 200),
+            ("external.metrics.k8s.io", "v1beta1", 100),
+        ):
+            k8s.apiregistration.v1.APIService(
+                f"{name}-api-{version}-{group.split('.')[0]}",
+                metadata={"name": f"{version}.{group}", "labels": meta},
+                spec=api_object(
+                    {
+                        "group": group,
+                        "version": version,
+                        "groupPriorityMinimum": 100,
+                        "versionPriority": priority,
+                        # The adapter serves a self-signed certificate, as upstream ships it.
+                        "insecureSkipTLSVerify": True,
+                        "service": {"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE},
+                    }
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service]),
+            )
+        external_reader = k8s.rbac.v1.ClusterRole(
+            f"{name}-external-reader",
+            metadata={"name": "external-metrics-reader", "labels": meta},
+            rules=api_object(
+                [
+                    {
+                        "apiGroups": ["external.metrics.k8s.io"],
+                        "resources": ["*"],
+                        "verbs": ["list", "get", "watch"],
+                    }
+                ]
+            ),
+            opts=child,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-external-reader",
+            metadata={"name": "external-metrics-reader", "labels": meta},
+            role_ref=api_object(
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "external-metrics-reader",
+                }
+            ),
+            subjects=api_object(
+                [
+                    {
+                        "kind": "ServiceAccount",
+                        "name": "horizontal-pod-autoscaler",
+                        "namespace": "kube-system",
+                    }
+                ]
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[external_reader]),
+        )
+        self.default_deny = k8s.apiextensions.CustomResource(
+            f"{name}-deny",
+            api_version="security.istio.io/v1",
+            kind="AuthorizationPolicy",
+            metadata={"name": "default-deny", "namespace": METRICS_NAMESPACE, "labels": meta},
+            spec={},
+            opts=in_namespace,
+        )
+        policies: dict[str, dict[str, Any]] = {
+            **baseline_policies(tracing_collector),
+            "api-server": {
+                # The API server proxies metric reads to it, and it delegates authentication
+                # and authorization back to the API server.
+                "podSelector": {"matchLabels": selector},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    {
+                        "from": [{"ipBlock": {"cidr": control_plane_cidr}}],
+                        "ports": _tcp(METRICS_ADAPTER_PORT),
+                    }
+                ],
+                "egress": [{"to": [{"ipBlock": {"cidr": control_plane_cidr}}], "ports": _tcp(443)}],
+            },
+        }
+        self.network_policies = {
+            policy: network_policy(
+                f"{name}-netpol-{policy}", policy, METRICS_NAMESPACE, spec, labels, self
+            )
+            for policy, spec in policies.items()
+        }
+        self.register_outputs({"namespace": self.namespace.metadata.name})

@@ -1,0 +1,375 @@
+"""GKE clusters, node pools, ComputeClass, PriorityClasses and the Kubernetes provider, as the
+policy pack sees them in each stack's plan, and the cluster settings' validation."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra.cluster import INFERENCE_COMPUTE_CLASS, kubeconfig, spot_first
+from infra.config import ConfigError, GpuPool, StackConfig, load_catalog
+from tests.infra.test_config import load, stack_values
+from tools.inventory import Inventory, Resource, provider_urn
+
+CLUSTER = "gcp:container/cluster:Cluster"
+NODE_POOL = "gcp:container/nodePool:NodePool"
+COMPUTE_CLASS = "kubernetes:cloud.google.com/v1:ComputeClass"
+PRIORITY_CLASS = "kubernetes:scheduling.k8s.io/v1:PriorityClass"
+K8S_PROVIDER = "pulumi:providers:kubernetes"
+KEY = "gcp:kms/cryptoKey:CryptoKey"
+ACCOUNT = "gcp:serviceaccount/account:Account"
+
+
+def config_of(plan: Inventory) -> StackConfig:
+    return StackConfig.load(plan.stack, stack_values(plan.stack))
+
+
+def clusters(plan: Inventory) -> dict[str, Resource]:
+    return {c.inputs["location"]: c for c in plan.of_type(CLUSTER)}
+
+
+def pools_of(plan: Inventory, cluster: Resource) -> dict[str, Resource]:
+    """A cluster's node pools by pool name (the pool's `cluster` input is the cluster's id)."""
+    region, name = cluster.inputs["location"], cluster.inputs["name"]
+    return {
+        p.inputs["name"]: p
+        for p in plan.of_type(NODE_POOL)
+        if p.inputs["cluster"].endswith(f"/locations/{region}/clusters/{name}")
+    }
+
+
+# ---------------------------------------------------------------- clusters
+
+
+def test_one_cluster_per_region(stack_plan: Inventory):
+    assert sorted(clusters(stack_plan)) == sorted(stack_plan.outputs["regions"])
+    regions = stack_plan.regions()
+    for region, cluster in clusters(stack_plan).items():
+        assert regions[cluster.urn] == region
+        assert cluster.inputs["name"] == f"signal-{region}"
+
+
+def test_clusters_are_private_with_restricted_control_plane(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    for region, cluster in clusters(stack_plan).items():
+        private = cluster.inputs["privateClusterConfig"]
+        assert private["enablePrivateNodes"] is True
+        assert private["enablePrivateEndpoint"] is cfg.cluster.private_endpoint
+        assert private["masterIpv4CidrBlock"] == cfg.region(region).network.master_cidr
+        authorized = cluster.inputs["masterAuthorizedNetworksConfig"]
+        cidrs = [b["cidrBlock"] for b in authorized["cidrBlocks"]]
+        assert cidrs == [n.cidr for n in cfg.cluster.master_authorized_networks]
+        assert "0.0.0.0/0" not in cidrs and authorized["gcpPublicCidrsAccessEnabled"] is False
+    assert clusters(stack_plan)  # the loop above ran
+
+
+def test_prod_control_plane_has_a_private_endpoint(prod_plan: Inventory, dev_plan: Inventory):
+    for cluster in prod_plan.of_type(CLUSTER):
+        assert cluster.inputs["privateClusterConfig"]["enablePrivateEndpoint"] is True
+    for cluster in dev_plan.of_type(CLUSTER):
+        assert cluster.inputs["privateClusterConfig"]["enablePrivateEndpoint"] is False
+
+
+def test_clusters_are_hardened(stack_plan: Inventory):
+    project = stack_plan.outputs["project"]
+    for cluster in stack_plan.of_type(CLUSTER):
+        i = cluster.inputs
+        assert i["workloadIdentityConfig"] == {"workloadPool": f"{project}.svc.id.goog"}
+        assert i["enableShieldedNodes"] is True
+        assert i["datapathProvider"] == "ADVANCED_DATAPATH"
+        assert i["networkingMode"] == "VPC_NATIVE"
+        assert i["ipAllocationPolicy"]["clusterSecondaryRangeName"] == "pods"
+        assert i["ipAllocationPolicy"]["servicesSecondaryRangeName"] == "services"
+        assert i["binaryAuthorization"] == {"evaluationMode": "PROJECT_SINGLETON_POLICY_ENFORCE"}
+        assert i["securityPostureConfig"] == {
+            "mode": "BASIC",
+            "vulnerabilityMode": "VULNERABILITY_BASIC",
+        }
+        assert i["enableLegacyAbac"] is False and i["enableKubernetesAlpha"] is False
+        assert i["masterAuth"]["clientCertificateConfig"] == {"issueClientCertificate": False}
+        assert i["removeDefaultNodePool"] is True
+        assert i["enableIntranodeVisibility"] is True
+
+
+def test_clusters_observe_and_mount_models_and_track_cost(stack_plan: Inventory):
+    for cluster in stack_plan.of_type(CLUSTER):
+        i = cluster.inputs
+        assert i["monitoringConfig"]["managedPrometheus"] == {"enabled": True}
+        assert "SYSTEM_COMPONENTS" in i["monitoringConfig"]["enableComponents"]
+        assert set(i["loggingConfig"]["enableComponents"]) == {"SYSTEM_COMPONENTS", "WORKLOADS"}
+        assert i["addonsConfig"]["gcsFuseCsiDriverConfig"] == {"enabled": True}
+        assert i["costManagementConfig"] == {"enabled": True}
+        assert i["clusterAutoscaling"]["autoscalingProfile"] == "OPTIMIZE_UTILIZATION"
+
+
+def test_release_channel_version_and_maintenance_from_config(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    for region, cluster in clusters(stack_plan).items():
+        settings = cfg.region(region).cluster
+        assert cluster.inputs["releaseChannel"] == {"channel": settings.release_channel}
+        assert cluster.inputs["minMasterVersion"] == settings.kubernetes_minor_version
+        window = cluster.inputs["maintenancePolicy"]["recurringWindow"]
+        assert window == {
+            "startTime": settings.maintenance.start_time,
+            "endTime": settings.maintenance.end_time,
+            "recurrence": settings.maintenance.recurrence,
+        }
+        assert cluster.inputs["nodeLocations"] == list(
+            load_catalog().zones[region][: settings.node_zones]
+        )
+
+
+def test_secrets_are_encrypted_with_the_regions_key(stack_plan: Inventory):
+    for region, cluster in clusters(stack_plan).items():
+        encryption = cluster.inputs["databaseEncryption"]
+        assert encryption["state"] == "ENCRYPTED"
+        assert encryption["keyName"].endswith(f"/keyRings/{region}-keys/cryptoKeys/gke-secrets")
+
+
+def test_deletion_protection_in_prod_only(prod_plan: Inventory, dev_plan: Inventory):
+    for cluster in prod_plan.of_type(CLUSTER):
+        assert cluster.inputs["deletionProtection"] is True and cluster.options["protect"]
+    for cluster in dev_plan.of_type(CLUSTER):
+        assert cluster.inputs["deletionProtection"] is False and not cluster.options["protect"]
+
+
+def test_clusters_carry_cost_labels(stack_plan: Inventory):
+    labels = config_of(stack_plan).labels
+    for cluster in stack_plan.of_type(CLUSTER):
+        assert cluster.inputs["resourceLabels"] == labels
+
+
+# ---------------------------------------------------------------- node pools
+
+
+def test_every_pool_is_hardened_with_its_own_account(stack_plan: Inventory):
+    project = stack_plan.outputs["project"]
+    labels = config_of(stack_plan).labels
+    pools = stack_plan.of_type(NODE_POOL)
+    assert pools
+    for pool in pools:
+        node = pool.inputs["nodeConfig"]
+        name, region = pool.inputs["name"], pool.inputs["location"]
+        assert node["serviceAccount"] == f"gke-nodes-{name}@{project}.iam.gserviceaccount.com"
+        assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+        assert node["imageType"] == "COS_CONTAINERD"
+        assert node["shieldedInstanceConfig"] == {
+            "enableSecureBoot": True,
+            "enableIntegrityMonitoring": True,
+        }
+        assert node["bootDiskKmsKey"].endswith(f"/keyRings/{region}-keys/cryptoKeys/disks")
+        assert node["metadata"] == {"disable-legacy-endpoints": "true"}
+        assert node["resourceLabels"] == labels
+        assert pool.inputs["management"] == {"autoRepair": True, "autoUpgrade": True}
+        assert pool.inputs["upgradeSettings"]["maxUnavailable"] == 0
+    accounts = {a.inputs["accountId"] for a in stack_plan.of_type(ACCOUNT)}
+    assert {f"gke-nodes-{p.inputs['name']}" for p in pools} <= accounts
+
+
+def test_system_pool_is_on_demand_and_sized_from_config(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    for region, cluster in clusters(stack_plan).items():
+        system = pools_of(stack_plan, cluster)["system"]
+        settings = cfg.region(region).node_pools.system
+        node = system.inputs["nodeConfig"]
+        assert node["spot"] is False and node["taints"] == [] and node["guestAccelerators"] == []
+        assert node["machineType"] == settings.machine_type
+        assert system.inputs["autoscaling"] == {
+            "minNodeCount": settings.min_nodes,
+            "maxNodeCount": settings.max_nodes,
+            "locationPolicy": "BALANCED",
+        }
+
+
+def test_gpu_pools_are_spot_tainted_shared_and_scale_from_zero(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    for region, cluster in clusters(stack_plan).items():
+        pools = pools_of(stack_plan, cluster)
+        expected = cfg.region(region).node_pools.gpu
+        assert set(pools) == {"system", *(p.name for p in expected)}
+        for settings in expected:
+            pool = pools[settings.name]
+            node = pool.inputs["nodeConfig"]
+            assert node["spot"] is settings.spot
+            assert node["machineType"] == settings.machine_type
+            (accelerator,) = node["guestAccelerators"]
+            assert accelerator["type"] == settings.accelerator_type
+            assert accelerator["count"] == settings.accelerator_count
+            assert accelerator["gpuDriverInstallationConfig"] == {
+                "gpuDriverVersion": settings.driver_version
+            }
+            assert accelerator["gpuSharingConfig"] == {
+                "gpuSharingStrategy": settings.sharing_strategy,
+                "maxSharedClientsPerGpu": settings.max_shared_clients_per_gpu,
+            }
+            taints = {(t["key"], t["value"], t["effect"]) for t in node["taints"]}
+            assert ("nvidia.com/gpu", "present", "NO_SCHEDULE") in taints
+            assert (
+                "cloud.google.com/compute-class",
+                INFERENCE_COMPUTE_CLASS,
+                "NO_SCHEDULE",
+            ) in taints
+            spot_taint = ("cloud.google.com/gke-spot", "true", "NO_SCHEDULE")
+            assert (spot_taint in taints) is settings.spot
+            assert node["labels"]["cloud.google.com/compute-class"] == INFERENCE_COMPUTE_CLASS
+            assert pool.inputs["autoscaling"] == {
+                "totalMinNodeCount": settings.min_nodes,
+                "totalMaxNodeCount": settings.max_nodes,
+                "locationPolicy": "ANY",
+            }
+            assert settings.min_nodes == 0
+            offered = load_catalog().gpus_in(region)[settings.accelerator_type]
+            assert pool.inputs["nodeLocations"] == list(offered)
+
+
+def test_dev_shares_each_gpu_between_four_clients(dev_plan: Inventory):
+    (pool,) = [p for p in dev_plan.of_type(NODE_POOL) if p.inputs["name"] == "l4-spot"]
+    (accelerator,) = pool.inputs["nodeConfig"]["guestAccelerators"]
+    assert accelerator["gpuSharingConfig"]["maxSharedClientsPerGpu"] == 4
+
+
+def test_prod_has_an_on_demand_fallback_beside_each_spot_pool(prod_plan: Inventory):
+    for cluster in clusters(prod_plan).values():
+        pools = pools_of(prod_plan, cluster)
+        spot = {n for n, p in pools.items() if p.inputs["nodeConfig"]["spot"]}
+        on_demand_gpu = {
+            n
+            for n, p in pools.items()
+            if not p.inputs["nodeConfig"]["spot"] and p.inputs["nodeConfig"]["guestAccelerators"]
+        }
+        assert spot == {"l4-spot"} and on_demand_gpu == {"l4-ondemand"}
+
+
+# ---------------------------------------------------------------- ComputeClass, priorities
+
+
+def compute_classes(plan: Inventory) -> dict[str, Resource]:
+    """Each region's ComputeClass, by the region its provider resolves to."""
+    regions = plan.regions()
+    return {regions[c.urn]: c for c in plan.of_type(COMPUTE_CLASS)}  # type: ignore[misc]
+
+
+def test_compute_class_puts_spot_first_then_on_demand(stack_plan: Inventory):
+    classes = compute_classes(stack_plan)
+    assert sorted(classes) == sorted(stack_plan.outputs["regions"])
+    for region, compute_class in classes.items():
+        pools = pools_of(stack_plan, clusters(stack_plan)[region])
+        spec = compute_class.inputs["spec"]
+        assert compute_class.inputs["metadata"]["name"] == INFERENCE_COMPUTE_CLASS
+        order = [p["nodepools"] for p in spec["priorities"]]
+        assert all(len(names) == 1 for names in order)
+        spot_flags = [pools[names[0]].inputs["nodeConfig"]["spot"] for names in order]
+        assert spot_flags == sorted(spot_flags, reverse=True), "every spot pool before on-demand"
+        assert spot_flags[0] is True
+        assert {names[0] for names in order} == set(pools) - {"system"}
+        assert spec["nodePoolAutoCreation"] == {"enabled": False}
+        assert spec["whenUnsatisfiable"] == "DoNotScaleUp"
+        assert spec["activeMigration"] == {"optimizeRulePriority": True}
+
+
+def test_prod_compute_class_falls_back_to_on_demand(prod_plan: Inventory):
+    for compute_class in prod_plan.of_type(COMPUTE_CLASS):
+        order = [p["nodepools"] for p in compute_class.inputs["spec"]["priorities"]]
+        assert order == [["l4-spot"], ["l4-ondemand"]]
+
+
+def test_spot_first_orders_whatever_the_config_order():
+    pools = [
+        GpuPool(name="a-ondemand", spot=False),
+        GpuPool(name="b-spot"),
+        GpuPool(name="c-ondemand", spot=False),
+        GpuPool(name="d-spot"),
+    ]
+    assert [p.name for p in spot_first(pools)] == ["b-spot", "d-spot", "a-ondemand", "c-ondemand"]
+
+
+def test_inference_outranks_batch(stack_plan: Inventory):
+    classes = {p.inputs["metadata"]["name"]: p.inputs for p in stack_plan.of_type(PRIORITY_CLASS)}
+    inference, batch = classes["signal-inference"], classes["signal-batch"]
+    assert inference["value"] > batch["value"]
+    assert inference["preemptionPolicy"] == "PreemptLowerPriority"
+    assert batch["preemptionPolicy"] == "Never"
+    assert not inference["globalDefault"] and not batch["globalDefault"]
+    assert len(stack_plan.of_type(PRIORITY_CLASS)) == 2 * len(stack_plan.outputs["regions"])
+
+
+# ---------------------------------------------------------------- Kubernetes provider
+
+
+def test_one_kubernetes_provider_per_cluster_from_its_outputs(stack_plan: Inventory):
+    index = stack_plan.by_urn()
+    regions = stack_plan.regions()
+    providers = stack_plan.of_type(K8S_PROVIDER)
+    assert len(providers) == len(stack_plan.outputs["regions"])
+    for provider in providers:
+        cluster = index[provider.parent]  # type: ignore[index]
+        assert cluster.type == CLUSTER
+        assert regions[provider.urn] == cluster.inputs["location"]
+        config = yaml.safe_load(provider.inputs["kubeconfig"])
+        (entry,) = config["clusters"]
+        assert entry["name"] == cluster.inputs["name"]
+        assert entry["cluster"]["server"].startswith("https://172.16.")
+        assert entry["cluster"]["certificate-authority-data"]
+        (user,) = config["users"]
+        assert user["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"
+        assert "token" not in user["user"] and "client-key-data" not in user["user"]
+        system_pool = f"{cluster.inputs['location']}-cluster-system"
+        assert any(d.endswith(f"::{system_pool}") for d in provider.options["dependencies"]), (
+            "the provider waits for the system pool"
+        )
+
+
+def test_every_kubernetes_object_resolves_to_its_clusters_region(stack_plan: Inventory):
+    regions = stack_plan.regions()
+    index = stack_plan.by_urn()
+    objects = [r for r in stack_plan.resources if r.type.startswith("kubernetes:")]
+    assert objects
+    for resource in objects:
+        provider = index[provider_urn(resource.provider)]  # type: ignore[index]
+        assert provider.type == K8S_PROVIDER
+        assert regions[resource.urn] == regions[provider.urn] is not None
+
+
+def test_kubeconfig_is_exec_based():
+    config = yaml.safe_load(kubeconfig("c", "10.0.0.2", "Q0E="))
+    assert config["current-context"] == "c"
+    assert config["clusters"][0]["cluster"] == {
+        "server": "https://10.0.0.2",
+        "certificate-authority-data": "Q0E=",
+    }
+    assert config["users"][0]["user"]["exec"]["interactiveMode"] == "Never"
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        (
+            {"kubernetesMinorVersion": "1.33.4"},
+            "cluster.kubernetesMinorVersion: must be a Kubernetes minor",
+        ),
+        ({"nodeZones": 5}, "cluster.nodeZones"),
+        ({"securityPosture": "DISABLED"}, "cluster.securityPosture"),
+        (
+            {"kubernetesMinorVersion": "1.29"},
+            "Istio 1.30.5 does not support this Kubernetes version (got '1.29'); allowed: 1.32, 1.33",
+        ),
+    ],
+)
+def test_bad_cluster_settings_name_the_key(changes: dict, fragment: str):
+    with pytest.raises(ConfigError) as exc:
+        load("dev", cluster=changes)
+    assert fragment in str(exc.value)
+
+
+def test_prod_pins_the_metrics_adapter_by_digest():
+    cluster = {"metricsAdapterImage": "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v1"}
+    with pytest.raises(ConfigError) as exc:
+        load("prod", cluster=cluster)
+    assert (
+        "signal-platform:cluster.metricsAdapterImage: prod images must be pinned by digest"
+        in str(exc.value)
+    )
+    assert load("dev", cluster=cluster).cluster.metrics_adapter_image.endswith(":v1")

@@ -1,0 +1,545 @@
+"""The signal service and Triton on every cluster, the metrics adapter, and the workload
+settings' validation, as the policy pack sees them in each stack's plan."""
+
+from __future__ import annotations
+
+import hashlib
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from app.config import load_config
+from app.model.triton import TritonModelConfig, render_config_pbtxt
+from infra.config import ConfigError, StackConfig
+from infra.workloads import (
+    GPU_DUTY_CYCLE_METRIC,
+    REQUEST_RATE_METRIC,
+    ServiceEndpoints,
+    server_ca_bundle,
+    signal_service_config,
+)
+from tests.infra.test_config import edited, load, stack_values
+from tools.inventory import Inventory, Resource
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+POD_MONITORING = "kubernetes:monitoring.googleapis.com/v1:PodMonitoring"
+APISERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
+PROJECT_IAM = "gcp:projects/iAMMember:IAMMember"
+APPS = ("signal-service", "triton")
+
+
+def config_of(plan: Inventory) -> StackConfig:
+    return StackConfig.load(plan.stack, stack_values(plan.stack))
+
+
+def in_signals(plan: Inventory, type_token: str) -> dict[str, dict[str, Resource]]:
+    """region → object name → object, for the objects of the `signals` namespace."""
+    regions = plan.regions()
+    found: dict[str, dict[str, Resource]] = {r: {} for r in plan.outputs["regions"]}
+    for resource in plan.of_type(type_token):
+        if resource.inputs["metadata"].get("namespace") == "signals":
+            found[regions[resource.urn]][resource.inputs["metadata"]["name"]] = resource  # type: ignore[index]
+    return found
+
+
+def pod(deployment: Resource) -> dict[str, Any]:
+    return deployment.inputs["spec"]["template"]["spec"]
+
+
+def container(deployment: Resource) -> dict[str, Any]:
+    (only,) = pod(deployment)["containers"]
+    return only
+
+
+# ---------------------------------------------------------------- one set per region
+
+
+def test_one_workload_set_per_region(stack_plan: Inventory):
+    for type_token, names in (
+        (DEPLOYMENT, set(APPS)),
+        (SERVICE, set(APPS)),
+        (SERVICE_ACCOUNT, set(APPS)),
+        (HPA, set(APPS)),
+        (PDB, set(APPS)),
+        (POD_MONITORING, set(APPS)),
+    ):
+        by_region = in_signals(stack_plan, type_token)
+        assert sorted(by_region) == sorted(stack_plan.outputs["regions"])
+        for region, objects in by_region.items():
+            assert set(objects) == names, (type_token, region)
+
+
+def test_service_accounts_act_as_their_google_accounts(stack_plan: Inventory):
+    emails = stack_plan.outputs["serviceAccounts"]
+    for accounts in in_signals(stack_plan, SERVICE_ACCOUNT).values():
+        for name, account in accounts.items():
+            annotations = account.inputs["metadata"]["annotations"]
+            assert annotations == {"iam.gke.io/gcp-service-account": emails[name]}
+            assert account.inputs["automountServiceAccountToken"] is False
+
+
+# ---------------------------------------------------------------- pods
+
+
+def test_every_pod_is_restricted(stack_plan: Inventory):
+    deployments = stack_plan.of_type(DEPLOYMENT)
+    assert len(deployments) == 3 * len(stack_plan.outputs["regions"])  # + the metrics adapter
+    for deployment in deployments:
+        spec = pod(deployment)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["serviceAccountName"] not in ("", "default")
+        for c in spec["containers"]:
+            assert c["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }
+            assert c["readinessProbe"] and c["livenessProbe"]
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+            assert c["resources"]["limits"]["memory"]
+
+
+def test_workloads_leave_spot_gracefully(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    settings = {"signal-service": cfg.workloads.signal_service, "triton": cfg.workloads.triton}
+    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+        for name, deployment in deployments.items():
+            spec = pod(deployment)
+            grace = spec["terminationGracePeriodSeconds"]
+            assert grace == settings[name].termination_grace_seconds <= 25
+            assert container(deployment)["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+            assert spec["priorityClassName"] == "signal-inference"
+            assert spec["automountServiceAccountToken"] is False
+            zones = [
+                t
+                for t in spec["topologySpreadConstraints"]
+                if t["topologyKey"] == "topology.kubernetes.io/zone"
+            ]
+            assert zones and zones[0]["labelSelector"] == {"matchLabels": {"app": name}}
+            strategy = deployment.inputs["spec"]["strategy"]["rollingUpdate"]
+            assert strategy == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_prod_runs_two_replicas_across_zones(prod_plan: Inventory):
+    for deployments in in_signals(prod_plan, DEPLOYMENT).values():
+        for deployment in deployments.values():
+            assert deployment.inputs["spec"]["replicas"] >= 2
+        service = pod(deployments["signal-service"])["topologySpreadConstraints"][0]
+        assert service["whenUnsatisfiable"] == "DoNotSchedule"
+
+
+def test_signal_service_image_probes_resources_and_scratch_space(stack_plan: Inventory):
+    settings = config_of(stack_plan).workloads.signal_service
+    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+        deployment = deployments["signal-service"]
+        c = container(deployment)
+        assert c["image"] == settings.image
+        assert deployment.inputs["spec"]["replicas"] == settings.replicas
+        assert c["resources"] == {
+            "requests": settings.resources.requests,
+            "limits": settings.resources.limits,
+        }
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"] == {"port": 50051}
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts == {"/etc/signal-service", "/models", "/tmp", "/var/cache/numba"}
+        volumes = {v["name"]: v for v in pod(deployment)["volumes"]}
+        assert volumes["config"] == {
+            "name": "config",
+            "configMap": {"name": "signal-service-config"},
+        }
+        assert "emptyDir" in volumes["tmp"] and "emptyDir" in volumes["numba-cache"]
+
+
+def test_prod_images_are_pinned_by_digest(prod_plan: Inventory):
+    for deployment in prod_plan.of_type(DEPLOYMENT):
+        for c in pod(deployment)["containers"]:
+            assert "@sha256:" in c["image"], deployment.name
+
+
+def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inventory, tmp_path):
+    """The rendered file loads in the service's own config model: the contract with app/."""
+    cfg = config_of(stack_plan)
+    redis = stack_plan.outputs["redis"]
+    config_maps = in_signals(stack_plan, CONFIG_MAP)
+    for region, deployments in in_signals(stack_plan, DEPLOYMENT).items():
+        deployment = deployments["signal-service"]
+        c = container(deployment)
+        assert c["args"] == ["serve", "--config", "/etc/signal-service/config.yaml"]
+        mount = {"name": "config", "mountPath": "/etc/signal-service", "readOnly": True}
+        assert mount in c["volumeMounts"]
+        data = config_maps[region]["signal-service-config"].inputs["data"]
+        text = data["config.yaml"]
+        annotations = deployment.inputs["spec"]["template"]["metadata"]["annotations"]
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert annotations["signal-platform/config-sha256"] == digest
+        path = tmp_path / f"{region}.yaml"
+        path.write_text(text)
+        app = load_config(path)
+        assert app.kserve.url == "triton.signals.svc.cluster.local:8001"
+        assert app.kserve.model_name == cfg.workloads.triton.model.name
+        assert app.batcher.max_batch_size == cfg.workloads.triton.model.max_batch_size
+        assert app.server.port == 50051 and app.server.host == "0.0.0.0"
+        assert app.server.grace_s + 5 < cfg.workloads.signal_service.termination_grace_seconds
+        assert app.cache.redis is not None
+        assert app.cache.redis.nodes == [redis[region]], "each region its own cache"
+        assert app.cache.redis.tls and app.cache.redis.auth == "iam"
+        assert str(app.cache.redis.ca_file) == "/etc/signal-service/redis-ca.pem"
+        assert "redis-ca.pem" in data
+        assert (app.publish.sink, app.publish.project) == ("pubsub", cfg.project_id)
+        assert app.publish.ticks_topic == cfg.pubsub.ticks_topic
+        assert app.publish.signals_topic == cfg.pubsub.signals_topic
+        assert (app.warehouse.backend, app.warehouse.project) == ("bigquery", cfg.project_id)
+        assert app.warehouse.dataset == cfg.bigquery.dataset_id
+        assert app.telemetry.metrics_port == 9090
+        assert app.telemetry.otlp_endpoint == cfg.mesh.tracing_collector
+        assert (str(app.model.dir), app.model.build_if_missing) == ("/models", False)
+
+
+def test_without_redis_the_service_runs_on_its_l1_cache(tmp_path):
+    cfg = load("dev")
+    endpoints = ServiceEndpoints(
+        project_id="p-123456", ticks_topic="ticks", signals_topic="signals", dataset="d"
+    )
+    config = signal_service_config(
+        endpoints, cfg.workloads.triton.model, 18, "collector.observability.svc:4317", 1.0, None
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert "cache" not in config and load_config(path).cache.redis is None
+
+
+def test_server_ca_bundle_joins_every_certificate():
+    ca = SimpleNamespace(ca_certs=[SimpleNamespace(certificates=["-----A-----\n", "-----B-----"])])
+    assert server_ca_bundle([ca]) == "-----A-----\n-----B-----\n"
+    assert server_ca_bundle(None) == ""
+
+
+def test_triton_runs_on_shared_spot_gpus_with_configured_resources(stack_plan: Inventory):
+    settings = config_of(stack_plan).workloads.triton
+    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+        triton = deployments["triton"]
+        spec, c = pod(triton), container(triton)
+        assert c["image"] == settings.image
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert c["resources"]["requests"]["memory"] == "8Gi"
+        assert c["resources"]["limits"]["memory"] == "16Gi"
+        assert c["resources"] == {
+            "requests": settings.resources.requests,
+            "limits": settings.resources.limits,
+        }
+        assert spec["nodeSelector"] == {
+            "cloud.google.com/compute-class": "gpu-inference",
+            "cloud.google.com/gke-accelerator": "nvidia-l4",
+        }
+        tolerated = {(t["key"], t.get("value")) for t in spec["tolerations"]}
+        assert tolerated == {
+            ("nvidia.com/gpu", None),
+            ("cloud.google.com/gke-spot", "true"),
+            ("cloud.google.com/compute-class", "gpu-inference"),
+        }
+        assert all(t["effect"] == "NoSchedule" for t in spec["tolerations"])
+
+
+def test_triton_serves_the_bucket_with_health_probes_and_metrics(stack_plan: Inventory):
+    bucket = stack_plan.outputs["modelBucket"].removeprefix("gs://")
+    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+        triton = deployments["triton"]
+        spec, c = pod(triton), container(triton)
+        (models,) = [v for v in spec["volumes"] if v["name"] == "models"]
+        assert models["csi"] == {
+            "driver": "gcsfuse.csi.storage.gke.io",
+            "readOnly": True,
+            "volumeAttributes": {"bucketName": bucket, "mountOptions": "implicit-dirs"},
+        }
+        assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+        annotations = triton.inputs["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["gke-gcsfuse/volumes"] == "true"
+        # The GCS FUSE sidecar reaches the metadata server around the Istio proxy.
+        excluded = annotations["traffic.sidecar.istio.io/excludeOutboundIPRanges"]
+        assert "169.254.169.254/32" in excluded.split(",")
+        # The model build's layout: Triton's repository under triton/.
+        assert "--model-repository=/models/triton" in c["args"]
+        assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports == {"http": 8000, "grpc": 8001, "http-metrics": 8002}
+        exit_timeout = next(a for a in c["args"] if a.startswith("--exit-timeout-secs="))
+        assert int(exit_timeout.split("=")[1]) + 5 < spec["terminationGracePeriodSeconds"]
+
+
+def test_service_and_triton_mount_the_same_model_build(stack_plan: Inventory):
+    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+        volumes = [
+            next(v for v in pod(deployments[app])["volumes"] if v["name"] == "models")
+            for app in APPS
+        ]
+        assert volumes[0] == volumes[1]
+
+
+def test_both_workloads_may_read_the_models_bucket(stack_plan: Inventory):
+    emails = stack_plan.outputs["serviceAccounts"]
+    readers = {
+        b.inputs["member"]
+        for b in stack_plan.of_type(BUCKET_IAM)
+        if b.inputs["role"] == "roles/storage.objectViewer"
+        and b.inputs["bucket"] == stack_plan.outputs["modelBucket"].removeprefix("gs://")
+    }
+    assert readers == {f"serviceAccount:{emails[app]}" for app in APPS}
+
+
+def test_triton_model_settings_render_through_the_apps_model_build(stack_plan: Inventory):
+    """`tritonModel` is what the model build takes: it validates and renders there."""
+    model = config_of(stack_plan).workloads.triton.model
+    settings = TritonModelConfig.model_validate(stack_plan.outputs["tritonModel"])
+    text = render_config_pbtxt(settings)
+    assert f'name: "{model.name}"' in text
+    assert f"max_batch_size: {model.max_batch_size}" in text
+    sizes = ", ".join(map(str, model.preferred_batch_sizes))
+    assert f"preferred_batch_size: [ {sizes} ]" in text
+    assert f"max_queue_delay_microseconds: {model.max_queue_delay_microseconds}" in text
+    assert f"count: {model.instance_count}\n    kind: KIND_GPU" in text
+
+
+# ---------------------------------------------------------------- services and scaling
+
+
+def test_services_are_cluster_internal(stack_plan: Inventory):
+    services = stack_plan.of_type(SERVICE)
+    assert services
+    for service in services:
+        assert service.inputs["spec"]["type"] == "ClusterIP"
+    for region_services in in_signals(stack_plan, SERVICE).values():
+        ports = {p["name"]: p["port"] for p in region_services["triton"].inputs["spec"]["ports"]}
+        assert ports["grpc"] == 8001
+        grpc = region_services["signal-service"].inputs["spec"]["ports"][0]
+        assert (grpc["name"], grpc["port"], grpc["appProtocol"]) == ("grpc", 50051, "grpc")
+
+
+def test_autoscalers_target_cpu_request_rate_and_gpu_duty_cycle(stack_plan: Inventory):
+    cfg = config_of(stack_plan)
+    service, triton = cfg.workloads.signal_service, cfg.workloads.triton
+    for region, hpas in in_signals(stack_plan, HPA).items():
+        spec = hpas["signal-service"].inputs["spec"]
+        assert spec["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": "signal-service",
+        }
+        assert (spec["minReplicas"], spec["maxReplicas"]) == (
+            service.replicas,
+            service.max_replicas,
+        )
+        cpu, rate = spec["metrics"]
+        assert cpu["resource"] == {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": service.target_cpu_percent},
+        }
+        assert rate["pods"]["metric"]["name"] == REQUEST_RATE_METRIC
+        assert rate["pods"]["target"] == {
+            "type": "AverageValue",
+            "averageValue": str(service.target_requests_per_second),
+        }
+
+        spec = hpas["triton"].inputs["spec"]
+        assert (spec["minReplicas"], spec["maxReplicas"]) == (triton.replicas, triton.max_replicas)
+        (duty,) = spec["metrics"]
+        assert duty["type"] == "External"
+        assert duty["external"]["metric"]["name"] == GPU_DUTY_CYCLE_METRIC
+        # Cloud Monitoring is project-wide: the selector keeps this cluster's Triton only.
+        assert duty["external"]["metric"]["selector"]["matchLabels"] == {
+            "resource.labels.cluster_name": f"signal-{region}",
+            "resource.labels.namespace_name": "signals",
+            "resource.labels.container_name": "triton",
+        }
+        assert duty["external"]["target"] == {"type": "AverageValue", "averageValue": "85"}
+
+
+def test_prod_can_scale_to_ten_times_its_baseline(prod_plan: Inventory):
+    for hpas in in_signals(prod_plan, HPA).values():
+        for hpa in hpas.values():
+            spec = hpa.inputs["spec"]
+            assert spec["maxReplicas"] >= 10 * spec["minReplicas"], hpa.name
+
+
+def test_disruption_budgets_let_nodes_drain(stack_plan: Inventory):
+    for budgets in in_signals(stack_plan, PDB).values():
+        for name, budget in budgets.items():
+            assert budget.inputs["spec"] == {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": {"app": name}},
+            }
+
+
+def test_metrics_are_scraped_from_the_sidecars_merged_endpoint(stack_plan: Inventory):
+    for monitors in in_signals(stack_plan, POD_MONITORING).values():
+        for name, monitor in monitors.items():
+            assert monitor.inputs["spec"] == {
+                "selector": {"matchLabels": {"app": name}},
+                "endpoints": [{"port": 15020, "path": "/stats/prometheus", "interval": "15s"}],
+            }
+
+
+# ---------------------------------------------------------------- network policy
+
+
+def test_network_policy_denies_by_default_and_allows_named_flows(stack_plan: Inventory):
+    peers_by_region = {
+        r: {
+            config_of(stack_plan).region(o).network.pods_cidr
+            for o in stack_plan.outputs["regions"]
+            if o != r
+        }
+        for r in stack_plan.outputs["regions"]
+    }
+    for region, policies in in_signals(stack_plan, NETWORK_POLICY).items():
+        assert policies["default-deny"].inputs["spec"] == {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+        }
+        dns = policies["allow-dns"].inputs["spec"]["egress"][0]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        triton = policies["triton-ingress"].inputs["spec"]
+        assert triton["podSelector"] == {"matchLabels": {"app": "triton"}}
+        (rule,) = triton["ingress"]
+        sources = rule["from"]
+        assert sources[0] == {"podSelector": {"matchLabels": {"app": "signal-service"}}}
+        assert {s["ipBlock"]["cidr"] for s in sources[1:]} == peers_by_region[region]
+        assert rule["ports"] == [{"protocol": "TCP", "port": 8001}]
+        service = policies["signal-service-ingress"].inputs["spec"]["ingress"][0]
+        assert service["from"][0] == {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-ingress"}},
+            "podSelector": {"matchLabels": {"app": "istio-ingressgateway"}},
+        }
+        assert service["ports"] == [{"protocol": "TCP", "port": 50051}]
+        redis = policies["signal-service-egress"].inputs["spec"]["egress"][1]
+        assert {p["port"] for p in redis["ports"]} == {6379, 11000}
+
+
+# ---------------------------------------------------------------- metrics adapter
+
+
+def test_metrics_adapter_is_in_the_mesh_but_its_api_port_bypasses_the_sidecar(
+    stack_plan: Inventory,
+):
+    regions = stack_plan.regions()
+    adapters = [
+        d
+        for d in stack_plan.of_type(DEPLOYMENT)
+        if d.inputs["metadata"]["namespace"] == "custom-metrics"
+    ]
+    assert sorted(regions[d.urn] for d in adapters) == sorted(stack_plan.outputs["regions"])  # type: ignore[type-var]
+    for adapter in adapters:
+        annotations = adapter.inputs["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"traffic.sidecar.istio.io/excludeInboundPorts": "6443"}
+        assert "--secure-port=6443" in container(adapter)["command"]
+    namespaces = [
+        n
+        for n in stack_plan.of_type("kubernetes:core/v1:Namespace")
+        if n.inputs["metadata"]["name"] == "custom-metrics"
+    ]
+    for namespace in namespaces:
+        assert namespace.inputs["metadata"]["labels"]["istio-injection"] == "enabled"
+    services = {a.inputs["metadata"]["name"] for a in stack_plan.of_type(APISERVICE)}
+    assert services == {
+        "v1beta1.custom.metrics.k8s.io",
+        "v1beta2.custom.metrics.k8s.io",
+        "v1beta1.external.metrics.k8s.io",
+    }
+
+
+def test_metrics_adapter_reads_monitoring_through_one_project_grant(stack_plan: Inventory):
+    grants = [
+        g
+        for g in stack_plan.of_type(PROJECT_IAM)
+        if g.inputs["member"].endswith(
+            "/subject/ns/custom-metrics/sa/custom-metrics-stackdriver-adapter"
+        )
+    ]
+    (grant,) = grants
+    assert grant.inputs["role"] == "roles/monitoring.viewer"
+    assert grant.inputs["member"].startswith("principal://iam.googleapis.com/projects/")
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_bad_workload_settings_name_the_key():
+    def broken(edit):
+        return edited("prod", "workloads", edit)
+
+    cases = [
+        (
+            broken(lambda w: w["triton"]["resources"]["limits"].update({"nvidia.com/gpu": "2"})),
+            "workloads.triton.resources: Triton must request and limit the same number of nvidia.com/gpu",
+        ),
+        (
+            broken(lambda w: w["signalService"].update({"maxReplicas": 20})),
+            "workloads.signalService.maxReplicas: prod must be able to scale to 10x its baseline replicas (got 20); allowed: >= 30",
+        ),
+        (
+            broken(lambda w: w["triton"].update({"maxReplicas": 25})),
+            "workloads.triton.maxReplicas: more Triton replicas than the GPU pools of us-central1 can hold (24)",
+        ),
+        (
+            broken(lambda w: w["triton"].update({"terminationGraceSeconds": 30})),
+            "workloads.triton.terminationGraceSeconds",
+        ),
+        (
+            broken(lambda w: w["triton"].update({"model": {"preferredBatchSizes": [64, 512]}})),
+            "workloads.triton.model.preferredBatchSizes[1]: preferred batch size outside 1..maxBatchSize",
+        ),
+        (
+            broken(lambda w: w["triton"].update({"model": {"preferredBatchSizes": [64, 32]}})),
+            "preferred batch sizes must be unique and ascending",
+        ),
+        (
+            broken(lambda w: w["signalService"]["resources"]["limits"].pop("memory")),
+            "workloads.signalService.resources.limits: limits lack memory",
+        ),
+        (
+            broken(lambda w: w["signalService"].update({"targetGpuDutyCycle": 85})),
+            "workloads.signalService.targetGpuDutyCycle: unknown key",
+        ),
+    ]
+    for workloads, fragment in cases:
+        with pytest.raises(ConfigError) as exc:
+            load("prod", workloads=workloads)
+        assert fragment in str(exc.value)
+
+
+def test_shared_gpus_take_one_gpu_per_container():
+    workloads = edited(
+        "dev",
+        "workloads",
+        lambda w: w["triton"]["resources"].update(
+            requests={"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "2"},
+            limits={"memory": "16Gi", "nvidia.com/gpu": "2"},
+        ),
+    )
+    with pytest.raises(ConfigError) as exc:
+        load("dev", workloads=workloads)
+    assert "containers on shared GPUs can request only one GPU" in str(exc.value)
+
+
+def test_workload_defaults_fill_what_is_not_set():
+    cfg = load("dev", workloads=None)
+    assert cfg.workloads.triton.target_gpu_duty_cycle == 85
+    assert cfg.workloads.triton.termination_grace_seconds == 25
+    assert cfg.workloads.triton.model.max_queue_delay_microseconds == 500
+    assert cfg.workloads.signal_service.target_cpu_percent == 70
