@@ -38,6 +38,18 @@ plan: setup
 check: setup
 	$(PY) -m tools check --stack $(STACK)
 
+# What a change does to each stack: both sides planned offline (BASE in a temporary git
+# worktree), with the policy findings and cost that change; also written as a PR comment.
+BASE ?= main
+STACKS ?= dev prod
+.PHONY: diff cost
+diff: setup
+	$(PY) -m tools diff --base $(BASE) $(foreach s,$(STACKS),--stack $(s)) --markdown plans/diff.md
+
+# A stack's monthly cost per line item and region, and per trading signal (tools/pricing.yaml).
+cost: setup
+	$(PY) -m tools cost --stack $(STACK) --json plans/cost-$(STACK).json
+
 # The tests, with line coverage over every process they start, and the coverage floors.
 test: setup
 	@rm -f .coverage .coverage.*

@@ -21,6 +21,7 @@ from tools.analyzer import (
     PolicyPackProcess,
     load_policy_config,
 )
+from tools.cost import stack_budget_config
 from tools.engine import parse_overrides, read_project, read_stack_config
 from tools.inventory import Inventory
 from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
@@ -127,6 +128,8 @@ def _check(args: argparse.Namespace) -> int:
     stack_config = read_stack_config(project.root / f"Pulumi.{args.stack}.yaml", project.name)
     stack_config.update(parse_overrides(args.config, project.name))
     inventory = plan_from_args(args)
+    # The stack-level budget rule reads the cost estimate; an explicit config entry wins.
+    policy_config = {**stack_budget_config(inventory, args.program, args.config), **policy_config}
     analysis = check_inventory(
         inventory, policy_config, pack_dir=args.policy_pack, stack_config=stack_config
     )

@@ -975,3 +975,12 @@ def _md(text: str) -> str:
 
 def _code(text: str, markdown: bool) -> str:
     return f"`{text}`" if markdown else text
+
+
+def stack_budget_config(
+    inventory: Inventory, program_dir: Path, config_overrides: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The budget rule's policy config for a planned stack, priced with its own cost config:
+    what `tools check` hands the pack so `cost-monthly-budget` sees the estimate."""
+    stack_usage = usage_from_stack(program_dir, inventory.stack, config_overrides)
+    return budget_policy_config(estimate(inventory, stack_usage.usage, stack_usage.budget_usd))

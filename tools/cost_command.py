@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from tools.cost import Estimate, PricingError, estimate, usage_from_stack
+from tools.cost import (
+    Estimate,
+    PricingError,
+    budget_policy_config,
+    estimate,
+    usage_from_stack,
+)
 from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
 
 
@@ -19,6 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the estimate as JSON")
     parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="write the estimate as Markdown"
+    )
+    parser.add_argument(
+        "--policy-config",
+        type=Path,
+        metavar="FILE",
+        help="write the budget rule's config (for pulumi preview --policy-pack-config FILE)",
     )
     parser.set_defaults(run=run)
 
@@ -41,6 +53,10 @@ def _cost(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.policy_config:
+        args.policy_config.parent.mkdir(parents=True, exist_ok=True)
+        args.policy_config.write_text(json.dumps(budget_policy_config(result), indent=2) + "\n")
+        print(f"wrote {args.policy_config}", file=sys.stderr)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(result.render_markdown() + "\n")

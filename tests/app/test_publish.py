@@ -139,15 +139,23 @@ def test_config_errors_name_field_value_and_rule() -> None:
 def test_batches_are_bounded_by_count_bytes_and_latency() -> None:
     async def scenario() -> None:
         sink = RecordingSink()
-        pub = publisher(sink, max_messages=10, max_bytes=10_000, max_latency_ms=80)
+        pub = publisher(sink, max_messages=10, max_bytes=10_000, max_latency_ms=250)
         pub.start()
-        pub.submit_many("AAPL", [b"a%03d" % i for i in range(25)])
-        await asyncio.sleep(0.02)
-        assert [len(decode_batch(b[2])[1]) for b in sink.batches] == [10, 10]  # count bound
         t_open = time.monotonic()
-        await asyncio.sleep(0.15)
-        assert [len(decode_batch(b[2])[1]) for b in sink.batches] == [10, 10, 5]  # latency
-        assert sink.batches[2][4] - t_open >= 0.04  # not sent before its latency bound
+        pub.submit_many("AAPL", [b"a%03d" % i for i in range(25)])
+
+        def sizes() -> list[int]:
+            return [len(decode_batch(b[2])[1]) for b in sink.batches]
+
+        while len(sink.batches) < 2:
+            await asyncio.sleep(0.002)
+        assert sizes() == [10, 10]  # the count bound, at once
+        assert sink.batches[1][4] - t_open < 0.2  # not waiting for the latency bound
+        while len(sink.batches) < 3:
+            assert time.monotonic() - t_open < 5
+            await asyncio.sleep(0.005)
+        assert sizes() == [10, 10, 5]  # the rest, by the latency bound ...
+        assert sink.batches[2][4] - t_open >= 0.24  # ... and not before it
 
         big = publisher(sink := RecordingSink(), max_messages=1000, max_bytes=1000)
         big.start()

@@ -145,20 +145,29 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
 
 
 def test_writes_are_batched_by_rows_and_by_time(tmp_path: Path) -> None:
+    async def until(condition: Any, timeout: float = 5.0) -> float:
+        t0 = time.monotonic()
+        while not condition():
+            assert time.monotonic() - t0 < timeout, "condition not met in time"
+            await asyncio.sleep(0.005)
+        return time.monotonic() - t0
+
     async def scenario() -> None:
         sink = RecordingSink(DuckDBSink(":memory:"))
-        cfg = WarehouseConfig(batch_rows=50, flush_interval_s=0.2)
+        cfg = WarehouseConfig(batch_rows=50, flush_interval_s=0.6)
         w = Warehouse(cfg, sink, Metrics(CollectorRegistry()))
         w.start()
         for i in range(5):
             w.append("ticks", tick_columns(10, start=10 * i))
-        await asyncio.sleep(0.05)  # the size bound fires at once
-        assert sink.writes == [("ticks", 50)]
+        waited = await until(lambda: sink.writes == [("ticks", 50)])  # the size bound
+        assert waited < 0.5  # well before the time bound
+        appended = time.monotonic()
         w.append("ticks", tick_columns(3, start=50))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         assert sink.writes == [("ticks", 50)]  # 3 rows wait for the time bound ...
-        await asyncio.sleep(0.4)
-        assert sink.writes == [("ticks", 50), ("ticks", 3)]  # ... and then go
+        await until(lambda: len(sink.writes) == 2)
+        assert sink.writes[1] == ("ticks", 3)  # ... and then go
+        assert time.monotonic() - appended >= 0.5
         await w.close()
 
     run(scenario())

@@ -281,7 +281,7 @@ def test_a_node_count_unknown_until_apply_is_unpriced():
 
 
 def test_cost_command_writes_the_table_and_json(small_program: Path, tmp_path: Path):
-    out = tmp_path / "cost.json"
+    out, policy = tmp_path / "cost.json", tmp_path / "budget.json"
     result = subprocess.run(
         [
             sys.executable,
@@ -294,6 +294,8 @@ def test_cost_command_writes_the_table_and_json(small_program: Path, tmp_path: P
             str(small_program),
             "--json",
             str(out),
+            "--policy-config",
+            str(policy),
         ],
         cwd=REPO,
         capture_output=True,
@@ -308,6 +310,9 @@ def test_cost_command_writes_the_table_and_json(small_program: Path, tmp_path: P
     )
     assert data["perSignalUsd"] == pytest.approx(data["totalMonthlyUsd"] / 40000, rel=1e-3)
     assert {u["name"] for u in data["unpriced"]} == {"db", "tokyo-pool"}
+    assert json.loads(policy.read_text()) == {
+        BUDGET_POLICY: {"estimatedMonthlyUsd": data["totalMonthlyUsd"], "budgetMonthlyUsd": 5000.0}
+    }
     assert f"${data['totalMonthlyUsd']:,.2f}" in result.stdout
     assert "Cost per trading signal at 40,000 signals/month" in result.stdout
     assert "us-central1" in result.stdout and "subtotal" in result.stdout
@@ -384,3 +389,30 @@ def test_budget_rule_fails_a_stack_pushed_over_budget(
     assert len(failing) == 1 and failing[0].level == "mandatory"
     assert "exceeds the budget of $100.00/month" in failing[0].message
     assert budget_violations(within) == []
+
+
+def test_check_command_fails_a_stack_pushed_over_budget(tmp_path: Path):
+    """`tools check` hands the estimate to the pack's budget rule: a $10 budget fails."""
+    out = tmp_path / "check.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools",
+            "check",
+            "--stack",
+            "dev",
+            "--config",
+            'signal-platform:budget={"monthlyUsd": 10}',
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    budget = [v for v in json.loads(out.read_text())["violations"] if v["policy"] == BUDGET_POLICY]
+    assert len(budget) == 1 and budget[0]["level"] == "mandatory"
+    assert "exceeds the budget of $10.00/month" in budget[0]["message"]
