@@ -179,3 +179,44 @@ def test_settings_written_for_mlserver(tmp_path, model: ModelArtifacts) -> None:
     )
     assert settings["implementation"] == "app.serving.runtime.OnnxSignalRuntime"
     assert settings["parameters"] == {"uri": str(model.path("int4").resolve()), "version": "7"}
+
+
+def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts) -> None:
+    """The whole service configured with a KServe-v2 server: signals come from MLServer."""
+    import grpc
+
+    from app.config import AppConfig, FeatureConfig, KServeConfig, ModelConfig, ServerConfig
+    from app.server import SignalServer, build_runtime, pb2, pb2_grpc
+    from app.synthetic import synthetic_ticks
+
+    config = AppConfig(
+        features=FeatureConfig(n_symbols=10),
+        model=ModelConfig(dir=model.root, build_if_missing=False),
+        kserve=KServeConfig(url=mlserver.url, model_name=model.name),
+        server=ServerConfig(port=0),
+    )
+
+    async def scenario() -> None:
+        runtime = build_runtime(config)
+        assert isinstance(runtime.backend, ResilientBackend)
+        server = SignalServer(config, runtime)
+        port = await server.start()
+        ticks, _ = synthetic_ticks(10, 80, seed=8)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb2_grpc.SignalServiceStub(channel)
+                ack = await stub.IngestTicks(
+                    pb2.TickBatch(symbol=ticks.symbol.tolist(), price=ticks.price.tolist(),
+                                  size=ticks.size.tolist(), ts_ns=ticks.ts_ns.tolist())
+                )  # fmt: skip
+                assert ack.accepted == 800 and ack.signals == 10
+                signal = await stub.GetSignal(pb2.SignalRequest(symbol=4))
+                assert signal.model_version == "signal_mlp/1"
+        finally:
+            await server.stop(grace_s=1.0)
+        backend = runtime.backend
+        assert isinstance(backend, ResilientBackend)
+        assert isinstance(backend.primary, KServeBackend) and backend.primary.calls >= 2
+        assert backend.fallback_calls == 0 and backend.breaker.state == "closed"
+
+    run(scenario())
