@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_server(config))
         return 0
 
+    import grpc
+
     from app.replay import replay
 
     try:
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ConnectionError, ValueError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
+        return 1
+    except grpc.aio.AioRpcError as exc:
+        print(f"replay: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     print(report.render())
     return 0
