@@ -40,7 +40,7 @@ class IngestResult:
 def last_warm_row_per_symbol(symbol: np.ndarray, warm: np.ndarray) -> np.ndarray:
     """Indices (ascending) of the last warm row of each symbol present among warm rows."""
     candidates = np.flatnonzero(warm)
-    if candidates.size == 0:
+    if candidates.size <= 1:  # the single-tick path: nothing to deduplicate
         return candidates
     reversed_symbols = symbol[candidates][::-1]
     _, first_in_reversed = np.unique(reversed_symbols, return_index=True)

@@ -233,3 +233,14 @@ def test_close_serves_what_is_queued(local: LocalOnnxBackend) -> None:
         return sum(1 for f in futures if f.done() and f.exception() is None)
 
     assert run(scenario()) == 10
+
+
+def test_one_signal_per_symbol_from_its_last_warm_tick() -> None:
+    from app.pipeline import last_warm_row_per_symbol
+
+    symbol = np.array([3, 1, 3, 2, 1, 3, 2], np.int32)
+    warm = np.array([True, True, True, True, False, False, False])
+    # 3: rows 0, 2 warm (row 5 cold) -> 2; 1: row 1 (row 4 cold) -> 1; 2: row 3 -> 3.
+    assert last_warm_row_per_symbol(symbol, warm).tolist() == [1, 2, 3]
+    assert last_warm_row_per_symbol(symbol[:1], warm[:1]).tolist() == [0]
+    assert last_warm_row_per_symbol(symbol, np.zeros(7, bool)).tolist() == []
