@@ -93,6 +93,8 @@ bench: proto model
 	$(PY) bench/batching.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/payload.py --quick
 	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
+	$(PY) bench/compression.py --quick
+	$(PY) bench/load.py --quick
 
 clean:
 	rm -rf $(VENV) $(POLICY_VENV) .pytest_cache .ruff_cache .coverage artifacts plans

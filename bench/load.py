@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="signal-load-"))
     print("building the model, starting MLServer and a 6-node Redis Cluster ...", flush=True)
     # A small model: the load is about the service around it (same code path, same shape).
-    model = build_model(work / "model", BuildOptions(train_symbols=8, heldout_symbols=4,
-                        ticks_per_symbol=1000, epochs=1, qat_epochs=1), log=lambda _m: None)  # fmt: skip
+    model = build_model(work / "model", BuildOptions(train_symbols=16, heldout_symbols=8,
+                        ticks_per_symbol=1500, epochs=4, qat_epochs=3), log=lambda _m: None)  # fmt: skip
     mlserver = MLServerProcess(work / "mlserver", model.path("fp32"), model_name=model.name,
                                model_version=str(model.version)).start(timeout_s=120)  # fmt: skip
     cluster = LocalRedisCluster(work / "redis").start()
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results[label] = []
                 for c in levels:
-                    report = asyncio.run(drive(service.target, c, seconds))
+                    warmup = 0.5 if args.quick else 1.0
+                    report = asyncio.run(drive(service.target, c, seconds, warmup))
                     results[label].append(report)
                     print(report.render(), flush=True)
             finally:

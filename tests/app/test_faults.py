@@ -161,3 +161,79 @@ def test_inference_server_and_redis_master_die_under_load_without_failures_or_lo
         (ticks,) = con.execute("SELECT count(*) FROM ticks").fetchone() or (0,)
     assert rows == accepted_signals
     assert ticks == sum(a.accepted for a in acks)
+
+
+class DownSink:
+    """A publish sink that is down until ``up`` is set (failing on purpose)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.up = False
+
+    async def publish(
+        self, topic: str, key: str, payload: bytes, attributes: dict[str, str]
+    ) -> None:
+        if not self.up:
+            raise ConnectionError("Pub/Sub unreachable (on purpose)")
+        await self.inner.publish(topic, key, payload, attributes)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def test_a_full_publish_buffer_refuses_whole_batches_before_applying_them(
+    model: ModelArtifacts, tmp_path: Path
+) -> None:
+    config = AppConfig.model_validate({
+        "features": {"n_symbols": 8},
+        "model": {"dir": str(model.root), "build_if_missing": False},
+        "server": {"port": 0, "grace_s": 5.0},
+        "publish": {"local_dir": str(tmp_path), "buffer_max_messages": 60, "max_messages": 10,
+                    "retry_initial_ms": 5, "retry_max_ms": 20},
+        "telemetry": {"metrics_port": None},
+    })  # fmt: skip
+
+    def batch(i: int) -> Any:
+        ts = 1_700_000_000_000_000_000 + i * 8_000
+        return pb2.TickBatch(symbol=list(range(8)), price=[100.0 + i * 0.01] * 8,
+                             size=[10.0] * 8, ts_ns=[ts + k for k in range(8)], batch_id=i)  # fmt: skip
+
+    async def scenario() -> None:
+        runtime = build_runtime(config)
+        assert runtime.data_path is not None
+        framed = runtime.data_path.ticks_frames
+        down = DownSink(framed.sink)
+        framed.sink = down
+        server = SignalServer(config, runtime)
+        port = await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb2_grpc.SignalServiceStub(channel)
+                accepted = 0
+                refused_at = None
+                for i in range(1, 30):
+                    try:
+                        ack = await stub.IngestTicks(batch(i))
+                        accepted += ack.accepted
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                        assert "publish buffer full" in (exc.details() or "")
+                        refused_at = i
+                        break
+                assert refused_at is not None and accepted == 8 * (refused_at - 1)
+                assert framed.backlog <= 60
+                down.up = True  # the sink recovers: the buffer drains, nothing was dropped
+                await framed.flush(10)
+                # The refused batch changed no state: sent again, every tick is accepted
+                # (had it been applied, its ticks would now be rejected as stale).
+                ack = await stub.IngestTicks(batch(refused_at))
+                assert (ack.accepted, ack.rejected) == (8, 0)
+                accepted += 8
+        finally:
+            await server.stop(grace_s=5.0)
+        published = sum(len(pb2.TickBatch.FromString(r).symbol)
+                        for _, payload in read_local_topic(tmp_path / "ticks-batches.sgb")
+                        for r in decode_batch(payload)[1])  # fmt: skip
+        assert published == accepted
+
+    run(scenario())
