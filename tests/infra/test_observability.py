@@ -293,3 +293,30 @@ def test_the_stacks_alert_config_loads_with_defaults():
     config = load("prod")
     assert config.observability.slo_goal == 0.9995
     assert section("prod", "observability")["notificationChannels"][0]["type"] == "email"
+
+
+# ---------------------------------------------------------------- labels, across the data platform
+
+DATA_COMPONENTS = ("RedisCluster", "Warehouse", "Messaging", "Observability")
+
+
+def test_every_data_platform_resource_that_takes_labels_carries_the_cost_labels(
+    stack_plan: Inventory,
+):
+    import inspect
+
+    from tools.input_check import args_class
+
+    config = load(stack_plan.stack)
+    checked = 0
+    for resource in stack_plan.resources:
+        if not resource.custom or not any(
+            f"signal:infra:{c}$" in resource.urn for c in DATA_COMPONENTS
+        ):
+            continue
+        params = inspect.signature(args_class(resource.type).__init__).parameters
+        for param, key in (("labels", "labels"), ("user_labels", "userLabels")):
+            if param in params and (resource.type, key) != (CHANNEL, "labels"):  # its address
+                assert resource.inputs.get(key) == config.labels, (resource.type, resource.name)
+                checked += 1
+    assert checked >= 20
