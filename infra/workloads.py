@@ -40,7 +40,7 @@ from infra.mesh import (
 SIGNAL_SERVICE = "signal-service"
 TRITON = "triton"
 GRPC_PORT = 50051  # the signal service's gRPC API (and gRPC health)
-METRICS_PORT = 9090  # the signal service's Prometheus metrics
+METRICS_PORT = 9464  # the signal service's Prometheus metrics (the image exposes it)
 TRITON_HTTP_PORT = 8000  # KServe v2 HTTP: health probes only
 TRITON_GRPC_PORT = 8001  # KServe v2 gRPC: inference
 TRITON_METRICS_PORT = 8002

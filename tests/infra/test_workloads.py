@@ -12,6 +12,7 @@ import yaml
 
 from app.config import load_config
 from app.model.triton import TritonModelConfig, render_config_pbtxt
+from app.telemetry import TelemetryConfig
 from infra.config import ConfigError, StackConfig
 from infra.workloads import (
     GPU_DUTY_CYCLE_METRIC,
@@ -204,7 +205,7 @@ def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inven
         assert app.publish.signals_topic == cfg.pubsub.signals_topic
         assert (app.warehouse.backend, app.warehouse.project) == ("bigquery", cfg.project_id)
         assert app.warehouse.dataset == cfg.bigquery.dataset_id
-        assert app.telemetry.metrics_port == 9090
+        assert app.telemetry.metrics_port == 9464 == TelemetryConfig().metrics_port
         assert app.telemetry.otlp_endpoint == cfg.mesh.tracing_collector
         assert (str(app.model.dir), app.model.build_if_missing) == ("/models", False)
 
