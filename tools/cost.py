@@ -806,6 +806,30 @@ def _stack_usage_lines(p: _Pricer) -> list[LineItem]:
     return lines
 
 
+def _retention_notes(inventory: Inventory) -> list[UnpricedResource]:
+    """Pub/Sub storage of retained messages is billed per GiB-month on top of throughput; the
+    estimate has no volume for it, so it says so instead of counting it as zero."""
+    notes = []
+    for resource in inventory.resources:
+        retains = (
+            resource.type == "gcp:pubsub/topic:Topic"
+            and resource.inputs.get("messageRetentionDuration")
+        ) or (
+            resource.type == "gcp:pubsub/subscription:Subscription"
+            and resource.inputs.get("retainAckedMessages")
+        )
+        if retains:
+            notes.append(
+                UnpricedResource(
+                    resource.type,
+                    resource.name,
+                    resource.urn,
+                    "retained-message storage is not priced (its throughput is)",
+                )
+            )
+    return notes
+
+
 def _free_tier_line(
     p: _Pricer,
     item: str,
@@ -866,6 +890,7 @@ def estimate(
         else:  # e.g. an internal address, a key without versions
             count, _ = free.get(resource.type, (0, ""))
             free[resource.type] = (count + 1, "nothing billable with these inputs")
+    p.unpriced += _retention_notes(inventory)
     try:
         p.lines += _stack_usage_lines(p)
     except Unpriceable as exc:

@@ -6,6 +6,7 @@ pricing rule that drifts (per-zone counts, spot share, free tiers, NAT by nodes)
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -87,6 +88,7 @@ dataset = gcp.bigquery.Dataset(
 gcp.bigquery.Table("ticks", dataset_id=dataset.dataset_id, table_id="ticks",
                    deletion_protection=False)
 gcp.pubsub.Topic("ticks", name="ticks")
+gcp.pubsub.Topic("replayable", name="replayable", message_retention_duration="86400s")
 gcp.projects.IAMMember("viewer", project="p", role="roles/viewer", member="user:a@example.com")
 # A type the pricer does not know.
 gcp.sql.DatabaseInstance(
@@ -231,7 +233,8 @@ def test_unknown_types_and_regions_are_listed_unpriced_never_zero(
 ):
     inventory, e = small
     unpriced = {u.name: u for u in e.unpriced}
-    assert set(unpriced) == {"db", "tokyo-pool"}
+    assert set(unpriced) == {"db", "tokyo-pool", "replayable"}
+    assert "retained-message storage" in unpriced["replayable"].reason
     assert unpriced["db"].type == "gcp:sql/databaseInstance:DatabaseInstance"
     assert "asia-northeast1" in unpriced["tokyo-pool"].reason
     priced_urns = {line.resource for line in e.lines}
@@ -247,7 +250,7 @@ def test_unknown_types_and_regions_are_listed_unpriced_never_zero(
             or resource.type in free
         ), resource.urn
     text = e.render_text()
-    assert "Unpriced, not in the total (2):" in text and "tokyo-pool" in text
+    assert "Unpriced, not in the total (3):" in text and "tokyo-pool" in text
 
 
 def test_a_node_count_unknown_until_apply_is_unpriced():
@@ -309,7 +312,7 @@ def test_cost_command_writes_the_table_and_json(small_program: Path, tmp_path: P
         sum(r["monthlyUsd"] for r in data["lines"]), abs=0.01
     )
     assert data["perSignalUsd"] == pytest.approx(data["totalMonthlyUsd"] / 40000, rel=1e-3)
-    assert {u["name"] for u in data["unpriced"]} == {"db", "tokyo-pool"}
+    assert {u["name"] for u in data["unpriced"]} == {"db", "tokyo-pool", "replayable"}
     assert json.loads(policy.read_text()) == {
         BUDGET_POLICY: {"estimatedMonthlyUsd": data["totalMonthlyUsd"], "budgetMonthlyUsd": 5000.0}
     }
@@ -350,8 +353,7 @@ def test_dev_gpu_pool_against_hand_figures(dev_plan: Inventory, stack_usages):
         for r in dev_plan.of_type("gcp:container/nodePool:NodePool")
         if r.inputs.get("name") == "l4-spot"
     ]
-    if not pools:
-        pytest.skip("the dev plan declares no GKE node pools yet")
+    assert len(pools) == 1, "the dev plan should declare the l4-spot GPU pool"
     e = estimate(dev_plan, stack_usages["dev"].usage, stack_usages["dev"].budget_usd)
     g2 = SHAPES["g2-standard-8"]
     uc1 = "us-central1"
@@ -391,28 +393,31 @@ def test_budget_rule_fails_a_stack_pushed_over_budget(
     assert budget_violations(within) == []
 
 
-def test_check_command_fails_a_stack_pushed_over_budget(tmp_path: Path):
-    """`tools check` hands the estimate to the pack's budget rule: a $10 budget fails."""
+def test_check_command_fails_a_stack_pushed_over_budget(
+    tmp_path: Path, dev_plan: Inventory, monkeypatch: pytest.MonkeyPatch
+):
+    """`tools check` hands the estimate to the pack's budget rule: a $10 budget fails. (The
+    session's dev plan stands in for planning again: the budget does not change the plan.)"""
+    from tools import check
+
+    monkeypatch.setattr(check, "plan_from_args", lambda args: dev_plan)
     out = tmp_path / "check.json"
-    result = subprocess.run(
+    parser = argparse.ArgumentParser()
+    check.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
         [
-            sys.executable,
-            "-m",
-            "tools",
             "check",
             "--stack",
             "dev",
+            "--program",
+            str(REPO),
             "--config",
             'signal-platform:budget={"monthlyUsd": 10}',
             "--json",
             str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert result.returncode == 1, result.stderr
+    assert args.run(args) == 1
     budget = [v for v in json.loads(out.read_text())["violations"] if v["policy"] == BUDGET_POLICY]
     assert len(budget) == 1 and budget[0]["level"] == "mandatory"
     assert "exceeds the budget of $10.00/month" in budget[0]["message"]
