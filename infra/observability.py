@@ -14,7 +14,8 @@
 - Data-access audit logs (admin and data reads, data writes) for BigQuery and Redis, and a
   sink of every audit log to a CMEK bucket whose retention policy is locked.
 
-The service's metric names below are a contract with `app/` (its Prometheus exporter).
+The service's metric names below are the ones `app/telemetry.py` exports (a test holds
+them together).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import pulumi_gcp as gcp
 from infra.config import AlertThresholds, Budget, ObservabilitySettings
 
 # Prometheus metrics of the signal service (the gRPC API) and of Triton.
-REQUESTS = "signal_requests_total"  # counter, label `code`: the gRPC status name
-REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram
+REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram by method; _count: requests
+REQUEST_ERRORS = "signal_request_errors_total"  # counter of non-OK requests, by method, code
 TRITON_QUEUE_US = "nv_inference_queue_duration_us"  # counter: cumulative queue time
 TRITON_REQUESTS = "nv_inference_request_success"  # counter
 # gRPC statuses that are the server's fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND)
@@ -73,8 +74,8 @@ def promql_alerts(alerts: AlertThresholds) -> dict[str, tuple[str, str]]:
             f"p95 signal latency above {alerts.latency_p95_ms:g} ms",
         ),
         "signal-error-rate": (
-            f'sum by (cluster) (rate({REQUESTS}{{code=~"{codes}"}}[5m])) '
-            f"/ sum by (cluster) (rate({REQUESTS}[5m])) > {alerts.error_rate:g}",
+            f'sum by (cluster) (rate({REQUEST_ERRORS}{{code=~"{codes}"}}[5m])) '
+            f"/ sum by (cluster) (rate({REQUEST_LATENCY}_count[5m])) > {alerts.error_rate:g}",
             f"more than {alerts.error_rate:.2%} of signal requests fail on the server",
         ),
         "triton-queue-time": (
@@ -182,12 +183,14 @@ def slo_name(project_id: str) -> str:
 
 
 def request_filters() -> tuple[str, str]:
-    """(total, bad) request filters of the availability SLI."""
-    total = (
-        f'metric.type="prometheus.googleapis.com/{REQUESTS}/counter" '
-        'resource.type="prometheus_target"'
+    """(total, bad) request filters of the availability SLI: every request is counted by the
+    latency histogram; bad ones are the server-error codes of the error counter."""
+    target = 'resource.type="prometheus_target"'
+    total = f'metric.type="prometheus.googleapis.com/{REQUEST_LATENCY}/histogram" {target}'
+    bad = (
+        f'metric.type="prometheus.googleapis.com/{REQUEST_ERRORS}/counter" {target} '
+        f'metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
     )
-    bad = f'{total} metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
     return total, bad
 
 

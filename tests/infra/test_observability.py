@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from infra.config import ConfigError
-from infra.observability import SERVER_ERROR_CODES
+from infra.observability import (
+    REQUEST_ERRORS,
+    REQUEST_LATENCY,
+    SERVER_ERROR_CODES,
+    TRITON_QUEUE_US,
+    TRITON_REQUESTS,
+)
 from tests.infra.stack_config import load, section
 from tools.inventory import Inventory, Resource
 
@@ -84,7 +91,8 @@ def test_service_alerts_use_the_configured_thresholds(stack_plan: Inventory):
     assert "signal_request_duration_seconds_bucket" in latency
     assert threshold_of(latency) == pytest.approx(alerts.latency_p95_ms / 1000) == 0.1
     errors = promql(stack_plan, "signal-error-rate")
-    assert f'code=~"{"|".join(SERVER_ERROR_CODES)}"' in errors
+    assert f'signal_request_errors_total{{code=~"{"|".join(SERVER_ERROR_CODES)}"}}' in errors
+    assert "/ sum by (cluster) (rate(signal_request_duration_seconds_count[5m]))" in errors
     assert threshold_of(errors) == pytest.approx(alerts.error_rate)
     queue = promql(stack_plan, "triton-queue-time")
     assert "nv_inference_queue_duration_us" in queue and "nv_inference_request_success" in queue
@@ -136,8 +144,14 @@ def test_slo_is_99_95_percent_availability_over_30_days(stack_plan: Inventory):
     assert slo.inputs["goal"] == 0.9995
     assert slo.inputs["rollingPeriodDays"] == 30
     ratio = slo.inputs["requestBasedSli"]["goodTotalRatio"]
-    assert ratio["badServiceFilter"].startswith(ratio["totalServiceFilter"] + " ")
-    assert "monitoring.regex.full_match" in ratio["badServiceFilter"]
+    assert ratio["totalServiceFilter"] == (
+        'metric.type="prometheus.googleapis.com/signal_request_duration_seconds/histogram" '
+        'resource.type="prometheus_target"'
+    )
+    bad = ratio["badServiceFilter"]
+    assert bad.startswith('metric.type="prometheus.googleapis.com/signal_request_errors_total/')
+    assert f'code=monitoring.regex.full_match("{"|".join(SERVER_ERROR_CODES)}")' in bad
+    assert "INVALID_ARGUMENT" not in bad, "a client's mistake is not the API's failure"
     assert set(slo.inputs["userLabels"]) >= COST_LABELS
 
 
@@ -320,3 +334,15 @@ def test_every_data_platform_resource_that_takes_labels_carries_the_cost_labels(
                 assert resource.inputs.get(key) == config.labels, (resource.type, resource.name)
                 checked += 1
     assert checked >= 20
+
+
+def test_the_service_metrics_alerted_on_are_the_ones_the_app_exports():
+    """The names are the app's (app/telemetry.py), and Triton's own metric names."""
+    source = (Path(__file__).resolve().parents[2] / "app" / "telemetry.py").read_text()
+    for name in (REQUEST_LATENCY, REQUEST_ERRORS):
+        assert f'"{name}"' in source, name
+    assert '["method", "code"]' in source, "errors are labelled by gRPC code"
+    assert (TRITON_QUEUE_US, TRITON_REQUESTS) == (
+        "nv_inference_queue_duration_us",
+        "nv_inference_request_success",
+    )
