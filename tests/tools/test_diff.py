@@ -21,6 +21,7 @@ from tools import diff_command
 from tools.diff import (
     ABSENT,
     MASK,
+    Options,
     ResourceChange,
     StackDiff,
     diff_stacks,
@@ -127,6 +128,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     git(root, "add", "-A")
     git(root, "commit", "--quiet", "-m", "base")
     (root / "Pulumi.dev.yaml").write_text(stack_file(HEAD))  # the change, uncommitted
+    (root / "Pulumi.qa.yaml").write_text(stack_file(BASE))  # a stack new in this change
     return {"root": root, "broken": broken}
 
 
@@ -241,6 +243,22 @@ def test_cost_delta_is_shown(result: StackDiff, rendered):
 
 def test_worktrees_are_removed(scratch, result: StackDiff):
     assert git(scratch["root"], "worktree", "list").count("\n") == 0
+
+
+def test_the_same_ref_on_both_sides_changes_nothing(scratch):
+    [same] = diff_stacks(
+        scratch["root"], ["dev"], "main", "main", Options(policy=False, cost=False)
+    )
+    assert same.changes == [] and same.unchanged == len(same.head.inventory.resources)  # type: ignore[union-attr]
+    assert "0 to add, 0 to update, 0 to replace, 0 to delete" in render_text([same])
+
+
+def test_a_stack_new_in_the_change_is_all_adds(scratch):
+    [new] = diff_stacks(scratch["root"], ["qa"], "main", options=Options(policy=False, cost=False))
+    assert new.base.inventory is not None and new.base.inventory.resources == []
+    assert new.head.inventory is not None
+    assert new.count("add") == len(new.head.inventory.resources) > 0
+    assert {c.kind for c in new.changes} == {"add"}
 
 
 def run_diff(*argv: str) -> int:
