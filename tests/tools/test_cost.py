@@ -421,3 +421,28 @@ def test_check_command_fails_a_stack_pushed_over_budget(
     budget = [v for v in json.loads(out.read_text())["violations"] if v["policy"] == BUDGET_POLICY]
     assert len(budget) == 1 and budget[0]["level"] == "mandatory"
     assert "exceeds the budget of $10.00/month" in budget[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("cost", "path", "message"),
+    [
+        ({"averageNodes": {"l4-spt": 1}}, "cost.averageNodes.l4-spt", "no such node pool"),
+        (
+            {"averageNodes": {"asia-northeast1/l4-spot": 1}},
+            "cost.averageNodes.asia-northeast1/l4-spot",
+            "region the stack does not deploy",
+        ),
+        ({"spotShare": 1.5}, "cost.spotShare", "less than or equal to 1"),
+        ({"signalsPerMonth": 0}, "cost.signalsPerMonth", "greater than or equal to 1"),
+        ({"natGibPerMonh": 1}, "cost.natGibPerMonh", "unknown key"),
+    ],
+)
+def test_cost_config_errors_name_the_key(cost: dict, path: str, message: str):
+    from infra.config import ConfigError, StackConfig
+
+    with pytest.raises(ConfigError) as error:
+        StackConfig.from_stack_file(
+            REPO / "Pulumi.dev.yaml", {"signal-platform:cost": json.dumps(cost)}
+        )
+    text = str(error.value)
+    assert f"signal-platform:{path}" in text and message in text, text
