@@ -238,26 +238,26 @@ class MeshSettings(Model):
 
 class NodePoolBase(Model):
     machine_type: str
-    min_nodes: int = Field(0, ge=0)
-    max_nodes: int = Field(3, ge=1)
-    disk_size_gb: int = Field(100, ge=20)
+    min_nodes: int = Field(default=0, ge=0)
+    max_nodes: int = Field(default=3, ge=1)
+    disk_size_gb: int = Field(default=100, ge=20)
     disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
 
 
 class SystemPool(NodePoolBase):
     machine_type: str = "e2-standard-4"
-    min_nodes: int = Field(1, ge=1)
-    max_nodes: int = Field(3, ge=1)
+    min_nodes: int = Field(default=1, ge=1)
+    max_nodes: int = Field(default=3, ge=1)
 
 
 class GpuPool(NodePoolBase):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,20}$")
     machine_type: str = "g2-standard-8"
     accelerator_type: str = "nvidia-l4"
-    accelerator_count: int = Field(1, ge=1)
+    accelerator_count: int = Field(default=1, ge=1)
     spot: bool = True
-    max_nodes: int = Field(4, ge=1)
-    max_shared_clients_per_gpu: int = Field(2, ge=1, le=48)
+    max_nodes: int = Field(default=4, ge=1)
+    max_shared_clients_per_gpu: int = Field(default=2, ge=1, le=48)
     sharing_strategy: Literal["TIME_SHARING", "MPS"] = "TIME_SHARING"
     driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"
 
@@ -268,7 +268,7 @@ class NodePools(Model):
 
 
 class NetworkSettings(Model):
-    flow_log_sampling: float = Field(0.5, gt=0, le=1)
+    flow_log_sampling: float = Field(default=0.5, gt=0, le=1)
     nat_log_filter: Literal["ERRORS_ONLY", "TRANSLATIONS_ONLY", "ALL"] = "ERRORS_ONLY"
 
 
@@ -296,8 +296,8 @@ class RegionNetwork(Model):
 
 
 class RedisSettings(Model):
-    shard_count: int = Field(3, ge=1, le=250)
-    replica_count: int = Field(1, ge=0, le=5)
+    shard_count: int = Field(default=3, ge=1, le=250)
+    replica_count: int = Field(default=1, ge=0, le=5)
     node_type: Literal[
         "REDIS_SHARED_CORE_NANO",
         "REDIS_STANDARD_SMALL",
@@ -318,19 +318,19 @@ class RedisSettings(Model):
 
 class BigQuerySettings(Model):
     location: str = "US"
-    partition_expiration_days: int = Field(90, ge=1)
-    time_travel_hours: int = Field(168, ge=48, le=168)
+    partition_expiration_days: int = Field(default=90, ge=1)
+    time_travel_hours: int = Field(default=168, ge=48, le=168)
     tables: tuple[Literal["ticks", "features", "signals"], ...] = ("ticks", "features", "signals")
-    view_refresh_minutes: int = Field(30, ge=1, le=10080)
-    dataset_id: str = Field("signals", pattern=r"^[a-z][a-z0-9_]{0,1023}$")
+    view_refresh_minutes: int = Field(default=30, ge=1, le=10080)
+    dataset_id: str = Field(default="signals", pattern=r"^[a-z][a-z0-9_]{0,1023}$")
 
 
 class PubSubSettings(Model):
     ticks_topic: str = "ticks"
     signals_topic: str = "signals"
-    message_retention_days: int = Field(7, ge=1, le=31)
-    max_delivery_attempts: int = Field(10, ge=5, le=100)
-    ack_deadline_seconds: int = Field(30, ge=10, le=600)
+    message_retention_days: int = Field(default=7, ge=1, le=31)
+    max_delivery_attempts: int = Field(default=10, ge=5, le=100)
+    ack_deadline_seconds: int = Field(default=30, ge=10, le=600)
     # `<topic><batchSuffix>`: the compressed batch frames of each stream, opaque bytes to
     # Pub/Sub, so topics without a schema (infra/messaging.py says why).
     batch_suffix: str = Field(default="-batches", pattern=r"^[A-Za-z0-9._~+%-]{1,32}$")
@@ -346,8 +346,8 @@ class Resources(Model):
 
 class Workload(Model):
     image: str = Field(min_length=1)
-    replicas: int = Field(2, ge=1)
-    max_replicas: int = Field(20, ge=1)
+    replicas: int = Field(default=2, ge=1)
+    max_replicas: int = Field(default=20, ge=1)
     resources: Resources
     # Spot VMs get 30 s notice before preemption: drain and exit inside it.
     termination_grace_seconds: int = Field(default=25, ge=5, le=25)
