@@ -597,8 +597,8 @@ def diff_stacks(
     relative = program.relative_to(root)
     base_commit = resolve_ref(root, base_ref)
     head_commit = resolve_ref(root, head_ref) if head_ref else None
-    base_label = f"{base_ref} ({base_commit[:7]})"
-    head_label = f"{head_ref} ({head_commit[:7]})" if head_ref and head_commit else "working tree"
+    base_label = _label(base_ref, base_commit)
+    head_label = _label(head_ref, head_commit) if head_ref and head_commit else "working tree"
     with contextlib.ExitStack() as stack:
         base_tree = stack.enter_context(worktree(root, base_commit)) / relative
         head_tree = (
@@ -626,6 +626,10 @@ def diff_stacks(
             )
             results.append(_finish(compare(name, base, head), policy_error))
     return results
+
+
+def _label(ref: str, commit: str) -> str:
+    return commit[:7] if commit.startswith(ref) else f"{ref} ({commit[:7]})"
 
 
 def _stack_config(program: Path, stack: str) -> dict[str, str]:
