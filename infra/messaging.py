@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
@@ -87,7 +88,7 @@ class Messaging(pulumi.ComponentResource):
         self.settings = settings
         self.labels = dict(labels)
         self.retention = _seconds(settings.message_retention_days)
-        self.retry = {
+        self.retry: gcp.pubsub.SubscriptionRetryPolicyArgsDict = {
             "minimum_backoff": f"{settings.min_retry_backoff_seconds}s",
             "maximum_backoff": f"{settings.max_retry_backoff_seconds}s",
         }
@@ -214,7 +215,7 @@ class Messaging(pulumi.ComponentResource):
         subscription_name: str,
         topic_name: str,
         depends_on: Sequence[pulumi.Resource] = (),
-        **kwargs: object,
+        **kwargs: Any,
     ) -> gcp.pubsub.Subscription:
         """A subscription that retries with backoff and dead-letters, and never expires."""
         return gcp.pubsub.Subscription(

@@ -101,7 +101,7 @@ class Threshold:
     period: str = "300s"
     group_by: tuple[str, ...] = ()
 
-    def condition(self) -> dict:
+    def condition(self) -> gcp.monitoring.AlertPolicyConditionArgsDict:
         return {
             "display_name": self.name,
             "condition_threshold": {
@@ -229,7 +229,7 @@ class Observability(pulumi.ComponentResource):
 
         def policy(
             key: str,
-            conditions: Sequence[dict],
+            conditions: Sequence[gcp.monitoring.AlertPolicyConditionArgsDict],
             severity: str,
             docs: str,
             depends_on: Sequence[pulumi.Resource] = (),
@@ -250,7 +250,7 @@ class Observability(pulumi.ComponentResource):
         alerts = settings.alerts
         self.alerts: dict[str, gcp.monitoring.AlertPolicy] = {}
         for key, (query, meaning) in promql_alerts(alerts).items():
-            condition = {
+            condition: gcp.monitoring.AlertPolicyConditionArgsDict = {
                 "display_name": meaning,
                 "condition_prometheus_query_language": {
                     "query": query,

@@ -112,6 +112,8 @@ def parse(text: str) -> ProtoFile:
         word = match.group()
         if word in ("message", "enum", "service", "extend"):
             name_match = _TOKEN.search(masked, match.end())
+            if name_match is None:
+                raise ValueError(f"{word} at offset {match.start()} has no name")
             brace = masked.index("{", name_match.end())
             end = _closing_brace(masked, brace)
             if word in ("message", "enum"):
@@ -122,11 +124,11 @@ def parse(text: str) -> ProtoFile:
         statement_end = masked.index(";", match.start()) + 1
         statement = masked[match.start() : statement_end]
         if word == "syntax":
-            syntax = re.search(r"[\"']([^\"']+)[\"']", statement).group(1)
+            syntax = _quoted(statement)
         elif word == "package":
             package = statement.split()[1].rstrip(";")
         elif word == "import":
-            imports.append(re.search(r"[\"']([^\"']+)[\"']", statement).group(1))
+            imports.append(_quoted(statement))
         pos = statement_end
     return ProtoFile(text, syntax, package, tuple(imports), blocks)
 
@@ -236,3 +238,11 @@ def extract_message(proto_text: str, message: str) -> str:
         # Qualified references to the moved types now resolve inside the message.
         definition = re.sub(rf"\.?{re.escape(proto.package)}\.", "", definition)
     return definition
+
+
+def _quoted(statement: str) -> str:
+    """The quoted string of a `syntax = "...";` or `import "...";` statement."""
+    match = re.search(r"[\"']([^\"']+)[\"']", statement)
+    if match is None:
+        raise ValueError(f"expected a quoted string in {statement!r}")
+    return match.group(1)

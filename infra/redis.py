@@ -26,7 +26,7 @@ PORT = 6379
 REDIS_CONFIGS = {"maxmemory-policy": "allkeys-lru"}
 
 
-def persistence_config(settings: RedisSettings) -> dict[str, Any]:
+def persistence_config(settings: RedisSettings) -> gcp.redis.ClusterPersistenceConfigArgsDict:
     """Memorystore's persistence block for the configured mode."""
     if settings.persistence == "AOF":
         return {"mode": "AOF", "aof_config": {"append_fsync": settings.aof_append_fsync}}

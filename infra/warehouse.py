@@ -110,10 +110,19 @@ class Warehouse(pulumi.ComponentResource):
         self.project_id = project_id
         self.dataset_id = settings.dataset_id
         expiration_ms = settings.partition_expiration_days * DAY_MS
-        encryption = {"kms_key_name": kms_key.id}
-
-        accesses = [{"role": "WRITER", "user_by_email": email} for email in writers.values()]
-        accesses += [{"role": "READER", "user_by_email": email} for email in readers.values()]
+        encryption: gcp.bigquery.DatasetDefaultEncryptionConfigurationArgsDict = {
+            "kms_key_name": kms_key.id
+        }
+        table_encryption: gcp.bigquery.TableEncryptionConfigurationArgsDict = {
+            "kms_key_name": kms_key.id
+        }
+        accesses: list[gcp.bigquery.DatasetAccessArgsDict] = [
+            {"role": "WRITER", "user_by_email": email} for email in writers.values()
+        ]
+        accesses += [
+            gcp.bigquery.DatasetAccessArgsDict(role="READER", user_by_email=email)
+            for email in readers.values()
+        ]
         self.dataset = gcp.bigquery.Dataset(
             name,
             dataset_id=settings.dataset_id,
@@ -146,7 +155,7 @@ class Warehouse(pulumi.ComponentResource):
                 **partitioning(spec, expiration_ms),
                 require_partition_filter=True,
                 clusterings=list(spec.clustering),
-                encryption_configuration=encryption,
+                encryption_configuration=table_encryption,
                 deletion_protection=deletion_protection,
                 labels=dict(labels),
                 opts=table_opts(),

@@ -6,7 +6,6 @@ nothing else belongs here. Rules live in `rules/<domain>.py`.
 
 # pulumi_policy lives only in policies/venv (it pins protobuf 5), not in the .venv pyright
 # checks against; the pack's own tests exercise these imports through the real process.
-# pyright: reportMissingImports=false
 
 from pulumi_policy import EnforcementLevel, PolicyPack
 from rules import ALL_POLICIES

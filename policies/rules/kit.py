@@ -10,7 +10,6 @@ down with it: the failure is reported as a violation of that rule, at its level 
 
 # pulumi_policy lives only in policies/venv (it pins protobuf 5), not in the .venv pyright
 # checks against; the pack's own tests exercise these imports through the real process.
-# pyright: reportMissingImports=false
 
 from __future__ import annotations
 
@@ -162,7 +161,7 @@ def resource_policy(
             args.not_applicable(exc.reason)
             return
         except Exception:
-            _report_crash(name, report_violation)
+            _report_crash(name, lambda message: report_violation(message, None))
             return
         for message in messages:
             report_violation(message, None)

@@ -9,7 +9,6 @@ means for them (always: "cannot tell yet", never a violation).
 
 # pulumi_policy lives only in policies/venv (it pins protobuf 5), not in the .venv pyright
 # checks against; the pack's own tests exercise these imports through the real process.
-# pyright: reportMissingImports=false
 
 from __future__ import annotations
 
