@@ -6,6 +6,12 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.artifacts import ArtifactStore
+from infra.autoscale import (
+    AnomalyAlerts,
+    Intelligence,
+    desired_replicas_metric,
+    intelligence_grant,
+)
 from infra.cluster import INFERENCE_COMPUTE_CLASS, INFERENCE_PRIORITY, ClusterNetwork, GkeCluster
 from infra.config import RegionConfig, StackConfig, load_catalog
 from infra.identity import REGIONAL_KEYS, WAREHOUSE_KEYS, KeyRing, ServiceAccounts
@@ -23,6 +29,7 @@ from infra.workloads import (
     mesh_services,
     metrics_adapter_grant,
     server_ca_bundle,
+    triton_model_files,
 )
 
 APIS = (
@@ -140,11 +147,20 @@ class Region(pulumi.ComponentResource):
             labels=stack.labels,
             opts=after_mesh,
         )
+        intelligence = stack.intelligence
+        predictive = intelligence.predictive_scaling.enabled
+        workloads = stack.workloads
+        if predictive:
+            # Beside the scaler's forecast replicas, CPU is the backstop for unforecast bursts.
+            signal = workloads.signal_service.model_copy(
+                update={"target_cpu_percent": intelligence.predictive_scaling.cpu_backstop_percent}
+            )
+            workloads = workloads.model_copy(update={"signal_service": signal})
         self.workloads = WorkloadSet(
             f"{region.name}-workloads",
             cluster=self.cluster.name,
             namespace=self.mesh.namespace,
-            settings=stack.workloads,
+            settings=workloads,
             google_accounts={k: a.email for k, a in accounts.workloads.items()},
             placement=Placement(
                 compute_class=INFERENCE_COMPUTE_CLASS,
@@ -166,6 +182,9 @@ class Region(pulumi.ComponentResource):
             tracing_collector=stack.mesh.tracing_collector,
             trace_sampling_percent=stack.mesh.trace_sampling_percent,
             labels=stack.labels,
+            signal_metrics=[desired_replicas_metric(region.name, self.cluster.name)]
+            if predictive
+            else [],
             opts=pulumi.ResourceOptions.merge(
                 on_cluster,
                 pulumi.ResourceOptions(
@@ -173,6 +192,19 @@ class Region(pulumi.ComponentResource):
                 ),
             ),
         )
+        if predictive or intelligence.anomaly_detection.enabled:
+            self.intelligence = Intelligence(
+                f"{region.name}-intelligence",
+                project_id=stack.project_id,
+                region=region.name,
+                cluster=self.cluster.name,
+                image=stack.workloads.signal_service.image,
+                settings=intelligence,
+                workload=stack.workloads.signal_service,
+                tracing_collector=stack.mesh.tracing_collector,
+                labels=stack.labels,
+                opts=after_mesh,
+            )
 
 
 class Platform(pulumi.ComponentResource):
@@ -241,6 +273,7 @@ class Platform(pulumi.ComponentResource):
             model_readers={k: a.member for k, a in self.accounts.workloads.items()},
             image_readers=nodes,
             labels=labels,
+            model_files=triton_model_files(config.workloads.triton.model),
             force_destroy=not config.is_prod,
             opts=after_apis,
         )
@@ -249,6 +282,21 @@ class Platform(pulumi.ComponentResource):
         self.metrics_reader = metrics_adapter_grant(
             "metrics-adapter-monitoring-viewer", config.project_id, project.number, after_apis
         )
+        intelligence = config.intelligence
+        if intelligence.predictive_scaling.enabled or intelligence.anomaly_detection.enabled:
+            # Every region's scaler and detector read Managed Prometheus data (one grant).
+            self.intelligence_reader = intelligence_grant(
+                "intelligence-monitoring-viewer", config.project_id, project.number, after_apis
+            )
+        if intelligence.anomaly_detection.enabled:
+            self.anomaly_alerts = AnomalyAlerts(
+                "anomaly-alerts",
+                intelligence,
+                intelligence.anomaly_detection.alert_series,
+                [channel.name for channel in self.observability.channels.values()],
+                labels,
+                after_apis,
+            )
         self.register_outputs({"network": self.vpc.network.id})
 
     def _data_platform(

@@ -245,6 +245,8 @@ class WorkloadSet(pulumi.ComponentResource):
         tracing_collector: str,
         trace_sampling_percent: float,
         labels: Mapping[str, str],
+        # More metrics for the signal service's HPA (the predictive scaler's, infra/autoscale.py).
+        signal_metrics: Sequence[Mapping[str, Any]] = (),
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:Workloads", name, None, opts)
@@ -322,6 +324,7 @@ class WorkloadSet(pulumi.ComponentResource):
                             },
                         },
                     },
+                    *(dict(metric) for metric in signal_metrics),
                 ],
                 scale_up_window=0,
                 scale_down_window=300,

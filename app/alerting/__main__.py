@@ -12,8 +12,7 @@ from pathlib import Path
 
 from app.alerting.config import load
 from app.alerting.service import DetectorService
-from app.autoscale.config import ConfigError
-from app.autoscale.prometheus import PrometheusClient
+from app.autoscale.config import ConfigError, prometheus_client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(config.model_dump_json(by_alias=True, indent=2))
         return 0
-    service = DetectorService(
-        config, PrometheusClient(config.prometheus_url, config.query_timeout_seconds)
+    client = prometheus_client(
+        config.prometheus_url, config.prometheus_auth, config.query_timeout_seconds
     )
+    service = DetectorService(config, client)
     if args.once:
         if config.backfill:
             service.backfill()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -57,9 +58,11 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
     ),
     SeriesConfig(
         name="error_ratio",
+        # Server-side failures over all requests (app/telemetry.py's counters).
         query=(
-            f'sum(rate(signal_requests_total{{location="{{region}}",code=~"{SERVER_ERRORS}"}}'
-            '[5m])) / sum(rate(signal_requests_total{location="{region}"}[5m]))'
+            "sum(rate(signal_request_errors_total"
+            f'{{location="{{region}}",code=~"{SERVER_ERRORS}"}}[5m])) / '
+            'sum(rate(signal_request_duration_seconds_count{location="{region}"}[5m]))'
         ),
         detector=DetectorSettings(
             direction="up", absolute_floor=0.0002, slow_threshold=3.0, fast_threshold=8.0
@@ -81,6 +84,7 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
 
 class AlertingConfig(Model):
     prometheus_url: str = Field(pattern=URL_PATTERN)
+    prometheus_auth: Literal["none", "google"] = "none"
     regions: tuple[str, ...] = Field(min_length=1)
     series: tuple[SeriesConfig, ...] = Field(default=DEFAULT_SERIES, min_length=1)
     # Read each series' history on start so the baseline is ready at once.

@@ -10,8 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from app.autoscale.config import ConfigError, load
-from app.autoscale.prometheus import PrometheusClient
+from app.autoscale.config import ConfigError, load, prometheus_client
 from app.autoscale.service import ScalerService
 
 
@@ -35,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(config.model_dump_json(by_alias=True, indent=2))
         return 0
-    service = ScalerService(
-        config, PrometheusClient(config.prometheus_url, config.query_timeout_seconds)
+    client = prometheus_client(
+        config.prometheus_url, config.prometheus_auth, config.query_timeout_seconds
     )
+    service = ScalerService(config, client)
     if args.once:
         decisions = service.tick()
         print(json.dumps({region: d.__dict__ for region, d in decisions.items()}, indent=2))

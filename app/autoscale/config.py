@@ -11,19 +11,21 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from app.autoscale.prometheus import MetadataToken, PrometheusClient
 from app.autoscale.scaler import ScalingPolicy
 
 CONFIG_ENV = "SIGNAL_AUTOSCALE_CONFIG"
 REGION_PLACEHOLDER = "{region}"
-# Requests per second the signal service receives in one region (its own counter, summed
-# over pods; Managed Prometheus labels every series with the cluster's `location`).
-DEFAULT_RATE_QUERY = 'sum(rate(signal_requests_total{location="{region}"}[2m]))'
+# Requests per second the signal service receives in one region: the count of its request
+# latency histogram (app/telemetry.py), summed over pods and methods; Managed Prometheus
+# labels every series with the cluster's `location`.
+DEFAULT_RATE_QUERY = 'sum(rate(signal_request_duration_seconds_count{location="{region}"}[2m]))'
 URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
 
 
@@ -48,8 +50,11 @@ class Model(BaseModel):
 
 
 class AutoscaleConfig(Model):
-    # The Prometheus HTTP API (Managed Prometheus: its frontend service in the cluster).
+    # The Prometheus HTTP API: Cloud Monitoring's for Managed Prometheus data
+    # (https://monitoring.googleapis.com/v1/projects/<project>/location/global/prometheus,
+    # auth "google"), or any Prometheus (auth "none").
     prometheus_url: str = Field(pattern=URL_PATTERN)
+    prometheus_auth: Literal["none", "google"] = "none"
     regions: tuple[str, ...] = Field(min_length=1)
     rate_query: str = DEFAULT_RATE_QUERY
     policy: ScalingPolicy = ScalingPolicy()
@@ -83,6 +88,11 @@ class AutoscaleConfig(Model):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def prometheus_client(url: str, auth: str, timeout: float) -> PrometheusClient:
+    """The client a configuration asks for ("google": a token from the metadata server)."""
+    return PrometheusClient(url, timeout, MetadataToken() if auth == "google" else None)
 
 
 def load_model(model: type[M], source: str, data: Mapping[str, Any]) -> M:

@@ -171,7 +171,7 @@ def test_service_backfills_and_flags_a_shift_in_one_region() -> None:
 
     def source(query: str, ts: float) -> float | None:
         index = int(ts // 60) - start_minute
-        if not 0 <= index < len(normal) or "gpu" in query or "signal_requests_total" in query:
+        if not 0 <= index < len(normal) or "gpu" in query or "errors" in query:
             return None
         value = float(normal[index])
         shifted = 'location="us-east4"' in query and index >= 4 * DAY + 600

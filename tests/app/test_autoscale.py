@@ -19,7 +19,7 @@ from app.autoscale import __main__ as cli
 from app.autoscale.config import AutoscaleConfig, ConfigError, load, load_model
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
 from app.autoscale.hpa import Deployment, HorizontalPodAutoscaler, HpaSpec
-from app.autoscale.prometheus import PrometheusClient, PrometheusError
+from app.autoscale.prometheus import MetadataToken, PrometheusClient, PrometheusError
 from app.autoscale.scaler import PredictiveScaler, ScalingPolicy
 from app.autoscale.service import ScalerService
 from tests.app.prometheus_api import serve
@@ -254,7 +254,9 @@ def test_service_publishes_replicas_ahead_of_the_open() -> None:
         ) == float(ahead.desired)
     ranges = [q for path, q in api.queries if path == "/api/v1/query_range"]
     assert (
-        ranges and ranges[0]["query"] == 'sum(rate(signal_requests_total{location="us-east4"}[2m]))'
+        ranges
+        and ranges[0]["query"]
+        == 'sum(rate(signal_request_duration_seconds_count{location="us-east4"}[2m]))'
     )
 
 
@@ -283,6 +285,17 @@ def test_prometheus_client_aligns_ranges_and_reports_errors() -> None:
         api.fail = True
         with pytest.raises(PrometheusError, match=r"unavailable: storage is down"):
             client.query("up", 900.0)
+
+
+def test_prometheus_client_authenticates_with_a_metadata_server_token() -> None:
+    with serve(lambda q, ts: 1.0) as api:
+        client = PrometheusClient(api.url, token=MetadataToken(f"{api.url}/token"))
+        assert client.query("up", 60.0) == 1.0
+        client.query_range("up", 0.0, 120.0, 60.0)
+        anonymous = PrometheusClient(api.url)
+        anonymous.query("up", 60.0)
+    assert api.authorizations == ["Bearer token-1", "Bearer token-1", None]
+    assert api.token_requests == ["Google"]  # fetched once, with the metadata header
 
 
 # --------------------------------------------------------------------------- config and CLI

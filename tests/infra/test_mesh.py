@@ -138,7 +138,8 @@ def test_every_workload_namespace_denies_by_default(stack_plan: Inventory):
     for region, policies in per_region(stack_plan, AUTHORIZATION).items():
         denies = [p for p in policies if p.inputs["metadata"]["name"] == "default-deny"]
         namespaces = {p.inputs["metadata"]["namespace"] for p in denies}
-        assert {*WORKLOAD_NAMESPACES, "custom-metrics"} == namespaces, region
+        # + the metrics adapter's and the scaler's and detector's (infra/autoscale.py)
+        assert {*WORKLOAD_NAMESPACES, "custom-metrics", "signal-intelligence"} == namespaces, region
         for deny in denies:
             # ALLOW with no rules matches nothing: Istio denies every request.
             assert deny.inputs["spec"] == {}

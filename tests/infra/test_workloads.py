@@ -93,7 +93,8 @@ def test_service_accounts_act_as_their_google_accounts(stack_plan: Inventory):
 
 def test_every_pod_is_restricted(stack_plan: Inventory):
     deployments = stack_plan.of_type(DEPLOYMENT)
-    assert len(deployments) == 3 * len(stack_plan.outputs["regions"])  # + the metrics adapter
+    # + the metrics adapter, the predictive scaler and the anomaly detector (infra/autoscale.py)
+    assert len(deployments) == 5 * len(stack_plan.outputs["regions"])
     for deployment in deployments:
         spec = pod(deployment)
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -346,10 +347,14 @@ def test_autoscalers_target_cpu_request_rate_and_gpu_duty_cycle(stack_plan: Inve
             service.replicas,
             service.max_replicas,
         )
-        cpu, rate = spec["metrics"]
+        # Beside the predictive scaler's metric (tests/infra/test_autoscale.py), CPU is its
+        # backstop target.
+        cpu, rate, *predictive = spec["metrics"]
+        scaling = cfg.intelligence.predictive_scaling
+        target_cpu = scaling.cpu_backstop_percent if predictive else service.target_cpu_percent
         assert cpu["resource"] == {
             "name": "cpu",
-            "target": {"type": "Utilization", "averageUtilization": service.target_cpu_percent},
+            "target": {"type": "Utilization", "averageUtilization": target_cpu},
         }
         assert rate["pods"]["metric"]["name"] == REQUEST_RATE_METRIC
         assert rate["pods"]["target"] == {
