@@ -95,6 +95,9 @@ bench: proto model
 	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/compression.py --quick
 	$(PY) bench/load.py --quick
+	$(PY) bench/autoscale.py --quick
+	$(PY) bench/alerting.py --quick
+	$(PY) bench/spot.py --quick
 
 clean:
 	rm -rf $(VENV) $(POLICY_VENV) .pytest_cache .ruff_cache .coverage artifacts plans
