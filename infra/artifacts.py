@@ -22,6 +22,7 @@ class ArtifactStore(pulumi.ComponentResource):
         model_readers: Mapping[str, pulumi.Input[str]],
         image_readers: Mapping[str, pulumi.Input[str]],
         labels: Mapping[str, str],
+        model_files: Mapping[str, str],
         force_destroy: bool,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -88,4 +89,17 @@ class ArtifactStore(pulumi.ComponentResource):
                 member=member,
                 opts=child,
             )
+        # Files the stack owns in the model repository (Triton's config.pbtxt, rendered from
+        # the stack's config); the model build uploads the weights beside them.
+        self.model_files = {
+            path: gcp.storage.BucketObject(
+                f"{name}-models-{path.replace('/', '-').replace('.', '-')}",
+                bucket=self.models.name,
+                name=path,
+                content=content,
+                content_type="text/plain",
+                opts=child,
+            )
+            for path, content in model_files.items()
+        }
         self.register_outputs({"registry": self.registry.registry_uri, "models": self.models.url})

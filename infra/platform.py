@@ -29,6 +29,7 @@ from infra.workloads import (
     mesh_services,
     metrics_adapter_grant,
     server_ca_bundle,
+    triton_model_files,
 )
 
 APIS = (
@@ -272,6 +273,7 @@ class Platform(pulumi.ComponentResource):
             model_readers={k: a.member for k, a in self.accounts.workloads.items()},
             image_readers=nodes,
             labels=labels,
+            model_files=triton_model_files(config.workloads.triton.model),
             force_destroy=not config.is_prod,
             opts=after_apis,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -19,6 +20,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
+from app.model.triton import TritonModelConfig, render_config_pbtxt
 from infra.cluster import (
     ACCELERATOR_KEY,
     COMPUTE_CLASS_KEY,
@@ -222,6 +224,14 @@ def triton_model_config(model: TritonModel) -> dict[str, Any]:
         "preferred_batch_sizes": list(model.preferred_batch_sizes),
         "instance_groups": [{"kind": "KIND_GPU", "count": model.instance_count}],
     }
+
+
+def triton_model_files(model: TritonModel) -> dict[str, str]:
+    """`config.pbtxt` of the stack's Triton model, rendered by the app's model build code,
+    keyed by its path in the models bucket."""
+    config = TritonModelConfig.model_validate(triton_model_config(model))
+    relative = Path(MODEL_REPOSITORY).relative_to(MODELS_DIR)
+    return {f"{relative}/{config.name}/config.pbtxt": render_config_pbtxt(config)}
 
 
 def _labels(labels: Mapping[str, str], app: str) -> dict[str, str]:

@@ -4,7 +4,7 @@
 Heavy imports (onnx, the quantisers) stay in the submodules that need them.
 """
 
-from app.model.contract import CLASSES, INPUT_NAME, MODEL_INPUTS, N_CLASSES, N_INPUTS, OUTPUT_NAME
+from app.model.tensors import CLASSES, INPUT_NAME, MODEL_INPUTS, N_CLASSES, N_INPUTS, OUTPUT_NAME
 
 DEFAULT_MODEL_DIR = "artifacts/model"
 

@@ -14,19 +14,14 @@ import math
 import numpy as np
 from numba import njit
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "probabilities"
-CLASSES: tuple[str, ...] = ("down", "flat", "up")
-MODEL_INPUTS: tuple[str, ...] = (
-    "trend",  # (ema_fast - ema_slow) / ema_slow
-    "rsi",  # (rsi - 50) / 50, in [-1, 1]
-    "volatility",  # standard deviation of log returns
-    "zscore",
-    "vwap_gap",  # (ema_fast - vwap) / vwap; 0 while the session has no volume
-    "ofi",
+from app.model.tensors import (  # noqa: F401  (re-exported: the contract's names)
+    CLASSES,
+    INPUT_NAME,
+    MODEL_INPUTS,
+    N_CLASSES,
+    N_INPUTS,
+    OUTPUT_NAME,
 )
-N_INPUTS = len(MODEL_INPUTS)
-N_CLASSES = len(CLASSES)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

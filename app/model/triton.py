@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.model.contract import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
+from app.model.tensors import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
 
 
 class InstanceGroup(BaseModel):

@@ -173,3 +173,16 @@ def test_provider_carries_project_and_cost_labels(stack_plan: Inventory):
     assert set(labels) >= {"cost-center", "env", "owner"}
     custom = [r for r in stack_plan.resources if r.custom and r.type.startswith("gcp:")]
     assert all(r.provider and r.provider.startswith(provider.urn) for r in custom)
+
+
+def test_triton_config_is_rendered_by_the_model_build_into_the_bucket(stack_plan: Inventory):
+    from app.model.triton import TritonModelConfig, render_config_pbtxt
+
+    (config_file,) = stack_plan.of_type("gcp:storage/bucketObject:BucketObject")
+    model = TritonModelConfig.model_validate(stack_plan.outputs["tritonModel"])
+    assert config_file.inputs["name"] == f"triton/{model.name}/config.pbtxt"
+    assert config_file.inputs["content"] == render_config_pbtxt(model)
+    assert f"max_queue_delay_microseconds: {model.max_queue_delay_us}" in config_file.inputs["content"]
+    assert f"max_batch_size: {model.max_batch_size}" in config_file.inputs["content"]
+    (bucket,) = [b for b in stack_plan.of_type(BUCKET) if b.name == "artifacts-models"]
+    assert config_file.inputs["bucket"] == bucket.inputs["name"]
