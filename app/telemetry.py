@@ -90,6 +90,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        # Every finished request by method and status: the request rate the infra's HPA
+        # scales on (infra/workloads.py REQUEST_RATE_METRIC) and the SLO's denominator.
+        self.requests = Counter(
+            "signal_requests_total",
+            "gRPC requests by method and final status code.",
+            ["method", "code"],
+            registry=reg,
+        )
         self.request_errors = Counter(
             "signal_request_errors_total",
             "gRPC requests that ended with a non-OK status, by method and code.",
@@ -354,8 +362,9 @@ def server_interceptors(
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """``signal_request_duration_seconds{method}`` and ``signal_request_errors_total`` for
-    unary and streaming RPCs (a stream is timed from its start to its end)."""
+    """``signal_request_duration_seconds{method}``, ``signal_requests_total`` and
+    ``signal_request_errors_total`` for unary and streaming RPCs (a stream is timed from its
+    start to its end)."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
@@ -371,6 +380,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         latency = self.metrics.request_latency.labels(method)
         errors = self.metrics.request_errors
+        requests = self.metrics.requests
 
         def code_of(context: Any, exc: BaseException | None) -> str | None:
             code = context.code() if hasattr(context, "code") else None
@@ -392,6 +402,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     latency.observe(time.perf_counter() - start)
                     code = code_of(context, exc)
+                    requests.labels(method, code or "OK").inc()
                     if code is not None:
                         errors.labels(method, code).inc()
 
@@ -413,6 +424,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     latency.observe(time.perf_counter() - start)
                     code = code_of(context, exc)
+                    requests.labels(method, code or "OK").inc()
                     if code is not None:
                         errors.labels(method, code).inc()
 

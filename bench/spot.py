@@ -1,8 +1,8 @@
 """Spot preemption waves against spot-first + on-demand fallback GPU pools.
 
-One region's GPU pools as Pulumi.prod.yaml declares them (an L4 spot pool of up to 8
-nodes and an on-demand L4 pool of up to 4, 2 Triton replicas per GPU by time-sharing,
-three zones) serve a day of GPU demand shaped like the trading day (bench/sim_common.py),
+One region's GPU pools as Pulumi.prod.yaml declares them (read from the stack: an L4 spot
+pool and its on-demand fallback, Triton replicas per GPU by time-sharing, the catalogue's
+L4 zones) serve a day of GPU demand shaped like the trading day (bench/sim_common.py),
 requested ahead of load. Preemption waves (a share of one zone's spot nodes reclaimed at
 once, then no spot capacity in that zone for 30-120 min) and single-node preemptions hit
 every policy identically (app/autoscale/spot.py):
@@ -47,12 +47,31 @@ from app.autoscale.spot import (
     simulate,
 )
 from bench.sim_common import REGIONS, ratio, table, trading_days
+from infra.config import NAMESPACE, StackConfig, load_catalog
+from tools.engine import read_stack_config
 
-ZONES = ("us-central1-a", "us-central1-b", "us-central1-c")  # L4 zones (infra/catalog.yaml)
-SPOT = PoolSpec("l4-spot", spot=True, max_nodes=8, slots_per_node=2, usd_per_node_hour=0.3414)
-ON_DEMAND = PoolSpec(
-    "l4-ondemand", spot=False, max_nodes=4, slots_per_node=2, usd_per_node_hour=0.8536
-)
+REPO = Path(__file__).resolve().parent.parent
+REGION = "us-central1"
+USD_PER_NODE_HOUR = {True: 0.3414, False: 0.8536}  # g2-standard-8 spot / on-demand, above
+
+
+def prod_pool(spot: bool) -> PoolSpec:
+    """The prod stack's own GPU pool of that kind in REGION, so the simulation follows the
+    configuration it is meant to justify."""
+    config = StackConfig.load("prod", read_stack_config(REPO / "Pulumi.prod.yaml", NAMESPACE))
+    pool = next(p for p in config.region(REGION).node_pools.gpu if p.spot is spot)
+    return PoolSpec(
+        pool.name,
+        spot=spot,
+        max_nodes=pool.max_nodes,
+        slots_per_node=pool.accelerator_count * pool.max_shared_clients_per_gpu,
+        usd_per_node_hour=USD_PER_NODE_HOUR[spot],
+    )
+
+
+ZONES = load_catalog().gpus_in(REGION)["nvidia-l4"]
+SPOT = prod_pool(spot=True)
+ON_DEMAND = prod_pool(spot=False)
 POOLS = (SPOT, ON_DEMAND)
 RPS_PER_SLOT = 600.0  # requests per second one Triton replica serves within the SLO
 SLO_MINUTES = 0.995  # share of minutes in which ready slots must cover the slots needed

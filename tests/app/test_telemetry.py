@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from app.telemetry import (
     LATENCY_BUCKETS,
     Metrics,
+    MetricsInterceptor,
     MetricsServer,
     TelemetryConfig,
     client_interceptors,
@@ -75,6 +76,40 @@ def test_metrics_are_served_on_a_port_with_standard_names_and_fine_buckets() -> 
     assert sample(text, "signal_cache_hit_ratio", level="l1") == 0.75  # computed at scrape
     assert sample(text, "signal_cache_hit_ratio", level="l2") == 0  # no lookups yet
     assert "# TYPE signal_request_duration_seconds histogram" in text
+
+
+def test_every_request_is_counted_by_method_and_code() -> None:
+    """`signal_requests_total` is the request rate the HPA scales on; errors are also counted
+    on their own."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    async def scenario() -> None:
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for _ in range(3):
+                    await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Check(health_pb2.HealthCheckRequest(service="no-such-service"))
+        finally:
+            await server.stop(None)
+
+    run(scenario())
+    server = MetricsServer("127.0.0.1", 0, registry)
+    try:
+        text = scrape(server.port)
+    finally:
+        server.close()
+    assert sample(text, "signal_requests_total", code="OK", method="Check") == 3
+    assert sample(text, "signal_requests_total", code="NOT_FOUND", method="Check") == 1
+    assert sample(text, "signal_request_errors_total", code="NOT_FOUND", method="Check") == 1
 
 
 def test_telemetry_config_errors_name_the_field() -> None:

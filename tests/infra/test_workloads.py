@@ -549,3 +549,17 @@ def test_workload_defaults_fill_what_is_not_set():
     assert cfg.workloads.triton.termination_grace_seconds == 25
     assert cfg.workloads.triton.model.max_queue_delay_microseconds == 500
     assert cfg.workloads.signal_service.target_cpu_percent == 70
+
+
+def test_hpa_request_rate_metric_is_a_counter_the_service_exports():
+    """The HPA scales on a metric the app really exports (a contract across infra and app)."""
+    from prometheus_client import CollectorRegistry
+
+    from app.telemetry import Metrics
+
+    _, name, kind = REQUEST_RATE_METRIC.split("|")
+    registry = CollectorRegistry()
+    Metrics(registry)
+    exported = {m.name: m.type for m in registry.collect()}
+    assert kind == "counter"
+    assert exported.get(name.removesuffix("_total")) == "counter", sorted(exported)
