@@ -182,7 +182,9 @@ def test_triton_config_is_rendered_by_the_model_build_into_the_bucket(stack_plan
     model = TritonModelConfig.model_validate(stack_plan.outputs["tritonModel"])
     assert config_file.inputs["name"] == f"triton/{model.name}/config.pbtxt"
     assert config_file.inputs["content"] == render_config_pbtxt(model)
-    assert f"max_queue_delay_microseconds: {model.max_queue_delay_us}" in config_file.inputs["content"]
+    assert (
+        f"max_queue_delay_microseconds: {model.max_queue_delay_us}" in config_file.inputs["content"]
+    )
     assert f"max_batch_size: {model.max_batch_size}" in config_file.inputs["content"]
     (bucket,) = [b for b in stack_plan.of_type(BUCKET) if b.name == "artifacts-models"]
     assert config_file.inputs["bucket"] == bucket.inputs["name"]
