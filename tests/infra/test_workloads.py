@@ -499,8 +499,8 @@ def test_bad_workload_settings_name_the_key():
             "workloads.signalService.maxReplicas: prod must be able to scale to 10x its baseline replicas (got 20); allowed: >= 30",
         ),
         (
-            broken(lambda w: w["triton"].update({"maxReplicas": 25})),
-            "workloads.triton.maxReplicas: more Triton replicas than the GPU pools of us-central1 can hold (24)",
+            broken(lambda w: w["triton"].update({"maxReplicas": 33})),
+            "workloads.triton.maxReplicas: more Triton replicas than the GPU pools of us-central1 can hold (32)",
         ),
         (
             broken(lambda w: w["triton"].update({"terminationGraceSeconds": 30})),
