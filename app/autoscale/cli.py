@@ -1,0 +1,58 @@
+"""The command line both metric services share (`python -m app.autoscale`, `app.alerting`):
+load and validate the config, then run until SIGTERM, or run one tick with `--once`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.autoscale.config import ConfigError, prometheus_client
+
+
+class Service(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+def run_service(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    config_env: str,
+    once_help: str,
+    load: Callable[[Path | None], Any],
+    make_service: Callable[[Any, Any], Service],
+    once: Callable[[Any], int],
+) -> int:
+    """Exit codes: 0 done, 2 bad configuration; `once` decides its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, help=f"JSON or YAML (default: ${config_env})")
+    parser.add_argument("--once", action="store_true", help=once_help)
+    parser.add_argument("--check", action="store_true", help="validate the configuration, exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(config.model_dump_json(by_alias=True, indent=2))
+        return 0
+    client = prometheus_client(
+        config.prometheus_url, config.prometheus_auth, config.query_timeout_seconds
+    )
+    service = make_service(config, client)
+    if args.once:
+        return once(service)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service.run(stop)
+    return 0
