@@ -7,7 +7,7 @@ image with `python -m app.autoscale` and `python -m app.alerting` (two replicas 
 across zones), their PodDisruptionBudgets, PodMonitorings so Managed Prometheus collects
 their metrics, and the namespace's default-deny mesh and network policies. They read
 Managed Prometheus data through Cloud Monitoring's Prometheus API as their Kubernetes
-service account (`intelligence_grant`: Workload Identity Federation, no key).
+service account (`identity.monitoring_viewer`: Workload Identity Federation, no key).
 
 The signal service's HPA reads the scaler's `signal_desired_replicas{region}` as the
 External metric `desired_replicas_metric` builds (target AverageValue 1: the metric is the
@@ -28,7 +28,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.cluster import RESTRICTED_CONTAINER
+from infra.cluster import RESTRICTED_CONTAINER, k8s_labels
 from infra.config import IntelligenceSettings, SignalServiceWorkload
 from infra.workloads import (
     MERGED_METRICS_PORT,
@@ -125,33 +125,6 @@ def desired_replicas_metric(region: str, cluster: str) -> dict[str, Any]:
     }
 
 
-def intelligence_grant(
-    name: str,
-    project_id: str,
-    project_number: pulumi.Input[str],
-    opts: pulumi.ResourceOptions | None = None,
-) -> gcp.projects.IAMMember:
-    """Lets every cluster's scaler and detector read Cloud Monitoring (Managed Prometheus
-    data) as their Kubernetes service account: one grant per project."""
-    return gcp.projects.IAMMember(
-        name,
-        project=project_id,
-        role="roles/monitoring.viewer",
-        member=pulumi.Output.from_input(project_number).apply(
-            lambda n: (
-                f"principal://iam.googleapis.com/projects/{n}/locations/global/"
-                f"workloadIdentityPools/{project_id}.svc.id.goog/subject/ns/{NAMESPACE}"
-                f"/sa/{SERVICE_ACCOUNT}"
-            )
-        ),
-        opts=opts,
-    )
-
-
-def _labels(labels: Mapping[str, str], app: str) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "signal-platform", **labels, "app": app}
-
-
 class Intelligence(pulumi.ComponentResource):
     """The predictive scaler and the anomaly detector on one cluster."""
 
@@ -172,7 +145,7 @@ class Intelligence(pulumi.ComponentResource):
         self._name = name
         self._labels = labels
         self._settings = settings
-        meta = _labels(labels, NAMESPACE)
+        meta = k8s_labels(labels, NAMESPACE)
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata={
@@ -222,7 +195,7 @@ class Intelligence(pulumi.ComponentResource):
             )
             self.disruption_budgets[app] = k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb-{app}",
-                metadata={"name": app, "namespace": NAMESPACE, "labels": _labels(labels, app)},
+                metadata={"name": app, "namespace": NAMESPACE, "labels": k8s_labels(labels, app)},
                 spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": {"app": app}}}),
                 opts=in_namespace,
             )
@@ -230,7 +203,7 @@ class Intelligence(pulumi.ComponentResource):
                 f"{name}-monitor-{app}",
                 api_version="monitoring.googleapis.com/v1",
                 kind="PodMonitoring",
-                metadata={"name": app, "namespace": NAMESPACE, "labels": _labels(labels, app)},
+                metadata={"name": app, "namespace": NAMESPACE, "labels": k8s_labels(labels, app)},
                 spec={
                     "selector": {"matchLabels": {"app": app}},
                     # The sidecar serves the app's metrics merged with its own, outside mTLS.
@@ -290,7 +263,7 @@ class Intelligence(pulumi.ComponentResource):
         image: str,
         opts: pulumi.ResourceOptions,
     ) -> k8s.apps.v1.Deployment:
-        labels = _labels(self._labels, app)
+        labels = k8s_labels(self._labels, app)
         selector = {"matchLabels": {"app": app}}
         resources = self._settings.resources
         probe = {"httpGet": {"path": "/metrics", "port": port}, "timeoutSeconds": 5}

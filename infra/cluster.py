@@ -331,7 +331,7 @@ class GkeCluster(pulumi.ComponentResource):
             f"{name}-compute-class",
             api_version="cloud.google.com/v1",
             kind="ComputeClass",
-            metadata={"name": INFERENCE_COMPUTE_CLASS, "labels": _k8s_labels(labels)},
+            metadata={"name": INFERENCE_COMPUTE_CLASS, "labels": k8s_labels(labels)},
             spec={
                 "priorities": [{"nodepools": [p.name]} for p in spot_first(pools.gpu)],
                 # Only the pools above: never an auto-created node of some other shape.
@@ -347,7 +347,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.priority_classes = {
             class_name: k8s.scheduling.v1.PriorityClass(
                 f"{name}-priority-{class_name}",
-                metadata={"name": class_name, "labels": _k8s_labels(labels)},
+                metadata={"name": class_name, "labels": k8s_labels(labels)},
                 value=value,
                 global_default=False,
                 preemption_policy="PreemptLowerPriority"
@@ -376,6 +376,8 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def _k8s_labels(labels: Mapping[str, str]) -> dict[str, str]:
-    """The stack's cost labels on Kubernetes objects (GKE cost allocation reads them)."""
-    return {"app.kubernetes.io/part-of": "signal-platform", **labels}
+def k8s_labels(labels: Mapping[str, str], app: str | None = None) -> dict[str, str]:
+    """The stack's cost labels on Kubernetes objects (GKE cost allocation reads them), and
+    the app's name on an app's objects."""
+    common = {"app.kubernetes.io/part-of": "signal-platform", **labels}
+    return common if app is None else {**common, "app": app}

@@ -71,6 +71,31 @@ REGIONAL_KEYS = ("gke-secrets", "disks", "redis", "artifacts")
 WAREHOUSE_KEYS = ("bigquery", "pubsub", "audit-logs")
 
 
+def monitoring_viewer(
+    name: str,
+    project_id: str,
+    project_number: pulumi.Input[str],
+    namespace: str,
+    ksa: str,
+    opts: pulumi.ResourceOptions | None = None,
+) -> gcp.projects.IAMMember:
+    """Lets a Kubernetes service account read Cloud Monitoring as itself: a Workload Identity
+    Federation principal (no Google service account, no key). The principal names the
+    namespace and account, not the cluster, so one grant serves every cluster."""
+    return gcp.projects.IAMMember(
+        name,
+        project=project_id,
+        role="roles/monitoring.viewer",
+        member=pulumi.Output.from_input(project_number).apply(
+            lambda n: (
+                f"principal://iam.googleapis.com/projects/{n}/locations/global/"
+                f"workloadIdentityPools/{project_id}.svc.id.goog/subject/ns/{namespace}/sa/{ksa}"
+            )
+        ),
+        opts=opts,
+    )
+
+
 class ServiceAccounts(pulumi.ComponentResource):
     """Google service accounts for the workloads (bound to their KSAs) and the node pools."""
 

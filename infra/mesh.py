@@ -17,6 +17,7 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.cluster import k8s_labels
 from infra.config import MeshSettings
 from infra.identity import NAMESPACE as WORKLOAD_NAMESPACE
 
@@ -78,10 +79,6 @@ def locality_setting(
     return {"enabled": True, "failover": [{"from": region, "to": preferred}]}
 
 
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "signal-platform", **labels}
-
-
 class Mesh(pulumi.ComponentResource):
     """Istio on one cluster, the workload namespace, and the mesh policy of its services."""
 
@@ -98,7 +95,7 @@ class Mesh(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:Mesh", name, None, opts)
-        meta = _labels(labels)
+        meta = k8s_labels(labels)
 
         def after(*resources: pulumi.Resource) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=list(resources))

@@ -6,15 +6,22 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.artifacts import ArtifactStore
+from infra.autoscale import NAMESPACE as INTELLIGENCE_NAMESPACE
+from infra.autoscale import SERVICE_ACCOUNT as INTELLIGENCE_ACCOUNT
 from infra.autoscale import (
     AnomalyAlerts,
     Intelligence,
     desired_replicas_metric,
-    intelligence_grant,
 )
 from infra.cluster import INFERENCE_COMPUTE_CLASS, INFERENCE_PRIORITY, ClusterNetwork, GkeCluster
 from infra.config import RegionConfig, StackConfig, load_catalog
-from infra.identity import REGIONAL_KEYS, WAREHOUSE_KEYS, KeyRing, ServiceAccounts
+from infra.identity import (
+    REGIONAL_KEYS,
+    WAREHOUSE_KEYS,
+    KeyRing,
+    ServiceAccounts,
+    monitoring_viewer,
+)
 from infra.mesh import Mesh
 from infra.messaging import Messaging, pubsub_agent
 from infra.network import RegionalNetwork, Vpc
@@ -22,12 +29,13 @@ from infra.observability import Observability
 from infra.redis import RedisCluster
 from infra.warehouse import Warehouse
 from infra.workloads import (
+    METRICS_ADAPTER,
+    METRICS_NAMESPACE,
     MetricsAdapter,
     Placement,
     ServiceEndpoints,
     WorkloadSet,
     mesh_services,
-    metrics_adapter_grant,
     server_ca_bundle,
     triton_model_files,
 )
@@ -279,14 +287,24 @@ class Platform(pulumi.ComponentResource):
         )
         resolve_models_bucket(self.artifacts.models.name)
         # One grant serves every cluster's metrics adapter (the principal is project-wide).
-        self.metrics_reader = metrics_adapter_grant(
-            "metrics-adapter-monitoring-viewer", config.project_id, project.number, after_apis
+        self.metrics_reader = monitoring_viewer(
+            "metrics-adapter-monitoring-viewer",
+            config.project_id,
+            project.number,
+            METRICS_NAMESPACE,
+            METRICS_ADAPTER,
+            after_apis,
         )
         intelligence = config.intelligence
         if intelligence.predictive_scaling.enabled or intelligence.anomaly_detection.enabled:
             # Every region's scaler and detector read Managed Prometheus data (one grant).
-            self.intelligence_reader = intelligence_grant(
-                "intelligence-monitoring-viewer", config.project_id, project.number, after_apis
+            self.intelligence_reader = monitoring_viewer(
+                "intelligence-monitoring-viewer",
+                config.project_id,
+                project.number,
+                INTELLIGENCE_NAMESPACE,
+                INTELLIGENCE_ACCOUNT,
+                after_apis,
             )
         if intelligence.anomaly_detection.enabled:
             self.anomaly_alerts = AnomalyAlerts(

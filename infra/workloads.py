@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import yaml
 
@@ -27,6 +26,7 @@ from infra.cluster import (
     GPU_TAINT,
     RESTRICTED_CONTAINER,
     SPOT_TAINT,
+    k8s_labels,
 )
 from infra.config import SignalServiceWorkload, TritonModel, TritonWorkload, Workload, Workloads
 from infra.identity import WORKLOADS
@@ -234,10 +234,6 @@ def triton_model_files(model: TritonModel) -> dict[str, str]:
     return {f"{relative}/{config.name}/config.pbtxt": render_config_pbtxt(config)}
 
 
-def _labels(labels: Mapping[str, str], app: str) -> dict[str, str]:
-    return {"app.kubernetes.io/part-of": "signal-platform", **labels, "app": app}
-
-
 class WorkloadSet(pulumi.ComponentResource):
     """The signal service and Triton on one cluster."""
 
@@ -272,7 +268,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 metadata={
                     "name": WORKLOADS[key].ksa,
                     "namespace": namespace,
-                    "labels": _labels(labels, key),
+                    "labels": k8s_labels(labels, key),
                     "annotations": {"iam.gke.io/gcp-service-account": google_accounts[key]},
                 },
                 automount_service_account_token=False,
@@ -372,7 +368,7 @@ class WorkloadSet(pulumi.ComponentResource):
         self.disruption_budgets = {
             app: k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb-{app}",
-                metadata={"name": app, "namespace": namespace, "labels": _labels(labels, app)},
+                metadata={"name": app, "namespace": namespace, "labels": k8s_labels(labels, app)},
                 spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": {"app": app}}}),
                 opts=pulumi.ResourceOptions(parent=self),
             )
@@ -383,7 +379,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 f"{name}-monitor-{app}",
                 api_version="monitoring.googleapis.com/v1",
                 kind="PodMonitoring",
-                metadata={"name": app, "namespace": namespace, "labels": _labels(labels, app)},
+                metadata={"name": app, "namespace": namespace, "labels": k8s_labels(labels, app)},
                 spec={
                     "selector": {"matchLabels": {"app": app}},
                     "endpoints": [
@@ -417,7 +413,7 @@ class WorkloadSet(pulumi.ComponentResource):
     ) -> dict[str, Any]:
         selector = {"matchLabels": {"app": app}}
         return {
-            "metadata": {"labels": _labels(self._labels, app), "annotations": dict(annotations)},
+            "metadata": {"labels": k8s_labels(self._labels, app), "annotations": dict(annotations)},
             "spec": {
                 "serviceAccountName": WORKLOADS[app].ksa,
                 "automountServiceAccountToken": False,
@@ -466,7 +462,7 @@ class WorkloadSet(pulumi.ComponentResource):
             metadata={
                 "name": app,
                 "namespace": self.namespace,
-                "labels": _labels(self._labels, app),
+                "labels": k8s_labels(self._labels, app),
             },
             spec=api_object(
                 {
@@ -512,7 +508,7 @@ class WorkloadSet(pulumi.ComponentResource):
             metadata={
                 "name": f"{SIGNAL_SERVICE}-config",
                 "namespace": self.namespace,
-                "labels": _labels(self._labels, SIGNAL_SERVICE),
+                "labels": k8s_labels(self._labels, SIGNAL_SERVICE),
             },
             data=data,
             immutable=False,
@@ -671,7 +667,7 @@ class WorkloadSet(pulumi.ComponentResource):
             metadata={
                 "name": app,
                 "namespace": self.namespace,
-                "labels": _labels(self._labels, app),
+                "labels": k8s_labels(self._labels, app),
             },
             spec=api_object(
                 {
@@ -705,7 +701,7 @@ class WorkloadSet(pulumi.ComponentResource):
             metadata={
                 "name": app,
                 "namespace": self.namespace,
-                "labels": _labels(self._labels, app),
+                "labels": k8s_labels(self._labels, app),
             },
             spec=api_object(
                 {
@@ -868,30 +864,6 @@ def network_policy(
     )
 
 
-def metrics_adapter_grant(
-    name: str,
-    project_id: str,
-    project_number: pulumi.Input[str],
-    opts: pulumi.ResourceOptions | None = None,
-) -> gcp.projects.IAMMember:
-    """Lets every cluster's metrics adapter read Cloud Monitoring, as its Kubernetes service
-    account (a Workload Identity Federation principal: no Google service account, no key).
-    The principal names the namespace and account, not the cluster: one grant per project."""
-    return gcp.projects.IAMMember(
-        name,
-        project=project_id,
-        role="roles/monitoring.viewer",
-        member=pulumi.Output.from_input(project_number).apply(
-            lambda n: (
-                f"principal://iam.googleapis.com/projects/{n}/locations/global/"
-                f"workloadIdentityPools/{project_id}.svc.id.goog/subject/ns/{METRICS_NAMESPACE}"
-                f"/sa/{METRICS_ADAPTER}"
-            )
-        ),
-        opts=opts,
-    )
-
-
 class MetricsAdapter(pulumi.ComponentResource):
     """The Custom Metrics Stackdriver Adapter: Cloud Monitoring metrics for HPAs.
 
@@ -899,7 +871,7 @@ class MetricsAdapter(pulumi.ComponentResource):
     (non-root on an unprivileged port, read-only root filesystem) and inside the mesh like every
     namespace: injected, default deny, NetworkPolicies. Only its API port bypasses the sidecar:
     the Kubernetes API server calls it with TLS from outside the mesh. It reads metrics as its
-    Kubernetes service account, which `metrics_adapter_grant` lets read Cloud Monitoring.
+    Kubernetes service account, which `identity.monitoring_viewer` lets read Cloud Monitoring.
     """
 
     def __init__(
@@ -913,7 +885,7 @@ class MetricsAdapter(pulumi.ComponentResource):
     ):
         super().__init__("signal:infra:MetricsAdapter", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        meta = _labels(labels, METRICS_ADAPTER) | {"app.kubernetes.io/name": METRICS_ADAPTER}
+        meta = k8s_labels(labels, METRICS_ADAPTER) | {"app.kubernetes.io/name": METRICS_ADAPTER}
         selector = {"app.kubernetes.io/name": METRICS_ADAPTER}
         adapter = {
             "kind": "ServiceAccount",
