@@ -88,6 +88,11 @@ METRICS_NAMESPACE = "custom-metrics"
 METRICS_ADAPTER_PORT = 6443  # unprivileged: the adapter runs as non-root
 
 
+def role_ref(kind: str, name: str) -> Any:
+    """An RBAC binding's reference to a Role or ClusterRole."""
+    return api_object({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name})
+
+
 def api_object(value: Any) -> Any:
     """A part of a Kubernetes object, spelled as the Kubernetes API spells it (camelCase).
 
@@ -915,13 +920,7 @@ class MetricsAdapter(pulumi.ComponentResource):
         k8s.rbac.v1.ClusterRoleBinding(
             f"{name}-auth-delegator",
             metadata={"name": "custom-metrics:system:auth-delegator", "labels": meta},
-            role_ref=api_object(
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "system:auth-delegator",
-                }
-            ),
+            role_ref=role_ref("ClusterRole", "system:auth-delegator"),
             subjects=api_object([adapter]),
             opts=child,
         )
@@ -932,42 +931,20 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "namespace": "kube-system",
                 "labels": meta,
             },
-            role_ref=api_object(
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "Role",
-                    "name": "extension-apiserver-authentication-reader",
-                }
-            ),
+            role_ref=role_ref("Role", "extension-apiserver-authentication-reader"),
             subjects=api_object([adapter]),
             opts=child,
         )
-        reader = k8s.rbac.v1.ClusterRole(
+        self._granted_cluster_role(
             f"{name}-resource-reader",
-            metadata={"name": "custom-metrics-resource-reader", "labels": meta},
-            rules=api_object(
-                [
-                    {
-                        "apiGroups": [""],
-                        "resources": ["pods", "nodes", "nodes/stats"],
-                        "verbs": ["get", "list", "watch"],
-                    }
-                ]
-            ),
-            opts=child,
-        )
-        k8s.rbac.v1.ClusterRoleBinding(
-            f"{name}-resource-reader",
-            metadata={"name": "custom-metrics-resource-reader", "labels": meta},
-            role_ref=api_object(
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "custom-metrics-resource-reader",
-                }
-            ),
-            subjects=api_object([adapter]),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[reader]),
+            "custom-metrics-resource-reader",
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "nodes", "nodes/stats"],
+                "verbs": ["get", "list", "watch"],
+            },
+            adapter,
+            meta,
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -1085,40 +1062,20 @@ class MetricsAdapter(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service]),
             )
-        external_reader = k8s.rbac.v1.ClusterRole(
+        self._granted_cluster_role(
             f"{name}-external-reader",
-            metadata={"name": "external-metrics-reader", "labels": meta},
-            rules=api_object(
-                [
-                    {
-                        "apiGroups": ["external.metrics.k8s.io"],
-                        "resources": ["*"],
-                        "verbs": ["list", "get", "watch"],
-                    }
-                ]
-            ),
-            opts=child,
-        )
-        k8s.rbac.v1.ClusterRoleBinding(
-            f"{name}-external-reader",
-            metadata={"name": "external-metrics-reader", "labels": meta},
-            role_ref=api_object(
-                {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": "ClusterRole",
-                    "name": "external-metrics-reader",
-                }
-            ),
-            subjects=api_object(
-                [
-                    {
-                        "kind": "ServiceAccount",
-                        "name": "horizontal-pod-autoscaler",
-                        "namespace": "kube-system",
-                    }
-                ]
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[external_reader]),
+            "external-metrics-reader",
+            {
+                "apiGroups": ["external.metrics.k8s.io"],
+                "resources": ["*"],
+                "verbs": ["list", "get", "watch"],
+            },
+            {
+                "kind": "ServiceAccount",
+                "name": "horizontal-pod-autoscaler",
+                "namespace": "kube-system",
+            },
+            meta,
         )
         self.default_deny = k8s.apiextensions.CustomResource(
             f"{name}-deny",
@@ -1151,3 +1108,26 @@ class MetricsAdapter(pulumi.ComponentResource):
             for policy, spec in policies.items()
         }
         self.register_outputs({"namespace": self.namespace.metadata.name})
+
+    def _granted_cluster_role(
+        self,
+        resource_name: str,
+        role_name: str,
+        rule: dict[str, Any],
+        subject: dict[str, Any],
+        labels: Mapping[str, str],
+    ) -> None:
+        """A ClusterRole of one rule, bound to one subject under the same name."""
+        role = k8s.rbac.v1.ClusterRole(
+            resource_name,
+            metadata={"name": role_name, "labels": labels},
+            rules=api_object([rule]),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            resource_name,
+            metadata={"name": role_name, "labels": labels},
+            role_ref=role_ref("ClusterRole", role_name),
+            subjects=api_object([subject]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
+        )
