@@ -14,6 +14,7 @@ from rules.kit import (
     resource_policy,
     schema,
     stack_policy,
+    string_list,
 )
 from rules.label_fields import LABEL_FIELDS
 from rules.values import as_dict, as_list, as_str_map, get, is_unknown
@@ -119,15 +120,7 @@ POLICIES = [
         level=MANDATORY,
         types=lambda token: token.startswith("gcp:"),
         rule=required_labels,
-        config_schema=schema(
-            {
-                "requiredLabels": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["cost-center", "env", "owner"],
-                }
-            }
-        ),
+        config_schema=schema({"requiredLabels": string_list(["cost-center", "env", "owner"])}),
         tags=TAGS,
     ),
     resource_policy(
@@ -139,16 +132,8 @@ POLICIES = [
         rule=allowed_regions,
         config_schema=schema(
             {
-                "allowedRegions": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": DEFAULT_REGIONS,
-                },
-                "allowedMultiRegions": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["global", "us", "eu"],
-                },
+                "allowedRegions": string_list(DEFAULT_REGIONS),
+                "allowedMultiRegions": string_list(["global", "us", "eu"]),
             }
         ),
         tags=TAGS,

@@ -18,6 +18,7 @@ from rules.kit import (
     resource_policy,
     schema,
     stack_policy,
+    string_list,
 )
 from rules.values import as_int, as_list, duration_seconds, get, is_unknown, shown
 
@@ -387,11 +388,9 @@ POLICIES = [
         rule=bigquery_locations,
         config_schema=schema(
             {
-                "allowedLocations": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["US", "EU", "us-central1", "us-east4", "europe-west4"],
-                }
+                "allowedLocations": string_list(
+                    ["US", "EU", "us-central1", "us-east4", "europe-west4"]
+                )
             }
         ),
         tags=TAGS,

@@ -50,16 +50,6 @@ def only_on_stacks(config: Mapping[str, Any]) -> str:
     return stack
 
 
-STACKS_SCHEMA: dict[str, Any] = {
-    "stacks": {
-        "type": "array",
-        "items": {"type": "string"},
-        "description": "the stacks this rule applies to",
-        "default": ["prod"],
-    }
-}
-
-
 class NotApplicable(Exception):
     """Raised by a rule that does not apply in this context (e.g. its config is absent)."""
 
@@ -107,6 +97,16 @@ def schema(
     properties: dict[str, dict[str, Any]], required: list[str] | None = None
 ) -> PolicyConfigSchema:
     return PolicyConfigSchema(properties=properties, required=required)
+
+
+def string_list(default: list[str], description: str | None = None) -> dict[str, Any]:
+    """The config schema of a list of strings (allowed values, exemptions ...)."""
+    described = {"description": description} if description else {}
+    return {"type": "array", "items": {"type": "string"}, **described, "default": default}
+
+
+# The config of rules that apply to some stacks only (deletion protection: prod).
+STACKS_SCHEMA: dict[str, Any] = {"stacks": string_list(["prod"], "the stacks this rule applies to")}
 
 
 def _defaults(config_schema: PolicyConfigSchema | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from rules.kit import (
     resource_policy,
     schema,
     stack_policy,
+    string_list,
 )
 from rules.values import as_dict, as_int, as_list, get, is_unknown, shown
 from rules.workloads import (
@@ -412,15 +413,7 @@ POLICIES = [
         level=MANDATORY,
         types=is_workload,
         rule=drop_all_capabilities,
-        config_schema=schema(
-            {
-                "allowedAddedCapabilities": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["NET_BIND_SERVICE"],
-                }
-            }
-        ),
+        config_schema=schema({"allowedAddedCapabilities": string_list(["NET_BIND_SERVICE"])}),
         tags=TAGS,
     ),
     resource_policy(
@@ -483,15 +476,7 @@ POLICIES = [
         level=MANDATORY,
         types=is_workload,
         rule=gpu_requests_equal_limits,
-        config_schema=schema(
-            {
-                "gpuResources": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["nvidia.com/gpu"],
-                }
-            }
-        ),
+        config_schema=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
         tags=TAGS,
     ),
     resource_policy(
@@ -501,15 +486,7 @@ POLICIES = [
         level=MANDATORY,
         types=is_workload,
         rule=gpu_node_selector,
-        config_schema=schema(
-            {
-                "gpuResources": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "default": ["nvidia.com/gpu"],
-                }
-            }
-        ),
+        config_schema=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
         tags=TAGS,
     ),
     resource_policy(
@@ -548,12 +525,9 @@ POLICIES = [
         rule=no_default_namespace,
         config_schema=schema(
             {
-                "clusterScopedKinds": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "more cluster-scoped kinds (custom resources) to skip",
-                    "default": [],
-                }
+                "clusterScopedKinds": string_list(
+                    [], "more cluster-scoped kinds (custom resources) to skip"
+                )
             }
         ),
         tags=TAGS,

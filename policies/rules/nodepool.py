@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from rules.kit import MANDATORY, NotApplicable, Resource, resource_policy, schema
+from rules.kit import MANDATORY, NotApplicable, Resource, resource_policy, schema, string_list
 from rules.values import UNKNOWN, as_int, as_list, get, is_unknown, shown
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -190,17 +190,13 @@ def boot_disk_cmek(r: Resource) -> Iterator[str]:
 _GPU_CONFIG = schema(
     {
         "maxGpuNodes": {"type": "integer", "minimum": 0, "default": 8},
-        "allowedMachineTypes": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "fnmatch patterns of GPU machine types",
-            "default": ["g2-standard-*", "a2-highgpu-*", "n1-standard-*"],
-        },
-        "allowedAcceleratorTypes": {
-            "type": "array",
-            "items": {"type": "string"},
-            "default": ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"],
-        },
+        "allowedMachineTypes": string_list(
+            ["g2-standard-*", "a2-highgpu-*", "n1-standard-*"],
+            "fnmatch patterns of GPU machine types",
+        ),
+        "allowedAcceleratorTypes": string_list(
+            ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"]
+        ),
     }
 )
 

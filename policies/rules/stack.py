@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rules.istio import is_authorization_policy, is_peer_authentication
-from rules.kit import MANDATORY, StackResource, schema, stack_policy
+from rules.kit import MANDATORY, StackResource, schema, stack_policy, string_list
 from rules.kubernetes import hpa_targets, object_key
 from rules.nodepool import NODE_POOL, is_spot
 from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown
@@ -18,10 +18,8 @@ CLUSTER = "gcp:container/cluster:Cluster"
 Finding = tuple[str | None, str]
 
 _EXEMPT = {
-    "exemptNamespaces": {
-        "type": "array",
-        "items": {"type": "string"},
-        "default": [
+    "exemptNamespaces": string_list(
+        [
             "kube-system",
             "kube-public",
             "kube-node-lease",
@@ -29,8 +27,8 @@ _EXEMPT = {
             "gke-managed-system",
             "gmp-system",
             "gmp-public",
-        ],
-    }
+        ]
+    )
 }
 _NAMESPACE_CONFIG = schema(_EXEMPT)
 _MESH_CONFIG = schema(
