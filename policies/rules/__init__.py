@@ -5,7 +5,7 @@ from __future__ import annotations
 from rules import cost, data, gke, iam, istio, kubernetes, nodepool, stack
 
 DOMAINS = (gke, nodepool, kubernetes, istio, data, iam, cost, stack)
-ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.POLICIES]
+ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.RULES.policies]
 
 _names = [policy.name for policy in ALL_POLICIES]
 _duplicates = sorted({name for name in _names if _names.count(name) > 1})

@@ -10,16 +10,15 @@ from rules.kit import (
     MANDATORY,
     NotApplicable,
     Resource,
+    Rules,
     StackResource,
-    resource_policy,
     schema,
-    stack_policy,
     string_list,
 )
 from rules.label_fields import LABEL_FIELDS
 from rules.values import as_dict, as_list, as_str_map, get, is_unknown
 
-TAGS = ("cost",)
+RULES = Rules("cost")
 GCP_PROVIDER = "pulumi:providers:gcp"
 _REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
 _ZONE = re.compile(r"^([a-z]+-[a-z]+\d+)-[a-z]$")
@@ -46,6 +45,20 @@ def label_field(token: str, props: dict[str, Any]) -> tuple[str, bool] | None:
     return None
 
 
+@RULES.resource(
+    "cost-required-labels",
+    level=MANDATORY,
+    description=(
+        "Every resource that takes labels carries the cost-allocation labels, on the "
+        "resource or through the provider's defaultLabels."
+    ),
+    source=(
+        "Checkov CKV_GCP_21 (cluster labels); Google Cloud docs, 'Best practices for "
+        "labels: cost allocation'."
+    ),
+    types=lambda token: token.startswith("gcp:"),
+    config=schema({"requiredLabels": string_list(["cost-center", "env", "owner"])}),
+)
 def required_labels(r: Resource) -> Iterator[str]:
     field = label_field(r.type, r.props)
     if field is None:
@@ -80,6 +93,26 @@ def _locations(r: Resource) -> Iterator[tuple[str, Any]]:
         yield f"nodeLocations[{index}]", zone
 
 
+def _applies_to_regions(token: str) -> bool:
+    # BigQuery locations have their own rule (bigquery-allowed-locations).
+    return token == GCP_PROVIDER or (
+        token.startswith("gcp:") and not token.startswith("gcp:bigquery/")
+    )
+
+
+@RULES.resource(
+    "cost-allowed-regions",
+    level=MANDATORY,
+    description="Resources and providers stay in the allowed regions and multi-regions.",
+    source=("Google Cloud docs, 'Resource locations' organization policy (gcp.resourceLocations)."),
+    types=_applies_to_regions,
+    config=schema(
+        {
+            "allowedRegions": string_list(DEFAULT_REGIONS),
+            "allowedMultiRegions": string_list(["global", "us", "eu"]),
+        }
+    ),
+)
 def allowed_regions(r: Resource) -> Iterator[str]:
     regions = {str(x).lower() for x in r.config["allowedRegions"]}
     multi = {str(x).lower() for x in r.config["allowedMultiRegions"]}
@@ -93,13 +126,21 @@ def allowed_regions(r: Resource) -> Iterator[str]:
             yield f"{key} {value!r} is not an allowed multi-region ({', '.join(sorted(multi))})"
 
 
-def _applies_to_regions(token: str) -> bool:
-    # BigQuery locations have their own rule (bigquery-allowed-locations).
-    return token == GCP_PROVIDER or (
-        token.startswith("gcp:") and not token.startswith("gcp:bigquery/")
-    )
-
-
+@RULES.stack(
+    "cost-monthly-budget",
+    level=MANDATORY,
+    description=(
+        "The stack's estimated monthly cost stays within its budget (both passed as "
+        "policy config; skipped when absent)."
+    ),
+    source="FinOps Foundation, 'Budget management'.",
+    config=schema(
+        {
+            "estimatedMonthlyUsd": {"type": "number", "minimum": 0},
+            "budgetMonthlyUsd": {"type": "number", "minimum": 0},
+        }
+    ),
+)
 def monthly_budget(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[tuple[str | None, str]]:
@@ -109,47 +150,3 @@ def monthly_budget(
     if estimate > budget:
         stack = next((r.urn for r in resources if r.type == "pulumi:pulumi:Stack"), None)
         yield stack, f"estimated ${estimate:,.2f}/month exceeds the budget of ${budget:,.2f}/month"
-
-
-POLICIES = [
-    resource_policy(
-        name="cost-required-labels",
-        description="Every resource that takes labels carries the cost-allocation labels, on the "
-        "resource or through the provider's defaultLabels. Source: Checkov CKV_GCP_21 (cluster labels); "
-        "Google Cloud docs, 'Best practices for labels: cost allocation'.",
-        level=MANDATORY,
-        types=lambda token: token.startswith("gcp:"),
-        rule=required_labels,
-        config_schema=schema({"requiredLabels": string_list(["cost-center", "env", "owner"])}),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="cost-allowed-regions",
-        description="Resources and providers stay in the allowed regions and multi-regions. "
-        "Source: Google Cloud docs, 'Resource locations' organization policy (gcp.resourceLocations).",
-        level=MANDATORY,
-        types=_applies_to_regions,
-        rule=allowed_regions,
-        config_schema=schema(
-            {
-                "allowedRegions": string_list(DEFAULT_REGIONS),
-                "allowedMultiRegions": string_list(["global", "us", "eu"]),
-            }
-        ),
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="cost-monthly-budget",
-        description="The stack's estimated monthly cost stays within its budget (both passed as policy "
-        "config; skipped when absent). Source: FinOps Foundation, 'Budget management'.",
-        level=MANDATORY,
-        rule=monthly_budget,
-        config_schema=schema(
-            {
-                "estimatedMonthlyUsd": {"type": "number", "minimum": 0},
-                "budgetMonthlyUsd": {"type": "number", "minimum": 0},
-            }
-        ),
-        tags=TAGS,
-    ),
-]

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rules.iam_grants import PUBLIC_MEMBERS, iam_types_of, public_members
 from rules.kit import (
     ADVISORY,
     MANDATORY,
     STACKS_SCHEMA,
     NotApplicable,
     Resource,
+    Rules,
     StackResource,
     only_on_stacks,
-    resource_policy,
     schema,
-    stack_policy,
     string_list,
 )
 from rules.values import as_int, as_list, duration_seconds, get, is_unknown, shown
 
-TAGS = ("data",)
+RULES = Rules("data")
 REDIS_CLUSTER = "gcp:redis/cluster:Cluster"
 REDIS_INSTANCE = "gcp:redis/instance:Instance"
 DATASET = "gcp:bigquery/dataset:Dataset"
@@ -30,7 +29,6 @@ TABLE = "gcp:bigquery/table:Table"
 TOPIC = "gcp:pubsub/topic:Topic"
 SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
-PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 
 # Resource type → path to its customer-managed key.
 CMEK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -44,44 +42,13 @@ CMEK_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def iam_members(r: Resource) -> list[tuple[str, Any]]:
-    """(role, member) pairs of an IAM Member, Binding or Policy resource (any service)."""
-    props = r.props
-    role = get(props, "role")
-    if "member" in props:
-        return [(role, get(props, "member"))]
-    if "members" in props:
-        return [(role, m) for m in as_list(get(props, "members"))]
-    data = get(props, "policyData")
-    if isinstance(data, str):
-        try:
-            policy = json.loads(data)
-        except ValueError:
-            return []
-        return [
-            (get(binding, "role"), member)
-            for binding in as_list(get(policy, "bindings"))
-            for member in as_list(get(binding, "members"))
-        ]
-    return []
-
-
-def is_iam_type(token: str) -> bool:
-    """IAM Member/Binding/Policy resources of every service (`...IAMMember`, `...IamBinding`)."""
-    kind = token.rsplit(":", 1)[-1].lower()
-    return token.startswith("gcp:") and kind.endswith(("iammember", "iambinding", "iampolicy"))
-
-
-def iam_types_of(*modules: str):
-    return lambda token: is_iam_type(token) and token.split(":")[1].split("/")[0] in modules
-
-
-def public_members(r: Resource) -> Iterator[str]:
-    for role, member in iam_members(r):
-        if member in PUBLIC_MEMBERS:
-            yield f"grants {role} to {member}"
-
-
+@RULES.resource(
+    "redis-transit-encryption",
+    level=MANDATORY,
+    description="Memorystore Redis encrypts traffic in transit (TLS).",
+    source="Checkov CKV_GCP_97.",
+    types={REDIS_CLUSTER, REDIS_INSTANCE},
+)
 def redis_transit_encryption(r: Resource) -> Iterator[str]:
     mode = get(r.props, "transitEncryptionMode")
     expected = (
@@ -93,6 +60,13 @@ def redis_transit_encryption(r: Resource) -> Iterator[str]:
         yield f"transitEncryptionMode must be {expected} (got {shown(mode)})"
 
 
+@RULES.resource(
+    "redis-iam-auth",
+    level=MANDATORY,
+    description="Memorystore Redis requires authentication (IAM auth for Redis Cluster).",
+    source="Checkov CKV_GCP_95; Memorystore docs, 'About IAM authentication'.",
+    types={REDIS_CLUSTER, REDIS_INSTANCE},
+)
 def redis_iam_auth(r: Resource) -> Iterator[str]:
     if r.type == REDIS_CLUSTER:
         mode = get(r.props, "authorizationMode")
@@ -104,6 +78,16 @@ def redis_iam_auth(r: Resource) -> Iterator[str]:
             yield "authEnabled must be true"
 
 
+@RULES.resource(
+    "redis-deletion-protection",
+    level=MANDATORY,
+    description=(
+        "On production stacks, Memorystore Redis deletion protection is not switched off."
+    ),
+    source="Memorystore docs, 'Deletion protection'.",
+    types={REDIS_CLUSTER, REDIS_INSTANCE},
+    config=schema(STACKS_SCHEMA),
+)
 def redis_deletion_protection(r: Resource) -> Iterator[str]:
     only_on_stacks(r.config)
     field = "deletionProtectionEnabled" if r.type == REDIS_CLUSTER else "deletionProtection"
@@ -111,6 +95,13 @@ def redis_deletion_protection(r: Resource) -> Iterator[str]:
         yield f"{field} is false"
 
 
+@RULES.resource(
+    "redis-high-availability",
+    level=ADVISORY,
+    description="Memorystore Redis keeps replicas across zones.",
+    source="Memorystore docs, 'High availability and replicas'.",
+    types={REDIS_CLUSTER, REDIS_INSTANCE},
+)
 def redis_high_availability(r: Resource) -> Iterator[str]:
     if r.type == REDIS_CLUSTER:
         replicas = get(r.props, "replicaCount")
@@ -124,6 +115,17 @@ def redis_high_availability(r: Resource) -> Iterator[str]:
             yield f"tier must be STANDARD_HA (got {shown(tier)})"
 
 
+@RULES.resource(
+    "bigquery-no-public-access",
+    level=MANDATORY,
+    description=(
+        "BigQuery datasets and tables grant nothing to allUsers or allAuthenticatedUsers."
+    ),
+    source="CIS Google Cloud 7.1; Checkov CKV_GCP_15.",
+    types=lambda t: (
+        t in (DATASET, "gcp:bigquery/datasetAccess:DatasetAccess") or iam_types_of("bigquery")(t)
+    ),
+)
 def bigquery_public(r: Resource) -> Iterator[str]:
     if r.type == DATASET:
         for index, access in enumerate(as_list(get(r.props, "accesses"))):
@@ -138,6 +140,17 @@ def bigquery_public(r: Resource) -> Iterator[str]:
         yield from public_members(r)
 
 
+@RULES.resource(
+    "bigquery-deletion-protection",
+    level=MANDATORY,
+    description=(
+        "On production stacks, BigQuery tables keep deletion protection and datasets do "
+        "not delete their contents on destroy."
+    ),
+    source="Checkov CKV_GCP_121.",
+    types={TABLE, DATASET},
+    config=schema(STACKS_SCHEMA),
+)
 def bigquery_deletion_protection(r: Resource) -> Iterator[str]:
     only_on_stacks(r.config)
     if r.type == TABLE and get(r.props, "deletionProtection") is False:
@@ -146,6 +159,13 @@ def bigquery_deletion_protection(r: Resource) -> Iterator[str]:
         yield "deleteContentsOnDestroy is true: destroying the dataset drops every table in it"
 
 
+@RULES.resource(
+    "bigquery-partition-filter",
+    level=MANDATORY,
+    description="Partitioned tables require a partition filter.",
+    source="BigQuery docs, 'Set partition filter requirements'.",
+    types={TABLE},
+)
 def bigquery_partition_filter(r: Resource) -> Iterator[str]:
     partitioned = (
         get(r.props, "timePartitioning") is not None
@@ -162,6 +182,16 @@ def bigquery_partition_filter(r: Resource) -> Iterator[str]:
         yield "partitioned tables must set requirePartitionFilter: true so queries cannot scan every partition"
 
 
+@RULES.resource(
+    "bigquery-allowed-locations",
+    level=MANDATORY,
+    description="BigQuery datasets live in an allowed location (data residency).",
+    source="BigQuery docs, 'Dataset locations'.",
+    types={DATASET},
+    config=schema(
+        {"allowedLocations": string_list(["US", "EU", "us-central1", "us-east4", "europe-west4"])}
+    ),
+)
 def bigquery_locations(r: Resource) -> Iterator[str]:
     location = get(r.props, "location")
     allowed = [str(a) for a in r.config["allowedLocations"]]
@@ -173,6 +203,19 @@ def bigquery_locations(r: Resource) -> Iterator[str]:
         yield f"location {location!r} is not allowed; allowed: {', '.join(allowed)}"
 
 
+@RULES.resource(
+    "bigquery-materialized-view-refresh",
+    level=ADVISORY,
+    description="Materialized views refresh automatically within the configured interval.",
+    source="BigQuery docs, 'Manage materialized views: refresh'.",
+    types={TABLE},
+    config=schema(
+        {
+            "minRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 60000},
+            "maxRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 3600000},
+        }
+    ),
+)
 def materialized_view_refresh(r: Resource) -> Iterator[str]:
     view = get(r.props, "materializedView")
     if view is None:
@@ -237,6 +280,37 @@ def _subscriptions_to_check(resources: list[StackResource]) -> Iterator[StackRes
             yield s
 
 
+RULES.resource(
+    "pubsub-no-public-iam",
+    level=MANDATORY,
+    description=(
+        "Pub/Sub topics, subscriptions and schemas grant nothing to allUsers or "
+        "allAuthenticatedUsers."
+    ),
+    source="Pub/Sub docs, 'Access control with IAM'.",
+    types=iam_types_of("pubsub"),
+)(public_members)
+
+
+@RULES.stack(
+    "pubsub-dead-letter",
+    level=MANDATORY,
+    description=(
+        "Subscriptions park undeliverable messages on a dead-letter topic (except those "
+        "reading a dead-letter topic of the stack)."
+    ),
+    source="Pub/Sub docs, 'Handle message failures'.",
+    config=schema(
+        {
+            "maxDeliveryAttempts": {
+                "type": "integer",
+                "minimum": 5,
+                "maximum": 100,
+                "default": 10,
+            }
+        }
+    ),
+)
 def subscription_dead_letter(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[tuple[str | None, str]]:
@@ -257,6 +331,15 @@ def subscription_dead_letter(
             yield s.urn, f"deadLetterPolicy.maxDeliveryAttempts {attempts} exceeds {limit}"
 
 
+@RULES.stack(
+    "pubsub-retry-policy",
+    level=MANDATORY,
+    description=(
+        "Subscriptions back off exponentially before redelivery (except those reading a "
+        "dead-letter topic of the stack)."
+    ),
+    source="Pub/Sub docs, 'Handle message failures'.",
+)
 def subscription_retry(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[tuple[str | None, str]]:
@@ -274,6 +357,14 @@ def subscription_retry(
             )
 
 
+@RULES.resource(
+    "kms-rotation",
+    level=MANDATORY,
+    description="Symmetric KMS keys rotate at least every 90 days.",
+    source="CIS Google Cloud 1.10; Checkov CKV_GCP_43.",
+    types={CRYPTO_KEY},
+    config=schema({"maxRotationDays": {"type": "integer", "minimum": 1, "default": 90}}),
+)
 def kms_rotation(r: Resource) -> Iterator[str]:
     purpose = get(r.props, "purpose", default="ENCRYPT_DECRYPT")
     if purpose != "ENCRYPT_DECRYPT":
@@ -289,6 +380,14 @@ def kms_rotation(r: Resource) -> Iterator[str]:
         yield f"rotationPeriod {period} is longer than {limit_days} days"
 
 
+@RULES.resource(
+    "kms-key-protected",
+    level=MANDATORY,
+    description="KMS keys are protected from deletion (protect option or a long destroy delay).",
+    source="Checkov CKV_GCP_82.",
+    types={CRYPTO_KEY},
+    config=schema({"minDestroyScheduledDays": {"type": "integer", "minimum": 1, "default": 30}}),
+)
 def kms_protected(r: Resource) -> Iterator[str]:
     if r.protect:
         return
@@ -304,187 +403,28 @@ def kms_protected(r: Resource) -> Iterator[str]:
         )
 
 
+RULES.resource(
+    "kms-no-public-iam",
+    level=MANDATORY,
+    description="KMS keys and key rings grant nothing to allUsers or allAuthenticatedUsers.",
+    source="CIS Google Cloud 1.9.",
+    types=iam_types_of("kms"),
+)(public_members)
+
+
+@RULES.resource(
+    "cmek-required",
+    level=MANDATORY,
+    description=(
+        "Data services that support it encrypt with a customer-managed KMS key "
+        "(BigQuery datasets, Pub/Sub topics, Redis, Artifact Registry, Storage buckets, "
+        "disks)."
+    ),
+    source="CIS Google Cloud 7.3; Checkov CKV_GCP_81, CKV_GCP_83.",
+    types=set(CMEK_FIELDS),
+)
 def cmek(r: Resource) -> Iterator[str]:
     path = CMEK_FIELDS[r.type]
     key = get(r.props, *path)
     if not key and not is_unknown(key):
         yield f"{'.'.join(path)} must name a Cloud KMS key (CMEK)"
-
-
-POLICIES = [
-    resource_policy(
-        name="redis-transit-encryption",
-        description="Memorystore Redis encrypts traffic in transit (TLS). Source: Checkov CKV_GCP_97.",
-        level=MANDATORY,
-        types={REDIS_CLUSTER, REDIS_INSTANCE},
-        rule=redis_transit_encryption,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="redis-iam-auth",
-        description="Memorystore Redis requires authentication (IAM auth for Redis Cluster). "
-        "Source: Checkov CKV_GCP_95; Memorystore docs, 'About IAM authentication'.",
-        level=MANDATORY,
-        types={REDIS_CLUSTER, REDIS_INSTANCE},
-        rule=redis_iam_auth,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="redis-deletion-protection",
-        description="On production stacks, Memorystore Redis deletion protection is not switched off. "
-        "Source: Memorystore docs, 'Deletion protection'.",
-        level=MANDATORY,
-        types={REDIS_CLUSTER, REDIS_INSTANCE},
-        rule=redis_deletion_protection,
-        config_schema=schema(STACKS_SCHEMA),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="redis-high-availability",
-        description="Memorystore Redis keeps replicas across zones. "
-        "Source: Memorystore docs, 'High availability and replicas'.",
-        level=ADVISORY,
-        types={REDIS_CLUSTER, REDIS_INSTANCE},
-        rule=redis_high_availability,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="bigquery-no-public-access",
-        description="BigQuery datasets and tables grant nothing to allUsers or allAuthenticatedUsers. "
-        "Source: CIS Google Cloud 7.1; Checkov CKV_GCP_15.",
-        level=MANDATORY,
-        types=lambda t: (
-            t in (DATASET, "gcp:bigquery/datasetAccess:DatasetAccess")
-            or iam_types_of("bigquery")(t)
-        ),
-        rule=bigquery_public,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="bigquery-deletion-protection",
-        description="On production stacks, BigQuery tables keep deletion protection and datasets do "
-        "not delete their contents on destroy. Source: Checkov CKV_GCP_121.",
-        level=MANDATORY,
-        types={TABLE, DATASET},
-        rule=bigquery_deletion_protection,
-        config_schema=schema(STACKS_SCHEMA),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="bigquery-partition-filter",
-        description="Partitioned tables require a partition filter. "
-        "Source: BigQuery docs, 'Set partition filter requirements'.",
-        level=MANDATORY,
-        types={TABLE},
-        rule=bigquery_partition_filter,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="bigquery-allowed-locations",
-        description="BigQuery datasets live in an allowed location (data residency). "
-        "Source: BigQuery docs, 'Dataset locations'.",
-        level=MANDATORY,
-        types={DATASET},
-        rule=bigquery_locations,
-        config_schema=schema(
-            {
-                "allowedLocations": string_list(
-                    ["US", "EU", "us-central1", "us-east4", "europe-west4"]
-                )
-            }
-        ),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="bigquery-materialized-view-refresh",
-        description="Materialized views refresh automatically within the configured interval. "
-        "Source: BigQuery docs, 'Manage materialized views: refresh'.",
-        level=ADVISORY,
-        types={TABLE},
-        rule=materialized_view_refresh,
-        config_schema=schema(
-            {
-                "minRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 60000},
-                "maxRefreshIntervalMs": {"type": "integer", "minimum": 60000, "default": 3600000},
-            }
-        ),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="pubsub-no-public-iam",
-        description="Pub/Sub topics, subscriptions and schemas grant nothing to allUsers or "
-        "allAuthenticatedUsers. Source: Pub/Sub docs, 'Access control with IAM'.",
-        level=MANDATORY,
-        types=iam_types_of("pubsub"),
-        rule=public_members,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="pubsub-dead-letter",
-        description="Subscriptions park undeliverable messages on a dead-letter topic (except "
-        "those reading a dead-letter topic of the stack). "
-        "Source: Pub/Sub docs, 'Handle message failures'.",
-        level=MANDATORY,
-        rule=subscription_dead_letter,
-        config_schema=schema(
-            {
-                "maxDeliveryAttempts": {
-                    "type": "integer",
-                    "minimum": 5,
-                    "maximum": 100,
-                    "default": 10,
-                }
-            }
-        ),
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="pubsub-retry-policy",
-        description="Subscriptions back off exponentially before redelivery (except those reading "
-        "a dead-letter topic of the stack). Source: Pub/Sub docs, 'Handle message failures'.",
-        level=MANDATORY,
-        rule=subscription_retry,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="kms-rotation",
-        description="Symmetric KMS keys rotate at least every 90 days. "
-        "Source: CIS Google Cloud 1.10; Checkov CKV_GCP_43.",
-        level=MANDATORY,
-        types={CRYPTO_KEY},
-        rule=kms_rotation,
-        config_schema=schema({"maxRotationDays": {"type": "integer", "minimum": 1, "default": 90}}),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="kms-key-protected",
-        description="KMS keys are protected from deletion (protect option or a long destroy delay). "
-        "Source: Checkov CKV_GCP_82.",
-        level=MANDATORY,
-        types={CRYPTO_KEY},
-        rule=kms_protected,
-        config_schema=schema(
-            {"minDestroyScheduledDays": {"type": "integer", "minimum": 1, "default": 30}}
-        ),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="kms-no-public-iam",
-        description="KMS keys and key rings grant nothing to allUsers or allAuthenticatedUsers. "
-        "Source: CIS Google Cloud 1.9.",
-        level=MANDATORY,
-        types=iam_types_of("kms"),
-        rule=public_members,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="cmek-required",
-        description="Data services that support it encrypt with a customer-managed KMS key "
-        "(BigQuery datasets, Pub/Sub topics, Redis, Artifact Registry, Storage buckets, disks). "
-        "Source: CIS Google Cloud 7.3; Checkov CKV_GCP_81, CKV_GCP_83.",
-        level=MANDATORY,
-        types=set(CMEK_FIELDS),
-        rule=cmek,
-        tags=TAGS,
-    ),
-]

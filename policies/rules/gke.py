@@ -9,23 +9,40 @@ from rules.kit import (
     MANDATORY,
     STACKS_SCHEMA,
     Resource,
+    Rules,
     only_on_stacks,
-    resource_policy,
     schema,
 )
 from rules.values import as_list, get, is_unknown, shown
 
 CLUSTER = "gcp:container/cluster:Cluster"
-TAGS = ("gke",)
+RULES = Rules("gke")
 _OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
+_CHANNELS = ["RAPID", "REGULAR", "STABLE", "EXTENDED"]
 
 
+@RULES.resource(
+    "gke-private-nodes",
+    level=MANDATORY,
+    description="GKE nodes have private IPs only.",
+    source="CIS GKE 5.6.5; Checkov CKV_GCP_64.",
+    types={CLUSTER},
+)
 def private_nodes(r: Resource) -> Iterator[str]:
     value = get(r.props, "privateClusterConfig", "enablePrivateNodes")
     if value is not True and not is_unknown(value):
         yield "privateClusterConfig.enablePrivateNodes must be true: nodes get public IPs otherwise"
 
 
+@RULES.resource(
+    "gke-control-plane-access",
+    level=MANDATORY,
+    description=(
+        "The control plane has a private endpoint, or authorized networks that exclude 0.0.0.0/0."
+    ),
+    source="CIS GKE 5.6.3 and 5.6.4; Checkov CKV_GCP_18, CKV_GCP_20.",
+    types={CLUSTER},
+)
 def control_plane_access(r: Resource) -> Iterator[str]:
     private_endpoint = get(r.props, "privateClusterConfig", "enablePrivateEndpoint")
     ip_endpoint = get(r.props, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled")
@@ -48,6 +65,13 @@ def control_plane_access(r: Resource) -> Iterator[str]:
             yield f"masterAuthorizedNetworksConfig.cidrBlocks[{index}] authorizes {cidr}"
 
 
+@RULES.resource(
+    "gke-workload-identity",
+    level=MANDATORY,
+    description="Workload Identity is enabled (workloadIdentityConfig.workloadPool).",
+    source="CIS GKE 5.2.2; GKE hardening guide.",
+    types={CLUSTER},
+)
 def workload_identity(r: Resource) -> Iterator[str]:
     pool = get(r.props, "workloadIdentityConfig", "workloadPool")
     if is_unknown(pool):
@@ -59,16 +83,37 @@ def workload_identity(r: Resource) -> Iterator[str]:
         )
 
 
+@RULES.resource(
+    "gke-no-legacy-abac",
+    level=MANDATORY,
+    description="Legacy ABAC authorization is disabled.",
+    source="CIS GKE 5.8.3; Checkov CKV_GCP_7.",
+    types={CLUSTER},
+)
 def no_legacy_abac(r: Resource) -> Iterator[str]:
     if get(r.props, "enableLegacyAbac") is True:
         yield "enableLegacyAbac is true: legacy ABAC bypasses RBAC"
 
 
+@RULES.resource(
+    "gke-no-client-certificate",
+    level=MANDATORY,
+    description="No client certificate is issued for cluster authentication.",
+    source="CIS GKE 5.8.1; Checkov CKV_GCP_13.",
+    types={CLUSTER},
+)
 def no_client_certificate(r: Resource) -> Iterator[str]:
     if get(r.props, "masterAuth", "clientCertificateConfig", "issueClientCertificate") is True:
         yield "masterAuth.clientCertificateConfig.issueClientCertificate is true"
 
 
+@RULES.resource(
+    "gke-secrets-encryption",
+    level=MANDATORY,
+    description=("Kubernetes Secrets are encrypted at the application layer with a Cloud KMS key."),
+    source="CIS GKE 5.3.1.",
+    types={CLUSTER},
+)
 def secrets_encryption(r: Resource) -> Iterator[str]:
     encryption = get(r.props, "databaseEncryption")
     if is_unknown(encryption):
@@ -80,6 +125,13 @@ def secrets_encryption(r: Resource) -> Iterator[str]:
         yield "databaseEncryption.keyName must name a Cloud KMS key"
 
 
+@RULES.resource(
+    "gke-network-policy",
+    level=MANDATORY,
+    description="NetworkPolicies are enforced (Dataplane V2 or the network policy add-on).",
+    source="CIS GKE 5.6.7; Checkov CKV_GCP_12.",
+    types={CLUSTER},
+)
 def network_policy(r: Resource) -> Iterator[str]:
     datapath = get(r.props, "datapathProvider")
     enabled = get(r.props, "networkPolicy", "enabled")
@@ -93,6 +145,13 @@ def network_policy(r: Resource) -> Iterator[str]:
     )
 
 
+@RULES.resource(
+    "gke-vpc-native",
+    level=MANDATORY,
+    description="The cluster is VPC-native (alias IPs via ipAllocationPolicy).",
+    source="CIS GKE 5.6.2; Checkov CKV_GCP_23.",
+    types={CLUSTER},
+)
 def vpc_native(r: Resource) -> Iterator[str]:
     if get(r.props, "networkingMode") == "ROUTES":
         yield "networkingMode ROUTES: use VPC_NATIVE"
@@ -100,6 +159,22 @@ def vpc_native(r: Resource) -> Iterator[str]:
         yield "ipAllocationPolicy is required for a VPC-native (alias IP) cluster"
 
 
+@RULES.resource(
+    "gke-release-channel",
+    level=MANDATORY,
+    description="The cluster is enrolled in an allowed release channel.",
+    source="CIS GKE 5.5.4; Checkov CKV_GCP_70.",
+    types={CLUSTER},
+    config=schema(
+        {
+            "allowedChannels": {
+                "type": "array",
+                "items": {"type": "string", "enum": _CHANNELS},
+                "default": ["REGULAR", "STABLE"],
+            }
+        }
+    ),
+)
 def release_channel(r: Resource) -> Iterator[str]:
     channel = get(r.props, "releaseChannel", "channel")
     allowed = list(r.config["allowedChannels"])
@@ -107,11 +182,25 @@ def release_channel(r: Resource) -> Iterator[str]:
         yield f"releaseChannel.channel is {shown(channel)}; allowed: {', '.join(allowed)}"
 
 
+@RULES.resource(
+    "gke-shielded-nodes",
+    level=MANDATORY,
+    description="Shielded GKE nodes are enabled.",
+    source="CIS GKE 5.5.5; Checkov CKV_GCP_71.",
+    types={CLUSTER},
+)
 def shielded_nodes(r: Resource) -> Iterator[str]:
     if get(r.props, "enableShieldedNodes") is False:
         yield "enableShieldedNodes is false"
 
 
+@RULES.resource(
+    "gke-logging",
+    level=MANDATORY,
+    description="Cloud Logging collects system and workload logs.",
+    source="CIS GKE 5.7.1; Checkov CKV_GCP_1.",
+    types={CLUSTER},
+)
 def logging_enabled(r: Resource) -> Iterator[str]:
     if get(r.props, "loggingService") == "none":
         yield "loggingService is 'none'"
@@ -122,6 +211,13 @@ def logging_enabled(r: Resource) -> Iterator[str]:
                 yield f"loggingConfig.enableComponents lacks {needed}"
 
 
+@RULES.resource(
+    "gke-monitoring",
+    level=MANDATORY,
+    description="Cloud Monitoring collects system metrics.",
+    source="CIS GKE 5.7.1; Checkov CKV_GCP_8.",
+    types={CLUSTER},
+)
 def monitoring_enabled(r: Resource) -> Iterator[str]:
     if get(r.props, "monitoringService") == "none":
         yield "monitoringService is 'none'"
@@ -134,12 +230,26 @@ def monitoring_enabled(r: Resource) -> Iterator[str]:
         yield "monitoringConfig.enableComponents lacks SYSTEM_COMPONENTS"
 
 
+@RULES.resource(
+    "gke-binary-authorization",
+    level=MANDATORY,
+    description="Binary Authorization enforces the project policy on every image.",
+    source="CIS GKE 5.10.5; Checkov CKV_GCP_66.",
+    types={CLUSTER},
+)
 def binary_authorization(r: Resource) -> Iterator[str]:
     mode = get(r.props, "binaryAuthorization", "evaluationMode")
     if not is_unknown(mode) and mode != "PROJECT_SINGLETON_POLICY_ENFORCE":
         yield f"binaryAuthorization.evaluationMode must be PROJECT_SINGLETON_POLICY_ENFORCE (got {shown(mode)})"
 
 
+@RULES.resource(
+    "gke-security-posture",
+    level=ADVISORY,
+    description="GKE security posture and workload vulnerability scanning are on.",
+    source="GKE docs, 'About the security posture dashboard'.",
+    types={CLUSTER},
+)
 def security_posture(r: Resource) -> Iterator[str]:
     posture = get(r.props, "securityPostureConfig")
     mode, vulnerability = get(posture, "mode"), get(posture, "vulnerabilityMode")
@@ -152,196 +262,55 @@ def security_posture(r: Resource) -> Iterator[str]:
         yield f"securityPostureConfig.vulnerabilityMode must scan images (got {shown(vulnerability)})"
 
 
+@RULES.resource(
+    "gke-no-alpha",
+    level=MANDATORY,
+    description="Kubernetes alpha features are disabled.",
+    source="CIS GKE 5.10.2.",
+    types={CLUSTER},
+)
 def no_alpha(r: Resource) -> Iterator[str]:
     if get(r.props, "enableKubernetesAlpha") is True:
         yield "enableKubernetesAlpha is true: alpha clusters are unsupported and expire"
 
 
+@RULES.resource(
+    "gke-cost-allocation",
+    level=MANDATORY,
+    description=(
+        "GKE cost allocation is enabled so spend is attributable per namespace and label."
+    ),
+    source="GKE docs, 'Get key spending insights with GKE cost allocation'.",
+    types={CLUSTER},
+)
 def cost_allocation(r: Resource) -> Iterator[str]:
     enabled = get(r.props, "costManagementConfig", "enabled")
     if enabled is not True and not is_unknown(enabled):
         yield "costManagementConfig.enabled must be true for GKE cost allocation"
 
 
+@RULES.resource(
+    "gke-intranode-visibility",
+    level=ADVISORY,
+    description="Intranode visibility is enabled.",
+    source="CIS GKE 5.6.1; Checkov CKV_GCP_61.",
+    types={CLUSTER},
+)
 def intranode_visibility(r: Resource) -> Iterator[str]:
     enabled = get(r.props, "enableIntranodeVisibility")
     if enabled is not True and not is_unknown(enabled):
         yield "enableIntranodeVisibility should be true so pod-to-pod traffic reaches VPC flow logs"
 
 
+@RULES.resource(
+    "gke-deletion-protection",
+    level=MANDATORY,
+    description="On production stacks, cluster deletion protection is not switched off.",
+    source="GKE docs, 'Deletion protection'.",
+    types={CLUSTER},
+    config=schema(STACKS_SCHEMA),
+)
 def deletion_protection(r: Resource) -> Iterator[str]:
     only_on_stacks(r.config)
     if get(r.props, "deletionProtection") is False:
         yield "deletionProtection is false"
-
-
-_CHANNELS = ["RAPID", "REGULAR", "STABLE", "EXTENDED"]
-
-POLICIES = [
-    resource_policy(
-        name="gke-private-nodes",
-        description="GKE nodes have private IPs only. Source: CIS GKE 5.6.5; Checkov CKV_GCP_64.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=private_nodes,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-control-plane-access",
-        description="The control plane has a private endpoint, or authorized networks that exclude "
-        "0.0.0.0/0. Source: CIS GKE 5.6.3 and 5.6.4; Checkov CKV_GCP_18, CKV_GCP_20.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=control_plane_access,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-workload-identity",
-        description="Workload Identity is enabled (workloadIdentityConfig.workloadPool). "
-        "Source: CIS GKE 5.2.2; GKE hardening guide.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=workload_identity,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-no-legacy-abac",
-        description="Legacy ABAC authorization is disabled. Source: CIS GKE 5.8.3; Checkov CKV_GCP_7.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=no_legacy_abac,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-no-client-certificate",
-        description="No client certificate is issued for cluster authentication. "
-        "Source: CIS GKE 5.8.1; Checkov CKV_GCP_13.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=no_client_certificate,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-secrets-encryption",
-        description="Kubernetes Secrets are encrypted at the application layer with a Cloud KMS key. "
-        "Source: CIS GKE 5.3.1.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=secrets_encryption,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-network-policy",
-        description="NetworkPolicies are enforced (Dataplane V2 or the network policy add-on). "
-        "Source: CIS GKE 5.6.7; Checkov CKV_GCP_12.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=network_policy,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-vpc-native",
-        description="The cluster is VPC-native (alias IPs via ipAllocationPolicy). "
-        "Source: CIS GKE 5.6.2; Checkov CKV_GCP_23.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=vpc_native,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-release-channel",
-        description="The cluster is enrolled in an allowed release channel. "
-        "Source: CIS GKE 5.5.4; Checkov CKV_GCP_70.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=release_channel,
-        config_schema=schema(
-            {
-                "allowedChannels": {
-                    "type": "array",
-                    "items": {"type": "string", "enum": _CHANNELS},
-                    "default": ["REGULAR", "STABLE"],
-                }
-            }
-        ),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-shielded-nodes",
-        description="Shielded GKE nodes are enabled. Source: CIS GKE 5.5.5; Checkov CKV_GCP_71.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=shielded_nodes,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-logging",
-        description="Cloud Logging collects system and workload logs. "
-        "Source: CIS GKE 5.7.1; Checkov CKV_GCP_1.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=logging_enabled,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-monitoring",
-        description="Cloud Monitoring collects system metrics. Source: CIS GKE 5.7.1; Checkov CKV_GCP_8.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=monitoring_enabled,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-binary-authorization",
-        description="Binary Authorization enforces the project policy on every image. "
-        "Source: CIS GKE 5.10.5; Checkov CKV_GCP_66.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=binary_authorization,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-security-posture",
-        description="GKE security posture and workload vulnerability scanning are on. "
-        "Source: GKE docs, 'About the security posture dashboard'.",
-        level=ADVISORY,
-        types={CLUSTER},
-        rule=security_posture,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-no-alpha",
-        description="Kubernetes alpha features are disabled. Source: CIS GKE 5.10.2.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=no_alpha,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-cost-allocation",
-        description="GKE cost allocation is enabled so spend is attributable per namespace and label. "
-        "Source: GKE docs, 'Get key spending insights with GKE cost allocation'.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=cost_allocation,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-intranode-visibility",
-        description="Intranode visibility is enabled. Source: CIS GKE 5.6.1; Checkov CKV_GCP_61.",
-        level=ADVISORY,
-        types={CLUSTER},
-        rule=intranode_visibility,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="gke-deletion-protection",
-        description="On production stacks, cluster deletion protection is not switched off. "
-        "Source: GKE docs, 'Deletion protection'.",
-        level=MANDATORY,
-        types={CLUSTER},
-        rule=deletion_protection,
-        config_schema=schema(STACKS_SCHEMA),
-        tags=TAGS,
-    ),
-]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from rules.kit import MANDATORY, Resource, resource_policy
+from rules.kit import MANDATORY, Resource, Rules
+from rules.kube_objects import is_kind, is_workload, pod_metadata
 from rules.values import as_dict, as_list, get, is_unknown, shown
-from rules.workloads import is_kind, is_workload, pod_metadata
 
-TAGS = ("istio",)
+RULES = Rules("istio")
 SECURITY = "security.istio.io"
 NETWORKING = "networking.istio.io"
 _NEGATIVE_SOURCE = (
@@ -35,12 +35,26 @@ def is_destination_rule(token: str) -> bool:
     return is_kind(token, NETWORKING, "DestinationRule")
 
 
+@RULES.resource(
+    "istio-peer-authentication-strict",
+    level=MANDATORY,
+    description="PeerAuthentication policies set mTLS mode STRICT.",
+    source=("Istio security best practices, 'Mutual TLS'; Istio docs, 'Authentication policy'."),
+    types=is_peer_authentication,
+)
 def peer_authentication_strict(r: Resource) -> Iterator[str]:
     mode = get(r.props, "spec", "mtls", "mode")
     if not is_unknown(mode) and mode != "STRICT":
         yield f"spec.mtls.mode must be STRICT (got {shown(mode)}; unset inherits PERMISSIVE from the mesh default)"
 
 
+@RULES.resource(
+    "istio-peer-authentication-ports",
+    level=MANDATORY,
+    description="PeerAuthentication has no PERMISSIVE or DISABLE port-level overrides.",
+    source="Istio security best practices, 'Mutual TLS'.",
+    types=is_peer_authentication,
+)
 def peer_authentication_ports(r: Resource) -> Iterator[str]:
     for port, setting in sorted(as_dict(get(r.props, "spec", "portLevelMtls")).items()):
         mode = get(setting, "mode")
@@ -48,6 +62,19 @@ def peer_authentication_ports(r: Resource) -> Iterator[str]:
             yield f"spec.portLevelMtls[{port}].mode is {mode}: plaintext is accepted on that port"
 
 
+@RULES.resource(
+    "istio-authorization-positive-match",
+    level=MANDATORY,
+    description=(
+        "ALLOW AuthorizationPolicies match positive principals or namespaces, never "
+        "negations or wildcards."
+    ),
+    source=(
+        "Istio security best practices, 'Use ALLOW-with-positive-matching and "
+        "DENY-with-negative-match patterns'."
+    ),
+    types=is_authorization_policy,
+)
 def authorization_positive_match(r: Resource) -> Iterator[str]:
     spec = get(r.props, "spec")
     if is_unknown(spec):
@@ -85,6 +112,13 @@ def _tls_modes(policy: Any, where: str) -> Iterator[tuple[str, Any]]:
         yield f"{where}.portLevelSettings[{index}].tls.mode", get(port, "tls", "mode")
 
 
+@RULES.resource(
+    "istio-destination-rule-tls",
+    level=MANDATORY,
+    description="DestinationRules never disable mesh TLS (in-mesh hosts keep ISTIO_MUTUAL).",
+    source=("Istio security best practices; Istio docs, 'DestinationRule ClientTLSSettings'."),
+    types=is_destination_rule,
+)
 def destination_rule_tls(r: Resource) -> Iterator[str]:
     spec = as_dict(get(r.props, "spec"))
     host = get(spec, "host")
@@ -100,59 +134,16 @@ def destination_rule_tls(r: Resource) -> Iterator[str]:
                 yield f"{path} is {mode} for in-mesh host {host}: use ISTIO_MUTUAL"
 
 
+@RULES.resource(
+    "istio-sidecar-injection",
+    level=MANDATORY,
+    description="Workloads do not opt out of sidecar injection.",
+    source="Istio docs, 'Installing the sidecar: controlling the injection policy'.",
+    types=is_workload,
+)
 def sidecar_injection_enabled(r: Resource) -> Iterator[str]:
     metadata = pod_metadata(r.type, r.props)
     for source in ("annotations", "labels"):
         value = get(metadata, source, "sidecar.istio.io/inject")
         if isinstance(value, str) and value.lower() == "false":
             yield f"pod template {source} sidecar.istio.io/inject=false opts out of the mesh (no mTLS)"
-
-
-POLICIES = [
-    resource_policy(
-        name="istio-peer-authentication-strict",
-        description="PeerAuthentication policies set mTLS mode STRICT. "
-        "Source: Istio security best practices, 'Mutual TLS'; Istio docs, 'Authentication policy'.",
-        level=MANDATORY,
-        types=is_peer_authentication,
-        rule=peer_authentication_strict,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="istio-peer-authentication-ports",
-        description="PeerAuthentication has no PERMISSIVE or DISABLE port-level overrides. "
-        "Source: Istio security best practices, 'Mutual TLS'.",
-        level=MANDATORY,
-        types=is_peer_authentication,
-        rule=peer_authentication_ports,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="istio-authorization-positive-match",
-        description="ALLOW AuthorizationPolicies match positive principals or namespaces, never "
-        "negations or wildcards. Source: Istio security best practices, 'Use ALLOW-with-positive-"
-        "matching and DENY-with-negative-match patterns'.",
-        level=MANDATORY,
-        types=is_authorization_policy,
-        rule=authorization_positive_match,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="istio-destination-rule-tls",
-        description="DestinationRules never disable mesh TLS (in-mesh hosts keep ISTIO_MUTUAL). "
-        "Source: Istio security best practices; Istio docs, 'DestinationRule ClientTLSSettings'.",
-        level=MANDATORY,
-        types=is_destination_rule,
-        rule=destination_rule_tls,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="istio-sidecar-injection",
-        description="Workloads do not opt out of sidecar injection. "
-        "Source: Istio docs, 'Installing the sidecar: controlling the injection policy'.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=sidecar_injection_enabled,
-        tags=TAGS,
-    ),
-]

@@ -1,7 +1,11 @@
-"""How a rule function becomes a CrossGuard policy: type filter, safe properties, config, reporting.
+"""How a rule function becomes a CrossGuard policy: registration, type filter, safe properties,
+config, reporting.
 
 A resource rule is a plain generator `rule(resource) -> Iterable[str]` yielding one message per
-violation; a stack rule is `rule(resources, config) -> Iterable[tuple[urn | None, str]]`.
+violation; a stack rule is `rule(resources, config) -> Iterable[tuple[urn | None, str]]`. Each
+domain module declares `RULES = Rules("<domain>")` and registers every rule with a decorator
+right above its body (`@RULES.resource(id, level=..., description=..., source=..., types=...)`),
+so the rule's id, level, source and type filter sit next to the code that enforces them.
 Python packs have no type filter, so `resource_policy` checks `args.resource_type` before the
 rule runs. Config defaults come from the rule's schema, so a rule behaves the same whether or
 not the engine sends the reconciled config. A rule that raises does not take the other rules
@@ -22,6 +26,7 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     PolicyConfigSchema,
     ReportViolation,
     ResourceValidationArgs,
@@ -223,3 +228,66 @@ def stack_policy(
         config_schema=config_schema,
         tags=list(tags),
     )
+
+
+@dataclass
+class Rules:
+    """The rules of one domain, in the order they are declared: the README's table follows it,
+    and the domain is each rule's first tag."""
+
+    domain: str
+    policies: list[Policy] = field(default_factory=list)
+
+    def resource(
+        self,
+        name: str,
+        *,
+        level: EnforcementLevel,
+        description: str,
+        source: str,
+        types: TypeFilter,
+        config: PolicyConfigSchema | None = None,
+    ) -> Callable[[ResourceRule], ResourceRule]:
+        """Register the decorated function as resource rule `name` for the `types` it judges."""
+
+        def register(rule: ResourceRule) -> ResourceRule:
+            self.policies.append(
+                resource_policy(
+                    name=name,
+                    description=f"{description} Source: {source}",
+                    level=level,
+                    types=types,
+                    rule=rule,
+                    config_schema=config,
+                    tags=(self.domain,),
+                )
+            )
+            return rule
+
+        return register
+
+    def stack(
+        self,
+        name: str,
+        *,
+        level: EnforcementLevel,
+        description: str,
+        source: str,
+        config: PolicyConfigSchema | None = None,
+    ) -> Callable[[StackRule], StackRule]:
+        """Register the decorated function as stack rule `name` (it sees every resource)."""
+
+        def register(rule: StackRule) -> StackRule:
+            self.policies.append(
+                stack_policy(
+                    name=name,
+                    description=f"{description} Source: {source}",
+                    level=level,
+                    rule=rule,
+                    config_schema=config,
+                    tags=(self.domain,),
+                )
+            )
+            return rule
+
+        return register

@@ -13,15 +13,13 @@ from rules.kit import (
     STACKS_SCHEMA,
     NotApplicable,
     Resource,
+    Rules,
     StackResource,
     only_on_stacks,
-    resource_policy,
     schema,
-    stack_policy,
     string_list,
 )
-from rules.values import as_dict, as_int, as_list, get, is_unknown, shown
-from rules.workloads import (
+from rules.kube_objects import (
     CLUSTER_SCOPED_KINDS,
     LONG_RUNNING,
     Container,
@@ -34,8 +32,9 @@ from rules.workloads import (
     namespace_of,
     pod_spec,
 )
+from rules.values import as_dict, as_int, as_list, get, is_unknown, shown
 
-TAGS = ("kubernetes",)
+RULES = Rules("kubernetes")
 GPU_NODE_KEYS = ("cloud.google.com/gke-accelerator",)
 _SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)", re.I)
 _INTERNAL_LB_ANNOTATIONS = (
@@ -56,12 +55,29 @@ def _each_container(r: Resource) -> Iterator[tuple[Any, Container]]:
         yield pod, container
 
 
+@RULES.resource(
+    "k8s-no-privileged",
+    level=MANDATORY,
+    description="No privileged containers.",
+    source=("Pod Security Standards (Baseline); Checkov CKV_K8S_16; Polaris runAsPrivileged."),
+    types=is_workload,
+)
 def no_privileged(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         if get(c.spec, "securityContext", "privileged") is True:
             yield f"{c.label}: securityContext.privileged is true"
 
 
+@RULES.resource(
+    "k8s-no-privilege-escalation",
+    level=MANDATORY,
+    description="Containers set allowPrivilegeEscalation: false.",
+    source=(
+        "Pod Security Standards (Restricted); Checkov CKV_K8S_20; Polaris "
+        "privilegeEscalationAllowed."
+    ),
+    types=is_workload,
+)
 def no_privilege_escalation(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         value = get(c.spec, "securityContext", "allowPrivilegeEscalation")
@@ -69,6 +85,13 @@ def no_privilege_escalation(r: Resource) -> Iterator[str]:
             yield f"{c.label}: securityContext.allowPrivilegeEscalation must be false"
 
 
+@RULES.resource(
+    "k8s-run-as-non-root",
+    level=MANDATORY,
+    description="Containers run as a non-root user.",
+    source=("Pod Security Standards (Restricted); Checkov CKV_K8S_23; Polaris runAsRootAllowed."),
+    types=is_workload,
+)
 def run_as_non_root(r: Resource) -> Iterator[str]:
     for pod, c in _each_container(r):
         non_root = effective_security(pod, c, "runAsNonRoot")
@@ -82,6 +105,13 @@ def run_as_non_root(r: Resource) -> Iterator[str]:
             yield f"{c.label}: set securityContext.runAsNonRoot true (or a non-zero runAsUser)"
 
 
+@RULES.resource(
+    "k8s-read-only-root-fs",
+    level=MANDATORY,
+    description="Containers have a read-only root filesystem.",
+    source="Checkov CKV_K8S_22; Polaris notReadOnlyRootFilesystem.",
+    types=is_workload,
+)
 def read_only_root_fs(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         value = get(c.spec, "securityContext", "readOnlyRootFilesystem")
@@ -89,6 +119,14 @@ def read_only_root_fs(r: Resource) -> Iterator[str]:
             yield f"{c.label}: securityContext.readOnlyRootFilesystem must be true"
 
 
+@RULES.resource(
+    "k8s-drop-all-capabilities",
+    level=MANDATORY,
+    description="Containers drop ALL capabilities and add back only allowed ones.",
+    source="Pod Security Standards (Restricted); Checkov CKV_K8S_37, CKV_K8S_28.",
+    types=is_workload,
+    config=schema({"allowedAddedCapabilities": string_list(["NET_BIND_SERVICE"])}),
+)
 def drop_all_capabilities(r: Resource) -> Iterator[str]:
     allowed = {str(c).upper() for c in r.config["allowedAddedCapabilities"]}
     for _, c in _each_container(r):
@@ -104,6 +142,13 @@ def drop_all_capabilities(r: Resource) -> Iterator[str]:
             yield f"{c.label}: adds capabilities {', '.join(extra)}"
 
 
+@RULES.resource(
+    "k8s-no-host-namespaces",
+    level=MANDATORY,
+    description="Pods do not share the host's network, PID or IPC namespace.",
+    source="Pod Security Standards (Baseline); Checkov CKV_K8S_17, CKV_K8S_18, CKV_K8S_19.",
+    types=is_workload,
+)
 def no_host_namespaces(r: Resource) -> Iterator[str]:
     pod = _pod(r)
     for field in ("hostNetwork", "hostPID", "hostIPC"):
@@ -111,6 +156,13 @@ def no_host_namespaces(r: Resource) -> Iterator[str]:
             yield f"pod spec sets {field}: true"
 
 
+@RULES.resource(
+    "k8s-no-host-ports",
+    level=MANDATORY,
+    description="Containers bind no host ports.",
+    source="Pod Security Standards (Baseline); Checkov CKV_K8S_26; Polaris hostPortSet.",
+    types=is_workload,
+)
 def no_host_ports(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         for port in as_list(get(c.spec, "ports")):
@@ -119,6 +171,13 @@ def no_host_ports(r: Resource) -> Iterator[str]:
                 yield f"{c.label}: binds hostPort {host_port}"
 
 
+@RULES.resource(
+    "k8s-no-host-path",
+    level=MANDATORY,
+    description="Pods mount no hostPath volumes.",
+    source="Pod Security Standards (Baseline): HostPath Volumes.",
+    types=is_workload,
+)
 def no_host_path(r: Resource) -> Iterator[str]:
     for volume in as_list(get(_pod(r), "volumes")):
         host_path = get(volume, "hostPath")
@@ -126,6 +185,13 @@ def no_host_path(r: Resource) -> Iterator[str]:
             yield f'volume "{get(volume, "name")}" mounts a hostPath'
 
 
+@RULES.resource(
+    "k8s-seccomp-runtime-default",
+    level=MANDATORY,
+    description="Containers run under the RuntimeDefault seccomp profile.",
+    source="Pod Security Standards (Restricted); Checkov CKV_K8S_31; CIS Kubernetes 5.7.2.",
+    types=is_workload,
+)
 def seccomp_runtime_default(r: Resource) -> Iterator[str]:
     for pod, c in _each_container(r):
         profile = get(c.spec, "securityContext", "seccompProfile", "type")
@@ -135,6 +201,13 @@ def seccomp_runtime_default(r: Resource) -> Iterator[str]:
             yield f"{c.label}: seccompProfile.type must be RuntimeDefault (pod or container), got {shown(profile)}"
 
 
+@RULES.resource(
+    "k8s-resource-requests",
+    level=MANDATORY,
+    description="Containers request CPU and memory.",
+    source=("Checkov CKV_K8S_10, CKV_K8S_12; Polaris cpuRequestsMissing, memoryRequestsMissing."),
+    types=is_workload,
+)
 def resource_requests(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         requests = get(c.spec, "resources", "requests")
@@ -145,6 +218,13 @@ def resource_requests(r: Resource) -> Iterator[str]:
             yield f"{c.label}: resources.requests lacks {' and '.join(missing)}"
 
 
+@RULES.resource(
+    "k8s-memory-limits",
+    level=MANDATORY,
+    description="Containers set a memory limit.",
+    source="Checkov CKV_K8S_13; Polaris memoryLimitsMissing.",
+    types=is_workload,
+)
 def memory_limits(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         limit = get(c.spec, "resources", "limits", "memory")
@@ -159,6 +239,14 @@ def _gpu_amounts(c: Container, resource_names: list[str]) -> tuple[dict[str, Any
     return pick(requests), pick(limits)
 
 
+@RULES.resource(
+    "k8s-gpu-requests-equal-limits",
+    level=MANDATORY,
+    description="GPU requests equal GPU limits (extended resources cannot be overcommitted).",
+    source="Kubernetes docs, 'Schedule GPUs'.",
+    types=is_workload,
+    config=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
+)
 def gpu_requests_equal_limits(r: Resource) -> Iterator[str]:
     names = list(r.config["gpuResources"])
     for _, c in _each_container(r):
@@ -201,6 +289,14 @@ def _selects_gpu_node(pod: Any) -> bool:
     return False
 
 
+@RULES.resource(
+    "k8s-gpu-node-selector",
+    level=MANDATORY,
+    description="Pods that request GPUs select a GPU node (cloud.google.com/gke-accelerator).",
+    source="GKE docs, 'Deploy GPU workloads in GKE Standard'.",
+    types=is_workload,
+    config=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
+)
 def gpu_node_selector(r: Resource) -> Iterator[str]:
     names = list(r.config["gpuResources"])
     pod = _pod(r)
@@ -225,6 +321,13 @@ def parse_image(image: str) -> tuple[str, str | None, str | None]:
     return repo, tag, digest or None
 
 
+@RULES.resource(
+    "k8s-image-tag-pinned",
+    level=MANDATORY,
+    description="Images carry an explicit tag other than latest, or a digest.",
+    source="Checkov CKV_K8S_14; Polaris tagNotSpecified; kube-score container-image-tag.",
+    types=is_workload,
+)
 def image_tag_pinned(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         image = get(c.spec, "image")
@@ -239,6 +342,14 @@ def image_tag_pinned(r: Resource) -> Iterator[str]:
             yield f"{c.label}: image {image!r} uses the mutable tag 'latest'"
 
 
+@RULES.resource(
+    "k8s-image-digest",
+    level=MANDATORY,
+    description="On the configured stacks (prod), images are pinned by digest.",
+    source="Checkov CKV_K8S_43.",
+    types=is_workload,
+    config=schema(STACKS_SCHEMA),
+)
 def image_digest(r: Resource) -> Iterator[str]:
     stack = only_on_stacks(r.config)
     for _, c in _each_container(r):
@@ -247,6 +358,13 @@ def image_digest(r: Resource) -> Iterator[str]:
             yield f"{c.label}: image {image!r} must be pinned by digest (@sha256:...) on stack {stack}"
 
 
+@RULES.resource(
+    "k8s-probes",
+    level=MANDATORY,
+    description="Long-running containers define readiness and liveness probes.",
+    source=("Checkov CKV_K8S_8, CKV_K8S_9; Polaris readinessProbeMissing, livenessProbeMissing."),
+    types=is_workload,
+)
 def probes(r: Resource) -> Iterator[str]:
     if kind_of(r.type) not in LONG_RUNNING:
         raise NotApplicable("run-to-completion workloads need no probes")
@@ -259,6 +377,20 @@ def probes(r: Resource) -> Iterator[str]:
             yield f"{c.label}: {' and '.join(missing)} missing"
 
 
+@RULES.resource(
+    "k8s-no-default-namespace",
+    level=MANDATORY,
+    description="Namespaced objects never land in the default namespace.",
+    source="CIS Kubernetes 5.7.4; Checkov CKV_K8S_21.",
+    types=lambda token: kube_type(token) is not None,
+    config=schema(
+        {
+            "clusterScopedKinds": string_list(
+                [], "more cluster-scoped kinds (custom resources) to skip"
+            )
+        }
+    ),
+)
 def no_default_namespace(r: Resource) -> Iterator[str]:
     kt = kube_type(r.type)
     extra = set(r.config["clusterScopedKinds"])
@@ -270,6 +402,13 @@ def no_default_namespace(r: Resource) -> Iterator[str]:
         yield f"{kt.kind} lands in the default namespace: set metadata.namespace"
 
 
+@RULES.resource(
+    "k8s-no-default-service-account",
+    level=MANDATORY,
+    description="Pods run as a dedicated Kubernetes service account.",
+    source="CIS Kubernetes 5.1.5; Checkov CKV_K8S_41.",
+    types=is_workload,
+)
 def no_default_service_account(r: Resource) -> Iterator[str]:
     pod = _pod(r)
     account = get(pod, "serviceAccountName", default=get(pod, "serviceAccount"))
@@ -279,6 +418,13 @@ def no_default_service_account(r: Resource) -> Iterator[str]:
         yield "pod runs as the namespace's default service account: set serviceAccountName"
 
 
+@RULES.resource(
+    "k8s-no-plaintext-secrets",
+    level=MANDATORY,
+    description="No secret values in plain env vars (use secretKeyRef or mounted files).",
+    source="CIS Kubernetes 5.4.1; Checkov CKV_K8S_35.",
+    types=is_workload,
+)
 def no_plaintext_secrets(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
         for env in as_list(get(c.spec, "env")):
@@ -292,6 +438,13 @@ def no_plaintext_secrets(r: Resource) -> Iterator[str]:
                 yield f"{c.label}: env {name} carries a literal secret; use valueFrom.secretKeyRef"
 
 
+@RULES.resource(
+    "k8s-service-internal",
+    level=MANDATORY,
+    description="Services are not NodePort, and LoadBalancers are internal.",
+    source=("kube-score service-type; GKE docs, 'Internal passthrough Network Load Balancer'."),
+    types=lambda token: is_kind(token, "core", "Service"),
+)
 def service_internal(r: Resource) -> Iterator[str]:
     kind = get(r.props, "spec", "type")
     if kind == "NodePort":
@@ -311,6 +464,13 @@ def service_internal(r: Resource) -> Iterator[str]:
             )
 
 
+@RULES.resource(
+    "k8s-pdb-allows-disruption",
+    level=MANDATORY,
+    description="PodDisruptionBudgets allow at least one voluntary disruption.",
+    source="kube-score poddisruptionbudget; GKE docs, 'Node upgrade strategies'.",
+    types=lambda token: is_kind(token, "policy", "PodDisruptionBudget"),
+)
 def pdb_allows_disruption(r: Resource) -> Iterator[str]:
     spec = as_dict(get(r.props, "spec"))
     max_unavailable = get(spec, "maxUnavailable")
@@ -350,6 +510,13 @@ def object_key(r: StackResource) -> tuple[Any, str, Any]:
     )
 
 
+@RULES.stack(
+    "k8s-replicas-or-hpa",
+    level=ADVISORY,
+    description=("Deployments and StatefulSets run at least two replicas or are scaled by an HPA."),
+    source="Polaris deploymentMissingReplicas.",
+    config=schema({"minReplicas": {"type": "integer", "minimum": 1, "default": 2}}),
+)
 def replicas_or_hpa(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[tuple[str | None, str]]:
@@ -367,214 +534,3 @@ def replicas_or_hpa(
                 r.urn,
                 f"{kind_of(r.type)} runs {count} replica(s) and no HorizontalPodAutoscaler targets it",
             )
-
-
-POLICIES = [
-    resource_policy(
-        name="k8s-no-privileged",
-        description="No privileged containers. Source: Pod Security Standards (Baseline); "
-        "Checkov CKV_K8S_16; Polaris runAsPrivileged.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_privileged,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-privilege-escalation",
-        description="Containers set allowPrivilegeEscalation: false. Source: Pod Security Standards "
-        "(Restricted); Checkov CKV_K8S_20; Polaris privilegeEscalationAllowed.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_privilege_escalation,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-run-as-non-root",
-        description="Containers run as a non-root user. Source: Pod Security Standards (Restricted); "
-        "Checkov CKV_K8S_23; Polaris runAsRootAllowed.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=run_as_non_root,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-read-only-root-fs",
-        description="Containers have a read-only root filesystem. Source: Checkov CKV_K8S_22; "
-        "Polaris notReadOnlyRootFilesystem.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=read_only_root_fs,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-drop-all-capabilities",
-        description="Containers drop ALL capabilities and add back only allowed ones. "
-        "Source: Pod Security Standards (Restricted); Checkov CKV_K8S_37, CKV_K8S_28.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=drop_all_capabilities,
-        config_schema=schema({"allowedAddedCapabilities": string_list(["NET_BIND_SERVICE"])}),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-host-namespaces",
-        description="Pods do not share the host's network, PID or IPC namespace. Source: Pod Security "
-        "Standards (Baseline); Checkov CKV_K8S_17, CKV_K8S_18, CKV_K8S_19.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_host_namespaces,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-host-ports",
-        description="Containers bind no host ports. Source: Pod Security Standards (Baseline); "
-        "Checkov CKV_K8S_26; Polaris hostPortSet.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_host_ports,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-host-path",
-        description="Pods mount no hostPath volumes. Source: Pod Security Standards (Baseline): "
-        "HostPath Volumes.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_host_path,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-seccomp-runtime-default",
-        description="Containers run under the RuntimeDefault seccomp profile. Source: Pod Security "
-        "Standards (Restricted); Checkov CKV_K8S_31; CIS Kubernetes 5.7.2.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=seccomp_runtime_default,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-resource-requests",
-        description="Containers request CPU and memory. Source: Checkov CKV_K8S_10, CKV_K8S_12; "
-        "Polaris cpuRequestsMissing, memoryRequestsMissing.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=resource_requests,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-memory-limits",
-        description="Containers set a memory limit. Source: Checkov CKV_K8S_13; Polaris memoryLimitsMissing.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=memory_limits,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-gpu-requests-equal-limits",
-        description="GPU requests equal GPU limits (extended resources cannot be overcommitted). "
-        "Source: Kubernetes docs, 'Schedule GPUs'.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=gpu_requests_equal_limits,
-        config_schema=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-gpu-node-selector",
-        description="Pods that request GPUs select a GPU node (cloud.google.com/gke-accelerator). "
-        "Source: GKE docs, 'Deploy GPU workloads in GKE Standard'.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=gpu_node_selector,
-        config_schema=schema({"gpuResources": string_list(["nvidia.com/gpu"])}),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-image-tag-pinned",
-        description="Images carry an explicit tag other than latest, or a digest. "
-        "Source: Checkov CKV_K8S_14; Polaris tagNotSpecified; kube-score container-image-tag.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=image_tag_pinned,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-image-digest",
-        description="On the configured stacks (prod), images are pinned by digest. Source: Checkov CKV_K8S_43.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=image_digest,
-        config_schema=schema(STACKS_SCHEMA),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-probes",
-        description="Long-running containers define readiness and liveness probes. "
-        "Source: Checkov CKV_K8S_8, CKV_K8S_9; Polaris readinessProbeMissing, livenessProbeMissing.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=probes,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-default-namespace",
-        description="Namespaced objects never land in the default namespace. "
-        "Source: CIS Kubernetes 5.7.4; Checkov CKV_K8S_21.",
-        level=MANDATORY,
-        types=lambda token: kube_type(token) is not None,
-        rule=no_default_namespace,
-        config_schema=schema(
-            {
-                "clusterScopedKinds": string_list(
-                    [], "more cluster-scoped kinds (custom resources) to skip"
-                )
-            }
-        ),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-default-service-account",
-        description="Pods run as a dedicated Kubernetes service account. "
-        "Source: CIS Kubernetes 5.1.5; Checkov CKV_K8S_41.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_default_service_account,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-no-plaintext-secrets",
-        description="No secret values in plain env vars (use secretKeyRef or mounted files). "
-        "Source: CIS Kubernetes 5.4.1; Checkov CKV_K8S_35.",
-        level=MANDATORY,
-        types=is_workload,
-        rule=no_plaintext_secrets,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-service-internal",
-        description="Services are not NodePort, and LoadBalancers are internal. "
-        "Source: kube-score service-type; GKE docs, 'Internal passthrough Network Load Balancer'.",
-        level=MANDATORY,
-        types=lambda token: is_kind(token, "core", "Service"),
-        rule=service_internal,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="k8s-pdb-allows-disruption",
-        description="PodDisruptionBudgets allow at least one voluntary disruption. "
-        "Source: kube-score poddisruptionbudget; GKE docs, 'Node upgrade strategies'.",
-        level=MANDATORY,
-        types=lambda token: is_kind(token, "policy", "PodDisruptionBudget"),
-        rule=pdb_allows_disruption,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="k8s-replicas-or-hpa",
-        description="Deployments and StatefulSets run at least two replicas or are scaled by an HPA. "
-        "Source: Polaris deploymentMissingReplicas.",
-        level=ADVISORY,
-        rule=replicas_or_hpa,
-        config_schema=schema({"minReplicas": {"type": "integer", "minimum": 1, "default": 2}}),
-        tags=TAGS,
-    ),
-]

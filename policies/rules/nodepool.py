@@ -7,15 +7,42 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from rules.kit import MANDATORY, NotApplicable, Resource, resource_policy, schema, string_list
+from pulumi_policy import PolicyConfigSchema
+
+from rules.kit import (
+    MANDATORY,
+    NotApplicable,
+    Resource,
+    Rules,
+    schema,
+    string_list,
+)
 from rules.values import UNKNOWN, as_int, as_list, get, is_unknown, shown
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
-TAGS = ("nodepool",)
+RULES = Rules("nodepool")
 SPOT_TAINT_KEYS = ("cloud.google.com/gke-spot", "cloud.google.com/gke-preemptible")
 # Machine families whose VMs always carry GPUs.
 _GPU_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
 _DEFAULT_COMPUTE_SA = re.compile(r"^\d+-compute@developer\.gserviceaccount\.com$")
+
+
+_GPU_CONFIG = schema(
+    {
+        "maxGpuNodes": {"type": "integer", "minimum": 0, "default": 8},
+        "allowedMachineTypes": string_list(
+            ["g2-standard-*", "a2-highgpu-*", "n1-standard-*"],
+            "fnmatch patterns of GPU machine types",
+        ),
+        "allowedAcceleratorTypes": string_list(
+            ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"]
+        ),
+    }
+)
+
+
+def _gpu_schema(*keys: str) -> PolicyConfigSchema:
+    return schema({k: v for k, v in _GPU_CONFIG.properties.items() if k in keys})
 
 
 def node_config(r: Resource) -> Any:
@@ -40,16 +67,37 @@ def _gpu_only(r: Resource) -> Any:
     return config
 
 
+@RULES.resource(
+    "nodepool-auto-repair",
+    level=MANDATORY,
+    description="Node auto-repair is on.",
+    source="CIS GKE 5.5.2; Checkov CKV_GCP_9.",
+    types={NODE_POOL},
+)
 def auto_repair(r: Resource) -> Iterator[str]:
     if get(r.props, "management", "autoRepair") is False:
         yield "management.autoRepair is false"
 
 
+@RULES.resource(
+    "nodepool-auto-upgrade",
+    level=MANDATORY,
+    description="Node auto-upgrade is on.",
+    source="CIS GKE 5.5.3; Checkov CKV_GCP_10.",
+    types={NODE_POOL},
+)
 def auto_upgrade(r: Resource) -> Iterator[str]:
     if get(r.props, "management", "autoUpgrade") is False:
         yield "management.autoUpgrade is false"
 
 
+@RULES.resource(
+    "nodepool-dedicated-service-account",
+    level=MANDATORY,
+    description="Nodes run as a dedicated service account, never the Compute Engine default.",
+    source="CIS GKE 5.2.1.",
+    types={NODE_POOL},
+)
 def dedicated_service_account(r: Resource) -> Iterator[str]:
     account = get(node_config(r), "serviceAccount")
     if is_unknown(account):
@@ -60,18 +108,41 @@ def dedicated_service_account(r: Resource) -> Iterator[str]:
         yield f"nodeConfig.serviceAccount is the Compute Engine default service account ({account})"
 
 
+@RULES.resource(
+    "nodepool-gke-metadata",
+    level=MANDATORY,
+    description=(
+        "The GKE metadata server shields node credentials (workloadMetadataConfig GKE_METADATA)."
+    ),
+    source="CIS GKE 5.4.2; Checkov CKV_GCP_69.",
+    types={NODE_POOL},
+)
 def gke_metadata(r: Resource) -> Iterator[str]:
     mode = get(node_config(r), "workloadMetadataConfig", "mode")
     if not is_unknown(mode) and mode != "GKE_METADATA":
         yield f"nodeConfig.workloadMetadataConfig.mode must be GKE_METADATA (got {shown(mode)})"
 
 
+@RULES.resource(
+    "nodepool-cos-containerd",
+    level=MANDATORY,
+    description="Nodes run Container-Optimized OS with containerd.",
+    source="CIS GKE 5.5.1; Checkov CKV_GCP_22.",
+    types={NODE_POOL},
+)
 def cos_containerd(r: Resource) -> Iterator[str]:
     image = get(node_config(r), "imageType")
     if isinstance(image, str) and image.upper() != "COS_CONTAINERD":
         yield f"nodeConfig.imageType is {image!r}; use COS_CONTAINERD"
 
 
+@RULES.resource(
+    "nodepool-shielded-boot",
+    level=MANDATORY,
+    description="Shielded nodes use Secure Boot and integrity monitoring.",
+    source="CIS GKE 5.5.6 and 5.5.7; Checkov CKV_GCP_68, CKV_GCP_72.",
+    types={NODE_POOL},
+)
 def shielded_boot(r: Resource) -> Iterator[str]:
     shielded = get(node_config(r), "shieldedInstanceConfig")
     secure_boot = get(shielded, "enableSecureBoot")
@@ -81,6 +152,15 @@ def shielded_boot(r: Resource) -> Iterator[str]:
         yield "nodeConfig.shieldedInstanceConfig.enableIntegrityMonitoring is false"
 
 
+@RULES.resource(
+    "nodepool-spot-taint",
+    level=MANDATORY,
+    description=(
+        "Spot and preemptible pools carry the cloud.google.com/gke-spot NoSchedule taint."
+    ),
+    source="GKE docs, 'Spot VMs: taints and tolerations'.",
+    types={NODE_POOL},
+)
 def spot_taint(r: Resource) -> Iterator[str]:
     config = node_config(r)
     if not is_spot(config):
@@ -99,6 +179,13 @@ def spot_taint(r: Resource) -> Iterator[str]:
     )
 
 
+@RULES.resource(
+    "nodepool-gpu-scale-from-zero",
+    level=MANDATORY,
+    description="GPU pools autoscale from zero nodes.",
+    source="GKE docs, 'Cluster autoscaler: scale GPU node pools to zero'.",
+    types={NODE_POOL},
+)
 def gpu_scale_from_zero(r: Resource) -> Iterator[str]:
     _gpu_only(r)
     scaling = get(r.props, "autoscaling")
@@ -133,6 +220,14 @@ def max_gpu_nodes(r: Resource) -> int | Any | None:
     return None if per_zone_count is None else per_zone_count * max(1, len(as_list(zones)))
 
 
+@RULES.resource(
+    "nodepool-gpu-max-nodes",
+    level=MANDATORY,
+    description="GPU pools cannot grow past the configured node limit.",
+    source="GKE docs, 'GPU quota and autoscaling limits'.",
+    types={NODE_POOL},
+    config=_gpu_schema("maxGpuNodes"),
+)
 def gpu_max_nodes(r: Resource) -> Iterator[str]:
     _gpu_only(r)
     limit = as_int(r.config["maxGpuNodes"])
@@ -149,6 +244,14 @@ def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
 
 
+@RULES.resource(
+    "nodepool-gpu-allowed-types",
+    level=MANDATORY,
+    description="GPU pools use an allowed machine type and accelerator type.",
+    source="GKE docs, 'About GPUs in GKE'.",
+    types={NODE_POOL},
+    config=_gpu_schema("allowedMachineTypes", "allowedAcceleratorTypes"),
+)
 def gpu_allowed_types(r: Resource) -> Iterator[str]:
     config = _gpu_only(r)
     machines = list(r.config["allowedMachineTypes"])
@@ -165,6 +268,15 @@ def gpu_allowed_types(r: Resource) -> Iterator[str]:
             )
 
 
+@RULES.resource(
+    "nodepool-gpu-drivers",
+    level=MANDATORY,
+    description=(
+        "GPU pools let GKE install the NVIDIA drivers (gpuDriverVersion DEFAULT or LATEST)."
+    ),
+    source="GKE docs, 'Run GPUs in GKE Standard node pools'.",
+    types={NODE_POOL},
+)
 def gpu_drivers(r: Resource) -> Iterator[str]:
     config = _gpu_only(r)
     accelerators = get(config, "guestAccelerators")
@@ -181,137 +293,14 @@ def gpu_drivers(r: Resource) -> Iterator[str]:
             )
 
 
+@RULES.resource(
+    "nodepool-boot-disk-cmek",
+    level=MANDATORY,
+    description="Node boot disks are encrypted with a customer-managed KMS key.",
+    source="CIS GKE 5.9.1.",
+    types={NODE_POOL},
+)
 def boot_disk_cmek(r: Resource) -> Iterator[str]:
     key = get(node_config(r), "bootDiskKmsKey")
     if not key and not is_unknown(key):
         yield "nodeConfig.bootDiskKmsKey must name a Cloud KMS key"
-
-
-_GPU_CONFIG = schema(
-    {
-        "maxGpuNodes": {"type": "integer", "minimum": 0, "default": 8},
-        "allowedMachineTypes": string_list(
-            ["g2-standard-*", "a2-highgpu-*", "n1-standard-*"],
-            "fnmatch patterns of GPU machine types",
-        ),
-        "allowedAcceleratorTypes": string_list(
-            ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"]
-        ),
-    }
-)
-
-
-def _gpu_schema(*keys: str):
-    return schema({k: v for k, v in _GPU_CONFIG.properties.items() if k in keys})
-
-
-POLICIES = [
-    resource_policy(
-        name="nodepool-auto-repair",
-        description="Node auto-repair is on. Source: CIS GKE 5.5.2; Checkov CKV_GCP_9.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=auto_repair,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-auto-upgrade",
-        description="Node auto-upgrade is on. Source: CIS GKE 5.5.3; Checkov CKV_GCP_10.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=auto_upgrade,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-dedicated-service-account",
-        description="Nodes run as a dedicated service account, never the Compute Engine default. "
-        "Source: CIS GKE 5.2.1.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=dedicated_service_account,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-gke-metadata",
-        description="The GKE metadata server shields node credentials (workloadMetadataConfig "
-        "GKE_METADATA). Source: CIS GKE 5.4.2; Checkov CKV_GCP_69.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=gke_metadata,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-cos-containerd",
-        description="Nodes run Container-Optimized OS with containerd. "
-        "Source: CIS GKE 5.5.1; Checkov CKV_GCP_22.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=cos_containerd,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-shielded-boot",
-        description="Shielded nodes use Secure Boot and integrity monitoring. "
-        "Source: CIS GKE 5.5.6 and 5.5.7; Checkov CKV_GCP_68, CKV_GCP_72.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=shielded_boot,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-spot-taint",
-        description="Spot and preemptible pools carry the cloud.google.com/gke-spot NoSchedule taint. "
-        "Source: GKE docs, 'Spot VMs: taints and tolerations'.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=spot_taint,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-gpu-scale-from-zero",
-        description="GPU pools autoscale from zero nodes. "
-        "Source: GKE docs, 'Cluster autoscaler: scale GPU node pools to zero'.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=gpu_scale_from_zero,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-gpu-max-nodes",
-        description="GPU pools cannot grow past the configured node limit. "
-        "Source: GKE docs, 'GPU quota and autoscaling limits'.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=gpu_max_nodes,
-        config_schema=_gpu_schema("maxGpuNodes"),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-gpu-allowed-types",
-        description="GPU pools use an allowed machine type and accelerator type. "
-        "Source: GKE docs, 'About GPUs in GKE'.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=gpu_allowed_types,
-        config_schema=_gpu_schema("allowedMachineTypes", "allowedAcceleratorTypes"),
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-gpu-drivers",
-        description="GPU pools let GKE install the NVIDIA drivers (gpuDriverVersion DEFAULT or LATEST). "
-        "Source: GKE docs, 'Run GPUs in GKE Standard node pools'.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=gpu_drivers,
-        tags=TAGS,
-    ),
-    resource_policy(
-        name="nodepool-boot-disk-cmek",
-        description="Node boot disks are encrypted with a customer-managed KMS key. "
-        "Source: CIS GKE 5.9.1.",
-        level=MANDATORY,
-        types={NODE_POOL},
-        rule=boot_disk_cmek,
-        tags=TAGS,
-    ),
-]

@@ -7,13 +7,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rules.istio import is_authorization_policy, is_peer_authentication
-from rules.kit import MANDATORY, StackResource, schema, stack_policy, string_list
+from rules.kit import MANDATORY, Rules, StackResource, schema, string_list
+from rules.kube_objects import (
+    is_kind,
+    is_workload,
+    kind_of,
+    labels_match,
+    namespace_of,
+    pod_metadata,
+)
 from rules.kubernetes import hpa_targets, object_key
 from rules.nodepool import NODE_POOL, is_spot
 from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown
-from rules.workloads import is_kind, is_workload, kind_of, labels_match, namespace_of, pod_metadata
 
-TAGS = ("stack",)
+RULES = Rules("stack")
 CLUSTER = "gcp:container/cluster:Cluster"
 Finding = tuple[str | None, str]
 
@@ -81,6 +88,16 @@ def _in(r: StackResource, namespace: str) -> bool:
     return found == namespace or is_unknown(found)
 
 
+@RULES.stack(
+    "stack-namespace-mtls",
+    level=MANDATORY,
+    description=(
+        "Every workload namespace has a namespace-wide STRICT PeerAuthentication, or a "
+        "mesh-wide one exists."
+    ),
+    source="Istio security best practices, 'Mutual TLS'.",
+    config=_MESH_CONFIG,
+)
 def mtls_per_namespace(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -119,6 +136,15 @@ def _is_default_deny(r: StackResource) -> bool:
     return action == "DENY" and any(rule == {} for rule in rules)  # deny-all
 
 
+@RULES.stack(
+    "stack-namespace-default-deny",
+    level=MANDATORY,
+    description=(
+        "Every workload namespace (or the mesh root) has a default-deny AuthorizationPolicy."
+    ),
+    source=("Istio security best practices, 'Safer authorization policy patterns: default-deny'."),
+    config=_MESH_CONFIG,
+)
 def default_deny_per_namespace(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -144,6 +170,13 @@ def _selects_all(policy: StackResource) -> bool:
     return not get(selector, "matchLabels") and not get(selector, "matchExpressions")
 
 
+@RULES.stack(
+    "stack-namespace-network-policy",
+    level=MANDATORY,
+    description="Every workload namespace has a NetworkPolicy selecting all of its pods.",
+    source="CIS Kubernetes 5.3.2; kube-score pod-networkpolicy.",
+    config=_NAMESPACE_CONFIG,
+)
 def network_policy_per_namespace(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -163,6 +196,13 @@ def network_policy_per_namespace(
             )
 
 
+@RULES.stack(
+    "stack-namespace-sidecar-injection",
+    level=MANDATORY,
+    description="Every workload namespace is declared with Istio sidecar injection enabled.",
+    source="Istio docs, 'Automatic sidecar injection'.",
+    config=_NAMESPACE_CONFIG,
+)
 def sidecar_injection_per_namespace(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -195,6 +235,15 @@ def _replicas(r: StackResource, hpas: dict[tuple[Any, str, Any], dict[str, Any]]
     return None if is_unknown(replicas) else as_int(replicas)
 
 
+@RULES.stack(
+    "stack-deployment-pdb",
+    level=MANDATORY,
+    description=(
+        "Every multi-replica Deployment or StatefulSet has a PodDisruptionBudget that "
+        "still lets a pod be evicted."
+    ),
+    source=("kube-score deployment-has-poddisruptionbudget; Polaris missingPodDisruptionBudget."),
+)
 def pdb_per_deployment(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -248,6 +297,12 @@ def _owns(pool: StackResource, cluster: StackResource) -> bool:
     return is_unknown(reference) and pool.parent is not None and pool.parent == cluster.parent
 
 
+@RULES.stack(
+    "stack-cluster-system-pool",
+    level=MANDATORY,
+    description="Every Standard GKE cluster keeps a non-spot node pool for system pods.",
+    source="GKE docs, 'Spot VMs: best practices'.",
+)
 def system_pool_per_cluster(
     resources: list[StackResource], config: Mapping[str, Any]
 ) -> Iterator[Finding]:
@@ -267,60 +322,3 @@ def system_pool_per_cluster(
                     f"({len(owned)} pool(s) found, all spot)"
                 ),
             )
-
-
-POLICIES = [
-    stack_policy(
-        name="stack-namespace-mtls",
-        description="Every workload namespace has a namespace-wide STRICT PeerAuthentication, or a "
-        "mesh-wide one exists. Source: Istio security best practices, 'Mutual TLS'.",
-        level=MANDATORY,
-        rule=mtls_per_namespace,
-        config_schema=_MESH_CONFIG,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="stack-namespace-default-deny",
-        description="Every workload namespace (or the mesh root) has a default-deny AuthorizationPolicy. "
-        "Source: Istio security best practices, 'Safer authorization policy patterns: default-deny'.",
-        level=MANDATORY,
-        rule=default_deny_per_namespace,
-        config_schema=_MESH_CONFIG,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="stack-namespace-network-policy",
-        description="Every workload namespace has a NetworkPolicy selecting all of its pods. "
-        "Source: CIS Kubernetes 5.3.2; kube-score pod-networkpolicy.",
-        level=MANDATORY,
-        rule=network_policy_per_namespace,
-        config_schema=_NAMESPACE_CONFIG,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="stack-namespace-sidecar-injection",
-        description="Every workload namespace is declared with Istio sidecar injection enabled. "
-        "Source: Istio docs, 'Automatic sidecar injection'.",
-        level=MANDATORY,
-        rule=sidecar_injection_per_namespace,
-        config_schema=_NAMESPACE_CONFIG,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="stack-deployment-pdb",
-        description="Every multi-replica Deployment or StatefulSet has a PodDisruptionBudget that "
-        "still lets a pod be evicted. Source: kube-score deployment-has-poddisruptionbudget; "
-        "Polaris missingPodDisruptionBudget.",
-        level=MANDATORY,
-        rule=pdb_per_deployment,
-        tags=TAGS,
-    ),
-    stack_policy(
-        name="stack-cluster-system-pool",
-        description="Every Standard GKE cluster keeps a non-spot node pool for system pods. "
-        "Source: GKE docs, 'Spot VMs: best practices'.",
-        level=MANDATORY,
-        rule=system_pool_per_cluster,
-        tags=TAGS,
-    ),
-]
