@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.cache import CacheConfig, RedisConfig
+from app.features import FeatureParams
 from app.model import DEFAULT_MODEL_DIR
 from app.publish import PublishConfig
+from app.sessions import DEFAULT_VENUE, check_venue
 from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
 
@@ -24,22 +26,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class FeatureConfig(_Section):
-    """Indicator periods (ticks) and the symbol universe."""
+class FeatureConfig(FeatureParams):
+    """The symbol universe and each symbol's venue; the feature parameters (indicator
+    periods in ticks, ``max_gap_s``) are ``FeatureParams``, which the model must match."""
 
     n_symbols: int = Field(default=1000, ge=1, le=10_000_000)
-    ema_fast: int = Field(default=12, ge=2)
-    ema_slow: int = Field(default=26, ge=2)
-    rsi_period: int = Field(default=14, ge=2)
-    window: int = Field(default=20, ge=2)
+    venue: str = DEFAULT_VENUE  # exchange calendar code (exchange_calendars) of every symbol
+    symbol_venues: dict[int, str] = Field(default_factory=dict)  # symbol id -> another venue
+
+    @field_validator("venue")
+    @classmethod
+    def _known_venue(cls, value: str) -> str:
+        return check_venue(value)
 
     @model_validator(mode="after")
-    def _fast_below_slow(self) -> FeatureConfig:
-        if self.ema_fast >= self.ema_slow:
-            raise ValueError(
-                f"ema_fast = {self.ema_fast}, ema_slow = {self.ema_slow}: "
-                "ema_fast must be smaller than ema_slow"
-            )
+    def _symbol_venues_known(self) -> FeatureConfig:
+        for symbol, venue in self.symbol_venues.items():
+            if not 0 <= symbol < self.n_symbols:
+                raise ValueError(
+                    f"symbol_venues: symbol {symbol} is not a symbol id; "
+                    f"ids are 0 to {self.n_symbols - 1}"
+                )
+            check_venue(venue)
         return self
 
 

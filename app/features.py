@@ -9,16 +9,30 @@ agree with ``talib`` far inside the 1e-9 the tests demand (EMA and RSI to ~1e-15
 relative, volatility bit for bit):
 
 * ``ema_fast``/``ema_slow``: ``talib.EMA`` (seeded with the SMA of the first period).
-* ``rsi``: ``talib.RSI`` (Wilder smoothing; 0 when there was no movement at all).
+* ``rsi``: ``talib.RSI`` (Wilder smoothing), except on a tape with no movement at all
+  in its window, where it is 50 (neutral) and TA-Lib says 0 (maximally oversold).
 * ``volatility``: ``talib.STDDEV(log returns, window, nbdev=1)`` — population
   standard deviation from TA-Lib's shifted running sums, including its exact
   recomputations (see ``_talib_var_step``).
 
 The others: ``zscore`` is the price against the mean and population standard deviation
-of its last ``window`` prices (0 when they do not vary); ``vwap`` is the session VWAP
-(sessions are ``ts_ns // session_ns``, UTC days by default; NaN until the session has
-volume); ``ofi`` is the tick-rule order-flow imbalance over the last ``window`` ticks,
-signed size over size, in [-1, 1]. Every feature is NaN before its warm-up.
+of its last ``window`` prices (0 when they do not vary); ``vwap`` is the session VWAP;
+``ofi`` is the tick-rule order-flow imbalance over the last ``window`` ticks, signed
+size over size, in [-1, 1]. Every feature is NaN before its warm-up, and only then.
+
+Sessions: with a ``SessionTable`` (``app.sessions``: the symbol's exchange calendar)
+the VWAP resets at the session open and sums only ticks before the session's close;
+without one, sessions are fixed ``session_ns`` periods (UTC days by default). A session
+with no volume yet (a zero-size opening tick, a tick before the open) has the tick's
+price as its VWAP, never NaN.
+
+Gaps and halts: windows count ticks, so a gap longer than ``max_gap_ns`` between two
+accepted ticks of a symbol *resets* its windowed indicators (EMAs, RSI, volatility,
+z-score, OFI): they warm up again from the first tick after the gap, no return is
+computed across it, and no pre-gap tick stays in a post-gap window. The session VWAP is
+kept (it belongs to the session). Reset rather than decay: features stay exact (TA-Lib
+agreement holds on every stretch between gaps) and the model never sees a half-stale
+window; the cost is one warm-up per gap with no signals for that symbol.
 
 Bad ticks are rejected before they touch any state; ``last_reasons`` says why per tick.
 """
@@ -26,10 +40,14 @@ Bad ticks are rejected before they touch any state; ``last_reasons`` says why pe
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 from numba import njit
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.sessions import SessionTable
 from app.state import (
     F_EMA_FAST,
     F_EMA_SLOW,
@@ -49,8 +67,10 @@ from app.state import (
     I_COUNT,
     I_LAST_SIGN,
     I_LAST_TS,
-    I_SESSION,
+    I_SESSION_IDX,
+    I_SESSION_OPEN,
     I_VOL_COUNTDOWN,
+    NO_SESSION,
     R_LOG_RETURN,
     R_PRICE,
     R_SIGNED_SIZE,
@@ -78,7 +98,7 @@ REJECT_REASONS: dict[int, str] = {
 DEFAULT_SESSION_NS = 86_400 * 1_000_000_000  # one UTC day
 
 # Integer parameters passed to the kernel as one array (fewer arguments to dispatch).
-P_EMA_FAST, P_EMA_SLOW, P_RSI, P_WINDOW, P_SESSION_NS = range(5)
+P_EMA_FAST, P_EMA_SLOW, P_RSI, P_WINDOW, P_SESSION_NS, P_MAX_GAP_NS = range(6)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -158,12 +178,51 @@ def _talib_var_step(floats, ints, rings, s, j, w):
     return var
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _session_index(opens, v, j, ts):
+    """Index of venue ``v``'s last session opened at or before ``ts`` (-1 before the first).
+
+    ``j`` is the symbol's previous answer: time only moves forward per symbol, so the
+    answer is almost always ``j`` or ``j + 1``; anything else is a binary search.
+    """
+    n = opens.shape[1]
+    if j >= 0 and j < n - 2 and opens[v, j] <= ts:
+        if opens[v, j + 1] > ts:
+            return j
+        if opens[v, j + 2] > ts:
+            return j + 1
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if opens[v, mid] <= ts:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _forget_windows(floats, ints, s):
+    """Restart symbol ``s``'s windowed indicators (after a gap); keep its session VWAP."""
+    for f in range(floats.shape[0]):
+        if f != F_VWAP_PV and f != F_VWAP_V:
+            floats[f, s] = 0.0
+    ints[I_COUNT, s] = 0
+    ints[I_LAST_SIGN, s] = 0
+    ints[I_VOL_COUNTDOWN, s] = 0
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out, reasons):
+def _update_kernel(
+    symbol, price, size, ts_ns, floats, ints, rings, params, opens, closes, symbol_venue, out,
+    reasons,
+):  # fmt: skip
     """Apply a batch of ticks in order; write features to ``out`` and verdicts to ``reasons``.
 
     Returns the number of accepted ticks. Allocates nothing: all state is in
-    ``floats``/``ints``/``rings``.
+    ``floats``/``ints``/``rings``. ``opens``/``closes``/``symbol_venue`` are the session
+    table (``app.sessions``; no venues: fixed ``session_ns`` sessions).
     """
     n_symbols = floats.shape[1]
     p_fast = params[P_EMA_FAST]
@@ -171,6 +230,8 @@ def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out,
     p_rsi = params[P_RSI]
     w = params[P_WINDOW]
     session_ns = params[P_SESSION_NS]
+    max_gap_ns = params[P_MAX_GAP_NS]
+    calendar = opens.shape[0] > 0
     k_fast = 2.0 / (p_fast + 1)
     k_slow = 2.0 / (p_slow + 1)
     nan = np.nan
@@ -198,6 +259,8 @@ def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out,
             continue
         accepted += 1
 
+        if max_gap_ns > 0 and ints[I_COUNT, s] > 0 and ts - ints[I_LAST_TS, s] > max_gap_ns:
+            _forget_windows(floats, ints, s)
         k = ints[I_COUNT, s]  # this tick's index in the symbol's accepted series
         slot = k % w
         log_p = math.log(p)
@@ -224,7 +287,8 @@ def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out,
                 loss /= p_rsi
                 gain /= p_rsi
                 total = gain + loss
-                out[t, 2] = 100.0 * (gain / total) if total != 0.0 else 0.0
+                # No movement in the window: neutral (TA-Lib says 0, "maximally oversold").
+                out[t, 2] = 100.0 * (gain / total) if total != 0.0 else 50.0
             floats[F_RSI_GAIN, s] = gain
             floats[F_RSI_LOSS, s] = loss
 
@@ -273,17 +337,32 @@ def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out,
         else:
             out[t, 4] = nan
 
-        # Session VWAP.
-        session = ts // session_ns
-        if k == 0 or session != ints[I_SESSION, s]:
-            ints[I_SESSION, s] = session
-            floats[F_VWAP_PV, s] = 0.0
-            floats[F_VWAP_V, s] = 0.0
-        pv = floats[F_VWAP_PV, s] + p * q
-        v = floats[F_VWAP_V, s] + q
+        # Session VWAP: reset when the tick's session is not the sums' session.
+        in_session = True
+        if calendar:
+            venue = symbol_venue[s]
+            j = _session_index(opens, venue, ints[I_SESSION_IDX, s], ts)
+            ints[I_SESSION_IDX, s] = j
+            if j < 0:
+                session = NO_SESSION
+                in_session = False
+            else:
+                session = opens[venue, j]
+                in_session = ts < closes[venue, j]
+        else:
+            session = (ts // session_ns) * session_ns
+        pv = floats[F_VWAP_PV, s]
+        v = floats[F_VWAP_V, s]
+        if session != ints[I_SESSION_OPEN, s]:
+            ints[I_SESSION_OPEN, s] = session
+            pv = 0.0
+            v = 0.0
+        if in_session:
+            pv += p * q
+            v += q
         floats[F_VWAP_PV, s] = pv
         floats[F_VWAP_V, s] = v
-        out[t, 5] = pv / v if v > 0.0 else nan
+        out[t, 5] = pv / v if v > 0.0 else p
 
         # Order-flow imbalance: tick rule (a zero tick keeps the previous sign).
         sign = ints[I_LAST_SIGN, s]
@@ -321,6 +400,53 @@ def _update_kernel(symbol, price, size, ts_ns, floats, ints, rings, params, out,
     return accepted
 
 
+class FeatureParams(BaseModel):
+    """What defines the features a model sees: recorded in its manifest, checked when serving.
+
+    Periods and windows count ticks; ``max_gap_s`` is the longest silence between two
+    ticks of a symbol that keeps its windows (0: never reset).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ema_fast: int = Field(default=12, ge=2)
+    ema_slow: int = Field(default=26, ge=2)
+    rsi_period: int = Field(default=14, ge=2)
+    window: int = Field(default=20, ge=2)
+    max_gap_s: float = Field(default=300.0, ge=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> FeatureParams:
+        if self.ema_fast >= self.ema_slow:
+            raise ValueError(
+                f"ema_fast = {self.ema_fast}, ema_slow = {self.ema_slow}: "
+                "ema_fast must be smaller than ema_slow"
+            )
+        return self
+
+    @property
+    def max_gap_ns(self) -> int:
+        return round(self.max_gap_s * 1e9)
+
+    def only(self) -> FeatureParams:
+        """These parameters alone (a subclass's extra settings, e.g. venues, dropped)."""
+        return FeatureParams.model_validate(
+            self.model_dump(include=set(FeatureParams.model_fields))
+        )
+
+
+class FeatureSettings(Protocol):
+    """A configuration the service builds its engine from (``app.config.FeatureConfig``)."""
+
+    @property
+    def n_symbols(self) -> int: ...
+    @property
+    def venue(self) -> str: ...
+    @property
+    def symbol_venues(self) -> Mapping[int, str]: ...
+    def only(self) -> FeatureParams: ...
+
+
 class FeatureEngine:
     """Streaming features for ``n_symbols`` symbols; not thread-safe (one owner per engine)."""
 
@@ -333,6 +459,8 @@ class FeatureEngine:
         window: int = 20,
         *,
         session_ns: int = DEFAULT_SESSION_NS,
+        sessions: SessionTable | None = None,
+        max_gap_ns: int = 0,
     ) -> None:
         for name, value, low in (
             ("n_symbols", n_symbols, 1),
@@ -341,6 +469,7 @@ class FeatureEngine:
             ("rsi_period", rsi_period, 2),
             ("window", window, 2),
             ("session_ns", session_ns, 1),
+            ("max_gap_ns", max_gap_ns, 0),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} = {value!r}: must be an integer >= {low}")
@@ -353,9 +482,17 @@ class FeatureEngine:
         self.ema_slow = ema_slow
         self.rsi_period = rsi_period
         self.window = window
+        if sessions is not None and sessions.n_symbols != n_symbols:
+            raise ValueError(
+                f"sessions: a table for {sessions.n_symbols} symbols; the engine has {n_symbols}"
+            )
         self.session_ns = session_ns
+        self.max_gap_ns = max_gap_ns
+        self.sessions = sessions if sessions is not None else SessionTable.none(n_symbols)
         self.state = SymbolState(n_symbols, window)
-        self._params = np.array([ema_fast, ema_slow, rsi_period, window, session_ns], np.int64)
+        self._params = np.array(
+            [ema_fast, ema_slow, rsi_period, window, session_ns, max_gap_ns], np.int64
+        )
         self._reasons = np.zeros(0, dtype=np.uint8)
         self._n_last = 0
 
@@ -396,11 +533,34 @@ class FeatureEngine:
             )
         else:
             self._reasons = reasons
-        st = self.state
+        st, cal = self.state, self.sessions
         _update_kernel(symbol, price, size, ts_ns, st.floats, st.ints, st.rings, self._params,
-                       out, reasons)  # fmt: skip
+                       cal.opens, cal.closes, cal.symbol_venue, out, reasons)  # fmt: skip
         self._n_last = n
         return out
+
+    @classmethod
+    def from_params(
+        cls, n_symbols: int, params: FeatureParams, sessions: SessionTable | None = None
+    ) -> FeatureEngine:
+        return cls(
+            n_symbols, params.ema_fast, params.ema_slow, params.rsi_period, params.window,
+            sessions=sessions, max_gap_ns=params.max_gap_ns,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: FeatureSettings) -> FeatureEngine:
+        """The service's engine: ``config``'s parameters, sessions from each symbol's venue."""
+        sessions = SessionTable.for_symbols(config.n_symbols, config.venue, config.symbol_venues)
+        return cls.from_params(config.n_symbols, config.only(), sessions)
+
+    @property
+    def params(self) -> FeatureParams:
+        """The parameters this engine computes its features with (what a manifest records)."""
+        return FeatureParams(
+            ema_fast=self.ema_fast, ema_slow=self.ema_slow, rsi_period=self.rsi_period,
+            window=self.window, max_gap_s=self.max_gap_ns / 1e9,
+        )  # fmt: skip
 
     @property
     def last_reasons(self) -> np.ndarray:

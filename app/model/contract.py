@@ -27,36 +27,37 @@ from app.model.tensors import (  # noqa: F401  (re-exported: the contract's name
 @njit(cache=True, nogil=True, error_model="numpy")
 def _model_inputs_kernel(features, out, warm):
     n = features.shape[0]
+    n_features = features.shape[1]
     for i in range(n):
-        ema_fast = features[i, 0]
-        ema_slow = features[i, 1]
-        rsi = features[i, 2]
-        vol = features[i, 3]
-        z = features[i, 4]
-        vwap = features[i, 5]
-        ofi = features[i, 6]
-        ok = not (
-            math.isnan(ema_slow) or math.isnan(rsi) or math.isnan(vol) or math.isnan(z)
-            or math.isnan(ofi) or math.isnan(ema_fast)
-        )  # fmt: skip
+        ok = True
+        for c in range(n_features):  # every feature past its warm-up (NaN before), none infinite
+            if not math.isfinite(features[i, c]):
+                ok = False
+        if ok:
+            ema_fast = features[i, 0]
+            ema_slow = features[i, 1]
+            vwap = features[i, 5]
+            out[i, 0] = (ema_fast - ema_slow) / ema_slow
+            out[i, 1] = (features[i, 2] - 50.0) / 50.0
+            out[i, 2] = features[i, 3]
+            out[i, 3] = features[i, 4]
+            out[i, 4] = (ema_fast - vwap) / vwap
+            out[i, 5] = features[i, 6]
+            for c in range(out.shape[1]):  # float32 overflow (extreme prices) is not an input
+                if not math.isfinite(out[i, c]):
+                    ok = False
         warm[i] = ok
         if not ok:
             for c in range(out.shape[1]):
                 out[i, c] = 0.0
-            continue
-        out[i, 0] = (ema_fast - ema_slow) / ema_slow
-        out[i, 1] = (rsi - 50.0) / 50.0
-        out[i, 2] = vol
-        out[i, 3] = z
-        out[i, 4] = (ema_fast - vwap) / vwap if vwap > 0.0 else 0.0
-        out[i, 5] = ofi
 
 
 def model_inputs(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs float32[n, N_INPUTS], warm bool[n])`` from engine features ``float64[n, 7]``.
 
-    A row is warm when every indicator is past its warm-up; cold rows are zeros and
-    must not be sent to the model.
+    A row is warm when every feature is a finite number (past its warm-up) and so is every
+    model input: no NaN or infinity ever reaches the model. Cold rows are zeros and must
+    not be sent to the model.
     """
     if features.ndim != 2 or features.shape[1] != 7:
         raise ValueError(f"features: shape {features.shape}: must be (n, 7)")

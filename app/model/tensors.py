@@ -12,7 +12,7 @@ MODEL_INPUTS: tuple[str, ...] = (
     "rsi",  # (rsi - 50) / 50, in [-1, 1]
     "volatility",  # standard deviation of log returns
     "zscore",
-    "vwap_gap",  # (ema_fast - vwap) / vwap; 0 while the session has no volume
+    "vwap_gap",  # (ema_fast - vwap) / vwap; the session VWAP is the price until it has volume
     "ofi",
 )
 N_INPUTS = len(MODEL_INPUTS)

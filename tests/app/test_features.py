@@ -91,12 +91,14 @@ def test_indicators_equal_talib_per_symbol(interleaved, symbol_id: int) -> None:
     _assert_matches_oracle(f[:, COL["volatility"]], vol, "volatility")
 
 
-def test_constant_run_gives_talib_zeros() -> None:
+def test_flat_tape_is_neutral_where_talib_says_oversold() -> None:
+    # Changed on purpose (issue 20, finding 4): TA-Lib's RSI of a tape with no movement at
+    # all is 0, which the model read as maximally oversold; ours is 50 (neutral).
     engine = FeatureEngine(1)
     p = np.full(80, 42.5)
     f = engine.update(np.zeros(80, np.int32), p, np.ones(80), np.arange(80, dtype=np.int64))
-    assert (f[14:, COL["rsi"]] == 0.0).all()  # TA-Lib: no movement at all gives 0, not 50
-    np.testing.assert_array_equal(f[14:, COL["rsi"]], talib.RSI(p, 14)[14:])
+    assert (talib.RSI(p, 14)[14:] == 0.0).all()
+    assert (f[14:, COL["rsi"]] == 50.0).all()
     assert (f[20:, COL["volatility"]] == 0.0).all()
     assert (f[19:, COL["zscore"]] == 0.0).all()
     assert (f[11:, COL["ema_fast"]] == 42.5).all()
@@ -128,8 +130,8 @@ def test_zscore_vwap_ofi_match_numpy_reference(interleaved) -> None:
                 pv = v = 0.0
             pv += p[k] * q[k]
             v += q[k]
-            vwap[k] = pv / v if v > 0 else np.nan
-        np.testing.assert_allclose(f[:, COL["vwap"]], vwap, rtol=1e-9, equal_nan=True)
+            vwap[k] = pv / v if v > 0 else p[k]  # no volume in the session yet: the price
+        np.testing.assert_allclose(f[:, COL["vwap"]], vwap, rtol=1e-9)
 
         sign = np.zeros(p.shape[0])
         for k in range(1, p.shape[0]):
@@ -160,7 +162,8 @@ def test_warm_up_lengths_follow_the_periods() -> None:
     }
 
 
-def test_vwap_resets_each_session_and_is_nan_without_volume() -> None:
+def test_vwap_resets_each_session_and_is_the_price_without_volume() -> None:
+    # Changed on purpose (issue 20, finding 4): a zero-size opening tick made VWAP NaN.
     day = 86_400_000_000_000
     engine = FeatureEngine(1)
     f = engine.update(
@@ -169,7 +172,7 @@ def test_vwap_resets_each_session_and_is_nan_without_volume() -> None:
         np.array([0.0, 1.0, 3.0, 1.0]),
         np.array([0, 1, 2, day], dtype=np.int64),
     )
-    assert math.isnan(f[0, COL["vwap"]])  # no volume yet
+    assert f[0, COL["vwap"]] == 10.0  # no volume yet: the price, never NaN
     assert f[1, COL["vwap"]] == 20.0
     assert f[2, COL["vwap"]] == pytest.approx((20 + 90) / 4)
     assert f[3, COL["vwap"]] == 50.0  # new day: only this tick
@@ -297,3 +300,99 @@ def test_steady_state_update_allocates_nothing_per_tick() -> None:
     assert peak_large <= peak_small + 1024
     assert peak_large < 64 * 1024
     assert not reasons.any() and np.isfinite(out).all()
+
+
+def test_steady_state_update_with_sessions_and_gaps_allocates_nothing() -> None:
+    from app.sessions import SessionTable
+
+    n_symbols, batch = 200, 1000
+    venues = {s: "XLON" for s in range(0, n_symbols, 3)}
+    sessions = SessionTable.for_symbols(n_symbols, "XNYS", venues)
+    engine = FeatureEngine(n_symbols, sessions=sessions, max_gap_ns=60 * SECOND)
+    rng = np.random.default_rng(6)
+    symbol = rng.integers(0, n_symbols, batch).astype(np.int32)
+    price = 100 * np.exp(rng.normal(0, 1e-3, batch))
+    size = np.ones(batch)
+    out = np.empty((batch, len(FEATURES)))
+    reasons = np.empty(batch, np.uint8)
+    # Timestamps advance by 20 minutes per batch: every batch crosses gaps, closes and opens.
+    ts0 = np.int64(1_710_000_000 * SECOND)
+    for i in range(60):
+        engine.update(symbol, price, size, np.full(batch, ts0 + i * 1200 * SECOND),
+                      out=out, reasons=reasons)  # fmt: skip
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        for i in range(60, 260):
+            engine.update(symbol, price, size, np.full(batch, ts0 + i * 1200 * SECOND),
+                          out=out, reasons=reasons)  # fmt: skip
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The only allocation per call is the ts column built above, freed at once.
+    assert current - base <= 1024 and peak - base < 64 * 1024
+    assert not reasons.any()
+
+
+SECOND = 1_000_000_000
+
+
+def _one_symbol(engine: FeatureEngine, price, size, ts) -> np.ndarray:
+    n = len(price)
+    return engine.update(np.zeros(n, np.int32), np.asarray(price, float), np.asarray(size, float),
+                         np.asarray(ts, np.int64))  # fmt: skip
+
+
+def test_a_gap_longer_than_max_gap_restarts_the_windows_but_keeps_the_session_vwap() -> None:
+    rng = np.random.default_rng(21)
+    n = 120
+    price = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    size = rng.integers(1, 50, n).astype(float)
+    ts = np.arange(n, dtype=np.int64) * SECOND
+    ts[60:] += 3600 * SECOND  # a one-hour halt before tick 60
+    price[60:] *= 1.2  # ... and the price gaps up 20% on resumption
+
+    gapped = _one_symbol(FeatureEngine(1, max_gap_ns=300 * SECOND), price, size, ts)
+    # After the gap the windows equal those of an engine that only ever saw the later ticks.
+    fresh = _one_symbol(FeatureEngine(1), price[60:], size[60:], ts[60:])
+    windowed = [COL[c] for c in ("ema_fast", "ema_slow", "rsi", "volatility", "zscore", "ofi")]
+    np.testing.assert_array_equal(gapped[60:, windowed], fresh[:, windowed])
+    assert np.isnan(gapped[60:85, COL["ema_slow"]]).all()  # warming up again: no signals
+    # The jump across the halt is in no volatility window (without the reset it stays 20 ticks).
+    kept = _one_symbol(FeatureEngine(1), price, size, ts)
+    assert np.nanmax(kept[61:80, COL["volatility"]]) > 0.03
+    assert np.nanmax(gapped[60:, COL["volatility"]]) < 0.01
+    # The session (a UTC day) did not change: its VWAP runs on through the halt.
+    np.testing.assert_allclose(gapped[:, COL["vwap"]], np.cumsum(price * size) / np.cumsum(size))
+    # A silence within max_gap changes nothing.
+    short = _one_symbol(FeatureEngine(1, max_gap_ns=3601 * SECOND), price, size, ts)
+    np.testing.assert_array_equal(short, kept)
+
+
+def test_a_flat_tape_after_a_halt_is_neutral() -> None:
+    n = 60
+    price = np.r_[100 + np.sin(np.arange(30)), np.full(n - 30, 101.0)]
+    ts = np.arange(n, dtype=np.int64) * SECOND
+    ts[30:] += 900 * SECOND
+    f = _one_symbol(FeatureEngine(1, max_gap_ns=300 * SECOND), price, np.ones(n), ts)
+    assert (f[30 + 14 :, COL["rsi"]] == 50.0).all()
+    assert (f[30 + 20 :, COL["volatility"]] == 0.0).all()
+    assert (f[30 + 20 :, COL["zscore"]] == 0.0).all()
+
+
+def test_no_nan_or_infinity_ever_reaches_the_model() -> None:
+    """Hostile tapes (zero sizes, flat runs, halts, extreme prices): a warm row is finite."""
+    from app.model.contract import model_inputs
+
+    symbol, price, size, ts = _interleaved(seed=13, n_symbols=8, n_per_symbol=1200)
+    size[::7] = 0.0
+    ts = ts.copy()
+    ts[3000:] += 7200 * SECOND  # a halt for everyone
+    engine = FeatureEngine(8, max_gap_ns=120 * SECOND, session_ns=3600 * SECOND)
+    features = engine.update(symbol, price, size, ts)
+    x, warm = model_inputs(features)
+    assert warm.sum() > 5000  # most rows are warm ...
+    assert np.isfinite(features[warm]).all() and np.isfinite(x).all()  # ... and all finite
+    assert not np.isnan(features[:, COL["vwap"]]).any()  # VWAP is never NaN, warm or not
+    # Nothing overflows here, so a row is cold exactly when one of its features is NaN.
+    np.testing.assert_array_equal(~warm, np.isnan(features).any(axis=1))

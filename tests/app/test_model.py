@@ -148,11 +148,15 @@ def test_model_inputs_are_scale_free_and_mark_cold_rows() -> None:
             [101.0, 100.0, 75.0, 0.01, 1.5, 100.0, 0.2],
             [1010.0, 1000.0, 75.0, 0.01, 1.5, 1000.0, 0.2],  # same market, 10x the price
             [101.0, np.nan, 75.0, 0.01, 1.5, 100.0, 0.2],  # ema_slow still warming up
-            [101.0, 100.0, 75.0, 0.01, 1.5, np.nan, 0.2],  # no volume yet: vwap NaN is fine
+            [101.0, 100.0, 75.0, 0.01, 1.5, np.nan, 0.2],  # any NaN feature: not warm
+            [101.0, 100.0, 75.0, np.inf, 1.5, 100.0, 0.2],  # nor an infinite one
+            [1e300, 1e-300, 75.0, 0.01, 1.5, 100.0, 0.2],  # nor an input float32 cannot hold
         ]
     )
     x, warm = model_inputs(feats)
-    assert warm.tolist() == [True, True, False, True]
+    # Changed on purpose (issue 20, finding 4): a NaN VWAP used to count as warm.
+    assert warm.tolist() == [True, True, False, False, False, False]
+    assert (x[2:] == 0).all()
     np.testing.assert_allclose(x[0], x[1], rtol=1e-6)
     np.testing.assert_allclose(x[0], [0.01, 0.5, 0.01, 1.5, 0.01, 0.2], rtol=1e-6)
     assert (x[2] == 0).all() and x[3][4] == 0.0
