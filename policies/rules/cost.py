@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from rules.effective import effective_labels, effective_locations
 from rules.kit import (
     MANDATORY,
     NotApplicable,
@@ -15,8 +16,7 @@ from rules.kit import (
     schema,
     string_list,
 )
-from rules.label_fields import LABEL_FIELDS
-from rules.values import as_dict, as_list, as_str_map, get, is_unknown
+from rules.values import as_list, get, is_unknown
 
 RULES = Rules("cost")
 GCP_PROVIDER = "pulumi:providers:gcp"
@@ -35,16 +35,6 @@ DEFAULT_REGIONS = [
 ]
 
 
-def label_field(token: str, props: dict[str, Any]) -> tuple[str, bool] | None:
-    """Where a resource keeps its labels and whether provider default labels reach it;
-    None for types that take no labels (exempt)."""
-    if token in LABEL_FIELDS:
-        return LABEL_FIELDS[token]
-    if token.startswith("gcp:") and isinstance(props.get("labels"), dict):
-        return ("labels", True)  # a labelled type this table does not know yet
-    return None
-
-
 @RULES.resource(
     "cost-required-labels",
     level=MANDATORY,
@@ -60,21 +50,17 @@ def label_field(token: str, props: dict[str, Any]) -> tuple[str, bool] | None:
     config=schema({"requiredLabels": string_list(["cost-center", "env", "owner"])}),
 )
 def required_labels(r: Resource) -> Iterator[str]:
-    field = label_field(r.type, r.props)
-    if field is None:
+    labels = effective_labels(r.type, r.props, r.provider_props)
+    if labels is None:
         raise NotApplicable("this resource type takes no labels")
-    path, defaults_apply = field
-    labels = get(r.props, *path.split("."))
-    if is_unknown(labels):
+    if is_unknown(labels.values):
         return
-    defaults = get(r.provider_props, "defaultLabels") if defaults_apply else None
-    if is_unknown(defaults):
-        return
-    merged = dict(as_str_map(defaults))
-    merged.update(as_dict(labels))
-    missing = [k for k in r.config["requiredLabels"] if merged.get(k) in (None, "")]
+    missing = [k for k in r.config["requiredLabels"] if labels.values.get(k) in (None, "")]
     if missing:
-        where = f"{path} or the provider's defaultLabels" if defaults_apply else path
+        path = labels.field.dotted
+        where = (
+            f"{path} or the provider's defaultLabels" if labels.field.provider_defaults else path
+        )
         yield f"missing cost labels {', '.join(missing)} (set them in {where})"
 
 
@@ -87,8 +73,11 @@ def _region_of(value: str) -> str | None:
 
 
 def _locations(r: Resource) -> Iterator[tuple[str, Any]]:
-    for key in ("region", "location", "zone"):
-        yield key, get(r.props, key)
+    """(what to call it in a message, value): the effective region, location and zone, then
+    each of nodeLocations."""
+    for location in effective_locations(r.type, r.props, r.provider_props):
+        origin = f" (the provider's {location.provider_key})" if location.provider_key else ""
+        yield f"{location.field}{origin}", location.value
     for index, zone in enumerate(as_list(get(r.props, "nodeLocations"))):
         yield f"nodeLocations[{index}]", zone
 

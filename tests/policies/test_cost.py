@@ -31,6 +31,10 @@ POOL = "gcp:container/nodePool:NodePool"
 ALERT = "gcp:monitoring/alertPolicy:AlertPolicy"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 SUBNET = "gcp:compute/subnetwork:Subnetwork"
+BUCKET = "gcp:storage/bucket:Bucket"
+FUNCTION = "gcp:cloudfunctions/function:Function"
+RUN_SERVICE = "gcp:cloudrunv2/service:Service"
+RUN_V1_SERVICE = "gcp:cloudrun/service:Service"
 PROVIDER = "pulumi:providers:gcp"
 STACK = "pulumi:pulumi:Stack"
 
@@ -74,7 +78,40 @@ CASES = [
         {"displayName": "x", "userLabels": COST_LABELS, "combiner": "OR"},
         "user-labels",
     ),
+    ok(
+        "cost-required-labels",
+        BUCKET,
+        {"name": "b", "location": "US", "encryption": {"defaultKmsKeyName": "k"}},
+        "bucket-labelled-by-gcp-defaultLabels",
+        provider=DEFAULT_LABELS,
+        strict=False,
+    ),
+    ok(
+        "cost-required-labels",
+        RUN_V1_SERVICE,
+        {"name": "api", "location": "us-central1", "metadata": {"namespace": "p"}},
+        "cloud-run-v1-metadata-labels-from-provider",
+        provider=DEFAULT_LABELS,
+        strict=False,
+    ),
     bad("cost-required-labels", TOPIC, UNLABELLED_TOPIC, "none", message="cost-center, env, owner"),
+    bad(
+        "cost-required-labels",
+        RUN_SERVICE,
+        {"name": "api", "location": "us-central1", "labels": {"env": "test"}},
+        "cloud-run-service-derived-from-the-sdk",
+        message="missing cost labels cost-center, owner (set them in labels or the provider's",
+        strict=False,
+    ),
+    bad(
+        "cost-required-labels",
+        "gcp:sql/databaseInstance:DatabaseInstance",
+        {"databaseVersion": "POSTGRES_16", "settings": {"tier": "db-f1-micro"}},
+        "sql-settings-user-labels-ignore-provider-defaults",
+        provider=DEFAULT_LABELS,
+        message="(set them in settings.userLabels)",
+        strict=False,
+    ),
     bad(
         "cost-required-labels",
         TOPIC,
@@ -143,6 +180,48 @@ CASES = [
         SUBNET,
         {"name": "s", "region": "me-central2", "ipCidrRange": "10.0.0.0/20"},
         "subnet",
+    ),
+    ok(
+        "cost-allowed-regions",
+        FUNCTION,
+        {"name": "f", "runtime": "python312", "labels": COST_LABELS},
+        "function-in-the-provider-region",
+        provider=DEFAULT_LABELS,
+        strict=False,
+    ),
+    bad(
+        "cost-allowed-regions",
+        FUNCTION,
+        {"name": "f", "runtime": "python312", "labels": COST_LABELS},
+        "function-in-gcp-region-me-central2",
+        provider={**DEFAULT_LABELS, "region": "me-central2"},
+        message="region (the provider's region) 'me-central2' is outside the allowed regions",
+        strict=False,
+    ),
+    ok(
+        "cost-allowed-regions",
+        FUNCTION,
+        {"name": "f", "region": "us-central1", "runtime": "python312", "labels": COST_LABELS},
+        "own-region-wins-over-the-provider",
+        provider={**DEFAULT_LABELS, "region": "me-central2"},
+        strict=False,
+    ),
+    ok(
+        "cost-allowed-regions",
+        BUCKET,
+        {"name": "b", "location": "EU", "labels": COST_LABELS},
+        "bucket-location-is-never-the-provider-region",
+        provider={**DEFAULT_LABELS, "region": "me-central2"},
+        strict=False,
+    ),
+    bad(
+        "cost-allowed-regions",
+        "gcp:compute/instance:Instance",
+        {"name": "vm", "machineType": "e2-small", "labels": COST_LABELS},
+        "instance-in-the-provider-zone",
+        provider={**DEFAULT_LABELS, "zone": "me-central2-a"},
+        message="zone (the provider's zone) 'me-central2-a'",
+        strict=False,
     ),
     bad(
         "cost-allowed-regions",

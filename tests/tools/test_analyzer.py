@@ -19,8 +19,6 @@ from tools import engine
 from tools.analyzer import (
     POLICY_PACK_DIR,
     POLICY_README,
-    README_BEGIN,
-    README_END,
     UNKNOWN_MARKER,
     UNKNOWN_WIRE,
     AnalyzerError,
@@ -31,8 +29,6 @@ from tools.analyzer import (
     launch_command,
     load_policy_config,
     reconcile_policy_config,
-    render_rules_markdown,
-    replace_rules_section,
 )
 from tools.inventory import Resource
 
@@ -249,19 +245,6 @@ def test_analysis_sorts_mandatory_first(pack: PolicyPackProcess) -> None:
 def test_inventory_resources_need_type_name_and_urn() -> None:
     with pytest.raises(AnalyzerError, match="has no urn"):
         AnalyzerResource.of({"type": TOPIC, "name": "t", "inputs": {}})
-
-
-def test_rules_table_in_the_readme_is_current(pack: PolicyPackProcess) -> None:
-    readme = POLICY_README.read_text()
-    table = render_rules_markdown(pack.info())
-    assert replace_rules_section(readme, table) == readme, (
-        "policies/README.md is out of date: run python -m tools.analyzer --write-readme"
-    )
-    for policy in pack.info().policies:
-        assert f"| `{policy.name}` | {policy.level} |" in table
-    with pytest.raises(AnalyzerError, match="has no"):
-        replace_rules_section("no markers here", table)
-    assert README_BEGIN in readme and README_END in readme
 
 
 def _pack_dir(tmp_path: Path, main: str, virtualenv: str | None = None) -> Path:
