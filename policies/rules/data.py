@@ -29,6 +29,7 @@ TABLE = "gcp:bigquery/table:Table"
 TOPIC = "gcp:pubsub/topic:Topic"
 SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
+REPOSITORY = "gcp:artifactregistry/repository:Repository"
 
 # Resource type → path to its customer-managed key.
 CMEK_FIELDS: dict[str, tuple[str, ...]] = {
@@ -36,7 +37,7 @@ CMEK_FIELDS: dict[str, tuple[str, ...]] = {
     TOPIC: ("kmsKeyName",),
     REDIS_CLUSTER: ("kmsKey",),
     REDIS_INSTANCE: ("customerManagedKey",),
-    "gcp:artifactregistry/repository:Repository": ("kmsKeyName",),
+    REPOSITORY: ("kmsKeyName",),
     "gcp:storage/bucket:Bucket": ("encryption", "defaultKmsKeyName"),
     "gcp:compute/disk:Disk": ("diskEncryptionKey", "kmsKeySelfLink"),
 }
@@ -410,6 +411,23 @@ RULES.resource(
     source="CIS Google Cloud 1.9.",
     types=iam_types_of("kms"),
 )(public_members)
+
+
+@RULES.resource(
+    "registry-vulnerability-scanning",
+    level=ADVISORY,
+    description=(
+        "Docker repositories in Artifact Registry keep Artifact Analysis vulnerability "
+        "scanning on (vulnerabilityScanningConfig.enablementConfig not DISABLED)."
+    ),
+    source="CIS GKE 5.1.1; Artifact Analysis docs, 'Scan images automatically'.",
+    types={REPOSITORY},
+)
+def registry_vulnerability_scanning(r: Resource) -> Iterator[str]:
+    if get(r.props, "format", default="DOCKER") != "DOCKER":
+        raise NotApplicable("Artifact Analysis scans container images only")
+    if get(r.props, "vulnerabilityScanningConfig", "enablementConfig") == "DISABLED":
+        yield "vulnerabilityScanningConfig.enablementConfig is DISABLED: pushed images are never scanned"
 
 
 @RULES.resource(

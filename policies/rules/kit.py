@@ -86,6 +86,7 @@ class StackResource:
     urn: str
     props: dict[str, Any]
     parent: str | None = None
+    provider_urn: str | None = None
     provider_props: dict[str, Any] = field(default_factory=dict)
     dependencies: tuple[str, ...] = ()
     # Input property → URNs it depends on (the engine's propertyDependencies).
@@ -200,6 +201,7 @@ def stack_policy(
                 urn=r.urn,
                 props=plain(r.props),
                 parent=r.parent.urn if r.parent is not None else r.opts.parent,
+                provider_urn=r.provider.urn if r.provider else None,
                 provider_props=plain(r.provider.props) if r.provider else {},
                 dependencies=tuple(d.urn for d in r.dependencies),
                 property_dependencies={

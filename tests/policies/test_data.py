@@ -40,6 +40,14 @@ REPOSITORY = "gcp:artifactregistry/repository:Repository"
 BUCKET = "gcp:storage/bucket:Bucket"
 DISK = "gcp:compute/disk:Disk"
 KMS = "projects/p/locations/us-central1/keyRings/data/cryptoKeys/{}"
+REPOSITORY_GOLDEN = {
+    "repositoryId": "images",
+    "location": "us-central1",
+    "format": "DOCKER",
+    "kmsKeyName": KMS.format("ar"),
+    "vulnerabilityScanningConfig": {"enablementConfig": "INHERITED"},
+    "labels": COST_LABELS,
+}
 
 LEVELS = {
     "redis-transit-encryption": "mandatory",
@@ -58,6 +66,7 @@ LEVELS = {
     "kms-key-protected": "mandatory",
     "kms-no-public-iam": "mandatory",
     "cmek-required": "mandatory",
+    "registry-vulnerability-scanning": "advisory",
 }
 
 CLUSTER = {
@@ -427,6 +436,23 @@ CASES = [
         "keyring-policy",
     ),
     ok("cmek-required", DATASET, DATASET_GOLDEN, "dataset"),
+    ok("registry-vulnerability-scanning", REPOSITORY, REPOSITORY_GOLDEN),
+    ok(
+        "registry-vulnerability-scanning",
+        REPOSITORY,
+        mutate(
+            REPOSITORY_GOLDEN,
+            {"format": "PYTHON", "vulnerabilityScanningConfig.enablementConfig": "DISABLED"},
+        ),
+        "not-images",
+    ),
+    bad(
+        "registry-vulnerability-scanning",
+        REPOSITORY,
+        mutate(REPOSITORY_GOLDEN, {"vulnerabilityScanningConfig.enablementConfig": "DISABLED"}),
+        "disabled",
+        message="never scanned",
+    ),
     ok("cmek-required", TOPIC, TOPIC_GOLDEN, "topic"),
     ok("cmek-required", REDIS_CLUSTER, CLUSTER, "redis-cluster"),
     ok("cmek-required", REDIS_INSTANCE, INSTANCE, "redis-instance"),

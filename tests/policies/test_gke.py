@@ -193,7 +193,13 @@ CASES = [
     b("gke-binary-authorization", "absent", {"binaryAuthorization": DELETE}),
     g("gke-security-posture"),
     b("gke-security-posture", "disabled", {"securityPostureConfig.mode": "DISABLED"}),
-    b("gke-security-posture", "absent", {"securityPostureConfig": DELETE}, expect=2),
+    # GKE's own image scanning is gone (standard) or deprecated (enterprise): not asked for.
+    g(
+        "gke-security-posture",
+        "scanning-off",
+        securityPostureConfig__vulnerabilityMode="VULNERABILITY_DISABLED",
+    ),
+    b("gke-security-posture", "absent", {"securityPostureConfig": DELETE}),
     g("gke-no-alpha"),
     b("gke-no-alpha", "alpha", {"enableKubernetesAlpha": True}),
     g("gke-cost-allocation"),
