@@ -251,24 +251,34 @@ class StackUsage:
 
 def usage_from_values(values: Mapping[str, str], project: str, source: str) -> StackUsage:
     """The `<project>:cost` and `<project>:budget` keys of a stack's config (as the language
-    host passes it), validated; defaults where absent."""
+    host passes it), validated; defaults where absent. Bad settings raise
+    `app.config_errors.ConfigError` (a ValueError): one line per problem."""
     # Imported here, not at module level: `python -m tools plan` runs other programs (a base
     # ref's `infra` package) in this process, which must find no `infra` already imported.
+    from app.config_errors import ConfigError, Problem, load_model
     from infra.config import CostSettings
 
-    raw_cost = _decoded(values.get(f"{project}:cost"))
-    try:
-        usage = CostSettings.model_validate(raw_cost or {})
-    except ValidationError as exc:
-        problems = [
-            f"{source}: {project}:cost.{'.'.join(str(p) for p in err['loc'])}: "
-            f"{err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
-        ]
-        raise ValueError("invalid cost config:\n" + "\n".join(problems)) from exc
+    raw_cost = _decoded(values.get(f"{project}:cost")) or {}
+    usage = load_model(CostSettings, source, raw_cost, root=f"{project}:cost")
+    # Only the budget's amount is the estimate's business (the program validates the rest).
     budget = _decoded(values.get(f"{project}:budget"))
     monthly = budget.get("monthlyUsd") if isinstance(budget, dict) else None
-    return StackUsage(usage, float(monthly) if isinstance(monthly, int | float) else None)
+    if monthly is None:
+        return StackUsage(usage, None)
+    if (
+        isinstance(monthly, bool)
+        or not isinstance(monthly, int | float)
+        or not 0 < monthly < math.inf
+    ):
+        raise ConfigError(
+            source,
+            [
+                Problem(
+                    f"{project}:budget.monthlyUsd", "not a budget", monthly, "a finite number > 0"
+                )
+            ],
+        )
+    return StackUsage(usage, float(monthly))
 
 
 def usage_from_stack(

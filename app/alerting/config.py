@@ -16,15 +16,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from app.alerting.detector import DetectorSettings
-from app.autoscale.config import (
-    REGION_PLACEHOLDER,
-    URL_PATTERN,
-    ConfigError,
-    Model,
-    check_regions,
-    load_model,
-    read_file,
-)
+from app.autoscale.config import REGION_PLACEHOLDER, URL_PATTERN, check_regions, config_path
+from app.config_errors import CamelConfigModel as Model
+from app.config_errors import load_model, read_config_file
 
 CONFIG_ENV = "SIGNAL_ALERTING_CONFIG"
 # gRPC statuses that are the server's fault (as infra/observability.py counts them).
@@ -107,9 +101,5 @@ class AlertingConfig(Model):
 
 def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AlertingConfig:
     """The configuration from ``path``, else from the file ``$SIGNAL_ALERTING_CONFIG``."""
-    if path is None:
-        named = env.get(CONFIG_ENV)
-        if not named:
-            raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
-        path = Path(named)
-    return load_model(AlertingConfig, str(path), read_file(path))
+    path = config_path(path, env, CONFIG_ENV)
+    return load_model(AlertingConfig, str(path), read_config_file(path))

@@ -40,7 +40,11 @@ class DetectorSettings(BaseModel):
     """One series' detector (camelCase keys in configuration)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     direction: Literal["up", "down", "both"] = "up"

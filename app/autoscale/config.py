@@ -1,24 +1,26 @@
 """The predictive scaler's configuration: one typed, validated, frozen model.
 
 Read from a JSON or YAML file (`--config`, or the file named by `SIGNAL_AUTOSCALE_CONFIG`),
-camelCase keys. Every error names the file, the key path, the value and what is allowed.
+camelCase keys. Every error names the file, the key path, the value and what is allowed, in
+the repository's one format (`app.config_errors`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator
 
 from app.autoscale.prometheus import MetadataToken, PrometheusClient
 from app.autoscale.scaler import ScalingPolicy
+from app.config_errors import CamelConfigModel as Model
+from app.config_errors import ConfigError, Problem, load_model, read_config_file
+
+__all__ = ["ConfigError", "Model", "load_model", "read_config_file"]
 
 CONFIG_ENV = "SIGNAL_AUTOSCALE_CONFIG"
 REGION_PLACEHOLDER = "{region}"
@@ -29,10 +31,6 @@ DEFAULT_RATE_QUERY = 'sum(rate(signal_request_duration_seconds_count{location="{
 URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
 
 
-class ConfigError(ValueError):
-    """A configuration file that does not validate; one line per problem."""
-
-
 def check_regions(cls: type, value: tuple[str, ...]) -> tuple[str, ...]:
     """Region names as Google Cloud spells them (``us-east4``), each once."""
     if len(set(value)) != len(value):
@@ -41,12 +39,6 @@ def check_regions(cls: type, value: tuple[str, ...]) -> tuple[str, ...]:
         if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
             raise ValueError(f"{region!r} is not a region name such as us-east4")
     return value
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
 
 class AutoscaleConfig(Model):
@@ -87,45 +79,24 @@ class AutoscaleConfig(Model):
         return self.rate_query.replace(REGION_PLACEHOLDER, region)
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
 def prometheus_client(url: str, auth: str, timeout: float) -> PrometheusClient:
     """The client a configuration asks for ("google": a token from the metadata server)."""
     return PrometheusClient(url, timeout, MetadataToken() if auth == "google" else None)
 
 
-def load_model(model: type[M], source: str, data: Mapping[str, Any]) -> M:
-    """Validate ``data``; on failure raise a ConfigError naming each key path, the value
-    and what is allowed."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "missing":
-                lines.append(f"{source}: {path}: required key is missing")
-            else:
-                lines.append(f"{source}: {path}: {message} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
-
-
-def read_file(path: Path) -> dict[str, Any]:
-    """A JSON or YAML mapping."""
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a mapping of keys (got {type(data).__name__})")
-    return data
-
-
 def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AutoscaleConfig:
     """The configuration from ``path``, else from the file ``$SIGNAL_AUTOSCALE_CONFIG``."""
-    if path is None:
-        named = env.get(CONFIG_ENV)
-        if not named:
-            raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
-        path = Path(named)
-    return load_model(AutoscaleConfig, str(path), read_file(path))
+    path = config_path(path, env, CONFIG_ENV)
+    return load_model(AutoscaleConfig, str(path), read_config_file(path))
+
+
+def config_path(path: Path | None, env: Mapping[str, str], variable: str) -> Path:
+    """``path``, else the file the environment variable names."""
+    if path is not None:
+        return path
+    named = env.get(variable)
+    if not named:
+        raise ConfigError(
+            variable, [Problem("", f"no configuration: pass --config FILE or set {variable}")]
+        )
+    return Path(named)

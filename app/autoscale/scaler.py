@@ -24,7 +24,11 @@ class ScalingPolicy(BaseModel):
     """How forecasts become replicas (camelCase keys, as in the service's config file)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
     )
 
     # Requests per second one pod serves within the latency SLO.

@@ -221,10 +221,10 @@ def test_config_errors_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
         load(path)
     text = str(info.value)
     assert "prometheusUrl: String should match pattern" in text
-    assert "series.0.query: must contain {region}" in text
-    assert "series.1.detector.fastMinutes: Input should be greater than or equal to 1" in text
+    assert "series[0].query: must contain {region}" in text
+    assert "series[1].detector.fastMinutes: Input should be greater than or equal to 1" in text
     assert cli.main(["--config", str(path)]) == 2
-    assert "series.0.query" in capsys.readouterr().err
+    assert "series[0].query" in capsys.readouterr().err
 
     good = tmp_path / "good.json"
     good.write_text(

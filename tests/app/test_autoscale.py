@@ -316,7 +316,7 @@ def test_config_errors_name_file_key_value_and_allowed(tmp_path: Path) -> None:
     assert f"{path}: regions: regions are listed twice" in text
     assert "rateQuery: must contain {region}" in text
     assert "policy.targetUtilisation: Input should be less than or equal to 1 (got 1.5)" in text
-    assert "historyDay: Extra inputs are not permitted" in text
+    assert "historyDay: unknown key, did you mean historyDays?" in text
 
 
 def test_cli_once_prints_decisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -286,8 +286,8 @@ def test_the_audit_key_is_usable_by_cloud_storage(stack_plan: Inventory):
         ),
         (
             "prod",
-            {"budget": {"monthlyUsd": 9000}},
-            ["signal-platform:budget.billingAccount", "prod needs a billing account"],
+            {"budget": {"monthlyUsd": 9000, "billingAccount": "000000-000000-000000"}},
+            ["signal-platform:budget.billingAccount", "a placeholder, not a billing account"],
         ),
         (
             "dev",

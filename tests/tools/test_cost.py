@@ -438,11 +438,10 @@ def test_check_command_fails_a_stack_pushed_over_budget(
     ],
 )
 def test_cost_config_errors_name_the_key(cost: dict, path: str, message: str):
-    from infra.config import ConfigError, StackConfig
+    from infra.config import ConfigError
+    from tests.infra.stack_config import load
 
     with pytest.raises(ConfigError) as error:
-        StackConfig.from_stack_file(
-            REPO / "Pulumi.dev.yaml", {"signal-platform:cost": json.dumps(cost)}
-        )
+        load("dev", cost=cost)
     text = str(error.value)
     assert f"signal-platform:{path}" in text and message in text, text

@@ -1,0 +1,69 @@
+"""The usage assumptions `python -m tools cost` prices the plan with."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+
+from pydantic import Field, field_validator
+
+from app.config_errors import Problem
+from infra.config.base import Model
+
+POOL_USAGE_KEY_RE = re.compile(r"^(?:([a-z]+-[a-z]+\d+)/)?([a-z][a-z0-9-]{0,20})$")
+
+
+class CostSettings(Model):
+    """Usage assumptions `python -m tools cost` prices the plan with: the plan says what
+    exists, these say how much of it runs and how much data flows through it."""
+
+    # Share of a spot pool's node-hours that get spot capacity; the rest runs on-demand in the
+    # fallback pool (the spot-first ComputeClass targets 95%).
+    spot_share: float = Field(default=0.95, ge=0, le=1)
+    # Where an autoscaled pool averages between its min and max nodes (0 = always at min),
+    # for pools without an averageNodes entry.
+    utilisation: float = Field(default=0.25, ge=0, le=1)
+    # Average nodes of a pool across its zones, by pool name ("l4-spot") or for one region's
+    # pool ("europe-west4/l4-spot", which wins over the plain name).
+    average_nodes: dict[str, float] = Field(default_factory=dict)
+    signals_per_month: int = Field(default=100_000, ge=1)
+    bigquery_storage_gib: float = Field(default=100, ge=0)
+    bigquery_scanned_tib_per_month: float = Field(default=1, ge=0)
+    pubsub_gib_per_month: float = Field(default=50, ge=0)  # published + delivered
+    nat_gib_per_month: float = Field(default=50, ge=0)  # through each region's NAT
+    logging_gib_per_month: float = Field(default=50, ge=0)
+    bucket_storage_gib: float = Field(default=10, ge=0)  # in each bucket
+    artifact_storage_gib: float = Field(default=20, ge=0)  # in each registry
+
+    @field_validator("average_nodes")
+    @classmethod
+    def _average_nodes(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, nodes in value.items():
+            if not POOL_USAGE_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not a pool name or region/pool")
+            if nodes < 0:
+                raise ValueError(f"average nodes of {key} must be >= 0")
+        return value
+
+    def pool_rules(self, pools_by_region: Mapping[str, set[str]]) -> Iterator[Problem]:
+        """averageNodes entries name a pool (and region) the stack deploys."""
+        for key in self.average_nodes:
+            match = POOL_USAGE_KEY_RE.match(key)
+            if match is None:
+                continue
+            region, pool = match.groups()
+            if region and region not in pools_by_region:
+                yield Problem(
+                    f"averageNodes.{key}",
+                    "region the stack does not deploy",
+                    key,
+                    ", ".join(pools_by_region),
+                )
+                continue
+            pools = set().union(
+                *(pools_by_region[r] for r in ([region] if region else pools_by_region))
+            )
+            if pool not in pools:
+                yield Problem(
+                    f"averageNodes.{key}", "no such node pool", key, ", ".join(sorted(pools))
+                )

@@ -1,0 +1,414 @@
+"""The whole stack's configuration: its sections, the rules that span them, and loading.
+
+`Pulumi.<stack>.yaml` → `StackConfig.load(...)` → one validated, frozen model. Each section
+checks its own rules (`rules()` on its model); `StackConfig.rules` adds what needs the whole
+stack: the environment (prod rules), the catalogue per region, overrides, ranges across
+regions, what the system pool must hold. Every problem of a file is reported at once, each
+naming the file, the key path, the value and what is allowed.
+
+The environment follows the stack's name: a stack whose name says prod, dev or staging
+(`prod`, `prod-eu`, `team-dev`, `production`) must set that environment, unless it says why
+not in `environmentMismatchReason`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from app.config_errors import Invalid, Problem, problems_from
+from infra.config.base import NAMESPACE, ConfigError, Model, StackContext, refuse
+from infra.config.capacity import system_pods, system_pool_rules
+from infra.config.catalog import load_catalog
+from infra.config.cluster import ClusterSettings, NodePools
+from infra.config.cost import CostSettings
+from infra.config.data import BigQuerySettings, PubSubSettings, RedisSettings
+from infra.config.intelligence import IntelligenceSettings
+from infra.config.mesh import ISTIO_KUBERNETES, MeshSettings
+from infra.config.network import NetworkSettings, RegionNetwork, overlaps
+from infra.config.observability import Budget, ObservabilitySettings
+from infra.config.workloads import Workloads
+
+# Configuration namespaces a stack file may use: the project's and the providers' it runs.
+KNOWN_NAMESPACES = (NAMESPACE, "gcp", "kubernetes", "pulumi")
+REQUIRED_LABELS = ("cost-center", "env", "owner")
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+# Words in a stack's name that say its environment.
+ENVIRONMENT_WORDS = {
+    "dev": "dev",
+    "development": "dev",
+    "staging": "staging",
+    "stage": "staging",
+    "stg": "staging",
+    "prod": "prod",
+    "production": "prod",
+    "prd": "prod",
+}
+# The Artifact Registry repository the stack declares for its images (infra/artifacts.py).
+ARTIFACT_REPOSITORY = "signal"
+
+
+def environment_named_by(stack: str) -> str | None:
+    """The environment a stack's name says (`prod-eu` → prod), or None."""
+    words = re.split(r"[^a-z0-9]+", stack.lower())
+    named = {ENVIRONMENT_WORDS[w] for w in words if w in ENVIRONMENT_WORDS}
+    return named.pop() if len(named) == 1 else None
+
+
+class RegionOverride(Model):
+    node_pools: NodePools | None = None
+    cluster: ClusterSettings | None = None
+    redis: RedisSettings | None = None
+    network: RegionNetwork | None = None
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    name: str
+    index: int
+    zones: tuple[str, ...]
+    network: RegionNetwork
+    cluster: ClusterSettings
+    node_pools: NodePools
+    redis: RedisSettings
+
+
+class StackConfig(Model):
+    """The whole stack, as validated once at program start."""
+
+    stack: str
+    project_id: str
+    environment: Literal["dev", "staging", "prod"]
+    # Why this stack's environment differs from the one its name says (see the docstring).
+    environment_mismatch_reason: str | None = Field(default=None, min_length=10)
+    regions: tuple[str, ...] = Field(min_length=1)
+    labels: dict[str, str]
+    budget: Budget
+    network: NetworkSettings = NetworkSettings()
+    cluster: ClusterSettings = ClusterSettings()
+    node_pools: NodePools = NodePools()
+    region_overrides: dict[str, RegionOverride] = Field(default_factory=dict)
+    redis: RedisSettings = RedisSettings()
+    bigquery: BigQuerySettings = BigQuerySettings()
+    pubsub: PubSubSettings = PubSubSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    workloads: Workloads = Workloads()
+    mesh: MeshSettings = MeshSettings()
+    intelligence: IntelligenceSettings = IntelligenceSettings()
+    cost: CostSettings = CostSettings()
+    # Prod images without a digest, by exact reference, each with the reason it has none.
+    unpinned_images: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_id(cls, value: str) -> str:
+        if not PROJECT_ID_RE.match(value):
+            raise refuse(
+                "not a valid GCP project id",
+                value,
+                "6-30 chars, lowercase letters, digits, hyphens, starting with a letter",
+            )
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = sorted(load_catalog().zones)
+        problems = []
+        if len(set(value)) != len(value):
+            problems.append(Problem("", "regions are listed twice", list(value), "unique regions"))
+        for i, region in enumerate(value):
+            if region not in known:
+                close = difflib.get_close_matches(region, known, n=1)
+                hint = f"unknown region (did you mean {close[0]}?)" if close else "unknown region"
+                problems.append(Problem(f"[{i}]", hint, region, ", ".join(known)))
+        if problems:
+            raise Invalid(problems)
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = [
+            Problem(label, "required cost label is missing", allowed=", ".join(REQUIRED_LABELS))
+            for label in REQUIRED_LABELS
+            if not value.get(label)
+        ]
+        problems += [
+            Problem(
+                key,
+                "not a valid GCP label",
+                text,
+                "lowercase letters, digits, '_' and '-', at most 63 characters",
+            )
+            for key, text in value.items()
+            if not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(text)
+        ]
+        if problems:
+            raise Invalid(problems)
+        return value
+
+    @field_validator("unpinned_images")
+    @classmethod
+    def _reasons(cls, value: dict[str, str]) -> dict[str, str]:
+        short = [
+            Problem(k, "say why it has no digest", r, ">= 10 characters")
+            for k, r in value.items()
+            if len(r.strip()) < 10
+        ]
+        if short:
+            raise Invalid(short)
+        return value
+
+    # ---- derived
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def deletion_protection(self) -> bool:
+        setting = self.cluster.deletion_protection
+        return self.is_prod if setting is None else setting
+
+    @property
+    def image_registry(self) -> str:
+        """Where the stack's own images live: its Artifact Registry repository."""
+        return f"{self.regions[0]}-docker.pkg.dev/{self.project_id}/{ARTIFACT_REPOSITORY}"
+
+    def region(self, name: str) -> RegionConfig:
+        """The settings of one region: the stack's, with that region's overrides applied."""
+        override = self.region_overrides.get(name) or RegionOverride()
+        index = self.regions.index(name)
+        return RegionConfig(
+            name=name,
+            index=index,
+            zones=load_catalog().zones[name],
+            network=override.network or RegionNetwork.for_index(index),
+            cluster=override.cluster or self.cluster,
+            node_pools=override.node_pools or self.node_pools,
+            redis=override.redis or self.redis,
+        )
+
+    def _where(self, region: str, section: str) -> str:
+        """The key that sets ``section`` for ``region``: its override, else the stack's."""
+        override = self.region_overrides.get(region)
+        key = {"nodePools": "node_pools"}.get(section, section)
+        if override is not None and getattr(override, key) is not None:
+            return f"regionOverrides.{region}.{section}"
+        return section
+
+    # ---- rules that need the whole stack
+
+    def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
+        yield from super().rules(context)
+        yield from self._environment_rules()
+        for region in self.region_overrides:
+            if region not in self.regions:
+                yield Problem(
+                    f"regionOverrides.{region}",
+                    "override for a region the stack does not deploy",
+                    region,
+                    ", ".join(self.regions),
+                )
+        for name in self.regions:
+            yield from self._region_rules(self.region(name))
+        yield from self._network_rules()
+        yield from (p.under("mesh") for p in self.mesh.region_weight_rules(self.regions))
+        yield from self._unpinned_image_rules()
+        yield from self._gpu_rules()
+        pools = {
+            r: {"system", *(p.name for p in self.region(r).node_pools.gpu)} for r in self.regions
+        }
+        yield from (p.under("cost") for p in self.cost.pool_rules(pools))
+
+    def _environment_rules(self) -> Iterator[Problem]:
+        if self.labels.get("env") and self.labels["env"] != self.environment:
+            yield Problem(
+                "labels.env",
+                "must equal the stack's environment",
+                self.labels["env"],
+                self.environment,
+            )
+        named = environment_named_by(self.stack)
+        reason = self.environment_mismatch_reason
+        if named is not None and named != self.environment and reason is None:
+            yield Problem(
+                "environment",
+                f"stack {self.stack!r} is named for {named}",
+                self.environment,
+                f"{named}, or environmentMismatchReason: <why this stack differs>",
+            )
+        elif reason is not None and (named is None or named == self.environment):
+            yield Problem(
+                "environmentMismatchReason",
+                f"no mismatch to explain: stack {self.stack!r} and environment"
+                f" {self.environment!r} agree",
+                reason,
+                "no environmentMismatchReason",
+            )
+
+    def _region_rules(self, region: RegionConfig) -> Iterator[Problem]:
+        catalog = load_catalog()
+        pools_at = self._where(region.name, "nodePools")
+        rules = region.node_pools.region_rules(region.name, catalog)
+        yield from (p.under(pools_at) for p in rules)
+        supported = ISTIO_KUBERNETES[self.mesh.istio_minor]
+        minor = region.cluster.kubernetes_minor_version
+        if minor not in supported:
+            yield Problem(
+                f"{self._where(region.name, 'cluster')}.kubernetesMinorVersion",
+                f"Istio {self.mesh.istio_version} does not support this Kubernetes version",
+                minor,
+                ", ".join(supported),
+            )
+        if self.is_prod:
+            redis_at = self._where(region.name, "redis")
+            yield from (p.under(redis_at) for p in region.redis.prod_rules(region.name))
+        zones = min(region.cluster.node_zones, len(region.zones))
+        pods = system_pods(self.mesh, region.cluster, self.workloads, self.intelligence)
+        shape = catalog.system_machines[region.node_pools.system.machine_type]
+        capacity = system_pool_rules(
+            region.name, zones, region.node_pools, shape, pods, self.mesh.cni_resources
+        )
+        yield from (p.under(pools_at) for p in capacity)
+
+    def _network_rules(self) -> Iterator[Problem]:
+        """No range of one region overlaps a range of another (the regions share the VPC)."""
+        seen: list[tuple[str, Any]] = []
+        # Derived plans never overlap each other: check overridden ones against all of them.
+        ordered = sorted(self.regions, key=lambda r: self._where(r, "network") != "network")
+        for name in ordered:
+            at = self._where(name, "network")
+            where = at if at != "network" else f"regions[{self.regions.index(name)}] (derived)"
+            ranges = [(f"{where}.{k}", n) for k, n in self.region(name).network.ranges().items()]
+            yield from overlaps(ranges, seen)
+            seen += ranges
+
+    def _unpinned_image_rules(self) -> Iterator[Problem]:
+        """Each accepted digest-less image is one the stack uses (a stale entry is refused)."""
+        clusters = [self.cluster] + [o.cluster for o in self.region_overrides.values() if o.cluster]
+        images = {self.workloads.signal_service.image, self.workloads.triton.image}
+        images |= {c.metrics_adapter_image for c in clusters}
+        for image in self.unpinned_images:
+            if image not in images:
+                yield Problem(
+                    f"unpinnedImages.{image}",
+                    "no image of the stack is this reference",
+                    image,
+                    ", ".join(sorted(images)),
+                )
+
+    def _gpu_rules(self) -> Iterator[Problem]:
+        """Triton fits the GPU pools of every region; shared GPUs take one GPU per container."""
+        triton = self.workloads.triton
+        regions = [self.region(r) for r in self.regions]
+        shared = any(p.max_shared_clients_per_gpu > 1 for r in regions for p in r.node_pools.gpu)
+        # GKE's GPU sharing gives each container one shared GPU: a request of 1 is one slot.
+        if shared and triton.gpu_request not in (None, "1"):
+            yield Problem(
+                "workloads.triton.resources.requests.nvidia.com/gpu",
+                "containers on shared GPUs can request only one GPU",
+                triton.gpu_request,
+                '"1"',
+            )
+        for region in regions:
+            slots = sum(p.slots() for p in region.node_pools.gpu)
+            if triton.max_replicas > slots:
+                yield Problem(
+                    "workloads.triton.maxReplicas",
+                    f"more Triton replicas than the GPU pools of {region.name} can hold ({slots})",
+                    triton.max_replicas,
+                    f"<= {slots}, or larger GPU pools",
+                )
+
+    # ---- loading
+
+    @classmethod
+    def load(cls, stack: str, values: Mapping[str, Any], source: str | None = None) -> StackConfig:
+        """Validate a Pulumi config map (`{"signal-platform:regions": "[...]", ...}`)."""
+        source = source or f"Pulumi.{stack}.yaml"
+        data, problems = _namespace_values(values)
+        model: StackConfig | None = None
+        try:
+            model = cls.model_validate({"stack": stack, **data}, context={"stack": _context(data)})
+        except ValidationError as exc:
+            problems += [p.under(f"{NAMESPACE}:") for p in problems_from(exc, cls)]
+        if problems or model is None:
+            raise ConfigError(source, problems)
+        return model
+
+    @classmethod
+    def from_pulumi(cls) -> StackConfig:
+        """Read the running program's configuration (what the language host passed in)."""
+        import pulumi
+        from pulumi.runtime import config as runtime_config
+
+        # The SDK has no public "all keys" accessor; its config map and the env fallback are
+        # what pulumi.Config reads, so reading them sees exactly the same values.
+        values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+        return cls.load(pulumi.get_stack(), values)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _context(data: Mapping[str, Any]) -> StackContext:
+    """What the sections' rules need to know of the stack, read before it is validated."""
+    unpinned = data.get("unpinnedImages")
+    return StackContext(
+        prod=data.get("environment") == "prod",
+        unpinned_images=unpinned if isinstance(unpinned, dict) else {},
+    )
+
+
+def _namespace_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    """Our namespace's keys, decoded. Keys in no known namespace, and unknown keys of ours,
+    are problems with the closest valid name."""
+    fields = StackConfig.model_fields
+    known = sorted({field.alias or name for name, field in fields.items()} - {"stack"})
+    data: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for key, value in values.items():
+        namespace, _, name = key.partition(":")
+        if namespace not in KNOWN_NAMESPACES:
+            close = difflib.get_close_matches(namespace, KNOWN_NAMESPACES, n=1)
+            hint = f", did you mean {close[0]}:{name}?" if close else ""
+            allowed = ", ".join(f"{ns}:" for ns in KNOWN_NAMESPACES)
+            problems.append(Problem(key, f"unknown namespace {namespace!r}{hint}", value, allowed))
+        elif namespace == NAMESPACE and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "no such key"
+            problems.append(Problem(key, f"unknown key, {hint}", value, ", ".join(known)))
+        elif namespace == NAMESPACE:
+            data[name] = _decode(value)
+    gcp_project = values.get("gcp:project")
+    if "projectId" not in data and gcp_project is not None:
+        data["projectId"] = gcp_project
+    elif gcp_project is not None and data["projectId"] != gcp_project:
+        problems.append(
+            Problem(
+                f"{NAMESPACE}:projectId",
+                "differs from gcp:project, the project the provider creates resources in",
+                data["projectId"],
+                str(gcp_project),
+            )
+        )
+    return data, problems
