@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from rules import cost, data, gke, iam, istio, kubernetes, nodepool, stack
+from rules import (
+    cost,
+    data,
+    gke,
+    iam,
+    istio,
+    kubernetes,
+    nodepool,
+    secrets,
+    serverless,
+    sql,
+    stack,
+    storage,
+)
 
-DOMAINS = (gke, nodepool, kubernetes, istio, data, iam, cost, stack)
+DOMAINS = (
+    gke,
+    nodepool,
+    kubernetes,
+    istio,
+    data,
+    sql,
+    storage,
+    serverless,
+    secrets,
+    iam,
+    cost,
+    stack,
+)
 ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.RULES.policies]
 
 _names = [policy.name for policy in ALL_POLICIES]

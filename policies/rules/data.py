@@ -40,6 +40,7 @@ CMEK_FIELDS: dict[str, tuple[str, ...]] = {
     REPOSITORY: ("kmsKeyName",),
     "gcp:storage/bucket:Bucket": ("encryption", "defaultKmsKeyName"),
     "gcp:compute/disk:Disk": ("diskEncryptionKey", "kmsKeySelfLink"),
+    "gcp:sql/databaseInstance:DatabaseInstance": ("encryptionKeyName",),
 }
 
 
@@ -436,7 +437,7 @@ def registry_vulnerability_scanning(r: Resource) -> Iterator[str]:
     description=(
         "Data services that support it encrypt with a customer-managed KMS key "
         "(BigQuery datasets, Pub/Sub topics, Redis, Artifact Registry, Storage buckets, "
-        "disks)."
+        "disks, Cloud SQL instances)."
     ),
     source="CIS Google Cloud 7.3; Checkov CKV_GCP_81, CKV_GCP_83.",
     types=set(CMEK_FIELDS),

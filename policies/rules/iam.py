@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from rules.iam_grants import iam_members, iam_module, is_iam_type, public_members
+from rules.iam_grants import PUBLIC_MEMBERS, iam_members, iam_module, is_iam_type
 from rules.kit import ADVISORY, MANDATORY, Resource, Rules
+from rules.serverless import is_public_invoker_grant
 from rules.values import is_unknown
 
 RULES = Rules("iam")
@@ -82,16 +83,21 @@ def default_service_accounts(r: Resource) -> Iterator[str]:
             yield f"grants {role} to the default service account {member.split(':', 1)[1]}"
 
 
-RULES.resource(
+@RULES.resource(
     "iam-no-public-members",
     level=MANDATORY,
     description=(
         "No IAM grant to allUsers or allAuthenticatedUsers on any other resource "
-        "(projects, buckets, repositories, service accounts ...)."
+        "(projects, buckets, repositories, service accounts ...; a public invoker of a Cloud "
+        "Run service or Cloud Function is serverless-no-public-invoker's to judge)."
     ),
     source="CIS Google Cloud 5.1; IAM docs, 'allUsers and allAuthenticatedUsers'.",
     types=lambda t: is_iam_type(t) and iam_module(t) not in _OWN_PUBLIC_RULE,
-)(public_members)
+)
+def public_members_elsewhere(r: Resource) -> Iterator[str]:
+    for role, member in iam_members(r):
+        if member in PUBLIC_MEMBERS and not is_public_invoker_grant(r.type, role, member):
+            yield f"grants {role} to {member}"
 
 
 @RULES.resource(

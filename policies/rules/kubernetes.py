@@ -3,7 +3,6 @@ kube-score. Workloads are Deployments, StatefulSets, DaemonSets, ReplicaSets, Jo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -32,11 +31,11 @@ from rules.kube_objects import (
     namespace_of,
     pod_spec,
 )
+from rules.secrets import env_pairs, secret_reason
 from rules.values import as_dict, as_int, as_list, get, is_unknown, shown
 
 RULES = Rules("kubernetes")
 GPU_NODE_KEYS = ("cloud.google.com/gke-accelerator",)
-_SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIALS?)", re.I)
 _INTERNAL_LB_ANNOTATIONS = (
     "networking.gke.io/load-balancer-type",
     "cloud.google.com/load-balancer-type",
@@ -427,15 +426,13 @@ def no_default_service_account(r: Resource) -> Iterator[str]:
 )
 def no_plaintext_secrets(r: Resource) -> Iterator[str]:
     for _, c in _each_container(r):
-        for env in as_list(get(c.spec, "env")):
-            name, value = get(env, "name"), get(env, "value")
-            if (
-                isinstance(name, str)
-                and _SECRET_ENV.search(name)
-                and isinstance(value, str)
-                and value
-            ):
-                yield f"{c.label}: env {name} carries a literal secret; use valueFrom.secretKeyRef"
+        for _, name, value in env_pairs(get(c.spec, "env")):
+            reason = secret_reason(name, value)
+            if reason:
+                yield (
+                    f"{c.label}: env {name} carries a literal secret ({reason}); "
+                    "use valueFrom.secretKeyRef"
+                )
 
 
 @RULES.resource(

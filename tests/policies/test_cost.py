@@ -23,6 +23,7 @@ from tests.policies.cases import (
 from tests.policies.test_data import TOPIC_GOLDEN
 from tests.policies.test_gke import GOLDEN as CLUSTER_GOLDEN
 from tests.policies.test_nodepool import SYSTEM as POOL_GOLDEN
+from tests.policies.test_storage import BUCKET_GOLDEN
 from tools.analyzer import PolicyPackProcess
 
 TOPIC = "gcp:pubsub/topic:Topic"
@@ -157,17 +158,7 @@ CASES = [
     ),
     ok("cost-allowed-regions", CLUSTER, CLUSTER_GOLDEN),
     ok("cost-allowed-regions", POOL, POOL_GOLDEN, "zones"),
-    ok(
-        "cost-allowed-regions",
-        "gcp:storage/bucket:Bucket",
-        {
-            "name": "b",
-            "location": "US",
-            "labels": COST_LABELS,
-            "encryption": {"defaultKmsKeyName": "k"},
-        },
-        "multi-region",
-    ),
+    ok("cost-allowed-regions", BUCKET, BUCKET_GOLDEN, "multi-region"),
     ok("cost-allowed-regions", PROVIDER, DEFAULT_LABELS, "provider-in-region"),
     ok(
         "cost-allowed-regions",

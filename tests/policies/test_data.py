@@ -20,6 +20,9 @@ from tests.policies.cases import (
     resource,
     urn,
 )
+from tests.policies.test_sql import GOLDEN as SQL_GOLDEN
+from tests.policies.test_sql import INSTANCE as SQL_INSTANCE
+from tests.policies.test_storage import BUCKET_GOLDEN
 from tools.analyzer import AnalyzerResource, PolicyPackProcess
 
 REDIS_CLUSTER = "gcp:redis/cluster:Cluster"
@@ -474,17 +477,8 @@ CASES = [
         },
         "repository",
     ),
-    ok(
-        "cmek-required",
-        BUCKET,
-        {
-            "name": "b",
-            "location": "US",
-            "encryption": {"defaultKmsKeyName": KMS.format("gcs")},
-            "labels": COST_LABELS,
-        },
-        "bucket",
-    ),
+    ok("cmek-required", BUCKET, BUCKET_GOLDEN, "bucket"),
+    ok("cmek-required", SQL_INSTANCE, SQL_GOLDEN, "sql-instance"),
     bad(
         "cmek-required",
         DATASET,
@@ -518,11 +512,13 @@ CASES = [
         },
         "no-key-repository",
     ),
+    bad("cmek-required", BUCKET, mutate(BUCKET_GOLDEN, {"encryption": DELETE}), "no-key-bucket"),
     bad(
         "cmek-required",
-        BUCKET,
-        {"name": "b", "location": "US", "labels": COST_LABELS},
-        "no-key-bucket",
+        SQL_INSTANCE,
+        mutate(SQL_GOLDEN, {"encryptionKeyName": DELETE}),
+        "no-key-sql-instance",
+        message="encryptionKeyName must name a Cloud KMS key",
     ),
     bad(
         "cmek-required",

@@ -60,7 +60,7 @@ GOLDEN = {
         "managedPrometheus": {"enabled": True},
     },
     "binaryAuthorization": {"evaluationMode": "PROJECT_SINGLETON_POLICY_ENFORCE"},
-    "securityPostureConfig": {"mode": "BASIC", "vulnerabilityMode": "VULNERABILITY_BASIC"},
+    "securityPostureConfig": {"mode": "BASIC", "vulnerabilityMode": "VULNERABILITY_DISABLED"},
     "enableKubernetesAlpha": False,
     "costManagementConfig": {"enabled": True},
     "enableIntranodeVisibility": True,

@@ -383,7 +383,11 @@ CASES = [
         mutate(GOLDEN, {at(SERVER_PATH, "image"): f"localhost:5000/signal@{DIGEST}"}),
         "digest-with-registry-port",
     ),
-    d("k8s-image-tag-pinned", "latest", {at(SERVER_PATH, "image"): "signal:latest"}),
+    d(
+        "k8s-image-tag-pinned",
+        "latest",
+        {at(SERVER_PATH, "image"): "us-docker.pkg.dev/signal-test/images/signal:latest"},
+    ),
     d(
         "k8s-image-tag-pinned",
         "untagged-with-port",

@@ -18,7 +18,11 @@ from tests.policies import (
     test_istio,
     test_kubernetes,
     test_nodepool,
+    test_secrets,
+    test_serverless,
+    test_sql,
     test_stack,
+    test_storage,
 )
 from tests.policies.cases import UNKNOWN, Case, StackCase, analyze_case, every_leaf, resource
 from tools.analyzer import PolicyPackProcess
@@ -29,6 +33,10 @@ DOMAINS = (
     test_kubernetes,
     test_istio,
     test_data,
+    test_sql,
+    test_storage,
+    test_serverless,
+    test_secrets,
     test_iam,
     test_cost,
     test_stack,
