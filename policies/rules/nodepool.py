@@ -1,10 +1,14 @@
-"""GKE node pool rules (gcp:container/nodePool:NodePool): hardening, spot and GPU capacity."""
+"""GKE node pool rules: hardening, spot and GPU capacity, for every pool a stack declares: each
+gcp:container/nodePool:NodePool, and a cluster's inline `nodePools` or, while it keeps one, its
+default pool (the cluster's own `nodeConfig`)."""
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from pulumi_policy import PolicyConfigSchema
@@ -13,6 +17,7 @@ from rules.kit import (
     MANDATORY,
     NotApplicable,
     Resource,
+    ResourceRule,
     Rules,
     schema,
     string_list,
@@ -20,6 +25,8 @@ from rules.kit import (
 from rules.values import UNKNOWN, as_int, as_list, get, is_unknown, shown
 
 NODE_POOL = "gcp:container/nodePool:NodePool"
+CLUSTER = "gcp:container/cluster:Cluster"
+POOL_HOLDERS = frozenset({NODE_POOL, CLUSTER})
 RULES = Rules("nodepool")
 SPOT_TAINT_KEYS = ("cloud.google.com/gke-spot", "cloud.google.com/gke-preemptible")
 # Machine families whose VMs always carry GPUs.
@@ -43,6 +50,56 @@ _GPU_CONFIG = schema(
 
 def _gpu_schema(*keys: str) -> PolicyConfigSchema:
     return schema({k: v for k, v in _GPU_CONFIG.properties.items() if k in keys})
+
+
+def pools(r: Resource) -> Iterator[tuple[str, Resource]]:
+    """(where, pool) for each node pool `r` declares, the pool as a NodePool's inputs: a NodePool
+    itself; a cluster's inline nodePools; or, when it has none and keeps its default pool, that
+    pool (the cluster's nodeConfig and node locations). Autopilot clusters manage their own."""
+    if r.type == NODE_POOL:
+        yield "", r
+        return
+    autopilot = get(r.props, "enableAutopilot")
+    if autopilot is True or is_unknown(autopilot):
+        return
+    inline = get(r.props, "nodePools")
+    if is_unknown(inline):
+        return
+    if as_list(inline):
+        for index, pool in enumerate(as_list(inline)):
+            if isinstance(pool, dict):
+                yield f"nodePools[{index}]: ", replace(r, props=pool)
+        return
+    removed = get(r.props, "removeDefaultNodePool")
+    if removed is True or is_unknown(removed):
+        return
+    default_pool = {
+        "nodeConfig": get(r.props, "nodeConfig", default={}),
+        "nodeLocations": get(r.props, "nodeLocations", default=[]),
+        "initialNodeCount": get(r.props, "initialNodeCount", default=1),
+    }
+    yield "default node pool: ", replace(r, props=default_pool)
+
+
+def per_pool(rule: ResourceRule) -> ResourceRule:
+    """Run a rule written for one pool over every pool a resource declares, each message
+    prefixed by where the pool is; not applicable when it applies to none of them."""
+
+    @functools.wraps(rule)
+    def each(r: Resource) -> Iterator[str]:
+        reasons, applied = [], False
+        for where, pool in pools(r):
+            try:
+                messages = list(rule(pool))
+            except NotApplicable as exc:
+                reasons.append(exc.reason)
+                continue
+            applied = True
+            yield from (f"{where}{message}" for message in messages)
+        if not applied:
+            raise NotApplicable("; ".join(sorted(set(reasons))) or "declares no node pool")
+
+    return each
 
 
 def node_config(r: Resource) -> Any:
@@ -72,8 +129,9 @@ def _gpu_only(r: Resource) -> Any:
     level=MANDATORY,
     description="Node auto-repair is on.",
     source="CIS GKE 5.5.2; Checkov CKV_GCP_9.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def auto_repair(r: Resource) -> Iterator[str]:
     if get(r.props, "management", "autoRepair") is False:
         yield "management.autoRepair is false"
@@ -84,8 +142,9 @@ def auto_repair(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="Node auto-upgrade is on.",
     source="CIS GKE 5.5.3; Checkov CKV_GCP_10.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def auto_upgrade(r: Resource) -> Iterator[str]:
     if get(r.props, "management", "autoUpgrade") is False:
         yield "management.autoUpgrade is false"
@@ -96,8 +155,9 @@ def auto_upgrade(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="Nodes run as a dedicated service account, never the Compute Engine default.",
     source="CIS GKE 5.2.1.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def dedicated_service_account(r: Resource) -> Iterator[str]:
     account = get(node_config(r), "serviceAccount")
     if is_unknown(account):
@@ -115,8 +175,9 @@ def dedicated_service_account(r: Resource) -> Iterator[str]:
         "The GKE metadata server shields node credentials (workloadMetadataConfig GKE_METADATA)."
     ),
     source="CIS GKE 5.4.2; Checkov CKV_GCP_69.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def gke_metadata(r: Resource) -> Iterator[str]:
     mode = get(node_config(r), "workloadMetadataConfig", "mode")
     if not is_unknown(mode) and mode != "GKE_METADATA":
@@ -128,8 +189,9 @@ def gke_metadata(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="Nodes run Container-Optimized OS with containerd.",
     source="CIS GKE 5.5.1; Checkov CKV_GCP_22.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def cos_containerd(r: Resource) -> Iterator[str]:
     image = get(node_config(r), "imageType")
     if isinstance(image, str) and image.upper() != "COS_CONTAINERD":
@@ -141,8 +203,9 @@ def cos_containerd(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="Shielded nodes use Secure Boot and integrity monitoring.",
     source="CIS GKE 5.5.6 and 5.5.7; Checkov CKV_GCP_68, CKV_GCP_72.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def shielded_boot(r: Resource) -> Iterator[str]:
     shielded = get(node_config(r), "shieldedInstanceConfig")
     secure_boot = get(shielded, "enableSecureBoot")
@@ -159,8 +222,9 @@ def shielded_boot(r: Resource) -> Iterator[str]:
         "Spot and preemptible pools carry the cloud.google.com/gke-spot NoSchedule taint."
     ),
     source="GKE docs, 'Spot VMs: taints and tolerations'.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def spot_taint(r: Resource) -> Iterator[str]:
     config = node_config(r)
     if not is_spot(config):
@@ -184,8 +248,9 @@ def spot_taint(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="GPU pools autoscale from zero nodes.",
     source="GKE docs, 'Cluster autoscaler: scale GPU node pools to zero'.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def gpu_scale_from_zero(r: Resource) -> Iterator[str]:
     _gpu_only(r)
     scaling = get(r.props, "autoscaling")
@@ -225,9 +290,10 @@ def max_gpu_nodes(r: Resource) -> int | Any | None:
     level=MANDATORY,
     description="GPU pools cannot grow past the configured node limit.",
     source="GKE docs, 'GPU quota and autoscaling limits'.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
     config=_gpu_schema("maxGpuNodes"),
 )
+@per_pool
 def gpu_max_nodes(r: Resource) -> Iterator[str]:
     _gpu_only(r)
     limit = as_int(r.config["maxGpuNodes"])
@@ -249,9 +315,10 @@ def _matches(value: str, patterns: list[str]) -> bool:
     level=MANDATORY,
     description="GPU pools use an allowed machine type and accelerator type.",
     source="GKE docs, 'About GPUs in GKE'.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
     config=_gpu_schema("allowedMachineTypes", "allowedAcceleratorTypes"),
 )
+@per_pool
 def gpu_allowed_types(r: Resource) -> Iterator[str]:
     config = _gpu_only(r)
     machines = list(r.config["allowedMachineTypes"])
@@ -275,8 +342,9 @@ def gpu_allowed_types(r: Resource) -> Iterator[str]:
         "GPU pools let GKE install the NVIDIA drivers (gpuDriverVersion DEFAULT or LATEST)."
     ),
     source="GKE docs, 'Run GPUs in GKE Standard node pools'.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def gpu_drivers(r: Resource) -> Iterator[str]:
     config = _gpu_only(r)
     accelerators = get(config, "guestAccelerators")
@@ -298,8 +366,9 @@ def gpu_drivers(r: Resource) -> Iterator[str]:
     level=MANDATORY,
     description="Node boot disks are encrypted with a customer-managed KMS key.",
     source="CIS GKE 5.9.1.",
-    types={NODE_POOL},
+    types=POOL_HOLDERS,
 )
+@per_pool
 def boot_disk_cmek(r: Resource) -> Iterator[str]:
     key = get(node_config(r), "bootDiskKmsKey")
     if not key and not is_unknown(key):

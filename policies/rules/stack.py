@@ -310,15 +310,18 @@ def system_pool_per_cluster(
     for cluster in resources:
         if cluster.type != CLUSTER or get(cluster.props, "enableAutopilot") is True:
             continue
-        keeps_default = get(cluster.props, "removeDefaultNodePool") is not True
-        if keeps_default and not is_spot(as_dict(get(cluster.props, "nodeConfig"))):
-            continue
-        owned = [p for p in pools if _owns(p, cluster)]
-        if not any(not is_spot(as_dict(get(p.props, "nodeConfig"))) for p in owned):
+        inline = [p for p in as_list(get(cluster.props, "nodePools")) if isinstance(p, dict)]
+        keeps_default = not inline and get(cluster.props, "removeDefaultNodePool") is not True
+        declared = inline + (
+            [{"nodeConfig": get(cluster.props, "nodeConfig")}] if keeps_default else []
+        )
+        configs = [as_dict(get(p, "nodeConfig")) for p in declared]
+        configs += [as_dict(get(p.props, "nodeConfig")) for p in pools if _owns(p, cluster)]
+        if not any(not is_spot(config) for config in configs):
             yield (
                 cluster.urn,
                 (
                     f"cluster {cluster.name} has no non-spot node pool for system pods "
-                    f"({len(owned)} pool(s) found, all spot)"
+                    f"({len(configs)} pool(s) found, all spot)"
                 ),
             )

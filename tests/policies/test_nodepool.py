@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.policies.cases import COST_LABELS, DELETE, UNKNOWN, Case, assert_case, bad, mutate, ok
+from tests.policies.test_gke import GOLDEN as CLUSTER_GOLDEN
 from tools.analyzer import PolicyPackProcess
 
 POOL = "gcp:container/nodePool:NodePool"
@@ -214,6 +215,92 @@ CASES = [
     ok("nodepool-boot-disk-cmek", POOL, SYSTEM),
     s("nodepool-boot-disk-cmek", "google-managed", {"nodeConfig.bootDiskKmsKey": DELETE}),
 ]
+
+
+# A cluster's own pools are judged by the same rules: its inline nodePools, or its default pool
+# (the cluster's nodeConfig) while it keeps one.
+CLUSTER = "gcp:container/cluster:Cluster"
+INLINE_POOL = {k: v for k, v in SYSTEM.items() if k not in ("cluster", "location")}
+WITH_INLINE_POOLS = mutate(
+    CLUSTER_GOLDEN, {"removeDefaultNodePool": DELETE, "nodePools": [INLINE_POOL, GPU]}
+)
+DEFAULT_POOL = mutate(
+    CLUSTER_GOLDEN, {"removeDefaultNodePool": False, "nodeConfig": SYSTEM["nodeConfig"]}
+)
+BARE_DEFAULT_POOL = mutate(CLUSTER_GOLDEN, {"removeDefaultNodePool": DELETE})
+
+
+def c(policy: str, label: str, inputs: dict, expect: int = 1, **kw: object) -> Case:
+    return bad(policy, CLUSTER, inputs, label, expect, **kw)
+
+
+CLUSTER_CASES = [
+    ok("nodepool-dedicated-service-account", CLUSTER, CLUSTER_GOLDEN, "default-pool-removed"),
+    ok("nodepool-gke-metadata", CLUSTER, WITH_INLINE_POOLS, "inline-pools"),
+    ok("nodepool-shielded-boot", CLUSTER, DEFAULT_POOL, "hardened-default-pool"),
+    ok(
+        "nodepool-boot-disk-cmek",
+        CLUSTER,
+        mutate(BARE_DEFAULT_POOL, {"enableAutopilot": True}),
+        "autopilot-has-no-pools",
+    ),
+    c(
+        "nodepool-dedicated-service-account",
+        "bare-default-pool-runs-as-compute-default",
+        BARE_DEFAULT_POOL,
+        message="default node pool: nodeConfig.serviceAccount must name a dedicated",
+        also=frozenset(
+            {"nodepool-gke-metadata", "nodepool-shielded-boot", "nodepool-boot-disk-cmek"}
+        ),
+    ),
+    c(
+        "nodepool-gke-metadata",
+        "default-pool-without-gke-metadata",
+        mutate(DEFAULT_POOL, {"nodeConfig.workloadMetadataConfig": DELETE}),
+    ),
+    c(
+        "nodepool-shielded-boot",
+        "default-pool-without-secure-boot",
+        mutate(DEFAULT_POOL, {"nodeConfig.shieldedInstanceConfig.enableSecureBoot": False}),
+    ),
+    c(
+        "nodepool-boot-disk-cmek",
+        "default-pool-without-cmek",
+        mutate(DEFAULT_POOL, {"nodeConfig.bootDiskKmsKey": DELETE}),
+    ),
+    c(
+        "nodepool-auto-repair",
+        "inline-pool-without-repair",
+        mutate(WITH_INLINE_POOLS, {"nodePools.1.management.autoRepair": False}),
+        message="nodePools[1]: management.autoRepair is false",
+    ),
+    c(
+        "nodepool-spot-taint",
+        "inline-spot-pool-without-taint",
+        mutate(WITH_INLINE_POOLS, {"nodePools.1.nodeConfig.taints": []}),
+    ),
+    c(
+        "nodepool-gpu-max-nodes",
+        "inline-gpu-pool-too-large",
+        mutate(WITH_INLINE_POOLS, {"nodePools.1.autoscaling.maxNodeCount": 20}),
+        message="nodePools[1]: GPU pool can grow to 40 nodes",
+    ),
+    c(
+        "nodepool-dedicated-service-account",
+        "two-inline-pools-on-the-compute-default",
+        mutate(
+            WITH_INLINE_POOLS,
+            {
+                "nodePools.0.nodeConfig.serviceAccount": "123-compute@developer.gserviceaccount.com",
+                "nodePools.1.nodeConfig.serviceAccount": "default",
+            },
+        ),
+        expect=2,
+    ),
+]
+
+
+CASES += CLUSTER_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -360,6 +360,48 @@ STACK_CASES = [
     ),
     case(
         "stack-cluster-system-pool",
+        "inline-on-demand-pool",
+        golden(
+            cluster=resource(
+                CLUSTER,
+                mutate(
+                    CLUSTER_INPUTS,
+                    {
+                        "removeDefaultNodePool": DELETE,
+                        "nodePools": [
+                            {"name": "system", "nodeConfig": {"machineType": "e2-standard-4"}}
+                        ],
+                    },
+                ),
+                "cluster",
+            ),
+            system=None,
+            gpu=None,
+        ),
+    ),
+    case(
+        "stack-cluster-system-pool",
+        "inline-pools-all-spot",
+        golden(
+            cluster=resource(
+                CLUSTER,
+                mutate(
+                    CLUSTER_INPUTS,
+                    {
+                        "removeDefaultNodePool": DELETE,
+                        "nodePools": [{"name": "cheap", "nodeConfig": {"spot": True}}],
+                    },
+                ),
+                "cluster",
+            ),
+            system=None,
+            gpu=None,
+        ),
+        1,
+        message="1 pool(s) found, all spot",
+    ),
+    case(
+        "stack-cluster-system-pool",
         "other-clusters-pool",
         golden(
             system=resource(
