@@ -109,7 +109,7 @@ def system_pool_rules(
         if pod.cpu > cpu or pod.memory_gib > memory:
             yield Problem(
                 "system.machineType",
-                f"one {pod.name} pod requests {pod.cpu:.2f} vCPU, {pod.memory_gib:.2f} GiB; a"
+                f"one {pod.name} pod requests {pod.cpu:.2f} vCPU, {pod.memory_gib:.2f} GiB; one"
                 f" {system.machine_type} node has {cpu:.2f} vCPU, {memory:.2f} GiB for pods",
                 system.machine_type,
                 "a machine type whose node holds the largest pod",

@@ -1,0 +1,329 @@
+"""The stack config's rules, one class of bad input at a time: each refused with one line naming
+the file, the key path, the value and what is allowed; the repository's stacks accepted."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from infra.config import ConfigError, StackConfig
+from infra.config.cluster import recurrence_problems
+from infra.config.resources import parse_quantity
+from tests.infra.stack_config import REPO, load, section
+from tools.engine import read_stack_config
+
+LINE = re.compile(r"^Pulumi\.(dev|prod)\.yaml: \S+: .+ \(got .+\); allowed: .+$")
+
+
+def refused(stack: str, **changes: object) -> list[str]:
+    """The problem lines of a configuration that must be refused."""
+    with pytest.raises(ConfigError) as exc:
+        load(stack, **changes)
+    lines = str(exc.value).splitlines()
+    assert lines and len(lines) == len(exc.value.problems)
+    return lines
+
+
+def edited(stack: str, key: str, edit: Callable[[Any], object]) -> Any:
+    value = section(stack, key)
+    edit(value)
+    return value
+
+
+def one_line(lines: list[str], *fragments: str) -> str:
+    """The one line holding every fragment; it names file, key, value and what is allowed."""
+    matching = [line for line in lines if all(f in line for f in fragments)]
+    assert len(matching) == 1, f"{fragments} in:\n" + "\n".join(lines)
+    assert LINE.match(matching[0]), matching[0]
+    return matching[0]
+
+
+def test_the_repository_stacks_load():
+    for stack in ("dev", "prod"):
+        cfg = load(stack)
+        assert cfg.stack == stack and cfg.environment == stack
+
+
+# ---------------------------------------------------------------- non-finite numbers
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    ("key", "value", "path"),
+    [
+        ("budget", lambda n: {"monthlyUsd": n}, "budget.monthlyUsd"),
+        ("cost", lambda n: {"averageNodes": {"system": n}}, "cost.averageNodes.system"),
+        ("cost", lambda n: {"spotShare": n}, "cost.spotShare"),
+        ("mesh", lambda n: {"traceSamplingPercent": n}, "mesh.traceSamplingPercent"),
+        (
+            "intelligence",
+            lambda n: {"predictiveScaling": {"targetUtilisation": n}},
+            "intelligence.predictiveScaling.targetUtilisation",
+        ),
+        (
+            "observability",
+            lambda n: {"alerts": {"latencyP95Ms": n}},
+            "observability.alerts.latencyP95Ms",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused_everywhere(key, value, path, number):
+    # JSON as the language host passes it: NaN and Infinity are what json.dumps writes.
+    lines = refused("dev", **{key: json.dumps(value(number))})
+    line = one_line(lines, f"signal-platform:{path}:")
+    assert "finite number" in line
+
+
+# ---------------------------------------------------------------- address plans
+
+
+def test_ranges_of_one_region_may_not_overlap():
+    network = {
+        "nodesCidr": "10.40.0.0/20",
+        "podsCidr": "10.40.0.0/14",
+        "servicesCidr": "10.44.0.0/20",
+        "masterCidr": "172.16.9.0/24",
+    }
+    lines = refused("dev", regionOverrides={"us-central1": {"network": network}})
+    base = "signal-platform:regionOverrides.us-central1.network"
+    one_line(lines, f"{base}.podsCidr:", "overlaps nodesCidr (10.40.0.0/20)")
+    one_line(lines, f"{base}.masterCidr:", "GKE's control plane takes a /28")
+
+
+def test_ranges_may_not_overlap_another_regions():
+    # europe-west4 is prod's third region: its derived pods range is 10.72.0.0/14.
+    network = {
+        "nodesCidr": "10.200.0.0/20",
+        "podsCidr": "10.64.0.0/14",
+        "servicesCidr": "10.201.0.0/20",
+        "masterCidr": "172.16.200.0/28",
+    }
+    override = section("prod", "regionOverrides")
+    override["europe-west4"]["network"] = network
+    lines = refused("prod", regionOverrides=override)
+    one_line(
+        lines,
+        "signal-platform:regionOverrides.europe-west4.network.podsCidr:",
+        "overlaps regions[0] (derived).podsCidr (10.64.0.0/14)",
+    )
+
+
+def test_a_range_with_host_bits_is_refused():
+    network = {
+        "nodesCidr": "10.40.0.1/20",
+        "podsCidr": "10.48.0.0/14",
+        "servicesCidr": "10.44.0.0/20",
+        "masterCidr": "172.16.9.0/28",
+    }
+    lines = refused("dev", regionOverrides={"us-central1": {"network": network}})
+    one_line(lines, "network.nodesCidr:", "has host bits set")
+
+
+# ---------------------------------------------------------------- Kubernetes quantities
+
+
+@pytest.mark.parametrize(
+    ("resource", "quantity", "message"),
+    [
+        ("memory", "8Gx", "not a Kubernetes quantity"),
+        ("cpu", "lots", "not a Kubernetes quantity"),
+        ("memory", "-1Gi", "a negative quantity"),
+        ("cpu", "1.5.2", "not a Kubernetes quantity"),
+        ("nvidia.com/gpu", "0.5", "extended resources are whole units"),
+    ],
+)
+def test_bad_quantities_are_refused(resource: str, quantity: str, message: str):
+    workloads = edited(
+        "dev",
+        "workloads",
+        lambda w: w["triton"]["resources"]["requests"].update({resource: quantity}),
+    )
+    lines = refused("dev", workloads=workloads)
+    one_line(
+        lines,
+        f"signal-platform:workloads.triton.resources.requests.{resource}:",
+        message,
+        repr(quantity),
+    )
+
+
+def test_a_request_above_its_limit_and_an_unknown_resource_name_are_refused():
+    def edit(w: dict) -> None:
+        w["signalService"]["resources"]["requests"].update({"memory": "3Gi", "mem": "1Gi"})
+
+    lines = refused("dev", workloads=edited("dev", "workloads", edit))
+    one_line(lines, "signalService.resources.requests.mem:", "not a Kubernetes resource name")
+
+    # The name problem stops the model before its cross-field rule: fix it, then see the next.
+    def over(w: dict) -> None:
+        w["signalService"]["resources"]["requests"]["memory"] = "3Gi"
+
+    lines = refused("dev", workloads=edited("dev", "workloads", over))
+    one_line(lines, "signalService.resources.requests.memory:", "request above its limit (1Gi)")
+
+
+def test_intelligence_and_mesh_resources_are_quantities_too():
+    lines = refused(
+        "dev",
+        intelligence={
+            "resources": {"requests": {"cpu": "1x", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+        },
+    )
+    one_line(
+        lines, "signal-platform:intelligence.resources.requests.cpu:", "not a Kubernetes quantity"
+    )
+    lines = refused(
+        "dev", mesh={"proxyResources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}
+    )
+    one_line(lines, "signal-platform:mesh.proxyResources.requests.cpu:", "request above its limit")
+
+
+def test_quantities_parse_as_kubernetes_does():
+    assert parse_quantity("500m") == parse_quantity("0.5")
+    assert parse_quantity("1Gi") == 2**30 and parse_quantity("1G") == 10**9
+    assert parse_quantity("1e3") == 1000 and parse_quantity("1.5Ki") == 1536
+    for bad in ("", "Gi", "1 Gi", "1gi", "0x10"):
+        with pytest.raises(ValueError):
+            parse_quantity(bad)
+
+
+# ---------------------------------------------------------------- maintenance windows
+
+
+@pytest.mark.parametrize(
+    ("maintenance", "path", "fragment"),
+    [
+        ({"startTime": "2026-01-03T25:99:00Z"}, "maintenance.startTime", "not a valid date-time"),
+        ({"endTime": "2026-01-03 10:00"}, "maintenance.endTime", "not an RFC 3339 date-time"),
+        ({"startTime": "2026-01-03T04:00:00"}, "maintenance.startTime", "RFC 3339"),
+        (
+            {"startTime": "2026-01-03T10:00:00Z", "endTime": "2026-01-03T04:00:00Z"},
+            "maintenance.endTime",
+            "not after startTime",
+        ),
+        ({"recurrence": "FREQ=SOMETIMES"}, "maintenance.recurrence", "FREQ=SOMETIMES is not valid"),
+        ({"recurrence": "FREQ=WEEKLY;BYDAY=SA,XX"}, "maintenance.recurrence", "BYDAY=SA,XX"),
+        ({"recurrence": "BYDAY=SA"}, "maintenance.recurrence", "needs FREQ"),
+        ({"recurrence": "FREQ=DAILY;FREQ=WEEKLY"}, "maintenance.recurrence", "given twice"),
+        ({"recurrence": "FREQ=DAILY;COUNT=3;UNTIL=20270101"}, "maintenance.recurrence", "exclude"),
+        ({"recurrence": "FREQ=WEEKLY;WHEN=SA"}, "maintenance.recurrence", "'WHEN=SA'"),
+    ],
+)
+def test_bad_maintenance_windows_are_refused(maintenance: dict, path: str, fragment: str):
+    lines = refused("dev", cluster={"maintenance": maintenance})
+    one_line(lines, f"signal-platform:cluster.{path}:", fragment)
+
+
+def test_valid_recurrences_pass():
+    for rule in (
+        "FREQ=WEEKLY;BYDAY=SA,SU",
+        "FREQ=DAILY",
+        "FREQ=MONTHLY;BYDAY=1SA",
+        "FREQ=WEEKLY;INTERVAL=2;BYDAY=-1SU;WKST=MO",
+        "FREQ=DAILY;UNTIL=20270101T000000Z",
+    ):
+        assert list(recurrence_problems(rule)) == [], rule
+
+
+# ---------------------------------------------------------------- control-plane access
+
+
+def test_the_internet_split_in_two_is_refused():
+    networks = [{"cidr": "0.0.0.0/1", "name": "low"}, {"cidr": "128.0.0.0/1", "name": "high"}]
+    lines = refused("dev", cluster={"masterAuthorizedNetworks": networks})
+    for i, cidr in enumerate(("0.0.0.0/1", "128.0.0.0/1")):
+        line = one_line(lines, f"cluster.masterAuthorizedNetworks[{i}].cidr:", cidr)
+        assert "would expose the control plane to the internet" in line
+
+
+def test_public_ranges_must_be_marked_and_stay_small_together():
+    office = {"cidr": "203.0.113.0/24", "name": "office"}
+    lines = refused("dev", cluster={"masterAuthorizedNetworks": [office]})
+    one_line(lines, "masterAuthorizedNetworks[0].cidr:", "public: true")
+    marked = {**office, "public": True}
+    assert load("dev", cluster={"masterAuthorizedNetworks": [marked]}).cluster
+    halves = [
+        {"cidr": "0.0.0.0/1", "name": "low", "public": True},
+        {"cidr": "128.0.0.0/1", "name": "high", "public": True},
+    ]
+    lines = refused("dev", cluster={"masterAuthorizedNetworks": halves})
+    line = one_line(lines, "signal-platform:cluster.masterAuthorizedNetworks:", "4,294,967,296")
+    assert "at most 65,536 public addresses" in line
+    # Many small public ranges add up the same way.
+    many = [{"cidr": f"198.{i}.0.0/16", "name": f"r{i}", "public": True} for i in range(18, 20)]
+    one_line(refused("dev", cluster={"masterAuthorizedNetworks": many}), "131,072 addresses")
+
+
+# ---------------------------------------------------------------- namespaces and keys
+
+
+def test_a_misspelled_namespace_is_refused_with_a_did_you_mean():
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    values["signal-platfrom:redis"] = '{"shardCount": 2}'
+    values["gpc:region"] = "us-east4"
+    values["acme:thing"] = "1"
+    with pytest.raises(ConfigError) as exc:
+        StackConfig.load("dev", values)
+    lines = str(exc.value).splitlines()
+    one_line(lines, "signal-platfrom:redis:", "did you mean signal-platform:redis?")
+    one_line(lines, "gpc:region:", "did you mean gcp:region?")
+    line = one_line(lines, "acme:thing:", "unknown namespace 'acme'")
+    assert "signal-platform:, gcp:, kubernetes:, pulumi:" in line
+
+
+def test_a_nested_unknown_key_gets_a_did_you_mean():
+    lines = refused("dev", redis={"shardCount": 1, "replicaCont": 0})
+    line = one_line(lines, "signal-platform:redis.replicaCont:", "did you mean replicaCount?")
+    assert "shardCount, replicaCount" in line
+
+
+def test_the_provider_project_must_be_the_stacks():
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    values["gcp:project"] = "someone-elses-project"
+    with pytest.raises(ConfigError) as exc:
+        StackConfig.load("dev", values)
+    one_line(str(exc.value).splitlines(), "signal-platform:projectId:", "differs from gcp:project")
+
+
+# ---------------------------------------------------------------- the environment
+
+
+@pytest.mark.parametrize("stack", ["prod", "prod-eu", "production", "eu-prd"])
+def test_a_stack_named_for_prod_must_be_prod(stack: str):
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    with pytest.raises(ConfigError) as exc:
+        StackConfig.load(stack, values, source="Pulumi.prod.yaml")
+    line = one_line(str(exc.value).splitlines(), "signal-platform:environment:")
+    assert f"stack {stack!r} is named for prod (got 'dev')" in line
+    assert "environmentMismatchReason" in line
+
+
+def test_the_mismatch_needs_a_reason_and_only_a_real_one():
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    reason = "a rehearsal of prod's layout at dev's size"
+    values["signal-platform:environmentMismatchReason"] = reason
+    assert StackConfig.load("prod-rehearsal", values).environment == "dev"
+    with pytest.raises(ConfigError) as exc:
+        StackConfig.load("dev", values)
+    line = one_line(str(exc.value).splitlines(), "signal-platform:environmentMismatchReason:")
+    assert "no mismatch to explain" in line
+
+
+# ---------------------------------------------------------------- every line's shape
+
+
+def test_every_problem_is_one_line_with_file_key_value_and_allowed():
+    lines = refused(
+        "prod",
+        budget={"monthlyUsd": -1, "billingAccount": "000000-000000-000000"},
+        regions=["us-central1", "mars-north1"],
+        pubsub={"ticksTopic": "goog-ticks"},
+    )
+    for path in ("regions[1]", "budget.billingAccount", "pubsub.ticksTopic"):
+        one_line(lines, f"signal-platform:{path}:")
+    for line in lines:
+        assert LINE.match(line), line
