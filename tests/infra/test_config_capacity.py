@@ -46,7 +46,9 @@ def test_a_dev_system_pool_too_small_for_its_pods_is_refused_naming_both_figures
     memory = sum(p.memory_gib * p.replicas for p in pods)
     node_cpu, node_memory = allocatable(MachineShape(2, 8))
     node_cpu, node_memory = node_cpu - 0.1, node_memory - 100 / 1024  # the istio-cni agent
-    assert f"holds at most 1 e2-standard-2 nodes ({node_cpu:.2f} vCPU, {node_memory:.2f} GiB" in line
+    assert (
+        f"holds at most 1 e2-standard-2 nodes ({node_cpu:.2f} vCPU, {node_memory:.2f} GiB" in line
+    )
     assert f"request {cpu:.2f} vCPU, {memory:.2f} GiB" in line
     per_zone = max(-(-cpu // node_cpu), -(-memory // node_memory))
     assert f"(got 1); allowed: >= {per_zone:.0f} per zone, or a larger machineType" in line
