@@ -327,3 +327,12 @@ def test_every_problem_is_one_line_with_file_key_value_and_allowed():
         one_line(lines, f"signal-platform:{path}:")
     for line in lines:
         assert LINE.match(line), line
+
+
+def test_the_readme_documents_every_top_level_key():
+    readme = (REPO / "README.md").read_text()
+    section_text = readme[readme.index("## Stack configuration") :]
+    table = section_text[: section_text.index("\n\n", section_text.index("| key |"))]
+    keys = {f.alias or n for n, f in StackConfig.model_fields.items()} - {"stack"}
+    missing = sorted(k for k in keys if f"`{k}" not in table)
+    assert missing == [], f"README's configuration table lacks {missing}"
