@@ -14,6 +14,7 @@ from rules.kit import (
     Resource,
     Rules,
     StackResource,
+    current_stack,
     only_on_stacks,
     schema,
     string_list,
@@ -351,10 +352,84 @@ def image_tag_pinned(r: Resource) -> Iterator[str]:
 )
 def image_digest(r: Resource) -> Iterator[str]:
     stack = only_on_stacks(r.config)
+    for c, image in _undigested(r):
+        yield f"{c.label}: image {image!r} must be pinned by digest (@sha256:...) on stack {stack}"
+
+
+def _undigested(r: Resource) -> Iterator[tuple[Container, str]]:
     for _, c in _each_container(r):
         image = get(c.spec, "image")
         if isinstance(image, str) and not parse_image(image)[2]:
-            yield f"{c.label}: image {image!r} must be pinned by digest (@sha256:...) on stack {stack}"
+            yield c, image
+
+
+@RULES.resource(
+    "k8s-image-digest-every-stack",
+    level=ADVISORY,
+    description=(
+        "Images are pinned by digest on every stack; advisory where k8s-image-digest does not "
+        "already make it mandatory (exceptStacks)."
+    ),
+    source="Checkov CKV_K8S_43; Kubernetes docs, 'Images: image names'.",
+    types=is_workload,
+    config=schema(
+        {
+            "exceptStacks": string_list(
+                ["prod"], "stacks where k8s-image-digest enforces this as mandatory"
+            )
+        }
+    ),
+)
+def image_digest_every_stack(r: Resource) -> Iterator[str]:
+    stack = current_stack()
+    if stack in [str(s) for s in r.config["exceptStacks"]]:
+        raise NotApplicable(f"k8s-image-digest enforces digests on stack {stack!r}")
+    for c, image in _undigested(r):
+        yield f"{c.label}: image {image!r} is not pinned by digest: a moved tag changes what runs"
+
+
+@RULES.resource(
+    "k8s-service-account-token",
+    level=ADVISORY,
+    description=(
+        "Pods do not mount a Kubernetes API token unless they call the API "
+        "(automountServiceAccountToken: false)."
+    ),
+    source="CIS Kubernetes 5.1.6; Checkov CKV_K8S_38.",
+    types=is_workload,
+)
+def service_account_token(r: Resource) -> Iterator[str]:
+    pod = _pod(r)
+    mount = get(pod, "automountServiceAccountToken")
+    if not is_unknown(pod) and mount is not False and not is_unknown(mount):
+        yield (
+            f"automountServiceAccountToken is {shown(mount)}: every container gets a token for "
+            "the Kubernetes API; set it false unless the pod calls the API"
+        )
+
+
+@RULES.resource(
+    "k8s-high-uid",
+    level=ADVISORY,
+    description=(
+        "Containers run as a UID of at least 10000, so a breakout does not map onto a host "
+        "user (system accounts use low UIDs)."
+    ),
+    source="Checkov CKV_K8S_40; kube-score container-security-context-user-group-id.",
+    types=is_workload,
+    config=schema({"minimumUid": {"type": "integer", "minimum": 1, "default": 10000}}),
+)
+def high_uid(r: Resource) -> Iterator[str]:
+    minimum = as_int(r.config["minimumUid"]) or 10000
+    for pod, c in _each_container(r):
+        user = effective_security(pod, c, "runAsUser")
+        if is_unknown(user):
+            continue
+        uid = as_int(user)
+        if uid is None:
+            yield f"{c.label}: runAsUser is unset (the image's user, often root); set one >= {minimum}"
+        elif uid < minimum:
+            yield f"{c.label}: runAsUser {uid} is below {minimum}"
 
 
 @RULES.resource(

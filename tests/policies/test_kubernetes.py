@@ -30,7 +30,8 @@ HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 DIGEST = "sha256:" + "ab" * 32
-IMAGE = "us-docker.pkg.dev/signal-test/images/signal:1.4.2"
+TAGGED = "us-docker.pkg.dev/signal-test/images/signal:1.4.2"
+IMAGE = f"{TAGGED}@{DIGEST}"
 
 LEVELS = {
     "k8s-no-privileged": "mandatory",
@@ -48,6 +49,9 @@ LEVELS = {
     "k8s-gpu-node-selector": "mandatory",
     "k8s-image-tag-pinned": "mandatory",
     "k8s-image-digest": "mandatory",
+    "k8s-image-digest-every-stack": "advisory",
+    "k8s-service-account-token": "advisory",
+    "k8s-high-uid": "advisory",
     "k8s-probes": "mandatory",
     "k8s-no-default-namespace": "mandatory",
     "k8s-no-default-service-account": "mandatory",
@@ -226,12 +230,14 @@ CASES = [
         "unset",
         {at(POD_PATH, "securityContext"): {"seccompProfile": {"type": "RuntimeDefault"}}},
         expect=2,
+        also=frozenset({"k8s-high-uid"}),
     ),
     d(
         "k8s-run-as-non-root",
         "container-root",
         {at(SERVER_PATH, "securityContext", "runAsUser"): 0},
         message="runAsUser is 0",
+        also=frozenset({"k8s-high-uid"}),
     ),
     ok("k8s-read-only-root-fs", DEPLOYMENT, GOLDEN),
     d(
@@ -387,12 +393,14 @@ CASES = [
         "k8s-image-tag-pinned",
         "latest",
         {at(SERVER_PATH, "image"): "us-docker.pkg.dev/signal-test/images/signal:latest"},
+        also=frozenset({"k8s-image-digest-every-stack"}),
     ),
     d(
         "k8s-image-tag-pinned",
         "untagged-with-port",
         {at(INIT_PATH, "image"): "localhost:5000/signal"},
         message="no tag or digest",
+        also=frozenset({"k8s-image-digest-every-stack"}),
     ),
     ok("k8s-image-digest", DEPLOYMENT, GOLDEN, "not-a-digest-stack"),
     ok(
@@ -401,8 +409,8 @@ CASES = [
         mutate(
             GOLDEN,
             {
-                at(SERVER_PATH, "image"): f"{IMAGE}@{DIGEST}",
-                at(INIT_PATH, "image"): f"{IMAGE}@{DIGEST}",
+                at(SERVER_PATH, "image"): IMAGE,
+                at(INIT_PATH, "image"): IMAGE,
             },
         ),
         "pinned",
@@ -411,11 +419,61 @@ CASES = [
     bad(
         "k8s-image-digest",
         DEPLOYMENT,
-        GOLDEN,
+        mutate(GOLDEN, {at(SERVER_PATH, "image"): TAGGED, at(INIT_PATH, "image"): TAGGED}),
         "tag-only-on-digest-stack",
         expect=2,
+        also=frozenset({"k8s-image-digest-every-stack"}),
         config={"k8s-image-digest": {"stacks": ["test"]}},
         message="on stack test",
+    ),
+    ok("k8s-image-digest-every-stack", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-image-digest-every-stack",
+        DEPLOYMENT,
+        mutate(GOLDEN, {at(SERVER_PATH, "image"): TAGGED}),
+        "left-to-k8s-image-digest",
+        config={"k8s-image-digest-every-stack": {"exceptStacks": ["test"]}},
+    ),
+    d(
+        "k8s-image-digest-every-stack",
+        "tag-on-any-stack",
+        {at(INIT_PATH, "image"): TAGGED},
+        message='container "warm-cache": image',
+    ),
+    ok("k8s-service-account-token", DEPLOYMENT, GOLDEN),
+    ok("k8s-service-account-token", JOB, JOB_SPEC, "job"),
+    d(
+        "k8s-service-account-token",
+        "default-mounts-a-token",
+        {at(POD_PATH, "automountServiceAccountToken"): DELETE},
+        message="automountServiceAccountToken is unset",
+    ),
+    d("k8s-service-account-token", "mounted", {at(POD_PATH, "automountServiceAccountToken"): True}),
+    ok("k8s-high-uid", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-high-uid",
+        DEPLOYMENT,
+        mutate(
+            GOLDEN,
+            {
+                at(POD_PATH, "securityContext", "runAsUser"): 1000,
+                at(SERVER_PATH, "securityContext", "runAsUser"): 20000,
+                at(INIT_PATH, "securityContext", "runAsUser"): 20001,
+            },
+        ),
+        "containers-override-the-pod",
+    ),
+    d(
+        "k8s-high-uid",
+        "low-uid",
+        {at(SERVER_PATH, "securityContext", "runAsUser"): 1337},
+        message="runAsUser 1337 is below 10000",
+    ),
+    d(
+        "k8s-high-uid",
+        "unset",
+        {at(POD_PATH, "securityContext", "runAsUser"): DELETE},
+        expect=2,
     ),
     ok("k8s-probes", DEPLOYMENT, GOLDEN),
     ok("k8s-probes", JOB, JOB_SPEC, "job"),
