@@ -8,9 +8,15 @@ queue is bounded in rows: a request that does not fit is refused at once with
 ``QueueFullError`` (the gRPC layer answers RESOURCE_EXHAUSTED) instead of growing
 memory without bound.
 
-asyncio's timers have millisecond resolution on Linux (epoll), so the final
-sub-millisecond of a wait is spent yielding to the loop (``sleep(0)``), which keeps
-the delay bound at microsecond granularity while other tasks keep running.
+asyncio's timers round up to the millisecond on Linux (epoll), too coarse for a
+sub-millisecond queue delay; spinning on ``sleep(0)`` until the deadline kept the
+bound but burnt a core for the whole delay. The deadline is kept by a helper thread
+instead (``DeadlineWaker``: a condition-variable wait, microsecond-accurate) that wakes
+the loop once; the loop sleeps meanwhile.
+
+Each backend call is timed (``signal_inference_duration_seconds{backend}``), and the
+rows it served go to the skew monitor when the model's manifest records its training
+distribution (``app.skew``).
 """
 
 from __future__ import annotations
@@ -18,17 +24,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.inference import Inference, InferenceBackend, check_inputs
+from app.skew import SkewMonitor
 from app.telemetry import default_metrics
 
 log = logging.getLogger(__name__)
-_TIMER_RESOLUTION_S = 0.0015  # below this, poll the loop instead of sleeping on a timer
+
+
+class DeadlineWaker:
+    """Calls a callback on an event loop at a ``time.perf_counter`` deadline, from a helper
+    thread: one pending deadline, re-armed or cancelled at will, no polling."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: tuple[float, asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def arm(
+        self, deadline: float, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]
+    ) -> None:
+        """Run ``wake`` on ``loop`` at ``deadline`` (replacing any pending deadline)."""
+        with self._cond:
+            self._pending = (deadline, loop, wake)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="batcher-deadline",
+                                                daemon=True)  # fmt: skip
+                self._thread.start()
+            self._cond.notify()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._pending = None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._pending is None:
+                    self._cond.wait()
+                    continue
+                deadline, loop, wake = self._pending
+                remaining = deadline - time.perf_counter()
+                if remaining > 0:
+                    self._cond.wait(remaining)  # a re-arm or close wakes it early
+                    continue
+                self._pending = None
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody to wake
+                    loop.call_soon_threadsafe(wake)
 
 
 class QueueFullError(RuntimeError):
@@ -72,7 +128,10 @@ class MicroBatcher:
         max_queue_delay_us: int = 500,
         max_queue_rows: int = 16384,
         max_concurrent_batches: int = 2,
+        monitor: SkewMonitor | None = None,
     ) -> None:
+        """``monitor`` defaults to one on the backend's manifest when it records the model's
+        training distribution."""
         if max_batch_size < 1 or max_queue_delay_us < 0 or max_concurrent_batches < 1:
             raise ValueError(
                 f"max_batch_size = {max_batch_size}, max_queue_delay_us = {max_queue_delay_us}, "
@@ -89,9 +148,11 @@ class MicroBatcher:
         self.stats = BatcherStats()
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
+        self.monitor = monitor if monitor is not None else _default_monitor(backend)
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._wakeup = asyncio.Event()  # something was queued
-        self._full = asyncio.Event()  # a full batch is queued
+        self._full = asyncio.Event()  # a full batch is queued, the delay is spent, or closing
+        self._waker = DeadlineWaker()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -158,16 +219,14 @@ class MicroBatcher:
     async def _wait_for_batch(self) -> None:
         """Return when a full batch is queued, the oldest request's delay is spent, or closing."""
         deadline = self._queue[0].enqueued + self.max_queue_delay_s
+        loop = asyncio.get_running_loop()
         while self._queued_rows < self.max_batch_size and not self._closing:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            if remaining > _TIMER_RESOLUTION_S:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), remaining - _TIMER_RESOLUTION_S)
-            else:
-                await asyncio.sleep(0)
+            if deadline - time.perf_counter() <= 0:
+                break
+            self._full.clear()
+            self._waker.arm(deadline, loop, self._full.set)
+            await self._full.wait()
+        self._waker.cancel()
 
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []
@@ -198,23 +257,28 @@ class MicroBatcher:
             metrics = default_metrics()
             metrics.inference_batch_size.observe(inputs.shape[0])
             metrics.inference_queue_depth.set(self._queued_rows)
+            started = time.perf_counter()
             try:
                 result = await self.backend.infer(inputs)
             except BaseException as exc:
+                metrics.inference_latency.labels(self.backend.name).observe(
+                    time.perf_counter() - started
+                )
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
+            metrics.inference_latency.labels(result.backend).observe(time.perf_counter() - started)
             lo = 0
             for r in batch:
                 hi = lo + r.inputs.shape[0]
                 if not r.future.done():
-                    r.future.set_result(
-                        Inference(result.probabilities[lo:hi], result.model_version, result.backend)
-                    )
+                    r.future.set_result(result.rows(lo, hi))
                 lo = hi
+            if self.monitor is not None:
+                self.monitor.observe(inputs, result.identity.sha256)
         finally:
             self._slots.release()
 
@@ -228,3 +292,11 @@ class MicroBatcher:
             self._worker = None
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._waker.close()
+
+
+def _default_monitor(backend: InferenceBackend) -> SkewMonitor | None:
+    artifacts = backend.artifacts
+    if artifacts is None or "input_distribution" not in artifacts.manifest:
+        return None
+    return SkewMonitor(artifacts)

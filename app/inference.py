@@ -8,7 +8,12 @@
   trial request probes the server and, if it answers, traffic returns to it.
 
 A backend takes float32 ``[n, N_INPUTS]`` and returns an ``Inference``: float32
-``[n, N_CLASSES]`` probabilities and the ``name/version`` of the model that computed them.
+``[n, N_CLASSES]`` probabilities, the ``ModelIdentity`` of the model that computed them
+(name, version, variant, SHA-256 of its ONNX file, direction threshold) and the backend
+that ran it. The in-process backend hashes the bytes it loads; a KServe server is
+believed when it names its model's hash in the response parameters (``model_sha256``,
+as this project's MLServer runtime does), else the build's manifest says what its
+Triton repository holds. Requests larger than the server's ``max_batch_size`` are split.
 """
 
 from __future__ import annotations
@@ -18,13 +23,21 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from app.model.contract import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
+from app.model.manifest import (
+    SHA256_PARAMETER,
+    UNKNOWN_VARIANT,
+    VARIANT_PARAMETER,
+    ModelArtifacts,
+    ModelIdentity,
+    sha256_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +49,23 @@ class InferenceError(RuntimeError):
 @dataclass(frozen=True)
 class Inference:
     probabilities: np.ndarray  # float32 [n, N_CLASSES]
-    model_version: str  # "name/version" of the model that computed them
-    backend: str  # which backend served the call
+    identity: ModelIdentity  # the model that computed them
+    backend: str  # which backend served the call ("local", "kserve")
+
+    @property
+    def model_version(self) -> str:
+        """``name/version`` of the model that computed them."""
+        return self.identity.model_version
+
+    def rows(self, lo: int, hi: int) -> Inference:
+        return Inference(self.probabilities[lo:hi], self.identity, self.backend)
 
 
 class InferenceBackend(abc.ABC):
     """Turns model inputs into class probabilities. Safe to call concurrently."""
 
     name: str = "backend"
+    artifacts: ModelArtifacts | None = None  # the build whose manifest describes its model
 
     @abc.abstractmethod
     async def infer(self, inputs: np.ndarray) -> Inference:
@@ -79,16 +101,24 @@ class LocalOnnxBackend(InferenceBackend):
         intra_op_threads: int = 1,
         offload_rows: int = 1024,
     ) -> None:
+        """Load ``model_path``; its identity comes from the manifest of the build it belongs
+        to (``ModelMismatchError`` if its bytes are no variant of that build), or, with no
+        manifest beside it, is ``model_version`` of unknown variant with the file's hash."""
         import onnxruntime as ort
 
+        data = model_path.read_bytes()
+        self.artifacts = ModelArtifacts.beside(model_path)
+        if self.artifacts is not None:
+            self.identity = self.artifacts.identity_of_bytes(data, model_path)
+        else:
+            name, _, version = model_version.partition("/")
+            self.identity = ModelIdentity(name, version, UNKNOWN_VARIANT, sha256_of(data))
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
-        )
-        self.model_version = model_version
+        self._session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.model_version = self.identity.model_version
         self.model_path = model_path
         self._offload_rows = offload_rows
 
@@ -102,7 +132,7 @@ class LocalOnnxBackend(InferenceBackend):
             probs = await asyncio.to_thread(self.infer_sync, inputs)
         else:
             probs = self.infer_sync(inputs)
-        return Inference(probs, self.model_version, self.name)
+        return Inference(probs, self.identity, self.name)
 
 
 class KServeBackend(InferenceBackend):
@@ -110,6 +140,10 @@ class KServeBackend(InferenceBackend):
 
     The client and its channel are created on first use, inside the running event loop,
     and reused for every call after that. Every call has a deadline of ``timeout_s``.
+    ``artifacts`` (the build the server was given) names the model that answered when
+    the server does not, and refuses one that answers with another build's hash.
+    Requests of more than ``max_batch_size`` rows (default: the build's Triton
+    ``max_batch_size``) go as concurrent calls of at most that many.
     """
 
     name = "kserve"
@@ -122,13 +156,22 @@ class KServeBackend(InferenceBackend):
         model_version: str = "",
         timeout_s: float = 0.5,
         reconnect_backoff_ms: int = 200,
+        artifacts: ModelArtifacts | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
         self.timeout_s = timeout_s
+        self.artifacts = artifacts
+        if max_batch_size is None and artifacts is not None:
+            max_batch_size = artifacts.triton_max_batch_size
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size = {max_batch_size}: must be >= 1")
+        self.max_batch_size = max_batch_size
         self._reconnect_backoff_ms = reconnect_backoff_ms
         self._client: Any = None
+        self._identities: dict[tuple[str, str, str], ModelIdentity] = {}
         self.calls = 0
 
     def _get_client(self) -> Any:
@@ -154,12 +197,28 @@ class KServeBackend(InferenceBackend):
         return self._client
 
     async def infer(self, inputs: np.ndarray) -> Inference:
+        arr = check_inputs(inputs)
+        limit = self.max_batch_size
+        if limit is None or arr.shape[0] <= limit:
+            return await self._infer_once(arr)
+        parts = await asyncio.gather(
+            *(self._infer_once(arr[lo : lo + limit]) for lo in range(0, arr.shape[0], limit))
+        )
+        identities = {p.identity for p in parts}
+        if len(identities) > 1:
+            raise InferenceError(
+                f"{self.url}: the parts of one request were answered by different models: "
+                + ", ".join(sorted(f"{i.model_version} {i.variant}" for i in identities))
+            )
+        probs = np.concatenate([p.probabilities for p in parts])
+        return Inference(probs, parts[0].identity, self.name)
+
+    async def _infer_once(self, arr: np.ndarray) -> Inference:
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import InferenceServerException
 
         from app.telemetry import trace_headers
 
-        arr = check_inputs(inputs)
         client = self._get_client()
         tensor = grpcclient.InferInput(INPUT_NAME, list(arr.shape), "FP32")
         tensor.set_data_from_numpy(arr)
@@ -182,11 +241,38 @@ class KServeBackend(InferenceBackend):
                 f"{self.url}: output {OUTPUT_NAME} has shape {shape}, "
                 f"expected ({arr.shape[0]}, {N_CLASSES})"
             )
-        response = result.get_response()
+        identity = self._identity(result.get_response())
+        return Inference(np.asarray(probs, dtype=np.float32), identity, self.name)
+
+    def _identity(self, response: Any) -> ModelIdentity:
+        """Which model answered: the server's word (its model's hash), else the manifest's."""
+        name = response.model_name
         version = response.model_version or self.model_version or "?"
-        return Inference(
-            np.asarray(probs, dtype=np.float32), f"{response.model_name}/{version}", self.name
-        )
+        params = response.parameters
+        sha = params[SHA256_PARAMETER].string_param if SHA256_PARAMETER in params else ""
+        key = (name, version, sha)
+        known = self._identities.get(key)
+        if known is not None:
+            return known
+        if sha:
+            found = self.artifacts.identity_of_sha(sha) if self.artifacts is not None else None
+            if found is None and self.artifacts is not None:
+                raise InferenceError(
+                    f"{self.url}: model {name}/{version} has sha256 {sha[:12]}..., no variant "
+                    f"of the build in {self.artifacts.manifest_path}: the server runs another build"
+                )
+            if found is None:
+                said = params[VARIANT_PARAMETER].string_param if VARIANT_PARAMETER in params else ""
+                found = ModelIdentity(name, version, said or UNKNOWN_VARIANT, sha)
+        else:
+            found = (
+                self.artifacts.triton_identity(name, version)
+                if self.artifacts is not None
+                else None
+            ) or ModelIdentity(name, version, UNKNOWN_VARIANT, "")
+        identity = replace(found, name=name, version=version)
+        self._identities[key] = identity
+        return identity
 
     async def server_ready(self) -> bool:
         """Whether the server is up and the model loaded (never raises)."""
@@ -277,6 +363,7 @@ class ResilientBackend(InferenceBackend):
         self.fallback = fallback
         self.breaker = breaker
         self.fallback_calls = 0
+        self.artifacts = fallback.artifacts or primary.artifacts
 
     async def infer(self, inputs: np.ndarray) -> Inference:
         from app.telemetry import default_metrics

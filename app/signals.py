@@ -1,5 +1,11 @@
 """Signals: model probabilities → direction, strength, confidence; the latest per symbol.
 
+The direction follows the model's own rule (``app.model.calibration.directions``: the
+strength ``P(up) - P(down)`` against the direction threshold in the model's manifest);
+the confidence is the (calibrated) probability of that direction. Every signal names the
+model that computed it: ``name/version``, the variant (fp32, int8, int4), the SHA-256 of
+its ONNX file and the backend that ran it (``local``, ``kserve``).
+
 ``LatestSignals`` is the in-process (L1) store ``GetSignal`` reads: preallocated columns
 indexed by symbol. ``SignalSink`` is the seam where published signals leave the
 process (Pub/Sub, the warehouse, an L2 cache): the pipeline hands every batch of new
@@ -9,9 +15,14 @@ signals to each sink.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from app.model.calibration import directions
+
+if TYPE_CHECKING:
+    from app.inference import Inference
 
 # Direction codes: the values of signals.v1.Direction.
 DIRECTION_DOWN = 1
@@ -28,6 +39,9 @@ class Signal:
     strength: float  # P(up) - P(down), in [-1, 1]
     confidence: float  # probability of the predicted direction
     model_version: str
+    model_variant: str = ""  # fp32, int8, int4 ("unknown": no manifest described the file)
+    model_sha256: str = ""  # of the ONNX file that computed it ("" if the server did not say)
+    backend: str = ""  # "local" (in-process) or "kserve" (Triton, MLServer)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,9 @@ class SignalColumns:
     strength: np.ndarray  # float32
     confidence: np.ndarray  # float32
     model_version: str
+    model_variant: str = ""
+    model_sha256: str = ""
+    backend: str = ""
 
     def __len__(self) -> int:
         return int(self.symbol.shape[0])
@@ -52,6 +69,9 @@ class SignalColumns:
             float(self.strength[i]),
             float(self.confidence[i]),
             self.model_version,
+            self.model_variant,
+            self.model_sha256,
+            self.backend,
         )
 
     @classmethod
@@ -67,10 +87,19 @@ class SignalColumns:
 
 
 def signals_from_probabilities(
-    symbol: np.ndarray, ts_ns: np.ndarray, probabilities: np.ndarray, model_version: str
+    symbol: np.ndarray,
+    ts_ns: np.ndarray,
+    probabilities: np.ndarray,
+    model_version: str,
+    *,
+    direction_threshold: float | None = None,
+    model_variant: str = "",
+    model_sha256: str = "",
+    backend: str = "",
 ) -> SignalColumns:
-    """Direction = most probable class; strength = P(up) - P(down); confidence = its probability."""
-    cls = probabilities.argmax(axis=1)
+    """Direction by the model's rule (the most probable class without a threshold);
+    strength = P(up) - P(down); confidence = the probability of the direction."""
+    cls = directions(probabilities, direction_threshold)
     return SignalColumns(
         symbol=np.asarray(symbol, dtype=np.int32),
         ts_ns=np.asarray(ts_ns, dtype=np.int64),
@@ -78,7 +107,22 @@ def signals_from_probabilities(
         strength=(probabilities[:, 2] - probabilities[:, 0]).astype(np.float32),
         confidence=probabilities[np.arange(probabilities.shape[0]), cls].astype(np.float32),
         model_version=model_version,
+        model_variant=model_variant,
+        model_sha256=model_sha256,
+        backend=backend,
     )
+
+
+def signals_from_inference(
+    symbol: np.ndarray, ts_ns: np.ndarray, inference: Inference
+) -> SignalColumns:
+    """The signals of one inference: its model's direction rule, identity and backend."""
+    model = inference.identity
+    return signals_from_probabilities(
+        symbol, ts_ns, inference.probabilities, model.model_version,
+        direction_threshold=model.direction_threshold, model_variant=model.variant,
+        model_sha256=model.sha256, backend=inference.backend,
+    )  # fmt: skip
 
 
 class LatestSignals:
@@ -95,8 +139,8 @@ class LatestSignals:
         self._direction = np.zeros(n_symbols, dtype=np.int8)
         self._strength = np.zeros(n_symbols, dtype=np.float32)
         self._confidence = np.zeros(n_symbols, dtype=np.float32)
-        self._version = np.zeros(n_symbols, dtype=np.int32)
-        self._versions: list[str] = []
+        self._model = np.zeros(n_symbols, dtype=np.int32)
+        self._models: list[tuple[str, str, str, str]] = []  # (version, variant, sha256, backend)
 
     def update(self, signals: SignalColumns, seq: int) -> int:
         """Store ``signals`` from batch ``seq`` (>= 1) where newer; returns how many were stored."""
@@ -104,17 +148,18 @@ class LatestSignals:
         s = signals.symbol[newer]
         if s.size == 0:
             return 0
+        key = (signals.model_version, signals.model_variant, signals.model_sha256, signals.backend)
         try:
-            version = self._versions.index(signals.model_version)
+            model = self._models.index(key)
         except ValueError:
-            self._versions.append(signals.model_version)
-            version = len(self._versions) - 1
+            self._models.append(key)
+            model = len(self._models) - 1
         self._seq[s] = seq
         self._ts[s] = signals.ts_ns[newer]
         self._direction[s] = signals.direction[newer]
         self._strength[s] = signals.strength[newer]
         self._confidence[s] = signals.confidence[newer]
-        self._version[s] = version
+        self._model[s] = model
         return int(s.size)
 
     def get(self, symbol: int) -> Signal | None:
@@ -126,7 +171,7 @@ class LatestSignals:
             int(self._direction[symbol]),
             float(self._strength[symbol]),
             float(self._confidence[symbol]),
-            self._versions[int(self._version[symbol])],
+            *self._models[int(self._model[symbol])],
         )
 
 

@@ -213,6 +213,13 @@ class Metrics:
             ["table"],
             registry=reg,
         )
+        self.feature_drift = Gauge(
+            "signal_feature_drift_psi",
+            "Population stability index of each model input over the last window of served "
+            "rows against the model's training distribution.",
+            ["input"],
+            registry=reg,
+        )
         self._hit_ratio = Gauge(
             "signal_cache_hit_ratio",
             "Hits over lookups since start, by cache level.",

@@ -17,6 +17,7 @@ from numba import njit
 from app.model.tensors import (  # noqa: F401  (re-exported: the contract's names)
     CLASSES,
     INPUT_NAME,
+    INPUT_TRANSFORM,
     MODEL_INPUTS,
     N_CLASSES,
     N_INPUTS,

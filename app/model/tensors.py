@@ -17,3 +17,6 @@ MODEL_INPUTS: tuple[str, ...] = (
 )
 N_INPUTS = len(MODEL_INPUTS)
 N_CLASSES = len(CLASSES)
+# Names the transform ``app.model.contract.model_inputs`` applies to the engine's features
+# (bump it with any change there): a model built under another transform is refused.
+INPUT_TRANSFORM = "scale-free-v2"

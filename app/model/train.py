@@ -1,9 +1,13 @@
 """Training data from synthetic ticks and a small numpy MLP (no deep-learning framework).
 
-Labels are the direction of each tick's forward log return over ``horizon`` ticks:
-``down``/``flat``/``up`` split at the 1/3 quantile of its magnitude, so the classes are
-balanced. Training is plain mini-batch Adam on cross-entropy with a fixed seed: the
-same arguments always give the same weights.
+The ticks come from ``app.synthetic``'s session-aware process (hours of trading across
+session opens, with halts), through the real ``FeatureEngine`` built with the same
+``FeatureParams`` the service will serve with. Labels are the direction of each
+tick's forward log return over ``horizon`` ticks: ``down``/``flat``/``up`` split at the
+1/3 quantile of its magnitude, so the classes are balanced. A tick whose horizon
+crosses a session open or a halt is not labelled (its forward return is the jump, which
+no feature can know). Training is plain mini-batch Adam on cross-entropy with a fixed
+seed: the same arguments always give the same weights.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.features import FeatureEngine
+from app.features import FeatureEngine, FeatureParams
 from app.model.contract import N_CLASSES, N_INPUTS, model_inputs
-from app.synthetic import synthetic_ticks
+from app.sessions import DEFAULT_VENUE, SessionTable
+from app.synthetic import MarketParams, synthetic_market
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,23 @@ class Dataset:
         return int(self.y.shape[0])
 
 
-def make_dataset(n_symbols: int, ticks_per_symbol: int, *, seed: int, horizon: int = 10) -> Dataset:
+def make_dataset(
+    n_symbols: int,
+    ticks_per_symbol: int,
+    *,
+    seed: int,
+    horizon: int = 10,
+    features: FeatureParams | None = None,
+    market: MarketParams | None = None,
+    venue: str = DEFAULT_VENUE,
+) -> Dataset:
     """Features of synthetic ticks (through the real FeatureEngine) with forward-return labels."""
-    ticks, log_price = synthetic_ticks(n_symbols, ticks_per_symbol, seed=seed)
-    engine = FeatureEngine(n_symbols)
-    features = engine.update(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
-    x, warm = model_inputs(features)
+    sessions = SessionTable.for_symbols(n_symbols, venue)
+    synthetic = synthetic_market(n_symbols, ticks_per_symbol, seed=seed, params=market,
+                                 sessions=sessions)  # fmt: skip
+    ticks, log_price = synthetic.ticks, synthetic.log_price
+    engine = FeatureEngine.from_params(n_symbols, features or FeatureParams(), sessions)
+    x, warm = model_inputs(engine.update(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns))
     # Index of each tick in its symbol's own series (ticks are interleaved).
     order = np.argsort(ticks.symbol, kind="stable")
     k = np.empty(len(ticks), dtype=np.int64)
@@ -42,7 +58,10 @@ def make_dataset(n_symbols: int, ticks_per_symbol: int, *, seed: int, horizon: i
         np.r_[0, np.cumsum(np.bincount(ticks.symbol, minlength=n_symbols))[:-1]],
         np.bincount(ticks.symbol, minlength=n_symbols),
     )
-    usable = warm & (k + horizon < ticks_per_symbol)
+    # Breaks (opens, halts) up to each tick: equal counts at k and k + horizon mean none between.
+    breaks_before = np.cumsum(synthetic.breaks != 0, axis=1)
+    s, kk = ticks.symbol, np.minimum(k + horizon, ticks_per_symbol - 1)
+    usable = warm & (k + horizon < ticks_per_symbol) & (breaks_before[s, kk] == breaks_before[s, k])
     s, kk = ticks.symbol[usable], k[usable]
     forward = log_price[s, kk + horizon] - np.log(ticks.price[usable])
     threshold = np.quantile(np.abs(forward), 1.0 / 3.0)

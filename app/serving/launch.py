@@ -33,8 +33,10 @@ def write_mlserver_settings(
     host: str,
     grpc_port: int,
     http_port: int,
+    max_batch_size: int | None = None,
 ) -> None:
-    """MLServer's server and model settings for serving ``model_file`` as ``model_name``."""
+    """MLServer's server and model settings for serving ``model_file`` as ``model_name``
+    (refusing requests of more than ``max_batch_size`` rows, as Triton does)."""
     root.mkdir(parents=True, exist_ok=True)
     server = {
         "debug": False,
@@ -49,10 +51,13 @@ def write_mlserver_settings(
     (root / "settings.json").write_text(json.dumps(server, indent=2))
     model_dir = root / model_name
     model_dir.mkdir(exist_ok=True)
+    parameters: dict[str, object] = {"uri": str(model_file.resolve()), "version": model_version}
+    if max_batch_size is not None:
+        parameters["extra"] = {"max_batch_size": max_batch_size}
     model = {
         "name": model_name,
         "implementation": "app.serving.runtime.OnnxSignalRuntime",
-        "parameters": {"uri": str(model_file.resolve()), "version": model_version},
+        "parameters": parameters,
     }
     (model_dir / "model-settings.json").write_text(json.dumps(model, indent=2))
 
@@ -69,8 +74,10 @@ class MLServerProcess:
         model_version: str = "1",
         host: str = "127.0.0.1",
         grpc_port: int | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         self.workdir = workdir
+        self.max_batch_size = max_batch_size
         self.model_file = model_file
         self.model_name = model_name
         self.model_version = model_version
@@ -93,6 +100,7 @@ class MLServerProcess:
             host=self.host,
             grpc_port=self.grpc_port,
             http_port=self.http_port,
+            max_batch_size=self.max_batch_size,
         )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
@@ -18,7 +22,7 @@ from app.inference import (
     ResilientBackend,
     check_inputs,
 )
-from app.model.build import ModelArtifacts, run_onnx
+from app.model.build import ModelArtifacts, ModelMismatchError, run_onnx
 from app.model.contract import N_INPUTS
 from app.model.train import make_dataset
 from tests.app.conftest import run
@@ -244,3 +248,96 @@ def test_one_signal_per_symbol_from_its_last_warm_tick() -> None:
     assert last_warm_row_per_symbol(symbol, warm).tolist() == [1, 2, 3]
     assert last_warm_row_per_symbol(symbol[:1], warm[:1]).tolist() == [0]
     assert last_warm_row_per_symbol(symbol, np.zeros(7, bool)).tolist() == []
+
+
+def test_local_backend_names_the_model_it_loaded(
+    local: LocalOnnxBackend, model: ModelArtifacts
+) -> None:
+    identity = local.identity
+    assert (identity.variant, identity.model_version) == ("fp32", "signal_mlp/1")
+    assert identity.sha256 == model.manifest["variants"]["fp32"]["sha256"]
+    assert identity.sha256 == hashlib.sha256(model.path("fp32").read_bytes()).hexdigest()
+    assert identity.direction_threshold == model.manifest["decision"]["direction_threshold"]
+    int4 = LocalOnnxBackend(model.path("int4"), model.model_version)
+    result = run(int4.infer(X[:3]))
+    assert (result.identity.variant, result.backend) == ("int4", "local")
+    assert result.identity.sha256 == model.manifest["variants"]["int4"]["sha256"]
+
+
+def test_a_model_file_that_is_no_variant_of_its_build_is_refused(
+    model: ModelArtifacts, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(model.root, copy)
+    swapped = onnx.load(str(copy / "fp32" / "model.onnx"))
+    swapped.doc_string = "someone else's model"
+    onnx.save(swapped, str(copy / "fp32" / "model.onnx"))
+    with pytest.raises(
+        ModelMismatchError, match=r"fp32/model.onnx: sha256 [0-9a-f]{12}\.\.\. is no variant"
+    ):
+        LocalOnnxBackend(copy / "fp32" / "model.onnx", model.model_version)
+
+
+def test_signals_carry_the_model_variant_hash_and_backend(local: LocalOnnxBackend) -> None:
+    from app.signals import LatestSignals, signals_from_inference
+
+    result = run(local.infer(X[:50]))
+    signals = signals_from_inference(np.arange(50), np.arange(50) + 1000, result)
+    threshold = local.identity.direction_threshold
+    assert threshold is not None
+    strength = result.probabilities[:, 2] - result.probabilities[:, 0]
+    expected = np.where(strength > threshold, 3, np.where(strength < -threshold, 1, 2))
+    np.testing.assert_array_equal(signals.direction, expected)  # the model's own rule
+    cls = expected - 1
+    np.testing.assert_allclose(signals.confidence, result.probabilities[np.arange(50), cls])
+    store = LatestSignals(50)
+    store.update(signals, seq=1)
+    got = store.get(7)
+    assert got is not None
+    assert (got.model_version, got.model_variant, got.backend) == ("signal_mlp/1", "fp32", "local")
+    assert got.model_sha256 == local.identity.sha256
+
+
+def test_every_batch_is_timed_in_the_inference_latency_histogram(local: LocalOnnxBackend) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(backend: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "signal_inference_duration_seconds_count", {"backend": backend}
+        )
+        return value or 0.0
+
+    before = count("local"), count("counting")
+    failing = CountingBackend(local)
+    failing.fail_with = InferenceError("down")
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(local, max_batch_size=8, max_queue_delay_us=100)
+        await asyncio.gather(*(batcher.infer(X[i : i + 1]) for i in range(16)))
+        await batcher.close()
+        broken = MicroBatcher(failing, max_batch_size=8, max_queue_delay_us=100)
+        with pytest.raises(InferenceError):
+            await broken.infer(X[:1])
+        await broken.close()
+
+    run(scenario())
+    assert count("local") - before[0] >= 2  # one observation per backend call
+    assert count("counting") - before[1] == 1  # failed calls are timed too
+
+
+def test_a_sub_millisecond_queue_delay_is_kept_without_spinning(local: LocalOnnxBackend) -> None:
+    async def scenario() -> tuple[float, float]:
+        batcher = MicroBatcher(local, max_batch_size=256, max_queue_delay_us=400)
+        await batcher.infer(X[:1])  # warm
+        waits, cpu = [], []
+        for _ in range(20):
+            t, c = time.perf_counter(), time.process_time()
+            await batcher.infer(X[:1])
+            waits.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        await batcher.close()
+        return float(np.median(waits)), float(np.median(cpu))
+
+    waited, cpu = run(scenario())
+    assert 0.0004 <= waited < 0.05  # the delay was waited for (not rounded away, not forever)
+    assert cpu < waited  # and not by burning the core meanwhile

@@ -15,9 +15,24 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2
 
+from app.features import FeatureParams
 from app.model.__main__ import main as model_cli
-from app.model.build import VARIANTS, ModelArtifacts, run_onnx
-from app.model.contract import CLASSES, INPUT_NAME, N_INPUTS, OUTPUT_NAME, model_inputs
+from app.model.build import VARIANTS, ModelArtifacts, ModelMismatchError, run_onnx, summary
+from app.model.calibration import (
+    directions,
+    expected_calibration_error,
+    fit_direction_threshold,
+    fit_temperature,
+)
+from app.model.contract import (
+    CLASSES,
+    INPUT_NAME,
+    INPUT_TRANSFORM,
+    MODEL_INPUTS,
+    N_INPUTS,
+    OUTPUT_NAME,
+    model_inputs,
+)
 from app.model.quantization import fake_quant_4bit
 from app.model.train import make_dataset
 from app.model.triton import InstanceGroup, TritonModelConfig, render_config_pbtxt
@@ -175,3 +190,123 @@ def test_manifest_is_json_with_the_training_record(model: ModelArtifacts) -> Non
     assert m["training"]["parameters"] == 6 * 256 + 256 + 256 * 256 + 256 + 256 * 3 + 3
     assert m["triton"]["config"]["max_queue_delay_us"] == 500
     assert ModelArtifacts.load(model.root).model_version == "signal_mlp/1"
+
+
+def test_manifest_records_the_feature_parameters_and_input_scaling(model: ModelArtifacts) -> None:
+    m = model.manifest
+    assert m["features"] == FeatureParams().model_dump(mode="json")  # the build's defaults
+    scaling = m["input_scaling"]
+    assert scaling["transform"] == INPUT_TRANSFORM and scaling["inputs"] == list(MODEL_INPUTS)
+    # The scaling recorded is the one inside the served graph (its Sub/Div initialisers).
+    graph = {
+        i.name: numpy_helper.to_array(i)
+        for i in onnx.load(str(model.path("fp32"))).graph.initializer
+    }
+    np.testing.assert_array_equal(graph["input_mean"], np.float32(scaling["mean"]))
+    np.testing.assert_array_equal(graph["input_std"], np.float32(scaling["std"]))
+    model.check_serving(FeatureParams())  # the service's defaults fit
+    # Training was multi-session: the build says which calendar and tick process.
+    assert m["training"]["venue"] == "XNYS" and m["training"]["market"]["halt_rate"] > 0
+
+
+@pytest.mark.parametrize(
+    ("served", "message"),
+    [
+        (
+            {"window": 50},
+            "was trained with features.window = 20 but the service is configured with "
+            "features.window = 50",
+        ),
+        (
+            {"ema_slow": 100},
+            "was trained with features.ema_slow = 26 but the service is configured with "
+            "features.ema_slow = 100",
+        ),
+        (
+            {"max_gap_s": 60.0},
+            "was trained with features.max_gap_s = 300.0 but the service is configured with "
+            "features.max_gap_s = 60.0",
+        ),
+    ],
+)
+def test_a_mismatched_manifest_is_refused_naming_both_values(
+    model: ModelArtifacts, served: dict, message: str
+) -> None:
+    with pytest.raises(ModelMismatchError) as err:
+        model.check_serving(FeatureParams(**served))
+    text = str(err.value)
+    assert message in text and str(model.manifest_path) in text and "\n" not in text
+
+
+def test_a_manifest_without_features_or_with_another_transform_is_refused(
+    model: ModelArtifacts,
+) -> None:
+    old = ModelArtifacts(model.root, {k: v for k, v in model.manifest.items() if k != "features"})
+    with pytest.raises(ModelMismatchError, match="records no feature parameters"):
+        old.check_serving(FeatureParams())
+    other = dict(
+        model.manifest, input_scaling={**model.manifest["input_scaling"], "transform": "v1"}
+    )
+    with pytest.raises(
+        ModelMismatchError, match=re.escape("input_scaling.transform is 'v1' but this service")
+    ):
+        ModelArtifacts(model.root, other).check_serving(FeatureParams())
+
+
+def test_a_calibrated_models_reported_error_is_reproducible_from_its_files(
+    model: ModelArtifacts,
+) -> None:
+    cal = model.manifest["calibration"]
+    heldout = make_dataset(8, 1500, seed=1 + 1000)  # the build's evaluation set (seed + 1000)
+    probs = run_onnx(model.path("fp32"), heldout.x)
+    assert expected_calibration_error(probs, heldout.y) == pytest.approx(cal["ece_after"]["fp32"])
+    # Before: the same model with the temperature taken out again (softmax(T * log p)).
+    t = cal["temperature"]
+    logits = np.log(probs.astype(np.float64)) * t
+    raw = np.exp(logits - logits.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    assert expected_calibration_error(raw, heldout.y) == pytest.approx(cal["ece_before"], abs=2e-4)
+    # The temperature is the NLL minimiser on the calibration set (fitted there, not here).
+    calibration = make_dataset(8, 1500, seed=1 + 2000)
+    z = np.log(run_onnx(model.path("fp32"), calibration.x).astype(np.float64)) * t
+
+    def nll(temperature: float) -> float:
+        p = np.exp(z / temperature - (z / temperature).max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return float(-np.log(p[np.arange(len(calibration)), calibration.y]).mean())
+
+    assert nll(t) <= min(nll(t * 1.05), nll(t / 1.05))
+    threshold = model.manifest["decision"]["direction_threshold"]
+    assert 0.0 <= threshold <= 0.5 and model.direction_threshold == threshold
+    text = summary(model)
+    assert "expected calibration error" in text and f"{cal['ece_before']:.4f} before" in text
+
+
+def test_temperature_scaling_repairs_an_overconfident_model() -> None:
+    rng = np.random.default_rng(3)
+    n = 20_000
+    true_logits = rng.normal(0, 1.0, (n, 3))
+    p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    overconfident = true_logits * 3.0  # a model three times too sure of itself
+    t = fit_temperature(overconfident, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    before = expected_calibration_error(softmax(overconfident), y)
+    after = expected_calibration_error(softmax(overconfident / t), y)
+    assert before > 0.1 and after < 0.02
+
+
+def test_the_direction_rule_uses_the_threshold() -> None:
+    # Binary fractions, so the strengths (-0.25, 0.5, 0, 0.25) are exact.
+    probs = np.array(
+        [[0.5, 0.25, 0.25], [0.125, 0.25, 0.625], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]]
+    )
+    assert directions(probs, None).tolist() == [0, 2, 1, 2]  # argmax without a threshold
+    assert directions(probs, 0.3).tolist() == [1, 2, 1, 1]  # |strength| <= 0.3: flat
+    y = np.array([1, 2, 1, 1])
+    assert fit_direction_threshold(probs, y) == 0.25  # the smallest of the best

@@ -34,6 +34,9 @@ def test_mlserver_serves_the_same_model(mlserver, model: ModelArtifacts) -> None
         await backend.close()
         np.testing.assert_allclose(result.probabilities, run_onnx(model.path("fp32"), X), rtol=1e-6)
         assert result.model_version == "signal_mlp/1" and result.backend == "kserve"
+        # The server names the file that answered (its hash), not only the model's name.
+        assert result.identity.variant == "fp32"
+        assert result.identity.sha256 == model.manifest["variants"]["fp32"]["sha256"]
         np.testing.assert_allclose(again.probabilities, result.probabilities[:1], rtol=1e-6)
         assert backend.calls == 2
 
@@ -128,8 +131,12 @@ def test_breaker_falls_back_while_the_server_is_unreachable_and_recovers(
         first = await backend.infer(X[:5])
         assert first.backend == "kserve"
         await proxy.cut()
-        served_by = [(await backend.infer(X[:5])).backend for _ in range(6)]
-        assert served_by == ["local"] * 6  # every call answered, none lost
+        fallen_back = [await backend.infer(X[:5]) for _ in range(6)]
+        assert [r.backend for r in fallen_back] == ["local"] * 6  # every call answered
+        # ... each naming the model that really ran: the in-process fp32 file.
+        assert {(r.identity.variant, r.identity.sha256) for r in fallen_back} == {
+            ("fp32", model.manifest["variants"]["fp32"]["sha256"])
+        }
         assert backend.breaker.state == "open" and remote.calls == 3  # 2 failures, then skipped
 
         await proxy.restore()
@@ -220,3 +227,68 @@ def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts
         assert backend.fallback_calls == 0 and backend.breaker.state == "closed"
 
     run(scenario())
+
+
+@pytest.fixture(scope="module")
+def small_batch_server(tmp_path_factory, model: ModelArtifacts):
+    """MLServer serving the build's Triton file (int4) and refusing more than 32 rows a call,
+    as a Triton with max_batch_size 32 does."""
+    from app.serving.launch import MLServerProcess
+
+    triton_file = model.triton_repository / model.name / str(model.version) / "model.onnx"
+    server = MLServerProcess(tmp_path_factory.mktemp("mlserver-small"), triton_file,
+                             model_name=model.name, model_version=str(model.version),
+                             max_batch_size=32)  # fmt: skip
+    server.start(timeout_s=90)
+    yield server
+    server.stop()
+
+
+def test_requests_larger_than_the_servers_max_batch_size_are_split(
+    small_batch_server, model: ModelArtifacts
+) -> None:
+    rows = np.tile(X, (2, 1))[:100]
+
+    async def scenario() -> None:
+        whole = KServeBackend(small_batch_server.url, model.name)  # knows no limit
+        with pytest.raises(InferenceError, match="batch-size must be <= 32"):
+            await whole.infer(rows)
+        await whole.close()
+        split = KServeBackend(small_batch_server.url, model.name, max_batch_size=32)
+        result = await split.infer(rows)
+        await split.close()
+        assert split.calls == 4  # 32 + 32 + 32 + 4 rows
+        np.testing.assert_allclose(result.probabilities, run_onnx(model.path("int4"), rows),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        assert (result.identity.variant, result.backend) == ("int4", "kserve")
+        assert result.identity.sha256 == model.manifest["variants"]["int4"]["sha256"]
+        # Given the build, the backend takes the limit from the build's Triton configuration.
+        assert (
+            KServeBackend(small_batch_server.url, model.name, artifacts=model).max_batch_size == 256
+        )
+
+    run(scenario())
+
+
+def test_a_server_running_another_build_is_refused(
+    small_batch_server, model: ModelArtifacts
+) -> None:
+    variants = {
+        **model.manifest["variants"],
+        "int4": {**model.manifest["variants"]["int4"], "sha256": "0" * 64},
+    }
+    other_build = ModelArtifacts(model.root, {**model.manifest, "variants": variants})
+
+    async def scenario() -> None:
+        backend = KServeBackend(small_batch_server.url, model.name, artifacts=other_build)
+        with pytest.raises(
+            InferenceError, match=r"no variant of the build in .* the server runs another build"
+        ):
+            await backend.infer(X[:3])
+        await backend.close()
+
+    run(scenario())
+    # Triton says nothing about its file: the manifest's record of the Triton repository does.
+    triton = model.triton_identity(model.name, str(model.version))
+    assert triton is not None and triton.variant == "int4"
+    assert model.triton_identity("another_model", "1") is None
