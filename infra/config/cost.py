@@ -45,9 +45,10 @@ class CostSettings(Model):
                 raise ValueError(f"average nodes of {key} must be >= 0")
         return value
 
-    def pool_rules(self, pools_by_region: Mapping[str, set[str]]) -> Iterator[Problem]:
-        """averageNodes entries name a pool (and region) the stack deploys."""
-        for key in self.average_nodes:
+    def pool_rules(self, pools_by_region: Mapping[str, Mapping[str, int]]) -> Iterator[Problem]:
+        """averageNodes entries name a pool (and region) the stack deploys, and stay within
+        the pool's largest size (``pools_by_region``: region → pool → its most nodes)."""
+        for key, nodes in self.average_nodes.items():
             match = POOL_USAGE_KEY_RE.match(key)
             if match is None:
                 continue
@@ -60,10 +61,15 @@ class CostSettings(Model):
                     ", ".join(pools_by_region),
                 )
                 continue
-            pools = set().union(
-                *(pools_by_region[r] for r in ([region] if region else pools_by_region))
-            )
-            if pool not in pools:
+            regions = [region] if region else list(pools_by_region)
+            sizes = [pools_by_region[r][pool] for r in regions if pool in pools_by_region[r]]
+            if not sizes:
+                names = sorted({name for r in regions for name in pools_by_region[r]})
+                yield Problem(f"averageNodes.{key}", "no such node pool", key, ", ".join(names))
+            elif nodes > min(sizes):
                 yield Problem(
-                    f"averageNodes.{key}", "no such node pool", key, ", ".join(sorted(pools))
+                    f"averageNodes.{key}",
+                    f"more than the pool's most nodes ({min(sizes)})",
+                    nodes,
+                    f"<= {min(sizes)}",
                 )

@@ -225,10 +225,18 @@ class StackConfig(Model):
         yield from (p.under("mesh") for p in self.mesh.region_weight_rules(self.regions))
         yield from self._unpinned_image_rules()
         yield from self._gpu_rules()
-        pools = {
-            r: {"system", *(p.name for p in self.region(r).node_pools.gpu)} for r in self.regions
-        }
-        yield from (p.under("cost") for p in self.cost.pool_rules(pools))
+        yield from (p.under("cost") for p in self.cost.pool_rules(self._pool_sizes()))
+
+    def _pool_sizes(self) -> dict[str, dict[str, int]]:
+        """Each region's node pools and their most nodes (the system pool's are per zone)."""
+        sizes: dict[str, dict[str, int]] = {}
+        for name in self.regions:
+            region = self.region(name)
+            zones = min(region.cluster.node_zones, len(region.zones))
+            pools = region.node_pools
+            sizes[name] = {"system": pools.system.max_nodes * zones}
+            sizes[name].update({p.name: p.max_nodes for p in pools.gpu})
+        return sizes
 
     def _environment_rules(self) -> Iterator[Problem]:
         if self.labels.get("env") and self.labels["env"] != self.environment:

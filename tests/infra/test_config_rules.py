@@ -336,3 +336,11 @@ def test_the_readme_documents_every_top_level_key():
     keys = {f.alias or n for n, f in StackConfig.model_fields.items()} - {"stack"}
     missing = sorted(k for k in keys if f"`{k}" not in table)
     assert missing == [], f"README's configuration table lacks {missing}"
+
+
+def test_average_nodes_stay_within_the_pools_size():
+    # dev's spot pool has at most 2 nodes; its system pool 2 per zone in 3 zones.
+    lines = refused("dev", cost={"averageNodes": {"l4-spot": 3, "system": 7}})
+    one_line(lines, "signal-platform:cost.averageNodes.l4-spot:", "most nodes (2)", "<= 2")
+    one_line(lines, "signal-platform:cost.averageNodes.system:", "most nodes (6)", "<= 6")
+    assert load("dev", cost={"averageNodes": {"l4-spot": 2, "system": 6}}).cost
