@@ -30,6 +30,7 @@ __all__ = [
     "ConfigModel",
     "Invalid",
     "Problem",
+    "checked",
     "format_problems",
     "key_path",
     "load_model",
@@ -79,6 +80,17 @@ class Invalid(ValueError):
     def __init__(self, problems: Iterable[Problem]):
         self.problems = tuple(problems)
         super().__init__("; ".join(map(str, self.problems)))
+
+
+V = TypeVar("V")
+
+
+def checked(value: V, problems: Iterable[Problem]) -> V:
+    """A validator's return: ``value`` when there are no ``problems``, else `Invalid`."""
+    found = list(problems)
+    if found:
+        raise Invalid(found)
+    return value
 
 
 class ConfigError(ValueError):
@@ -137,10 +149,7 @@ class ConfigModel(BaseModel):
 
     @model_validator(mode="after")
     def _apply_rules(self, info: ValidationInfo) -> Self:
-        problems = list(self.rules(info.context or {}))
-        if problems:
-            raise Invalid(problems)
-        return self
+        return checked(self, self.rules(info.context or {}))
 
 
 class CamelConfigModel(ConfigModel):

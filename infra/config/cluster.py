@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from app.config_errors import Invalid, Problem
+from app.config_errors import Problem, checked
 from infra.config.base import Model, StackContext, refuse
 from infra.config.catalog import Catalog, load_catalog
 from infra.config.images import ImageReference, image_problems
@@ -147,9 +147,7 @@ class MaintenanceWindow(Model):
     @classmethod
     def _recurrence(cls, value: str) -> str:
         problems = list(recurrence_problems(value))
-        if problems:
-            raise Invalid(problems)
-        return value
+        return checked(value, problems)
 
     def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
         yield from super().rules(context)
@@ -215,9 +213,7 @@ class ClusterSettings(Model):
             for i, member in enumerate(value)
             if value.index(member) != i
         ]
-        if problems:
-            raise Invalid(problems)
-        return value
+        return checked(value, problems)
 
     @field_validator("vulnerability_scanning", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import field_validator
 
-from app.config_errors import Invalid, Problem
+from app.config_errors import Problem, checked
 from infra.config.base import Model
 
 # Kubernetes' quantity grammar (k8s.io/apimachinery resource.Quantity): a signed decimal and a
@@ -85,9 +85,7 @@ class Resources(Model):
     @classmethod
     def _quantities(cls, value: dict[str, str]) -> dict[str, str]:
         problems = list(_quantity_problems(value))
-        if problems:
-            raise Invalid(problems)
-        return value
+        return checked(value, problems)
 
     def quantity(self, kind: str, name: str) -> Decimal | None:
         """``kind`` ("requests" or "limits") of resource ``name``, parsed; None if unset."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from app.config_errors import Invalid, Problem, problems_from
+from app.config_errors import Problem, checked, problems_from
 from infra.config.base import NAMESPACE, ConfigError, Model, StackContext, refuse
 from infra.config.capacity import system_pods, system_pool_rules
 from infra.config.catalog import load_catalog
@@ -130,9 +130,7 @@ class StackConfig(Model):
                 close = difflib.get_close_matches(region, known, n=1)
                 hint = f"unknown region (did you mean {close[0]}?)" if close else "unknown region"
                 problems.append(Problem(f"[{i}]", hint, region, ", ".join(known)))
-        if problems:
-            raise Invalid(problems)
-        return value
+        return checked(value, problems)
 
     @field_validator("labels")
     @classmethod
@@ -152,9 +150,7 @@ class StackConfig(Model):
             for key, text in value.items()
             if not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(text)
         ]
-        if problems:
-            raise Invalid(problems)
-        return value
+        return checked(value, problems)
 
     @field_validator("unpinned_images")
     @classmethod
@@ -164,9 +160,7 @@ class StackConfig(Model):
             for k, r in value.items()
             if len(r.strip()) < 10
         ]
-        if short:
-            raise Invalid(short)
-        return value
+        return checked(value, short)
 
     # ---- derived
 
