@@ -27,7 +27,7 @@ $(POLICY_VENV)/.installed: policies/requirements.txt policies/requirements-dev.t
 COVERAGE_FLOOR := 90
 COVERAGE_GATES := \
 	engine:tools/engine.py,tools/mocks.py,tools/inventory.py,tools/input_check.py,tools/crd_models.py \
-	config:infra/config.py \
+	config:infra/config/*.py,app/config_errors.py \
 	rules:policies/rules/*.py
 
 # The main job: the offline plan of a stack (no cloud credentials, no Pulumi CLI).
