@@ -21,7 +21,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pulumi_policy import (
@@ -35,6 +35,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from rules.helm_charts import RELEASE_TYPES, rendered_objects
 from rules.values import plain
 
 MANDATORY = EnforcementLevel.MANDATORY
@@ -148,29 +149,41 @@ def resource_policy(
     defaults = _defaults(config_schema)
 
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-        if not applies(args.resource_type):
+        props, rendered = None, []
+        if args.resource_type in RELEASE_TYPES:  # judged through the objects its values render
+            props = plain(args.props)
+            rendered = rendered_objects(args.resource_type, props, args.name)
+            rendered = [o for o in rendered if applies(o.type)]
+        if not applies(args.resource_type) and not rendered:
             return
         provider = args.provider
         resource = Resource(
             type=args.resource_type,
             name=args.name,
             urn=args.urn,
-            props=plain(args.props),
+            props=plain(args.props) if props is None else props,
             provider_type=provider.resource_type if provider else None,
             provider_props=plain(provider.props) if provider else {},
             protect=bool(args.opts.protect),
             config={**defaults, **args.get_config()},
         )
-        try:
-            messages = list(rule(resource))
-        except NotApplicable as exc:
-            args.not_applicable(exc.reason)
-            return
-        except Exception:
-            _report_crash(name, lambda message: report_violation(message, None))
-            return
-        for message in messages:
-            report_violation(message, None)
+        subjects = [("", resource)] if applies(resource.type) else []
+        subjects += [
+            (f"release renders {o.label}: ", replace(resource, type=o.type, props=o.props))
+            for o in rendered
+        ]
+        for prefix, subject in subjects:
+            try:
+                messages = list(rule(subject))
+            except NotApplicable as exc:
+                if subject is resource:
+                    args.not_applicable(exc.reason)
+                continue
+            except Exception:
+                _report_crash(name, lambda message: report_violation(message, None))
+                continue
+            for message in messages:
+                report_violation(prefix + message, None)
 
     return ResourceValidationPolicy(
         name=name,
