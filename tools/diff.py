@@ -16,10 +16,12 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,13 +30,13 @@ from typing import Any, Literal
 
 from tools.analyzer import AnalyzerError, PolicyPackProcess, Violation
 from tools.cost import Estimate, StackUsage, budget_policy_config, estimate, usage_from_stack, usd
-from tools.engine import UNKNOWN_MARK, read_project, read_stack_config
-from tools.inventory import Inventory, Resource
+from tools.engine import SECRET_DIGEST_KEY_ENV, read_project, read_stack_config
+from tools.inventory import SECRET, UNKNOWN, Inventory, Resource
 
 TOOLS_REPO = Path(__file__).resolve().parent.parent
 COMMENT_MARKER = "<!-- signal-platform:plan-diff -->"
 PLAN_TIMEOUT_S = 600
-MASK = "[secret]"
+MASK = SECRET
 
 Effect = Literal["update", "replace", "disruptive"]
 Kind = Literal["add", "remove", "update", "replace"]
@@ -386,7 +388,7 @@ def diff_resource(base: Resource, head: Resource, region: str | None) -> Resourc
     changes: list[InputChange] = []
     for path in sorted(set(old) | set(new)):
         before, after = old.get(path, ABSENT), new.get(path, ABSENT)
-        if before == after:
+        if before == after and not _secret_changed(base, head, path, before):
             continue
         rule = rule_for(head, path)
         effect: Effect = rule.effect if rule else "update"
@@ -410,6 +412,15 @@ def diff_resource(base: Resource, head: Resource, region: str | None) -> Resourc
         secret_paths=frozenset(secret_paths),
         protected=bool(base.options.get("protect")),
     )
+
+
+def _secret_changed(base: Resource, head: Resource, path: str, value: Any) -> bool:
+    """Both sides show SECRET at `path`: their digests (made with the diff's shared key) tell
+    whether the value behind it changed."""
+    if value != SECRET:
+        return False
+    old, new = base.secret_digests.get(path), head.secret_digests.get(path)
+    return old is not None and new is not None and old != new
 
 
 def diff_inventories(base: Inventory, head: Inventory) -> tuple[list[ResourceChange], int]:
@@ -542,10 +553,11 @@ def worktree(root: Path, commit: str) -> Iterator[Path]:
 
 
 def plan_program(
-    program: Path, stack: str, allow_unknown_inputs: bool
+    program: Path, stack: str, allow_unknown_inputs: bool, secret_digest_key: str = ""
 ) -> tuple[Inventory | None, str | None]:
     """Plan one stack of a program in a fresh process: its modules cannot meet another
-    program's, and a program that crashes or hangs fails only its own side."""
+    program's, and a program that crashes or hangs fails only its own side. Plans made with
+    the same `secret_digest_key` can tell whether a masked secret changed."""
     if not (program / f"Pulumi.{stack}.yaml").is_file():
         return None, f"no Pulumi.{stack}.yaml: the stack does not exist there"
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
@@ -555,6 +567,8 @@ def plan_program(
         if allow_unknown_inputs:
             command.append("--allow-unknown-inputs")
         env = {**os.environ, "PYTHONPATH": str(TOOLS_REPO)}
+        if secret_digest_key:
+            env[SECRET_DIGEST_KEY_ENV] = secret_digest_key
         try:
             result = subprocess.run(
                 command,
@@ -604,11 +618,18 @@ def diff_stacks(
         head_tree = (
             stack.enter_context(worktree(root, head_commit)) / relative if head_commit else program
         )
-        jobs = [(tree, name) for name in stacks for tree in (base_tree, head_tree)]
-        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 2)) as pool:
-            planned = list(
-                pool.map(lambda job: plan_program(job[0], job[1], job[0] == base_tree), jobs)
+        digest_key = secrets.token_hex(16)
+        jobs = [
+            _PlanJob(tree, name, side, label)
+            for name in stacks
+            for tree, side, label in (
+                (base_tree, "base", base_label),
+                (head_tree, "head", head_label),
             )
+        ]
+        # Each plan is its own process: as many at once as there are cores.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 2)) as pool:
+            planned = list(pool.map(lambda job: job.run(digest_key), jobs))
         results: list[StackDiff] = []
         for index, name in enumerate(stacks):
             base = Side(base_label, *planned[2 * index])
@@ -626,6 +647,28 @@ def diff_stacks(
             )
             results.append(_finish(compare(name, base, head), policy_error))
     return results
+
+
+@dataclass(frozen=True)
+class _PlanJob:
+    """One side of one stack to plan, announcing its start and end on stderr."""
+
+    tree: Path
+    stack: str
+    side: str  # "base" or "head"
+    label: str
+
+    def run(self, digest_key: str) -> tuple[Inventory | None, str | None]:
+        print(f"planning {self.stack} at {self.side} ({self.label}) ...", file=sys.stderr)
+        started = time.perf_counter()
+        inventory, error = plan_program(self.tree, self.stack, self.side == "base", digest_key)
+        took = f"{time.perf_counter() - started:.1f}s"
+        if inventory is not None:
+            done = f"planned {self.stack} at {self.side}: {len(inventory.resources)} resources"
+        else:
+            done = f"could not plan {self.stack} at {self.side}"
+        print(f"{done} in {took}", file=sys.stderr)
+        return inventory, error
 
 
 def _label(ref: str, commit: str) -> str:
@@ -705,7 +748,7 @@ def show(value: Any, secret: bool = False) -> str:
         return "(absent)"
     if secret:
         return MASK
-    if value == UNKNOWN_MARK:
+    if value == UNKNOWN:
         return "(known after apply)"
     if isinstance(value, str):
         lines = value.splitlines()

@@ -1,48 +1,78 @@
-"""The offline engine: runs a Pulumi Python program as the language host does, under mocks.
+"""The offline engine: runs a Pulumi Python program as `pulumi preview` does, under mocks.
 
 The program's `main` (from its `Pulumi.yaml`) runs as `__main__` through `runpy` inside
-`pulumi.runtime.run_in_stack`, exactly the entry point `pulumi-language-python-exec` uses,
-with the stack's config set the way the language host sets it. The SDK's mock monitor stands
-in for the engine; a recording monitor keeps every registration as the engine would see it
-(type, name, URN, parent, provider reference, camelCase inputs, options) and the stack outputs.
+`pulumi.runtime.run_in_stack`, the entry point `pulumi-language-python-exec` uses, with the
+stack's config set the way the language host sets it and the SDK in preview mode
+(`dry_run=True`): what a provider computes is unknown, `.apply` callbacks on unknowns do not
+run, exports built from unknowns are unknown. A monitor in the engine's place records every
+registration as the Pulumi engine receives it (type, name, URN, parent, provider reference,
+camelCase inputs, options) and registers each package's default provider, as the engine does,
+for resources that name none. Unknowns are recorded as `tools.inventory.UNKNOWN`, secret
+values as `tools.inventory.SECRET`.
+
+When `Pulumi.yaml` names the program's own virtualenv and it is not the one running this
+engine, the plan runs inside it (`tools.program_venv`), as the language host would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
+import hmac
 import json
+import logging
 import os
+import re
 import runpy
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 from pulumi.runtime import mocks as sdk_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.config import set_all_config
+from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_in_stack
 
-from tools.inventory import Inventory, Resource
+from tools import stack_file
+from tools.inventory import SECRET, UNKNOWN, Inventory, Resource
 from tools.mocks import PlanMocks
 
-SECRET = rpc._special_secret_sig
+SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
 RESOURCE_SIG = rpc._special_resource_sig
-UNKNOWN = rpc.UNKNOWN
-UNKNOWN_MARK = "<unknown>"
+UNKNOWN_WIRE = rpc.UNKNOWN
+# Kept for callers of the previous name.
+UNKNOWN_MARK = UNKNOWN
+TOOLS_DIR = Path(__file__).resolve().parent
+# A diff's two plans share this key (hex), so each can digest its secrets comparably.
+SECRET_DIGEST_KEY_ENV = "OFFLINE_PLAN_SECRET_DIGEST_KEY"
 
 
 class PlanError(Exception):
-    """The program could not be planned: bad project files or arguments."""
+    """Bad input to the engine (exit 2): project or stack file, arguments. One line each."""
+
+
+class ProgramError(PlanError):
+    """The program raised (exit 2): what to print, and the traceback for --verbose."""
+
+    def __init__(self, lines: list[str], traceback_text: str = ""):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+        self.traceback_text = traceback_text
 
 
 class UnknownInputsError(Exception):
-    """The program passes inputs its provider does not declare."""
+    """The program passes inputs its provider does not declare (exit 1)."""
+
+
+# --------------------------------------------------------------------------- project and stack
 
 
 @dataclass(frozen=True)
@@ -51,45 +81,95 @@ class Project:
     main: Path
     runtime: str
     root: Path
+    # The program's own virtualenv (runtime.options.virtualenv), as Pulumi.yaml names it.
+    virtualenv: str | None = None
+
+    @property
+    def virtualenv_path(self) -> Path | None:
+        return (self.root / self.virtualenv).resolve() if self.virtualenv else None
+
+    @property
+    def requirements(self) -> Path:
+        return self.root / "requirements.txt"
 
 
 def read_project(program_dir: Path) -> Project:
-    path = program_dir / "Pulumi.yaml"
+    path = Path(program_dir) / "Pulumi.yaml"
     if not path.is_file():
         raise PlanError(f"{program_dir}: no Pulumi.yaml: not a Pulumi project directory")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = stack_file.read_mapping(path)
+    except stack_file.StackFileError as exc:
+        raise PlanError(str(exc)) from None
     runtime = raw.get("runtime")
     runtime_name = runtime.get("name") if isinstance(runtime, dict) else runtime
     if runtime_name != "python":
         raise PlanError(
-            f"{path}: runtime is {runtime_name!r}; the offline engine runs python programs"
+            f"{path.name}: runtime is {runtime_name!r}; the offline engine runs python programs"
         )
-    if not raw.get("name"):
-        raise PlanError(f"{path}: 'name' is required")
-    main = (program_dir / raw.get("main", ".")).resolve()
+    if not raw.get("name") or not isinstance(raw["name"], str):
+        raise PlanError(f"{path.name}: 'name' is required (a string)")
+    main = (path.parent / str(raw.get("main", "."))).resolve()
     if not main.exists():
-        raise PlanError(f"{path}: main {raw.get('main')!r} does not exist")
-    return Project(name=raw["name"], main=main, runtime="python", root=program_dir.resolve())
+        raise PlanError(f"{path.name}: main {raw.get('main')!r} does not exist")
+    options = runtime.get("options") if isinstance(runtime, dict) else None
+    options = options if isinstance(options, dict) else {}
+    virtualenv = options.get("virtualenv")
+    if virtualenv is None and options.get("toolchain") == "uv":
+        virtualenv = ".venv"  # uv's default, as the language host uses it
+    if virtualenv is not None and not isinstance(virtualenv, str):
+        raise PlanError(f"{path.name}: runtime.options.virtualenv must be a path (a string)")
+    return Project(
+        name=raw["name"],
+        main=main,
+        runtime="python",
+        root=path.parent.resolve(),
+        virtualenv=virtualenv,
+    )
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A stack's config as the language host hands it to the program."""
+
+    values: dict[str, str]
+    secret_keys: tuple[str, ...] = ()
 
 
 def read_stack_config(path: Path, project: str) -> dict[str, str]:
     """`config:` of `Pulumi.<stack>.yaml` as the language host passes it to the program:
-    `namespace:key` → string, objects and lists JSON-encoded, bare keys in the project's namespace."""
-    if not path.is_file():
-        return {}
-    raw = yaml.safe_load(path.read_text()) or {}
-    config = raw.get("config") or {}
-    if not isinstance(config, dict):
-        raise PlanError(f"{path.name}: 'config' must be a mapping, got {type(config).__name__}")
+    `namespace:key` → string, objects and lists JSON-encoded, bare keys in the project's
+    namespace. A missing file, invalid YAML, the wrong shape or an encrypted value (which
+    needs the Pulumi CLI to decrypt) is a PlanError naming it."""
+    return _stack_config(path, project, {}).values
+
+
+def stack_config(
+    project: Project, stack: str, overrides: Mapping[str, str] | None = None
+) -> StackConfig:
+    """The stack file's config with command-line overrides applied. An encrypted value
+    (`secure:`) must be overridden, and stays a secret as Pulumi keeps it."""
+    return _stack_config(project.root / f"Pulumi.{stack}.yaml", project.name, overrides or {})
+
+
+def _stack_config(path: Path, project: str, overrides: Mapping[str, str]) -> StackConfig:
+    try:
+        stack_file.stack_file(path.parent, path.name.removeprefix("Pulumi.").removesuffix(".yaml"))
+        raw = stack_file.read_stack_config(path, project)
+    except stack_file.StackFileError as exc:
+        raise PlanError(str(exc)) from None
     values: dict[str, str] = {}
-    for key, value in config.items():
-        full = key if ":" in key else f"{project}:{key}"
+    secret_keys: list[str] = []
+    for key, value in raw.items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            raise PlanError(
-                f"{path.name}: {full} is an encrypted secret; pass it with --config {full}=VALUE"
-            )
-        values[full] = value if isinstance(value, str) else json.dumps(value)
-    return values
+            if key not in overrides:
+                raise PlanError(
+                    f"{path.name}: {key} is an encrypted secret; pass it with --config {key}=VALUE"
+                )
+            secret_keys.append(key)
+            continue
+        values[key] = stack_file.config_string(value)
+    return StackConfig({**values, **overrides}, tuple(secret_keys))
 
 
 def parse_overrides(pairs: list[str] | None, project: str) -> dict[str, str]:
@@ -105,36 +185,114 @@ def parse_overrides(pairs: list[str] | None, project: str) -> dict[str, str]:
     return values
 
 
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class PlanResult:
+    """A plan and the input check made where the program ran (against its own SDKs)."""
+
+    inventory: Inventory
+    unknown_inputs: list[str] = field(default_factory=list)
+    unchecked_types: list[str] = field(default_factory=list)
+
+
 def plan(
     program_dir: Path, stack: str, config_overrides: Mapping[str, str] | None = None
 ) -> Inventory:
     """Run the program for one stack and return everything it declares."""
-    project = read_project(Path(program_dir))
-    config = read_stack_config(project.root / f"Pulumi.{stack}.yaml", project.name)
-    config.update(config_overrides or {})
-    gcp_project = config.get("gcp:project", f"{project.name}-{stack}")
-    monitor = RecordingMonitor(PlanMocks(gcp_project))
+    return plan_checked(program_dir, stack, config_overrides, check=False).inventory
 
-    with _program_context(project):
+
+def plan_checked(
+    program_dir: Path,
+    stack: str,
+    config_overrides: Mapping[str, str] | None = None,
+    *,
+    check: bool = True,
+) -> PlanResult:
+    """Plan one stack, in the program's own virtualenv where it has one, and check its
+    inputs against the SDKs the program ran with."""
+    project = read_project(Path(program_dir))
+    config = stack_config(project, stack, config_overrides)
+    python = program_python(project)
+    if python is not None:
+        from tools.program_venv import plan_in_virtualenv
+
+        return plan_in_virtualenv(python, project, stack, config, check=check)
+    inventory = plan_here(project, stack, config)
+    return checks(inventory) if check else PlanResult(inventory)
+
+
+def program_python(project: Project) -> Path | None:
+    """The program virtualenv's interpreter, when it exists and is not the one running now."""
+    venv = project.virtualenv_path
+    if venv is None or not venv.is_dir():
+        return None
+    if venv == Path(sys.prefix).resolve():
+        return None
+    for candidate in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def checks(inventory: Inventory) -> PlanResult:
+    """The unknown-input check over a plan, as text lines (they travel between processes)."""
+    from tools.input_check import check_inputs, unchecked_types
+
+    return PlanResult(
+        inventory, [str(p) for p in check_inputs(inventory)], unchecked_types(inventory)
+    )
+
+
+def missing_module(exc: ModuleNotFoundError, project: Project) -> str:
+    """One line: the module the program imports, where it is missing, and what to do."""
+    name = exc.name or str(exc)
+    venv = project.virtualenv_path
+    where = f"the engine's Python ({sys.prefix})"
+    if venv is not None and venv.is_dir():
+        where = f"the program's virtualenv ({venv})"
+    hint = f"list it in {project.requirements} and install it there"
+    if venv is not None and not venv.is_dir():
+        hint += (
+            f"; Pulumi.yaml names the virtualenv {project.virtualenv!r}, which does not exist"
+            f" (python -m venv {project.virtualenv} && {project.virtualenv}/bin/pip install"
+            " -r requirements.txt)"
+        )
+    return f"the program imports {name!r}, which is not installed in {where}: {hint}"
+
+
+def plan_here(project: Project, stack: str, config: StackConfig) -> Inventory:
+    """Run the program in this process, as a preview, and record what it declares."""
+    monitor = RecordingMonitor(project.name, stack, config)
+    with _program_context(project), _collector_paused():
         settings.configure(
             sdk_mocks.MockSettings(
                 monitor=monitor,
                 monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
-                engine=sdk_mocks.MockEngine(None),
+                engine=sdk_mocks.MockEngine(_program_log()),
                 project=project.name,
                 stack=stack,
-                dry_run=False,
+                dry_run=True,
                 organization="organization",
                 callbacks=None,
             )
         )
         settings.set_root_resource(None)  # type: ignore[arg-type]
-        set_all_config(config)
+        set_all_config(dict(config.values), list(config.secret_keys))
         loop = asyncio.new_event_loop()
+        # The mock monitor answers at once: call it inline rather than through a thread per
+        # registration (no thread hops, and no event loops left behind in worker threads).
+        loop.run_in_executor = _inline_executor(loop)  # type: ignore[method-assign]
         try:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(run_in_stack(lambda: _run_main(project.main)))
+        except Exception as exc:
+            raise program_error(exc, project) from None
         finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(None)
     # Registrations complete in whatever order the event loop runs them: sort for stable plans.
@@ -146,6 +304,50 @@ def plan(
 
 def _run_main(main: Path) -> None:
     runpy.run_path(str(main), run_name="__main__")
+
+
+def _inline_executor(loop: asyncio.AbstractEventLoop) -> Callable[..., asyncio.Future]:
+    def run_in_executor(executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future:
+        future = loop.create_future()
+        try:
+            future.set_result(func(*args))
+        except BaseException as exc:  # handed to the awaiting task, as a thread would
+            future.set_exception(exc)
+        return future
+
+    return run_in_executor
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Run the program with the cyclic garbage collector mostly idle. A plan allocates a few
+    hundred MB of short-lived SDK objects; with the default thresholds the collector walks
+    the whole heap hundreds of times and takes close to half the plan's time."""
+    thresholds = gc.get_threshold()
+    gc.freeze()  # what is imported by now lives for the whole process anyway
+    gc.set_threshold(200_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _program_log() -> logging.Logger:
+    """Where the program's `pulumi.log` warnings and errors go: stderr, as Pulumi prints them."""
+    logger = logging.getLogger("tools.engine.program")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    return logger
+
+
+class _LevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 @contextlib.contextmanager
@@ -168,21 +370,122 @@ def _program_context(project: Project) -> Iterator[None]:
                 del sys.modules[name]
 
 
-class RecordingMonitor(sdk_mocks.MockMonitor):
-    """The SDK's mock monitor, keeping each registration as the Pulumi engine receives it."""
+# --------------------------------------------------------------------------- program errors
 
-    def __init__(self, mocks: PlanMocks):
-        super().__init__(mocks)
+
+def program_error(exc: BaseException, project: Project) -> ProgramError:
+    """What to print for an exception the program raised: a `pulumi.RunError`'s message, one
+    `error:` line per line (Pulumi's error without a stack trace); anything else one line
+    naming the program's own deepest frame and the exception."""
+    import pulumi
+
+    text = "".join(traceback.format_exception(exc))
+    if isinstance(exc, ModuleNotFoundError) and not _is_program_module(exc, project):
+        return ProgramError([missing_module(exc, project)], text)
+    if isinstance(exc, pulumi.RunError):
+        lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        return ProgramError(lines, text)
+    where, raised = _program_frame(exc, project)
+    message = str(raised).strip().splitlines()
+    summary = f"{type(raised).__name__}: {message[0]}" if message else type(raised).__name__
+    return ProgramError([f"{where}: {summary}"], text)
+
+
+def _program_frame(exc: BaseException, project: Project) -> tuple[str, BaseException]:
+    """`file:line in function` of the deepest frame in the program's own files, searched from
+    the original cause outwards, and the exception it belongs to."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for candidate in reversed(chain):
+        frames = [
+            f
+            for f in traceback.extract_tb(candidate.__traceback__)
+            if _is_program_file(f.filename, project)
+        ]
+        if frames:
+            frame = frames[-1]
+            path = Path(frame.filename).resolve()
+            shown = path.relative_to(project.root) if path.is_relative_to(project.root) else path
+            return f"{shown}:{frame.lineno} in {frame.name}", candidate
+    main = project.main.relative_to(project.root) if project.main != project.root else "."
+    return f"{main} (no frame of the program's own)", exc
+
+
+def _is_program_module(exc: ModuleNotFoundError, project: Project) -> bool:
+    """Whether the missing module is one of the program's own (a typo, not a dependency)."""
+    top = (exc.name or "").split(".")[0]
+    program_dir = project.main if project.main.is_dir() else project.main.parent
+    return bool(top) and any(
+        (base / top).exists() or (base / f"{top}.py").exists()
+        for base in (project.root, program_dir)
+    )
+
+
+def _is_program_file(filename: str, project: Project) -> bool:
+    path = Path(filename).resolve()
+    if not path.is_relative_to(project.root) or path.is_relative_to(TOOLS_DIR):
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+# --------------------------------------------------------------------------- the monitor
+
+
+class RecordingMonitor(sdk_mocks.MockMonitor):
+    """The engine's side of the resource monitor, as the Pulumi engine answers it in a preview:
+    every registration recorded, inputs echoed with what the provider derives (tools.mocks),
+    each package's default provider registered on first use."""
+
+    def __init__(self, project: str, stack: str, config: StackConfig):
+        self.provider_inputs: dict[str, dict[str, Any]] = {}
+        self.plan_mocks = PlanMocks(self.provider_inputs)
+        super().__init__(self.plan_mocks)
+        self.project, self.stack = project, stack
+        self.config = config
         self.recorded: list[Resource] = []
         self.outputs: dict[str, Any] = {}
         self.stack_urn: str | None = None
+        self.default_providers: dict[tuple[str, str], str] = {}
+        self.states: dict[str, tuple[str, struct_pb2.Struct]] = {}
+        key = os.environ.get(SECRET_DIGEST_KEY_ENV, "")
+        self.digest_key = bytes.fromhex(key) if key else None
+
+    def urn(self, parent: str, type_: str, name: str) -> str:
+        if parent:
+            type_ = parent.split("::")[2].split("$").pop() + "$" + type_
+        return f"urn:pulumi:{self.stack}::{self.project}::{type_}::{name}"
+
+    # ---- registrations
 
     def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
+        urn = self.urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
-            self.stack_urn = response.urn
-        secrets: list[str] = []
-        inputs = _plain(json_format.MessageToDict(request.object), "", secrets)
+            self.stack_urn = urn
+        is_provider = request.type.startswith("pulumi:providers:")
+        provider = request.provider or None
+        if provider is None and request.custom and not is_provider:
+            provider = self.default_provider(request.type.split(":")[0], request.version)
+        wire, secrets = _decode_struct(request.object)
+        secrets += [o for o in request.additionalSecretOutputs if o in wire]
+        if is_provider:
+            self.provider_inputs[urn] = wire
+        resource_id, derived = self.plan_mocks.outputs(request.type, request.name, wire, provider)
+        state = struct_pb2.Struct()
+        state.CopyFrom(request.object)
+        if request.custom:
+            self.plan_mocks.mark_unknown_fields(request.type, state)
+        if derived:
+            state.update(derived)
+        self.states[urn] = (resource_id or "", state)
+        self._record(request, urn, provider, wire, secrets)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id or "", object=state)
+
+    def _record(
+        self, request: Any, urn: str, provider: str | None, wire: dict, secrets: list[str]
+    ) -> None:
         options = {
             "protect": bool(request.protect),
             "ignoreChanges": list(request.ignoreChanges),
@@ -191,42 +494,168 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
             "retainOnDelete": bool(request.retainOnDelete),
             "dependencies": sorted(request.dependencies),
         }
+        secret_paths = sorted(set(secrets))
         self.recorded.append(
             Resource(
                 type=request.type,
                 name=request.name,
-                urn=response.urn,
+                urn=urn,
                 parent=request.parent or None,
-                provider=request.provider or None,
-                inputs=inputs,
-                secrets=tuple(secrets),
+                provider=provider,
+                inputs=_present(wire, secret_paths),
+                secrets=tuple(secret_paths),
                 custom=bool(request.custom),
                 options=options,
+                secret_digests=self._digests(wire, secret_paths),
             )
         )
-        return response
+
+    def _digests(self, wire: dict, paths: list[str]) -> dict[str, str]:
+        if self.digest_key is None:
+            return {}
+        digests = {}
+        for path in paths:
+            value = json.dumps(_at(wire, path), sort_keys=True, default=str).encode()
+            digests[path] = hmac.new(self.digest_key, value, hashlib.sha256).hexdigest()[:24]
+        return digests
+
+    def default_provider(self, package: str, version: str) -> str:
+        """The reference to the package's default provider, registered on first use as the
+        engine does: `pulumi:providers:<pkg>` named `default_<version>`, its inputs the stack's
+        `<pkg>:*` config (object values as objects), its id unknown until it exists."""
+        if package == "pulumi":
+            return ""
+        if (package, version) not in self.default_providers:
+            name = "default" + (f"_{re.sub(r'[^0-9A-Za-z]', '_', version)}" if version else "")
+            type_ = f"pulumi:providers:{package}"
+            urn = self.urn("", type_, name)
+            inputs: dict[str, Any] = {}
+            secrets: list[str] = []
+            for key, value in sorted(self.config.values.items()):
+                namespace, _, name_in_package = key.partition(":")
+                if namespace != package or not name_in_package:
+                    continue
+                inputs[name_in_package] = _config_value(value)
+                if key in self.config.secret_keys:
+                    secrets.append(name_in_package)
+            if version:
+                inputs["version"] = version
+            self.provider_inputs[urn] = inputs
+            self.recorded.append(
+                Resource(
+                    type=type_,
+                    name=name,
+                    urn=urn,
+                    parent=None,
+                    provider=None,
+                    inputs=_present(inputs, secrets),
+                    secrets=tuple(secrets),
+                    custom=True,
+                    options={},
+                    secret_digests=self._digests(inputs, secrets),
+                )
+            )
+            self.default_providers[(package, version)] = f"{urn}::{UNKNOWN_WIRE}"
+        return self.default_providers[(package, version)]
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
         if request.urn == self.stack_urn:
-            self.outputs = _plain(json_format.MessageToDict(request.outputs), "", [])
+            wire, secrets = _decode_struct(request.outputs)
+            self.outputs = _present(wire, secrets)
         return super().RegisterResourceOutputs(request)
 
+    # ---- reads and invokes (answered inline, without the SDK mock's thread-side event loop)
 
-def _plain(value: Any, path: str, secrets: list[str]) -> Any:
-    """Wire-format property values → plain JSON: secrets unwrapped (their paths noted),
-    resource references as their URN, unknowns as a marker."""
-    if isinstance(value, dict):
-        sig = value.get(SIG_KEY)
-        if sig == SECRET:
+    def ReadResource(self, request: Any) -> Any:
+        urn = self.urn(request.parent, request.type, request.name)
+        wire, _ = _decode_struct(request.properties)
+        _, derived = self.plan_mocks.outputs(request.type, request.name, wire, request.provider)
+        state = struct_pb2.Struct()
+        state.CopyFrom(request.properties)
+        if derived:
+            state.update(derived)
+        self.states[urn] = (request.id, state)
+        return resource_pb2.ReadResourceResponse(urn=urn, properties=state)
+
+    def Invoke(self, request: Any) -> Any:
+        args, _ = _decode_struct(request.args)
+        result = struct_pb2.Struct()
+        if request.tok == "pulumi:pulumi:getResource":
+            resource_id, state = self.states.get(str(args.get("urn")), ("", struct_pb2.Struct()))
+            result.update({"urn": args.get("urn"), "id": resource_id})
+            result.get_or_create_struct("state").CopyFrom(state)
+        else:
+            provider = request.provider or self.default_provider(
+                request.tok.split(":")[0], request.version
+            )
+            answer, _ = self.plan_mocks.call(
+                sdk_mocks.MockCallArgs(token=request.tok, args=args, provider=provider)
+            )
+            result.update(answer)
+        return resource_pb2.ResourceInvokeResponse(**{"return": result, "failures": []})
+
+
+def _config_value(value: str) -> Any:
+    """A config value as a provider's input: objects and lists (JSON) as themselves."""
+    if value[:1] in "[{":
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
+
+
+# --------------------------------------------------------------------------- wire values
+
+
+def _decode_struct(struct: struct_pb2.Struct) -> tuple[dict[str, Any], list[str]]:
+    """A wire Struct as plain values: secrets unwrapped (their paths collected), resource
+    references as their URN, unknowns as Pulumi's unknown sentinel, whole numbers as int."""
+    secrets: list[str] = []
+    return {k: _decode(v, k, secrets) for k, v in struct.fields.items()}, secrets
+
+
+def _decode(value: struct_pb2.Value, path: str, secrets: list[str]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        fields = value.struct_value.fields
+        sig = fields[SIG_KEY].string_value if SIG_KEY in fields else None
+        if sig == SECRET_SIG:
             secrets.append(path)
-            return _plain(value.get("value"), path, secrets)
+            return _decode(fields["value"], path, secrets) if "value" in fields else None
         if sig == RESOURCE_SIG:
-            return value.get("urn")
-        return {k: _plain(v, f"{path}.{k}" if path else k, secrets) for k, v in value.items()}
+            return fields["urn"].string_value
+        return {k: _decode(v, f"{path}.{k}" if path else k, secrets) for k, v in fields.items()}
+    if kind == "list_value":
+        return [_decode(v, f"{path}[{i}]", secrets) for i, v in enumerate(value.list_value.values)]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() else number
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _present(value: Any, secret_paths: list[str], path: str = "") -> Any:
+    """Plain values as the inventory shows them: secrets masked, unknowns marked."""
+    if path in secret_paths and value is not None:
+        return SECRET
+    if isinstance(value, dict):
+        return {
+            k: _present(v, secret_paths, f"{path}.{k}" if path else k) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_plain(v, f"{path}[{i}]", secrets) for i, v in enumerate(value)]
-    if value == UNKNOWN:
-        return UNKNOWN_MARK
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return [_present(v, secret_paths, f"{path}[{i}]") for i, v in enumerate(value)]
+    if value == UNKNOWN_WIRE:
+        return UNKNOWN
+    return value
+
+
+def _at(value: Any, path: str) -> Any:
+    """The value at a secret path (`a.b[0].c`) of plain values."""
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        if index:
+            value = value[int(index)] if isinstance(value, list) else None
+        else:
+            value = value.get(key) if isinstance(value, dict) else None
     return value

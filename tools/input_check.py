@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
-import importlib
 import re
 import typing
 from dataclasses import dataclass
@@ -20,10 +19,11 @@ from functools import cache
 from typing import Any
 
 from pulumi import _types as sdk_types
-from pulumi.runtime import rpc
 
-from tools.crd_models import crd_problems, spec_model
 from tools.inventory import Inventory, Resource
+from tools.sdk_types import args_class, input_fields
+
+__all__ = ["UnknownInput", "args_class", "check_inputs", "closest", "unchecked_types"]
 
 # Inputs the SDK itself adds to every provider registration.
 PROVIDER_PLUMBING = {"version", "pluginDownloadURL"}
@@ -62,24 +62,40 @@ def check_inputs(inventory: Inventory) -> list[UnknownInput]:
         if args_cls is not None:
             ignore = PROVIDER_PLUMBING if resource.type.startswith("pulumi:providers:") else set()
             problems += _walk(resource, resource.inputs, _shape_of_class(args_cls), "", ignore)
-        elif spec_model(resource) is not None:
+        elif _crd_models() is not None and _crd_models().spec_model(resource) is not None:
             metadata = resource.inputs.get("metadata")
             problems += _walk(
                 resource, metadata, _shape_of_class(_object_meta()), "metadata", set()
             )
-            problems += [UnknownInput(resource, *problem) for problem in crd_problems(resource)]
+            problems += [
+                UnknownInput(resource, *problem) for problem in _crd_models().crd_problems(resource)
+            ]
     return problems
 
 
 def unchecked_types(inventory: Inventory) -> list[str]:
     """Custom resource types neither an installed SDK nor a CRD model describes."""
+    models = _crd_models()
     return sorted(
         {
             r.type
             for r in inventory.resources
-            if r.custom and args_class(r.type) is None and spec_model(r) is None
+            if r.custom
+            and args_class(r.type) is None
+            and (models is None or models.spec_model(r) is None)
         }
     )
+
+
+@cache
+def _crd_models() -> Any:
+    """tools.crd_models, or None where pydantic is missing (a program's own virtualenv needs
+    only pulumi and its SDKs): custom resources are then listed as not checked."""
+    try:
+        from tools import crd_models
+    except ImportError:
+        return None
+    return crd_models
 
 
 def _object_meta() -> type:
@@ -89,27 +105,8 @@ def _object_meta() -> type:
 
 
 @cache
-def args_class(type_token: str) -> type | None:
-    """The SDK's `*Args` class for a resource type token, if the package is installed."""
-    pkg, _, rest = type_token.partition(":")
-    if pkg == "pulumi" and rest.startswith("providers:"):
-        package = rpc._RESOURCE_PACKAGES.get(rest.removeprefix("providers:"))
-        if not package:
-            return None
-        info = package[0].pkg_info  # type: ignore[attr-defined]
-        return getattr(importlib.import_module(info["fqn"]), f"{info['class']}Args", None)
-    module_name = rest.rsplit(":", 1)[0]
-    for module in rpc._RESOURCE_MODULES.get(f"{pkg}:{module_name}", []):
-        info = getattr(module, "mod_info", None) or {}
-        class_name = info.get("classes", {}).get(type_token)
-        if class_name:
-            return getattr(importlib.import_module(info["fqn"]), f"{class_name}Args", None)
-    return None
-
-
-@cache
 def _shape_of_class(cls: type) -> Shape:
-    return Shape("object", fields=sdk_types.input_type_types(cls))
+    return Shape("object", fields=input_fields(cls))
 
 
 def _shape(annotation: Any) -> Shape:

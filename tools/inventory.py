@@ -1,16 +1,29 @@
-"""The inventory: every resource a plan declares, as the Pulumi engine and a policy pack see it."""
+"""The inventory: every resource a plan declares, as the Pulumi engine and a policy pack see it.
+
+Values a preview cannot know yet (a provider computes them) are the string `UNKNOWN`; secret
+values are the string `SECRET`, their paths kept in `Resource.secrets`. Both markers are what
+every JSON file and every line the engine writes shows.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# A value known only after the update (Pulumi's preview shows "(known after apply)").
+UNKNOWN = "[unknown]"
+# A secret value: masked wherever the engine writes or prints; its path is kept.
+SECRET = "[secret]"
+
 # "us-central1" or a zone of it ("us-central1-a"); multi-regions such as "US" are global.
 _REGION_RE = re.compile(r"^([a-z]+-[a-z]+\d+)(-[a-z])?$")
+# The inputs that place a resource, in the order a resource's own region is read from them.
+PLACEMENT_INPUTS = ("region", "location", "zone")
 
 
 def provider_urn(reference: str | None) -> str | None:
@@ -26,20 +39,32 @@ class Resource:
     parent: str | None
     provider: str | None
     inputs: dict[str, Any]
-    # Input paths (dotted) whose values are secrets: masked in any rendering.
+    # Input paths (dotted) whose values are secrets: their values are SECRET.
     secrets: tuple[str, ...] = ()
     custom: bool = True
     # Resource options as the engine receives them (protect, ignoreChanges, dependsOn ...).
     options: dict[str, Any] = field(default_factory=dict)
+    # Secret path -> a keyed digest of its value, so two plans made with the same key (a diff's
+    # two sides) can tell a changed secret from an unchanged one without either value.
+    secret_digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def own_region(self) -> str | None:
         """The region named by the resource's own inputs (region, location or zone)."""
-        for key in ("region", "location", "zone"):
-            value = self.inputs.get(key)
-            if isinstance(value, str) and (match := _REGION_RE.match(value)):
-                return match.group(1)
-        return None
+        return region_of(self.inputs)
+
+    @property
+    def is_provider(self) -> bool:
+        return self.type.startswith("pulumi:providers:")
+
+
+def region_of(inputs: dict[str, Any]) -> str | None:
+    """The region that inputs (a resource's, or a provider's defaults) name, if any."""
+    for key in PLACEMENT_INPUTS:
+        value = inputs.get(key)
+        if isinstance(value, str) and (match := _REGION_RE.match(value)):
+            return match.group(1)
+    return None
 
 
 @dataclass
@@ -63,16 +88,34 @@ class Inventory:
     def by_urn(self) -> dict[str, Resource]:
         return {r.urn: r for r in self.resources}
 
-    def regions(self) -> dict[str, str | None]:
-        """Each resource's region by URN: its own, else its parent's, else its provider's."""
+    def regions(self, takes_default: Callable[[str], bool] | None = None) -> dict[str, str | None]:
+        """Each resource's effective region by URN: its own inputs' (region, location, zone),
+        else its provider's default region when the resource takes one, else its parent's,
+        else its provider's.
+
+        `takes_default(type)` says whether a type left without a region input is placed in its
+        provider's default region (the SDK declares a `region` or `zone` input for it); by
+        default the SDK installed here is asked (tools.sdk_types).
+        """
+        if takes_default is None:
+            from tools.sdk_types import takes_default_region
+
+            takes_default = takes_default_region
         index = self.by_urn()
         found: dict[str, str | None] = {}
+
+        def provider_default(resource: Resource) -> str | None:
+            provider = index.get(provider_urn(resource.provider) or "")
+            if provider is None or not takes_default(resource.type):
+                return None
+            return region_of(provider.inputs)
 
         def resolve(resource: Resource, depth: int = 0) -> str | None:
             if resource.urn not in found:
                 # A provider's region is only a default for its resources, not where it lives.
-                is_provider = resource.type.startswith("pulumi:providers:")
-                region = None if is_provider else resource.own_region
+                region = None if resource.is_provider else resource.own_region
+                if region is None and resource.custom and not resource.is_provider:
+                    region = provider_default(resource)
                 refs = (resource.parent, provider_urn(resource.provider))
                 for ref in refs:
                     if region is None and ref in index and depth < 64:
@@ -89,6 +132,7 @@ class Inventory:
         for r in self.resources:
             row = asdict(r)
             row["secrets"] = list(r.secrets)
+            row["secretDigests"] = row.pop("secret_digests")
             resources.append(row)
         return {
             "stack": self.stack,
@@ -103,18 +147,23 @@ class Inventory:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Inventory:
-        resources = [
-            Resource(**{**row, "secrets": tuple(row.get("secrets", ()))})
-            for row in data["resources"]
-        ]
+        resources = []
+        for row in data["resources"]:
+            fields = {k: v for k, v in row.items() if k != "secretDigests"}
+            fields["secrets"] = tuple(row.get("secrets", ()))
+            fields["secret_digests"] = dict(row.get("secretDigests") or {})
+            resources.append(Resource(**fields))
         return cls(data["stack"], data["project"], resources, data.get("outputs", {}))
 
     def summary(self) -> str:
-        """A table of resource counts by type and by region, for a terminal."""
+        """A table of resource counts by type and by effective region, for a terminal."""
         by_type = Counter(r.type for r in self.resources)
         regions = self.regions()
-        # Components group resources; only custom resources exist somewhere in the cloud.
-        by_region = Counter(regions[r.urn] or "global" for r in self.resources if r.custom)
+        # Components group resources and providers configure them; only the other custom
+        # resources exist somewhere in the cloud.
+        by_region = Counter(
+            regions[r.urn] or "global" for r in self.resources if r.custom and not r.is_provider
+        )
         width = max((len(t) for t in by_type), default=4)
         components = sum(not r.custom for r in self.resources)
         lines = [

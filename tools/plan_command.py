@@ -1,4 +1,11 @@
-"""`python -m tools plan`: run a stack's program offline and print or save its inventory."""
+"""`python -m tools plan`: run a stack's program offline and print or save its inventory.
+
+Also the exit-code contract every command keeps (`run_guarded`): 0 ok; 1 the check failed
+(mandatory policy violations, inputs the provider does not know, a diff's head that cannot be
+planned); 2 the input is wrong (arguments, project or stack file, stack configuration, a
+program that raises), printed as `error:` lines with no traceback unless `--verbose`; 3 the
+engine itself failed (a bug: `--verbose` shows where).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,20 @@ import argparse
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
-from tools.engine import PlanError, UnknownInputsError, parse_overrides, plan, read_project
-from tools.input_check import check_inputs, unchecked_types
+from tools.engine import (
+    PlanError,
+    ProgramError,
+    UnknownInputsError,
+    parse_overrides,
+    plan_checked,
+    read_project,
+)
 from tools.inventory import Inventory
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def add_program_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +46,15 @@ def add_program_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="report inputs the provider does not know as warnings instead of errors",
     )
+    add_verbose_argument(parser)
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print the full traceback when the program (or the engine) raises",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,45 +70,53 @@ def plan_from_args(args: argparse.Namespace) -> Inventory:
     overrides = parse_overrides(args.config, project.name)
     print(f"planning {project.name} stack {args.stack} ({project.root}) ...", file=sys.stderr)
     started = time.perf_counter()
-    inventory = plan(args.program, args.stack, overrides)
+    result = plan_checked(args.program, args.stack, overrides)
     elapsed = time.perf_counter() - started
+    inventory = result.inventory
     print(f"planned {len(inventory.resources)} resources in {elapsed:.1f}s", file=sys.stderr)
-    _check_inputs(inventory, allow_unknown=args.allow_unknown_inputs)
-    return inventory
-
-
-def _check_inputs(inventory: Inventory, allow_unknown: bool) -> None:
-    """Unknown inputs fail the plan (a real `pulumi up` would reject or ignore them)."""
-    unknown = check_inputs(inventory)
-    level = "warning" if allow_unknown else "error"
-    for problem in unknown:
+    level = "warning" if args.allow_unknown_inputs else "error"
+    for problem in result.unknown_inputs:
         print(f"{level}: {problem}", file=sys.stderr)
-    for type_token in unchecked_types(inventory):
+    for type_token in result.unchecked_types:
         print(
             f"note: inputs of {type_token} not checked: no SDK class or CRD model", file=sys.stderr
         )
-    if unknown and not allow_unknown:
+    # Unknown inputs fail the plan (a real `pulumi up` would reject or ignore them).
+    if result.unknown_inputs and not args.allow_unknown_inputs:
         raise UnknownInputsError(
-            f"{len(unknown)} input(s) the provider does not know; fix them, or pass"
-            " --allow-unknown-inputs to report them as warnings"
+            f"{len(result.unknown_inputs)} input(s) the provider does not know; fix them, or"
+            " pass --allow-unknown-inputs to report them as warnings"
         )
+    return inventory
 
 
-def run_guarded(action, args: argparse.Namespace) -> int:
-    """Run a command: project errors exit 2 with their message, a failing program exits 1
-    with its traceback."""
+def run_guarded(action: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command under the exit-code contract (see the module docstring)."""
+    verbose = bool(getattr(args, "verbose", False))
     try:
         return action(args)
+    except ProgramError as exc:
+        if verbose and exc.traceback_text:
+            sys.stderr.write(exc.traceback_text)
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except PlanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except UnknownInputsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # the program under plan raised: show it as Pulumi would
-        traceback.print_exc()
-        print(f"\nerror: the program failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CHECK_FAILED
+    except Exception as exc:  # a fault of the engine itself, never of the input
+        if verbose:
+            traceback.print_exc()
+        print(
+            f"error: internal error in the offline engine: {type(exc).__name__}: {exc}"
+            + ("" if verbose else " (--verbose shows the traceback)"),
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -187,7 +187,7 @@ def test_new_topic_is_an_add_and_a_removed_one_a_delete(result: StackDiff, rende
     assert result.count("add") == 1 and result.count("remove") == 1
     # Updated: the cluster, topic ticks and the secret (labels), the secret version, the map.
     assert result.count("update") == 5 and result.count("replace") == 1
-    assert result.unchanged == 1  # the stack itself
+    assert result.unchanged == 3  # the stack, and the default providers of gcp and kubernetes
     assert "+  gcp:pubsub/topic:Topic alerts" in rendered["text"]
     assert "-  gcp:pubsub/topic:Topic legacy" in rendered["text"]
     assert "| dev | 1 |" in rendered["markdown"]

@@ -93,6 +93,7 @@ def test_closest_name_compares_snake_case_as_camel_case():
 
 def test_unmodelled_custom_resources_are_listed_as_unchecked(tmp_path: Path):
     (tmp_path / "Pulumi.yaml").write_text("name: crd\nruntime: python\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text("")  # an empty stack file: no config
     (tmp_path / "__main__.py").write_text(
         "import pulumi_kubernetes as k8s\n"
         "k8s.apiextensions.CustomResource('w', api_version='acme.io/v1', kind='Widget', spec={'x': 1})\n"

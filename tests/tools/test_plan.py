@@ -125,28 +125,6 @@ def test_config_override_reaches_the_program():
     ]
 
 
-def test_failing_program_exits_non_zero_with_its_traceback(tmp_path: Path):
-    (tmp_path / "Pulumi.yaml").write_text("name: broken\nruntime: python\n")
-    (tmp_path / "__main__.py").write_text(
-        "import pulumi\n\ndef build():\n    raise RuntimeError('boom in build')\n\nbuild()\n"
-    )
-    result = run_tools("plan", "--stack", "dev", "--program", str(tmp_path), timeout=60)
-    assert result.returncode == 1
-    assert "Traceback" in result.stderr and "in build" in result.stderr
-    assert "RuntimeError: boom in build" in result.stderr
-
-
-def test_bad_stack_config_fails_naming_the_key():
-    result = run_tools(
-        "plan", "--stack", "dev", "--config", 'signal-platform:budget={"monthlyUsd": -5}'
-    )
-    assert result.returncode == 1
-    assert (
-        "Pulumi.dev.yaml: signal-platform:budget.monthlyUsd: budget must be positive"
-        in result.stderr
-    )
-
-
 def test_not_a_project_and_bad_override_are_usage_errors(tmp_path: Path):
     with pytest.raises(PlanError, match=r"no Pulumi\.yaml"):
         read_project(tmp_path)
