@@ -7,18 +7,25 @@ from collections.abc import Mapping
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.identity import KeyRing
+
+REGISTRY_API = "artifactregistry.googleapis.com"
+STORAGE_API = "storage.googleapis.com"
 KEEP_RELEASES = 20  # image versions kept per package; older untagged ones are cleaned up
 
 
 class ArtifactStore(pulumi.ComponentResource):
-    """Where the platform's images and models live, encrypted with the primary region's key."""
+    """Where the platform's images and models live, encrypted with the primary region's
+    `artifacts` key. Artifact Analysis scans every image pushed to the registry (the
+    `containerscanning` API is on and the repository inherits it): the platform's image
+    scanning, now that GKE's own workload scanning is deprecated."""
 
     def __init__(
         self,
         name: str,
         project_id: str,
         location: str,
-        kms_key: gcp.kms.CryptoKey,
+        keys: KeyRing,
         model_readers: Mapping[str, pulumi.Input[str]],
         image_readers: Mapping[str, pulumi.Input[str]],
         labels: Mapping[str, str],
@@ -28,6 +35,7 @@ class ArtifactStore(pulumi.ComponentResource):
     ):
         super().__init__("signal:infra:ArtifactStore", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        kms_key = keys.keys["artifacts"]
 
         self.registry = gcp.artifactregistry.Repository(
             f"{name}-images",
@@ -37,6 +45,7 @@ class ArtifactStore(pulumi.ComponentResource):
             description="signal-platform images, pinned by digest in prod",
             kms_key_name=kms_key.id,
             docker_config={"immutable_tags": True},
+            vulnerability_scanning_config={"enablement_config": "INHERITED"},
             cleanup_policies=[
                 {
                     "id": "keep-recent",
@@ -50,7 +59,10 @@ class ArtifactStore(pulumi.ComponentResource):
                 },
             ],
             labels=dict(labels),
-            opts=child,
+            # Artifact Registry's agent encrypts with the key: its grant comes first.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=keys.grants_for("artifacts", REGISTRY_API)
+            ),
         )
         for reader, member in image_readers.items():
             gcp.artifactregistry.RepositoryIamMember(
@@ -79,7 +91,10 @@ class ArtifactStore(pulumi.ComponentResource):
             ],
             force_destroy=force_destroy,
             labels=dict(labels),
-            opts=child,
+            # Cloud Storage's agent encrypts with the key: its grant comes first.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=keys.grants_for("artifacts", STORAGE_API)
+            ),
         )
         for reader, member in model_readers.items():
             gcp.storage.BucketIAMMember(

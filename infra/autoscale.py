@@ -28,16 +28,18 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.cluster import RESTRICTED_CONTAINER, k8s_labels
 from infra.config import IntelligenceSettings, SignalServiceWorkload
-from infra.workloads import (
-    MERGED_METRICS_PORT,
+from infra.kube import (
     METADATA_SERVER,
-    MONITORING_NAMESPACE,
+    METRICS_SCRAPING_POLICY,
+    RESTRICTED_CONTAINER,
     api_object,
-    baseline_policies,
+    disruption_budget,
+    k8s_labels,
     network_policy,
+    pod_monitoring,
 )
+from infra.mesh import baseline_policies
 
 NAMESPACE = "signal-intelligence"
 SERVICE_ACCOUNT = "signal-intelligence"
@@ -193,29 +195,11 @@ class Intelligence(pulumi.ComponentResource):
             self.deployments[app] = self._deployment(
                 app, port, module, config_file, image, after_config
             )
-            self.disruption_budgets[app] = k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-pdb-{app}",
-                metadata={"name": app, "namespace": NAMESPACE, "labels": k8s_labels(labels, app)},
-                spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": {"app": app}}}),
-                opts=in_namespace,
+            self.disruption_budgets[app] = disruption_budget(
+                f"{name}-pdb-{app}", app, NAMESPACE, labels, in_namespace
             )
-            self.pod_monitors[app] = k8s.apiextensions.CustomResource(
-                f"{name}-monitor-{app}",
-                api_version="monitoring.googleapis.com/v1",
-                kind="PodMonitoring",
-                metadata={"name": app, "namespace": NAMESPACE, "labels": k8s_labels(labels, app)},
-                spec={
-                    "selector": {"matchLabels": {"app": app}},
-                    # The sidecar serves the app's metrics merged with its own, outside mTLS.
-                    "endpoints": [
-                        {
-                            "port": MERGED_METRICS_PORT,
-                            "path": "/stats/prometheus",
-                            "interval": "30s",
-                        }
-                    ],
-                },
-                opts=in_namespace,
+            self.pod_monitors[app] = pod_monitoring(
+                f"{name}-monitor-{app}", app, NAMESPACE, labels, "30s", in_namespace
             )
         # Mesh: nothing calls these services; deny every request to them.
         self.default_deny = k8s.apiextensions.CustomResource(
@@ -229,24 +213,7 @@ class Intelligence(pulumi.ComponentResource):
         policies: dict[str, dict[str, Any]] = {
             # DNS, istiod, the metadata server (tokens) and Google APIs (Cloud Monitoring).
             **baseline_policies(tracing_collector),
-            "allow-metrics-scraping": {
-                "podSelector": {},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "from": [
-                            {
-                                "namespaceSelector": {
-                                    "matchLabels": {
-                                        "kubernetes.io/metadata.name": MONITORING_NAMESPACE
-                                    }
-                                }
-                            }
-                        ],
-                        "ports": [{"protocol": "TCP", "port": MERGED_METRICS_PORT}],
-                    }
-                ],
-            },
+            "allow-metrics-scraping": METRICS_SCRAPING_POLICY,
         }
         self.network_policies = {
             policy: network_policy(f"{name}-netpol-{policy}", policy, NAMESPACE, spec, labels, self)

@@ -1,5 +1,14 @@
 """GKE: one regional Standard cluster per region, its node pools and the Kubernetes API on it.
 
+The Kubernetes API is reached through GKE's Connect Gateway, not the control plane's endpoint:
+each cluster is registered to the project's fleet (`gcp.gkehub.Membership`) and the
+`pulumi_kubernetes.Provider` talks to `connectgateway.googleapis.com`, authenticated by
+`gke-gcloud-auth-plugin` as whoever runs `pulumi up`. Why the gateway rather than a
+self-hosted CI runner inside the VPC: the control planes stay private (prod has no public
+endpoint at all, dev accepts only 10.0.0.0/8), nothing extra runs or is patched in the VPC,
+and CI keeps GitHub's hosted runners; access is IAM (`roles/gkehub.gatewayEditor`) plus the
+cluster's own RBAC, both declared here per `cluster.deployers`.
+
 Spot-first GPU capacity: GPU pools are spot unless configured otherwise, each with an
 on-demand twin in prod (config rejects a spot pool without one). A GKE ComputeClass lists the
 pools spot first, so the autoscaler adds spot nodes while Compute Engine has them and falls back
@@ -10,6 +19,7 @@ Cloud Monitoring through) and the per-cluster `pulumi_kubernetes.Provider` live 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +28,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.config import ClusterSettings, GpuPool, NodePoolBase, NodePools, RegionConfig
+from infra.identity import KeyRing, workload_pool
+from infra.kube import api_object, k8s_labels, role_ref
 
 # Node taints and labels the workloads select and tolerate.
 GPU_TAINT: gcp.container.NodePoolNodeConfigTaintArgsDict = {
@@ -39,6 +51,11 @@ INFERENCE_PRIORITY = "signal-inference"
 BATCH_PRIORITY = "signal-batch"
 PRIORITY_VALUES = {INFERENCE_PRIORITY: 100_000, BATCH_PRIORITY: 1_000}
 
+# GKE's managed DCGM metrics (monitoringConfig.enableComponents DCGM): GPU utilisation in
+# percent, per GPU, time-shared GPUs included (GKE docs, "Collect and view DCGM metrics").
+GPU_UTILIZATION = "DCGM_FI_DEV_GPU_UTIL"
+MONITORED_COMPONENTS = ("SYSTEM_COMPONENTS", "DEPLOYMENT", "HPA", "POD", "DCGM")
+
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 LEGACY_METADATA_OFF = {"disable-legacy-endpoints": "true"}
 
@@ -57,15 +74,23 @@ def cluster_name(region: str) -> str:
     return f"signal-{region}"
 
 
-def kubeconfig(name: str, endpoint: str, ca_certificate: str) -> str:
-    """A kubeconfig that authenticates with `gke-gcloud-auth-plugin` (no keys in state)."""
+def gateway_server(project_number: str, location: str, membership: str) -> str:
+    """The Connect Gateway endpoint of a fleet membership: the cluster's Kubernetes API."""
+    return (
+        "https://connectgateway.googleapis.com/v1/projects/"
+        f"{project_number}/locations/{location}/gkeMemberships/{membership}"
+    )
+
+
+def kubeconfig(name: str, server: str) -> str:
+    """A kubeconfig for the Connect Gateway that authenticates with `gke-gcloud-auth-plugin`
+    (no keys in state; the gateway serves Google's public certificate, so no CA is pinned)."""
     return f"""apiVersion: v1
 kind: Config
 clusters:
 - name: {name}
   cluster:
-    server: https://{endpoint}
-    certificate-authority-data: {ca_certificate}
+    server: {server}
 contexts:
 - name: {name}
   context:
@@ -82,6 +107,30 @@ users:
       provideClusterInfo: true
       interactiveMode: Never
 """
+
+
+def rbac_subject(member: str) -> dict[str, str]:
+    """The RBAC subject GKE authenticates an IAM member as: users and service accounts by
+    their email, groups (Google Groups for RBAC) as groups."""
+    kind, email = member.split(":", 1)
+    return {
+        "kind": "Group" if kind == "group" else "User",
+        "name": email,
+        "apiGroup": "rbac.authorization.k8s.io",
+    }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """How a cluster joins the project's fleet and who reaches it through Connect Gateway."""
+
+    project_number: pulumi.Input[str]
+    # What the membership waits for: the fleet API and the hub's service agent.
+    membership_ready: Sequence[pulumi.Resource]
+    # What the gateway needs before the first Kubernetes call: its API and the deployers'
+    # gateway roles.
+    gateway_ready: Sequence[pulumi.Resource]
+    deployers: Sequence[str]  # IAM members bound to cluster-admin
 
 
 def hardened_node_config(
@@ -119,6 +168,42 @@ def hardened_node_config(
     }
 
 
+# What a deployer needs on the project to call the Kubernetes API through the gateway
+# (Connect gateway docs, "Grant IAM roles to users"): read the memberships, and the gateway's
+# read-write role; the cluster's RBAC then decides what it may do inside.
+GATEWAY_ROLES = ("roles/gkehub.gatewayEditor", "roles/gkehub.viewer")
+
+
+class GatewayAccess(pulumi.ComponentResource):
+    """The deployers' IAM on the project for Connect Gateway (their RBAC is per cluster)."""
+
+    def __init__(
+        self,
+        name: str,
+        project_id: str,
+        deployers: Sequence[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:GatewayAccess", name, None, opts)
+        self.grants = [
+            gcp.projects.IAMMember(
+                f"{name}-{_slug(member)}-{role.rsplit('.', 1)[-1].lower()}",
+                project=project_id,
+                role=role,
+                member=member,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for member in deployers
+            for role in GATEWAY_ROLES
+        ]
+        self.register_outputs({"deployers": list(deployers)})
+
+
+def _slug(member: str) -> str:
+    """`serviceAccount:ci@p.iam.gserviceaccount.com` → `ci`: a resource-name part."""
+    return re.sub(r"[^a-z0-9]+", "-", member.split(":", 1)[-1].split("@")[0].lower()).strip("-")
+
+
 def spot_first(pools: Sequence[GpuPool]) -> list[GpuPool]:
     """The ComputeClass order: spot pools, then on-demand ones, each in config order."""
     return [p for p in pools if p.spot] + [p for p in pools if not p.spot]
@@ -133,16 +218,23 @@ class GkeCluster(pulumi.ComponentResource):
         region: RegionConfig,
         project_id: str,
         network: ClusterNetwork,
-        secrets_key: pulumi.Input[str],
-        disk_key: pulumi.Input[str],
+        keys: KeyRing,
         node_accounts: Mapping[str, pulumi.Input[str]],
         gpu_zones: Mapping[str, Sequence[str]],
+        fleet: Fleet,
         labels: Mapping[str, str],
         deletion_protection: bool,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`keys`: the region's key ring; the cluster encrypts Kubernetes secrets with its
+        `gke-secrets` key and every boot disk with its `disks` key, and waits for the grants
+        that let GKE's and Compute Engine's agents use them."""
         super().__init__("signal:infra:GkeCluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        secrets_key = keys.keys["gke-secrets"].id
+        disk_key = keys.keys["disks"].id
+        # Node pools create boot disks with the disks key: Compute Engine's agent must hold it.
+        disks_ready = keys.grants_for("disks")
+        child = pulumi.ResourceOptions(parent=self, depends_on=disks_ready)
         settings: ClusterSettings = region.cluster
         pools: NodePools = region.node_pools
         zones = list(region.zones[: settings.node_zones])
@@ -198,7 +290,7 @@ class GkeCluster(pulumi.ComponentResource):
             master_auth={"client_certificate_config": {"issue_client_certificate": False}},
             enable_legacy_abac=False,
             enable_kubernetes_alpha=False,
-            workload_identity_config={"workload_pool": f"{project_id}.svc.id.goog"},
+            workload_identity_config={"workload_pool": workload_pool(project_id)},
             release_channel={"channel": settings.release_channel},
             min_master_version=settings.kubernetes_minor_version,
             datapath_provider="ADVANCED_DATAPATH",  # Dataplane V2: eBPF NetworkPolicy
@@ -211,8 +303,10 @@ class GkeCluster(pulumi.ComponentResource):
             },
             database_encryption={"state": "ENCRYPTED", "key_name": secrets_key},
             logging_config={"enable_components": ["SYSTEM_COMPONENTS", "WORKLOADS"]},
+            # DCGM: GKE's managed DCGM exporter, whose GPU metrics the Triton HPA and the GPU
+            # alert read; it needs Managed Prometheus and GKE-installed GPU drivers.
             monitoring_config={
-                "enable_components": ["SYSTEM_COMPONENTS", "DEPLOYMENT", "HPA", "POD"],
+                "enable_components": list(MONITORED_COMPONENTS),
                 "managed_prometheus": {"enabled": True},
             },
             addons_config={
@@ -234,7 +328,15 @@ class GkeCluster(pulumi.ComponentResource):
             },
             resource_labels=dict(labels),
             deletion_protection=deletion_protection,
-            opts=pulumi.ResourceOptions(parent=self, protect=deletion_protection),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                protect=deletion_protection,
+                depends_on=[*keys.grants_for("gke-secrets"), *disks_ready],
+                # The node pools below own the nodes: once GKE removes the default pool, the
+                # cluster reports other node settings than `node_config`, and a diff on it
+                # would replace the cluster (refused under `protect` in prod).
+                ignore_changes=["nodeConfig", "nodePools"],
+            ),
         )
 
         self.system_pool = gcp.container.NodePool(
@@ -313,17 +415,33 @@ class GkeCluster(pulumi.ComponentResource):
         # One accelerator type across the pools: workloads can also select it by node label.
         self.accelerator = accelerators.pop() if len(accelerators) == 1 else None
 
+        # The fleet membership Connect Gateway reaches the cluster through.
+        self.membership = gcp.gkehub.Membership(
+            f"{name}-membership",
+            membership_id=self.name,
+            location=region.name,
+            endpoint={
+                "gke_cluster": {
+                    "resource_link": self.cluster.id.apply(
+                        lambda cluster_id: f"//container.googleapis.com/{cluster_id}"
+                    )
+                }
+            },
+            labels=dict(labels),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(fleet.membership_ready)),
+        )
         self.kubeconfig = pulumi.Output.all(
-            self.cluster.name,
-            self.cluster.endpoint,
-            self.cluster.master_auth.cluster_ca_certificate,
-        ).apply(lambda a: kubeconfig(a[0], a[1], a[2]))
+            fleet.project_number, self.membership.membership_id
+        ).apply(lambda a: kubeconfig(self.name, gateway_server(a[0], region.name, a[1])))
         # Parent: the cluster itself, so every Kubernetes object resolves to its region.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             enable_server_side_apply=True,
-            opts=pulumi.ResourceOptions(parent=self.cluster, depends_on=[self.system_pool]),
+            opts=pulumi.ResourceOptions(
+                parent=self.cluster,
+                depends_on=[self.system_pool, self.membership, *fleet.gateway_ready],
+            ),
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
 
@@ -360,24 +478,15 @@ class GkeCluster(pulumi.ComponentResource):
             )
             for class_name, value in PRIORITY_VALUES.items()
         }
+        # The deployers' RBAC: what the gateway's callers may do once IAM lets them in.
+        if fleet.deployers:
+            k8s.rbac.v1.ClusterRoleBinding(
+                f"{name}-deployers",
+                metadata={"name": "signal-platform-deployers", "labels": k8s_labels(labels)},
+                role_ref=role_ref("ClusterRole", "cluster-admin"),
+                subjects=api_object([rbac_subject(member) for member in fleet.deployers]),
+                opts=on_cluster,
+            )
         self.register_outputs(
             {"name": self.cluster.name, "endpoint": self.cluster.endpoint, "id": self.cluster.id}
         )
-
-
-# The container security context every container of this repository runs with.
-RESTRICTED_CONTAINER = {
-    "allowPrivilegeEscalation": False,
-    "privileged": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
-def k8s_labels(labels: Mapping[str, str], app: str | None = None) -> dict[str, str]:
-    """The stack's cost labels on Kubernetes objects (GKE cost allocation reads them), and
-    the app's name on an app's objects."""
-    common = {"app.kubernetes.io/part-of": "signal-platform", **labels}
-    return common if app is None else {**common, "app": app}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.service_agents import ServiceAgents
+
 NAMESPACE = "signals"
 KEY_ROTATION = "7776000s"  # 90 days: CIS GCP 1.10
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
@@ -52,52 +54,90 @@ NODE_ROLES = (
     "roles/autoscaling.metricsWriter",
 )
 
-# Service agents that encrypt with our keys, by key purpose (their email templates take the
-# project number).
+# The services whose agents encrypt with each key, by key purpose (infra/service_agents.py).
 KEY_USERS: Mapping[str, tuple[str, ...]] = {
-    "gke-secrets": ("service-{n}@container-engine-robot.iam.gserviceaccount.com",),
-    "disks": ("service-{n}@compute-system.iam.gserviceaccount.com",),
-    "redis": ("service-{n}@cloud-redis.iam.gserviceaccount.com",),
-    "artifacts": (
-        "service-{n}@gcp-sa-artifactregistry.iam.gserviceaccount.com",
-        "service-{n}@gs-project-accounts.iam.gserviceaccount.com",
-    ),
-    "bigquery": ("bq-{n}@bigquery-encryption.iam.gserviceaccount.com",),
-    "pubsub": ("service-{n}@gcp-sa-pubsub.iam.gserviceaccount.com",),
+    "gke-secrets": ("container.googleapis.com",),  # Kubernetes secrets (database encryption)
+    "disks": ("compute.googleapis.com",),  # node boot disks
+    "redis": ("redis.googleapis.com",),
+    # The registry's images and the models bucket.
+    "artifacts": ("artifactregistry.googleapis.com", "storage.googleapis.com"),
+    "bigquery": ("bigquery.googleapis.com",),
+    "pubsub": ("pubsub.googleapis.com",),
     # The audit-log bucket, written by Cloud Storage on the log sink's behalf.
-    "audit-logs": ("service-{n}@gs-project-accounts.iam.gserviceaccount.com",),
+    "audit-logs": ("storage.googleapis.com",),
 }
 REGIONAL_KEYS = ("gke-secrets", "disks", "redis", "artifacts")
 WAREHOUSE_KEYS = ("bigquery", "pubsub", "audit-logs")
 
 
-def monitoring_viewer(
-    name: str,
-    project_id: str,
-    project_number: pulumi.Input[str],
-    namespace: str,
-    ksa: str,
-    opts: pulumi.ResourceOptions | None = None,
-) -> gcp.projects.IAMMember:
-    """Lets a Kubernetes service account read Cloud Monitoring as itself: a Workload Identity
-    Federation principal (no Google service account, no key). The principal names the
-    namespace and account, not the cluster, so one grant serves every cluster."""
-    return gcp.projects.IAMMember(
-        name,
-        project=project_id,
-        role="roles/monitoring.viewer",
-        member=pulumi.Output.from_input(project_number).apply(
-            lambda n: (
-                f"principal://iam.googleapis.com/projects/{n}/locations/global/"
-                f"workloadIdentityPools/{project_id}.svc.id.goog/subject/ns/{namespace}/sa/{ksa}"
+def workload_pool(project_id: str) -> str:
+    """The project's Workload Identity pool: GKE creates it with the first cluster that uses it."""
+    return f"{project_id}.svc.id.goog"
+
+
+@dataclass(frozen=True)
+class MonitoringReader:
+    """A Kubernetes service account that reads Cloud Monitoring as itself (no Google account)."""
+
+    namespace: str
+    ksa: str
+
+
+class PoolGrants(pulumi.ComponentResource):
+    """Everything granted to principals of the project's identity pool: each workload's KSA may
+    act as its Google service account, and each `MonitoringReader` reads Cloud Monitoring as a
+    Workload Identity Federation principal (no key). The principals name a namespace and an
+    account, not a cluster, so one grant serves every cluster.
+
+    IAM refuses members of a pool that does not exist, and the pool (`PROJECT.svc.id.goog`)
+    appears with the first cluster: create this component with `depends_on` the clusters, and
+    every grant below waits for them through its parent.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        project_id: str,
+        project_number: pulumi.Input[str],
+        accounts: Mapping[str, gcp.serviceaccount.Account],
+        readers: Mapping[str, MonitoringReader],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("signal:infra:PoolGrants", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        pool = workload_pool(project_id)
+        self.bindings = {
+            key: gcp.serviceaccount.IAMMember(
+                f"sa-{key}-workload-identity",
+                service_account_id=account.name,
+                role="roles/iam.workloadIdentityUser",
+                member=f"serviceAccount:{pool}[{WORKLOADS[key].namespace}/{WORKLOADS[key].ksa}]",
+                opts=child,
             )
-        ),
-        opts=opts,
-    )
+            for key, account in accounts.items()
+        }
+        number = pulumi.Output.from_input(project_number)
+        self.readers = {
+            grant: gcp.projects.IAMMember(
+                grant,
+                project=project_id,
+                role="roles/monitoring.viewer",
+                member=number.apply(
+                    lambda n, r=reader: (
+                        f"principal://iam.googleapis.com/projects/{n}/locations/global/"
+                        f"workloadIdentityPools/{pool}/subject/ns/{r.namespace}/sa/{r.ksa}"
+                    )
+                ),
+                opts=child,
+            )
+            for grant, reader in readers.items()
+        }
+        self.register_outputs({"pool": pool})
 
 
 class ServiceAccounts(pulumi.ComponentResource):
-    """Google service accounts for the workloads (bound to their KSAs) and the node pools."""
+    """Google service accounts for the workloads and the node pools (`PoolGrants` binds
+    the workloads' KSAs to theirs once a cluster has created the identity pool)."""
 
     def __init__(
         self,
@@ -116,13 +156,6 @@ class ServiceAccounts(pulumi.ComponentResource):
                 f"sa-{key}",
                 account_id=workload.account_id,
                 display_name=f"{key} workload ({workload.namespace}/{workload.ksa})",
-                opts=child,
-            )
-            gcp.serviceaccount.IAMMember(
-                f"sa-{key}-workload-identity",
-                service_account_id=account.name,
-                role="roles/iam.workloadIdentityUser",
-                member=f"serviceAccount:{project_id}.svc.id.goog[{workload.namespace}/{workload.ksa}]",
                 opts=child,
             )
             self._project_roles(f"sa-{key}", project_id, account, workload.project_roles, child)
@@ -159,14 +192,18 @@ class ServiceAccounts(pulumi.ComponentResource):
 
 
 class KeyRing(pulumi.ComponentResource):
-    """A KMS key ring in one location with a key per purpose, each usable by its service agent."""
+    """A KMS key ring in one location with a key per purpose, each usable by its service agent.
+
+    A resource that encrypts with a key must wait for the grant to its service's agent
+    (`grants_for`), not only for the key: without the grant its creation fails.
+    """
 
     def __init__(
         self,
         name: str,
         location: str,
         purposes: Sequence[str],
-        project_number: pulumi.Input[str],
+        agents: ServiceAgents,
         labels: Mapping[str, str],
         hsm: bool,
         opts: pulumi.ResourceOptions | None = None,
@@ -175,6 +212,8 @@ class KeyRing(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.key_ring = gcp.kms.KeyRing(name, name=name, location=location, opts=child)
         self.keys: dict[str, gcp.kms.CryptoKey] = {}
+        # (purpose, service) → the grant that lets the service's agent use the purpose's key.
+        self.grants: dict[tuple[str, str], gcp.kms.CryptoKeyIAMMember] = {}
         for purpose in purposes:
             key = gcp.kms.CryptoKey(
                 f"{name}-{purpose}",
@@ -190,15 +229,23 @@ class KeyRing(pulumi.ComponentResource):
                 # A destroyed key destroys every byte it encrypted.
                 opts=pulumi.ResourceOptions(parent=self, protect=True),
             )
-            for i, template in enumerate(KEY_USERS[purpose]):
-                gcp.kms.CryptoKeyIAMMember(
+            for i, service in enumerate(KEY_USERS[purpose]):
+                agent = agents[service]
+                # The agent must exist before anything is granted to it.
+                self.grants[purpose, service] = gcp.kms.CryptoKeyIAMMember(
                     f"{name}-{purpose}-agent-{i}",
                     crypto_key_id=key.id,
                     role=ENCRYPTER,
-                    member=pulumi.Output.from_input(project_number).apply(
-                        lambda n, t=template: f"serviceAccount:{t.format(n=n)}"
-                    ),
-                    opts=child,
+                    member=agent.member,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=list(agent.ready)),
                 )
             self.keys[purpose] = key
         self.register_outputs({p: k.id for p, k in self.keys.items()})
+
+    def grants_for(self, purpose: str, service: str | None = None) -> list[pulumi.Resource]:
+        """The grants a user of `purpose`'s key waits for: its service's, or all of them."""
+        return [
+            grant
+            for (p, s), grant in self.grants.items()
+            if p == purpose and (service is None or s == service)
+        ]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.cluster import k8s_labels
 from infra.config import MeshSettings
 from infra.identity import NAMESPACE as WORKLOAD_NAMESPACE
+from infra.kube import METADATA_SERVER, PRIVATE_RANGES, app_peer, k8s_labels, namespace_peer, tcp
 
 ISTIO_NAMESPACE = "istio-system"
 GATEWAY_NAMESPACE = "istio-ingress"
@@ -32,6 +32,12 @@ TRACING_PROVIDER = "otel"
 # Proxy drain on shutdown: inside the workloads' 25 s grace, after their preStop.
 PROXY_DRAIN = "10s"
 WORKLOAD_NAMESPACES = (WORKLOAD_NAMESPACE,)
+ISTIOD = "istiod"
+XDS_PORT = 15012  # istiod's xDS and CA port, which every sidecar calls
+# The port istiod's sidecar-injection and validation webhooks listen on: the istiod chart's
+# Service maps 443 to it, so the GKE control plane calls the nodes on 15017 (Istio docs,
+# "Platform setup: Google Kubernetes Engine", private clusters).
+WEBHOOK_PORT = 15017
 
 
 def principal(namespace: str, service_account: str) -> str:
@@ -77,6 +83,46 @@ def locality_setting(
         return {"enabled": True, "distribute": [{"from": f"{region}/*", "to": to}]}
     preferred = max(others, key=lambda r: shares[r])  # ties: the first configured
     return {"enabled": True, "failover": [{"from": region, "to": preferred}]}
+
+
+def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
+    """The NetworkPolicies every mesh namespace starts from: deny all, then DNS, the mesh
+    (istiod), Workload Identity (metadata server), Google APIs over Private Google Access and
+    the trace collector."""
+    host, port = tracing_collector.rsplit(":", 1)
+    collector_namespace = host.split(".")[1]
+    return {
+        "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        "allow-dns": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [namespace_peer("kube-system")],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }
+            ],
+        },
+        "allow-platform": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{**namespace_peer(ISTIO_NAMESPACE), **app_peer(ISTIOD)}],
+                    "ports": tcp(XDS_PORT),
+                },
+                *(
+                    {"to": [{"ipBlock": {"cidr": cidr}}], "ports": tcp(metadata_port)}
+                    for cidr, metadata_port in METADATA_SERVER
+                ),
+                {
+                    "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
+                    "ports": tcp(443),
+                },
+                {"to": [namespace_peer(collector_namespace)], "ports": tcp(int(port))},
+            ],
+        },
+    }
 
 
 class Mesh(pulumi.ComponentResource):
@@ -136,13 +182,13 @@ class Mesh(pulumi.ComponentResource):
             "cni",
             "kube-system",
             settings,
-            {"global": {"platform": "gke"}},
+            {"global": {"platform": "gke"}, "resources": settings.cni_resources.model_dump()},
             after(self.base),
         )
         self.istiod = self._chart(
             f"{name}-istiod",
-            "istiod",
-            "istiod",
+            ISTIOD,
+            ISTIOD,
             ISTIO_NAMESPACE,
             settings,
             {
@@ -152,22 +198,14 @@ class Mesh(pulumi.ComponentResource):
                     "multiCluster": {"clusterName": cluster},
                     "network": network,
                     "logAsJson": True,
-                    "proxy": {
-                        "resources": {
-                            "requests": {"cpu": "100m", "memory": "128Mi"},
-                            "limits": {"cpu": "1", "memory": "512Mi"},
-                        }
-                    },
+                    "proxy": {"resources": settings.proxy_resources.model_dump()},
                 },
                 "pilot": {
                     "replicaCount": settings.istiod_replicas,
                     "autoscaleMin": settings.istiod_replicas,
                     "autoscaleMax": settings.istiod_replicas * 3,
                     "cni": {"enabled": True},
-                    "resources": {
-                        "requests": {"cpu": "500m", "memory": "2Gi"},
-                        "limits": {"cpu": "2", "memory": "4Gi"},
-                    },
+                    "resources": settings.istiod_resources.model_dump(),
                 },
                 "meshConfig": {
                     "trustDomain": TRUST_DOMAIN,
@@ -214,10 +252,7 @@ class Mesh(pulumi.ComponentResource):
                     "maxReplicas": settings.gateway_replicas * 5,
                     "targetCPUUtilizationPercentage": 70,
                 },
-                "resources": {
-                    "requests": {"cpu": "500m", "memory": "512Mi"},
-                    "limits": {"cpu": "2", "memory": "1Gi"},
-                },
+                "resources": settings.gateway_resources.model_dump(),
                 "podDisruptionBudget": {"maxUnavailable": 1},
             },
             after(self.istiod, self.namespaces[GATEWAY_NAMESPACE]),

@@ -47,13 +47,6 @@ PUBLISHER = "roles/pubsub.publisher"
 SUBSCRIBER = "roles/pubsub.subscriber"
 
 
-def pubsub_agent(project_number: pulumi.Input[str]) -> pulumi.Output[str]:
-    """The Pub/Sub service agent's email (it writes BigQuery rows and dead letters)."""
-    return pulumi.Output.concat(
-        "service-", project_number, "@gcp-sa-pubsub.iam.gserviceaccount.com"
-    )
-
-
 def schema_id(package: str, message: str) -> str:
     """`signals.v1` + `TickBatch` → `signals-v1-tick-batch`: versioned with the package."""
     kebab = re.sub(r"(?<!^)(?=[A-Z])", "-", message).lower()
@@ -70,7 +63,7 @@ class Messaging(pulumi.ComponentResource):
     def __init__(
         self,
         name: str,
-        project_number: pulumi.Input[str],
+        agent_member: pulumi.Input[str],
         settings: PubSubSettings,
         regions: Sequence[str],
         kms_key: gcp.kms.CryptoKey,
@@ -82,8 +75,10 @@ class Messaging(pulumi.ComponentResource):
         proto_path: Path = PROTO_PATH,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        """`signals_table`: `project.dataset.table` the BigQuery subscription writes (None:
-        the stack's warehouse has no `signals` table, so no subscription writes one)."""
+        """`agent_member`: the Pub/Sub service agent, which writes the BigQuery subscription's
+        rows and dead letters (the component waits for it to exist: see `opts`).
+        `signals_table`: `project.dataset.table` the BigQuery subscription writes (None: the
+        stack's warehouse has no `signals` table, so no subscription writes one)."""
         super().__init__("signal:infra:Messaging", name, None, opts)
         self.settings = settings
         self.labels = dict(labels)
@@ -95,7 +90,6 @@ class Messaging(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         proto_text = proto_path.read_text()
         package = parse(proto_text).package
-        agent_member = pulumi.Output.concat("serviceAccount:", pubsub_agent(project_number))
 
         self.schemas: dict[str, gcp.pubsub.Schema] = {}
         self.topics: dict[str, gcp.pubsub.Topic] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_gcp as gcp
@@ -11,8 +11,7 @@ from infra.config import NetworkSettings, RegionConfig
 
 # Google's health-check and load-balancer probe ranges.
 HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22"]
-# Ports the GKE control plane calls on nodes: kubelet, webhooks (Istio's sidecar injector on 15017).
-CONTROL_PLANE_PORTS = ["443", "8443", "10250", "15017"]
+KUBELET_PORT = 10250  # the control plane reaches kubelets for logs, exec and metrics
 FIREWALL_LOGS: gcp.compute.FirewallLogConfigArgsDict = {"metadata": "INCLUDE_ALL_METADATA"}
 
 
@@ -23,8 +22,12 @@ class Vpc(pulumi.ComponentResource):
         self,
         name: str,
         regions: Sequence[RegionConfig],
+        control_plane_targets: Mapping[str, int],
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`control_plane_targets`: what the GKE control planes call on the nodes, by name →
+        target port: the kubelet and every APIService and admission-webhook backend (a private
+        control plane reaches nodes only through the ports opened here)."""
         super().__init__("signal:infra:Vpc", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -81,10 +84,15 @@ class Vpc(pulumi.ComponentResource):
             network=self.network.id,
             direction="INGRESS",
             priority=1000,
-            allows=[{"protocol": "tcp", "ports": CONTROL_PLANE_PORTS}],
+            allows=[
+                {
+                    "protocol": "tcp",
+                    "ports": [str(p) for p in sorted(set(control_plane_targets.values()))],
+                }
+            ],
             source_ranges=masters,
             log_config=FIREWALL_LOGS,
-            description="GKE control planes reach kubelets and admission webhooks",
+            description="GKE control planes reach " + ", ".join(sorted(control_plane_targets)),
             opts=child,
         )
         self.register_outputs({"network": self.network.id})

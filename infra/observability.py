@@ -3,16 +3,18 @@
 - Notification channels come from `observability.notificationChannels`; every alert, the
   burn-rate alert and the budget notify all of them.
 - Alert policies (thresholds from `observability.alerts`): signal p95 latency, signal error
-  rate, Triton queue time, GPU duty cycle outside its band, spot preemptions per hour and
+  rate, Triton queue time, GPU utilisation outside its band, spot preemptions per hour and
   Redis memory. The service and Triton metrics are Prometheus metrics read through Google
-  Cloud Managed Service for Prometheus (PromQL conditions); GPU duty cycle and Redis memory
-  are Google's own metrics; preemptions are counted by a log-based metric on Compute
-  Engine's `compute.instances.preempted` system events.
+  Cloud Managed Service for Prometheus (PromQL conditions); GPU utilisation is GKE's managed
+  DCGM metric (reported for time-shared GPUs, which `kubernetes.io/container/accelerator/
+  duty_cycle` is not); Redis memory is Memorystore's own metric; preemptions are counted by
+  a log-based metric on Compute Engine's `compute.instances.preempted` system events.
 - A Cloud Monitoring service for the signal API with a request-based availability SLO
   (`observability.sloGoal`, rolling `sloWindowDays`) and a multi-window burn-rate alert.
 - A billing budget of `budget.monthlyUsd` with a rule per `budget.alertThresholds`.
 - Data-access audit logs (admin and data reads, data writes) for BigQuery and Redis, and a
-  sink of every audit log to a CMEK bucket whose retention policy is locked.
+  sink of every audit log to a CMEK bucket whose retention policy is locked where the stack
+  protects its resources (prod); elsewhere it stays unlocked, so the stack can be destroyed.
 
 The service's metric names below are the ones `app/telemetry.py` exports (a test holds
 them together).
@@ -26,11 +28,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.cluster import GPU_UTILIZATION
 from infra.config import AlertThresholds, Budget, ObservabilitySettings
 
 # Prometheus metrics of the signal service (the gRPC API) and of Triton.
-REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram by method; _count: requests
-REQUEST_ERRORS = "signal_request_errors_total"  # counter of non-OK requests, by method, code
+REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram by method
+REQUESTS = "signal_requests_total"  # counter of finished requests, by method and gRPC code
 TRITON_QUEUE_US = "nv_inference_queue_duration_us"  # counter: cumulative queue time
 TRITON_REQUESTS = "nv_inference_request_success"  # counter
 # gRPC statuses that are the server's fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND)
@@ -43,9 +46,8 @@ SERVER_ERROR_CODES = (
     "DATA_LOSS",
     "RESOURCE_EXHAUSTED",
 )
-GPU_DUTY_CYCLE = "kubernetes.io/container/accelerator/duty_cycle"
 REDIS_MEMORY = "redis.googleapis.com/cluster/memory/maximum_utilization"
-PREEMPTION_METRIC = "spot-preemptions"
+PREEMPTION_METRIC = "spot_preemptions"
 
 AUDITED_SERVICES = ("bigquery.googleapis.com", "redis.googleapis.com")
 AUDIT_LOG_TYPES = ("ADMIN_READ", "DATA_READ", "DATA_WRITE")
@@ -74,8 +76,8 @@ def promql_alerts(alerts: AlertThresholds) -> dict[str, tuple[str, str]]:
             f"p95 signal latency above {alerts.latency_p95_ms:g} ms",
         ),
         "signal-error-rate": (
-            f'sum by (cluster) (rate({REQUEST_ERRORS}{{code=~"{codes}"}}[5m])) '
-            f"/ sum by (cluster) (rate({REQUEST_LATENCY}_count[5m])) > {alerts.error_rate:g}",
+            f'sum by (cluster) (rate({REQUESTS}{{code=~"{codes}"}}[5m])) '
+            f"/ sum by (cluster) (rate({REQUESTS}[5m])) > {alerts.error_rate:g}",
             f"more than {alerts.error_rate:.2%} of signal requests fail on the server",
         ),
         "triton-queue-time": (
@@ -123,24 +125,28 @@ class Threshold:
 
 
 def gpu_duty_cycle(alerts: AlertThresholds) -> list[Threshold]:
-    """GPU duty cycle outside [min, max]: idle GPUs waste money, saturated ones add latency."""
-    series = f'resource.type = "k8s_container" AND metric.type = "{GPU_DUTY_CYCLE}"'
+    """GPU utilisation outside [min, max]: idle GPUs waste money, saturated ones add latency.
+    GKE's managed DCGM metric, averaged over each cluster's GPUs."""
+    series = (
+        'resource.type = "prometheus_target" AND '
+        f'metric.type = "prometheus.googleapis.com/{GPU_UTILIZATION}/gauge"'
+    )
     common = {
         "filter": series,
         "aligner": "ALIGN_MEAN",
         "reducer": "REDUCE_MEAN",
-        "group_by": ("resource.label.cluster_name",),
+        "group_by": ("resource.label.cluster",),
     }
     return [
         Threshold(
-            name=f"GPU duty cycle below {alerts.gpu_duty_cycle_min:g}%",
+            name=f"GPU utilisation below {alerts.gpu_duty_cycle_min:g}%",
             comparison="COMPARISON_LT",
             value=alerts.gpu_duty_cycle_min,
             duration="1800s",
             **common,
         ),
         Threshold(
-            name=f"GPU duty cycle above {alerts.gpu_duty_cycle_max:g}%",
+            name=f"GPU utilisation above {alerts.gpu_duty_cycle_max:g}%",
             comparison="COMPARISON_GT",
             value=alerts.gpu_duty_cycle_max,
             duration="900s",
@@ -149,20 +155,17 @@ def gpu_duty_cycle(alerts: AlertThresholds) -> list[Threshold]:
     ]
 
 
-def spot_preemptions(alerts: AlertThresholds, metric_name: str) -> Threshold:
-    return Threshold(
-        name=f"more than {alerts.spot_preemptions_per_hour} spot preemptions per hour",
-        filter=(
-            'resource.type = "gce_instance" AND '
-            f'metric.type = "logging.googleapis.com/user/{metric_name}"'
-        ),
-        comparison="COMPARISON_GT",
-        value=alerts.spot_preemptions_per_hour,
-        duration="0s",
-        aligner="ALIGN_SUM",
-        reducer="REDUCE_SUM",
-        period="3600s",
-    )
+def spot_preemptions(alerts: AlertThresholds, metric_name: str) -> str:
+    """PromQL over the log-based preemption counter: more than the threshold in an hour.
+
+    Why PromQL: an alert whose filter names a log-based metric is refused with 404 until
+    Cloud Monitoring has registered the new metric (up to ten minutes after the metric is
+    created, and the provider does not retry: hashicorp/terraform-provider-google#11102). A
+    PromQL condition is not checked against the metric's descriptor when the policy is
+    created, so the alert does not race the metric it reads; it depends on the metric only to
+    be created after it."""
+    series = f'logging_googleapis_com:user_{metric_name}{{monitored_resource="gce_instance"}}'
+    return f"sum(increase({series}[1h])) > {alerts.spot_preemptions_per_hour:g}"
 
 
 def redis_memory(alerts: AlertThresholds) -> Threshold:
@@ -183,14 +186,14 @@ def slo_name(project_id: str) -> str:
 
 
 def request_filters() -> tuple[str, str]:
-    """(total, bad) request filters of the availability SLI: every request is counted by the
-    latency histogram; bad ones are the server-error codes of the error counter."""
-    target = 'resource.type="prometheus_target"'
-    total = f'metric.type="prometheus.googleapis.com/{REQUEST_LATENCY}/histogram" {target}'
-    bad = (
-        f'metric.type="prometheus.googleapis.com/{REQUEST_ERRORS}/counter" {target} '
-        f'metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
+    """(total, bad) request filters of the availability SLI, both on the request counter: a
+    request-based ratio counts requests, which a distribution (the latency histogram) does
+    not; bad ones are those that ended with a server-error code."""
+    total = (
+        f'metric.type="prometheus.googleapis.com/{REQUESTS}/counter" '
+        'resource.type="prometheus_target"'
     )
+    bad = f'{total} metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
     return total, bad
 
 
@@ -279,7 +282,17 @@ class Observability(pulumi.ComponentResource):
         )
         self.alerts["spot-preemptions"] = policy(
             "spot-preemptions",
-            [spot_preemptions(alerts, PREEMPTION_METRIC).condition()],
+            [
+                {
+                    "display_name": f"more than {alerts.spot_preemptions_per_hour} spot "
+                    "preemptions per hour",
+                    "condition_prometheus_query_language": {
+                        "query": spot_preemptions(alerts, PREEMPTION_METRIC),
+                        "duration": "0s",
+                        "evaluation_interval": "60s",
+                    },
+                }
+            ],
             "WARNING",
             "Spot capacity is being reclaimed: the on-demand fallback pools take the load.",
             depends_on=[self.preemptions],
@@ -383,9 +396,13 @@ class Observability(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             encryption={"default_kms_key_name": audit_kms_key.id},
-            # Locked: the retention can be lengthened, never shortened or removed, and no
-            # object can be deleted or replaced before it expires.
-            retention_policy={"retention_period": str(retention_days * 86400), "is_locked": True},
+            # Locked where the stack protects its resources: the retention can then be
+            # lengthened, never shortened or removed, and nothing deleted before it expires,
+            # not even the bucket. Elsewhere (dev) it stays unlocked so the stack can go.
+            retention_policy={
+                "retention_period": str(retention_days * 86400),
+                "is_locked": protect,
+            },
             lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": retention_days}}],
             labels=dict(labels),
             opts=pulumi.ResourceOptions(parent=self, protect=protect),

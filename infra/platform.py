@@ -13,25 +13,32 @@ from infra.autoscale import (
     Intelligence,
     desired_replicas_metric,
 )
-from infra.cluster import INFERENCE_COMPUTE_CLASS, INFERENCE_PRIORITY, ClusterNetwork, GkeCluster
+from infra.cluster import (
+    INFERENCE_COMPUTE_CLASS,
+    INFERENCE_PRIORITY,
+    ClusterNetwork,
+    Fleet,
+    GatewayAccess,
+    GkeCluster,
+)
 from infra.config import RegionConfig, StackConfig, load_catalog
 from infra.identity import (
     REGIONAL_KEYS,
     WAREHOUSE_KEYS,
     KeyRing,
+    MonitoringReader,
+    PoolGrants,
     ServiceAccounts,
-    monitoring_viewer,
 )
-from infra.mesh import Mesh
-from infra.messaging import Messaging, pubsub_agent
-from infra.network import RegionalNetwork, Vpc
+from infra.mesh import WEBHOOK_PORT, Mesh
+from infra.messaging import Messaging
+from infra.metrics_adapter import METRICS_ADAPTER, METRICS_NAMESPACE, SECURE_PORT, MetricsAdapter
+from infra.network import KUBELET_PORT, RegionalNetwork, Vpc
 from infra.observability import Observability
 from infra.redis import RedisCluster
+from infra.service_agents import ServiceAgents
 from infra.warehouse import Warehouse
 from infra.workloads import (
-    METRICS_ADAPTER,
-    METRICS_NAMESPACE,
-    MetricsAdapter,
     Placement,
     ServiceEndpoints,
     WorkloadSet,
@@ -40,22 +47,42 @@ from infra.workloads import (
     triton_model_files,
 )
 
-APIS = (
-    "artifactregistry.googleapis.com",
-    "bigquery.googleapis.com",
-    "bigquerystorage.googleapis.com",
-    "cloudkms.googleapis.com",
-    "compute.googleapis.com",
-    "container.googleapis.com",
-    "containersecurity.googleapis.com",
-    "iam.googleapis.com",
-    "logging.googleapis.com",
-    "monitoring.googleapis.com",
-    "networkconnectivity.googleapis.com",
-    "pubsub.googleapis.com",
-    "redis.googleapis.com",
-    "billingbudgets.googleapis.com",
-)
+# Every API the stack uses, and why. Each resource type the program declares needs its API
+# on first (the pack's `apply-api-enabled` rule checks it against a table of type → API with
+# sources, policies/rules/apply_order.yaml); the rest are called at run time.
+APIS: dict[str, str] = {
+    "artifactregistry.googleapis.com": "the image registry",
+    "bigquery.googleapis.com": "the warehouse",
+    "bigquerystorage.googleapis.com": "the service writes rows with the Storage Write API",
+    "billingbudgets.googleapis.com": "the budget",
+    "binaryauthorization.googleapis.com": "clusters enforce Binary Authorization",
+    "cloudkms.googleapis.com": "CMEK keys",
+    "cloudresourcemanager.googleapis.com": "project IAM bindings and audit configs",
+    "cloudtrace.googleapis.com": "the service's traces (roles/cloudtrace.agent)",
+    "compute.googleapis.com": "the VPC, firewalls, NAT and nodes",
+    "connectgateway.googleapis.com": "CI reaches the clusters' Kubernetes API through it",
+    "container.googleapis.com": "GKE",
+    "containeranalysis.googleapis.com": "Artifact Analysis keeps the registry's scan results",
+    "containerscanning.googleapis.com": "Artifact Analysis scans every image pushed",
+    "containersecurity.googleapis.com": "GKE security posture",
+    "gkeconnect.googleapis.com": "Connect Gateway's dependency (GKE docs, 'Set up Connect gateway')",
+    "gkehub.googleapis.com": "fleet memberships of the clusters",
+    "iam.googleapis.com": "service accounts",
+    "iamcredentials.googleapis.com": "Workload Identity tokens for the pods",
+    "logging.googleapis.com": "log-based metrics and the audit sink",
+    "monitoring.googleapis.com": "alerts, the SLO and the metrics adapter",
+    "networkconnectivity.googleapis.com": "Private Service Connect policies for Redis",
+    "pubsub.googleapis.com": "topics and subscriptions",
+    "redis.googleapis.com": "Memorystore for Redis Cluster",
+    "storage.googleapis.com": "the models and audit-log buckets",
+}
+# What each GKE control plane calls on the nodes, by target port: the private control plane
+# reaches them only through the ports the VPC's firewall opens (infra/network.py).
+CONTROL_PLANE_TARGETS = {
+    "kubelets": KUBELET_PORT,
+    "istiod's admission webhooks": WEBHOOK_PORT,
+    "the metrics adapter's APIService": SECURE_PORT,
+}
 
 
 class Region(pulumi.ComponentResource):
@@ -68,7 +95,8 @@ class Region(pulumi.ComponentResource):
         stack: StackConfig,
         vpc: Vpc,
         accounts: ServiceAccounts,
-        project_number: pulumi.Input[str],
+        agents: ServiceAgents,
+        fleet: Fleet,
         models_bucket: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -80,7 +108,7 @@ class Region(pulumi.ComponentResource):
             f"{region.name}-keys",
             region.name,
             REGIONAL_KEYS,
-            project_number,
+            agents,
             stack.labels,
             hsm=stack.is_prod,
             opts=child,
@@ -97,10 +125,10 @@ class Region(pulumi.ComponentResource):
             connection_members={"signal-service": accounts.workloads["signal-service"].member},
             labels=stack.labels,
             deletion_protection=stack.is_prod,
-            after=[self.keys],
+            after=self.keys.grants_for("redis"),
             opts=child,
         )
-        self._compute(region, stack, vpc, accounts, project_number, models_bucket)
+        self._compute(region, stack, vpc, accounts, fleet, models_bucket)
         self.register_outputs({"subnet": self.network.subnet.id})
 
     def _compute(
@@ -109,7 +137,7 @@ class Region(pulumi.ComponentResource):
         stack: StackConfig,
         vpc: Vpc,
         accounts: ServiceAccounts,
-        project_number: pulumi.Input[str],
+        fleet: Fleet,
         models_bucket: pulumi.Input[str],
     ) -> None:
         """Cluster → mesh → workloads: what runs on Kubernetes in this region."""
@@ -124,10 +152,10 @@ class Region(pulumi.ComponentResource):
                 pods_range=RegionalNetwork.PODS_RANGE,
                 services_range=RegionalNetwork.SERVICES_RANGE,
             ),
-            secrets_key=self.keys.keys["gke-secrets"].id,
-            disk_key=self.keys.keys["disks"].id,
+            keys=self.keys,
             node_accounts={pool: a.email for pool, a in accounts.nodes.items()},
             gpu_zones=load_catalog().gpus_in(region.name),
+            fleet=fleet,
             labels=stack.labels,
             deletion_protection=stack.deletion_protection,
             opts=child,
@@ -150,6 +178,8 @@ class Region(pulumi.ComponentResource):
         self.metrics_adapter = MetricsAdapter(
             f"{region.name}-metrics-adapter",
             image=region.cluster.metrics_adapter_image,
+            replicas=region.cluster.metrics_adapter_replicas,
+            resources=region.cluster.metrics_adapter_resources,
             control_plane_cidr=self.cluster.control_plane_cidr,
             tracing_collector=stack.mesh.tracing_collector,
             labels=stack.labels,
@@ -216,7 +246,12 @@ class Region(pulumi.ComponentResource):
 
 
 class Platform(pulumi.ComponentResource):
-    """The whole stack: APIs, identities, the VPC, per-region resources, artefact stores."""
+    """The whole stack: APIs, identities, the VPC, per-region resources, artefact stores.
+
+    Apply order, as `pulumi up` needs it: APIs → service agents → key grants → the resources
+    that encrypt with the keys; clusters (which create the Workload Identity pool) → the
+    grants to the pool's principals.
+    """
 
     def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("signal:infra:Platform", name, None, opts)
@@ -226,8 +261,8 @@ class Platform(pulumi.ComponentResource):
         project = gcp.organizations.get_project_output(
             project_id=config.project_id, opts=pulumi.InvokeOptions(parent=self)
         )
-        self.apis = [
-            gcp.projects.Service(
+        self.apis = {
+            api: gcp.projects.Service(
                 f"api-{api.split('.')[0]}",
                 project=config.project_id,
                 service=api,
@@ -235,13 +270,31 @@ class Platform(pulumi.ComponentResource):
                 opts=child,
             )
             for api in APIS
-        ]
-        after_apis = pulumi.ResourceOptions(parent=self, depends_on=self.apis)
+        }
+        after_apis = pulumi.ResourceOptions(parent=self, depends_on=list(self.apis.values()))
+        self.agents = ServiceAgents(
+            "service-agents", config.project_id, project.number, self.apis, child
+        )
 
         regions = [config.region(r) for r in config.regions]
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
         self.accounts = ServiceAccounts("identity", config.project_id, pool_names, after_apis)
-        self.vpc = Vpc("signal-vpc", regions, after_apis)
+        self.vpc = Vpc("signal-vpc", regions, CONTROL_PLANE_TARGETS, after_apis)
+        deployers: tuple[str, ...] = getattr(
+            config.cluster, "deployers", ()
+        )  # TEMP until config lands
+        self.gateway_access = GatewayAccess(
+            "connect-gateway", config.project_id, deployers, after_apis
+        )
+        fleet = Fleet(
+            project_number=project.number,
+            membership_ready=[
+                self.apis["gkehub.googleapis.com"],
+                *self.agents["gkehub.googleapis.com"].ready,
+            ],
+            gateway_ready=[self.apis["connectgateway.googleapis.com"], *self.gateway_access.grants],
+            deployers=deployers,
+        )
         # Triton mounts the models bucket, which the artefact store creates after the regions
         # (it is encrypted with the primary region's key): regions get its name as it resolves.
         models_bucket, resolve_models_bucket = pulumi.deferred_output()
@@ -252,18 +305,41 @@ class Platform(pulumi.ComponentResource):
                 config,
                 self.vpc,
                 self.accounts,
-                project.number,
+                self.agents,
+                fleet,
                 models_bucket,
                 after_apis,
             )
             for r in regions
         }
+        # The identity pool exists once a cluster does: grants to its principals wait for them.
+        intelligence = config.intelligence
+        readers = {
+            "metrics-adapter-monitoring-viewer": MonitoringReader(
+                METRICS_NAMESPACE, METRICS_ADAPTER
+            )
+        }
+        if intelligence.predictive_scaling.enabled or intelligence.anomaly_detection.enabled:
+            # Every region's scaler and detector read Managed Prometheus data (one grant).
+            readers["intelligence-monitoring-viewer"] = MonitoringReader(
+                INTELLIGENCE_NAMESPACE, INTELLIGENCE_ACCOUNT
+            )
+        self.pool_grants = PoolGrants(
+            "identity-pool-grants",
+            config.project_id,
+            project.number,
+            self.accounts.workloads,
+            readers,
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[r.cluster.cluster for r in self.regions.values()]
+            ),
+        )
         # BigQuery and Pub/Sub keys must live where the warehouse lives (e.g. the "us" multi-region).
         self.warehouse_keys = KeyRing(
             f"{config.bigquery.location.lower()}-warehouse-keys",
             config.bigquery.location.lower(),
             WAREHOUSE_KEYS,
-            project.number,
+            self.agents,
             labels,
             hsm=config.is_prod,
             opts=after_apis,
@@ -276,7 +352,7 @@ class Platform(pulumi.ComponentResource):
             "artifacts",
             project_id=config.project_id,
             location=primary.config.name,
-            kms_key=primary.keys.keys["artifacts"],
+            keys=primary.keys,
             # Triton serves the model build; the service loads it as its in-process fallback.
             model_readers={k: a.member for k, a in self.accounts.workloads.items()},
             image_readers=nodes,
@@ -286,26 +362,6 @@ class Platform(pulumi.ComponentResource):
             opts=after_apis,
         )
         resolve_models_bucket(self.artifacts.models.name)
-        # One grant serves every cluster's metrics adapter (the principal is project-wide).
-        self.metrics_reader = monitoring_viewer(
-            "metrics-adapter-monitoring-viewer",
-            config.project_id,
-            project.number,
-            METRICS_NAMESPACE,
-            METRICS_ADAPTER,
-            after_apis,
-        )
-        intelligence = config.intelligence
-        if intelligence.predictive_scaling.enabled or intelligence.anomaly_detection.enabled:
-            # Every region's scaler and detector read Managed Prometheus data (one grant).
-            self.intelligence_reader = monitoring_viewer(
-                "intelligence-monitoring-viewer",
-                config.project_id,
-                project.number,
-                INTELLIGENCE_NAMESPACE,
-                INTELLIGENCE_ACCOUNT,
-                after_apis,
-            )
         if intelligence.anomaly_detection.enabled:
             self.anomaly_alerts = AnomalyAlerts(
                 "anomaly-alerts",
@@ -320,37 +376,42 @@ class Platform(pulumi.ComponentResource):
     def _data_platform(
         self, config: StackConfig, project_number: pulumi.Output[str], opts: pulumi.ResourceOptions
     ) -> None:
-        """The warehouse, messaging and observability: global, beside the regions."""
-        keys = self.warehouse_keys.keys
+        """The warehouse, messaging and observability: global, beside the regions. Each waits
+        for the grants on the keys it encrypts with (and the Pub/Sub agent it grants to)."""
+        keys = self.warehouse_keys
         service = self.accounts.workloads["signal-service"]
-        after_keys = pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(depends_on=[self.warehouse_keys])
-        )
+        pubsub_agent = self.agents["pubsub.googleapis.com"]
+
+        def after(*ready: pulumi.Resource) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(depends_on=list(ready))
+            )
+
         self.warehouse = Warehouse(
             "warehouse",
             project_id=config.project_id,
             settings=config.bigquery,
-            kms_key=keys["bigquery"],
+            kms_key=keys.keys["bigquery"],
             # The Pub/Sub agent writes the BigQuery subscription's rows.
-            writers={"signal-service": service.email, "pubsub-agent": pubsub_agent(project_number)},
+            writers={"signal-service": service.email, "pubsub-agent": pubsub_agent.email},
             readers={},
             labels=config.labels,
             deletion_protection=config.is_prod,
-            opts=after_keys,
+            opts=after(*keys.grants_for("bigquery"), *pubsub_agent.ready),
         )
         signals = self.warehouse.tables.get("signals")
         self.messaging = Messaging(
             "messaging",
-            project_number=project_number,
+            agent_member=pubsub_agent.member,
             settings=config.pubsub,
             regions=config.regions,
-            kms_key=keys["pubsub"],
+            kms_key=keys.keys["pubsub"],
             signals_table=self.warehouse.path("signals") if signals is not None else None,
             signals_table_resource=signals,
             publishers={"signal-service": service.member},
             consumers={"signal-service": service.member},
             labels=config.labels,
-            opts=after_keys,
+            opts=after(*keys.grants_for("pubsub"), *pubsub_agent.ready),
         )
         self.observability = Observability(
             "observability",
@@ -359,8 +420,8 @@ class Platform(pulumi.ComponentResource):
             settings=config.observability,
             budget=config.budget,
             audit_location=config.bigquery.location,
-            audit_kms_key=keys["audit-logs"],
+            audit_kms_key=keys.keys["audit-logs"],
             labels=config.labels,
             protect=config.is_prod,
-            opts=after_keys,
+            opts=after(*keys.grants_for("audit-logs")),
         )

@@ -24,18 +24,30 @@ from infra.cluster import (
     ACCELERATOR_KEY,
     COMPUTE_CLASS_KEY,
     GPU_TAINT,
-    RESTRICTED_CONTAINER,
+    GPU_UTILIZATION,
     SPOT_TAINT,
-    k8s_labels,
 )
 from infra.config import SignalServiceWorkload, TritonModel, TritonWorkload, Workload, Workloads
 from infra.identity import WORKLOADS
+from infra.kube import (
+    METADATA_SERVER,
+    METRICS_SCRAPING_POLICY,
+    RESTRICTED_CONTAINER,
+    api_object,
+    app_peer,
+    disruption_budget,
+    k8s_labels,
+    namespace_peer,
+    network_policy,
+    pod_monitoring,
+    tcp,
+)
 from infra.mesh import (
     GATEWAY,
     GATEWAY_NAMESPACE,
     GATEWAY_PRINCIPAL,
-    ISTIO_NAMESPACE,
     MeshService,
+    baseline_policies,
     principal,
 )
 
@@ -46,8 +58,6 @@ METRICS_PORT = 9464  # the signal service's Prometheus metrics (the image expose
 TRITON_HTTP_PORT = 8000  # KServe v2 HTTP: health probes only
 TRITON_GRPC_PORT = 8001  # KServe v2 gRPC: inference
 TRITON_METRICS_PORT = 8002
-# Istio's sidecar serves the pod's metrics merged with its own here, outside mTLS.
-MERGED_METRICS_PORT = 15020
 # The models bucket holds the output of `python -m app.model build` (app.model.build): the
 # service's in-process fallback model at its root, Triton's repository under `triton/`.
 MODELS_DIR = "/models"
@@ -60,16 +70,13 @@ PRESTOP_SECONDS = 5  # endpoints are withdrawn mesh-wide before the process sees
 # Cloud Monitoring metrics the HPAs read through the custom metrics adapter.
 # `signal_requests_total` is the service's own request counter (a contract with app/).
 REQUEST_RATE_METRIC = "prometheus.googleapis.com|signal_requests_total|counter"
-GPU_DUTY_CYCLE_METRIC = "kubernetes.io|container|accelerator|duty_cycle"
-
-# Google's metadata server (Workload Identity tokens): the classic address and GKE's own.
-METADATA_SERVER = (("169.254.169.254/32", 80), ("169.254.169.252/32", 988))
-PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# GKE's managed DCGM metrics (the cluster's monitoring config collects them): GPU utilisation
+# per GPU, reported for time-shared GPUs too, unlike kubernetes.io/container/accelerator/duty_cycle.
+GPU_UTILIZATION_METRIC = f"prometheus.googleapis.com|{GPU_UTILIZATION}|gauge"
 # Memorystore for Redis Cluster: its endpoints sit in the VPC's 10/8 plan; discovery and
 # shard ports.
 REDIS_RANGE = "10.0.0.0/8"
 REDIS_PORTS = ((6379, None), (11000, 13047))
-MONITORING_NAMESPACE = "gmp-system"  # Managed Prometheus collectors
 # GKE injects the GCS FUSE sidecar; it fetches tokens from the metadata server, which must
 # bypass the Istio proxy (GKE docs, "GCS FUSE CSI driver with Istio").
 GCS_FUSE_ANNOTATIONS = {
@@ -81,26 +88,6 @@ GCS_FUSE_ANNOTATIONS = {
         cidr for cidr, _ in METADATA_SERVER
     ),
 }
-
-# The adapter that serves Cloud Monitoring (and Managed Prometheus) metrics to HPAs.
-METRICS_ADAPTER = "custom-metrics-stackdriver-adapter"
-METRICS_NAMESPACE = "custom-metrics"
-METRICS_ADAPTER_PORT = 6443  # unprivileged: the adapter runs as non-root
-
-
-def role_ref(kind: str, name: str) -> Any:
-    """An RBAC binding's reference to a Role or ClusterRole."""
-    return api_object({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name})
-
-
-def api_object(value: Any) -> Any:
-    """A part of a Kubernetes object, spelled as the Kubernetes API spells it (camelCase).
-
-    The SDK passes such dictionaries through unchanged, but its TypedDicts only know the
-    snake_case spelling; type checking stops here, and the tests validate every object against
-    the official Kubernetes schema instead (`tests/infra/test_kubernetes_schema.py`).
-    """
-    return value
 
 
 @dataclass(frozen=True)
@@ -194,6 +181,17 @@ def signal_service_config(
             }
         }
     return config
+
+
+def service_grace_seconds(workload: Workload) -> int:
+    """How long the service drains in-flight calls on SIGTERM: the pod's grace period less the
+    preStop pause and a margin."""
+    return workload.termination_grace_seconds - PRESTOP_SECONDS - 2
+
+
+def render_service_config(config: Mapping[str, Any]) -> str:
+    """The service's config file as the ConfigMap carries it (and its hash rolls the pods)."""
+    return yaml.safe_dump(dict(config), sort_keys=True)
 
 
 def server_ca_bundle(cas: Sequence[Any] | None) -> str:
@@ -348,19 +346,19 @@ class WorkloadSet(pulumi.ComponentResource):
                         "type": "External",
                         "external": {
                             "metric": {
-                                "name": GPU_DUTY_CYCLE_METRIC,
-                                # Cloud Monitoring is project-wide: this cluster's Triton only.
+                                "name": GPU_UTILIZATION_METRIC,
+                                # Cloud Monitoring is project-wide: this cluster's GPUs, which
+                                # only Triton uses (the inference ComputeClass), averaged.
                                 "selector": {
                                     "matchLabels": {
-                                        "resource.labels.cluster_name": cluster,
-                                        "resource.labels.namespace_name": namespace,
-                                        "resource.labels.container_name": TRITON,
+                                        "resource.labels.cluster": cluster,
+                                        "reducer": "REDUCE_MEAN",
                                     }
                                 },
                             },
                             "target": {
-                                "type": "AverageValue",
-                                "averageValue": str(triton.target_gpu_duty_cycle),
+                                "type": "Value",
+                                "value": str(triton.target_gpu_duty_cycle),
                             },
                         },
                     }
@@ -370,33 +368,13 @@ class WorkloadSet(pulumi.ComponentResource):
                 scale_down_window=600,
             ),
         }
+        child = pulumi.ResourceOptions(parent=self)
         self.disruption_budgets = {
-            app: k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-pdb-{app}",
-                metadata={"name": app, "namespace": namespace, "labels": k8s_labels(labels, app)},
-                spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": {"app": app}}}),
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+            app: disruption_budget(f"{name}-pdb-{app}", app, namespace, labels, child)
             for app in (SIGNAL_SERVICE, TRITON)
         }
         self.pod_monitors = {
-            app: k8s.apiextensions.CustomResource(
-                f"{name}-monitor-{app}",
-                api_version="monitoring.googleapis.com/v1",
-                kind="PodMonitoring",
-                metadata={"name": app, "namespace": namespace, "labels": k8s_labels(labels, app)},
-                spec={
-                    "selector": {"matchLabels": {"app": app}},
-                    "endpoints": [
-                        {
-                            "port": MERGED_METRICS_PORT,
-                            "path": "/stats/prometheus",
-                            "interval": "15s",
-                        }
-                    ],
-                },
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+            app: pod_monitoring(f"{name}-monitor-{app}", app, namespace, labels, "15s", child)
             for app in (SIGNAL_SERVICE, TRITON)
         }
         self.network_policies = self._network_policies(peer_pod_ranges, tracing_collector)
@@ -496,13 +474,13 @@ class WorkloadSet(pulumi.ComponentResource):
         trace_sampling_percent: float,
     ) -> k8s.apps.v1.Deployment:
         # The service drains in-flight calls on SIGTERM, after the preStop pause.
-        grace = workload.termination_grace_seconds - PRESTOP_SECONDS - 2
+        grace = service_grace_seconds(workload)
+        # Memorystore assigns the endpoint: the file is known once the cluster exists.
         rendered = pulumi.Output.from_input(endpoints.redis).apply(
-            lambda redis: yaml.safe_dump(
+            lambda redis: render_service_config(
                 signal_service_config(
                     endpoints, model, grace, tracing_collector, trace_sampling_percent, redis
-                ),
-                sort_keys=True,
+                )
             )
         )
         data: dict[str, pulumi.Input[str]] = {CONFIG_FILE: rendered}
@@ -591,7 +569,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 f"--metrics-port={TRITON_METRICS_PORT}",
                 "--allow-gpu-metrics=true",
                 # Finish in-flight inferences on SIGTERM, inside the grace period.
-                f"--exit-timeout-secs={workload.termination_grace_seconds - PRESTOP_SECONDS - 2}",
+                f"--exit-timeout-secs={service_grace_seconds(workload)}",
             ],
             "ports": [
                 {"name": "http", "containerPort": TRITON_HTTP_PORT, "protocol": "TCP"},
@@ -743,35 +721,26 @@ class WorkloadSet(pulumi.ComponentResource):
         peers = [{"ipBlock": {"cidr": cidr}} for cidr in peer_pod_ranges]
         policies: dict[str, dict[str, Any]] = {
             **baseline_policies(tracing_collector),
-            "allow-metrics-scraping": {
-                "podSelector": {},
-                "policyTypes": ["Ingress"],
-                "ingress": [
-                    {
-                        "from": [_namespace_peer(MONITORING_NAMESPACE)],
-                        "ports": _tcp(MERGED_METRICS_PORT),
-                    }
-                ],
-            },
+            "allow-metrics-scraping": METRICS_SCRAPING_POLICY,
             f"{SIGNAL_SERVICE}-ingress": {
                 # The gateways: this region's, and other regions' on failover.
-                "podSelector": _app_peer(SIGNAL_SERVICE)["podSelector"],
+                "podSelector": app_peer(SIGNAL_SERVICE)["podSelector"],
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
                         "from": [
-                            {**_namespace_peer(GATEWAY_NAMESPACE), **_app_peer(GATEWAY)},
+                            {**namespace_peer(GATEWAY_NAMESPACE), **app_peer(GATEWAY)},
                             *peers,
                         ],
-                        "ports": _tcp(GRPC_PORT),
+                        "ports": tcp(GRPC_PORT),
                     }
                 ],
             },
             f"{SIGNAL_SERVICE}-egress": {
-                "podSelector": _app_peer(SIGNAL_SERVICE)["podSelector"],
+                "podSelector": app_peer(SIGNAL_SERVICE)["podSelector"],
                 "policyTypes": ["Egress"],
                 "egress": [
-                    {"to": [_app_peer(TRITON), *peers], "ports": _tcp(TRITON_GRPC_PORT)},
+                    {"to": [app_peer(TRITON), *peers], "ports": tcp(TRITON_GRPC_PORT)},
                     {
                         "to": [{"ipBlock": {"cidr": REDIS_RANGE}}],
                         "ports": [
@@ -782,10 +751,10 @@ class WorkloadSet(pulumi.ComponentResource):
                 ],
             },
             f"{TRITON}-ingress": {
-                "podSelector": _app_peer(TRITON)["podSelector"],
+                "podSelector": app_peer(TRITON)["podSelector"],
                 "policyTypes": ["Ingress"],
                 "ingress": [
-                    {"from": [_app_peer(SIGNAL_SERVICE), *peers], "ports": _tcp(TRITON_GRPC_PORT)}
+                    {"from": [app_peer(SIGNAL_SERVICE), *peers], "ports": tcp(TRITON_GRPC_PORT)}
                 ],
             },
         }
@@ -795,339 +764,3 @@ class WorkloadSet(pulumi.ComponentResource):
             )
             for policy, spec in policies.items()
         }
-
-
-def _namespace_peer(name: str) -> dict[str, Any]:
-    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
-
-
-def _app_peer(name: str) -> dict[str, Any]:
-    return {"podSelector": {"matchLabels": {"app": name}}}
-
-
-def _tcp(*ports: int) -> list[dict[str, Any]]:
-    return [{"protocol": "TCP", "port": p} for p in ports]
-
-
-def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
-    """The NetworkPolicies every mesh namespace starts from: deny all, then DNS, the mesh
-    (istiod), Workload Identity (metadata server), Google APIs over Private Google Access and
-    the trace collector."""
-    host, port = tracing_collector.rsplit(":", 1)
-    collector_namespace = host.split(".")[1]
-    return {
-        "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
-        "allow-dns": {
-            "podSelector": {},
-            "policyTypes": ["Egress"],
-            "egress": [
-                {
-                    "to": [_namespace_peer("kube-system")],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                }
-            ],
-        },
-        "allow-platform": {
-            "podSelector": {},
-            "policyTypes": ["Egress"],
-            "egress": [
-                {
-                    "to": [{**_namespace_peer(ISTIO_NAMESPACE), **_app_peer("istiod")}],
-                    "ports": _tcp(15012),
-                },
-                *(
-                    {"to": [{"ipBlock": {"cidr": cidr}}], "ports": _tcp(metadata_port)}
-                    for cidr, metadata_port in METADATA_SERVER
-                ),
-                {
-                    "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
-                    "ports": _tcp(443),
-                },
-                {"to": [_namespace_peer(collector_namespace)], "ports": _tcp(int(port))},
-            ],
-        },
-    }
-
-
-def network_policy(
-    resource: str,
-    name: str,
-    namespace: str,
-    spec: Mapping[str, Any],
-    labels: Mapping[str, str],
-    parent: pulumi.Resource,
-) -> k8s.networking.v1.NetworkPolicy:
-    return k8s.networking.v1.NetworkPolicy(
-        resource,
-        metadata={
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "signal-platform", **labels},
-        },
-        spec=api_object(dict(spec)),
-        opts=pulumi.ResourceOptions(parent=parent),
-    )
-
-
-class MetricsAdapter(pulumi.ComponentResource):
-    """The Custom Metrics Stackdriver Adapter: Cloud Monitoring metrics for HPAs.
-
-    From GoogleCloudPlatform/k8s-stackdriver's `adapter_new_resource_model.yaml`, hardened
-    (non-root on an unprivileged port, read-only root filesystem) and inside the mesh like every
-    namespace: injected, default deny, NetworkPolicies. Only its API port bypasses the sidecar:
-    the Kubernetes API server calls it with TLS from outside the mesh. It reads metrics as its
-    Kubernetes service account, which `identity.monitoring_viewer` lets read Cloud Monitoring.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        image: str,
-        control_plane_cidr: str,
-        tracing_collector: str,
-        labels: Mapping[str, str],
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("signal:infra:MetricsAdapter", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        meta = k8s_labels(labels, METRICS_ADAPTER) | {"app.kubernetes.io/name": METRICS_ADAPTER}
-        selector = {"app.kubernetes.io/name": METRICS_ADAPTER}
-        adapter = {
-            "kind": "ServiceAccount",
-            "name": METRICS_ADAPTER,
-            "namespace": METRICS_NAMESPACE,
-        }
-
-        self.namespace = k8s.core.v1.Namespace(
-            f"{name}-namespace",
-            metadata={
-                "name": METRICS_NAMESPACE,
-                "labels": meta
-                | {
-                    "istio-injection": "enabled",
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                },
-            },
-            opts=child,
-        )
-        in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[self.namespace])
-        self.service_account = k8s.core.v1.ServiceAccount(
-            f"{name}-sa",
-            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
-            automount_service_account_token=True,  # it calls the Kubernetes API
-            opts=in_namespace,
-        )
-        k8s.rbac.v1.ClusterRoleBinding(
-            f"{name}-auth-delegator",
-            metadata={"name": "custom-metrics:system:auth-delegator", "labels": meta},
-            role_ref=role_ref("ClusterRole", "system:auth-delegator"),
-            subjects=api_object([adapter]),
-            opts=child,
-        )
-        k8s.rbac.v1.RoleBinding(
-            f"{name}-auth-reader",
-            metadata={
-                "name": "custom-metrics-auth-reader",
-                "namespace": "kube-system",
-                "labels": meta,
-            },
-            role_ref=role_ref("Role", "extension-apiserver-authentication-reader"),
-            subjects=api_object([adapter]),
-            opts=child,
-        )
-        self._granted_cluster_role(
-            f"{name}-resource-reader",
-            "custom-metrics-resource-reader",
-            {
-                "apiGroups": [""],
-                "resources": ["pods", "nodes", "nodes/stats"],
-                "verbs": ["get", "list", "watch"],
-            },
-            adapter,
-            meta,
-        )
-        self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
-            spec=api_object(
-                {
-                    "replicas": 2,
-                    "selector": {"matchLabels": selector},
-                    "template": {
-                        "metadata": {
-                            "labels": meta,
-                            "annotations": {
-                                "traffic.sidecar.istio.io/excludeInboundPorts": str(
-                                    METRICS_ADAPTER_PORT
-                                )
-                            },
-                        },
-                        "spec": {
-                            "serviceAccountName": METRICS_ADAPTER,
-                            "securityContext": {
-                                "runAsNonRoot": True,
-                                "runAsUser": 65532,
-                                "runAsGroup": 65532,
-                                "seccompProfile": {"type": "RuntimeDefault"},
-                            },
-                            "topologySpreadConstraints": [
-                                {
-                                    "maxSkew": 1,
-                                    "topologyKey": "topology.kubernetes.io/zone",
-                                    "whenUnsatisfiable": "ScheduleAnyway",
-                                    "labelSelector": {"matchLabels": selector},
-                                }
-                            ],
-                            "containers": [
-                                {
-                                    "name": "adapter",
-                                    "image": image,
-                                    "command": [
-                                        "/adapter",
-                                        "--use-new-resource-model=true",
-                                        "--fallback-for-container-metrics=true",
-                                        f"--secure-port={METRICS_ADAPTER_PORT}",
-                                        "--cert-dir=/tmp/certs",
-                                    ],
-                                    "ports": [
-                                        {"name": "https", "containerPort": METRICS_ADAPTER_PORT}
-                                    ],
-                                    "resources": {
-                                        "requests": {"cpu": "250m", "memory": "200Mi"},
-                                        "limits": {"cpu": "500m", "memory": "400Mi"},
-                                    },
-                                    "securityContext": RESTRICTED_CONTAINER,
-                                    "readinessProbe": {
-                                        "tcpSocket": {"port": METRICS_ADAPTER_PORT},
-                                        "periodSeconds": 10,
-                                    },
-                                    "livenessProbe": {
-                                        "tcpSocket": {"port": METRICS_ADAPTER_PORT},
-                                        "periodSeconds": 20,
-                                        "failureThreshold": 3,
-                                    },
-                                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                                }
-                            ],
-                            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-                        },
-                    },
-                }
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_account]),
-        )
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-pdb",
-            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
-            spec=api_object({"maxUnavailable": 1, "selector": {"matchLabels": selector}}),
-            opts=in_namespace,
-        )
-        self.service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
-            spec=api_object(
-                {
-                    "type": "ClusterIP",
-                    "selector": selector,
-                    "ports": [
-                        {
-                            "name": "https",
-                            "port": 443,
-                            "targetPort": METRICS_ADAPTER_PORT,
-                            "protocol": "TCP",
-                        }
-                    ],
-                }
-            ),
-            opts=in_namespace,
-        )
-        for group, version, priority in (
-            ("custom.metrics.k8s.io", "v1beta1", 100),
-            ("custom.metrics.k8s.io", "v1beta2", 200),
-            ("external.metrics.k8s.io", "v1beta1", 100),
-        ):
-            k8s.apiregistration.v1.APIService(
-                f"{name}-api-{version}-{group.split('.')[0]}",
-                metadata={"name": f"{version}.{group}", "labels": meta},
-                spec=api_object(
-                    {
-                        "group": group,
-                        "version": version,
-                        "groupPriorityMinimum": 100,
-                        "versionPriority": priority,
-                        # The adapter serves a self-signed certificate, as upstream ships it.
-                        "insecureSkipTLSVerify": True,
-                        "service": {"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE},
-                    }
-                ),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service]),
-            )
-        self._granted_cluster_role(
-            f"{name}-external-reader",
-            "external-metrics-reader",
-            {
-                "apiGroups": ["external.metrics.k8s.io"],
-                "resources": ["*"],
-                "verbs": ["list", "get", "watch"],
-            },
-            {
-                "kind": "ServiceAccount",
-                "name": "horizontal-pod-autoscaler",
-                "namespace": "kube-system",
-            },
-            meta,
-        )
-        self.default_deny = k8s.apiextensions.CustomResource(
-            f"{name}-deny",
-            api_version="security.istio.io/v1",
-            kind="AuthorizationPolicy",
-            metadata={"name": "default-deny", "namespace": METRICS_NAMESPACE, "labels": meta},
-            spec={},
-            opts=in_namespace,
-        )
-        policies: dict[str, dict[str, Any]] = {
-            **baseline_policies(tracing_collector),
-            "api-server": {
-                # The API server proxies metric reads to it, and it delegates authentication
-                # and authorization back to the API server.
-                "podSelector": {"matchLabels": selector},
-                "policyTypes": ["Ingress", "Egress"],
-                "ingress": [
-                    {
-                        "from": [{"ipBlock": {"cidr": control_plane_cidr}}],
-                        "ports": _tcp(METRICS_ADAPTER_PORT),
-                    }
-                ],
-                "egress": [{"to": [{"ipBlock": {"cidr": control_plane_cidr}}], "ports": _tcp(443)}],
-            },
-        }
-        self.network_policies = {
-            policy: network_policy(
-                f"{name}-netpol-{policy}", policy, METRICS_NAMESPACE, spec, labels, self
-            )
-            for policy, spec in policies.items()
-        }
-        self.register_outputs({"namespace": self.namespace.metadata.name})
-
-    def _granted_cluster_role(
-        self,
-        resource_name: str,
-        role_name: str,
-        rule: dict[str, Any],
-        subject: dict[str, Any],
-        labels: Mapping[str, str],
-    ) -> None:
-        """A ClusterRole of one rule, bound to one subject under the same name."""
-        role = k8s.rbac.v1.ClusterRole(
-            resource_name,
-            metadata={"name": role_name, "labels": labels},
-            rules=api_object([rule]),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        k8s.rbac.v1.ClusterRoleBinding(
-            resource_name,
-            metadata={"name": role_name, "labels": labels},
-            role_ref=role_ref("ClusterRole", role_name),
-            subjects=api_object([subject]),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
-        )

@@ -146,3 +146,28 @@ def test_deploy_goes_dev_then_prod_behind_an_approval():
         assert pulumi["policyPackConfigs"] == f"plans/budget-{stack}.json"
         assert f"make check STACK={stack}" in [s.get("run") for s in job["steps"]]
     assert "credentials_json" not in (WORKFLOWS / "deploy.yml").read_text()
+
+
+@pytest.mark.parametrize(("name", "jobs"), [("deploy", ("dev", "prod")), ("preview", ("pulumi",))])
+def test_jobs_that_reach_the_clusters_install_the_auth_plugin_first(name: str, jobs: tuple):
+    """The Kubernetes provider's kubeconfig (infra/cluster.py) runs gke-gcloud-auth-plugin to
+    reach the clusters through Connect Gateway: the job installs it after authenticating and
+    before Pulumi runs."""
+    workflow = load(name)
+    for job_name in jobs:
+        job = workflow["jobs"][job_name]
+        gcloud = uses(job, "google-github-actions/setup-gcloud")
+        components = str(gcloud["with"]["install_components"]).replace(",", " ").split()
+        assert "gke-gcloud-auth-plugin" in components, job_name
+        order = [str(s.get("uses", "")).split("@")[0] for s in job["steps"]]
+        auth = order.index("google-github-actions/auth")
+        setup = order.index("google-github-actions/setup-gcloud")
+        assert auth < setup < order.index("pulumi/actions"), order
+
+
+def test_the_kubeconfig_calls_the_plugin_the_workflows_install():
+    from infra.cluster import gateway_server, kubeconfig
+
+    config = yaml.safe_load(kubeconfig("c", gateway_server("123", "us-central1", "c")))
+    (user,) = config["users"]
+    assert user["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"

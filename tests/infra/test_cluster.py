@@ -3,16 +3,27 @@ policy pack sees them in each stack's plan, and the cluster settings' validation
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
-from infra.cluster import INFERENCE_COMPUTE_CLASS, kubeconfig, spot_first
+from infra.cluster import (
+    GATEWAY_ROLES,
+    INFERENCE_COMPUTE_CLASS,
+    gateway_server,
+    kubeconfig,
+    rbac_subject,
+    spot_first,
+)
 from infra.config import ConfigError, GpuPool, StackConfig, load_catalog
 from tests.infra.test_config import load, stack_values
 from tools.inventory import Inventory, Resource, provider_urn
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
+MEMBERSHIP = "gcp:gkehub/membership:Membership"
+PROJECT_IAM = "gcp:projects/iAMMember:IAMMember"
 COMPUTE_CLASS = "kubernetes:cloud.google.com/v1:ComputeClass"
 PRIORITY_CLASS = "kubernetes:scheduling.k8s.io/v1:PriorityClass"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
@@ -81,14 +92,18 @@ def test_clusters_are_hardened(stack_plan: Inventory):
         assert i["ipAllocationPolicy"]["clusterSecondaryRangeName"] == "pods"
         assert i["ipAllocationPolicy"]["servicesSecondaryRangeName"] == "services"
         assert i["binaryAuthorization"] == {"evaluationMode": "PROJECT_SINGLETON_POLICY_ENFORCE"}
+        # GKE shut basic workload scanning down; images are scanned by Artifact Analysis.
         assert i["securityPostureConfig"] == {
             "mode": "BASIC",
-            "vulnerabilityMode": "VULNERABILITY_BASIC",
+            "vulnerabilityMode": "VULNERABILITY_DISABLED",
         }
         assert i["enableLegacyAbac"] is False and i["enableKubernetesAlpha"] is False
         assert i["masterAuth"]["clientCertificateConfig"] == {"issueClientCertificate": False}
         assert i["removeDefaultNodePool"] is True
         assert i["enableIntranodeVisibility"] is True
+        # Separate pools own the nodes: once GKE drops the default pool, the cluster's node
+        # settings drift from `nodeConfig`, which would otherwise replace the cluster.
+        assert set(cluster.options["ignoreChanges"]) == {"nodeConfig", "nodePools"}
 
 
 def test_clusters_observe_and_mount_models_and_track_cost(stack_plan: Inventory):
@@ -96,6 +111,8 @@ def test_clusters_observe_and_mount_models_and_track_cost(stack_plan: Inventory)
         i = cluster.inputs
         assert i["monitoringConfig"]["managedPrometheus"] == {"enabled": True}
         assert "SYSTEM_COMPONENTS" in i["monitoringConfig"]["enableComponents"]
+        # GKE's managed DCGM exporter: the GPU metrics the Triton HPA and the GPU alert read.
+        assert "DCGM" in i["monitoringConfig"]["enableComponents"]
         assert set(i["loggingConfig"]["enableComponents"]) == {"SYSTEM_COMPONENTS", "WORKLOADS"}
         assert i["addonsConfig"]["gcsFuseCsiDriverConfig"] == {"enabled": True}
         assert i["costManagementConfig"] == {"enabled": True}
@@ -296,27 +313,62 @@ def test_inference_outranks_batch(stack_plan: Inventory):
 # ---------------------------------------------------------------- Kubernetes provider
 
 
-def test_one_kubernetes_provider_per_cluster_from_its_outputs(stack_plan: Inventory):
+def test_one_kubernetes_provider_per_cluster_through_connect_gateway(stack_plan: Inventory):
+    """CI reaches the private control planes through Connect Gateway: each cluster has a fleet
+    membership, and its provider's kubeconfig names the gateway endpoint of that membership."""
     index = stack_plan.by_urn()
     regions = stack_plan.regions()
     providers = stack_plan.of_type(K8S_PROVIDER)
-    assert len(providers) == len(stack_plan.outputs["regions"])
+    memberships = {m.inputs["membershipId"]: m for m in stack_plan.of_type(MEMBERSHIP)}
+    assert len(providers) == len(memberships) == len(stack_plan.outputs["regions"])
     for provider in providers:
         cluster = index[provider.parent]  # type: ignore[index]
         assert cluster.type == CLUSTER
-        assert regions[provider.urn] == cluster.inputs["location"]
+        location = cluster.inputs["location"]
+        assert regions[provider.urn] == location
+        membership = memberships[cluster.inputs["name"]]
+        assert membership.inputs["location"] == location
+        assert cluster.urn in membership.options["dependencies"]
         config = yaml.safe_load(provider.inputs["kubeconfig"])
         (entry,) = config["clusters"]
         assert entry["name"] == cluster.inputs["name"]
-        assert entry["cluster"]["server"].startswith("https://172.16.")
-        assert entry["cluster"]["certificate-authority-data"]
+        assert re.fullmatch(
+            rf"https://connectgateway\.googleapis\.com/v1/projects/\d+/locations/{location}"
+            rf"/gkeMemberships/{membership.inputs['membershipId']}",
+            entry["cluster"]["server"],
+        )
         (user,) = config["users"]
         assert user["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"
         assert "token" not in user["user"] and "client-key-data" not in user["user"]
-        system_pool = f"{cluster.inputs['location']}-cluster-system"
-        assert any(d.endswith(f"::{system_pool}") for d in provider.options["dependencies"]), (
-            "the provider waits for the system pool"
-        )
+        waits = set(provider.options["dependencies"])
+        system_pool = f"{location}-cluster-system"
+        assert any(d.endswith(f"::{system_pool}") for d in waits), "waits for the system pool"
+        assert membership.urn in waits
+        assert any(d.endswith("::api-connectgateway") for d in waits)
+        grants = {g.urn for g in stack_plan.of_type(PROJECT_IAM) if "gkehub" in g.inputs["role"]}
+        assert grants and grants <= waits, "the deployers' gateway roles come first"
+
+
+def test_deployers_reach_the_clusters_through_iam_and_rbac(stack_plan: Inventory):
+    deployers = load(stack_plan.stack).cluster.deployers
+    assert deployers, "the stack names who deploys"
+    roles = {
+        (g.inputs["member"], g.inputs["role"])
+        for g in stack_plan.of_type(PROJECT_IAM)
+        if "gkehub" in g.inputs["role"]
+    }
+    assert roles == {(m, r) for m in deployers for r in GATEWAY_ROLES}
+    bindings = [
+        b
+        for b in stack_plan.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding")
+        if b.inputs["metadata"]["name"] == "signal-platform-deployers"
+    ]
+    assert len(bindings) == len(stack_plan.outputs["regions"])
+    for binding in bindings:
+        assert binding.inputs["roleRef"]["name"] == "cluster-admin"
+        assert [s["name"] for s in binding.inputs["subjects"]] == [
+            m.split(":", 1)[1] for m in deployers
+        ]
 
 
 def test_every_kubernetes_object_resolves_to_its_clusters_region(stack_plan: Inventory):
@@ -330,14 +382,26 @@ def test_every_kubernetes_object_resolves_to_its_clusters_region(stack_plan: Inv
         assert regions[resource.urn] == regions[provider.urn] is not None
 
 
-def test_kubeconfig_is_exec_based():
-    config = yaml.safe_load(kubeconfig("c", "10.0.0.2", "Q0E="))
+def test_kubeconfig_is_exec_based_and_pins_no_ca():
+    server = gateway_server("123", "us-east4", "signal-us-east4")
+    assert server == (
+        "https://connectgateway.googleapis.com/v1/projects/123/locations/us-east4"
+        "/gkeMemberships/signal-us-east4"
+    )
+    config = yaml.safe_load(kubeconfig("c", server))
     assert config["current-context"] == "c"
-    assert config["clusters"][0]["cluster"] == {
-        "server": "https://10.0.0.2",
-        "certificate-authority-data": "Q0E=",
-    }
+    assert config["clusters"][0]["cluster"] == {"server": server}
     assert config["users"][0]["user"]["exec"]["interactiveMode"] == "Never"
+
+
+def test_rbac_subjects_follow_the_iam_member_kind():
+    assert rbac_subject("serviceAccount:ci@p.iam.gserviceaccount.com")["kind"] == "User"
+    assert rbac_subject("user:ops@example.com") == {
+        "kind": "User",
+        "name": "ops@example.com",
+        "apiGroup": "rbac.authorization.k8s.io",
+    }
+    assert rbac_subject("group:sre@example.com")["kind"] == "Group"
 
 
 # ---------------------------------------------------------------- settings

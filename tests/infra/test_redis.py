@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -10,7 +9,8 @@ import pytest
 from infra.config import ConfigError, RedisSettings, StackConfig
 from infra.redis import persistence_config
 from tests.infra.stack_config import load
-from tools.inventory import Inventory
+from tests.infra.test_apply_order import waits_for
+from tools.inventory import UNKNOWN, Inventory
 
 CLUSTER = "gcp:redis/cluster:Cluster"
 POLICY = "gcp:networkconnectivity/serviceConnectionPolicy:ServiceConnectionPolicy"
@@ -138,15 +138,28 @@ def test_only_the_signal_service_may_connect_and_only_to_its_regions_cluster(
 
 
 def test_each_regions_discovery_endpoint_is_exported_for_the_workloads(stack_plan: Inventory):
+    """Memorystore assigns each cluster's discovery endpoint (unknown in a preview); each
+    region exports its own, and its signal service's config waits for that cluster."""
     endpoints = stack_plan.outputs["redis"]
     assert sorted(endpoints) == sorted(clusters(stack_plan))
-    assert all(re.fullmatch(r"\d+\.\d+\.\d+\.\d+:6379", e) for e in endpoints.values())
-    assert len(set(endpoints.values())) == len(endpoints), "each region has its own cluster"
-    # Where the workloads are declared, the signal service of a region reads that endpoint.
-    for deployment in stack_plan.of_type(DEPLOYMENT):
-        found = set(re.findall(r'"(\d+\.\d+\.\d+\.\d+:6379)"', json.dumps(deployment.inputs)))
-        region = deployment.name.split("-workloads-")[0]
-        assert found <= {endpoints.get(region)}, deployment.name
+    assert all(
+        e == UNKNOWN or re.fullmatch(r"\d+\.\d+\.\d+\.\d+:6379", e) for e in endpoints.values()
+    )
+    caches = {c.inputs["region"]: c.urn for c in stack_plan.of_type(CLUSTER)}
+    config_maps = [
+        c
+        for c in stack_plan.of_type("kubernetes:core/v1:ConfigMap")
+        if c.inputs["metadata"]["name"] == "signal-service-config"
+    ]
+    assert len(config_maps) == len(endpoints)
+    regions = stack_plan.regions()
+    for config_map in config_maps:
+        region = regions[config_map.urn]
+        waits = waits_for(stack_plan, config_map)
+        assert caches[region] in waits, config_map.name
+        assert not (set(caches.values()) - {caches[region]}) & set(
+            config_map.options["dependencies"]
+        )
 
 
 @pytest.mark.parametrize(

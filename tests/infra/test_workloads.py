@@ -3,7 +3,6 @@ settings' validation, as the policy pack sees them in each stack's plan."""
 
 from __future__ import annotations
 
-import hashlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,14 +14,17 @@ from app.model.triton import TritonModelConfig, render_config_pbtxt
 from app.telemetry import TelemetryConfig
 from infra.config import ConfigError, StackConfig
 from infra.workloads import (
-    GPU_DUTY_CYCLE_METRIC,
+    GPU_UTILIZATION_METRIC,
     REQUEST_RATE_METRIC,
     ServiceEndpoints,
+    render_service_config,
     server_ca_bundle,
+    service_grace_seconds,
     signal_service_config,
 )
+from tests.infra.test_apply_order import waits_for
 from tests.infra.test_config import edited, load, stack_values
-from tools.inventory import Inventory, Resource
+from tools.inventory import UNKNOWN, Inventory, Resource
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
@@ -166,28 +168,58 @@ def test_signal_service_image_probes_resources_and_scratch_space(stack_plan: Inv
         assert "emptyDir" in volumes["tmp"] and "emptyDir" in volumes["numba-cache"]
 
 
-def test_prod_images_are_pinned_by_digest(prod_plan: Inventory):
+def test_prod_images_are_pinned_by_digest_or_listed_as_unpinned(prod_plan: Inventory):
+    """Prod pins every image by digest, except the references its config lists in
+    `unpinnedImages` with a reason (infra/config/images.py)."""
+    unpinned = set(config_of(prod_plan).unpinned_images)
     for deployment in prod_plan.of_type(DEPLOYMENT):
         for c in pod(deployment)["containers"]:
-            assert "@sha256:" in c["image"], deployment.name
+            assert "@sha256:" in c["image"] or c["image"] in unpinned, deployment.name
+
+
+REDIS_ENDPOINT = "10.200.1.3:6379"  # what Memorystore assigns; known once the cluster exists
 
 
 def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inventory, tmp_path):
     """The rendered file loads in the service's own config model: the contract with app/."""
     cfg = config_of(stack_plan)
-    redis = stack_plan.outputs["redis"]
     config_maps = in_signals(stack_plan, CONFIG_MAP)
+    caches = {c.inputs["region"]: c for c in stack_plan.of_type("gcp:redis/cluster:Cluster")}
     for region, deployments in in_signals(stack_plan, DEPLOYMENT).items():
         deployment = deployments["signal-service"]
         c = container(deployment)
         assert c["args"] == ["serve", "--config", "/etc/signal-service/config.yaml"]
         mount = {"name": "config", "mountPath": "/etc/signal-service", "readOnly": True}
         assert mount in c["volumeMounts"]
-        data = config_maps[region]["signal-service-config"].inputs["data"]
-        text = data["config.yaml"]
+        config_map = config_maps[region]["signal-service-config"]
+        data = config_map.inputs["data"]
+        # The file names the region's Redis endpoint, which Memorystore assigns: a preview
+        # knows it (and the hash that rolls the pods) once that region's cluster exists.
+        assert data["config.yaml"] == UNKNOWN
+        assert caches[region].urn in waits_for(stack_plan, config_map)
         annotations = deployment.inputs["spec"]["template"]["metadata"]["annotations"]
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        assert annotations["signal-platform/config-sha256"] == digest
+        assert annotations["signal-platform/config-sha256"] == UNKNOWN
+        assert "redis-ca.pem" in data
+
+        endpoints = ServiceEndpoints(
+            project_id=cfg.project_id,
+            ticks_topic=cfg.pubsub.ticks_topic,
+            signals_topic=cfg.pubsub.signals_topic,
+            dataset=cfg.bigquery.dataset_id,
+            redis=REDIS_ENDPOINT,
+            redis_ca="PEM",
+        )
+        settings = cfg.workloads.signal_service
+        text = render_service_config(
+            signal_service_config(
+                endpoints,
+                cfg.workloads.triton.model,
+                service_grace_seconds(settings),
+                cfg.mesh.tracing_collector,
+                cfg.mesh.trace_sampling_percent,
+                REDIS_ENDPOINT,
+            )
+        )
         path = tmp_path / f"{region}.yaml"
         path.write_text(text)
         app = load_config(path)
@@ -195,12 +227,11 @@ def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inven
         assert app.kserve.model_name == cfg.workloads.triton.model.name
         assert app.batcher.max_batch_size == cfg.workloads.triton.model.max_batch_size
         assert app.server.port == 50051 and app.server.host == "0.0.0.0"
-        assert app.server.grace_s + 5 < cfg.workloads.signal_service.termination_grace_seconds
+        assert app.server.grace_s + 5 < settings.termination_grace_seconds
         assert app.cache.redis is not None
-        assert app.cache.redis.nodes == [redis[region]], "each region its own cache"
+        assert app.cache.redis.nodes == [REDIS_ENDPOINT]
         assert app.cache.redis.tls and app.cache.redis.auth == "iam"
         assert str(app.cache.redis.ca_file) == "/etc/signal-service/redis-ca.pem"
-        assert "redis-ca.pem" in data
         assert (app.publish.sink, app.publish.project) == ("pubsub", cfg.project_id)
         assert app.publish.ticks_topic == cfg.pubsub.ticks_topic
         assert app.publish.signals_topic == cfg.pubsub.signals_topic
@@ -333,7 +364,7 @@ def test_services_are_cluster_internal(stack_plan: Inventory):
         assert (grpc["name"], grpc["port"], grpc["appProtocol"]) == ("grpc", 50051, "grpc")
 
 
-def test_autoscalers_target_cpu_request_rate_and_gpu_duty_cycle(stack_plan: Inventory):
+def test_autoscalers_target_cpu_request_rate_and_gpu_utilisation(stack_plan: Inventory):
     cfg = config_of(stack_plan)
     service, triton = cfg.workloads.signal_service, cfg.workloads.triton
     for region, hpas in in_signals(stack_plan, HPA).items():
@@ -364,16 +395,19 @@ def test_autoscalers_target_cpu_request_rate_and_gpu_duty_cycle(stack_plan: Inve
 
         spec = hpas["triton"].inputs["spec"]
         assert (spec["minReplicas"], spec["maxReplicas"]) == (triton.replicas, triton.max_replicas)
-        (duty,) = spec["metrics"]
-        assert duty["type"] == "External"
-        assert duty["external"]["metric"]["name"] == GPU_DUTY_CYCLE_METRIC
-        # Cloud Monitoring is project-wide: the selector keeps this cluster's Triton only.
-        assert duty["external"]["metric"]["selector"]["matchLabels"] == {
-            "resource.labels.cluster_name": f"signal-{region}",
-            "resource.labels.namespace_name": "signals",
-            "resource.labels.container_name": "triton",
+        (gpu,) = spec["metrics"]
+        assert gpu["type"] == "External"
+        # GKE's managed DCGM metric: reported for time-shared GPUs, unlike the container's
+        # accelerator duty cycle.
+        assert gpu["external"]["metric"]["name"] == GPU_UTILIZATION_METRIC
+        assert GPU_UTILIZATION_METRIC == "prometheus.googleapis.com|DCGM_FI_DEV_GPU_UTIL|gauge"
+        # Cloud Monitoring is project-wide: this cluster's GPUs (only Triton runs on them),
+        # averaged, against the target utilisation.
+        assert gpu["external"]["metric"]["selector"]["matchLabels"] == {
+            "resource.labels.cluster": f"signal-{region}",
+            "reducer": "REDUCE_MEAN",
         }
-        assert duty["external"]["target"] == {"type": "AverageValue", "averageValue": "85"}
+        assert gpu["external"]["target"] == {"type": "Value", "value": "85"}
 
 
 def test_prod_can_scale_to_ten_times_its_baseline(prod_plan: Inventory):
