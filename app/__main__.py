@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--batch-size", type=int, default=50, help="ticks per TickBatch")
     rp.add_argument("--symbols", type=int, default=100)
     rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--producer", help="idempotency name of this client (default replay-<pid>)")
+    rp.add_argument("--tls-ca", type=Path, help="CA bundle to verify a TLS server with")
+    rp.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    rp.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -52,14 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
+        from app.model.manifest import ModelMismatchError
         from app.server import serve as run_server
+        from app.spool import SpoolError
 
-        asyncio.run(run_server(config))
+        try:
+            asyncio.run(run_server(config))
+        except (ModelMismatchError, SpoolError, OSError) as exc:
+            # What the configuration points at does not fit: the model, the spool, the port.
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
 
     import grpc
 
-    from app.replay import replay
+    from app.replay import ClientTls, replay
 
     try:
         report = asyncio.run(
@@ -70,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 n_symbols=args.symbols,
                 seed=args.seed,
+                producer=args.producer,
+                tls=ClientTls(args.tls_ca, args.tls_cert, args.tls_key),
             )
         )
-    except (ConnectionError, ValueError) as exc:
+    except (ConnectionError, ValueError, OSError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 1
     except grpc.aio.AioRpcError as exc:

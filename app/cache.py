@@ -16,6 +16,14 @@ through every configured level. Each level counts its hits and misses
   a dead cluster costs misses, never failed requests, and L2 is used again as soon as
   Redis answers.
 * L3 (`SignalHistory`): the warehouse, read through for history (`app.warehouse`).
+
+Every level answers only signals computed less than ``max_signal_age_s`` ago (a miss
+otherwise): an L1 entry expires by then, an L2 key's TTL ends by then and its value
+carries the time, and the L3 query asks for nothing older. L2 writes are ordered by the
+signal's tick time: a write never replaces a value with a newer tick (a Lua script
+compares them on the server), so a late write, from a slow batch or another replica,
+cannot roll a symbol back. The data path writes with `submit` (L1 now, L2 by a background
+writer that keeps only each symbol's newest pending value).
 """
 
 from __future__ import annotations
@@ -91,6 +99,10 @@ class CacheConfig(BaseModel):
     l1_ttl_s: float = Field(default=2.0, gt=0, le=86_400)
     redis: RedisConfig | None = None
     read_through_warehouse: bool = True
+    # No read path (in-process store, L1, L2, L3) answers a signal computed longer ago than
+    # this; None: no limit.
+    max_signal_age_s: float | None = Field(default=60.0, gt=0, le=30 * 86_400,
+                                           allow_inf_nan=False)  # fmt: skip
 
 
 def signal_key(symbol: int) -> str:
@@ -99,33 +111,68 @@ def signal_key(symbol: int) -> str:
     return f"{{{symbol}}}:signal"
 
 
-_VALUE_VERSION = 1
-# version, symbol, ts_ns, direction, strength, confidence, len(model_version)
-_VALUE_HEAD = struct.Struct("<BiqBffB")
+_VALUE_VERSION = 2
+# version, symbol, ts_ns, direction, strength, confidence, computed_at_ns; then four
+# length-prefixed strings: model_version, model_variant, model_sha256, backend
+_VALUE_HEAD = struct.Struct("<BiqBffq")
+
+# SET the value unless the stored one is of a tick at least as new. The tick time is the
+# little-endian int64 at byte 6 (1-based), compared as (high int32, low uint32) so Lua's
+# doubles hold each half exactly.
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current and string.byte(current, 1) == 2 then
+  local clo, chi = struct.unpack('<I4i4', current, 6)
+  local nlo, nhi = struct.unpack('<I4i4', ARGV[1], 6)
+  if chi > nhi or (chi == nhi and clo >= nlo) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
-def encode_signal(signal: Signal) -> bytes:
+def encode_signal(signal: Signal, computed_at_ns: int = 0) -> bytes:
     """The compact binary value L2 stores (strength and confidence are float32, as the
-    model computes and the API carries them)."""
-    version = signal.model_version.encode()
-    if len(version) > 255:
-        raise ValueError(f"model_version of symbol {signal.symbol}: at most 255 bytes")
+    model computes and the API carries them), with when it was computed."""
     head = _VALUE_HEAD.pack(
         _VALUE_VERSION, signal.symbol, signal.ts_ns, signal.direction, signal.strength,
-        signal.confidence, len(version),
+        signal.confidence, computed_at_ns,
     )  # fmt: skip
-    return head + version
+    parts = [head]
+    for name in _VALUE_STRINGS:
+        text = getattr(signal, name).encode()
+        if len(text) > 255:
+            raise ValueError(f"{name} of symbol {signal.symbol}: at most 255 bytes")
+        parts += (bytes((len(text),)), text)
+    return b"".join(parts)
+
+
+_VALUE_STRINGS = ("model_version", "model_variant", "model_sha256", "backend")
+
+
+def decode_value(data: bytes) -> tuple[Signal, int]:
+    """``(signal, computed_at_ns)`` of an `encode_signal` value; ValueError on another."""
+    if len(data) < _VALUE_HEAD.size or data[0] != _VALUE_VERSION:
+        raise ValueError(f"not a version-{_VALUE_VERSION} signal value ({len(data)} bytes)")
+    _, symbol, ts, direction, strength, confidence, computed_at = _VALUE_HEAD.unpack_from(data)
+    if not DIRECTION_DOWN <= direction <= DIRECTION_UP:
+        raise ValueError(f"corrupt signal value ({len(data)} bytes): direction {direction}")
+    strings: list[str] = []
+    i = _VALUE_HEAD.size
+    for _ in _VALUE_STRINGS:
+        n = data[i] if i < len(data) else -1
+        if n < 0 or i + 1 + n > len(data):
+            raise ValueError(f"corrupt signal value ({len(data)} bytes)")
+        strings.append(data[i + 1 : i + 1 + n].decode())
+        i += 1 + n
+    if i != len(data):
+        raise ValueError(f"corrupt signal value ({len(data)} bytes)")
+    return Signal(symbol, ts, direction, strength, confidence, *strings), computed_at
 
 
 def decode_signal(data: bytes) -> Signal:
-    """Inverse of `encode_signal`; ValueError on a value it did not write."""
-    if len(data) < _VALUE_HEAD.size or data[0] != _VALUE_VERSION:
-        raise ValueError(f"not a version-{_VALUE_VERSION} signal value ({len(data)} bytes)")
-    _, symbol, ts, direction, strength, confidence, n = _VALUE_HEAD.unpack_from(data)
-    if len(data) != _VALUE_HEAD.size + n or not DIRECTION_DOWN <= direction <= DIRECTION_UP:
-        raise ValueError(f"corrupt signal value ({len(data)} bytes)")
-    version = data[_VALUE_HEAD.size :].decode()
-    return Signal(symbol, ts, direction, strength, confidence, version)
+    """The signal of an `encode_signal` value; ValueError on a value it did not write."""
+    return decode_value(data)[0]
 
 
 # --- L1 ---------------------------------------------------------------------------------
@@ -157,9 +204,13 @@ class L1Cache(Generic[K, V]):
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, ttl_s: float | None = None) -> None:
+        """Store ``value`` for ``ttl_s`` (at most the cache's TTL)."""
+        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        if ttl <= 0:
+            return
         entries = self._entries
-        entries[key] = (self._clock() + self.ttl_s, value)
+        entries[key] = (self._clock() + ttl, value)
         entries.move_to_end(key)
         if len(entries) > self.max_entries:
             entries.popitem(last=False)  # the least recently used
@@ -334,18 +385,19 @@ class RedisL2:
         self._recovered()
         return {s: v for s, v in zip(symbols, values, strict=True) if isinstance(v, bytes)}
 
-    async def set_many(self, items: dict[int, bytes]) -> bool:
-        """Write ``{symbol: value}`` with the configured TTL; False when skipped or failed."""
+    async def set_many(self, items: dict[int, tuple[bytes, int]]) -> bool:
+        """Write ``{symbol: (value, ttl_ms)}`` where the stored value is of an older tick
+        (`_SET_IF_NEWER`, on the server); False when skipped or failed."""
         if not items or not self.available:
             return False
         try:
             if len(items) == 1:
-                ((symbol, value),) = items.items()
-                await self.client.set(signal_key(symbol), value, px=self._ttl_ms)
+                ((symbol, (value, ttl_ms)),) = items.items()
+                await self.client.eval(_SET_IF_NEWER, 1, signal_key(symbol), value, ttl_ms)
             else:
                 pipe = self.client.pipeline()
-                for symbol, value in items.items():
-                    pipe.set(signal_key(symbol), value, px=self._ttl_ms)
+                for symbol, (value, ttl_ms) in items.items():
+                    pipe.eval(_SET_IF_NEWER, 1, signal_key(symbol), value, ttl_ms)
                 await pipe.execute()
         except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
             await self._failed(exc, "set")
@@ -364,9 +416,13 @@ class RedisL2:
 class SignalHistory(Protocol):
     """The warehouse as the cache sees it (`app.warehouse.Warehouse` implements it)."""
 
-    async def latest_signals(self, symbols: Sequence[int]) -> dict[int, Signal]: ...
+    async def latest_timed(
+        self, symbols: Sequence[int], computed_since_ns: int | None = None
+    ) -> dict[int, tuple[Signal, int]]: ...
 
-    def append_signals(self, signals: Sequence[Signal]) -> None: ...
+    def append_signals(
+        self, signals: Sequence[Signal], *, computed_at_ns: int | None = None
+    ) -> bool: ...
 
 
 class TieredCache:
@@ -380,20 +436,32 @@ class TieredCache:
         l3: SignalHistory | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
         write_through_l3: bool = True,
     ) -> None:
         """``write_through_l3=False``: the caller writes the warehouse itself (the data path
         does, with room it reserved before doing the work)."""
         self.config = config
         self.metrics = metrics or default_metrics()
-        self.l1: L1Cache[int, Signal] = L1Cache(config.l1_max_entries, config.l1_ttl_s, clock)
+        # symbol -> (signal, when it was computed)
+        self.l1: L1Cache[int, tuple[Signal, int]] = L1Cache(config.l1_max_entries,
+                                                             config.l1_ttl_s, clock)  # fmt: skip
         self.l2 = l2
         self.l3 = l3 if config.read_through_warehouse else None
         self._writes_l3 = l3 if write_through_l3 else None
+        self._now_ns = wall_clock_ns
+        self._max_age_ns = (
+            None if config.max_signal_age_s is None else int(config.max_signal_age_s * 1e9)
+        )
         requests = self.metrics.cache_requests
         self._hit = {lvl: requests.labels(lvl, "hit") for lvl in ("l1", "l2", "l3")}
         self._miss = {lvl: requests.labels(lvl, "miss") for lvl in ("l1", "l2", "l3")}
         self._entries = self.metrics.cache_entries
+        # symbol -> (tick time, value, ttl_ms) of its newest value not yet written to L2
+        self._l2_pending: dict[int, tuple[int, bytes, int]] = {}
+        self._l2_wake = asyncio.Event()
+        self._l2_writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     @classmethod
     def from_config(
@@ -411,16 +479,37 @@ class TieredCache:
             l2 = RedisL2(config.redis, metrics, credential_provider)
         return cls(config, l2=l2, l3=l3, metrics=metrics, write_through_l3=write_through_l3)
 
+    # --- age ---------------------------------------------------------------------------------
+
+    def remaining_s(self, computed_at_ns: int) -> float:
+        """Seconds a signal computed at ``computed_at_ns`` may still be served (inf: no limit)."""
+        if self._max_age_ns is None:
+            return float("inf")
+        return (computed_at_ns + self._max_age_ns - self._now_ns()) / 1e9
+
+    def fresh(self, computed_at_ns: int) -> bool:
+        return self.remaining_s(computed_at_ns) > 0
+
+    # --- reads -------------------------------------------------------------------------------
+
     async def get(self, symbol: int) -> Signal | None:
+        timed = await self.get_timed(symbol)
+        return None if timed is None else timed[0]
+
+    async def get_timed(self, symbol: int) -> tuple[Signal, int] | None:
+        """The latest fresh signal of ``symbol`` and when it was computed (ns), or None."""
         record = self.l1.get(symbol)
         if record is not None:
             self._hit["l1"].inc()
             return record
-        return (await self.get_many((symbol,))).get(symbol)
+        return (await self.get_many_timed((symbol,))).get(symbol)
 
     async def get_many(self, symbols: Iterable[int]) -> dict[int, Signal]:
-        """The latest signal of each symbol any level has; absent symbols are misses."""
-        found: dict[int, Signal] = {}
+        """The latest fresh signal of each symbol any level has; absent symbols are misses."""
+        return {s: t[0] for s, t in (await self.get_many_timed(symbols)).items()}
+
+    async def get_many_timed(self, symbols: Iterable[int]) -> dict[int, tuple[Signal, int]]:
+        found: dict[int, tuple[Signal, int]] = {}
         missing: list[int] = []
         for symbol in symbols:
             record = self.l1.get(symbol)
@@ -439,62 +528,119 @@ class TieredCache:
                 still: list[int] = []
                 for symbol in missing:
                     raw = values.get(symbol)
-                    record = _decode_or_none(raw) if raw is not None else None
-                    if record is None:
+                    timed = _decode_or_none(raw) if raw is not None else None
+                    if timed is None or not self.fresh(timed[1]):
                         still.append(symbol)
                     else:
-                        found[symbol] = record
-                        self._fill_l1(record)
+                        found[symbol] = timed
+                        self._fill_l1(*timed)
                 self._hit["l2"].inc(len(missing) - len(still))
                 self._miss["l2"].inc(len(still))
                 missing = still
 
         if missing and self.l3 is not None:
+            since = None if self._max_age_ns is None else self._now_ns() - self._max_age_ns
             try:
-                history = await self.l3.latest_signals(missing)
+                history = await self.l3.latest_timed(missing, since)
             except Exception as exc:  # the warehouse failing must not fail the read
                 self.metrics.cache_errors.labels("l3").inc()
                 log.error("cache_l3_failed", error=repr(exc), symbols=len(missing))
                 history = {}
+            history = {s: t for s, t in history.items() if self.fresh(t[1])}
             self._hit["l3"].inc(len(history))
             self._miss["l3"].inc(len(missing) - len(history))
             if history:
-                for record in history.values():
-                    found[record.symbol] = record
-                    self._fill_l1(record)
+                for record, computed_at in history.values():
+                    found[record.symbol] = (record, computed_at)
+                    self._fill_l1(record, computed_at)
                 if self.l2 is not None:
-                    await self.l2.set_many({s: encode_signal(r) for s, r in history.items()})
+                    await self.l2.set_many(self._l2_values(history.values()))
         self._entries.set(len(self.l1))
         return found
 
-    def _fill_l1(self, record: Signal) -> None:
+    def _fill_l1(self, record: Signal, computed_at_ns: int) -> None:
         # A lower level must not overwrite a newer signal written while we awaited it.
         current = self.l1.get(record.symbol)
-        if current is None or current.ts_ns <= record.ts_ns:
-            self.l1.put(record.symbol, record)
+        if current is None or current[0].ts_ns <= record.ts_ns:
+            self.l1.put(record.symbol, (record, computed_at_ns), self.remaining_s(computed_at_ns))
 
-    async def put(self, record: Signal) -> None:
-        await self.put_many((record,))
+    def _l2_values(self, timed: Iterable[tuple[Signal, int]]) -> dict[int, tuple[bytes, int]]:
+        """``{symbol: (value, ttl_ms)}``: the key lives no longer than the signal may be served."""
+        assert self.l2 is not None
+        ttl_s = self.l2.config.ttl_s
+        out: dict[int, tuple[bytes, int]] = {}
+        for record, computed_at in timed:
+            ttl_ms = int(min(ttl_s, self.remaining_s(computed_at)) * 1000)
+            if ttl_ms > 0:
+                out[record.symbol] = (encode_signal(record, computed_at), ttl_ms)
+        return out
 
-    async def put_many(self, records: Sequence[Signal]) -> None:
+    # --- writes ------------------------------------------------------------------------------
+
+    async def put(self, record: Signal, computed_at_ns: int | None = None) -> None:
+        await self.put_many((record,), computed_at_ns)
+
+    async def put_many(self, records: Sequence[Signal], computed_at_ns: int | None = None) -> None:
         """Write through: L1 now, L2 in one pipeline, L3 into the warehouse's write batch."""
+        computed_at = self._now_ns() if computed_at_ns is None else computed_at_ns
+        latest = self._put_l1(records, computed_at)
+        if self.l2 is not None:
+            await self.l2.set_many(self._l2_values((r, computed_at) for r in latest.values()))
+        if self._writes_l3 is not None:
+            self._writes_l3.append_signals(records, computed_at_ns=computed_at)
+
+    def submit(self, records: Sequence[Signal], computed_at_ns: int) -> None:
+        """Write without waiting: L1 now; L2 by the background writer, which sends only each
+        symbol's newest pending value (the data path's write; not to L3)."""
+        latest = self._put_l1(records, computed_at_ns)
+        if self.l2 is None or not latest:
+            return
+        pending = self._l2_pending
+        for symbol, value in self._l2_values((r, computed_at_ns) for r in latest.values()).items():
+            queued = pending.get(symbol)
+            if queued is None or queued[0] <= latest[symbol].ts_ns:
+                pending[symbol] = (latest[symbol].ts_ns, *value)
+        if self._l2_writer is None:
+            self._l2_writer = asyncio.get_running_loop().create_task(
+                self._write_l2(), name="cache-l2-writer"
+            )
+        self._l2_wake.set()
+
+    def _put_l1(self, records: Sequence[Signal], computed_at_ns: int) -> dict[int, Signal]:
         latest: dict[int, Signal] = {}
+        remaining = self.remaining_s(computed_at_ns)
         for record in records:
-            self.l1.put(record.symbol, record)
+            current = self.l1.get(record.symbol)
+            if current is None or current[0].ts_ns <= record.ts_ns:
+                self.l1.put(record.symbol, (record, computed_at_ns), remaining)
             latest[record.symbol] = record
         self._entries.set(len(self.l1))
-        if self.l2 is not None:
-            await self.l2.set_many({s: encode_signal(r) for s, r in latest.items()})
-        if self._writes_l3 is not None:
-            self._writes_l3.append_signals(records)
+        return latest
+
+    async def _write_l2(self) -> None:
+        assert self.l2 is not None
+        while True:
+            if not self._l2_pending:
+                if self._closing:
+                    return
+                self._l2_wake.clear()
+                await self._l2_wake.wait()
+                continue
+            batch, self._l2_pending = self._l2_pending, {}
+            # Fails soft (L2 is a cache); the script keeps a newer value already there.
+            await self.l2.set_many({s: (value, ttl) for s, (_, value, ttl) in batch.items()})
 
     async def close(self) -> None:
+        self._closing = True
+        self._l2_wake.set()
+        if self._l2_writer is not None:
+            await self._l2_writer
         if self.l2 is not None:
             await self.l2.close()
 
 
-def _decode_or_none(raw: bytes) -> Signal | None:
+def _decode_or_none(raw: bytes) -> tuple[Signal, int] | None:
     try:
-        return decode_signal(raw)
+        return decode_value(raw)
     except ValueError:
         return None  # a value another version wrote: a miss, refilled below

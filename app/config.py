@@ -11,13 +11,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.cache import CacheConfig, RedisConfig
 from app.features import FeatureParams
+from app.ingest import IngestConfig
 from app.model import DEFAULT_MODEL_DIR
 from app.publish import PublishConfig
 from app.sessions import DEFAULT_VENUE, check_venue
+from app.spool import SpoolConfig
 from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
 
@@ -92,6 +102,17 @@ class KServeConfig(_Section):
     reset_timeout_s: float = Field(default=2.0, gt=0, le=3600)
 
 
+class TlsConfig(_Section):
+    """Server TLS for use outside the mesh (inside it, Istio's mTLS is the default).
+
+    With ``client_ca_file``, mutual TLS: clients must present a certificate it signed.
+    """
+
+    cert_file: FilePath  # PEM certificate chain
+    key_file: FilePath  # PEM private key
+    client_ca_file: FilePath | None = None
+
+
 class ServerConfig(_Section):
     """The gRPC API."""
 
@@ -100,6 +121,7 @@ class ServerConfig(_Section):
     max_batch_ticks: int = Field(default=10_000, ge=1, le=1_000_000)
     grace_s: float = Field(default=20.0, ge=0, le=300)  # spot preemption gives ~25 s
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    tls: TlsConfig | None = None
 
 
 class AppConfig(_Section):
@@ -108,6 +130,9 @@ class AppConfig(_Section):
     batcher: BatcherConfig = BatcherConfig()
     kserve: KServeConfig = KServeConfig()
     server: ServerConfig = ServerConfig()
+    # Ingestion: tick bounds, idempotency, deadlines (app.ingest); the spool acks wait for.
+    ingest: IngestConfig = IngestConfig()
+    spool: SpoolConfig = SpoolConfig()
     # The data path (issue 7): defaults need nothing running (L1, DuckDB, local files).
     cache: CacheConfig = CacheConfig()
     publish: PublishConfig = PublishConfig()
@@ -139,11 +164,27 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 
 _MODELS: dict[str, type[BaseModel]] = {
     m.__name__: m
-    for m in (AppConfig, FeatureConfig, ModelConfig, BatcherConfig, KServeConfig, ServerConfig)
+    for m in (
+        AppConfig,
+        FeatureConfig,
+        ModelConfig,
+        BatcherConfig,
+        KServeConfig,
+        ServerConfig,
+        TlsConfig,
+    )
 }
 _MODELS.update(
     (m.__name__, m)
-    for m in (CacheConfig, RedisConfig, PublishConfig, WarehouseConfig, TelemetryConfig)
+    for m in (
+        CacheConfig,
+        RedisConfig,
+        PublishConfig,
+        WarehouseConfig,
+        TelemetryConfig,
+        IngestConfig,
+        SpoolConfig,
+    )
 )
 
 

@@ -1,12 +1,19 @@
-"""The service's data path: where accepted ticks and new signals go after the pipeline.
+"""The service's data path: where an acknowledged batch's ticks, signals and features go.
 
-Per ingested batch: accepted ticks go to the warehouse (`ticks`) and are published, each
-symbol's ticks as one columnar ``TickBatch`` under the symbol's ordering key, in
-compressed frames on ``<ticks_topic><batch_suffix>`` (and, with Pub/Sub, the whole
-batch as one ``TickBatch`` on the schema topic); new signals are written through the
-cache (L1, L2) and the warehouse (`signals`), and published as ``Signal`` messages the
-same two ways. GetSignal misses in the in-process store read through the cache
-hierarchy (L1 → L2 → L3).
+Per batch (`deliver`, called in sequence order once the batch is durable): accepted ticks
+go to the warehouse (`ticks`) and are published, each symbol's ticks as one columnar
+``TickBatch`` under the symbol's ordering key, in compressed frames on
+``<ticks_topic><batch_suffix>`` (and, with Pub/Sub, the whole batch as one ``TickBatch``
+on the schema topic); new signals are written to the cache (L1 now, L2 in the
+background), the warehouse (`signals`, and the features behind each signal in
+`features`: one row per signal, so the model can be retrained from what it saw), and
+published as ``Signal`` messages the same two ways. GetSignal misses in the in-process
+store read through the cache hierarchy (L1 → L2 → L3).
+
+Every part carries the batch's sequence number, so each sink applies batches in order,
+and `on_delivered(watermark)` says up to which batch every durable sink (warehouse,
+publishers) has every batch whole: the spool no longer needs them. After a crash, `prepare_replay` asks the
+sinks what they already hold and a replayed batch skips those parts.
 
 Back-pressure without loss: `admit` reserves room for a batch in every buffer before the
 batch is applied; a full buffer refuses the batch up front (the server answers
@@ -15,6 +22,8 @@ RESOURCE_EXHAUSTED and changes nothing), and an admitted batch's records always 
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +33,23 @@ import structlog
 from app.cache import CacheConfig, TieredCache
 from app.publish import PublishBackpressure, PublishConfig, Publisher, build_sink
 from app.signals import Signal, SignalColumns
+from app.synthetic import TickColumns
 from app.telemetry import Metrics, default_metrics
 from app.warehouse import Warehouse, WarehouseBackpressure, WarehouseConfig
 
 log = structlog.get_logger("app.datapath")
+
+
+def signal_message(signal: Signal, computed_at_ns: int) -> Any:
+    """The ``Signal`` message of one signal (the API's and the signals topic's)."""
+    from app.proto import load
+
+    pb2, _ = load()
+    return pb2.Signal(symbol=signal.symbol, ts_ns=signal.ts_ns, direction=signal.direction,
+                      strength=signal.strength, confidence=signal.confidence,
+                      model_version=signal.model_version, computed_at_ns=computed_at_ns,
+                      model_variant=signal.model_variant, model_sha256=signal.model_sha256,
+                      backend=signal.backend)  # fmt: skip
 
 
 class DataPathBackpressure(RuntimeError):
@@ -41,6 +63,48 @@ class Admission:
     n: int
     holds: list[tuple[Any, int]]  # (publisher or warehouse, rows held)
     open: bool = True
+
+
+class DeliveryTracker:
+    """Counts each batch's outstanding parts and keeps the watermark: the last batch such
+    that it and every batch expected before it are complete. Batches are expected in
+    sequence order (numbers may skip); ``on_advance(watermark)`` fires as it moves."""
+
+    def __init__(self) -> None:
+        self._outstanding: dict[int, int] = {}
+        self._order: deque[int] = deque()  # expected batches not yet under the watermark
+        self.watermark = 0
+        self.on_advance: Callable[[int], None] = lambda _watermark: None
+
+    def expect(self, seq: int, parts: int) -> None:
+        self._order.append(seq)
+        if parts:
+            self._outstanding[seq] = parts
+        else:
+            self._advance()
+
+    def done(self, seq: int, parts: int = 1) -> None:
+        left = self._outstanding.get(seq)
+        if left is None:
+            return
+        if left > parts:
+            self._outstanding[seq] = left - parts
+        else:
+            del self._outstanding[seq]
+            self._advance()
+
+    def _advance(self) -> None:
+        moved = False
+        while self._order and self._order[0] not in self._outstanding:
+            self.watermark = self._order.popleft()
+            moved = True
+        if moved:
+            self.on_advance(self.watermark)
+
+    @property
+    def pending(self) -> int:
+        """Batches not yet complete."""
+        return len(self._outstanding)
 
 
 class DataPath:
@@ -65,6 +129,13 @@ class DataPath:
         self.signals_frames = publishers[f"{p.signals_topic}{p.batch_suffix}"]
         self.ticks_schema = publishers.get(p.ticks_topic)
         self.signals_schema = publishers.get(p.signals_topic)
+        self.tracker = DeliveryTracker()
+        # Every batch up to this one is in every durable sink (the spool may let them go).
+        self.on_delivered: Callable[[int], None] = lambda _watermark: None
+        self.tracker.on_advance = self._advanced
+        warehouse.on_written = self._written
+        for publisher in publishers.values():
+            publisher.on_delivered = self.tracker.done
 
     @classmethod
     def from_config(
@@ -100,6 +171,22 @@ class DataPath:
         for publisher in self.publishers.values():
             publisher.start()
 
+    def prepare_replay(self, after_seq: int) -> int:
+        """Before replaying the spool's batches after ``after_seq``: learn what the sinks hold;
+        returns the highest batch number they know (new batches are numbered above it)."""
+        known = self.warehouse.prepare_replay(after_seq)
+        for publisher in self.publishers.values():
+            known = max(known, publisher.sink.max_seq(publisher.topic))
+        return known
+
+    def _written(self, _table: str, seqs: list[int]) -> None:
+        for seq in seqs:
+            self.tracker.done(seq)
+
+    def _advanced(self, watermark: int) -> None:
+        self.warehouse.forget_batches_through(watermark)
+        self.on_delivered(watermark)
+
     # --- ingest --------------------------------------------------------------------------
 
     def admit(self, n_ticks: int) -> Admission:
@@ -108,7 +195,7 @@ class DataPath:
         wanted: list[tuple[Any, int]] = [
             (self.ticks_frames, n_ticks),
             (self.signals_frames, n_ticks),
-            (self.warehouse, 2 * n_ticks),  # ticks + (at most as many) signals
+            (self.warehouse, 3 * n_ticks),  # ticks + (at most as many) signals and features
         ]
         if self.ticks_schema is not None:
             wanted.append((self.ticks_schema, 1))
@@ -132,64 +219,80 @@ class DataPath:
                 target.release(n)
             admission.open = False
 
-    async def record(
+    def deliver(
         self,
-        admission: Admission,
-        symbol: np.ndarray,
-        price: np.ndarray,
-        size: np.ndarray,
-        ts_ns: np.ndarray,
-        accepted: np.ndarray,
+        seq: int,
+        ticks: TickColumns,
         signals: SignalColumns,
+        features: np.ndarray,
+        computed_at_ns: int,
+        admission: Admission | None,
     ) -> None:
-        """Send an applied batch's accepted ticks and its signals down the data path, using
-        the room `admit` reserved; then release the rest."""
+        """Send durable batch ``seq`` down the data path (in sequence order). With an
+        ``admission``, into the room it reserved (released after); without, a replay:
+        parts a sink already holds are skipped, the rest is never refused."""
+        reserved = admission is not None
+        replay = not reserved
+        parts = 0
         try:
-            self._ticks(symbol[accepted], price[accepted], size[accepted], ts_ns[accepted])
+            parts += self._ticks(seq, ticks, reserved, replay)
             if len(signals):
-                await self._signals(signals)
+                parts += self._signals(seq, signals, features, computed_at_ns, reserved, replay)
         finally:
-            self.release(admission)
+            if admission is not None:
+                self.release(admission)
+        self.tracker.expect(seq, parts)
 
-    def _ticks(self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
-               ts_ns: np.ndarray) -> None:  # fmt: skip
-        n = int(symbol.shape[0])
-        if n == 0:
-            return
-        self.warehouse.append_ticks(symbol, price, size, ts_ns, reserved=True)
+    def _ticks(self, seq: int, ticks: TickColumns, reserved: bool, replay: bool) -> int:
+        """Write and publish the accepted ticks; returns the parts to wait for."""
+        symbol, price, size, ts_ns = ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
+        if int(symbol.shape[0]) == 0:
+            return 0
+        parts = int(self.warehouse.append_ticks(symbol, price, size, ts_ns, reserved=reserved,
+                                                seq=seq, replay=replay))  # fmt: skip
         TickBatch = self._pb2.TickBatch
         if self.ticks_schema is not None:
             whole = TickBatch(symbol=symbol.tolist(), price=price.tolist(), size=size.tolist(),
                               ts_ns=ts_ns.tolist())  # fmt: skip
-            self.ticks_schema.submit_many("", [whole.SerializeToString()], reserved=True)
+            if self.ticks_schema.submit_many("", [whole.SerializeToString()], reserved=reserved,
+                                             seq=seq, replay=replay):  # fmt: skip
+                parts += 1
         # One columnar TickBatch per symbol, in tick order, under the symbol's ordering key.
         order = np.argsort(symbol, kind="stable")
-        s_sorted = symbol[order]
-        bounds = np.flatnonzero(np.diff(s_sorted)) + 1
+        bounds = np.flatnonzero(np.diff(symbol[order])) + 1
         for rows in np.split(order, bounds):
             sym = int(symbol[rows[0]])
             batch = TickBatch(symbol=[sym] * len(rows), price=price[rows].tolist(),
                               size=size[rows].tolist(), ts_ns=ts_ns[rows].tolist())  # fmt: skip
-            self.ticks_frames.submit_many(str(sym), [batch.SerializeToString()], reserved=True)
+            if self.ticks_frames.submit_many(str(sym), [batch.SerializeToString()],
+                                             reserved=reserved, seq=seq, replay=replay):  # fmt: skip
+                parts += 1
+        return parts
 
-    async def _signals(self, signals: SignalColumns) -> None:
+    def _signals(self, seq: int, signals: SignalColumns, features: np.ndarray,
+                 computed_at_ns: int, reserved: bool, replay: bool) -> int:  # fmt: skip
         rows = [signals.row(i) for i in range(len(signals))]
-        self.warehouse.append_signals(signals, reserved=True)
-        Message = self._pb2.Signal
+        parts = int(self.warehouse.append_signals(signals, reserved=reserved, seq=seq,
+                                                  replay=replay, computed_at_ns=computed_at_ns))  # fmt: skip
+        parts += int(self.warehouse.append_features(signals.symbol, signals.ts_ns, features,
+                                                    reserved=reserved, seq=seq, replay=replay))  # fmt: skip
         for s in rows:
-            message = Message(symbol=s.symbol, ts_ns=s.ts_ns, direction=s.direction,
-                              strength=s.strength, confidence=s.confidence,
-                              model_version=s.model_version).SerializeToString()  # fmt: skip
-            self.signals_frames.submit_many(str(s.symbol), [message], reserved=True)
-            if self.signals_schema is not None:
-                self.signals_schema.submit_many(str(s.symbol), [message], reserved=True)
-        await self.cache.put_many(rows)  # L1 and L2 (pipelined); L2 failures are misses
+            message = signal_message(s, computed_at_ns).SerializeToString()
+            for publisher in (self.signals_frames, self.signals_schema):
+                if publisher is not None and publisher.submit_many(
+                    str(s.symbol), [message], reserved=reserved, seq=seq, replay=replay
+                ):
+                    parts += 1
+        if not replay:
+            self.cache.submit(rows, computed_at_ns)  # L1 now, L2 in the background
+        return parts
 
     # --- reads -----------------------------------------------------------------------------
 
-    async def latest(self, symbol: int) -> Signal | None:
-        """A symbol's latest signal from the cache hierarchy (L1 → L2 → L3)."""
-        return await self.cache.get(symbol)
+    async def latest(self, symbol: int) -> tuple[Signal, int] | None:
+        """A symbol's latest fresh signal and when it was computed, from the cache hierarchy
+        (L1 → L2 → L3)."""
+        return await self.cache.get_timed(symbol)
 
     # --- shutdown --------------------------------------------------------------------------
 

@@ -1,32 +1,98 @@
-"""The tick → signal path: feature state, model inputs, batched inference, latest signals.
+"""The tick → signal path: screening, feature state, model inputs, batched inference, latest signals.
 
 One ``SignalPipeline`` owns the ``FeatureEngine`` (not thread-safe: the pipeline runs on
-one event loop, and ``engine.update`` never awaits, so batches apply atomically and in
-arrival order). Per tick batch it computes one signal per symbol, after that symbol's
-last warm tick in the batch: older ticks of the same batch are superseded anyway.
+one event loop). A batch is handled in two steps:
+
+* `apply` (synchronous, never awaits, so batches apply atomically and in arrival order):
+  screens each tick against the configured bounds (`TickBounds`: values the arithmetic
+  can carry, timestamps not beyond the allowed skew ahead of the server's clock), updates
+  the feature state, and queues one inference row per symbol (after that symbol's last
+  warm tick in the batch; older ticks of the same batch are superseded anyway). Anything
+  that refuses the batch (no room in the inference queue, shutting down, a tick whose
+  features would overflow) raises before any state has changed, or, for an overflow
+  found after the update, with the batch's symbols restored to their state before it: a
+  failed call never changes state. An applied batch gets the next sequence number.
+* `finish` (awaits the inference): the batch's signals. A failed inference leaves the
+  (valid, applied) ticks applied and yields no signals; it is counted, never raised, so
+  a batch that changed state always completes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.batcher import MicroBatcher, QueueFullError
-from app.features import FeatureEngine
-from app.inference import LocalOnnxBackend
+from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from app.features import FEATURES, FeatureEngine
+from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import model_inputs
-from app.signals import LatestSignals, SignalColumns, SignalSink, signals_from_probabilities
+from app.signals import (
+    LatestSignals,
+    Signal,
+    SignalColumns,
+    signals_from_inference,
+    signals_from_probabilities,
+)
+from app.telemetry import Metrics, default_metrics
 
 log = logging.getLogger(__name__)
+
+# Reasons of the screen, after app.features' 1-4 (the gRPC RejectReason enum's numbers).
+REJECT_PRICE_OUT_OF_RANGE = 5
+REJECT_SIZE_OUT_OF_RANGE = 6
+REJECT_FUTURE_TIMESTAMP = 7
+
+# The largest bound the config takes: with prices and sizes at most 1e100, every sum the
+# engine keeps (price * size over a session, squared deviations over a window) stays far
+# below float64's 1.8e308 even over 1e18 ticks.
+MAX_BOUND = 1e100
+
+
+class TickBounds(BaseModel):
+    """What a tick's values may be (section ``ingest``): finite and inside these bounds.
+
+    A tick outside them is rejected with its reason (the batch's other ticks are applied);
+    the defaults carry any real instrument with room to spare.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price_min: float = Field(default=1e-9, gt=0, le=MAX_BOUND, allow_inf_nan=False)
+    price_max: float = Field(default=1e9, gt=0, le=MAX_BOUND, allow_inf_nan=False)
+    size_max: float = Field(default=1e12, gt=0, le=MAX_BOUND, allow_inf_nan=False)
+    # A tick stamped later than the server's clock plus this is refused (FUTURE_TIMESTAMP):
+    # one bad stamp would otherwise make every later real tick of its symbol stale.
+    max_future_skew_s: float = Field(default=5.0, ge=0, le=86_400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TickBounds:
+        if self.price_min >= self.price_max:
+            raise ValueError(
+                f"price_min = {self.price_min:g}, price_max = {self.price_max:g}: "
+                "price_min must be below price_max"
+            )
+        if self.price_min < 1 / MAX_BOUND:
+            raise ValueError(f"price_min = {self.price_min:g}: must be >= {1 / MAX_BOUND:g}")
+        return self
+
+
+class TickOverflowError(ValueError):
+    """A tick's features are not finite numbers; the batch was refused and nothing changed."""
 
 
 @dataclass(frozen=True)
 class IngestResult:
-    reasons: np.ndarray  # uint8 per tick, 0 = accepted (app.features reason codes)
+    reasons: np.ndarray  # uint8 per tick of the request, 0 = accepted (RejectReason numbers)
     signals: SignalColumns
+    seq: int = 0  # the batch's sequence number; 0: nothing was applied
+    features: np.ndarray | None = None  # float64[len(signals), len(FEATURES)]: the rows behind them
 
     @property
     def accepted(self) -> int:
@@ -35,6 +101,19 @@ class IngestResult:
     @property
     def rejected_index(self) -> np.ndarray:
         return np.flatnonzero(self.reasons)
+
+
+@dataclass
+class AppliedBatch:
+    """A batch `apply` took: its verdicts, and the inference that makes its signals."""
+
+    seq: int  # 0: every tick was rejected, nothing changed
+    reasons: np.ndarray
+    accepted: np.ndarray  # bool per tick of the request
+    signal_symbol: np.ndarray
+    signal_ts_ns: np.ndarray
+    signal_features: np.ndarray
+    inference: asyncio.Future[Inference] | None
 
 
 def last_warm_row_per_symbol(symbol: np.ndarray, warm: np.ndarray) -> np.ndarray:
@@ -53,57 +132,181 @@ class SignalPipeline:
         engine: FeatureEngine,
         batcher: MicroBatcher,
         *,
+        bounds: TickBounds | None = None,
         store: LatestSignals | None = None,
-        sinks: Sequence[SignalSink] = (),
+        metrics: Metrics | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.engine = engine
         self.batcher = batcher
+        self.bounds = bounds or TickBounds()
         self.store = store or LatestSignals(engine.n_symbols)
-        self.sinks = list(sinks)
+        self.metrics = metrics or default_metrics()
+        self._clock_ns = clock_ns
         self._seq = 0
+        self._closing = False
+        n = engine.n_symbols
+        # Per symbol: ticks applied since start, and whether its last tick's row was warm.
+        self._applied = np.zeros(n, dtype=np.int64)
+        self._warm = np.zeros(n, dtype=np.bool_)
+        # When the stored signal was computed (ns), kept beside LatestSignals' own seq rule.
+        self._stored_seq = np.zeros(n, dtype=np.int64)
+        self._computed_at = np.zeros(n, dtype=np.int64)
 
     @property
     def n_symbols(self) -> int:
         return self.engine.n_symbols
 
-    async def ingest(
-        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
-    ) -> IngestResult:
-        """Apply the ticks, infer the new signals, store and publish them.
+    @property
+    def seq(self) -> int:
+        """The last sequence number given to an applied batch."""
+        return self._seq
 
-        Raises ``QueueFullError`` *before* touching any state when the inference queue
-        cannot take this batch's signals, so a client may simply retry the batch.
-        """
-        needed = min(int(symbol.shape[0]), self.engine.n_symbols)
+    def resume_after(self, seq: int) -> None:
+        """Number the next applied batch ``seq + 1`` (after a restart: above the spool's)."""
+        self._seq = max(self._seq, seq)
+
+    def close(self) -> None:
+        """Take no more batches (the batcher is about to close)."""
+        self._closing = True
+
+    # --- screening -------------------------------------------------------------------------
+
+    def screen(
+        self, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray, now_ns: int
+    ) -> np.ndarray:
+        """uint8 per tick: 0, or the reason it is outside the configured bounds."""
+        b = self.bounds
+        reasons = np.zeros(price.shape[0], dtype=np.uint8)
+        latest = now_ns + int(b.max_future_skew_s * 1e9)
+        reasons[ts_ns > latest] = REJECT_FUTURE_TIMESTAMP
+        reasons[size > b.size_max] = REJECT_SIZE_OUT_OF_RANGE
+        # Zero or negative prices keep the engine's own reason (BAD_PRICE).
+        reasons[(price > 0) & ((price < b.price_min) | (price > b.price_max))] = (
+            REJECT_PRICE_OUT_OF_RANGE
+        )
+        return reasons
+
+    # --- apply -------------------------------------------------------------------------------
+
+    def apply(
+        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
+    ) -> AppliedBatch:
+        """Screen and apply the ticks, queue their inference; see the module docstring."""
+        if self._closing:
+            raise BatcherClosedError("the service is shutting down")
+        n = int(symbol.shape[0])
+        needed = min(n, self.engine.n_symbols)
         if needed > self.batcher.free_rows():
             self.batcher.stats.rejected += 1
             raise QueueFullError(
                 f"inference queue full: {self.batcher.queued_rows} rows queued, "
                 f"max_queue_rows = {self.batcher.max_queue_rows}; retry the batch later"
             )
-        features = self.engine.update(symbol, price, size, ts_ns)
-        reasons = self.engine.last_reasons.copy()
+        reasons = self.screen(price, size, ts_ns, self._clock_ns())
+        passing = np.flatnonzero(reasons == 0)
+        if passing.size < n:
+            symbol, price, size, ts_ns = (c[passing] for c in (symbol, price, size, ts_ns))
+        touched = np.unique(symbol)
+        saved = self._save(touched)
+        try:
+            features = self.engine.update(symbol, price, size, ts_ns)
+            engine_reasons = self.engine.last_reasons
+            overflow = np.flatnonzero(np.isinf(features).any(axis=1) & (engine_reasons == 0))
+            if overflow.size:
+                i = int(overflow[0])
+                column = FEATURES[int(np.flatnonzero(np.isinf(features[i]))[0])]
+                raise TickOverflowError(
+                    f"ticks[{int(passing[i])}]: {column} would be {features[i][FEATURES.index(column)]}"
+                    f" (price {float(price[i]):g}, size {float(size[i]):g}); the batch was refused"
+                )
+        except BaseException:
+            self._restore(touched, saved)
+            raise
+        reasons[passing] = engine_reasons
+        accepted = reasons == 0
+        for code in np.unique(reasons[~accepted]):
+            self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
+                int((reasons == code).sum())
+            )
+        ok = engine_reasons == 0
+        if not ok.any():
+            empty = np.empty(0, np.int64)
+            return AppliedBatch(0, reasons, accepted, empty.astype(np.int32), empty,
+                                np.empty((0, len(FEATURES))), None)  # fmt: skip
         self._seq += 1
-        seq = self._seq
         inputs, warm = model_inputs(features)
-        rows = last_warm_row_per_symbol(np.asarray(symbol), warm)
-        if rows.size == 0:
-            return IngestResult(reasons, SignalColumns.empty())
-        # Queued synchronously (no await since the room check): the room is still there.
-        inference = await self.batcher.submit(inputs[rows])
-        signals = signals_from_probabilities(
-            np.asarray(symbol)[rows],
-            np.asarray(ts_ns)[rows],
-            inference.probabilities,
-            inference.model_version,
-        )
-        self.store.update(signals, seq)
-        for sink in self.sinks:
+        warm &= ok
+        self._track_warm_up(symbol, ok, warm)
+        rows = last_warm_row_per_symbol(symbol, warm)
+        inference = None
+        if rows.size:
+            # Queued synchronously (no await since the room check): the room is still there.
+            inference = self.batcher.submit(inputs[rows])
+        return AppliedBatch(self._seq, reasons, accepted, symbol[rows].astype(np.int32),
+                            ts_ns[rows].astype(np.int64), features[rows], inference)  # fmt: skip
+
+    def _save(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        st = self.engine.state
+        return st.floats[:, symbols], st.ints[:, symbols], st.rings[:, symbols]
+
+    def _restore(self, symbols: np.ndarray, saved: tuple[np.ndarray, ...]) -> None:
+        st = self.engine.state
+        st.floats[:, symbols], st.ints[:, symbols], st.rings[:, symbols] = saved
+
+    def _track_warm_up(self, symbol: np.ndarray, ok: np.ndarray, warm: np.ndarray) -> None:
+        last = last_warm_row_per_symbol(symbol, ok)  # each symbol's last applied tick decides
+        self._applied[symbol[last]] += 1
+        self._warm[symbol[last]] = warm[last]
+
+    def warming_up(self, symbol: int) -> bool:
+        """Whether ``symbol`` has ticks since this process started but no warm features yet
+        (GetSignal then answers NOT_FOUND rather than an older signal)."""
+        return bool(self._applied[symbol]) and not bool(self._warm[symbol])
+
+    # --- finish ------------------------------------------------------------------------------
+
+    async def finish(self, applied: AppliedBatch) -> IngestResult:
+        """The applied batch's signals (none when its inference failed: counted, not raised)."""
+        signals = SignalColumns.empty()
+        features = applied.signal_features
+        if applied.inference is not None:
             try:
-                await sink.publish(signals)
-            except Exception:  # a sink's outage must not fail ingestion
-                log.exception("signal sink %r failed", sink)
-        return IngestResult(reasons, signals)
+                inference = await applied.inference
+                signals = signals_from_inference(applied.signal_symbol, applied.signal_ts_ns,
+                                                 inference)  # fmt: skip
+            except Exception as exc:
+                self.metrics.signal_failures.inc()
+                log.error("batch %d: inference failed, ticks applied without signals: %s",
+                          applied.seq, exc)  # fmt: skip
+                features = features[:0]
+        return IngestResult(applied.reasons, signals, applied.seq, features)
+
+    def store_signals(self, signals: SignalColumns, seq: int, computed_at_ns: int) -> None:
+        """Make batch ``seq``'s signals the latest where no later batch's already are."""
+        if not len(signals):
+            return
+        self.store.update(signals, seq)
+        newer = self._stored_seq[signals.symbol] < seq
+        self._stored_seq[signals.symbol[newer]] = seq
+        self._computed_at[signals.symbol[newer]] = computed_at_ns
+
+    def latest(self, symbol: int) -> tuple[Signal, int] | None:
+        """The latest signal of ``symbol`` computed here, and when (ns), or None."""
+        found = self.store.get(symbol)
+        return None if found is None else (found, int(self._computed_at[symbol]))
+
+
+@functools.cache
+def _reason_name(code: int) -> str:
+    """The RejectReason enum's name of ``code`` without its prefix (a metric label)."""
+    from app.proto import load
+
+    pb2, _ = load()
+    try:
+        return pb2.RejectReason.Name(code).removeprefix("REJECT_REASON_")
+    except ValueError:
+        return str(code)
 
 
 def tick_to_signal_sync(
@@ -121,4 +324,9 @@ def tick_to_signal_sync(
     if rows.size == 0:
         return SignalColumns.empty(backend.model_version)
     probs = backend.infer_sync(inputs[rows])
-    return signals_from_probabilities(symbol[rows], ts_ns[rows], probs, backend.model_version)
+    model = backend.identity
+    return signals_from_probabilities(
+        symbol[rows], ts_ns[rows], probs, backend.model_version,
+        direction_threshold=model.direction_threshold, model_variant=model.variant,
+        model_sha256=model.sha256, backend=backend.name,
+    )  # fmt: skip

@@ -15,12 +15,20 @@ The buffer is bounded (``buffer_max_messages``): a submit that does not fit rais
 `PublishBackpressure` and accepts nothing, so callers push back (RESOURCE_EXHAUSTED)
 rather than records vanishing. A sink's permanent refusal (`PermanentPublishError`)
 moves the batch to a dead-letter file, logged as an error and counted.
+
+Records may carry the sequence number of the service batch they come from (``seq``): a
+message's ``seq_first``/``seq_last`` attributes say which batches it holds, `on_delivered`
+reports them once the sink has them, and a replayed batch is skipped by a sink that
+already holds it (the local files know; Pub/Sub consumers can use the attributes).
+Local topic files and dead-letter files rotate by size and age (`FrameLog`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import json
 import shutil
 import struct
 import tempfile
@@ -70,6 +78,11 @@ class PublishConfig(BaseModel):
     # (embedded runs leave nothing behind); set it to keep what was published.
     local_dir: Path | None = None
     dead_letter_dir: Path = Path(tempfile.gettempdir()) / "signal-platform" / "dead-letter"
+    # The local topic files and the dead-letter files rotate at this size or age, keeping
+    # this many rotated files each.
+    local_max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    local_max_file_age_s: float = Field(default=3600.0, gt=0, le=30 * 86_400, allow_inf_nan=False)
+    local_max_files: int = Field(default=24, ge=1, le=100_000)
     project: str | None = None  # pubsub
     # Topic names as the infra declares them (infra/messaging.py): the schema topics take one
     # protobuf message each (TickBatch, Signal; the signals topic feeds BigQuery); the
@@ -209,17 +222,175 @@ class PublishSink(Protocol):
         self, topic: str, ordering_key: str, payload: bytes, attributes: dict[str, str]
     ) -> None: ...
 
+    def delivered_seq(self, topic: str, ordering_key: str) -> int:
+        """The last batch sequence number known delivered under the key (0: none or unknown)."""
+        ...
+
+    def max_seq(self, topic: str) -> int:
+        """The highest batch sequence number known delivered on ``topic`` (0: none or unknown)."""
+        ...
+
     async def close(self) -> None: ...
 
 
-_FRAME = struct.Struct("<IH")  # payload length, ordering-key length
+FILE_MAGIC = b"SGL2"
+FILE_HEADER = struct.Struct("<4sq")  # magic, creation time (ns since the epoch)
+_FRAME = struct.Struct("<IHH")  # payload length, ordering-key length, attributes length
+
+
+class FrameLog:
+    """One append-only log of frames, rotated by size and age, keeping ``max_files`` old
+    files: the active file is ``<dir>/<name>.sgb``, rotated ones ``<name>.<n>.sgb``.
+
+    A file starts with ``FILE_HEADER`` and holds frames ``(u32 payload length, u16 key
+    length, u16 attributes length, key, attributes as a JSON object, payload)``: readable
+    in any language. A torn frame at the end (a crash mid-write) is cut off when the log
+    is opened again.
+    """
+
+    def __init__(self, directory: Path, name: str, *, max_bytes: int, max_age_s: float,
+                 max_files: int, clock_ns: Callable[[], int] = time.time_ns) -> None:  # fmt: skip
+        self.directory = Path(directory)
+        self.name = name
+        self.max_bytes = max_bytes
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.max_files = max_files
+        self._clock_ns = clock_ns
+        self._file: BinaryIO | None = None
+        self._size = 0
+        self._created_ns = 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.name}.sgb"
+
+    def files(self) -> list[Path]:
+        """Every file of the log, oldest first (the active one last)."""
+        return log_files(self.directory, self.name)
+
+    def append(self, key: str, attributes: dict[str, str], payload: bytes) -> None:
+        if self._file is None:
+            self._open()
+        elif self._size >= self.max_bytes or self._clock_ns() - self._created_ns >= self.max_age_ns:
+            self._rotate()
+        assert self._file is not None
+        k = key.encode()
+        a = json.dumps(attributes, separators=(",", ":")).encode() if attributes else b""
+        frame = _FRAME.pack(len(payload), len(k), len(a)) + k + a + payload
+        self._file.write(frame)
+        self._file.flush()  # in the OS's hands: survives the process being killed
+        self._size += len(frame)
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path
+        if path.exists():
+            valid, created = _valid_length(path)
+            if valid < path.stat().st_size:
+                log.warning("publish_file_torn_tail", path=str(path), kept_bytes=valid)
+                with open(path, "r+b") as f:
+                    f.truncate(valid)
+            if created is not None:
+                self._file = open(path, "ab")  # noqa: SIM115 - kept open
+                self._size, self._created_ns = valid, created
+                return
+            path.rename(self._next_rotated())  # not ours to append to: keep it aside
+        self._create()
+
+    def _create(self) -> None:
+        self._created_ns = self._clock_ns()
+        self._file = open(self.path, "wb")  # noqa: SIM115 - kept open
+        self._file.write(FILE_HEADER.pack(FILE_MAGIC, self._created_ns))
+        self._size = FILE_HEADER.size
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self.path.rename(self._next_rotated())
+        self._create()
+        rotated = self.files()[:-1]
+        for old in rotated[: max(0, len(rotated) - self.max_files)]:
+            old.unlink(missing_ok=True)
+            log.info("publish_file_expired", path=str(old))
+
+    def _next_rotated(self) -> Path:
+        numbers = [_rotation_number(p, self.name) for p in self.files()]
+        n = max((x for x in numbers if x is not None), default=0) + 1
+        return self.directory / f"{self.name}.{n:06d}.sgb"
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _rotation_number(path: Path, name: str) -> int | None:
+    middle = path.name[len(name) + 1 : -len(".sgb")]
+    return int(middle) if middle.isdigit() else None
+
+
+def log_files(directory: Path, name: str) -> list[Path]:
+    """The files of the `FrameLog` ``name`` in ``directory``, oldest first."""
+    directory = Path(directory)
+    rotated = sorted(
+        (p for p in directory.glob(f"{name}.*.sgb") if _rotation_number(p, name) is not None),
+        key=lambda p: _rotation_number(p, name) or 0,
+    )
+    active = directory / f"{name}.sgb"
+    return [*rotated, *([active] if active.exists() else [])]
+
+
+def _valid_length(path: Path) -> tuple[int, int | None]:
+    """``(bytes up to the last whole frame, creation time or None if not a frame log)``."""
+    data = path.read_bytes()
+    if len(data) < FILE_HEADER.size or data[:4] != FILE_MAGIC:
+        return len(data), None
+    _, created = FILE_HEADER.unpack_from(data)
+    end = FILE_HEADER.size
+    for _key, _attrs, _payload, after in _frames(data):
+        end = after
+    return end, created
+
+
+def _frames(data: bytes) -> Iterator[tuple[str, dict[str, str], bytes, int]]:
+    i = FILE_HEADER.size
+    n = len(data)
+    while i + _FRAME.size <= n:
+        length, key_len, attr_len = _FRAME.unpack_from(data, i)
+        start = i + _FRAME.size
+        end = start + key_len + attr_len + length
+        if end > n:
+            return  # torn: written when the process died
+        key = data[start : start + key_len].decode()
+        raw = data[start + key_len : start + key_len + attr_len]
+        yield key, (json.loads(raw) if raw else {}), data[start + key_len + attr_len : end], end
+        i = end
+
+
+def read_frames(path: Path) -> Iterator[tuple[str, dict[str, str], bytes]]:
+    """``(ordering_key, attributes, payload)`` of every frame of one file of a `FrameLog`."""
+    data = Path(path).read_bytes()
+    if data[:4] != FILE_MAGIC:
+        raise ValueError(f"{path}: not a frame log (magic {data[:4]!r}, want {FILE_MAGIC!r})")
+    for key, attributes, payload, _ in _frames(data):
+        yield key, attributes, payload
+
+
+def read_local_topic(directory: Path, topic: str) -> Iterator[tuple[str, bytes]]:
+    """``(ordering_key, payload)`` of every batch a `LocalFileSink` published on ``topic``
+    (or dead-lettered, with ``topic`` = ``deadletter-<topic>``), oldest first."""
+    for path in log_files(directory, topic):
+        for key, _, payload in read_frames(path):
+            yield key, payload
 
 
 class LocalFileSink:
-    """The embedded default: each topic is an append-only file of frames
-    ``(u32 payload length, u16 key length, key, payload)``; `read_local_topic` reads it."""
+    """The embedded default: each topic is a `FrameLog` in ``directory``; `read_local_topic`
+    reads it back. It knows, per ordering key, the last batch sequence number it holds
+    (the ``seq_last`` attribute), so a replay after a crash publishes nothing twice."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, max_file_bytes: int = 64 * 1024 * 1024,
+                 max_file_age_s: float = 3600.0, max_files: int = 24) -> None:  # fmt: skip
         self.ephemeral = directory is None
         self.directory = (
             Path(tempfile.mkdtemp(prefix="signal-publish-"))
@@ -227,46 +398,68 @@ class LocalFileSink:
             else Path(directory)
         )
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, BinaryIO] = {}
+        self._limits = {"max_bytes": max_file_bytes, "max_age_s": max_file_age_s,
+                        "max_files": max_files}  # fmt: skip
+        self._logs: dict[str, FrameLog] = {}
+        self._delivered: dict[str, dict[str, int]] = {}  # topic -> key -> last seq held
+
+    def log(self, topic: str) -> FrameLog:
+        frame_log = self._logs.get(topic)
+        if frame_log is None:
+            frame_log = self._logs[topic] = FrameLog(self.directory, topic, **self._limits)
+        return frame_log
 
     def path(self, topic: str) -> Path:
-        return self.directory / f"{topic}.sgb"
+        return self.log(topic).path
 
     async def publish(
         self, topic: str, ordering_key: str, payload: bytes, attributes: dict[str, str]
     ) -> None:
-        f = self._files.get(topic)
-        if f is None:
-            f = self._files[topic] = open(self.path(topic), "ab")  # noqa: SIM115 - kept open
-        key = ordering_key.encode()
-        f.write(_FRAME.pack(len(payload), len(key)) + key + payload)
-        f.flush()
+        self.log(topic).append(ordering_key, attributes, payload)
+        if "seq_last" in attributes:
+            held = self._held(topic)
+            held[ordering_key] = max(held.get(ordering_key, 0), int(attributes["seq_last"]))
+
+    def delivered_seq(self, topic: str, ordering_key: str) -> int:
+        return self._held(topic).get(ordering_key, 0)
+
+    def max_seq(self, topic: str) -> int:
+        # Files are written in time order: the newest two hold the highest number (one of
+        # them may have just been rotated in, empty).
+        highest = 0
+        for path in log_files(self.directory, topic)[-2:]:
+            with contextlib.suppress(ValueError):
+                for _, attributes, _ in read_frames(path):
+                    highest = max(highest, int(attributes.get("seq_last", 0)))
+        return highest
+
+    def _held(self, topic: str) -> dict[str, int]:
+        held = self._delivered.get(topic)
+        if held is None:
+            held = self._delivered[topic] = {}
+            for path in log_files(self.directory, topic):
+                with contextlib.suppress(ValueError):
+                    for key, attributes, _ in read_frames(path):
+                        if "seq_last" in attributes:
+                            held[key] = max(held.get(key, 0), int(attributes["seq_last"]))
+        return held
 
     async def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        for frame_log in self._logs.values():
+            frame_log.close()
+        self._logs.clear()
         if self.ephemeral:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def read_local_topic(path: Path) -> Iterator[tuple[str, bytes]]:
-    """``(ordering_key, payload)`` of every batch a `LocalFileSink` wrote to ``path``."""
-    data = Path(path).read_bytes()
-    i = 0
-    while i < len(data):
-        length, key_len = _FRAME.unpack_from(data, i)
-        i += _FRAME.size
-        key = data[i : i + key_len].decode()
-        i += key_len
-        yield key, data[i : i + length]
-        i += length
 
 
 class PubSubSink:
     """Google Cloud Pub/Sub with message ordering. ``client`` is the true edge: a
     ``pubsub_v1.PublisherClient`` in production, a fake in tests. The payload is already
-    a batch, so the client's own batching is limited to one message."""
+    a batch, so the client's own batching is limited to one message.
+
+    Pub/Sub cannot say what it already holds: a replay after a crash may publish a batch
+    again; its ``seq_first``/``seq_last`` attributes let a consumer drop it (per ordering
+    key, sequence numbers only grow)."""
 
     def __init__(self, project: str, client: Any = None) -> None:
         self.project = project
@@ -299,6 +492,12 @@ class PubSubSink:
             self.client.resume_publish(path, ordering_key)
             raise
 
+    def delivered_seq(self, topic: str, ordering_key: str) -> int:
+        return 0
+
+    def max_seq(self, topic: str) -> int:
+        return 0
+
     async def close(self) -> None:
         stop = getattr(self.client, "stop", None)
         if stop is not None:
@@ -314,6 +513,13 @@ class _Batch:
     records: list[bytes] = field(default_factory=list)
     nbytes: int = 0
     opened_at: float = 0.0
+    seqs: list[list[int]] = field(default_factory=list)  # [seq, records] runs, in order
+
+    def add_seq(self, seq: int, n: int) -> None:
+        if self.seqs and self.seqs[-1][0] == seq:
+            self.seqs[-1][1] += n
+        else:
+            self.seqs.append([seq, n])
 
 
 @dataclass
@@ -321,11 +527,16 @@ class _KeyQueue:
     sealed: deque[_Batch] = field(default_factory=deque)
     busy: bool = False  # a batch of this key is being sent
     attempts: int = 0  # consecutive failures of the head batch
-    retry_at: float = 0.0
+    backing_off: bool = False  # in the backoff heap until its retry time
 
 
 class Publisher:
-    """One topic's batching publisher; `start` it on the event loop, `close` to drain."""
+    """One topic's batching publisher; `start` it on the event loop, `close` to drain.
+
+    Work per wake is proportional to what is due, not to the number of keys: open batches
+    are kept in the order they opened (the due ones are at the front), keys with a batch
+    ready to send wait in a queue, keys backing off in a heap by retry time, and a key with
+    nothing left is forgotten."""
 
     def __init__(
         self,
@@ -350,8 +561,11 @@ class Publisher:
         self._attributes = {"codec": config.codec, "format": str(FORMAT_VERSION)} if framed else {}
         if record_type:
             self._attributes["record_type"] = record_type
-        self._open: dict[str, _Batch] = {}
-        self._keys: dict[str, _KeyQueue] = {}
+        self._open: dict[str, _Batch] = {}  # in the order they opened
+        self._keys: dict[str, _KeyQueue] = {}  # keys with sealed batches or a send in flight
+        self._ready: deque[str] = deque()  # keys whose head batch can be sent now
+        self._is_ready: set[str] = set()
+        self._backing_off: list[tuple[float, str]] = []  # heap of (retry_at, key)
         self._backlog = 0
         self._reserved = 0
         self._in_flight = 0
@@ -366,11 +580,19 @@ class Publisher:
         self._rejected = self.metrics.publish_rejected.labels(topic)
         self.delivered_messages = 0
         self.dead_lettered_messages = 0
+        # (seq, records) of each batch once the sink has it (or it was dead-lettered)
+        self.on_delivered: Callable[[int, int], None] = lambda _seq, _n: None
+        self._dead_letters: FrameLog | None = None
 
     @property
     def backlog(self) -> int:
         """Records accepted and not yet acknowledged (or dead-lettered)."""
         return self._backlog
+
+    @property
+    def tracked_keys(self) -> int:
+        """Ordering keys with anything open, queued or in flight (idle keys are forgotten)."""
+        return len(self._open.keys() | self._keys.keys())
 
     def start(self) -> None:
         if self._task is None:
@@ -401,72 +623,94 @@ class Publisher:
                 f"reserved of {self.config.buffer_max_messages} messages); {n} refused"
             )
 
-    def submit_many(self, key: str, records: Sequence[bytes], *, reserved: bool = False) -> None:
+    def submit_many(self, key: str, records: Sequence[bytes], *, reserved: bool = False,
+                    seq: int = 0, replay: bool = False) -> bool:  # fmt: skip
         """Accept all of ``records`` for ``key`` in order, or none (`PublishBackpressure`).
-        ``reserved``: the room was taken with `reserve` (then this cannot be refused)."""
+        ``reserved``: the room was taken with `reserve` (then this cannot be refused).
+        ``seq``: the batch they belong to, reported by `on_delivered` and carried in the
+        published message's attributes. ``replay``: a spooled batch delivered again:
+        skipped (False) when the sink already holds it under ``key``, never refused."""
         n = len(records)
         if not n:
-            return
+            return False
+        if replay and seq and self.sink.delivered_seq(self.topic, key) >= seq:
+            return False
         if reserved:
             self._reserved -= min(n, self._reserved)
-        else:
+        elif not replay:
             self._check_room(n)
         cfg = self.config
         if not self.framed:
-            queue = self._keys.get(key)
-            if queue is None:
-                queue = self._keys[key] = _KeyQueue()
+            queue = self._queue(key)
             for record in records:
-                queue.sealed.append(_Batch(key, [record], len(record)))
-            self._backlog += n
-            self._backlog_gauge.set(self._backlog)
-            self._drained.clear()
-            self._wake.set()
-            return
-        batch = self._open.get(key)
-        for record in records:
-            if batch is None:
-                batch = self._open[key] = _Batch(key, opened_at=self._clock())
-            batch.records.append(record)
-            batch.nbytes += len(record) + 2
-            if len(batch.records) >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
-                self._seal(batch)
-                batch = None
+                batch = _Batch(key, [record], len(record))
+                if seq:
+                    batch.add_seq(seq, 1)
+                queue.sealed.append(batch)
+            self._make_ready(key)
+        else:
+            batch = self._open.get(key)
+            for record in records:
+                if batch is None:
+                    batch = self._open[key] = _Batch(key, opened_at=self._clock())
+                batch.records.append(record)
+                batch.nbytes += len(record) + 2
+                if seq:
+                    batch.add_seq(seq, 1)
+                if len(batch.records) >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
+                    self._seal(batch)
+                    batch = None
         self._backlog += n
         self._backlog_gauge.set(self._backlog)
         self._drained.clear()
         self._wake.set()
+        return True
+
+    def _queue(self, key: str) -> _KeyQueue:
+        queue = self._keys.get(key)
+        if queue is None:
+            queue = self._keys[key] = _KeyQueue()
+        return queue
 
     def _seal(self, batch: _Batch) -> None:
         del self._open[batch.key]
-        queue = self._keys.get(batch.key)
-        if queue is None:
-            queue = self._keys[batch.key] = _KeyQueue()
-        queue.sealed.append(batch)
+        self._queue(batch.key).sealed.append(batch)
+        self._make_ready(batch.key)
+
+    def _make_ready(self, key: str) -> None:
+        queue = self._keys[key]
+        if key in self._is_ready or queue.busy or not queue.sealed or queue.backing_off:
+            return  # already queued, sending, empty, or waiting in the backoff heap
+        self._is_ready.add(key)
+        self._ready.append(key)
 
     def _seal_due(self, now: float) -> float:
-        """Seal batches past their latency bound; seconds until the next one is due."""
-        next_due = float("inf")
-        for batch in list(self._open.values()):
+        """Seal batches past their latency bound (the oldest are first); seconds until the
+        next one is due."""
+        while self._open:
+            batch = next(iter(self._open.values()))
             due = batch.opened_at + self._max_latency_s
-            if due <= now or self._closing:
-                self._seal(batch)
-            else:
-                next_due = min(next_due, due - now)
-        return next_due
+            if due > now and not self._closing:
+                return due - now
+            self._seal(batch)
+        return float("inf")
 
     async def _dispatch(self) -> None:
         while True:
             now = self._clock()
             wait = self._seal_due(now)
-            for key, queue in self._keys.items():
-                if self._in_flight >= self.config.max_in_flight:
-                    break
-                if queue.busy or not queue.sealed:
-                    continue
-                if queue.retry_at > now:
-                    wait = min(wait, queue.retry_at - now)
-                    continue
+            while self._backing_off and self._backing_off[0][0] <= now:
+                _, key = heapq.heappop(self._backing_off)
+                queue = self._keys.get(key)
+                if queue is not None:
+                    queue.backing_off = False
+                    self._make_ready(key)
+            if self._backing_off:
+                wait = min(wait, self._backing_off[0][0] - now)
+            while self._ready and self._in_flight < self.config.max_in_flight:
+                key = self._ready.popleft()
+                self._is_ready.discard(key)
+                queue = self._keys[key]
                 queue.busy = True
                 self._in_flight += 1
                 task = asyncio.get_running_loop().create_task(self._send(key, queue))
@@ -484,20 +728,27 @@ class Publisher:
     async def _send(self, key: str, queue: _KeyQueue) -> None:
         batch = queue.sealed[0]
         n = len(batch.records)
+        attributes = self._attributes
+        if batch.seqs:
+            attributes = {**attributes, "seq_first": str(batch.seqs[0][0]),
+                          "seq_last": str(batch.seqs[-1][0])}  # fmt: skip
+        failed = False
         try:
             payload = (
                 encode_batch(batch.records, self._compressor) if self.framed else batch.records[0]
             )
-            await self.sink.publish(self.topic, key, payload, self._attributes)
+            await self.sink.publish(self.topic, key, payload, attributes)
         except PermanentPublishError as exc:
-            self._dead_letter(batch, exc)
-            self._done(queue, n)
+            self._dead_letter(batch, attributes, exc)
+            self._done(queue, batch)
         except Exception as exc:
+            failed = True
             queue.attempts += 1
             delay_ms = min(
                 self.config.retry_initial_ms * 2 ** (queue.attempts - 1), self.config.retry_max_ms
             )
-            queue.retry_at = self._clock() + delay_ms / 1000
+            queue.backing_off = True
+            heapq.heappush(self._backing_off, (self._clock() + delay_ms / 1000, key))
             self.metrics.publish_failures.labels(self.topic).inc()
             log.warning("publish_failed", topic=self.topic, key=key, messages=n,
                         attempt=queue.attempts, retry_in_ms=delay_ms, error=repr(exc))  # fmt: skip
@@ -509,30 +760,40 @@ class Publisher:
             self.delivered_messages += n
             log.info("batch_published", topic=self.topic, key=key, messages=n,
                      bytes=len(payload))  # fmt: skip
-            self._done(queue, n)
+            self._done(queue, batch)
         finally:
             queue.busy = False
             self._in_flight -= 1
+            if not failed:
+                if queue.sealed:
+                    self._make_ready(key)
+                elif self._keys.get(key) is queue:
+                    del self._keys[key]  # idle: forget the key
             self._wake.set()
 
-    def _done(self, queue: _KeyQueue, n: int) -> None:
+    def _done(self, queue: _KeyQueue, batch: _Batch) -> None:
         queue.sealed.popleft()
         queue.attempts = 0
-        queue.retry_at = 0.0
-        self._backlog -= n
+        self._backlog -= len(batch.records)
         self._backlog_gauge.set(self._backlog)
+        for seq, n in batch.seqs:
+            self.on_delivered(seq, n)
 
-    def _dead_letter(self, batch: _Batch, exc: Exception) -> None:
-        path = self.config.dead_letter_dir / f"deadletter-{self.topic}.sgb"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _dead_letter(self, batch: _Batch, attributes: dict[str, str], exc: Exception) -> None:
+        if self._dead_letters is None:
+            cfg = self.config
+            self._dead_letters = FrameLog(
+                cfg.dead_letter_dir, f"deadletter-{self.topic}",
+                max_bytes=cfg.local_max_file_bytes, max_age_s=cfg.local_max_file_age_s,
+                max_files=cfg.local_max_files,
+            )  # fmt: skip
         payload = encode_batch(batch.records, self._compressor)
-        key = batch.key.encode()
-        with open(path, "ab") as f:
-            f.write(_FRAME.pack(len(payload), len(key)) + key + payload)
+        self._dead_letters.append(batch.key, attributes, payload)
         self.dead_lettered_messages += len(batch.records)
         self.metrics.publish_dead_lettered.labels(self.topic).inc(len(batch.records))
         log.error("publish_dead_lettered", topic=self.topic, key=batch.key,
-                  messages=len(batch.records), path=str(path), error=repr(exc))  # fmt: skip
+                  messages=len(batch.records), path=str(self._dead_letters.path),
+                  error=repr(exc))  # fmt: skip
 
     async def flush(self, timeout: float | None = None) -> None:
         """Seal every open batch and wait until the sink acknowledged all accepted records."""
@@ -556,6 +817,8 @@ class Publisher:
             self._task.cancel()
             for task in list(self._sends):
                 task.cancel()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
         if close_sink:
             await self.sink.close()
 
@@ -564,4 +827,6 @@ def build_sink(config: PublishConfig, client: Any = None) -> PublishSink:
     if config.sink == "pubsub":
         assert config.project is not None
         return PubSubSink(config.project, client)
-    return LocalFileSink(config.local_dir)
+    return LocalFileSink(config.local_dir, max_file_bytes=config.local_max_file_bytes,
+                         max_file_age_s=config.local_max_file_age_s,
+                         max_files=config.local_max_files)  # fmt: skip

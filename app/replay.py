@@ -9,9 +9,11 @@ sender down and hiding the queueing: no coordinated omission).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,6 +22,32 @@ from app.proto import load as load_stubs
 from app.synthetic import synthetic_ticks
 
 pb2, pb2_grpc = load_stubs()
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM files for a TLS server (``ca``) and, for mutual TLS, this client's identity."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
+        read = lambda p: None if p is None else Path(p).read_bytes()  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def open_channel(target: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A channel to ``target``: plaintext (inside the mesh) or TLS."""
+    if tls is not None and tls.enabled:
+        return grpc.aio.secure_channel(target, tls.credentials())
+    return grpc.aio.insecure_channel(target)
 
 
 @dataclass(frozen=True)
@@ -68,8 +96,12 @@ async def replay(
     n_symbols: int = 100,
     seed: int = 0,
     connect_timeout_s: float = 5.0,
+    producer: str | None = None,
+    tls: ClientTls | None = None,
 ) -> ReplayReport:
-    """Stream ``rate * seconds`` synthetic ticks to ``target`` and measure each batch."""
+    """Stream ``rate * seconds`` synthetic ticks to ``target`` and measure each batch.
+    Batches carry ``producer`` (default ``replay-<pid>``) and ids 1, 2, ...: the server
+    deduplicates a retried batch."""
     if rate <= 0 or seconds <= 0 or batch_size < 1:
         raise ValueError(
             f"rate = {rate}, seconds = {seconds}, batch_size = {batch_size}: all must be positive"
@@ -77,13 +109,16 @@ async def replay(
     total = max(batch_size, int(rate * seconds))
     per_symbol = -(-total // n_symbols)
     ticks, _ = synthetic_ticks(n_symbols, per_symbol, seed=seed)
-    # Stamp ticks with the current clock so a long-running server never sees time go back.
-    ts_ns = ticks.ts_ns - ticks.ts_ns[0] + time.time_ns()
     n_batches = -(-total // batch_size)
     interval = batch_size / rate
+    # Stamp each tick with its batch's scheduled send time (plus its position, in ns): time
+    # never goes back for a long-running server and never runs ahead of its clock.
+    index = np.arange(ticks.ts_ns.shape[0], dtype=np.int64)
+    ts_ns = time.time_ns() + (index // batch_size) * int(interval * 1e9) + index % batch_size
     sent_at: dict[int, float] = {}
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    producer = producer or f"replay-{os.getpid()}"
+    async with open_channel(target, tls) as channel:
         try:
             await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
         except TimeoutError:
@@ -107,6 +142,7 @@ async def replay(
                     size=ticks.size[lo:hi].tolist(),
                     ts_ns=ts_ns[lo:hi].tolist(),
                     batch_id=b + 1,
+                    producer=producer,
                 )
 
         latencies = np.empty(n_batches)

@@ -1,10 +1,25 @@
 """The gRPC API (``signals.v1.SignalService``) on ``grpc.aio``, with health and reflection.
 
-Bad requests get INVALID_ARGUMENT naming the offending field (and index) and change
-no state; a full inference queue gets RESOURCE_EXHAUSTED; the server keeps serving
-either way. ``stop`` is graceful: health turns NOT_SERVING, new calls are refused,
-calls in flight finish within the grace period (spot preemption gives ~25 s), then
-the batcher drains and the backends close.
+Every request gets a status that says what happened, and the server keeps serving:
+
+* bytes that are not the request message, an empty or oversized batch, columns of
+  different lengths, non-finite values, an unknown symbol: INVALID_ARGUMENT naming the
+  field (and index), before anything changes. Out-of-bound ticks inside a valid batch are
+  rejected one by one (`IngestAck.rejected_reason`) and the others applied.
+* a ``(producer, batch_id)`` reused for other ticks: ALREADY_EXISTS; a retry of an
+  acknowledged batch gets the original reply (`app.ingest`).
+* a deadline too short to apply the batch: DEADLINE_EXCEEDED, nothing applied.
+* a full inference queue, data-path buffer or spool: RESOURCE_EXHAUSTED, nothing applied.
+* shutting down, or the spool failed (health then turns NOT_SERVING): UNAVAILABLE.
+* a client cancelling: CANCELLED, which the metrics do not count as an error; work
+  already applied completes (``app.ingest``).
+
+Each refusal is logged as one line (``request_rejected``, sampled: see
+``telemetry.log_sampling``), never a traceback. ``stop`` is graceful: health turns
+NOT_SERVING, new calls are refused, calls in flight finish within the grace period (spot
+preemption gives ~25 s), then the batcher drains, the spool is made durable and the
+sinks flushed. With ``server.tls`` the port speaks TLS (mutual TLS with a client CA), for
+use outside the mesh; inside it, Istio's mTLS does that job.
 """
 
 from __future__ import annotations
@@ -12,20 +27,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
+import structlog
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from app import telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from app.config import AppConfig
-from app.datapath import DataPath, DataPathBackpressure
+from app.config import AppConfig, TlsConfig
+from app.datapath import DataPath, DataPathBackpressure, signal_message
 from app.features import FeatureEngine
 from app.inference import (
     CircuitBreaker,
@@ -35,13 +53,16 @@ from app.inference import (
     LocalOnnxBackend,
     ResilientBackend,
 )
+from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor
 from app.model.contract import N_INPUTS, model_inputs
-from app.pipeline import IngestResult, SignalPipeline
+from app.pipeline import SignalPipeline, TickOverflowError
 from app.proto import load as load_stubs
+from app.spool import Spool, SpoolFailed, SpoolFull, default_spool_dir
 from app.synthetic import TickColumns
 
 pb2, pb2_grpc = load_stubs()
 log = logging.getLogger(__name__)
+rejections = structlog.get_logger("app.server")
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["SignalService"].full_name
 
 
@@ -49,8 +70,35 @@ class InvalidRequestError(ValueError):
     """A request that cannot be processed; the message names the field."""
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """What arrives instead of a request whose bytes do not parse as the message."""
+
+    message: str
+    nbytes: int
+    error: str
+
+
+def tolerant(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that returns `Malformed` instead of raising: gRPC would answer
+    a raising deserializer with a logged traceback and a non-descript status."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            return Malformed(name, len(data), str(exc) or type(exc).__name__)
+
+    return parse
+
+
 def decode_tick_batch(batch: Any, n_symbols: int, max_ticks: int) -> TickColumns:
     """The batch's columns as arrays, or ``InvalidRequestError`` naming the bad field."""
+    if isinstance(batch, Malformed):
+        raise InvalidRequestError(
+            f"request: {batch.nbytes} bytes that are not a {batch.message} ({batch.error})"
+        )
     n = len(batch.symbol)
     if n == 0:
         raise InvalidRequestError(f"symbol: the batch is empty; send 1 to {max_ticks} ticks")
@@ -79,107 +127,124 @@ def decode_tick_batch(batch: Any, n_symbols: int, max_ticks: int) -> TickColumns
         if bad.size:
             i = int(bad[0])
             raise InvalidRequestError(f"{name}[{i}] = {column[i]}: {name}s must be finite numbers")
+    if len(batch.producer) > 256:
+        raise InvalidRequestError(f"producer: {len(batch.producer)} characters; at most 256")
     return TickColumns(symbol, price, size, ts_ns)
 
 
-def ingest_ack(batch_id: int, result: IngestResult) -> Any:
-    rejected = result.rejected_index
-    return pb2.IngestAck(
-        batch_id=batch_id,
-        accepted=result.accepted,
-        rejected=int(rejected.size),
-        rejected_index=rejected.tolist(),
-        rejected_reason=result.reasons[rejected].tolist(),
-        signals=len(result.signals),
-    )
+# Exceptions that refuse a request, and the status each gets.
+REFUSALS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TickOverflowError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BatchIdReused, grpc.StatusCode.ALREADY_EXISTS),
+    (DeadlineTooShort, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (DataPathBackpressure, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (SpoolFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BatcherClosedError, grpc.StatusCode.UNAVAILABLE),
+    (SpoolFailed, grpc.StatusCode.UNAVAILABLE),
+    (InferenceError, grpc.StatusCode.UNAVAILABLE),
+)
 
 
-class SignalServicer(pb2_grpc.SignalServiceServicer):
-    def __init__(
-        self, pipeline: SignalPipeline, max_batch_ticks: int, data_path: DataPath | None = None
-    ) -> None:
-        self.pipeline = pipeline
+def status_of(exc: BaseException) -> grpc.StatusCode | None:
+    for kind, code in REFUSALS:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+async def refuse(context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode,
+                 detail: str) -> NoReturn:  # fmt: skip
+    """Log one (sampled) line and end the call with ``code``."""
+    rejections.info("request_rejected", method=method, code=code.name, detail=detail)
+    await context.abort(code, detail)
+    raise AssertionError("unreachable: abort raises")
+
+
+class SignalServicer:
+    """The three RPCs; handlers registered by `signal_service_handler`."""
+
+    def __init__(self, ingestor: Ingestor, max_batch_ticks: int, data_path: DataPath | None = None,
+                 on_spool_failure: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        self.ingestor = ingestor
+        self.pipeline = ingestor.pipeline
         self.max_batch_ticks = max_batch_ticks
         self.data_path = data_path
+        self.on_spool_failure = on_spool_failure
+        age = data_path.cache.config.max_signal_age_s if data_path is not None else None
+        self.max_age_s = "no limit" if age is None else f"{age:g} s"
 
-    async def _ingest(self, request: Any, context: grpc.aio.ServicerContext) -> IngestResult:
+    async def _ingest(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
+        """The ``SignalBatch`` answering one TickBatch, or the call ends with its status."""
         try:
             ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
-            if self.data_path is None:
-                return await self.pipeline.ingest(
-                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
-                )
-            # Room in the data path's buffers first: a full buffer refuses the batch before
-            # it changes any state (no accepted tick or signal is ever dropped).
-            admission = self.data_path.admit(len(ticks))
-            try:
-                result = await self.pipeline.ingest(
-                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
-                )
-                await self.data_path.record(
-                    admission, ticks.symbol, ticks.price, ticks.size, ticks.ts_ns,
-                    result.reasons == 0, result.signals,
-                )  # fmt: skip
-            finally:
-                self.data_path.release(admission)
-            return result
-        except DataPathBackpressure as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except InvalidRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except QueueFullError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except BatcherClosedError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except InferenceError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"inference failed: {exc}")
-        raise AssertionError("unreachable: abort raises")
+            return await self.ingestor.ingest(request, ticks, context.time_remaining())
+        except Exception as exc:
+            code = status_of(exc)
+            if code is None:
+                raise
+            if isinstance(exc, SpoolFailed):
+                self.on_spool_failure()
+            await refuse(context, method, code, str(exc))
 
     async def IngestTicks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        result = await self._ingest(request, context)
-        return ingest_ack(request.batch_id, result)
+        return (await self._ingest(request, context, "IngestTicks")).ack
 
     async def GetSignal(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await refuse(context, "GetSignal", grpc.StatusCode.INVALID_ARGUMENT,
+                         f"request: {request.nbytes} bytes that are not a {request.message} "
+                         f"({request.error})")  # fmt: skip
         n = self.pipeline.n_symbols
-        if not 0 <= request.symbol < n:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"symbol = {request.symbol}: unknown symbol; ids are 0 to {n - 1}",
-            )
-        found = self.pipeline.store.get(request.symbol)
-        if found is None and self.data_path is not None:
-            found = await self.data_path.latest(request.symbol)  # L1 → L2 (Redis) → L3
-        if found is None:
+        symbol: int = request.symbol
+        if not 0 <= symbol < n:
+            await refuse(context, "GetSignal", grpc.StatusCode.INVALID_ARGUMENT,
+                         f"symbol = {symbol}: unknown symbol; ids are 0 to {n - 1}")  # fmt: skip
+        if self.pipeline.warming_up(symbol):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"symbol = {request.symbol}: no signal yet (its features are still warming up)",
+                f"symbol = {symbol}: warming up (its features are not warm since its last "
+                "gap or this server's start)",
             )
-        assert found is not None
-        return pb2.Signal(
-            symbol=found.symbol,
-            ts_ns=found.ts_ns,
-            direction=found.direction,
-            strength=found.strength,
-            confidence=found.confidence,
-            model_version=found.model_version,
-        )
+        found = self.pipeline.latest(symbol)
+        signal, computed_at = found if found is not None else (None, 0)
+        if signal is not None and self.data_path is not None:
+            if not self.data_path.cache.fresh(computed_at):
+                signal = None  # too old to serve: nothing below is newer
+        elif signal is None and self.data_path is not None:
+            timed = await self.data_path.latest(symbol)  # L1 → L2 (Redis) → L3, each fresh
+            if timed is not None:
+                signal, computed_at = timed
+        if signal is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"symbol = {symbol}: no signal yet (none computed within "
+                f"cache.max_signal_age_s = {self.max_age_s})",
+            )
+        assert signal is not None
+        return signal_message(signal, computed_at)
 
     async def StreamSignals(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         async for request in request_iterator:
-            result = await self._ingest(request, context)
-            s = result.signals
-            yield pb2.SignalBatch(
-                batch_id=request.batch_id,
-                symbol=s.symbol.tolist(),
-                ts_ns=s.ts_ns.tolist(),
-                direction=s.direction.tolist(),
-                strength=s.strength.tolist(),
-                confidence=s.confidence.tolist(),
-                model_version=s.model_version,
-                ack=ingest_ack(request.batch_id, result),
-            )
+            yield await self._ingest(request, context, "StreamSignals")
+
+
+def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
+    """``signals.v1.SignalService`` with `tolerant` request deserializers."""
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "IngestTicks": grpc.unary_unary_rpc_method_handler(
+            servicer.IngestTicks, request_deserializer=tolerant(pb2.TickBatch),
+            response_serializer=pb2.IngestAck.SerializeToString),
+        "GetSignal": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSignal, request_deserializer=tolerant(pb2.SignalRequest),
+            response_serializer=pb2.Signal.SerializeToString),
+        "StreamSignals": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamSignals, request_deserializer=tolerant(pb2.TickBatch),
+            response_serializer=pb2.SignalBatch.SerializeToString),
+    })  # fmt: skip
 
 
 @dataclass
@@ -189,7 +254,9 @@ class Runtime:
     pipeline: SignalPipeline
     backend: InferenceBackend
     batcher: MicroBatcher
+    ingestor: Ingestor  # idempotency, ordering, the spool and the ack (app.ingest)
     data_path: DataPath | None = None  # cache, publishing, warehouse (app.datapath)
+    spool: Spool | None = None  # the durable log acks wait for (app.spool)
 
 
 def build_backend(config: AppConfig) -> InferenceBackend:
@@ -202,24 +269,28 @@ def build_backend(config: AppConfig) -> InferenceBackend:
         if mc.build_if_missing
         else ModelArtifacts.load(mc.dir)
     )
+    artifacts.check_serving(config.features)  # ModelMismatchError: the CLI exits 2
     local = LocalOnnxBackend(
         artifacts.path(mc.variant), artifacts.model_version, intra_op_threads=mc.intra_op_threads
     )
     ks = config.kserve
     if ks.url is None:
         return local
-    remote = KServeBackend(
-        ks.url, ks.model_name, model_version=ks.model_version, timeout_s=ks.timeout_s
-    )
+    remote = KServeBackend(ks.url, ks.model_name, model_version=ks.model_version,
+                           timeout_s=ks.timeout_s, artifacts=artifacts)  # fmt: skip
     breaker = CircuitBreaker(
         failure_threshold=ks.failure_threshold, reset_timeout_s=ks.reset_timeout_s
     )
     return ResilientBackend(remote, local, breaker)
 
 
+def spool_dir(config: AppConfig) -> Path:
+    """The configured spool directory, or the embedded default for the configured port."""
+    return config.spool.dir or default_spool_dir(config.server.port)
+
+
 def build_runtime(config: AppConfig, backend: InferenceBackend | None = None) -> Runtime:
-    fc = config.features
-    engine = FeatureEngine(fc.n_symbols, fc.ema_fast, fc.ema_slow, fc.rsi_period, fc.window)
+    engine = FeatureEngine.from_config(config.features)
     backend = backend or build_backend(config)
     bc = config.batcher
     batcher = MicroBatcher(
@@ -230,7 +301,10 @@ def build_runtime(config: AppConfig, backend: InferenceBackend | None = None) ->
         max_concurrent_batches=bc.max_concurrent_batches,
     )
     data_path = DataPath.from_config(config.cache, config.publish, config.warehouse)
-    return Runtime(SignalPipeline(engine, batcher), backend, batcher, data_path)
+    spool = Spool(config.spool, spool_dir(config)) if config.spool.enabled else None
+    pipeline = SignalPipeline(engine, batcher, bounds=config.ingest)
+    ingestor = Ingestor(pipeline, config.ingest, data_path=data_path, spool=spool)
+    return Runtime(pipeline, backend, batcher, ingestor, data_path, spool)
 
 
 async def warm_up(runtime: Runtime) -> None:
@@ -242,6 +316,16 @@ async def warm_up(runtime: Runtime) -> None:
         await runtime.backend.infer(np.zeros((1, N_INPUTS), np.float32))
     except (InferenceError, OSError) as exc:  # a remote backend may be down: the breaker copes
         log.warning("warm-up inference failed: %s", exc)
+
+
+def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    """TLS with the configured certificate; mutual TLS when a client CA is configured."""
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 class SignalServer:
@@ -259,9 +343,9 @@ class SignalServer:
             ],
             interceptors=telemetry.server_interceptors(),
         )
-        pb2_grpc.add_SignalServiceServicer_to_server(
-            SignalServicer(runtime.pipeline, sc.max_batch_ticks, runtime.data_path), self.server
-        )
+        servicer = SignalServicer(runtime.ingestor, sc.max_batch_ticks, runtime.data_path,
+                                  on_spool_failure=self._spool_failed)  # fmt: skip
+        self.server.add_generic_rpc_handlers((signal_service_handler(servicer),))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -272,16 +356,24 @@ class SignalServer:
         self.port = 0
         self.metrics_server: telemetry.MetricsServer | None = None
         self._stopped = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
+        """Recover the spool, bind, warm up, then serve; ``OSError`` if the port cannot be had."""
         sc = self.config.server
-        self.port = self.server.add_insecure_port(f"{sc.host}:{sc.port}")
+        address = f"{sc.host}:{sc.port}"
+        if sc.tls is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, server_credentials(sc.tls))
         if self.port == 0:
-            raise OSError(f"cannot listen on {sc.host}:{sc.port}")
-        await warm_up(self.runtime)
-        self.runtime.batcher.start()
-        if self.runtime.data_path is not None:
-            self.runtime.data_path.start()
+            raise OSError(f"server.port = {sc.port}: cannot listen on {address}")
+        runtime = self.runtime
+        runtime.ingestor.recover()  # before any call: replays what a crash left undelivered
+        await warm_up(runtime)
+        runtime.batcher.start()
+        if runtime.data_path is not None:
+            runtime.data_path.start()
         tc = self.config.telemetry
         if tc.metrics_port is not None and self.metrics_server is None:
             try:
@@ -292,20 +384,37 @@ class SignalServer:
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d", SERVICE_NAME, sc.host, self.port)
+        log.info("serving %s on %s:%d%s", SERVICE_NAME, sc.host, self.port,
+                 " (TLS)" if sc.tls is not None else "")  # fmt: skip
         return self.port
+
+    def _spool_failed(self) -> None:
+        """Nothing can be made durable any more: say so to the probes (the pod restarts)."""
+        task = asyncio.get_running_loop().create_task(self._not_serving())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _not_serving(self) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish (up to the grace), then release all."""
         if self._stopped.is_set():
             return
         grace = self.config.server.grace_s if grace_s is None else grace_s
+        runtime = self.runtime
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.runtime.batcher.close()
-        await self.runtime.backend.close()
-        if self.runtime.data_path is not None:
-            await self.runtime.data_path.close()  # deliver what was accepted
+        await runtime.ingestor.drain()  # applied batches: spooled and answered
+        await runtime.batcher.close()
+        await runtime.backend.close()
+        if runtime.spool is not None:
+            await runtime.spool.drain()  # every record durable and handed to the data path
+        if runtime.data_path is not None:
+            await runtime.data_path.close()  # deliver what was accepted
+        if runtime.spool is not None:
+            await runtime.spool.close()  # the checkpoint says so; the directory is released
         if self.metrics_server is not None:
             self.metrics_server.close()
         self._stopped.set()

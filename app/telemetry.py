@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -52,6 +53,7 @@ DEFAULT_LOG_SAMPLING: dict[str, int] = {
     "cache_lookup": 1000,
     "batch_published": 100,
     "warehouse_flush": 10,
+    "request_rejected": 100,
 }
 
 
@@ -220,6 +222,45 @@ class Metrics:
             ["input"],
             registry=reg,
         )
+        # Ingestion (app/ingest.py) and its spool (app/spool.py).
+        self.ticks_rejected = Counter(
+            "signal_ticks_rejected_total",
+            "Ticks rejected by ingestion, by reason (the RejectReason enum's names).",
+            ["reason"],
+            registry=reg,
+        )
+        self.duplicate_batches = Counter(
+            "signal_ingest_duplicate_batches_total",
+            "Batches answered with the reply of an earlier one (same producer and batch_id).",
+            registry=reg,
+        )
+        self.signal_failures = Counter(
+            "signal_ingest_inference_failures_total",
+            "Applied batches acknowledged without signals because inference failed.",
+            registry=reg,
+        )
+        self.spool_commit_latency = Histogram(
+            "signal_spool_commit_duration_seconds",
+            "Time of one group commit (write and fsync) of the spool.",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.spool_group_records = Histogram(
+            "signal_spool_group_records",
+            "Records (batches) made durable by one group commit.",
+            buckets=SIZE_BUCKETS,
+            registry=reg,
+        )
+        self.spool_bytes = Gauge(
+            "signal_spool_bytes",
+            "Bytes the spool holds on disk (undelivered and retained records).",
+            registry=reg,
+        )
+        self.spool_replayed = Counter(
+            "signal_spool_replayed_batches_total",
+            "Batches found undelivered in the spool at start and delivered again.",
+            registry=reg,
+        )
         self._hit_ratio = Gauge(
             "signal_cache_hit_ratio",
             "Hits over lookups since start, by cache level.",
@@ -368,10 +409,15 @@ def server_interceptors(
     return [MetricsInterceptor(metrics), aio_server_interceptor(tracer_provider=provider)]
 
 
+# Final statuses that are not server errors: success, and a client that cancelled its call
+# (it is counted in signal_requests_total{code="CANCELLED"}, never in the error rate or SLO).
+NOT_ERRORS: frozenset[str | None] = frozenset({None, "OK", "CANCELLED"})
+
+
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """``signal_request_duration_seconds{method}``, ``signal_requests_total`` and
     ``signal_request_errors_total`` for unary and streaming RPCs (a stream is timed from its
-    start to its end)."""
+    start to its end). A cancelled call is CANCELLED, not an error."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
@@ -393,7 +439,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             code = context.code() if hasattr(context, "code") else None
             if code is not None and code != grpc.StatusCode.OK:
                 return code.name if hasattr(code, "name") else str(code)
+            if isinstance(exc, asyncio.CancelledError):  # the client went away
+                return "CANCELLED"
             return None if exc is None else "UNKNOWN"
+
+        def count(code: str | None) -> None:
+            requests.labels(method, code or "OK").inc()
+            if code not in NOT_ERRORS:
+                errors.labels(method, code).inc()
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary
@@ -408,10 +461,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     latency.observe(time.perf_counter() - start)
-                    code = code_of(context, exc)
-                    requests.labels(method, code or "OK").inc()
-                    if code is not None:
-                        errors.labels(method, code).inc()
+                    count(code_of(context, exc))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -430,10 +480,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     latency.observe(time.perf_counter() - start)
-                    code = code_of(context, exc)
-                    requests.labels(method, code or "OK").inc()
-                    if code is not None:
-                        errors.labels(method, code).inc()
+                    count(code_of(context, exc))
 
             return grpc.stream_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

@@ -10,6 +10,16 @@ by both sinks. Appends never block: rows go into a bounded backlog, and a full b
 `WarehouseBackpressure` (the service answers RESOURCE_EXHAUSTED) instead of growing
 without bound or dropping rows. Failed writes stay in the backlog and are retried with
 backoff.
+
+Exactly once: rows appended with the sequence number of the batch they belong to
+(``seq``) are written by DuckDB in one transaction with a ledger row per (table, seq)
+(``_spool_batches``), so after a crash the replay of a spooled batch skips the tables
+that already hold it; `on_written` reports each table's batches as they land. BigQuery's
+default stream is at-least-once: a batch written just before a crash may be written
+again on replay, with the same ``ts_ns`` and values (deduplicate on them when reading).
+
+Retention: the embedded DuckDB deletes rows older than ``retention_days`` (the warehouse's
+partition expiration, applied locally) once an hour and at start.
 """
 
 from __future__ import annotations
@@ -30,13 +40,15 @@ import numpy as np
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas import Table, table, tables
+from app.schemas import DUCKDB_TYPES, Table, tables
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.warehouse")
 
 Columns = dict[str, np.ndarray]  # one batch of one table: column name -> values, schema order
+LEDGER = "_spool_batches"  # DuckDB: (table_name, seq) of every batch each table holds
+RETENTION_CHECK_S = 3600.0
 
 # The `signals.direction` values: the protobuf Direction enum's names.
 DIRECTION_NAMES: dict[int, str] = {
@@ -74,6 +86,8 @@ class WarehouseConfig(BaseModel):
     retry_initial_s: float = Field(default=0.2, gt=0, le=60)
     retry_max_s: float = Field(default=10.0, gt=0, le=3_600)
     history_days: int = Field(default=2, ge=1, le=3_650)  # how far back L3 reads look
+    # DuckDB only (BigQuery expires partitions itself): rows older than this are deleted.
+    retention_days: int | None = Field(default=90, ge=1, le=36_500)
     # Whether this writer writes the `signals` table. None: DuckDB yes; BigQuery no, since
     # there the signals topic's BigQuery subscription writes it (see infra/messaging.py).
     write_signals: bool | None = None
@@ -99,11 +113,23 @@ class WarehouseBackpressure(RuntimeError):
 
 
 class WarehouseSink(Protocol):
-    """Where batches land: DuckDB locally, BigQuery in production (tests fake the client)."""
+    """Where batches land: DuckDB locally, BigQuery in production (tests fake the client).
 
-    async def write(self, table: Table, columns: Columns) -> None: ...
+    ``seqs``: the batches the rows belong to; a sink that can (DuckDB) records them in the
+    same transaction and lists them in `delivered`.
+    """
 
-    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]: ...
+    async def write(self, table: Table, columns: Columns, seqs: Sequence[int] = ()) -> None: ...
+
+    def delivered(self, after_seq: int) -> dict[str, set[int]]: ...
+
+    async def latest_timed(
+        self, symbols: Sequence[int], since_ns: int, computed_since_ns: int | None
+    ) -> dict[int, tuple[Signal, int]]: ...
+
+    async def expire(self, before_ns: int) -> int: ...
+
+    async def forget_batches_through(self, seq: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -151,32 +177,51 @@ def check_columns(tbl: Table, columns: Mapping[str, Any]) -> Columns:
     return out
 
 
-def signal_columns(signals: Sequence[Signal] | SignalColumns) -> Columns:
-    """`signals` rows (the Signal message's fields; direction by its enum name)."""
+def signal_columns(
+    signals: Sequence[Signal] | SignalColumns, computed_at_ns: int | None = None
+) -> Columns:
+    """`signals` rows (the Signal message's fields; direction by its enum name); without
+    ``computed_at_ns`` that column is NULL."""
+    n = len(signals)
     if isinstance(signals, SignalColumns):
-        n = len(signals)
-        return {
+        columns: Columns = {
             "symbol": signals.symbol.astype(np.int64),
             "ts_ns": signals.ts_ns.astype(np.int64),
             "direction": np.array([DIRECTION_NAMES[int(d)] for d in signals.direction], object),
             "strength": signals.strength.astype(np.float64),
             "confidence": signals.confidence.astype(np.float64),
             "model_version": np.full(n, signals.model_version, dtype=object),
+            "model_variant": np.full(n, signals.model_variant, dtype=object),
+            "model_sha256": np.full(n, signals.model_sha256, dtype=object),
+            "backend": np.full(n, signals.backend, dtype=object),
         }
-    return {
-        "symbol": np.array([s.symbol for s in signals], dtype=np.int64),
-        "ts_ns": np.array([s.ts_ns for s in signals], dtype=np.int64),
-        "direction": np.array([DIRECTION_NAMES[s.direction] for s in signals], dtype=object),
-        "strength": np.array([s.strength for s in signals], dtype=np.float64),
-        "confidence": np.array([s.confidence for s in signals], dtype=np.float64),
-        "model_version": np.array([s.model_version for s in signals], dtype=object),
-    }
+    else:
+        columns = {
+            "symbol": np.array([s.symbol for s in signals], dtype=np.int64),
+            "ts_ns": np.array([s.ts_ns for s in signals], dtype=np.int64),
+            "direction": np.array([DIRECTION_NAMES[s.direction] for s in signals], dtype=object),
+            "strength": np.array([s.strength for s in signals], dtype=np.float64),
+            "confidence": np.array([s.confidence for s in signals], dtype=np.float64),
+            "model_version": np.array([s.model_version for s in signals], dtype=object),
+            "model_variant": np.array([s.model_variant for s in signals], dtype=object),
+            "model_sha256": np.array([s.model_sha256 for s in signals], dtype=object),
+            "backend": np.array([s.backend for s in signals], dtype=object),
+        }
+    if computed_at_ns is not None:
+        columns["computed_at_ns"] = np.full(n, computed_at_ns, dtype=np.int64)
+    return columns
 
 
-def _signal_from_row(row: Sequence[Any]) -> Signal:
-    symbol, ts_ns, direction, strength, confidence, model_version = row
-    return Signal(int(symbol), int(ts_ns), DIRECTION_CODES[direction], float(strength),
-                  float(confidence), model_version)  # fmt: skip
+# The columns L3 reads back: a Signal, then when it was computed (NULL: by its tick time).
+_SIGNAL_FIELDS = ("symbol", "ts_ns", "direction", "strength", "confidence", "model_version",
+                  "model_variant", "model_sha256", "backend")  # fmt: skip
+
+
+def _timed_from_row(row: Sequence[Any]) -> tuple[Signal, int]:
+    symbol, ts_ns, direction, strength, confidence, model_version, *model, computed_at = row
+    signal = Signal(int(symbol), int(ts_ns), DIRECTION_CODES[direction], float(strength),
+                    float(confidence), model_version, *(m or "" for m in model))  # fmt: skip
+    return signal, int(ts_ns if computed_at is None else computed_at)
 
 
 # --- DuckDB (embedded default) -------------------------------------------------------------
@@ -207,11 +252,21 @@ class DuckDBSink:
         for tbl in tables().values():
             if tbl.name not in existing:
                 self._con.execute(tbl.duckdb_ddl())
+            else:  # a file from before a column was added: add it (NULL in old rows)
+                have = {r[0] for r in self._con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [tbl.name]
+                ).fetchall()}  # fmt: skip
+                for col in tbl.columns:
+                    if col.name not in have:
+                        self._con.execute(f"ALTER TABLE {tbl.name} ADD COLUMN {col.name} "
+                                          f"{DUCKDB_TYPES[col.type]}")  # fmt: skip
+        self._con.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER} (table_name VARCHAR NOT NULL, "
+                          "seq BIGINT NOT NULL)")  # fmt: skip
 
     async def _run(self, fn: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def _insert(self, tbl: Table, columns: Columns) -> None:
+    def _insert(self, tbl: Table, columns: Columns, seqs: Sequence[int]) -> None:
         select = ", ".join(
             f"make_timestamp(CAST({c.name} // 1000 AS BIGINT)) AS {c.name}"
             if c.type == "TIMESTAMP"
@@ -221,27 +276,70 @@ class DuckDBSink:
         con = self._con
         con.register("_batch", columns)
         try:
-            con.execute(f"INSERT INTO {tbl.name} SELECT {select} FROM _batch")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"INSERT INTO {tbl.name} SELECT {select} FROM _batch")
+                if seqs:  # the rows and the batches they complete land together, or neither
+                    con.execute(f"INSERT INTO {LEDGER} SELECT ?, unnest(?::BIGINT[])",
+                                [tbl.name, list(seqs)])  # fmt: skip
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         finally:
             con.unregister("_batch")
 
-    async def write(self, table: Table, columns: Columns) -> None:
-        await self._run(lambda: self._insert(table, columns))
+    async def write(self, table: Table, columns: Columns, seqs: Sequence[int] = ()) -> None:
+        await self._run(lambda: self._insert(table, columns, seqs))
 
-    def _latest(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
+    def delivered(self, after_seq: int) -> dict[str, set[int]]:
+        """Batches after ``after_seq`` each table holds (called at start, before writes)."""
+        out: dict[str, set[int]] = {}
+        rows = self._con.execute(f"SELECT table_name, seq FROM {LEDGER} WHERE seq > ?",
+                                 [after_seq]).fetchall()  # fmt: skip
+        for name, seq in rows:
+            out.setdefault(name, set()).add(int(seq))
+        return out
+
+    async def forget_batches_through(self, seq: int) -> None:
+        """Drop ledger rows no replay can ask about any more (every sink has them)."""
+        await self._run(lambda: self._con.execute(f"DELETE FROM {LEDGER} WHERE seq <= ?", [seq]))
+
+    def _expire(self, before_ns: int) -> int:
+        deleted = 0
+        for tbl in tables().values():
+            if tbl.partition_type == "DAY":
+                where = f"{tbl.partition_field} < make_timestamp(CAST(? // 1000 AS BIGINT))"
+            else:
+                where = f"{tbl.partition_field} < ?"
+            row = self._con.execute(f"DELETE FROM {tbl.name} WHERE {where}", [before_ns]).fetchone()
+            deleted += int(row[0]) if row else 0
+        return deleted
+
+    async def expire(self, before_ns: int) -> int:
+        """Delete rows older than ``before_ns`` (by each table's partitioning column)."""
+        return await self._run(lambda: self._expire(before_ns))
+
+    def _latest(
+        self, symbols: Sequence[int], since_ns: int, computed_since_ns: int | None
+    ) -> dict[int, tuple[Signal, int]]:
         rows = self._con.execute(
-            """
-            SELECT symbol, ts_ns, direction, strength, confidence, model_version
+            f"""
+            SELECT {", ".join(_SIGNAL_FIELDS)}, computed_at_ns
             FROM signals
             WHERE symbol IN (SELECT unnest(?::BIGINT[])) AND ts_ns >= ?
+              AND coalesce(computed_at_ns, ts_ns) >= ?
             QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY ts_ns DESC) = 1
             """,
-            [[int(s) for s in symbols], since_ns],
-        ).fetchall()
-        return {int(r[0]): _signal_from_row(r) for r in rows}
+            [[int(s) for s in symbols], since_ns,
+             since_ns if computed_since_ns is None else computed_since_ns],
+        ).fetchall()  # fmt: skip
+        return {int(r[0]): _timed_from_row(r) for r in rows}
 
-    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
-        return await self._run(lambda: self._latest(symbols, since_ns))
+    async def latest_timed(
+        self, symbols: Sequence[int], since_ns: int, computed_since_ns: int | None
+    ) -> dict[int, tuple[Signal, int]]:
+        return await self._run(lambda: self._latest(symbols, since_ns, computed_since_ns))
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run SQL on the warehouse file (tests and tools)."""
@@ -409,42 +507,58 @@ class BigQuerySink:
                     f"AppendRows failed: {response.error.message or response.row_errors}"
                 )
 
-    async def write(self, table: Table, columns: Columns) -> None:
+    async def write(self, table: Table, columns: Columns, seqs: Sequence[int] = ()) -> None:
         requests = self.append_requests(table, columns)
         if requests:
             await asyncio.to_thread(self._append, requests)
 
-    def _latest(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
+    def delivered(self, after_seq: int) -> dict[str, set[int]]:
+        return {}  # the default stream keeps no ledger: a replay writes again (at-least-once)
+
+    async def forget_batches_through(self, seq: int) -> None:
+        return None
+
+    async def expire(self, before_ns: int) -> int:
+        return 0  # BigQuery expires partitions itself (the dataset's partition expiration)
+
+    def _latest(
+        self, symbols: Sequence[int], since_ns: int, computed_since_ns: int | None
+    ) -> dict[int, tuple[Signal, int]]:
         from google.cloud.bigquery_storage_v1 import types
 
         ids = ", ".join(str(int(s)) for s in symbols)  # integers: nothing to quote
+        restriction = f"symbol IN ({ids}) AND ts_ns >= {int(since_ns)}"
+        if computed_since_ns is not None:
+            restriction += f" AND IFNULL(computed_at_ns, ts_ns) >= {int(computed_since_ns)}"
         session = self._reader().create_read_session(
             parent=f"projects/{self.project}",
             read_session=types.ReadSession(
                 table=self.table_path("signals"),
                 data_format=types.DataFormat.AVRO,
                 read_options=types.ReadSession.TableReadOptions(
-                    selected_fields=list(table("signals").column_names),
+                    selected_fields=[*_SIGNAL_FIELDS, "computed_at_ns"],
                     # ts_ns is the range-partitioning column: the bound prunes partitions.
-                    row_restriction=f"symbol IN ({ids}) AND ts_ns >= {int(since_ns)}",
+                    row_restriction=restriction,
                 ),
             ),
             max_stream_count=1,
         )
-        names = table("signals").column_names
-        latest: dict[int, Signal] = {}
+        names = (*_SIGNAL_FIELDS, "computed_at_ns")
+        latest: dict[int, tuple[Signal, int]] = {}
         for stream in session.streams:
             for row in self._reader().read_rows(stream.name).rows(session):
-                signal = _signal_from_row([row[n] for n in names])
-                current = latest.get(signal.symbol)
-                if current is None or current.ts_ns < signal.ts_ns:
-                    latest[signal.symbol] = signal
+                timed = _timed_from_row([row.get(n) for n in names])
+                current = latest.get(timed[0].symbol)
+                if current is None or current[0].ts_ns < timed[0].ts_ns:
+                    latest[timed[0].symbol] = timed
         return latest
 
-    async def latest_signals(self, symbols: Sequence[int], since_ns: int) -> dict[int, Signal]:
+    async def latest_timed(
+        self, symbols: Sequence[int], since_ns: int, computed_since_ns: int | None
+    ) -> dict[int, tuple[Signal, int]]:
         if not symbols:
             return {}
-        return await asyncio.to_thread(self._latest, symbols, since_ns)
+        return await asyncio.to_thread(self._latest, symbols, since_ns, computed_since_ns)
 
     async def close(self) -> None:
         return None
@@ -457,15 +571,24 @@ class BigQuerySink:
 class _TableBuffer:
     table: Table
     chunks: list[Columns] = field(default_factory=list)
+    seqs: list[list[int]] = field(default_factory=list)  # the batches of each chunk
     rows: int = 0
     oldest: float = 0.0
 
-    def take(self) -> Columns:
+    def take(self) -> tuple[Columns, list[int]]:
         names = self.table.column_names
         merged = {n: np.concatenate([c[n] for c in self.chunks]) for n in names}
+        seqs = [s for chunk in self.seqs for s in chunk]
         self.chunks.clear()
+        self.seqs.clear()
         self.rows = 0
-        return merged
+        return merged, seqs
+
+    def put_back(self, columns: Columns, seqs: list[int], n: int) -> None:
+        """A chunk whose write failed, back at the front (order kept)."""
+        self.chunks.insert(0, columns)
+        self.seqs.insert(0, seqs)
+        self.rows += n
 
 
 class Warehouse:
@@ -490,6 +613,12 @@ class Warehouse:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        # table -> batches it already holds, above the replay floor (see `prepare_replay`)
+        self._held: dict[str, set[int]] = {}
+        self.on_written: Callable[[str, list[int]], None] = lambda _table, _seqs: None
+        self._forget_through = 0  # ledger rows up to this batch may go
+        self._forgotten = 0
+        self._expired_at = -float("inf")
 
     @classmethod
     def from_config(
@@ -511,6 +640,16 @@ class Warehouse:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="warehouse")
 
+    def prepare_replay(self, after_seq: int) -> int:
+        """Learn which batches after ``after_seq`` each table holds (appends of those are
+        skipped); returns the highest such batch (0: none)."""
+        self._held = self.sink.delivered(after_seq)
+        return max((max(s) for s in self._held.values() if s), default=0)
+
+    def forget_batches_through(self, seq: int) -> None:
+        """Every sink holds every batch up to ``seq``: the ledger may drop them."""
+        self._forget_through = max(self._forget_through, seq)
+
     def reserve(self, n: int) -> None:
         """Hold room for ``n`` rows to append after an await, or raise `WarehouseBackpressure`;
         `release` what goes unused."""
@@ -528,65 +667,89 @@ class Warehouse:
             )
 
     def append(
-        self, table_name: str, columns: Mapping[str, Any], *, reserved: bool = False
-    ) -> None:
+        self, table_name: str, columns: Mapping[str, Any], *, reserved: bool = False,
+        seq: int = 0, replay: bool = False,
+    ) -> bool:  # fmt: skip
         """Accept rows for ``table_name`` (checked against its declared schema) or raise
         `WarehouseBackpressure` without accepting any when the backlog is full.
-        ``reserved``: the room was taken with `reserve`."""
+        ``reserved``: the room was taken with `reserve`. ``seq``: the batch the rows belong
+        to (`on_written` reports it once written). ``replay``: a spooled batch delivered
+        again: skipped (False) if the table holds it, never refused for room."""
         buf = self._buffers.get(table_name)
         if buf is None:
             raise KeyError(f"no warehouse table {table_name!r}; known: {sorted(self._buffers)}")
+        if replay and seq in self._held.get(table_name, ()):
+            return False
         checked = check_columns(buf.table, columns)
         n = len(next(iter(checked.values())))
         if n == 0:
-            return
+            return False
         if reserved:
             self._reserved -= min(n, self._reserved)
-        else:
+        elif not replay:
             self._check_room(n, table_name)
         if not buf.chunks:
             buf.oldest = self._clock()
         buf.chunks.append(checked)
+        buf.seqs.append([seq] if seq else [])
         buf.rows += n
         self._backlog += n
         self._idle.clear()
         self.metrics.warehouse_backlog.labels(table_name).inc(n)
         if buf.rows >= self.config.batch_rows:
             self._wake.set()
+        return True
 
     def append_signals(
-        self, signals: Sequence[Signal] | SignalColumns, *, reserved: bool = False
-    ) -> None:
+        self, signals: Sequence[Signal] | SignalColumns, *, reserved: bool = False,
+        seq: int = 0, replay: bool = False, computed_at_ns: int | None = None,
+    ) -> bool:  # fmt: skip
         """Signals for the `signals` table, unless its BigQuery subscription writes it."""
         if len(signals) and self.config.writes_signals:
-            self.append("signals", signal_columns(signals), reserved=reserved)
+            return self.append("signals", signal_columns(signals, computed_at_ns),
+                               reserved=reserved, seq=seq, replay=replay)  # fmt: skip
+        return False
 
     def append_ticks(
         self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray,
-        *, reserved: bool = False,
-    ) -> None:  # fmt: skip
-        self.append(
+        *, reserved: bool = False, seq: int = 0, replay: bool = False,
+    ) -> bool:  # fmt: skip
+        ts = np.asarray(ts_ns, dtype=np.int64)
+        return self.append(
             "ticks",
-            {"symbol": np.asarray(symbol, dtype=np.int64), "event_time": ts_ns,
+            {"symbol": np.asarray(symbol, dtype=np.int64), "event_time": ts, "ts_ns": ts,
              "price": price, "size": size},
-            reserved=reserved,
+            reserved=reserved, seq=seq, replay=replay,
         )  # fmt: skip
 
-    def append_features(self, symbol: np.ndarray, ts_ns: np.ndarray, features: np.ndarray) -> None:
-        """The engine's output rows (``float64[n, 7]`` in `app.features.FEATURES` order)."""
+    def append_features(
+        self, symbol: np.ndarray, ts_ns: np.ndarray, features: np.ndarray, *,
+        reserved: bool = False, seq: int = 0, replay: bool = False,
+    ) -> bool:  # fmt: skip
+        """Feature rows (``float64[n, len(FEATURES)]`` in `app.features.FEATURES` order) of the
+        ticks at ``ts_ns``: the service writes the row behind each signal it emits."""
         from app.features import FEATURES
 
+        ts = np.asarray(ts_ns, dtype=np.int64)
         columns: dict[str, Any] = {
             "symbol": np.asarray(symbol, dtype=np.int64),
-            "event_time": ts_ns,
+            "event_time": ts,
+            "ts_ns": ts,
         }
         for i, name in enumerate(FEATURES):
             columns[name] = features[:, i]
-        self.append("features", columns)
+        return self.append("features", columns, reserved=reserved, seq=seq, replay=replay)
+
+    async def latest_timed(
+        self, symbols: Sequence[int], computed_since_ns: int | None = None
+    ) -> dict[int, tuple[Signal, int]]:
+        """Each symbol's latest signal within ``history_days`` (and computed no earlier
+        than ``computed_since_ns``), with when it was computed."""
+        since_ns = time.time_ns() - self.config.history_days * 86_400 * 1_000_000_000
+        return await self.sink.latest_timed(list(symbols), since_ns, computed_since_ns)
 
     async def latest_signals(self, symbols: Sequence[int]) -> dict[int, Signal]:
-        since_ns = time.time_ns() - self.config.history_days * 86_400 * 1_000_000_000
-        return await self.sink.latest_signals(list(symbols), since_ns)
+        return {s: t[0] for s, t in (await self.latest_timed(symbols)).items()}
 
     def _due(self) -> list[_TableBuffer]:
         now = self._clock()
@@ -597,6 +760,28 @@ class Warehouse:
                            or now - b.oldest >= self.config.flush_interval_s)
         ]  # fmt: skip
 
+    async def _housekeeping(self) -> None:
+        """Apply the retention (hourly) and drop ledger rows no replay needs (when idle)."""
+        now = self._clock()
+        days = self.config.retention_days
+        if days is not None and now - self._expired_at >= RETENTION_CHECK_S:
+            self._expired_at = now
+            cutoff = time.time_ns() - days * 86_400 * 1_000_000_000
+            try:
+                deleted = await self.sink.expire(cutoff)
+            except Exception as exc:
+                log.error("warehouse_retention_failed", error=repr(exc))
+            else:
+                if deleted:
+                    log.info("warehouse_retention", deleted_rows=deleted, days=days)
+        if self._forget_through > self._forgotten:
+            seq = self._forget_through
+            try:
+                await self.sink.forget_batches_through(seq)
+                self._forgotten = seq
+            except Exception as exc:
+                log.error("warehouse_ledger_prune_failed", error=repr(exc))
+
     async def _run(self) -> None:
         delay = self.config.retry_initial_s
         while True:
@@ -604,6 +789,7 @@ class Warehouse:
             if not due:
                 if self._backlog == 0:
                     self._idle.set()
+                    await self._housekeeping()
                 if self._closing and self._backlog == 0:
                     return
                 self._wake.clear()
@@ -611,14 +797,12 @@ class Warehouse:
                     await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s / 4)
                 continue
             for buf in due:
-                columns = buf.take()
+                columns, seqs = buf.take()
                 n = len(columns[buf.table.column_names[0]])
                 try:
-                    await self.sink.write(buf.table, columns)
+                    await self.sink.write(buf.table, columns, seqs)
                 except Exception as exc:
-                    # Keep the rows (at the front, in order) and back off.
-                    buf.chunks.insert(0, columns)
-                    buf.rows += n
+                    buf.put_back(columns, seqs, n)  # keep the rows and back off
                     self.metrics.warehouse_failures.labels(buf.table.name).inc()
                     log.error("warehouse_write_failed", table=buf.table.name, rows=n,
                               error=repr(exc), retry_in_s=delay)  # fmt: skip
@@ -630,6 +814,8 @@ class Warehouse:
                 self.metrics.warehouse_backlog.labels(buf.table.name).dec(n)
                 self.metrics.warehouse_rows.labels(buf.table.name).inc(n)
                 log.info("warehouse_flush", table=buf.table.name, rows=n)
+                if seqs:
+                    self.on_written(buf.table.name, seqs)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every accepted row is written."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,20 @@ TEST_BUILD = BuildOptions(
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run one async scenario on a fresh event loop (no pytest-asyncio needed)."""
     return asyncio.run(coro)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The platform state directory (XDG_STATE_HOME) of every server the tests start, in-process
+    or not: embedded defaults (the spool) never write into the real home directory."""
+    path = tmp_path_factory.mktemp("state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from app.cache import (
     RedisL2,
     TieredCache,
     decode_signal,
+    decode_value,
     encode_signal,
     redis_client_kwargs,
     signal_key,
@@ -99,14 +100,15 @@ def test_l1_stays_bounded_under_many_distinct_keys() -> None:
 
 def test_signal_values_are_compact_binary_and_round_trip() -> None:
     rec = Signal(4711, 1_700_000_000_123_456_789, DIRECTION_DOWN, -0.625, 0.8125, "signal_mlp/3")
-    value = encode_signal(rec)
-    assert decode_signal(value) == rec
-    as_json = json.dumps(asdict(rec)).encode()
+    computed_at = 1_700_000_000_200_000_000
+    value = encode_signal(rec, computed_at)
+    assert decode_signal(value) == rec and decode_value(value) == (rec, computed_at)
+    as_json = json.dumps({**asdict(rec), "computed_at_ns": computed_at}).encode()
     assert len(value) < 0.5 * len(as_json), (len(value), len(as_json))
     with pytest.raises(UnicodeDecodeError):
         value.decode()  # not text: binary through and through
     wrong_direction = value[:13] + b"\x07" + value[14:]
-    for corrupt in (value[:-1], b"\x02" + value[1:], b"", wrong_direction):
+    for corrupt in (value[:-1], b"\x01" + value[1:], b"", wrong_direction):
         with pytest.raises(ValueError):
             decode_signal(corrupt)
 
@@ -240,13 +242,16 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
                                    ("l2", "miss"): 1, ("l3", "hit"): 1, ("l3", "miss"): 0}  # fmt: skip
         raw = await cache.l2.client.get("{1}:signal")  # filled into L2 ...
         assert raw is not None and decode_signal(raw) == history[1]
-        assert cache.l1.get(1) == history[1]  # ... and into L1
+        assert cache.l1.get(1) == (history[1], history[1].ts_ns)  # ... and into L1
 
         assert await cache.get(1) == history[1]  # now an L1 hit
         assert counts(metrics)[("l1", "hit")] == 1
         cache.l1.clear()
         assert await cache.get(1) == history[1]  # an L2 hit, refilling L1
-        assert counts(metrics)[("l2", "hit")] == 1 and cache.l1.get(1) == history[1]
+        assert counts(metrics)[("l2", "hit")] == 1 and cache.l1.get(1) == (
+            history[1],
+            history[1].ts_ns,
+        )
 
         got = await cache.get_many([1, 2, 999])
         assert set(got) == {1, 2}
@@ -257,7 +262,7 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
 
         newer = record(1, now, DIRECTION_FLAT)
         await cache.put(newer)  # write-through: L1, L2 and the warehouse batch
-        assert cache.l1.get(1) == newer
+        assert cache.l1.get(1)[0] == newer  # type: ignore[index]
         assert decode_signal(await cache.l2.client.get("{1}:signal")) == newer
         await warehouse.flush(10)
         assert (await warehouse.latest_signals([1]))[1] == newer

@@ -173,13 +173,13 @@ def test_sigterm_under_load_drains_flushes_and_loses_nothing(
     }
     assert len(acked_ticks) == accepted  # every tick of every acked batch was accepted
     published_ticks: list[tuple[int, int]] = []
-    for _, payload in read_local_topic(published / "ticks-batches.sgb"):
+    for _, payload in read_local_topic(published, "ticks-batches"):
         for record in decode_batch(payload)[1]:
             batch = pb2.TickBatch.FromString(record)
             published_ticks += zip(batch.symbol, batch.ts_ns, strict=True)
     signals_published = [
         (message.symbol, message.ts_ns)
-        for _, payload in read_local_topic(published / "signals-batches.sgb")
+        for _, payload in read_local_topic(published, "signals-batches")
         for message in map(pb2.Signal.FromString, decode_batch(payload)[1])
     ]
     # Nothing acknowledged is lost, nothing is published twice; a call refused during the

@@ -39,6 +39,7 @@ def tick_columns(n: int, start: int = 0) -> dict[str, Any]:
     return {
         "symbol": (i % 7).astype(np.int64),
         "event_time": T0 + i.astype(np.int64) * 1000,
+        "ts_ns": T0 + i.astype(np.int64) * 1000,
         "price": 100.0 + i * 0.01,
         "size": (i % 5 + 1).astype(np.float64),
     }
@@ -62,20 +63,17 @@ class RecordingSink:
         self.writes: list[tuple[str, int]] = []
         self.gate: asyncio.Event | None = None
 
-    async def write(self, table: Table, columns: Columns) -> None:
+    async def write(self, table: Table, columns: Columns, seqs: Sequence[int] = ()) -> None:
         if self.gate is not None:
             await self.gate.wait()
         if self.fail:
             self.fail -= 1
             raise ConnectionError("warehouse unreachable (on purpose)")
-        await self.inner.write(table, columns)
+        await self.inner.write(table, columns, seqs)
         self.writes.append((table.name, len(columns["symbol"])))
 
-    async def latest_signals(self, symbols: Sequence[str], since_ns: int) -> Any:
-        return await self.inner.latest_signals(symbols, since_ns)
-
-    async def close(self) -> None:
-        await self.inner.close()
+    def __getattr__(self, name: str) -> Any:  # reads, ledger, retention, close: the real sink
+        return getattr(self.inner, name)
 
 
 def test_config_errors_name_field_value_and_rule() -> None:
@@ -118,7 +116,9 @@ def test_rows_must_match_the_declared_schema() -> None:
 def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> None:
     async def scenario() -> None:
         sink = DuckDBSink(tmp_path / "w.duckdb")
-        w = Warehouse(WarehouseConfig(batch_rows=10), sink, Metrics(CollectorRegistry()))
+        # Rows of 2023: no retention, or the embedded warehouse would expire them at once.
+        w = Warehouse(WarehouseConfig(batch_rows=10, retention_days=None), sink,
+                      Metrics(CollectorRegistry()))  # fmt: skip
         w.append("ticks", tick_columns(25))
         w.append("features", feature_columns(4))
         w.append_signals([Signal(5, T0 + 5000, DIRECTION_UP, 0.5, 0.75, "m/1")])
@@ -132,13 +132,13 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
         rows = await sink.query("SELECT * FROM ticks ORDER BY event_time")
         assert len(rows) == 25
         first = rows[0]
-        assert first[0] == 0 and first[2] == 100.0 and first[3] == 1.0
+        assert first[0] == 0 and first[2] == T0 and first[3] == 100.0 and first[4] == 1.0
         assert first[1] == dt.datetime(2023, 11, 14, 22, 13, 20)  # ns → µs TIMESTAMP, exact
         assert rows[1][1] - first[1] == dt.timedelta(microseconds=1)
         rsi = await sink.query("SELECT rsi FROM features ORDER BY event_time LIMIT 2")
         assert rsi == [(None,), (1 / 3,)]  # NaN (before warm-up) is stored as NULL
         assert (await sink.query("SELECT * FROM signals")) == [
-            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1")]  # fmt: skip
+            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1", None, None, None, None)]  # fmt: skip
         await w.close()
 
     run(scenario())
@@ -179,7 +179,8 @@ def test_failed_writes_are_retried_and_a_full_backlog_pushes_back(tmp_path: Path
         duck = DuckDBSink(tmp_path / "w.duckdb")
         sink = RecordingSink(duck, fail=3)
         cfg = WarehouseConfig(batch_rows=10, max_backlog_rows=40, flush_interval_s=0.05,
-                              retry_initial_s=0.02, retry_max_s=0.05)  # fmt: skip
+                              retry_initial_s=0.02, retry_max_s=0.05,
+                              retention_days=None)  # fmt: skip
         w = Warehouse(cfg, sink, metrics)
         w.start()
         for i in range(4):
@@ -344,20 +345,23 @@ def test_bigquery_history_reads_restrict_by_symbol_and_time_and_keep_the_newest(
         {"symbol": 4, "ts_ns": T0 + 7, "direction": "DIRECTION_UP", "strength": 0.5,
          "confidence": 0.875, "model_version": "m/1"},
         {"symbol": 4, "ts_ns": T0 + 9, "direction": "DIRECTION_DOWN", "strength": -0.5,
-         "confidence": 0.625, "model_version": "m/1"},
+         "confidence": 0.625, "model_version": "m/1", "computed_at_ns": T0 + 50},
         {"symbol": 5, "ts_ns": T0 + 1, "direction": "DIRECTION_FLAT", "strength": 0.0,
-         "confidence": 0.5, "model_version": "m/2"},
+         "confidence": 0.5, "model_version": "m/2"},  # written before computed_at_ns existed
     ]  # fmt: skip
     client = FakeReadClient(rows)
     sink = BigQuerySink("proj", "signals", read_client=client)
-    latest = run(sink.latest_signals([4, 5, 6], T0))
-    assert latest == {4: Signal(4, T0 + 9, DIRECTION_DOWN, -0.5, 0.625, "m/1"),
-                      5: Signal(5, T0 + 1, DIRECTION_FLAT, 0.0, 0.5, "m/2")}  # fmt: skip
+    latest = run(sink.latest_timed([4, 5, 6], T0, T0 - 10))
+    assert latest == {4: (Signal(4, T0 + 9, DIRECTION_DOWN, -0.5, 0.625, "m/1"), T0 + 50),
+                      5: (Signal(5, T0 + 1, DIRECTION_FLAT, 0.0, 0.5, "m/2"), T0 + 1)}  # fmt: skip
     parent, session = client.sessions[0]
     assert parent == "projects/proj"
     assert session.table == "projects/proj/datasets/signals/tables/signals"
-    assert session.read_options.row_restriction == f"symbol IN (4, 5, 6) AND ts_ns >= {T0}"
-    assert list(session.read_options.selected_fields) == list(table("signals").column_names)
+    assert session.read_options.row_restriction == (
+        f"symbol IN (4, 5, 6) AND ts_ns >= {T0} AND IFNULL(computed_at_ns, ts_ns) >= {T0 - 10}"
+    )
+    assert list(session.read_options.selected_fields) == [
+        "symbol", "ts_ns", "direction", "strength", "confidence", "model_version", "computed_at_ns"]  # fmt: skip
 
 
 def test_signals_go_to_the_warehouse_only_where_no_subscription_writes_them() -> None:

@@ -157,6 +157,17 @@ def ns(day: int, hh: int, mm: int, ss: int = 0, nanos: int = 0) -> int:
     return calendar.timegm((2024, 1, day, hh, mm, ss)) * 10**9 + nanos
 
 
+def tick_rows(ticks: list[tuple]) -> list[tuple]:
+    """(symbol, time, price, size) as `ticks` rows: with `ts_ns`, the time in nanoseconds."""
+    return [(s, t, calendar.timegm(t.timetuple()) * 10**9 + t.microsecond * 1000, p, q)
+            for s, t, p, q in ticks]  # fmt: skip
+
+
+INSERT_TICK = "INSERT INTO ticks (symbol, event_time, ts_ns, price, size) VALUES (?, ?, ?, ?, ?)"
+INSERT_SIGNAL = ("INSERT INTO signals (symbol, ts_ns, direction, strength, confidence, "
+                 "model_version) VALUES (?, ?, ?, ?, ?, ?)")  # fmt: skip
+
+
 AAPL, MSFT = 1, 2  # symbol ids, as in the gRPC API
 UP, DOWN, FLAT = "DIRECTION_UP", "DIRECTION_DOWN", "DIRECTION_FLAT"
 
@@ -219,8 +230,8 @@ def warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     db.execute("SET TimeZone = 'UTC'")
     for table in tables().values():
         db.execute(table.duckdb_ddl())
-    db.executemany("INSERT INTO ticks VALUES (?, ?, ?, ?)", TICKS)
-    db.executemany("INSERT INTO signals VALUES (?, ?, ?, ?, ?, ?)", SIGNALS)
+    db.executemany(INSERT_TICK, tick_rows(TICKS))
+    db.executemany(INSERT_SIGNAL, SIGNALS)
     for view in MATERIALIZED_VIEWS:
         db.execute(f"CREATE TABLE {view.name} AS {to_duckdb(load_sql(view.name, 'p', 'd'))}")
     for view in LOGICAL_VIEWS:
@@ -240,7 +251,7 @@ def approx_rows(expected: list[tuple]) -> list[tuple]:
 def test_the_signals_columns_the_sql_reads_exist_in_the_shared_schema():
     columns = set(tables()["signals"].column_names)
     assert {"symbol", "ts_ns", "direction", "confidence", "model_version"} <= columns
-    assert len(SIGNALS[0]) == len(columns), "fixture rows follow the schema's column order"
+    assert {"symbol", "event_time", "ts_ns", "price", "size"} <= set(tables()["ticks"].column_names)
 
 
 def test_bars_1m_ohlcv_vwap_and_trade_count(warehouse):
@@ -300,14 +311,31 @@ def test_bars_follow_the_rows_they_are_given():
     """More ticks in the same minute move the close, the low and the count, nothing else."""
     db = duckdb.connect(":memory:")
     db.execute(tables()["ticks"].duckdb_ddl())
-    db.executemany("INSERT INTO ticks VALUES (?, ?, ?, ?)", TICKS[:2])
+    db.executemany(INSERT_TICK, tick_rows(TICKS[:2]))
     query = to_duckdb(load_sql("bars_1m", "p", "d"))
     assert rows(db, f"SELECT open, low, close, trade_count FROM ({query})") == [
         (100.0, 100.0, 102.0, 2)
     ]
-    db.execute("INSERT INTO ticks VALUES (1, '2024-01-02 10:00:59.999999', 105.0, 1.0)")
-    db.execute("INSERT INTO ticks VALUES (1, '2024-01-02 10:00:45', 90.0, 1.0)")
+    db.executemany(INSERT_TICK, tick_rows([(AAPL, at(2, 10, 0, 59, 999_999), 105.0, 1.0),
+                                           (AAPL, at(2, 10, 0, 45), 90.0, 1.0)]))  # fmt: skip
     assert rows(db, f"SELECT open, low, close, trade_count FROM ({query})") == [
         (100.0, 90.0, 105.0, 4)
     ]
+    db.close()
+
+
+def test_ticks_in_one_microsecond_keep_their_nanosecond_order():
+    """Open and close follow `ts_ns`: event_time (microseconds) cannot tell these apart. A row
+    from before `ts_ns` existed (NULL) is ordered by its event_time."""
+    db = duckdb.connect(":memory:")
+    db.execute(tables()["ticks"].duckdb_ddl())
+    t = at(2, 10, 0, 30, 123)
+    base = ns(2, 10, 0, 30, 123_000)
+    # Inserted out of order: the 400 ns later tick first, the earlier one second.
+    db.executemany(INSERT_TICK, [(AAPL, t, base + 700, 51.0, 1.0), (AAPL, t, base + 300, 50.0, 1.0),
+                                 (AAPL, at(2, 10, 0, 10), None, 49.0, 1.0)])  # fmt: skip
+    query = to_duckdb(load_sql("bars_1m", "p", "d"))
+    assert rows(db, f"SELECT open, close, trade_count FROM ({query})") == [(49.0, 51.0, 3)]
+    db.execute("DELETE FROM ticks WHERE ts_ns IS NULL")
+    assert rows(db, f"SELECT open, close FROM ({query})") == [(50.0, 51.0)]
     db.close()

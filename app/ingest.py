@@ -1,0 +1,422 @@
+"""Ingestion of one tick batch end to end: idempotency, deadline, admission, apply, spool, ack.
+
+Per batch, in this order, every refusal coming before any state changes:
+
+1. **Idempotency.** A batch whose ``(producer, batch_id)`` was seen within the window
+   (``ingest.dedupe_window_s``; at most ``dedupe_max_batches`` / ``dedupe_max_bytes`` of
+   replies kept in memory, oldest dropped first) gets the original reply and changes
+   nothing; a retry of a batch still in flight waits for it. The same key with other
+   ticks is refused (ALREADY_EXISTS). A batch without a producer name or with ``batch_id``
+   0 is not deduplicated (anonymous clients' ids would collide). After a restart the index
+   is rebuilt from the spool's retained records, so a retry across a crash is recognised.
+2. **Deadline.** A call with less than ``ingest.min_deadline_ms`` left is refused
+   (DEADLINE_EXCEEDED) before it is applied.
+3. **Admission.** Room in the data path's buffers, the spool and the inference queue.
+4. **Apply** (`SignalPipeline.apply`): the batch gets the next sequence number.
+5. From here on the work is shielded from cancellation: a client that cancels or times
+   out cannot leave ticks applied without their signals, spool record or deliveries.
+   Inference, then, in sequence order (`InOrder`), the spool append: one `SpoolRecord`
+   with the accepted ticks, the signals, the features behind them and the reply.
+6. **Ack** once the record is durable (group commit). Only then is it delivered, in
+   sequence order, to the in-process store, the cache, the warehouse and the publishers,
+   each of which takes the sequence number along (``app.datapath``).
+
+On start (`recover`), records the sinks had not all confirmed are delivered again; the
+sinks skip what they already hold, so each batch lands exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import structlog
+from pydantic import Field
+
+from app.datapath import DataPath
+from app.features import FEATURES
+from app.pipeline import AppliedBatch, IngestResult, SignalPipeline, TickBounds
+from app.proto import load as load_stubs
+from app.signals import SignalColumns
+from app.spool import Spool
+from app.synthetic import TickColumns
+from app.telemetry import Metrics, default_metrics
+
+pb2, _ = load_stubs()
+log = structlog.get_logger("app.ingest")
+
+
+class IngestConfig(TickBounds):
+    """Ingestion (section ``ingest``): tick bounds, idempotency and deadlines."""
+
+    dedupe_window_s: float = Field(default=600.0, ge=0, le=86_400, allow_inf_nan=False)
+    dedupe_max_batches: int = Field(default=100_000, ge=0, le=100_000_000)
+    dedupe_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # A call with less time than this left is refused before it is applied.
+    min_deadline_ms: float = Field(default=1.0, ge=0, le=60_000, allow_inf_nan=False)
+
+
+class BatchIdReused(ValueError):
+    """A ``(producer, batch_id)`` already acknowledged for different ticks."""
+
+
+class DeadlineTooShort(TimeoutError):
+    """The call's deadline leaves no time to apply the batch; nothing was applied."""
+
+
+def fingerprint(ticks: TickColumns) -> bytes:
+    """A digest of the batch's columns: tells a retry from a different batch under one id."""
+    digest = hashlib.blake2b(digest_size=16)
+    for column in (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns):
+        digest.update(np.ascontiguousarray(column).tobytes())
+    return digest.digest()
+
+
+@dataclass
+class _Seen:
+    fingerprint: bytes
+    reply: asyncio.Future[Any]  # the SignalBatch, once known
+    at: float
+    nbytes: int = 0
+
+
+class RecentBatches:
+    """The idempotency index: replies by ``(producer, batch_id)``, bounded in count, bytes
+    and age (oldest dropped first)."""
+
+    def __init__(self, max_batches: int, max_bytes: int, window_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.max_batches = max_batches
+        self.max_bytes = max_bytes
+        self.window_s = window_s
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, int], _Seen] = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, int]) -> _Seen | None:
+        self._evict()
+        return self._entries.get(key)
+
+    def put(self, key: tuple[str, int], digest: bytes, reply: asyncio.Future[Any],
+            age_s: float = 0.0) -> None:  # fmt: skip
+        if self.max_batches == 0:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.nbytes -= old.nbytes
+        self._entries[key] = _Seen(digest, reply, self._clock() - age_s)
+        self._evict()
+
+    def completed(self, key: tuple[str, int], nbytes: int) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.nbytes = nbytes
+            self.nbytes += nbytes
+            self._evict()
+
+    def forget(self, key: tuple[str, int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= entry.nbytes
+
+    def _evict(self) -> None:
+        cutoff = self._clock() - self.window_s
+        entries = self._entries
+        while entries:
+            key, oldest = next(iter(entries.items()))
+            if (len(entries) <= self.max_batches and self.nbytes <= self.max_bytes
+                    and oldest.at >= cutoff):  # fmt: skip
+                return
+            if not oldest.reply.done():  # in flight: its retries must still find it
+                return
+            del entries[key]
+            self.nbytes -= oldest.nbytes
+
+
+class InOrder:
+    """Lets batches take their turn by sequence number, whatever order they get there in."""
+
+    def __init__(self, next_seq: int = 1) -> None:
+        self.next_seq = next_seq
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    async def turn(self, seq: int) -> None:
+        if seq != self.next_seq:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting[seq] = waiter
+            await waiter
+
+    def done(self, seq: int) -> None:
+        self.next_seq = seq + 1
+        waiter = self._waiting.pop(self.next_seq, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+@dataclass
+class Delivery:
+    """What one applied batch sends down the data path once it is durable."""
+
+    seq: int
+    ticks: TickColumns  # the accepted ticks
+    signals: SignalColumns
+    features: np.ndarray
+    computed_at_ns: int
+    admission: Any = None  # room the data path reserved for it (None: a replay)
+
+
+def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Any:
+    """The ``SignalBatch`` (with its ``IngestAck``) answering one batch."""
+    rejected = result.rejected_index
+    s = result.signals
+    ack = pb2.IngestAck(batch_id=batch_id, accepted=result.accepted, rejected=int(rejected.size),
+                        rejected_index=rejected.tolist(),
+                        rejected_reason=result.reasons[rejected].tolist(), signals=len(s))  # fmt: skip
+    return pb2.SignalBatch(batch_id=batch_id, symbol=s.symbol.tolist(), ts_ns=s.ts_ns.tolist(),
+                           direction=s.direction.tolist(), strength=s.strength.tolist(),
+                           confidence=s.confidence.tolist(), model_version=s.model_version,
+                           ack=ack, computed_at_ns=computed_at_ns, model_variant=s.model_variant,
+                           model_sha256=s.model_sha256, backend=s.backend)  # fmt: skip
+
+
+class Ingestor:
+    """Runs the steps of the module docstring for each batch the server hands it."""
+
+    def __init__(
+        self,
+        pipeline: SignalPipeline,
+        config: IngestConfig,
+        *,
+        data_path: DataPath | None = None,
+        spool: Spool | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.data_path = data_path
+        self.spool = spool
+        self.metrics = metrics or default_metrics()
+        self.recent = RecentBatches(config.dedupe_max_batches, config.dedupe_max_bytes,
+                                    config.dedupe_window_s)  # fmt: skip
+        self._order = InOrder()
+        self._tasks: set[asyncio.Task[None]] = set()
+        if spool is not None:
+            spool.on_durable = self._deliver
+        if data_path is not None:
+            data_path.on_delivered = self._delivered
+
+    # --- start: recovery ---------------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Open the spool, rebuild the idempotency index, deliver what the sinks had not all
+        confirmed; returns how many batches were delivered again."""
+        recovery = self.spool.open() if self.spool is not None else None
+        floor = recovery.last_seq if recovery is not None else 0
+        if self.data_path is not None and recovery is not None:
+            floor = max(floor, self.data_path.prepare_replay(recovery.delivered_seq))
+        self.pipeline.resume_after(floor)
+        self._order = InOrder(self.pipeline.seq + 1)
+        if recovery is None:
+            return 0
+        now_ns = time.time_ns()
+        loop = asyncio.get_running_loop()
+        replayed = 0
+        for seq, payload in recovery.records:
+            record = pb2.SpoolRecord.FromString(payload)
+            if record.batch_id and record.producer:
+                done = loop.create_future()
+                done.set_result(record.reply)
+                key = (record.producer, int(record.batch_id))
+                self.recent.put(key, record.fingerprint, done,
+                                age_s=max(0.0, (now_ns - record.spooled_at_ns) / 1e9))  # fmt: skip
+                self.recent.completed(key, record.reply.ByteSize())
+            if seq > recovery.delivered_seq:
+                self._deliver(seq, delivery_of(record))
+                replayed += 1
+        self.metrics.spool_replayed.inc(replayed)
+        if replayed:
+            log.warning("spool_replayed", batches=replayed, last_seq=recovery.last_seq)
+        return replayed
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    async def ingest(self, request: Any, ticks: TickColumns, time_left_s: float | None) -> Any:
+        """The ``SignalBatch`` answering ``request`` (a decoded, well-formed TickBatch)."""
+        key = (
+            (request.producer, int(request.batch_id))
+            if request.batch_id and request.producer
+            else None
+        )
+        digest = fingerprint(ticks) if key is not None else b""
+        if key is not None:
+            seen = self.recent.get(key)
+            if seen is not None:
+                if seen.fingerprint != digest:
+                    raise BatchIdReused(
+                        f"batch_id = {key[1]} of producer {key[0]!r}: already used for a "
+                        "different batch; batch ids must be unique per producer"
+                    )
+                self.metrics.duplicate_batches.inc()
+                return await asyncio.shield(seen.reply)
+        if self.spool is not None and self.spool.failed is not None:
+            raise self.spool.failed
+        if time_left_s is not None and time_left_s * 1000 < self.config.min_deadline_ms:
+            raise DeadlineTooShort(
+                f"the call's deadline leaves {time_left_s * 1000:.3g} ms (ingest.min_deadline_ms"
+                f" = {self.config.min_deadline_ms:g}); the batch was not applied"
+            )
+        admission = self.data_path.admit(len(ticks)) if self.data_path is not None else None
+        try:
+            if self.spool is not None:
+                self.spool.check_room(_record_bytes_bound(len(ticks)))
+            applied = self.pipeline.apply(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+        except BaseException:
+            if admission is not None:
+                self.data_path.release(admission)  # type: ignore[union-attr]
+            raise
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        reply.add_done_callback(_retrieve)
+        if key is not None:
+            self.recent.put(key, digest, reply)
+        if applied.seq == 0:  # nothing accepted, nothing changed: answer now
+            if admission is not None:
+                self.data_path.release(admission)  # type: ignore[union-attr]
+            result = IngestResult(applied.reasons, SignalColumns.empty())
+            answer = reply_of(request.batch_id, result, 0)
+            reply.set_result(answer)
+            if key is not None:
+                self.recent.completed(key, answer.ByteSize())
+            return answer
+        task = loop.create_task(
+            self._complete(request, ticks, applied, key, digest, admission, reply), name="ingest"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(reply)
+
+    async def _complete(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
+                        key: tuple[str, int] | None, digest: bytes, admission: Any,
+                        reply: asyncio.Future[Any]) -> None:  # fmt: skip
+        """Steps 5 and 6 for an applied batch; runs to the end whatever the caller does."""
+        seq = applied.seq
+        delivery: Delivery | None = None
+        try:
+            result = await self.pipeline.finish(applied)
+            await self._order.turn(seq)
+            try:
+                computed_at = time.time_ns()
+                answer = reply_of(request.batch_id, result, computed_at)
+                accepted = TickColumns(
+                    *(
+                        c[applied.accepted]
+                        for c in (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+                    )
+                )
+                delivery = Delivery(seq, accepted, result.signals,
+                                    result.features if result.features is not None
+                                    else np.empty((0, len(FEATURES))),
+                                    computed_at, admission)  # fmt: skip
+                if self.spool is not None:
+                    record = spool_record(request, digest, accepted, answer, delivery)
+                    durable: asyncio.Future[None] | None = self.spool.append(
+                        seq, record.SerializeToString(), delivery
+                    )
+                else:
+                    durable = None
+                    self._deliver(seq, delivery)
+            finally:
+                self._order.done(seq)
+            if durable is not None:
+                await durable
+        except BaseException as exc:
+            if admission is not None and (delivery is None or delivery.admission is not None):
+                self.data_path.release(admission)  # type: ignore[union-attr]
+            if key is not None:
+                self.recent.forget(key)
+            if not reply.done():
+                reply.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if key is not None:
+            self.recent.completed(key, answer.ByteSize())
+        reply.set_result(answer)
+
+    # --- delivery ----------------------------------------------------------------------------
+
+    def _deliver(self, seq: int, delivery: Delivery) -> None:
+        """A durable batch, in sequence order: the latest signals, then the data path."""
+        self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
+        if self.data_path is None:
+            self._delivered(seq)
+            return
+        admission, delivery.admission = delivery.admission, None
+        self.data_path.deliver(seq, delivery.ticks, delivery.signals, delivery.features,
+                               delivery.computed_at_ns, admission)  # fmt: skip
+
+    def _delivered(self, watermark: int) -> None:
+        if self.spool is not None:
+            self.spool.delivered_through(watermark)
+
+    # --- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Wait for every applied batch to be spooled and answered."""
+        self.pipeline.close()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def spool_record(request: Any, digest: bytes, accepted: TickColumns, answer: Any,
+                 delivery: Delivery) -> Any:  # fmt: skip
+    """The `SpoolRecord` of one applied batch."""
+    return pb2.SpoolRecord(
+        seq=delivery.seq,
+        producer=request.producer,
+        batch_id=request.batch_id,
+        fingerprint=digest,
+        spooled_at_ns=time.time_ns(),
+        ticks=pb2.TickBatch(
+            symbol=accepted.symbol.tolist(),
+            price=accepted.price.tolist(),
+            size=accepted.size.tolist(),
+            ts_ns=accepted.ts_ns.tolist(),
+        ),
+        reply=answer,
+        features=delivery.features.ravel().tolist(),
+    )
+
+
+def delivery_of(record: Any) -> Delivery:
+    """The `Delivery` a spooled record stands for (a replay: no room was reserved)."""
+    t = record.ticks
+    r = record.reply
+    ticks = TickColumns(np.array(t.symbol, np.int32), np.array(t.price, np.float64),
+                        np.array(t.size, np.float64), np.array(t.ts_ns, np.int64))  # fmt: skip
+    signals = SignalColumns(np.array(r.symbol, np.int32), np.array(r.ts_ns, np.int64),
+                            np.array(r.direction, np.int8), np.array(r.strength, np.float32),
+                            np.array(r.confidence, np.float32), r.model_version,
+                            r.model_variant, r.model_sha256, r.backend)  # fmt: skip
+    features = np.array(record.features, np.float64).reshape(len(signals), len(FEATURES))
+    return Delivery(record.seq, ticks, signals, features, r.computed_at_ns)
+
+
+def _record_bytes_bound(n_ticks: int) -> int:
+    """An upper bound of a record's size: ~29 B per tick, ~110 B per signal with features."""
+    return 256 + 140 * n_ticks
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a reply's exception as seen (its caller may have gone away)."""
+    if not future.cancelled():
+        future.exception()
