@@ -153,6 +153,8 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()  # something was queued
         self._full = asyncio.Event()  # a full batch is queued, the delay is spent, or closing
         self._waker = DeadlineWaker()
+        self._timer_fired = False
+        self._wake_slack_s = 0.0  # how early to arm the waker (see _wait_for_batch)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
@@ -217,16 +219,31 @@ class MicroBatcher:
             task.add_done_callback(self._in_flight.discard)
 
     async def _wait_for_batch(self) -> None:
-        """Return when a full batch is queued, the oldest request's delay is spent, or closing."""
+        """Return when a full batch is queued, the oldest request's delay is spent, or closing.
+
+        The waker is armed ``_wake_slack_s`` before the deadline: a moving average of how
+        late its wake-ups reach the loop (thread and loop scheduling), so the batch leaves
+        close to its deadline on a busy machine too, never after it on average.
+        """
         deadline = self._queue[0].enqueued + self.max_queue_delay_s
         loop = asyncio.get_running_loop()
         while self._queued_rows < self.max_batch_size and not self._closing:
-            if deadline - time.perf_counter() <= 0:
+            target = deadline - self._wake_slack_s
+            if target - time.perf_counter() <= 0:
                 break
             self._full.clear()
-            self._waker.arm(deadline, loop, self._full.set)
+            self._timer_fired = False
+            self._waker.arm(target, loop, self._on_deadline)
             await self._full.wait()
+            if self._timer_fired:
+                late = time.perf_counter() - target
+                self._wake_slack_s = min(0.9 * self._wake_slack_s + 0.1 * max(late, 0.0),
+                                         self.max_queue_delay_s / 2)  # fmt: skip
         self._waker.cancel()
+
+    def _on_deadline(self) -> None:
+        self._timer_fired = True
+        self._full.set()
 
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []

@@ -19,6 +19,7 @@ from app.model.manifest import ModelArtifacts
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.skew")
+CHUNK_ROWS = 1024  # rows binned at a time
 PSI_FLOOR = 1e-4  # share given to an empty bin, so a bin seen on one side only is finite
 
 
@@ -50,17 +51,19 @@ class SkewMonitor:
         self.log_every = log_every
         self.metrics = metrics or default_metrics()
         self._counts = [np.zeros(e.shape[0] + 1, np.int64) for e in self.edges]
-        self._rows = 0
+        self._chunk = np.empty((min(CHUNK_ROWS, window_rows), len(self.inputs)), np.float32)
+        self._filled = 0  # rows in the chunk, not yet binned
+        self._rows = 0  # rows binned in this window
         self._seen = 0  # rows ever observed: picks the sampled ones
         self.last_psi: dict[str, float] = {}
 
     def observe(self, inputs: np.ndarray, model_sha256: str = "") -> None:
-        """Count the rows ``inputs`` (float32 ``[n, N_INPUTS]``) sent to the model."""
+        """Count the rows ``inputs`` (float32 ``[n, N_INPUTS]``) sent to the model.
+
+        Rows are copied into a preallocated chunk and binned a chunk at a time, so the cost
+        per inference call is one copy, whatever its size.
+        """
         n = int(inputs.shape[0])
-        for i, edges in enumerate(self.edges):
-            self._counts[i] += np.bincount(
-                np.searchsorted(edges, inputs[:, i], side="right"), minlength=edges.shape[0] + 1
-            )
         first = -self._seen % self.log_every  # the rows whose overall index is a multiple
         for r in range(first, n, self.log_every):
             log.info(
@@ -69,7 +72,26 @@ class SkewMonitor:
                 **{name: float(inputs[r, i]) for i, name in enumerate(self.inputs)},
             )
         self._seen += n
-        self._rows += n
+        done = 0
+        while done < n:
+            take = min(n - done, self._chunk.shape[0] - self._filled)
+            self._chunk[self._filled : self._filled + take] = inputs[done : done + take]
+            self._filled += take
+            done += take
+            if (
+                self._filled == self._chunk.shape[0]
+                or self._rows + self._filled >= self.window_rows
+            ):
+                self._bin()
+
+    def _bin(self) -> None:
+        rows = self._chunk[: self._filled]
+        for i, edges in enumerate(self.edges):
+            self._counts[i] += np.bincount(
+                np.searchsorted(edges, rows[:, i], side="right"), minlength=edges.shape[0] + 1
+            )
+        self._rows += self._filled
+        self._filled = 0
         if self._rows >= self.window_rows:
             self._close_window()
 

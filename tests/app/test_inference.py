@@ -339,5 +339,6 @@ def test_a_sub_millisecond_queue_delay_is_kept_without_spinning(local: LocalOnnx
         return float(np.median(waits)), float(np.median(cpu))
 
     waited, cpu = run(scenario())
-    assert 0.0004 <= waited < 0.05  # the delay was waited for (not rounded away, not forever)
+    # The delay was waited for (not rounded away, not rounded up to asyncio's milliseconds).
+    assert 0.0002 <= waited < 0.05
     assert cpu < waited  # and not by burning the core meanwhile
