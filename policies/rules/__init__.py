@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rules import (
+    apply_order,
     cost,
     data,
     gke,
@@ -32,6 +33,7 @@ DOMAINS = (
     iam,
     cost,
     stack,
+    apply_order,
 )
 ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.RULES.policies]
 
