@@ -246,13 +246,14 @@ def checks(inventory: Inventory) -> PlanResult:
     )
 
 
-def missing_module(exc: ModuleNotFoundError, project: Project) -> str:
-    """One line: the module the program imports, where it is missing, and what to do."""
+def missing_module(exc: ModuleNotFoundError, project: Project, where: str = "") -> str:
+    """One line: the module the program imports (and where), where it is missing, and what
+    to do."""
     name = exc.name or str(exc)
     venv = project.virtualenv_path
-    where = f"the engine's Python ({sys.prefix})"
+    python = f"the engine's Python ({sys.prefix})"
     if venv is not None and venv.is_dir():
-        where = f"the program's virtualenv ({venv})"
+        python = f"the program's virtualenv ({venv})"
     hint = f"list it in {project.requirements} and install it there"
     if venv is not None and not venv.is_dir():
         hint += (
@@ -260,7 +261,8 @@ def missing_module(exc: ModuleNotFoundError, project: Project) -> str:
             f" (python -m venv {project.virtualenv} && {project.virtualenv}/bin/pip install"
             " -r requirements.txt)"
         )
-    return f"the program imports {name!r}, which is not installed in {where}: {hint}"
+    at = f" ({where})" if where else ""
+    return f"the program imports {name!r}{at}, which is not installed in {python}: {hint}"
 
 
 def plan_here(project: Project, stack: str, config: StackConfig) -> Inventory:
@@ -381,7 +383,8 @@ def program_error(exc: BaseException, project: Project) -> ProgramError:
 
     text = "".join(traceback.format_exception(exc))
     if isinstance(exc, ModuleNotFoundError) and not _is_program_module(exc, project):
-        return ProgramError([missing_module(exc, project)], text)
+        where, _ = _program_frame(exc, project)
+        return ProgramError([missing_module(exc, project, where)], text)
     if isinstance(exc, pulumi.RunError):
         lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         return ProgramError(lines, text)
@@ -410,8 +413,9 @@ def _program_frame(exc: BaseException, project: Project) -> tuple[str, BaseExcep
             path = Path(frame.filename).resolve()
             shown = path.relative_to(project.root) if path.is_relative_to(project.root) else path
             return f"{shown}:{frame.lineno} in {frame.name}", candidate
-    main = project.main.relative_to(project.root) if project.main != project.root else "."
-    return f"{main} (no frame of the program's own)", exc
+    entry = project.main / "__main__.py" if project.main.is_dir() else project.main
+    shown = entry.relative_to(project.root) if entry.is_relative_to(project.root) else entry
+    return f"{shown} (raised outside the program's own code)", exc
 
 
 def _is_program_module(exc: ModuleNotFoundError, project: Project) -> bool:

@@ -175,13 +175,14 @@ def read_stack_config(path: Path, project: str) -> dict[str, Any]:
             " `namespace:key: value` entries"
         )
     values: dict[str, Any] = {}
+    written: dict[str, str] = {}  # full key -> as the file spells it
     for key, value in config.items():
         full = key if ":" in key else f"{project}:{key}"
         if full in values:
             raise StackFileError(
-                f"{path.name}: config: {key!r} and {full!r} name the same key; keep one"
+                f"{path.name}: config: {written[full]!r} and {key!r} name the same key; keep one"
             )
-        values[full] = value
+        values[full], written[full] = value, key
     return values
 
 

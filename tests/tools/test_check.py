@@ -179,3 +179,37 @@ def test_repository_stacks_pass_every_mandatory_rule(stack_plan: Inventory) -> N
     }
     accepted = {row for row in accepted_advisories() if row[0] == stack_plan.stack}
     assert advisories == accepted
+
+
+FUNCTIONS = Path(__file__).resolve().parent / "fixtures" / "functions"
+
+
+def check_functions(tmp_path: Path, *overrides: str) -> list[tuple[str, str]]:
+    """(policy, resource name) of each violation over the functions fixture."""
+    out = tmp_path / "report.json"
+    argv = ["--stack", "test", "--program", str(FUNCTIONS), "--json", str(out)]
+    for override in overrides:
+        argv += ["--config", override]
+    with contextlib.redirect_stdout(io.StringIO()):
+        check.main(argv)
+    rows = json.loads(out.read_text())["violations"]
+    return [(v["policy"], v["urn"].rsplit("::", 1)[-1] if v["urn"] else "") for v in rows]
+
+
+def test_rules_see_the_default_providers_region_and_labels(tmp_path: Path) -> None:
+    found = check_functions(tmp_path)
+    # gcp:region me-central2 is where the 1st-gen function runs (it names no region).
+    assert ("cost-allowed-regions", "hello") in found
+    assert ("cost-allowed-regions", "hello-invoker") in found
+    # gcp:defaultLabels carries the cost labels: the bucket (no labels of its own) has them.
+    assert not [v for v in found if v[0] == "cost-required-labels"]
+
+
+def test_without_default_labels_or_with_an_allowed_region_the_findings_follow(
+    tmp_path: Path,
+) -> None:
+    found = check_functions(tmp_path, "gcp:defaultLabels={}", "gcp:region=europe-west4")
+    assert ("cost-required-labels", "source") in found
+    assert ("cost-allowed-regions", "hello") not in found
+    # The 2nd-gen function names its own location: the provider's region does not move it.
+    assert ("cost-allowed-regions", "hello-v2") in found

@@ -1,0 +1,229 @@
+"""One exit-code contract for every command, each code with its one-line message.
+
+0 ok; 1 the check failed (mandatory violations, unknown inputs, a diff head that cannot be
+planned); 2 the input is wrong (arguments, project or stack file, stack configuration, a
+program that raises): `error:` lines, no traceback unless --verbose, and no asyncio noise.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.tools.test_plan import run_tools
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PLANNING_COMMANDS = ("plan", "check", "cost")
+
+
+def program(
+    tmp_path: Path, source: str, *, stack_config: str = "config:\n  gcp:project: p\n"
+) -> Path:
+    (tmp_path / "Pulumi.yaml").write_text("name: broken\nruntime: python\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text(stack_config)
+    (tmp_path / "__main__.py").write_text(textwrap.dedent(source))
+    return tmp_path
+
+
+def errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_clean(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert "BaseEventLoop" not in stderr, stderr
+
+
+RAISES_IN_A_HELPER = """
+    import pulumi
+
+
+    def build():
+        raise RuntimeError("boom in build")
+
+
+    build()
+"""
+
+RAISES_IN_AN_APPLY = """
+    import pulumi
+    import pulumi_gcp as gcp
+
+    topic = gcp.pubsub.Topic("t", name="t")
+    # A known value: the callback runs in a preview, and fails.
+    topic.name.apply(lambda name: int(name))
+"""
+
+RUN_ERROR = """
+    import pulumi
+
+    raise pulumi.RunError(
+        "Pulumi.dev.yaml: broken:size: must be positive (got -1)\\n"
+        "Pulumi.dev.yaml: broken:zone: unknown zone (got 'mars-1a')"
+    )
+"""
+
+
+@pytest.mark.parametrize("command", PLANNING_COMMANDS)
+def test_a_program_that_raises_is_one_line_naming_its_frame(tmp_path: Path, command: str):
+    root = program(tmp_path, RAISES_IN_A_HELPER)
+    result = run_tools(command, "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == ["error: __main__.py:6 in build: RuntimeError: boom in build"]
+    assert_clean(result.stderr)
+
+
+def test_verbose_adds_the_traceback(tmp_path: Path):
+    root = program(tmp_path, RAISES_IN_A_HELPER)
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), "--verbose", timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and 'raise RuntimeError("boom in build")' in result.stderr
+    assert errors(result.stderr) == ["error: __main__.py:6 in build: RuntimeError: boom in build"]
+
+
+def test_an_apply_callback_that_raises_names_the_callback(tmp_path: Path):
+    root = program(tmp_path, RAISES_IN_AN_APPLY)
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        "error: __main__.py:7 in <lambda>: ValueError: invalid literal for int() with base 10: 't'"
+    ]
+    assert_clean(result.stderr)
+
+
+@pytest.mark.parametrize("command", PLANNING_COMMANDS)
+def test_a_run_error_prints_each_line_of_its_message(tmp_path: Path, command: str):
+    root = program(tmp_path, RUN_ERROR)
+    result = run_tools(command, "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        "error: Pulumi.dev.yaml: broken:size: must be positive (got -1)",
+        "error: Pulumi.dev.yaml: broken:zone: unknown zone (got 'mars-1a')",
+    ]
+    assert_clean(result.stderr)
+
+
+def test_our_own_bad_stack_config_is_a_run_error_with_exit_2():
+    result = run_tools(
+        "plan", "--stack", "dev", "--config", 'signal-platform:budget={"monthlyUsd": -5}'
+    )
+    assert result.returncode == 2
+    (line,) = [e for e in errors(result.stderr) if "budget.monthlyUsd" in e]
+    assert line.startswith("error: Pulumi.dev.yaml: signal-platform:budget.monthlyUsd:")
+    assert_clean(result.stderr)
+
+
+def test_a_missing_module_names_it_and_the_requirements_file(tmp_path: Path):
+    root = program(tmp_path, "import pulumi\nimport pulumi_random\n")
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    (line,) = errors(result.stderr)
+    assert "the program imports 'pulumi_random' (__main__.py:2 in <module>)" in line
+    assert f"{root.resolve()}/requirements.txt" in line
+    assert_clean(result.stderr)
+
+
+def test_a_missing_import_in_a_helper_names_the_helper(tmp_path: Path):
+    root = program(tmp_path, "import pulumi\nimport helpers\n")
+    (root / "helpers.py").write_text("import helpres_typo\n")
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    (line,) = errors(result.stderr)
+    assert line.startswith("error: the program imports 'helpres_typo' (helpers.py:1 in <module>)")
+    assert_clean(result.stderr)
+
+
+def test_an_encrypted_value_needs_an_override(tmp_path: Path):
+    root = program(
+        tmp_path,
+        "import pulumi\npulumi.export('token', pulumi.Config().require_secret('token'))\n",
+        stack_config="config:\n  broken:token:\n    secure: AAABAJ==\n",
+    )
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        "error: Pulumi.dev.yaml: broken:token is an encrypted secret;"
+        " pass it with --config broken:token=VALUE"
+    ]
+    out = tmp_path / "plan.json"
+    result = run_tools(
+        "plan",
+        "--stack",
+        "dev",
+        "--program",
+        str(root),
+        "--config",
+        "broken:token=s3cr3t",
+        "--json",
+        str(out),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"token": "[secret]"' in out.read_text() and "s3cr3t" not in out.read_text()
+
+
+def test_bad_arguments_exit_2(tmp_path: Path):
+    result = run_tools("plan", "--stack", "dev", "--program", str(tmp_path), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        f"error: {tmp_path}: no Pulumi.yaml: not a Pulumi project directory"
+    ]
+    result = run_tools("plan", "--stack", "dev", "--config", "regions", timeout=60)
+    assert result.returncode == 2
+    assert "expected KEY=VALUE" in errors(result.stderr)[0]
+    result = run_tools("plan", timeout=60)  # argparse: --stack is required
+    assert result.returncode == 2
+
+
+def test_unknown_inputs_exit_1_and_a_clean_plan_exits_0(tmp_path: Path):
+    typo = run_tools("plan", "--stack", "dev", "--program", str(FIXTURES / "typo_program"))
+    assert typo.returncode == 1
+    assert errors(typo.stderr)[-1].startswith("error: 6 input(s) the provider does not know")
+    clean = run_tools("plan", "--stack", "test", "--program", str(FIXTURES / "functions"))
+    assert clean.returncode == 0, clean.stderr
+    assert_clean(clean.stderr)
+
+
+def test_check_exits_1_on_mandatory_violations_only():
+    result = run_tools("check", "--stack", "test", "--program", str(FIXTURES / "bad_program"))
+    assert result.returncode == 1
+    assert result.stdout.rstrip().endswith("mandatory violations block the update")
+    assert_clean(result.stderr)
+
+
+def test_check_exits_2_on_a_bad_policy_config(tmp_path: Path):
+    config = tmp_path / "policy.json"
+    config.write_text('{"no-such-policy": "mandatory"}')
+    result = run_tools(
+        "check",
+        "--stack",
+        "test",
+        "--program",
+        str(FIXTURES / "bad_program"),
+        "--policy-config",
+        str(config),
+    )
+    assert result.returncode == 2
+    assert len(errors(result.stderr)) == 1 and "no-such-policy" in errors(result.stderr)[0]
+    assert_clean(result.stderr)
+
+
+def test_a_failure_outside_the_programs_code_names_its_entry_point(tmp_path: Path):
+    root = program(
+        tmp_path,
+        """
+        import pulumi_gcp as gcp
+
+        gcp.pubsub.Topic("t", name="t").name.apply(int)  # int() itself raises
+        """,
+    )
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        "error: __main__.py (raised outside the program's own code): ValueError:"
+        " invalid literal for int() with base 10: 't'"
+    ]
+    assert_clean(result.stderr)
