@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -310,3 +311,20 @@ def test_the_direction_rule_uses_the_threshold() -> None:
     assert directions(probs, 0.3).tolist() == [1, 2, 1, 1]  # |strength| <= 0.3: flat
     y = np.array([1, 2, 1, 1])
     assert fit_direction_threshold(probs, y) == 0.25  # the smallest of the best
+
+
+def test_serve_refuses_a_model_trained_with_other_features(
+    model: ModelArtifacts, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`python -m app serve` with features.window = 50 and a model trained with 20: exit 2 and
+    one line naming both values, before anything listens."""
+    from app.__main__ import main as app_cli
+
+    config = tmp_path / "service.yaml"
+    config.write_text("features:\n  window: 50\n")
+    code = app_cli(["serve", "--config", str(config), "--model-dir", str(model.root),
+                    "--port", "0"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "features.window = 20" in err and "features.window = 50" in err

@@ -188,24 +188,15 @@ def test_settings_written_for_mlserver(tmp_path, model: ModelArtifacts) -> None:
     assert settings["parameters"] == {"uri": str(model.path("int4").resolve()), "version": "7"}
 
 
-def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts) -> None:
-    """The whole service configured with a KServe-v2 server: signals come from MLServer."""
+def _serve_and_get_signal(config, model: ModelArtifacts):
+    """Run the service with ``config``, ingest synthetic ticks of 10 symbols, GetSignal(4)."""
     import grpc
 
-    from app.config import AppConfig, FeatureConfig, KServeConfig, ModelConfig, ServerConfig
     from app.server import SignalServer, build_runtime, pb2, pb2_grpc
     from app.synthetic import synthetic_ticks
 
-    config = AppConfig(
-        features=FeatureConfig(n_symbols=10),
-        model=ModelConfig(dir=model.root, build_if_missing=False),
-        kserve=KServeConfig(url=mlserver.url, model_name=model.name),
-        server=ServerConfig(port=0),
-    )
-
-    async def scenario() -> None:
+    async def scenario():
         runtime = build_runtime(config)
-        assert isinstance(runtime.backend, ResilientBackend)
         server = SignalServer(config, runtime)
         port = await server.start()
         ticks, _ = synthetic_ticks(10, 80, seed=8)
@@ -218,15 +209,49 @@ def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts
                 )  # fmt: skip
                 assert ack.accepted == 800 and ack.signals == 10
                 signal = await stub.GetSignal(pb2.SignalRequest(symbol=4))
-                assert signal.model_version == "signal_mlp/1"
         finally:
             await server.stop(grace_s=1.0)
-        backend = runtime.backend
-        assert isinstance(backend, ResilientBackend)
-        assert isinstance(backend.primary, KServeBackend) and backend.primary.calls >= 2
-        assert backend.fallback_calls == 0 and backend.breaker.state == "closed"
+        return runtime, signal
 
-    run(scenario())
+    return run(scenario())
+
+
+def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts) -> None:
+    """The whole service configured with a KServe-v2 server: signals come from MLServer, and
+    each says so: the variant and file hash the server reported, backend kserve."""
+    from app.config import AppConfig, FeatureConfig, KServeConfig, ModelConfig, ServerConfig
+
+    config = AppConfig(
+        features=FeatureConfig(n_symbols=10),
+        model=ModelConfig(dir=model.root, variant="int8", build_if_missing=False),
+        kserve=KServeConfig(url=mlserver.url, model_name=model.name),
+        server=ServerConfig(port=0),
+    )
+    runtime, signal = _serve_and_get_signal(config, model)
+    assert signal.model_version == "signal_mlp/1"
+    # MLServer serves fp32; the in-process fallback would have been int8.
+    assert (signal.model_variant, signal.backend) == ("fp32", "kserve")
+    assert signal.model_sha256 == model.manifest["variants"]["fp32"]["sha256"]
+    backend = runtime.backend
+    assert isinstance(backend, ResilientBackend)
+    assert isinstance(backend.primary, KServeBackend) and backend.primary.calls >= 2
+    assert backend.fallback_calls == 0 and backend.breaker.state == "closed"
+
+
+def test_service_signals_name_the_in_process_model(model: ModelArtifacts) -> None:
+    from app.config import AppConfig, FeatureConfig, ModelConfig, ServerConfig
+
+    config = AppConfig(
+        features=FeatureConfig(n_symbols=10),
+        model=ModelConfig(dir=model.root, variant="int4", build_if_missing=False),
+        server=ServerConfig(port=0),
+    )
+    runtime, signal = _serve_and_get_signal(config, model)
+    assert isinstance(runtime.backend, LocalOnnxBackend)
+    assert (signal.model_version, signal.model_variant, signal.backend) == (
+        "signal_mlp/1", "int4", "local"
+    )  # fmt: skip
+    assert signal.model_sha256 == model.manifest["variants"]["int4"]["sha256"]
 
 
 @pytest.fixture(scope="module")
