@@ -182,7 +182,11 @@ class Mesh(pulumi.ComponentResource):
             "cni",
             "kube-system",
             settings,
-            {"global": {"platform": "gke"}, "resources": settings.cni_resources.model_dump()},
+            {
+                "global": {"platform": "gke"},
+                "resources": settings.cni_resources.model_dump(),
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
             after(self.base),
         )
         self.istiod = self._chart(
@@ -253,6 +257,12 @@ class Mesh(pulumi.ComponentResource):
                     "targetCPUUtilizationPercentage": 70,
                 },
                 "resources": settings.gateway_resources.model_dump(),
+                # Setting the pod's securityContext replaces the chart's fallback, which only
+                # sets the sysctl that lets the gateway bind 80/443 unprivileged: keep it.
+                "securityContext": {
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                    "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+                },
                 "podDisruptionBudget": {"maxUnavailable": 1},
             },
             after(self.istiod, self.namespaces[GATEWAY_NAMESPACE]),
