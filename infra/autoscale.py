@@ -62,7 +62,7 @@ def prometheus_api(project_id: str) -> str:
 def request_rate_query(cluster: str) -> str:
     """The signal service's request rate in one region's cluster ({region}: the scaler's)."""
     return (
-        "sum(rate(signal_request_duration_seconds_count"
+        "sum(rate(signal_requests_total"
         f'{{location="{{region}}",cluster="{cluster}"}}[2m]))'
     )
 

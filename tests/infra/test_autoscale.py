@@ -86,6 +86,8 @@ def test_config_files_are_what_the_services_accept(stack_plan: Inventory):
         assert scaler.prometheus_auth == "google"
         assert f'cluster="signal-{region}"' in scaler.query_for(region)
         assert f'location="{region}"' in scaler.query_for(region)
+        # The request counter, which the HPA and the SLO count too (app/telemetry.py).
+        assert scaler.query_for(region).startswith("sum(rate(signal_requests_total{")
         policy = scaler.policy
         assert policy.pod_capacity_rps == signal.target_requests_per_second
         assert (policy.min_replicas, policy.max_replicas) == (signal.replicas, signal.max_replicas)
