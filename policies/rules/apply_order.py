@@ -497,6 +497,7 @@ def image_registry(r: Resource) -> Iterator[str]:
 class Backend:
     what: str  # e.g. "APIService v1beta1.custom.metrics.k8s.io"
     port: int
+    provider: str | None  # the Kubernetes provider that declares it: which cluster it runs on
 
 
 def _service_target(graph: Graph, ref: Any) -> int | None:
@@ -558,7 +559,9 @@ def control_plane_backends(graph: Graph) -> list[Backend]:
         elif r.type == HELM_RELEASE:
             chart = get(r.props, "chart")
             ports = TABLES["control_plane_charts"].get(chart, []) if isinstance(chart, str) else []
-            backends += [Backend(f"chart {chart}'s webhooks", int(p)) for p in ports]
+            backends += [
+                Backend(f"chart {chart}'s webhooks", int(p), r.provider_urn) for p in ports
+            ]
             continue
         else:
             continue
@@ -566,7 +569,7 @@ def control_plane_backends(graph: Graph) -> list[Backend]:
             if isinstance(ref, dict):
                 port = _service_target(graph, ref)
                 if port is not None:
-                    backends.append(Backend(what, port))
+                    backends.append(Backend(what, port, r.provider_urn))
     return backends
 
 
@@ -597,6 +600,15 @@ def _covers(cidr: Any, source: ipaddress.IPv4Network) -> bool:
         return False
 
 
+def _runs_on(graph: Graph, backend: Backend, cluster: StackResource) -> bool:
+    """Whether `backend` runs on `cluster`: its provider waits for the cluster (a provider
+    built from the cluster's outputs). Without a provider in the stack to go by: every cluster."""
+    provider = graph.by_urn.get(backend.provider or "")
+    if provider is None:
+        return True
+    return cluster.urn in graph.waits_for(provider)
+
+
 @RULES.stack(
     "apply-control-plane-ports",
     level=MANDATORY,
@@ -619,9 +631,10 @@ def control_plane_ports(
             source = ipaddress.IPv4Network(str(cidr))
         except ValueError:
             continue  # unknown or unset: GKE picks it, nothing to tell yet
-        for port in sorted({b.port for b in backends}):
+        mine = [b for b in backends if _runs_on(graph, b, cluster)]
+        for port in sorted({b.port for b in mine}):
             if not any(_opens(f, source, port) for f in firewalls):
-                what = ", ".join(sorted({b.what for b in backends if b.port == port}))
+                what = ", ".join(sorted({b.what for b in mine if b.port == port}))
                 yield (
                     cluster.urn,
                     f"the control plane ({source}) cannot reach tcp:{port} ({what}): no INGRESS "

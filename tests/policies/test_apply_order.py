@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.policies.cases import (
+    K8S_PROVIDER,
     UNKNOWN,
     Case,
     StackCase,
@@ -265,6 +266,37 @@ PREVIEW_GRANT = dataclasses.replace(
 )
 # A data source's member, unknown until its API is on: it comes from that API's enablement.
 PREVIEW_BUCKET_GRANT = inputs(GRANTS["bucket"], {"member": UNKNOWN})
+
+# A second private cluster whose control plane the firewall does not cover: the backends matter
+# to it only when they run on it (their Kubernetes provider is built from it).
+SECOND_CLUSTER = resource(
+    CLUSTER,
+    mutate(
+        CLUSTER_INPUTS, {"name": "c2", "privateClusterConfig.masterIpv4CidrBlock": "172.16.0.16/28"}
+    ),
+    "second",
+    dependencies=CLUSTER_RESOURCE.dependencies,
+)
+
+
+def on_cluster(cluster: AnalyzerResource) -> dict[str, AnalyzerResource]:
+    """The golden backends, declared through a Kubernetes provider built from `cluster`."""
+    provider = resource(
+        K8S_PROVIDER, {"kubeconfig": "apiVersion: v1"}, "k8s", dependencies=[cluster.urn]
+    )
+    ref = f"{provider.urn}::provider-id"
+    return {
+        "k8s": provider,
+        "adapter-service": resource(K8S_SERVICE, ADAPTER_SERVICE, "adapter-service", provider=ref),
+        "api-service": resource(API_SERVICE, API_SERVICE_INPUTS, "api-service", provider=ref),
+        "istiod": resource(
+            HELM, {"chart": "istiod", "namespace": "istio-system"}, "istiod", provider=ref
+        ),
+    }
+
+
+ON_FIRST_CLUSTER = on_cluster(CLUSTER_RESOURCE)
+ON_SECOND_CLUSTER = on_cluster(SECOND_CLUSTER)
 
 STACK_CASES = [
     *[case(policy, "golden", golden()) for policy in STACK_RULES],
@@ -531,6 +563,18 @@ STACK_CASES = [
             cluster=inputs(CLUSTER_RESOURCE, {"privateClusterConfig.enablePrivateNodes": False}),
             firewall=None,
         ),
+    ),
+    case(
+        "apply-control-plane-ports",
+        "backends-of-another-cluster",
+        golden(**ON_FIRST_CLUSTER, second=SECOND_CLUSTER),
+    ),
+    case(
+        "apply-control-plane-ports",
+        "backends-on-the-second-cluster",
+        golden(**ON_SECOND_CLUSTER, second=SECOND_CLUSTER),
+        2,
+        urns=(SECOND_CLUSTER.urn, SECOND_CLUSTER.urn),
     ),
     # ---- apply-slo-counts-requests
     case(
