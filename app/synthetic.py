@@ -61,6 +61,10 @@ class MarketParams:
     halt_min_ns: int = 300_000_000_000  # halts last 5 to 30 minutes
     halt_max_ns: int = 1_800_000_000_000
     halt_jump_sd: float = 3e-3  # log-price jump when trading resumes
+    # Each symbol starts at a uniformly random point of the session in progress at (or next
+    # after) the start time, so a set of series covers every phase of a session (the VWAP
+    # gap grows with the time since the open) rather than the same few hours.
+    random_start_phase: bool = True
 
 
 @njit(cache=True, nogil=True)
@@ -83,8 +87,8 @@ def _simulate(n_symbols, n_steps, levels, phi_g, sd_g, phi_d, sd_d, sd_f, seed, 
 
 @njit(cache=True, nogil=True)
 def _session_clock(
-    opens, closes, symbol_venue, start_ns, intervals, halt_rate, halt_min, halt_max,
-    open_jump_sd, halt_jump_sd, seed, times, jumps, breaks,
+    opens, closes, symbol_venue, start_ns, random_phase, intervals, halt_rate, halt_min,
+    halt_max, open_jump_sd, halt_jump_sd, seed, times, jumps, breaks,
 ):  # fmt: skip
     """Tick times of each symbol inside its venue's sessions, and the log-price jump and
     break (1: session open, 2: halt resumption) before each tick."""
@@ -96,6 +100,8 @@ def _session_clock(
         while closes[v, j] <= start_ns:  # the session in progress at start, or the next one
             j += 1
         t = max(start_ns, opens[v, j])
+        if random_phase:
+            t += np.int64(np.random.random() * (closes[v, j] - t))
         brk = 0
         for k in range(n_steps):
             t += np.int64(np.random.exponential(intervals[s])) + 1
@@ -156,9 +162,10 @@ def synthetic_market(
     times = np.empty((n_symbols, ticks_per_symbol), np.int64)
     jumps = np.empty((n_symbols, ticks_per_symbol))
     breaks = np.empty((n_symbols, ticks_per_symbol), np.int8)
-    _session_clock(table.opens, table.closes, table.symbol_venue, start_ns, intervals,
-                   mp.halt_rate, mp.halt_min_ns, mp.halt_max_ns, mp.open_jump_sd,
-                   mp.halt_jump_sd, seed + 1, times, jumps, breaks)  # fmt: skip
+    _session_clock(table.opens, table.closes, table.symbol_venue, start_ns,
+                   mp.random_start_phase, intervals, mp.halt_rate, mp.halt_min_ns,
+                   mp.halt_max_ns, mp.open_jump_sd, mp.halt_jump_sd, seed + 1, times, jumps,
+                   breaks)  # fmt: skip
     log_price += np.cumsum(jumps, axis=1)
     prices = np.maximum(np.round(np.exp(log_price) / mp.tick_size), 1.0) * mp.tick_size
 

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import structlog
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
@@ -322,8 +323,11 @@ def test_serve_refuses_a_model_trained_with_other_features(
 
     config = tmp_path / "service.yaml"
     config.write_text("features:\n  window: 50\n")
-    code = app_cli(["serve", "--config", str(config), "--model-dir", str(model.root),
-                    "--port", "0"])  # fmt: skip
+    try:
+        code = app_cli(["serve", "--config", str(config), "--model-dir", str(model.root),
+                        "--port", "0"])  # fmt: skip
+    finally:
+        structlog.reset_defaults()  # serve pointed the JSON logs at this test's captured stdout
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err

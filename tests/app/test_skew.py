@@ -23,6 +23,14 @@ from tests.app.conftest import run
 VWAP_GAP = MODEL_INPUTS.index("vwap_gap")
 
 
+@pytest.fixture(autouse=True)
+def log_stream() -> io.StringIO:
+    """JSON logs into a buffer of this test's own (an earlier test may have closed its stream)."""
+    stream = io.StringIO()
+    configure_logging(TelemetryConfig(), stream)
+    return stream
+
+
 @pytest.fixture(scope="module")
 def served() -> np.ndarray:
     """Rows from the same process the model trained on (another seed)."""
@@ -57,10 +65,8 @@ def test_a_skewed_input_shows_in_its_own_drift_statistic(
 
 
 def test_the_batcher_feeds_the_monitor_and_one_served_row_in_n_is_logged(
-    model: ModelArtifacts, served: np.ndarray
+    model: ModelArtifacts, served: np.ndarray, log_stream: io.StringIO
 ) -> None:
-    stream = io.StringIO()
-    configure_logging(TelemetryConfig(), stream)
     local = LocalOnnxBackend(model.path("fp32"), model.model_version)
     metrics = Metrics(CollectorRegistry())
     monitor = SkewMonitor(model, window_rows=400, log_every=100, metrics=metrics)
@@ -72,7 +78,7 @@ def test_the_batcher_feeds_the_monitor_and_one_served_row_in_n_is_logged(
 
     run(scenario())
     assert set(monitor.last_psi) == set(MODEL_INPUTS)  # 400 rows: one window closed
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     rows = [line for line in lines if line["event"] == "served_features"]
     assert len(rows) == 4  # rows 0, 100, 200, 300
     assert rows[0]["model_sha256"] == model.manifest["variants"]["fp32"]["sha256"]
