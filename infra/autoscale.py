@@ -38,6 +38,7 @@ from infra.kube import (
     k8s_labels,
     network_policy,
     pod_monitoring,
+    pull_policy,
 )
 from infra.mesh import baseline_policies
 
@@ -61,10 +62,7 @@ def prometheus_api(project_id: str) -> str:
 
 def request_rate_query(cluster: str) -> str:
     """The signal service's request rate in one region's cluster ({region}: the scaler's)."""
-    return (
-        "sum(rate(signal_requests_total"
-        f'{{location="{{region}}",cluster="{cluster}"}}[2m]))'
-    )
+    return f'sum(rate(signal_requests_total{{location="{{region}}",cluster="{cluster}"}}[2m]))'
 
 
 def scaler_config(
@@ -270,7 +268,7 @@ class Intelligence(pulumi.ComponentResource):
                     {
                         "name": app,
                         "image": image,
-                        "imagePullPolicy": "IfNotPresent",
+                        "imagePullPolicy": pull_policy(image),
                         "command": ["/usr/bin/python3", "-m", module],
                         "args": ["--config", f"{CONFIG_DIR}/{config_file}"],
                         "ports": [{"name": "http-metrics", "containerPort": port}],

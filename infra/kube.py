@@ -27,6 +27,12 @@ MONITORING_NAMESPACE = "gmp-system"  # Managed Prometheus collectors
 MERGED_METRICS_PORT = 15020
 
 
+def pull_policy(image: str) -> str:
+    """Pull a tag on every start, so each node runs what the tag names now; a digest never
+    changes, so a cached copy is the image (Kubernetes docs, 'Images: image pull policy')."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 def k8s_labels(labels: Mapping[str, str], app: str | None = None) -> dict[str, str]:
     """The stack's cost labels on Kubernetes objects (GKE cost allocation reads them), and
     the app's name on an app's objects."""

@@ -21,6 +21,7 @@ from infra.kube import (
     disruption_budget,
     k8s_labels,
     network_policy,
+    pull_policy,
     role_ref,
     tcp,
 )
@@ -150,6 +151,7 @@ class MetricsAdapter(pulumi.ComponentResource):
                                 {
                                     "name": "adapter",
                                     "image": image,
+                                    "imagePullPolicy": pull_policy(image),
                                     "command": [
                                         "/adapter",
                                         "--use-new-resource-model=true",

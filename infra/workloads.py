@@ -40,6 +40,7 @@ from infra.kube import (
     namespace_peer,
     network_policy,
     pod_monitoring,
+    pull_policy,
     tcp,
 )
 from infra.mesh import (
@@ -426,7 +427,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 "containers": [
                     {
                         **container,
-                        "imagePullPolicy": "IfNotPresent",
+                        "imagePullPolicy": pull_policy(container["image"]),
                         "resources": {
                             "requests": dict(workload.resources.requests),
                             "limits": dict(workload.resources.limits),

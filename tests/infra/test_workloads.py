@@ -597,3 +597,15 @@ def test_hpa_request_rate_metric_is_a_counter_the_service_exports():
     exported = {m.name: m.type for m in registry.collect()}
     assert kind == "counter"
     assert exported.get(name.removesuffix("_total")) == "counter", sorted(exported)
+
+
+def test_tagged_images_are_pulled_on_every_start_and_digests_from_cache(stack_plan: Inventory):
+    """A tag can move: pull it Always, so each node runs what it names now; a digest cannot,
+    so IfNotPresent is the image (dev runs tags, prod digests and an accepted tag)."""
+    policies = set()
+    for deployment in stack_plan.of_type(DEPLOYMENT):
+        for c in pod(deployment)["containers"]:
+            pinned = "@sha256:" in c["image"]
+            assert c["imagePullPolicy"] == ("IfNotPresent" if pinned else "Always"), c["image"]
+            policies.add(c["imagePullPolicy"])
+    assert "Always" in policies
