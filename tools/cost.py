@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from tools.engine import parse_overrides, read_project, read_stack_config
-from tools.inventory import Inventory, Resource
+from tools.inventory import UNKNOWN, Inventory, Resource
 
 if TYPE_CHECKING:  # infra.config is imported lazily: see usage_from_stack.
     from infra.config import CostSettings
@@ -417,7 +417,7 @@ def _node_pool_zones(p: _Pricer, resource: Resource, location: Any) -> int:
 
 def _pool_name(resource: Resource) -> str:
     name = resource.inputs.get("name")
-    return name if isinstance(name, str) and name != "<unknown>" else resource.name
+    return name if isinstance(name, str) and name != UNKNOWN else resource.name
 
 
 def _average_nodes(p: _Pricer, resource: Resource, region: str, zones: int) -> tuple[float, str]:
