@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from app.model.build import BuildOptions, ModelArtifacts, build_model
 
@@ -75,3 +80,76 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.close()
+
+
+class ServiceProcess:
+    """``python -m app serve`` in its own process, as a user runs it: started on a free port
+    with a YAML config, waited for until SERVING, then stopped (SIGTERM) or killed (SIGKILL).
+    Its output goes to a file (``log``), so a test can read every line it printed."""
+
+    def __init__(self, root: Path, config: dict[str, Any], model: ModelArtifacts) -> None:
+        from app.serving.launch import free_port
+
+        self.root = root
+        self.port = free_port()
+        self.config_path = root / f"serve-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.model = model
+        self.log = root / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90) -> ServiceProcess:
+        from app.serving.launch import REPO_ROOT
+
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve", "--config", str(self.config_path),
+                 "--port", str(self.port), "--model-dir", str(self.model.root)],
+                cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.wait_serving(timeout_s)
+        return self
+
+    def wait_serving(self, timeout_s: float = 90) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.target) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.proc is not None and self.proc.poll() is None, self.output()
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"server did not become healthy: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM, then wait for the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)

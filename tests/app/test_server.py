@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,16 +15,18 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from app.config import AppConfig, BatcherConfig, FeatureConfig, ModelConfig, ServerConfig
+from app.cache import decode_value
+from app.config import AppConfig, FeatureConfig
 from app.features import REJECT_BAD_PRICE, REJECT_BAD_SIZE, REJECT_STALE_TIMESTAMP, FeatureEngine
 from app.inference import Inference, InferenceBackend, LocalOnnxBackend
 from app.model.build import ModelArtifacts
 from app.model.contract import model_inputs
 from app.pipeline import last_warm_row_per_symbol
+from app.publish import decode_batch, read_local_topic
 from app.server import SignalServer, build_runtime, pb2, pb2_grpc
 from app.signals import DIRECTION_DOWN, DIRECTION_UP
 from app.synthetic import synthetic_ticks
-from tests.app.conftest import run
+from tests.app.conftest import ServiceProcess, run
 
 N_SYMBOLS = 20
 
@@ -38,27 +43,47 @@ class SlowBackend(InferenceBackend):
         return await self.inner.infer(inputs)
 
 
-def _config(model: ModelArtifacts, **batcher: int) -> AppConfig:
-    return AppConfig(
-        features=FeatureConfig(n_symbols=N_SYMBOLS),
-        model=ModelConfig(dir=model.root, build_if_missing=False),
-        batcher=BatcherConfig(**{"max_queue_delay_us": 200, **batcher}),
-        server=ServerConfig(port=0, grace_s=5.0),
-    )
+class JitterBackend(InferenceBackend):
+    """The real model, each call delayed by a random 0-``max_s`` (calls finish out of order)."""
+
+    def __init__(self, inner: InferenceBackend, max_s: float, seed: int = 0) -> None:
+        self.inner = inner
+        self.max_s = max_s
+        self.rng = np.random.default_rng(seed)
+
+    async def infer(self, inputs: np.ndarray) -> Inference:
+        await asyncio.sleep(float(self.rng.uniform(0, self.max_s)))
+        return await self.inner.infer(inputs)
+
+
+def _config(model: ModelArtifacts, sections: dict[str, Any] | None = None,
+            **batcher: int) -> AppConfig:  # fmt: skip
+    """The test server's configuration: a fresh spool directory each time (no test sees
+    another's batches), ``sections`` merged over the defaults."""
+    return AppConfig.model_validate({
+        "features": {"n_symbols": N_SYMBOLS},
+        "model": {"dir": str(model.root), "build_if_missing": False},
+        "batcher": {"max_queue_delay_us": 200, **batcher},
+        "server": {"port": 0, "grace_s": 5.0},
+        "spool": {"dir": tempfile.mkdtemp(prefix="spool-")},
+        "telemetry": {"metrics_port": None},
+        **(sections or {}),
+    })  # fmt: skip
 
 
 Scenario = Callable[[Any, grpc.aio.Channel, SignalServer], Awaitable[None]]
 
 
 def serve_and(
-    model: ModelArtifacts, scenario: Scenario, *, delay_s: float = 0.0, **batcher: int
-) -> None:
+    model: ModelArtifacts, scenario: Scenario, *, delay_s: float = 0.0,
+    backend: InferenceBackend | None = None, sections: dict[str, Any] | None = None,
+    **batcher: int,
+) -> None:  # fmt: skip
     async def main() -> None:
-        config = _config(model, **batcher)
-        backend: InferenceBackend = LocalOnnxBackend(model.path("fp32"), model.model_version)
-        if delay_s:
-            backend = SlowBackend(backend, delay_s)
-        server = SignalServer(config, build_runtime(config, backend))
+        config = _config(model, sections, **batcher)
+        inner = backend or LocalOnnxBackend(model.path("fp32"), model.model_version)
+        server = SignalServer(config, build_runtime(config, SlowBackend(inner, delay_s)
+                                                    if delay_s else inner))  # fmt: skip
         port = await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -254,6 +279,115 @@ def test_full_inference_queue_is_resource_exhausted(model: ModelArtifacts) -> No
               max_concurrent_batches=1)  # fmt: skip
 
 
+def test_a_cancelled_call_still_completes_the_batch_it_applied(model: ModelArtifacts) -> None:
+    """The ticks are applied before the model answers; a client giving up then must not
+    leave them applied without their signals: the rest of the work is shielded."""
+
+    async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        batches = _batches(12)
+        for b in batches[:10]:
+            await stub.IngestTicks(b)
+        last = pb2.TickBatch()
+        last.CopyFrom(batches[10])
+        last.producer = "desk-1"
+        call = stub.IngestTicks(last)
+        await asyncio.sleep(0.1)  # applied, waiting on the (slow) model
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0.6)  # the model answers; the batch completes anyway
+        expected = warm_symbols(batches[:11])
+        ts = dict(zip(last.symbol, last.ts_ns, strict=True))
+        for symbol in expected:
+            found = server.runtime.pipeline.latest(symbol)
+            assert found is not None and found[0].ts_ns == ts[symbol]
+        retry = await stub.IngestTicks(last)  # its ack was lost with the call: ask again
+        assert (retry.accepted, retry.signals) == (100, len(expected))
+
+    serve_and(model, scenario, delay_s=0.4)
+
+
+def test_jittered_inference_reaches_every_sink_in_order(
+    model: ModelArtifacts, redis_cluster: Any, tmp_path: Path
+) -> None:
+    """Inference calls finish in random order; the in-process store, Redis, the published
+    ticks and signals all take the batches in the order they were applied."""
+    from tests.app.redis_cluster import PASSWORD
+
+    redis_cluster.ensure_healthy()
+    sections = {
+        "cache": {"redis": {"nodes": redis_cluster.startup_nodes, "auth": "password",
+                            "password": PASSWORD}},
+        "publish": {"local_dir": str(tmp_path), "max_latency_ms": 5},
+    }  # fmt: skip
+    symbols = [0, 1, 2, 3]
+    t0 = time.time_ns() - 60_000_000_000
+
+    async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        await stub.IngestTicks(pb2.TickBatch(**now_ticks(symbols, 40, t0)))  # warm
+        start = t0 + 40 * len(symbols) * 1_000_000
+        batches = [pb2.TickBatch(**now_ticks(symbols, 2, start + i * 10_000_000))
+                   for i in range(60)]  # fmt: skip
+        acks = await asyncio.gather(*(stub.IngestTicks(b) for b in batches))
+        assert sum(a.signals for a in acks) > 60  # many overlapped, finishing out of order
+        await asyncio.sleep(0.3)  # the L2 writer catches up
+        data_path = server.runtime.data_path
+        assert data_path is not None and data_path.cache.l2 is not None
+        for symbol in symbols:
+            latest = server.runtime.pipeline.latest(symbol)
+            assert latest is not None
+            raw = await data_path.cache.l2.client.get(f"{{{symbol}}}:signal")
+            assert raw is not None and decode_value(raw)[0] == latest[0]  # Redis = GetSignal
+
+    serve_and(model, scenario, backend=JitterBackend(
+        LocalOnnxBackend(model.path("fp32"), model.model_version), 0.03),
+        sections=sections, max_batch_size=4, max_queue_delay_us=0,
+        max_concurrent_batches=8)  # fmt: skip
+    for topic, decode in (("ticks-batches", pb2.TickBatch.FromString),
+                          ("signals-batches", pb2.Signal.FromString)):  # fmt: skip
+        per_symbol: dict[str, list[int]] = {}
+        for key, payload in read_local_topic(tmp_path, topic):
+            for record in decode_batch(payload)[1]:
+                message = decode(record)
+                stamps = message.ts_ns if topic == "ticks-batches" else [message.ts_ns]
+                per_symbol.setdefault(key, []).extend(stamps)
+        assert set(per_symbol) == {str(s) for s in symbols}
+        for key, stamps in per_symbol.items():
+            assert stamps == sorted(stamps), (topic, key)  # never [39000, 100400, 100000]
+
+
+def test_every_read_path_has_a_maximum_age(model: ModelArtifacts, tmp_path: Path) -> None:
+    """A signal older than cache.max_signal_age_s is not served; a symbol warming up after a
+    restart is NOT_FOUND even though the warehouse has an older signal of it."""
+    sections = {"cache": {"max_signal_age_s": 1.0},
+                "warehouse": {"duckdb_path": str(tmp_path / "w.duckdb")}}  # fmt: skip
+    t0 = time.time_ns() - 60_000_000_000
+
+    async def first(stub: Any, _channel: grpc.aio.Channel, _server: SignalServer) -> None:
+        await stub.IngestTicks(pb2.TickBatch(**now_ticks([4, 5], 40, t0)))
+        signal = await stub.GetSignal(pb2.SignalRequest(symbol=4))
+        assert 0 < time.time_ns() - signal.computed_at_ns < 1_000_000_000
+        await asyncio.sleep(1.1)
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # too old now: not served
+            await stub.GetSignal(pb2.SignalRequest(symbol=4))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "cache.max_signal_age_s = 1 s" in (err.value.details() or "")
+        await stub.IngestTicks(pb2.TickBatch(**now_ticks([4, 5], 1, t0 + 10**9)))  # fresh again
+
+    serve_and(model, first, sections=sections)
+
+    async def after_restart(stub: Any, _channel: grpc.aio.Channel, _server: SignalServer) -> None:
+        found = await stub.GetSignal(pb2.SignalRequest(symbol=5))  # read through to the warehouse
+        assert found.symbol == 5 and found.ts_ns > t0
+        await stub.IngestTicks(pb2.TickBatch(**now_ticks([5], 3, t0 + 2 * 10**9)))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetSignal(pb2.SignalRequest(symbol=5))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "symbol = 5: warming up" in (err.value.details() or "")
+
+    serve_and(model, after_restart, sections=sections)
+
+
 def test_health_and_reflection(model: ModelArtifacts) -> None:
     async def scenario(_stub: Any, channel: grpc.aio.Channel, server: SignalServer) -> None:
         health = health_pb2_grpc.HealthStub(channel)
@@ -293,3 +427,198 @@ def test_graceful_shutdown_finishes_in_flight_calls(model: ModelArtifacts) -> No
             await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
 
     serve_and(model, scenario, delay_s=0.5)
+
+
+# --- hostile input, through the real server process ---------------------------------------
+
+
+def now_ticks(symbols: list[int], per_symbol: int, start_ns: int, price: float = 100.0,
+              step_ns: int = 1_000_000) -> dict[str, list[Any]]:  # fmt: skip
+    """``per_symbol`` ticks of each symbol, interleaved, stamped from ``start_ns`` on."""
+    rng = np.random.default_rng(len(symbols) * 1000 + per_symbol)
+    n = len(symbols) * per_symbol
+    sym = np.tile(np.array(symbols, np.int32), per_symbol)
+    walk = price * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    return {"symbol": sym.tolist(), "price": np.round(walk, 4).tolist(),
+            "size": rng.integers(1, 100, n).astype(float).tolist(),
+            "ts_ns": (start_ns + np.arange(n, dtype=np.int64) * step_ns).tolist()}  # fmt: skip
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """One sample from the server's Prometheus endpoint (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def served(model: ModelArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``python -m app serve`` with every rejection logged (no sampling) and a server-side
+    minimum deadline of 2 s (calls here have none, or 30 s)."""
+    from app.serving.launch import free_port
+
+    root = tmp_path_factory.mktemp("served")
+    metrics_port = free_port()
+    config = {
+        "features": {"n_symbols": N_SYMBOLS},
+        "model": {"build_if_missing": False},
+        "ingest": {"min_deadline_ms": 2000},
+        "spool": {"dir": str(root / "spool")},
+        "publish": {"local_dir": str(root / "published")},
+        "warehouse": {"duckdb_path": str(root / "warehouse.duckdb")},
+        "telemetry": {"metrics_port": metrics_port, "log_sampling": {"request_rejected": 1}},
+    }
+    server = ServiceProcess(root, config, model).start()
+    server.metrics_port = metrics_port  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def call(fn: Any, *args: Any, **kwargs: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        fn(*args, **kwargs)
+    return err.value
+
+
+def test_hostile_requests_get_their_status_and_one_log_line_each(served: Any) -> None:
+    before = served.output()
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb2_grpc.SignalServiceStub(channel)
+        raw_ingest = channel.unary_unary("/signals.v1.SignalService/IngestTicks")
+        raw_get = channel.unary_unary("/signals.v1.SignalService/GetSignal")
+        raw_stream = channel.stream_stream("/signals.v1.SignalService/StreamSignals")
+        garbage = [b"\xff" * 7, b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"\x12\x05ab"]
+        cases: list[tuple[Any, grpc.StatusCode, str]] = []
+        for blob in garbage:
+            cases.append((lambda b=blob: raw_ingest(b, timeout=30), grpc.StatusCode.INVALID_ARGUMENT,
+                          "bytes that are not a signals.v1.TickBatch"))  # fmt: skip
+        cases.append((lambda: raw_get(b"\x08" + b"\xff" * 11, timeout=30),
+                      grpc.StatusCode.INVALID_ARGUMENT, "not a signals.v1.SignalRequest"))  # fmt: skip
+        cases.append((lambda: list(raw_stream(iter([b"\xff\xff"]), timeout=30)),
+                      grpc.StatusCode.INVALID_ARGUMENT, "not a signals.v1.TickBatch"))  # fmt: skip
+        for request, message in BAD_REQUESTS:
+            cases.append((lambda r=request: stub.IngestTicks(r, timeout=30),
+                          grpc.StatusCode.INVALID_ARGUMENT, message))  # fmt: skip
+        cases.append((lambda: stub.IngestTicks(pb2.TickBatch(symbol=[0], price=[1.0], size=[1.0],
+                                                             ts_ns=[1], producer="p" * 300)),
+                      grpc.StatusCode.INVALID_ARGUMENT, "producer: 300 characters"))  # fmt: skip
+        cases.append((lambda: stub.GetSignal(pb2.SignalRequest(symbol=N_SYMBOLS)),
+                      grpc.StatusCode.INVALID_ARGUMENT, f"symbol = {N_SYMBOLS}: unknown"))  # fmt: skip
+        cases.append((lambda: stub.IngestTicks(pb2.TickBatch(**now_ticks([5], 1, time.time_ns())),
+                                               timeout=1.0),
+                      grpc.StatusCode.DEADLINE_EXCEEDED, "ingest.min_deadline_ms = 2000"))  # fmt: skip
+        for fn, code, message in cases:
+            err = call(fn)
+            assert err.code() == code, (err.code(), err.details(), message)  # type: ignore[attr-defined]
+            assert message in (err.details() or ""), (err.details(), message)  # type: ignore[attr-defined]
+        # The short-deadline batch was not applied: sent again, it is accepted, not STALE.
+        again = pb2.TickBatch(**now_ticks([5], 1, time.time_ns() - 1000))
+        assert stub.IngestTicks(again).accepted == 1
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == (
+            health_pb2.HealthCheckResponse.SERVING
+        )
+    deadline = time.monotonic() + 5
+    while served.output().count("request_rejected") - before.count("request_rejected") < len(cases):
+        assert time.monotonic() < deadline, served.output()[-3000:]
+        time.sleep(0.05)
+    new = served.output()[len(before) :]
+    rejected = [line for line in new.splitlines() if "request_rejected" in line]
+    assert len(rejected) == len(cases)  # one line per refusal ...
+    assert all(line.startswith("{") and line.endswith("}") for line in rejected)  # ... JSON
+    assert "Traceback" not in new and "Exception" not in new  # ... and never a traceback
+
+
+def test_values_the_arithmetic_cannot_carry_and_future_stamps_are_rejected_per_tick(
+    served: Any,
+) -> None:
+    INT64_MAX = 2**63 - 1
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb2_grpc.SignalServiceStub(channel)
+        t0 = time.time_ns() - 10_000_000_000
+        huge = {**now_ticks([0], 60, t0), "price": [1e307] * 60}
+        ack = stub.IngestTicks(pb2.TickBatch(**huge))
+        assert (ack.accepted, ack.rejected) == (0, 60)
+        assert set(ack.rejected_reason) == {pb2.REJECT_REASON_PRICE_OUT_OF_RANGE}
+        mixed = pb2.TickBatch(symbol=[1, 1, 2, 3, 3], price=[100.0, 100.0, 100.0, 1e-12, 5e9],
+                              size=[1e308, 1.0, 1.0, 1.0, 1.0],
+                              ts_ns=[t0, t0 + 1, INT64_MAX, t0, t0 + 1])  # fmt: skip
+        ack = stub.IngestTicks(mixed)
+        assert list(ack.rejected_index) == [0, 2, 3, 4] and ack.accepted == 1
+        assert list(ack.rejected_reason) == [
+            pb2.REJECT_REASON_SIZE_OUT_OF_RANGE, pb2.REJECT_REASON_FUTURE_TIMESTAMP,
+            pb2.REJECT_REASON_PRICE_OUT_OF_RANGE, pb2.REJECT_REASON_PRICE_OUT_OF_RANGE,
+        ]  # fmt: skip
+        assert metric(served.metrics_port, "signal_ticks_rejected_total",
+                      reason="FUTURE_TIMESTAMP") >= 1  # fmt: skip
+        # Nothing was locked or poisoned: real ticks after them are accepted and give finite
+        # signals (had the INT64_MAX stamp been taken, every later tick would be STALE).
+        normal = now_ticks([0, 1, 2, 3], 300, t0 + 2)
+        for i in range(0, 1200, 200):
+            part = {k: v[i : i + 200] for k, v in normal.items()}
+            ack = stub.IngestTicks(pb2.TickBatch(**part))
+            assert (ack.accepted, ack.rejected) == (200, 0)
+        for symbol in (0, 1, 2, 3):
+            signal = stub.GetSignal(pb2.SignalRequest(symbol=symbol))
+            assert np.isfinite([signal.strength, signal.confidence]).all()
+            assert signal.computed_at_ns > 0 and signal.backend == "local"
+
+
+def test_a_retried_batch_gets_the_original_reply_and_changes_nothing(served: Any) -> None:
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb2_grpc.SignalServiceStub(channel)
+        t0 = time.time_ns() - 5_000_000_000
+        first = pb2.TickBatch(**now_ticks([8, 9], 40, t0), producer="desk-7", batch_id=1)
+        duplicates = metric(served.metrics_port, "signal_ingest_duplicate_batches_total")
+        ack = stub.IngestTicks(first)
+        assert ack.accepted == 80 and ack.signals > 0
+        for _ in range(2):  # a retry (the first ack was lost): the same ack, nothing applied
+            assert stub.IngestTicks(first).SerializeToString() == ack.SerializeToString()
+        # Over a stream too: the SignalBatch, signals and all, as the first time.
+        second = pb2.TickBatch(**now_ticks([8, 9], 5, t0 + 80_000_000), producer="desk-7",
+                               batch_id=2)  # fmt: skip
+        (reply,) = list(stub.StreamSignals(iter([second])))
+        (again,) = list(stub.StreamSignals(iter([second])))
+        assert again.SerializeToString() == reply.SerializeToString() and len(reply.symbol) == 2
+        assert stub.IngestTicks(second).SerializeToString() == reply.ack.SerializeToString()
+        assert metric(served.metrics_port, "signal_ingest_duplicate_batches_total") == (
+            duplicates + 4
+        )
+        reused = pb2.TickBatch(**now_ticks([8], 1, t0 + 90_000_000), producer="desk-7", batch_id=1)
+        err = call(stub.IngestTicks, reused)
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS  # type: ignore[attr-defined]
+        assert "batch_id = 1 of producer 'desk-7'" in (err.details() or "")  # type: ignore[attr-defined]
+        other = pb2.TickBatch(**now_ticks([8], 1, t0 + 90_000_000), producer="desk-8", batch_id=1)
+        assert stub.IngestTicks(other).accepted == 1  # ids are per producer
+
+
+def test_cancelled_calls_are_counted_as_cancelled_not_as_errors(served: Any) -> None:
+    port = served.metrics_port
+    before = metric(port, "signal_requests_total", method="IngestTicks", code="CANCELLED")
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb2_grpc.SignalServiceStub(channel)
+        start = time.time_ns() - 30_000_000_000
+        for attempt in range(50):  # until a cancel lands while the server works on the call
+            big = now_ticks(list(range(12, 20)), 1000, start + attempt * 10_000_000, step_ns=1)
+            future = stub.IngestTicks.future(pb2.TickBatch(**big))
+            time.sleep(0.002 * (attempt % 5))
+            future.cancel()
+            time.sleep(0.05)
+            if (
+                metric(port, "signal_requests_total", method="IngestTicks", code="CANCELLED")
+                > before
+            ):
+                break
+        else:
+            pytest.fail("no cancellation reached the server")
+    for code in ("CANCELLED", "UNKNOWN"):
+        assert metric(port, "signal_request_errors_total", method="IngestTicks", code=code) == 0
