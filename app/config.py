@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,7 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from app.cache import CacheConfig, RedisConfig
+from app.cache import CacheConfig
+from app.config_errors import ConfigError as FileConfigError
+from app.config_errors import Problem, format_problems, problems_from, read_config_file
 from app.features import FeatureParams
 from app.ingest import IngestConfig
 from app.model import DEFAULT_MODEL_DIR
@@ -144,63 +145,12 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names every bad key, its value and what is allowed."""
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``key = value: what is allowed``."""
-    lines = [f"invalid {source}:"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(root)"
-        value = err.get("input")
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(exc.title, err["loc"])
-            msg = f"unknown key; allowed keys: {allowed}" if allowed else "unknown key"
-        else:
-            msg = err["msg"]
-            ctx = err.get("ctx") or {}
-            if "expected" in ctx:
-                msg = f"must be {ctx['expected']}"
-        lines.append(f"  {key} = {value!r}: {msg}")
-    return "\n".join(lines)
-
-
-_MODELS: dict[str, type[BaseModel]] = {
-    m.__name__: m
-    for m in (
-        AppConfig,
-        FeatureConfig,
-        ModelConfig,
-        BatcherConfig,
-        KServeConfig,
-        ServerConfig,
-        TlsConfig,
-    )
-}
-_MODELS.update(
-    (m.__name__, m)
-    for m in (
-        CacheConfig,
-        RedisConfig,
-        PublishConfig,
-        WarehouseConfig,
-        TelemetryConfig,
-        IngestConfig,
-        SpoolConfig,
-    )
-)
-
-
-def _allowed_keys(title: str, loc: tuple[Any, ...]) -> str:
-    model = _MODELS.get(title)
-    for part in loc[:-1]:
-        if model is None:
-            return ""
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return ", ".join(model.model_fields) if model else ""
+def format_validation_error(
+    exc: ValidationError, source: str, model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem in the repository's one format (`app.config_errors`):
+    ``source: key.path: message (got value); allowed: ...``."""
+    return format_problems(source, problems_from(exc, model))
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
@@ -209,19 +159,20 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     source = "configuration"
     if path is not None:
         source = str(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections, got {loaded!r}")
-        data = loaded
+        try:
+            data = read_config_file(path)
+        except FileConfigError as exc:
+            raise ConfigError(str(exc)) from None
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, _, key = dotted.partition(".")
         node = data.setdefault(section, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{section} = {node!r}: must be a mapping")
+            problem = Problem(section, "must be a mapping of keys", node)
+            raise ConfigError(format_problems(source, [problem]))
         node[key] = value
     try:
         return AppConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, AppConfig)) from None

@@ -183,7 +183,8 @@ def test_build_cli_rejects_bad_options_naming_the_field(capsys: pytest.CaptureFi
     code = model_cli(["build", "--out", "/nonexistent/never", "--max-batch-size", "0"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "triton.max_batch_size = 0" in err and "greater than or equal to 1" in err
+    assert "build options: triton.max_batch_size: Input should be greater than or equal to 1" in err
+    assert "(got 0); allowed: >= 1" in err
 
 
 def test_manifest_is_json_with_the_training_record(model: ModelArtifacts) -> None:
