@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 POLICY_VENV := policies/venv
+CHECKOV_VENV := policies/.checkov-venv
 PY := $(VENV)/bin/python
 STACK ?= dev
 PYTEST_ARGS ?=
@@ -9,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: setup plan check test lint format bench serve clean
 
 # Idempotent: each venv is rebuilt only when its requirements change.
-setup: $(VENV)/.installed $(POLICY_VENV)/.installed
+setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHECKOV_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt app/requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt app/requirements.txt
 $(POLICY_VENV)/.installed: policies/requirements.txt policies/requirements-dev.txt
 	@test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
 	$(POLICY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r policies/requirements-dev.txt
+	@touch $@
+
+# Checkov, which tests/policies/test_checkov_parity.py runs beside the pack (own venv: its
+# dependencies conflict with the pack's).
+$(CHECKOV_VENV)/.installed: policies/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r policies/requirements-checkov.txt
 	@touch $@
 
 # Subprocesses (the policy pack, MLServer, CLI runs) measure coverage through the startup
@@ -100,4 +108,4 @@ bench: proto model
 	$(PY) bench/spot.py --quick
 
 clean:
-	rm -rf $(VENV) $(POLICY_VENV) .pytest_cache .ruff_cache .coverage artifacts plans
+	rm -rf $(VENV) $(POLICY_VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache .coverage artifacts plans

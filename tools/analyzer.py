@@ -34,12 +34,13 @@ import yaml
 from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc, engine_pb2_grpc
 
+from tools.inventory import UNKNOWN
+
 REPO = Path(__file__).resolve().parent.parent
 POLICY_PACK_DIR = REPO / "policies"
 POLICY_README = POLICY_PACK_DIR / "README.md"
-# How tools.engine writes a value that is unknown until the update; the pack expects Pulumi's
-# wire sentinel for an unknown (it raises UnknownValueError when a rule touches one).
-UNKNOWN_MARKER = "<unknown>"
+# The pack expects Pulumi's wire sentinel for a value unknown until the update (it raises
+# UnknownValueError when a rule touches one); inventories write tools.inventory.UNKNOWN.
 UNKNOWN_WIRE = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 LEVELS = ("advisory", "mandatory", "remediate", "disabled")
 _LEVEL_FROM_WIRE = {
@@ -279,7 +280,7 @@ def _wire_value(value: Any) -> Any:
         return {str(k): _wire_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_wire_value(v) for v in value]
-    if value == UNKNOWN_MARKER:
+    if value == UNKNOWN:
         return UNKNOWN_WIRE
     if value is None or isinstance(value, bool | int | float | str):
         return value

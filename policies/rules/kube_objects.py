@@ -173,3 +173,15 @@ def labels_match(selector: Any, labels: dict[str, Any]) -> bool:
         if operator == "DoesNotExist" and key in labels:
             return False
     return True
+
+
+def checkov_skips(obj: dict[str, Any]) -> dict[str, str]:
+    """Checkov's inline suppressions on an object: `checkov.io/skip<N>: <check id>=<reason>`
+    annotations, check id -> reason (a skip without a reason counts for nothing)."""
+    skips = {}
+    for key, value in as_dict(get(obj, "metadata", "annotations")).items():
+        if key.startswith("checkov.io/skip") and isinstance(value, str) and "=" in value:
+            check, _, reason = value.partition("=")
+            if reason.strip():
+                skips[check.strip()] = reason.strip()
+    return skips

@@ -23,6 +23,7 @@ from rules.kube_objects import (
     CLUSTER_SCOPED_KINDS,
     LONG_RUNNING,
     Container,
+    checkov_skips,
     containers,
     effective_security,
     is_kind,
@@ -123,7 +124,10 @@ def read_only_root_fs(r: Resource) -> Iterator[str]:
     "k8s-drop-all-capabilities",
     level=MANDATORY,
     description="Containers drop ALL capabilities and add back only allowed ones.",
-    source="Pod Security Standards (Restricted); Checkov CKV_K8S_37, CKV_K8S_28.",
+    source=(
+        "Pod Security Standards (Restricted); Checkov CKV_K8S_37, CKV_K8S_28, CKV_K8S_25, "
+        "CKV_K8S_39."
+    ),
     types=is_workload,
     config=schema({"allowedAddedCapabilities": string_list(["NET_BIND_SERVICE"])}),
 )
@@ -175,7 +179,7 @@ def no_host_ports(r: Resource) -> Iterator[str]:
     "k8s-no-host-path",
     level=MANDATORY,
     description="Pods mount no hostPath volumes.",
-    source="Pod Security Standards (Baseline): HostPath Volumes.",
+    source="Pod Security Standards (Baseline): HostPath Volumes; Checkov CKV_K8S_27.",
     types=is_workload,
 )
 def no_host_path(r: Resource) -> Iterator[str]:
@@ -237,6 +241,43 @@ def _gpu_amounts(c: Container, resource_names: list[str]) -> tuple[dict[str, Any
     limits = as_dict(get(c.spec, "resources", "limits"))
     pick = lambda amounts: {k: amounts[k] for k in resource_names if k in amounts}  # noqa: E731
     return pick(requests), pick(limits)
+
+
+@RULES.resource(
+    "k8s-cpu-limits",
+    level=ADVISORY,
+    description=(
+        "Containers set a CPU limit. Advisory: a limit caps a noisy neighbour, but CFS "
+        "throttling can cost a latency-sensitive server more than it saves."
+    ),
+    source="Checkov CKV_K8S_11; Polaris cpuLimitsMissing.",
+    types=is_workload,
+)
+def cpu_limits(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        if get(c.spec, "resources", "limits", "cpu") is None:
+            yield f"{c.label}: resources.limits.cpu is unset"
+
+
+@RULES.resource(
+    "k8s-security-context",
+    level=ADVISORY,
+    description=(
+        "Pods and each of their containers declare a securityContext, so their defaults are "
+        "chosen, not inherited from the image."
+    ),
+    source="CIS Kubernetes 5.7.3; Checkov CKV_K8S_29, CKV_K8S_30.",
+    types=is_workload,
+)
+def security_context(r: Resource) -> Iterator[str]:
+    pod = _pod(r)
+    if is_unknown(pod):
+        return
+    if get(pod, "securityContext") is None:
+        yield "the pod spec declares no securityContext"
+    for c in containers(pod):
+        if get(c.spec, "securityContext") is None:
+            yield f"{c.label}: declares no securityContext"
 
 
 @RULES.resource(
@@ -343,15 +384,43 @@ def image_tag_pinned(r: Resource) -> Iterator[str]:
 
 
 @RULES.resource(
+    "k8s-image-pull-policy",
+    level=ADVISORY,
+    description=(
+        "Containers whose image names a tag pull it Always, so every node runs what the tag "
+        "names now (Kubernetes pulls IfNotPresent for any tag but latest)."
+    ),
+    source="Checkov CKV_K8S_15; Kubernetes docs, 'Images: image pull policy'.",
+    types=is_workload,
+)
+def image_pull_policy(r: Resource) -> Iterator[str]:
+    for _, c in _each_container(r):
+        image, policy = get(c.spec, "image"), get(c.spec, "imagePullPolicy")
+        if not isinstance(image, str) or is_unknown(policy):
+            continue
+        tag = parse_image(image)[1]
+        if policy is None and tag not in (None, "latest"):
+            yield f"{c.label}: image {image!r} names tag {tag!r} but imagePullPolicy is unset (IfNotPresent)"
+        elif policy is not None and policy != "Always":
+            yield f"{c.label}: imagePullPolicy is {policy!r}; use Always"
+
+
+@RULES.resource(
     "k8s-image-digest",
     level=MANDATORY,
-    description="On the configured stacks (prod), images are pinned by digest.",
-    source="Checkov CKV_K8S_43.",
+    description=(
+        "On the configured stacks (prod), images are pinned by digest; a workload annotated "
+        "`checkov.io/skip<N>: CKV_K8S_43=<reason>` is left to k8s-image-digest-every-stack, "
+        "which reports it with its reason."
+    ),
+    source="Checkov CKV_K8S_43 (and its skip annotation).",
     types=is_workload,
     config=schema(STACKS_SCHEMA),
 )
 def image_digest(r: Resource) -> Iterator[str]:
     stack = only_on_stacks(r.config)
+    if _digest_exception(r):
+        return
     for c, image in _undigested(r):
         yield f"{c.label}: image {image!r} must be pinned by digest (@sha256:...) on stack {stack}"
 
@@ -363,12 +432,18 @@ def _undigested(r: Resource) -> Iterator[tuple[Container, str]]:
             yield c, image
 
 
+def _digest_exception(r: Resource) -> str | None:
+    """The reason a workload gives for running an image by tag (a Checkov skip of CKV_K8S_43)."""
+    return checkov_skips(r.props).get("CKV_K8S_43")
+
+
 @RULES.resource(
     "k8s-image-digest-every-stack",
     level=ADVISORY,
     description=(
         "Images are pinned by digest on every stack; advisory where k8s-image-digest does not "
-        "already make it mandatory (exceptStacks)."
+        "already make it mandatory (exceptStacks), and there for the workloads that skip "
+        "CKV_K8S_43 with a reason."
     ),
     source="Checkov CKV_K8S_43; Kubernetes docs, 'Images: image names'.",
     types=is_workload,
@@ -381,11 +456,12 @@ def _undigested(r: Resource) -> Iterator[tuple[Container, str]]:
     ),
 )
 def image_digest_every_stack(r: Resource) -> Iterator[str]:
-    stack = current_stack()
-    if stack in [str(s) for s in r.config["exceptStacks"]]:
+    stack, reason = current_stack(), _digest_exception(r)
+    if stack in [str(s) for s in r.config["exceptStacks"]] and reason is None:
         raise NotApplicable(f"k8s-image-digest enforces digests on stack {stack!r}")
+    because = f" (accepted by checkov.io/skip: {reason})" if reason else ""
     for c, image in _undigested(r):
-        yield f"{c.label}: image {image!r} is not pinned by digest: a moved tag changes what runs"
+        yield f"{c.label}: image {image!r} is not pinned by digest: a moved tag changes what runs{because}"
 
 
 @RULES.resource(

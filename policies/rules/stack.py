@@ -174,7 +174,7 @@ def _selects_all(policy: StackResource) -> bool:
     "stack-namespace-network-policy",
     level=MANDATORY,
     description="Every workload namespace has a NetworkPolicy selecting all of its pods.",
-    source="CIS Kubernetes 5.3.2; kube-score pod-networkpolicy.",
+    source="CIS Kubernetes 5.3.2; kube-score pod-networkpolicy; Checkov CKV2_K8S_6.",
     config=_NAMESPACE_CONFIG,
 )
 def network_policy_per_namespace(

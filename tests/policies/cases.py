@@ -16,9 +16,11 @@ from typing import Any
 
 from tools.analyzer import AnalyzerResource, PolicyPackProcess, Violation
 
+# The inventory's marker for a value unknown until the update (the client sends Pulumi's sentinel).
+from tools.inventory import UNKNOWN as UNKNOWN
+
 PROJECT = "signal-platform"
 STACK = "test"
-UNKNOWN = "<unknown>"  # tools.engine's marker; the client sends Pulumi's unknown sentinel
 DELETE = object()
 GCP_PROVIDER = "pulumi:providers:gcp"
 K8S_PROVIDER = "pulumi:providers:kubernetes"

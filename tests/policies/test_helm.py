@@ -68,13 +68,14 @@ CNI = {
         "seccompProfile": SECCOMP,
         "resources": {
             "requests": {"cpu": "100m", "memory": "100Mi"},
-            "limits": {"memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "256Mi"},
         },
     },
 }
 BASE = {**GATEWAY, "name": "istio-base", "chart": "base", "namespace": "istio-system", "values": {}}
 # Istio's gateway proxy runs as UID 1337 (its traffic redirection excludes that UID).
 PROXY_UID = frozenset({"k8s-high-uid"})
+NO_LIMITS = frozenset({"k8s-cpu-limits"})
 
 
 def release(policy: str, base: dict, label: str, changes: dict, expect: int = 1, **kw) -> Case:
@@ -165,6 +166,7 @@ CASES = [
         GATEWAY,
         "no-memory-limit",
         {"values.resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}},
+        also=NO_LIMITS | PROXY_UID,
     ),
     release(
         "istio-sidecar-injection",
@@ -173,7 +175,11 @@ CASES = [
         {"values.podAnnotations": {"sidecar.istio.io/inject": "false"}},
     ),
     release(
-        "k8s-memory-limits", ISTIOD, "istiod-chart-default-resources", {"values.pilot": DELETE}
+        "k8s-memory-limits",
+        ISTIOD,
+        "istiod-chart-default-resources",
+        {"values.pilot": DELETE},
+        also=NO_LIMITS,
     ),
     release(
         "k8s-no-privileged",
@@ -187,6 +193,7 @@ CASES = [
         ISTIOD,
         "sidecars-without-limits",
         {"values.global.proxy.resources": {"requests": {"cpu": "10m", "memory": "40Mi"}}},
+        also=NO_LIMITS,
     ),
     release(
         "k8s-image-tag-pinned",
@@ -202,8 +209,15 @@ CASES = [
         "mirrored-by-tag",
         {"values.global.hub": "us-docker.pkg.dev/p/istio"},
         message="'us-docker.pkg.dev/p/istio/pilot:1.30.5' is not pinned by digest",
+        also=frozenset({"k8s-image-pull-policy"}),
     ),
-    release("k8s-memory-limits", CNI, "cni-chart-default-resources", {"values.resources": DELETE}),
+    release(
+        "k8s-memory-limits",
+        CNI,
+        "cni-chart-default-resources",
+        {"values.resources": DELETE},
+        also=NO_LIMITS,
+    ),
     release(
         "k8s-no-host-namespaces",
         CNI,

@@ -31,7 +31,7 @@ CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 DIGEST = "sha256:" + "ab" * 32
 TAGGED = "us-docker.pkg.dev/signal-test/images/signal:1.4.2"
-IMAGE = f"{TAGGED}@{DIGEST}"
+IMAGE = f"us-docker.pkg.dev/signal-test/images/signal@{DIGEST}"
 
 LEVELS = {
     "k8s-no-privileged": "mandatory",
@@ -45,6 +45,9 @@ LEVELS = {
     "k8s-seccomp-runtime-default": "mandatory",
     "k8s-resource-requests": "mandatory",
     "k8s-memory-limits": "mandatory",
+    "k8s-cpu-limits": "advisory",
+    "k8s-security-context": "advisory",
+    "k8s-image-pull-policy": "advisory",
     "k8s-gpu-requests-equal-limits": "mandatory",
     "k8s-gpu-node-selector": "mandatory",
     "k8s-image-tag-pinned": "mandatory",
@@ -71,7 +74,10 @@ SERVER = {
     "name": "server",
     "image": IMAGE,
     "ports": [{"name": "grpc", "containerPort": 50051}],
-    "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    "resources": {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    },
     "securityContext": CONTAINER_SECURITY,
     "readinessProbe": PROBE,
     "livenessProbe": PROBE,
@@ -86,7 +92,10 @@ SERVER = {
 MIGRATE = {
     "name": "warm-cache",
     "image": IMAGE,
-    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
+    "resources": {
+        "requests": {"cpu": "100m", "memory": "64Mi"},
+        "limits": {"cpu": "100m", "memory": "64Mi"},
+    },
     "securityContext": CONTAINER_SECURITY,
 }
 POD_SPEC = {
@@ -102,6 +111,7 @@ POD_SPEC = {
     "volumes": [{"name": "tmp", "emptyDir": {}}],
 }
 LABELS = {"app": "signal"}
+SKIP_43 = ("metadata", "annotations", "checkov.io/skip1")
 GOLDEN = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",
@@ -118,7 +128,7 @@ GPU = mutate(
         "metadata.name": "inference",
         ("spec", "template", "spec", "containers", 0, "resources"): {
             "requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
-            "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+            "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"},
         },
         "spec.template.spec.nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
         "spec.template.spec.tolerations": [
@@ -165,6 +175,7 @@ BUDGET = {
 SERVER_PATH = ("spec", "template", "spec", "containers", 0)
 INIT_PATH = ("spec", "template", "spec", "initContainers", 0)
 POD_PATH = ("spec", "template", "spec")
+TAGGED_BOTH = {(*SERVER_PATH, "image"): TAGGED, (*INIT_PATH, "image"): TAGGED}
 
 
 def d(policy: str, label: str, changes: dict, expect: int = 1, **kw: object) -> Case:
@@ -329,10 +340,57 @@ CASES = [
         "k8s-resource-requests",
         "none",
         {at(INIT_PATH, "resources"): DELETE},
-        also=frozenset({"k8s-memory-limits"}),
+        also=frozenset({"k8s-memory-limits", "k8s-cpu-limits"}),
     ),
     ok("k8s-memory-limits", DEPLOYMENT, GOLDEN),
-    d("k8s-memory-limits", "unbounded", {at(SERVER_PATH, "resources", "limits"): DELETE}),
+    d(
+        "k8s-memory-limits",
+        "unbounded",
+        {at(SERVER_PATH, "resources", "limits"): DELETE},
+        also=frozenset({"k8s-cpu-limits"}),
+    ),
+    ok("k8s-cpu-limits", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-cpu-limits",
+        "no-cpu-limit",
+        {at(INIT_PATH, "resources", "limits", "cpu"): DELETE},
+        message='container "warm-cache": resources.limits.cpu is unset',
+    ),
+    ok("k8s-security-context", DEPLOYMENT, GOLDEN),
+    d(
+        "k8s-security-context",
+        "none-anywhere",
+        {at(POD_PATH, "securityContext"): DELETE, at(INIT_PATH, "securityContext"): DELETE},
+        expect=2,
+        also=frozenset(
+            {
+                "k8s-run-as-non-root",
+                "k8s-seccomp-runtime-default",
+                "k8s-high-uid",
+                "k8s-no-privilege-escalation",
+                "k8s-read-only-root-fs",
+                "k8s-drop-all-capabilities",
+            }
+        ),
+    ),
+    ok("k8s-image-pull-policy", DEPLOYMENT, GOLDEN),
+    ok(
+        "k8s-image-pull-policy",
+        DEPLOYMENT,
+        mutate(
+            GOLDEN, {at(SERVER_PATH, "image"): TAGGED, at(SERVER_PATH, "imagePullPolicy"): "Always"}
+        ),
+        "tag-pulled-always",
+        also=frozenset({"k8s-image-digest-every-stack"}),
+    ),
+    d(
+        "k8s-image-pull-policy",
+        "tag-if-not-present",
+        {at(SERVER_PATH, "image"): TAGGED},
+        message="names tag '1.4.2' but imagePullPolicy is unset",
+        also=frozenset({"k8s-image-digest-every-stack"}),
+    ),
+    d("k8s-image-pull-policy", "never", {at(SERVER_PATH, "imagePullPolicy"): "Never"}),
     ok("k8s-gpu-requests-equal-limits", DEPLOYMENT, GPU, "gpu"),
     bad(
         "k8s-gpu-requests-equal-limits",
@@ -422,9 +480,36 @@ CASES = [
         mutate(GOLDEN, {at(SERVER_PATH, "image"): TAGGED, at(INIT_PATH, "image"): TAGGED}),
         "tag-only-on-digest-stack",
         expect=2,
-        also=frozenset({"k8s-image-digest-every-stack"}),
+        also=frozenset({"k8s-image-digest-every-stack", "k8s-image-pull-policy"}),
         config={"k8s-image-digest": {"stacks": ["test"]}},
         message="on stack test",
+    ),
+    ok(
+        "k8s-image-digest",
+        DEPLOYMENT,
+        mutate(GOLDEN, {**TAGGED_BOTH, SKIP_43: "CKV_K8S_43=no digest is published for it"}),
+        "skipped-with-a-reason",
+        config={"k8s-image-digest": {"stacks": ["test"]}},
+        also=frozenset({"k8s-image-digest-every-stack", "k8s-image-pull-policy"}),
+    ),
+    bad(
+        "k8s-image-digest",
+        DEPLOYMENT,
+        mutate(GOLDEN, {**TAGGED_BOTH, SKIP_43: "CKV_K8S_43= "}),
+        "skipped-without-a-reason",
+        expect=2,
+        config={"k8s-image-digest": {"stacks": ["test"]}},
+        also=frozenset({"k8s-image-digest-every-stack", "k8s-image-pull-policy"}),
+    ),
+    bad(
+        "k8s-image-digest-every-stack",
+        DEPLOYMENT,
+        mutate(GOLDEN, {**TAGGED_BOTH, SKIP_43: "CKV_K8S_43=no digest is published for it"}),
+        "accepted-exception-on-a-digest-stack",
+        expect=2,
+        config={"k8s-image-digest-every-stack": {"exceptStacks": ["test"]}},
+        message="(accepted by checkov.io/skip: no digest is published for it)",
+        also=frozenset({"k8s-image-pull-policy"}),
     ),
     ok("k8s-image-digest-every-stack", DEPLOYMENT, GOLDEN),
     ok(
@@ -433,12 +518,14 @@ CASES = [
         mutate(GOLDEN, {at(SERVER_PATH, "image"): TAGGED}),
         "left-to-k8s-image-digest",
         config={"k8s-image-digest-every-stack": {"exceptStacks": ["test"]}},
+        also=frozenset({"k8s-image-pull-policy"}),
     ),
     d(
         "k8s-image-digest-every-stack",
         "tag-on-any-stack",
         {at(INIT_PATH, "image"): TAGGED},
         message='container "warm-cache": image',
+        also=frozenset({"k8s-image-pull-policy"}),
     ),
     ok("k8s-service-account-token", DEPLOYMENT, GOLDEN),
     ok("k8s-service-account-token", JOB, JOB_SPEC, "job"),

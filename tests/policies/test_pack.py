@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.policies import (
+    test_apply_order,
     test_cost,
     test_data,
     test_gke,
@@ -44,6 +45,7 @@ DOMAINS = (
     test_iam,
     test_cost,
     test_stack,
+    test_apply_order,
 )
 LEVELS: dict[str, str] = {k: v for m in DOMAINS for k, v in m.LEVELS.items()}
 RESOURCE_CASES: list[Case] = [c for m in DOMAINS for c in getattr(m, "CASES", [])]
