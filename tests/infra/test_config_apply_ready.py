@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from infra.config import ConfigError, StackConfig
+from infra.config import ARTIFACT_REPOSITORY, ConfigError, StackConfig
 from infra.config.images import is_placeholder_digest, registry_host
 from tests.infra.stack_config import load, section
+from tools.inventory import Inventory
 
 REAL_DIGEST = "sha256:" + "4f2a9c1e" * 8
 
@@ -153,3 +154,11 @@ def test_deployers_are_iam_members():
         {**load("dev").model_dump(by_alias=True), "cluster": {"deployers": ["group:ops@x.com"]}}
     )
     assert cfg.cluster.deployers == ("group:ops@x.com",)
+
+
+def test_the_stacks_registry_is_the_repository_the_program_declares(stack_plan: Inventory):
+    cfg = load(stack_plan.stack)
+    (registry,) = stack_plan.of_type("gcp:artifactregistry/repository:Repository")
+    host, project, repository = cfg.image_registry.split("/")
+    assert registry.inputs["repositoryId"] == repository == ARTIFACT_REPOSITORY
+    assert host == f"{registry.inputs['location']}-docker.pkg.dev" and project == cfg.project_id

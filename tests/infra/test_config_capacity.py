@@ -155,3 +155,12 @@ def test_the_check_sums_what_the_program_deploys(dev_plan: Inventory):
     )
     rounded = [(n, round(cpu, 6), round(memory, 6)) for n, cpu, memory in configured]
     assert planned_system_pods(dev_plan) == rounded
+
+
+def test_the_per_node_agent_is_sized_as_the_check_assumes(dev_plan: Inventory):
+    (cni,) = [
+        r.inputs["values"]
+        for r in dev_plan.of_type("kubernetes:helm.sh/v3:Release")
+        if r.inputs["chart"] == "cni"
+    ]
+    assert _requests(cni["resources"]) == _requests(load("dev").mesh.cni_resources.model_dump())
