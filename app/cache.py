@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
+from app.config_errors import ConfigModel
 from app.signals import DIRECTION_DOWN, DIRECTION_UP, Signal
 from app.telemetry import Metrics, default_metrics
 
@@ -56,10 +57,8 @@ V = TypeVar("V")
 _NODE_PATTERN = r"^[A-Za-z0-9_.\-]+:\d{1,5}$"
 
 
-class RedisConfig(BaseModel):
+class RedisConfig(ConfigModel):
     """The L2 Redis Cluster (Memorystore in production)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     nodes: list[str] = Field(min_length=1)  # startup nodes, "host:port"
     tls: bool = False
@@ -90,10 +89,8 @@ class RedisConfig(BaseModel):
         return self
 
 
-class CacheConfig(BaseModel):
+class CacheConfig(ConfigModel):
     """The cache hierarchy. No ``redis`` section: L1 (and L3) only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     l1_max_entries: int = Field(default=100_000, ge=1, le=100_000_000)
     l1_ttl_s: float = Field(default=2.0, gt=0, le=86_400)
@@ -101,8 +98,7 @@ class CacheConfig(BaseModel):
     read_through_warehouse: bool = True
     # No read path (in-process store, L1, L2, L3) answers a signal computed longer ago than
     # this; None: no limit.
-    max_signal_age_s: float | None = Field(default=60.0, gt=0, le=30 * 86_400,
-                                           allow_inf_nan=False)  # fmt: skip
+    max_signal_age_s: float | None = Field(default=60.0, gt=0, le=30 * 86_400)
 
 
 def signal_key(symbol: int) -> str:

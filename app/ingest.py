@@ -55,11 +55,11 @@ log = structlog.get_logger("app.ingest")
 class IngestConfig(TickBounds):
     """Ingestion (section ``ingest``): tick bounds, idempotency and deadlines."""
 
-    dedupe_window_s: float = Field(default=600.0, ge=0, le=86_400, allow_inf_nan=False)
+    dedupe_window_s: float = Field(default=600.0, ge=0, le=86_400)
     dedupe_max_batches: int = Field(default=100_000, ge=0, le=100_000_000)
     dedupe_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # A call with less time than this left is refused before it is applied.
-    min_deadline_ms: float = Field(default=1.0, ge=0, le=60_000, allow_inf_nan=False)
+    min_deadline_ms: float = Field(default=1.0, ge=0, le=60_000)
 
 
 class BatchIdReused(ValueError):

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from app.config_errors import ConfigModel
 from app.features import FEATURES, FeatureEngine
 from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import model_inputs
@@ -55,21 +56,19 @@ REJECT_FUTURE_TIMESTAMP = 7
 MAX_BOUND = 1e100
 
 
-class TickBounds(BaseModel):
+class TickBounds(ConfigModel):
     """What a tick's values may be (section ``ingest``): finite and inside these bounds.
 
     A tick outside them is rejected with its reason (the batch's other ticks are applied);
     the defaults carry any real instrument with room to spare.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    price_min: float = Field(default=1e-9, gt=0, le=MAX_BOUND, allow_inf_nan=False)
-    price_max: float = Field(default=1e9, gt=0, le=MAX_BOUND, allow_inf_nan=False)
-    size_max: float = Field(default=1e12, gt=0, le=MAX_BOUND, allow_inf_nan=False)
+    price_min: float = Field(default=1e-9, gt=0, le=MAX_BOUND)
+    price_max: float = Field(default=1e9, gt=0, le=MAX_BOUND)
+    size_max: float = Field(default=1e12, gt=0, le=MAX_BOUND)
     # A tick stamped later than the server's clock plus this is refused (FUTURE_TIMESTAMP):
     # one bad stamp would otherwise make every later real tick of its symbol stale.
-    max_future_skew_s: float = Field(default=5.0, ge=0, le=86_400, allow_inf_nan=False)
+    max_future_skew_s: float = Field(default=5.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _ordered(self) -> TickBounds:

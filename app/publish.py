@@ -42,8 +42,9 @@ from typing import Any, BinaryIO, Literal, Protocol
 import lz4.block
 import structlog
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from app.config_errors import ConfigModel
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.publish")
@@ -59,10 +60,8 @@ HEADER = struct.Struct("<2sBBII")
 PUBSUB_MAX_MESSAGE_BYTES = 10_000_000
 
 
-class PublishConfig(BaseModel):
+class PublishConfig(ConfigModel):
     """Batching, compression, retry and the sink of both topics."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sink: Literal["local", "pubsub"] = "local"
     codec: Codec = "zstd"
@@ -81,7 +80,7 @@ class PublishConfig(BaseModel):
     # The local topic files and the dead-letter files rotate at this size or age, keeping
     # this many rotated files each.
     local_max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
-    local_max_file_age_s: float = Field(default=3600.0, gt=0, le=30 * 86_400, allow_inf_nan=False)
+    local_max_file_age_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
     local_max_files: int = Field(default=24, ge=1, le=100_000)
     project: str | None = None  # pubsub
     # Topic names as the infra declares them (infra/messaging.py): the schema topics take one

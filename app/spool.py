@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from app.config_errors import ConfigModel
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.spool")
@@ -62,10 +63,8 @@ LOCK = "lock"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 
-class SpoolConfig(BaseModel):
+class SpoolConfig(ConfigModel):
     """The spool (section ``spool``): where acknowledged batches are made durable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Off: an ack means "applied in memory" only and a crash loses what the sinks had not
     # yet written (the benchmark's baseline).
@@ -77,8 +76,8 @@ class SpoolConfig(BaseModel):
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=2**31)
     max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
     # Delivered segments are kept this long, so a retry after a restart still finds its ack.
-    retain_s: float = Field(default=600.0, ge=0, le=7 * 86_400, allow_inf_nan=False)
-    checkpoint_interval_s: float = Field(default=0.2, gt=0, le=60, allow_inf_nan=False)
+    retain_s: float = Field(default=600.0, ge=0, le=7 * 86_400)
+    checkpoint_interval_s: float = Field(default=0.2, gt=0, le=60)
 
 
 def state_dir() -> Path:

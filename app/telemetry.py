@@ -31,8 +31,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from structlog.typing import EventDict
+
+from app.config_errors import ConfigModel
 
 # 10 µs .. 2.5 s, three steps per decade: fine where the hot path lives, coarse for outliers.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -57,10 +59,8 @@ DEFAULT_LOG_SAMPLING: dict[str, int] = {
 }
 
 
-class TelemetryConfig(BaseModel):
+class TelemetryConfig(ConfigModel):
     """Where metrics are served, how logs are sampled, whether and where traces go."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9464, ge=0, le=65535)  # None: no HTTP endpoint

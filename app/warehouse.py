@@ -38,8 +38,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from app.config_errors import ConfigModel
 from app.schemas import DUCKDB_TYPES, Table, tables
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics, default_metrics
@@ -69,10 +70,8 @@ _NUMPY_KIND: dict[str, tuple[str, ...]] = {
 }
 
 
-class WarehouseConfig(BaseModel):
+class WarehouseConfig(ConfigModel):
     """Where rows go and how they are batched."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["duckdb", "bigquery"] = "duckdb"
     # The embedded warehouse file. None: a fresh temporary file per process run, removed at

@@ -386,3 +386,64 @@ def test_an_unreachable_cluster_at_startup_is_no_error() -> None:
         await cache.close()
 
     run(scenario())
+
+
+def test_redis_keeps_the_newest_tick_whatever_order_the_writes_come_in(
+    cluster: LocalRedisCluster,
+) -> None:
+    """A late write (a slow batch, another replica) never rolls a symbol back."""
+
+    async def scenario() -> None:
+        cache = TieredCache.from_config(cache_config(cluster), metrics=Metrics(CollectorRegistry()),
+                                        credential_provider=token_provider())  # fmt: skip
+        assert cache.l2 is not None
+        t = 1_700_000_000_000_000_000
+        newest = record(9, t + 400, DIRECTION_DOWN)  # 400 ns later than the next one
+        await cache.put(newest)
+        for older in (record(9, t), record(9, t + 399), record(9, t + 400, DIRECTION_UP)):
+            await cache.put(older)  # older or the same tick: refused by the server
+        assert decode_signal(await cache.l2.client.get("{9}:signal")) == newest
+        # Pipelined writes of many symbols, half of them stale, keep the newest per symbol.
+        await cache.put_many([record(s, t + 1_000) for s in range(100, 140)])
+        await cache.put_many([record(s, t + (2_000 if s % 2 else 500)) for s in range(100, 140)])
+        for s in range(100, 140):
+            got = decode_signal(await cache.l2.client.get(signal_key(s)))
+            assert got.ts_ns == (t + 2_000 if s % 2 else t + 1_000), s
+        await cache.close()
+
+    run(scenario())
+
+
+def test_no_level_answers_a_signal_older_than_the_maximum_age(
+    cluster: LocalRedisCluster, tmp_path: Path
+) -> None:
+    """L1, L2 and L3 each refuse a signal computed more than max_signal_age_s ago."""
+
+    async def scenario() -> None:
+        metrics = Metrics(CollectorRegistry())
+        warehouse = Warehouse(WarehouseConfig(batch_rows=10), DuckDBSink(tmp_path / "w.duckdb"),
+                              metrics)  # fmt: skip
+        now = [time.time_ns()]
+        config = CacheConfig(l1_ttl_s=60, max_signal_age_s=30, redis=cache_config(cluster).redis)
+        cache = TieredCache(config, l2=RedisL2(config.redis, metrics, token_provider()),  # type: ignore[arg-type]
+                            l3=warehouse, metrics=metrics, wall_clock_ns=lambda: now[0],
+                            clock=lambda: now[0] / 1e9)  # fmt: skip
+        tick = now[0] - 10**9
+        warehouse.append_signals([record(1, tick)], computed_at_ns=now[0] - 40 * 10**9)  # old
+        warehouse.append_signals([record(2, tick)], computed_at_ns=now[0] - 20 * 10**9)
+        await warehouse.flush(10)
+        assert await cache.get(1) is None  # L3 has it, computed 40 s ago: too old
+        assert await cache.get(2) == record(2, tick)  # 20 s: served, and filled upward
+        assert 0 < int(cluster.master_of(signal_key(2)).cli("PTTL", signal_key(2))) <= 10_000
+        now[0] += 11 * 10**9  # now 31 s old
+        assert await cache.get(2) is None  # not from L1 ...
+        cache.l1.clear()
+        assert await cache.get(2) is None  # ... nor L2 (its value says when), nor L3
+        await cache.put(record(3, tick))  # computed "now"
+        assert await cache.get(3) == record(3, tick)
+        now[0] += 31 * 10**9
+        assert await cache.get(3) is None
+        await cache.close()
+        await warehouse.close()
+
+    run(scenario())

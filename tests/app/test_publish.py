@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from app.publish import (
     CODEC_IDS,
     HEADER,
     Compressor,
+    FrameLog,
     LocalFileSink,
     PermanentPublishError,
     PublishBackpressure,
@@ -27,6 +29,8 @@ from app.publish import (
     build_sink,
     decode_batch,
     encode_batch,
+    log_files,
+    read_frames,
     read_local_topic,
 )
 from app.synthetic import synthetic_ticks
@@ -415,3 +419,107 @@ def test_the_default_local_sink_is_ephemeral() -> None:
     assert list(read_local_topic(sink.directory, "ticks")) == [("1", b"payload")]
     run(sink.close())
     assert not sink.directory.exists()  # an embedded run leaves nothing behind
+
+
+# --- bounded growth and replays -------------------------------------------------------------
+
+
+def test_idle_ordering_keys_are_forgotten_and_a_wake_touches_only_what_is_due() -> None:
+    """20k symbols published once each leave nothing behind; sealing and sending look
+    at the due batches and ready keys only, not at every key ever seen."""
+
+    async def scenario() -> None:
+        sink = RecordingSink()
+        pub = publisher(sink, max_messages=1000, max_latency_ms=10_000,
+                        buffer_max_messages=200_000)  # fmt: skip
+        pub.start()
+        for key in range(20_000):
+            pub.submit(str(key), b"x")
+        assert pub.tracked_keys == 20_000  # all open (waiting for the latency bound)
+        # A wake with nothing due: the scan stops at the first open batch that is not due.
+        assert pub._seal_due(pub._clock()) > 0 and pub.tracked_keys == 20_000
+        await pub.flush(30)
+        assert pub.tracked_keys == 0 and not pub._ready and not pub._backing_off
+        assert len(sink.batches) == 20_000
+        await pub.close()
+
+    run(scenario())
+
+
+def test_local_topic_and_dead_letter_files_rotate_by_size_and_age(tmp_path: Path) -> None:
+    clock = [0]
+    log = FrameLog(tmp_path, "ticks", max_bytes=2000, max_age_s=60, max_files=3,
+                   clock_ns=lambda: clock[0])  # fmt: skip
+    for i in range(60):
+        log.append(str(i % 4), {}, b"p" * 200)  # 10 frames a file: rotated by size
+    files = log.files()
+    assert len(files) == 4 and files[-1] == tmp_path / "ticks.sgb"  # 3 rotated + active
+    keys = [k for k, _ in read_local_topic(tmp_path, "ticks")]
+    assert len(keys) == 40 and keys == [str(i % 4) for i in range(20, 60)]  # the newest 40
+    clock[0] += 61 * 10**9  # the active file is now older than max_age_s
+    log.append("9", {}, b"late")
+    assert log.files()[-1].read_bytes().endswith(b"late") and len(log.files()) == 4
+    log.close()
+
+    async def dead_letters() -> None:
+        sink = RecordingSink()
+        sink.refuse_keys = {"BAD"}
+        pub = publisher(sink, dead_letter_dir=tmp_path / "dead", local_max_file_bytes=4096,
+                        local_max_files=2, max_messages=1)  # fmt: skip
+        pub.start()
+        for _ in range(60):
+            pub.submit("BAD", os.urandom(300))  # incompressible
+        await pub.flush(10)
+        await pub.close()
+
+    run(dead_letters())
+    dead = log_files(tmp_path / "dead", "deadletter-ticks")
+    assert 2 <= len(dead) <= 3  # bounded: at most 2 rotated files and the active one
+    assert sum(1 for _ in read_local_topic(tmp_path / "dead", "deadletter-ticks")) < 60
+
+
+def test_a_replayed_batch_is_skipped_where_the_local_sink_already_holds_it(tmp_path: Path) -> None:
+    """Frames name the batches they carry (seq attributes); a reopened sink knows, per key,
+    the last one it holds, so a replay after a crash publishes the rest only once."""
+
+    async def first_life() -> None:
+        pub = Publisher("signals", config(max_messages=2), LocalFileSink(tmp_path),
+                        Metrics(CollectorRegistry()))  # fmt: skip
+        delivered: list[tuple[int, int]] = []
+        pub.on_delivered = lambda seq, n: delivered.append((seq, n))
+        pub.start()
+        for seq in (1, 2, 3):
+            pub.submit_many("AAPL", [b"a%d" % seq], seq=seq)
+        pub.submit_many("MSFT", [b"m1"], seq=1)
+        await pub.close()
+        assert sorted(delivered) == [(1, 1), (1, 1), (2, 1), (3, 1)]
+
+    run(first_life())
+    # The file ends in a torn frame, as a kill mid-write leaves it.
+    with open(tmp_path / "signals.sgb", "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x04\x00")
+
+    async def after_restart() -> None:
+        sink = LocalFileSink(tmp_path)
+        assert (sink.delivered_seq("signals", "AAPL"), sink.delivered_seq("signals", "MSFT")) == (
+            3,
+            1,
+        )
+        assert sink.max_seq("signals") == 3
+        pub = Publisher("signals", config(), sink, Metrics(CollectorRegistry()))
+        pub.start()
+        assert not pub.submit_many("AAPL", [b"a3"], seq=3, replay=True)  # held: skipped
+        assert pub.submit_many("MSFT", [b"m2"], seq=2, replay=True)  # not held: published
+        assert pub.submit_many("AAPL", [b"a4"], seq=4, replay=True)
+        await pub.close()
+
+    run(after_restart())
+    frames = list(read_frames(tmp_path / "signals.sgb"))
+    per_key: dict[str, list[tuple[bytes, str]]] = {}
+    for key, attributes, payload in frames:
+        for record in decode_batch(payload)[1]:
+            per_key.setdefault(key, []).append((record, attributes["seq_last"]))
+    assert per_key == {
+        "AAPL": [(b"a1", "2"), (b"a2", "2"), (b"a3", "3"), (b"a4", "4")],
+        "MSFT": [(b"m1", "1"), (b"m2", "2")],
+    }  # each once, in order

@@ -138,7 +138,7 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
         rsi = await sink.query("SELECT rsi FROM features ORDER BY event_time LIMIT 2")
         assert rsi == [(None,), (1 / 3,)]  # NaN (before warm-up) is stored as NULL
         assert (await sink.query("SELECT * FROM signals")) == [
-            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1", None, None, None, None)]  # fmt: skip
+            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1", None, "", "", "")]  # fmt: skip
         await w.close()
 
     run(scenario())
@@ -223,6 +223,97 @@ def test_latest_signals_reads_the_newest_row_per_symbol(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_nanoseconds_survive_the_round_trip_through_the_warehouse(tmp_path: Path) -> None:
+    """Two ticks 400 ns apart share a microsecond of event_time; ts_ns keeps them apart and
+    in order, and the one-minute bars built from the warehouse's rows close on the later."""
+    from infra.warehouse import load_sql
+    from tests.infra.test_sql import to_duckdb
+
+    async def scenario() -> None:
+        sink = DuckDBSink(tmp_path / "w.duckdb")
+        w = Warehouse(WarehouseConfig(batch_rows=10, retention_days=None), sink,
+                      Metrics(CollectorRegistry()))  # fmt: skip
+        t = T0 + 123_456_000  # on a microsecond boundary
+        later, earlier = t + 700, t + 300
+        # Appended (and published) in arrival order: the later tick arrived first.
+        w.append_ticks(np.array([7, 7]), np.array([101.0, 100.0]), np.array([1.0, 1.0]),
+                       np.array([later, earlier]))  # fmt: skip
+        await w.flush(10)
+        rows = await sink.query("SELECT ts_ns, event_time, price FROM ticks ORDER BY ts_ns")
+        assert [r[0] for r in rows] == [earlier, later]  # exact, and ordered
+        assert rows[0][1] == rows[1][1]  # event_time cannot tell them apart
+        bars = to_duckdb(load_sql("bars_1m", "p", "d"))
+        assert await sink.query(f"SELECT open, close FROM ({bars})") == [(100.0, 101.0)]
+        await w.close()
+
+    run(scenario())
+
+
+def test_a_replayed_batch_lands_in_each_table_once(tmp_path: Path) -> None:
+    """Rows carry their batch's seq; DuckDB commits them with a ledger row per (table, seq),
+    so after a crash a replay skips the tables that already hold the batch."""
+    path = tmp_path / "w.duckdb"
+
+    async def first_life() -> list[tuple[str, list[int]]]:
+        written: list[tuple[str, list[int]]] = []
+        w = Warehouse(WarehouseConfig(batch_rows=1000, retention_days=None), DuckDBSink(path),
+                      Metrics(CollectorRegistry()))  # fmt: skip
+        w.on_written = lambda table, seqs: written.append((table, seqs))
+        w.append("ticks", tick_columns(5), seq=11)
+        w.append("ticks", tick_columns(5, start=5), seq=12)
+        w.append_signals([Signal(1, T0, DIRECTION_UP, 0.5, 0.75, "m/1")], seq=11)
+        await w.flush(10)
+        await w.close()
+        return written
+
+    written = run(first_life())
+    assert sorted(written) == [("signals", [11]), ("ticks", [11, 12])]
+
+    async def after_restart() -> None:
+        sink = DuckDBSink(path)
+        w = Warehouse(WarehouseConfig(batch_rows=1000, retention_days=None), sink,
+                      Metrics(CollectorRegistry()))  # fmt: skip
+        assert w.prepare_replay(after_seq=10) == 12
+        assert not w.append("ticks", tick_columns(5), seq=11, replay=True)  # held: skipped
+        assert w.append_signals([Signal(2, T0, DIRECTION_UP, 0.5, 0.75, "m/1")], seq=12,
+                                replay=True)  # fmt: skip
+        assert w.append("ticks", tick_columns(5, start=10), seq=13, replay=True)
+        await w.flush(10)
+        assert await sink.query("SELECT count(*), count(DISTINCT ts_ns) FROM ticks") == [(15, 15)]
+        assert await sink.query("SELECT count(*) FROM signals") == [(2,)]
+        w.forget_batches_through(13)  # every sink has them: the ledger may let go
+        deadline = time.monotonic() + 10
+        while await sink.query("SELECT count(*) FROM _spool_batches") != [(0,)]:
+            assert time.monotonic() < deadline, "the ledger kept rows no replay can ask for"
+            await asyncio.sleep(0.05)
+        await w.close()
+
+    run(after_restart())
+
+
+def test_the_embedded_warehouse_applies_the_retention(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sink = DuckDBSink(tmp_path / "w.duckdb")
+        w = Warehouse(WarehouseConfig(retention_days=2, flush_interval_s=0.05), sink,
+                      Metrics(CollectorRegistry()))  # fmt: skip
+        now = time.time_ns()
+        day = 86_400 * 10**9
+        stamps = np.array([now - 5 * day, now - 3 * day, now - day, now])
+        w.append_ticks(np.arange(4), np.full(4, 100.0), np.ones(4), stamps)
+        w.append_signals([Signal(1, int(t), DIRECTION_UP, 0.5, 0.75, "m/1") for t in stamps])
+        w.start()
+        deadline = time.monotonic() + 10
+        while (await sink.query("SELECT count(*) FROM ticks"))[0][0] != 2:
+            assert time.monotonic() < deadline, "old rows were not expired"
+            await asyncio.sleep(0.05)
+        assert await sink.query("SELECT ts_ns FROM ticks ORDER BY ts_ns") == [
+            (int(stamps[2]),), (int(stamps[3]),)]  # fmt: skip
+        assert await sink.query("SELECT count(*) FROM signals") == [(2,)]
+        await w.close()
+
+    run(scenario())
+
+
 # --- BigQuery behind the seam: only the google client is fake ------------------------------
 
 
@@ -293,6 +384,7 @@ def test_bigquery_appends_rows_in_the_declared_schema_to_the_default_stream() ->
         _, ticks = decode_rows(by_table["ticks"])
         assert len(ticks) == 7
         assert ticks[3].event_time == (T0 + 3000) // 1000  # TIMESTAMP as µs since the epoch
+        assert ticks[3].ts_ns == T0 + 3000  # and the nanoseconds beside it, exact
         assert (ticks[3].symbol, ticks[3].price, ticks[3].size) == (3, 100.03, 4.0)
         _, signals = decode_rows(by_table["signals"])
         assert (signals[0].symbol, signals[0].ts_ns, signals[0].direction) == (
@@ -361,7 +453,8 @@ def test_bigquery_history_reads_restrict_by_symbol_and_time_and_keep_the_newest(
         f"symbol IN (4, 5, 6) AND ts_ns >= {T0} AND IFNULL(computed_at_ns, ts_ns) >= {T0 - 10}"
     )
     assert list(session.read_options.selected_fields) == [
-        "symbol", "ts_ns", "direction", "strength", "confidence", "model_version", "computed_at_ns"]  # fmt: skip
+        "symbol", "ts_ns", "direction", "strength", "confidence", "model_version",
+        "model_variant", "model_sha256", "backend", "computed_at_ns"]  # fmt: skip
 
 
 def test_signals_go_to_the_warehouse_only_where_no_subscription_writes_them() -> None:
