@@ -290,3 +290,24 @@ def test_close_stops_the_process_it_started() -> None:
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     with pytest.raises(AnalyzerError, match="not running"):
         process.analyze(resource(TOPIC, {}))
+
+
+def test_analyze_stack_sends_each_resources_provider(pack: PolicyPackProcess) -> None:
+    """AnalyzeStack carries every resource's provider, as Analyze does: a Deployment with no
+    namespace of its own lands in its Kubernetes provider's default namespace."""
+    without_apply_order(pack)
+    provider_urn = urn("pulumi:providers:kubernetes", "trading-cluster")
+    provider = Resource(
+        "pulumi:providers:kubernetes", "trading-cluster", provider_urn, None, None,
+        {"namespace": "trading"},
+    )  # fmt: skip
+    deployment_type = "kubernetes:apps/v1:Deployment"
+    deployment = Resource(
+        deployment_type, "api", urn(deployment_type, "api"), None, f"{provider_urn}::id",
+        {"metadata": {"name": "api"}, "spec": {"template": {"spec": {"containers": []}}}},
+    )  # fmt: skip
+    found = pack.analyze_stack([provider, deployment])
+    messages = [v.message for v in found if v.policy == "stack-namespace-network-policy"]
+    assert messages == [
+        "namespace trading has no NetworkPolicy selecting all its pods (podSelector: {})"
+    ]
