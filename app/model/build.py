@@ -66,9 +66,10 @@ class BuildOptions(BaseModel):
     version: int = Field(default=1, ge=1)
     seed: int = 1
     train_symbols: int = Field(default=48, ge=1)
-    heldout_symbols: int = Field(
-        default=16, ge=1
-    )  # the evaluation set, and as many to calibrate on
+    # Held-out sets: evaluation (accuracy, agreement, ECE) and calibration (temperature and
+    # threshold); as broad as training, since symbols differ more than ticks of one symbol.
+    heldout_symbols: int = Field(default=48, ge=1)
+    calibration_symbols: int = Field(default=48, ge=1)
     ticks_per_symbol: int = Field(default=2500, ge=100)  # ~7 h of trading at the default rate
     features: FeatureParams = FeatureParams()
     venue: str = DEFAULT_VENUE  # the exchange calendar the training series trade on
@@ -99,7 +100,7 @@ def build_model(out: Path, options: BuildOptions | None = None, *, log=print) ->
     train = make_dataset(opts.train_symbols, opts.ticks_per_symbol, seed=opts.seed, **data)
     heldout = make_dataset(opts.heldout_symbols, opts.ticks_per_symbol, seed=opts.seed + 1000,
                            **data)  # fmt: skip
-    calibration_set = make_dataset(opts.heldout_symbols, opts.ticks_per_symbol,
+    calibration_set = make_dataset(opts.calibration_symbols, opts.ticks_per_symbol,
                                    seed=opts.seed + 2000, **data)  # fmt: skip
     raw = train_mlp(train, hidden=opts.hidden, epochs=opts.epochs, seed=opts.seed)
     temperature = fit_temperature(raw.logits(calibration_set.x), calibration_set.y)
