@@ -20,7 +20,7 @@ from app.config_errors import Problem, checked
 from infra.config.base import Model, StackContext, refuse
 from infra.config.catalog import Catalog, load_catalog
 from infra.config.images import ImageReference, image_problems
-from infra.config.resources import Resources
+from infra.config.resources import Resources, resource_gaps
 
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(cidr)
@@ -247,6 +247,7 @@ class ClusterSettings(Model):
                 [n.cidr for n in self.master_authorized_networks if n.public],
                 f"at most {PUBLIC_ADDRESSES_LIMIT:,} public addresses (a /16) in all",
             )
+        yield from resource_gaps(self.metrics_adapter_resources, "metricsAdapterResources")
         stack = StackContext.of(context)
         yield from image_problems(
             "metricsAdapterImage", self.metrics_adapter_image, stack.prod, stack.unpinned_images

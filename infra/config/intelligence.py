@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from infra.config.base import Model
-from infra.config.resources import Resources
+from infra.config.resources import Resources, missing_resources
 
 
 class PredictiveScalingSettings(Model):
@@ -63,8 +63,7 @@ class IntelligenceSettings(Model):
     @field_validator("resources")
     @classmethod
     def _sized(cls, value: Resources) -> Resources:
-        missing = [f"requests.{r}" for r in ("cpu", "memory") if r not in value.requests]
-        missing += [] if "memory" in value.limits else ["limits.memory"]
+        missing = [f"{kind}.{name}" for kind, name in missing_resources(value)]
         if missing:
             raise ValueError(f"resources need {', '.join(missing)}")
         return value

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from app.config_errors import Problem
 from infra.config.base import DURATION_PATTERN, Model
-from infra.config.resources import Resources
+from infra.config.resources import Resources, resource_gaps
 
 # Istio minor → the Kubernetes minors it supports (istio.io/latest/docs/releases/supported-releases).
 ISTIO_KUBERNETES: Mapping[str, tuple[str, ...]] = {
@@ -88,7 +88,8 @@ class MeshSettings(Model):
     # the most; every deployed region, summing to 100. Empty: equal shares.
     region_weights: dict[str, int] = Field(default_factory=dict)
     # What the mesh's own pods ask of the system pool (capacity.py sums them): istiod, the
-    # ingress gateway, every injected sidecar, the istio-cni node agent (the chart's default).
+    # ingress gateway, every injected sidecar, the istio-cni node agent (the chart's default
+    # requests, with a memory limit).
     istiod_resources: Resources = Resources(
         requests={"cpu": "500m", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}
     )
@@ -98,7 +99,9 @@ class MeshSettings(Model):
     proxy_resources: Resources = Resources(
         requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "1", "memory": "512Mi"}
     )
-    cni_resources: Resources = Resources(requests={"cpu": "100m", "memory": "100Mi"}, limits={})
+    cni_resources: Resources = Resources(
+        requests={"cpu": "100m", "memory": "100Mi"}, limits={"memory": "256Mi"}
+    )
 
     @field_validator("region_weights")
     @classmethod
@@ -123,6 +126,14 @@ class MeshSettings(Model):
                 self.istio_version,
                 ", ".join(f"{m}.x" for m in ISTIO_KUBERNETES),
             )
+        pods = {
+            "istiodResources": self.istiod_resources,
+            "gatewayResources": self.gateway_resources,
+            "proxyResources": self.proxy_resources,
+            "cniResources": self.cni_resources,
+        }
+        for key, resources in pods.items():
+            yield from resource_gaps(resources, key)
 
     def region_weight_rules(self, regions: tuple[str, ...]) -> Iterator[Problem]:
         """Weights name exactly the regions the stack deploys."""

@@ -47,6 +47,9 @@ RESOURCE_NAME_RE = re.compile(
     r"|[a-z0-9]([a-z0-9.-]*[a-z0-9])?/[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)$"
 )
 GIB = Decimal(2) ** 30
+# What every pod the program runs must say: the scheduler places it by its requests, the
+# kubelet kills it by its memory limit (and the policy pack requires both).
+REQUIRED_RESOURCES = (("requests", ("cpu", "memory")), ("limits", ("memory",)))
 
 
 def parse_quantity(text: str) -> Decimal:
@@ -124,3 +127,25 @@ def _quantity_problems(values: Mapping[str, str]) -> Iterator[Problem]:
             yield Problem(name, "a negative quantity", text, ">= 0")
         elif "/" in name and quantity != quantity.to_integral_value():
             yield Problem(name, "extended resources are whole units", text, "an integer")
+
+
+def missing_resources(resources: Resources) -> list[tuple[str, str]]:
+    """(kind, name) of each REQUIRED_RESOURCES entry ``resources`` leaves out."""
+    return [
+        (kind, name)
+        for kind, names in REQUIRED_RESOURCES
+        for name in names
+        if name not in getattr(resources, kind)
+    ]
+
+
+def resource_gaps(resources: Resources, path: str) -> Iterator[Problem]:
+    """A problem per required request or limit ``resources`` (at ``path``) leaves out."""
+    for kind, name in missing_resources(resources):
+        needed = dict(REQUIRED_RESOURCES)[kind]
+        yield Problem(
+            f"{path}.{kind}",
+            f"{kind} lack {name}",
+            dict(getattr(resources, kind)),
+            f"{', '.join(needed)} set",
+        )

@@ -10,11 +10,8 @@ from pydantic import Field
 from app.config_errors import Problem
 from infra.config.base import Model, StackContext
 from infra.config.images import ImageReference, image_problems
-from infra.config.resources import Resources
+from infra.config.resources import Resources, resource_gaps
 
-# What every workload's resources must say: the scheduler places by requests, the kubelet
-# kills by the memory limit.
-REQUIRED_RESOURCES = (("requests", ("cpu", "memory")), ("limits", ("memory",)))
 # GKE's Cloud Storage FUSE sidecar, injected into pods that mount the models bucket, sized by
 # annotations; only limits are annotated, so its requests equal them
 # (cloud.google.com/kubernetes-engine/docs/how-to/cloud-storage-fuse-csi-driver-sidecar).
@@ -38,16 +35,7 @@ class Workload(Model):
             yield Problem(
                 "replicas", "replicas exceed maxReplicas", self.replicas, f"<= {self.max_replicas}"
             )
-        for kind, needed in REQUIRED_RESOURCES:
-            present = getattr(self.resources, kind)
-            for resource in needed:
-                if resource not in present:
-                    yield Problem(
-                        f"resources.{kind}",
-                        f"{kind} lack {resource}",
-                        dict(present),
-                        f"{', '.join(needed)} set",
-                    )
+        yield from resource_gaps(self.resources, "resources")
         stack = StackContext.of(context)
         yield from image_problems("image", self.image, stack.prod, stack.unpinned_images)
         if stack.prod and self.max_replicas < 10 * self.replicas:

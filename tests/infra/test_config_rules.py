@@ -344,3 +344,11 @@ def test_average_nodes_stay_within_the_pools_size():
     one_line(lines, "signal-platform:cost.averageNodes.l4-spot:", "most nodes (2)", "<= 2")
     one_line(lines, "signal-platform:cost.averageNodes.system:", "most nodes (6)", "<= 6")
     assert load("dev", cost={"averageNodes": {"l4-spot": 2, "system": 6}}).cost
+
+
+def test_every_pod_the_program_sizes_sets_its_requests_and_memory_limit():
+    lines = refused("dev", mesh={"cniResources": {"requests": {"cpu": "100m"}, "limits": {}}})
+    one_line(lines, "signal-platform:mesh.cniResources.requests:", "requests lack memory")
+    one_line(lines, "signal-platform:mesh.cniResources.limits:", "limits lack memory")
+    adapter = {"metricsAdapterResources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {}}}
+    one_line(refused("dev", cluster=adapter), "cluster.metricsAdapterResources.limits:")
