@@ -270,7 +270,10 @@ def test_a_calibrated_models_reported_error_is_reproducible_from_its_files(
     raw /= raw.sum(axis=1, keepdims=True)
     assert expected_calibration_error(raw, heldout.y) == pytest.approx(cal["ece_before"], abs=2e-4)
     # The temperature is the NLL minimiser on the calibration set (fitted there, not here).
-    calibration = make_dataset(8, 1500, seed=1 + 2000)
+    opts = model.manifest["training"]
+    calibration = make_dataset(opts["calibration_symbols"], opts["ticks_per_symbol"],
+                               seed=opts["seed"] + 2000)  # fmt: skip
+    assert len(calibration) == cal["fitted_on"]["samples"]
     z = np.log(run_onnx(model.path("fp32"), calibration.x).astype(np.float64)) * t
 
     def nll(temperature: float) -> float:
