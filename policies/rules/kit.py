@@ -7,7 +7,8 @@ domain module declares `RULES = Rules("<domain>")` and registers every rule with
 right above its body (`@RULES.resource(id, level=..., description=..., source=..., types=...)`),
 so the rule's id, level, source and type filter sit next to the code that enforces them.
 Python packs have no type filter, so `resource_policy` checks `args.resource_type` before the
-rule runs. Config defaults come from the rule's schema, so a rule behaves the same whether or
+rule runs; a Helm release of a chart rules/helm_charts.py models is also judged through each
+object its values render, as if declared (messages say which). Config defaults come from the rule's schema, so a rule behaves the same whether or
 not the engine sends the reconciled config. A rule that raises does not take the other rules
 down with it: the failure is reported as a violation of that rule, at its level (fail closed).
 """
