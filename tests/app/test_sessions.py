@@ -24,6 +24,10 @@ def sessions() -> SessionTable:
     return SessionTable.for_symbols(2, "XNYS", {LSE: "XLON"})
 
 
+def assert_session(sessions: SessionTable, symbol: int, at: str, opens: str, closes: str) -> None:
+    assert sessions.session_at(symbol, utc(at)) == (utc(opens), utc(closes))
+
+
 def _vwaps(
     engine: FeatureEngine, symbol: int, ticks: list[tuple[str, float, float]]
 ) -> list[float]:
@@ -41,12 +45,8 @@ def test_nyse_sessions_open_at_930_new_york_time_across_the_dst_change(
     sessions: SessionTable,
 ) -> None:
     # US clocks went forward on Sunday 2024-03-10: the open moved from 14:30 to 13:30 UTC.
-    assert sessions.session_at(NYSE, utc("2024-03-08 15:00")) == (
-        utc("2024-03-08 14:30"), utc("2024-03-08 21:00")
-    )  # fmt: skip
-    assert sessions.session_at(NYSE, utc("2024-03-11 13:45")) == (
-        utc("2024-03-11 13:30"), utc("2024-03-11 20:00")
-    )  # fmt: skip
+    assert_session(sessions, NYSE, "2024-03-08 15:00", "2024-03-08 14:30", "2024-03-08 21:00")
+    assert_session(sessions, NYSE, "2024-03-11 13:45", "2024-03-11 13:30", "2024-03-11 20:00")
     engine = FeatureEngine(2, sessions=sessions)
     vwap = _vwaps(
         engine,
@@ -68,12 +68,8 @@ def test_nyse_sessions_open_at_930_new_york_time_across_the_dst_change(
 def test_each_symbol_follows_its_own_venue(sessions: SessionTable) -> None:
     # 2024-03-11: New York already on summer time, London not yet (it changes on 03-31).
     assert sessions.venue_of(LSE) == "XLON" and sessions.venue_of(NYSE) == "XNYS"
-    assert sessions.session_at(LSE, utc("2024-03-11 09:00")) == (
-        utc("2024-03-11 08:00"), utc("2024-03-11 16:30")
-    )  # fmt: skip
-    assert sessions.session_at(LSE, utc("2024-04-02 07:30")) == (
-        utc("2024-04-02 07:00"), utc("2024-04-02 15:30")
-    )  # fmt: skip
+    assert_session(sessions, LSE, "2024-03-11 09:00", "2024-03-11 08:00", "2024-03-11 16:30")
+    assert_session(sessions, LSE, "2024-04-02 07:30", "2024-04-02 07:00", "2024-04-02 15:30")
     engine = FeatureEngine(2, sessions=sessions)
     both = engine.update(
         np.array([LSE, NYSE, LSE, NYSE, LSE], np.int32),
