@@ -141,3 +141,21 @@ def test_unknown_venue_names_the_value_and_the_closest_calendar() -> None:
         check_venue("XLONN")
     with pytest.raises(ValueError, match="symbol_venues: symbol 5 is not a symbol id"):
         SessionTable.for_symbols(3, "XNYS", {5: "XLON"})
+
+
+def test_holidays_and_early_closes_come_from_the_calendar(sessions: SessionTable) -> None:
+    # Thanksgiving 2023-11-23: no session; Friday 11-24 closes early, at 13:00 New York.
+    assert_session(sessions, NYSE, "2023-11-23 16:00", "2023-11-22 14:30", "2023-11-22 21:00")
+    assert_session(sessions, NYSE, "2023-11-24 17:00", "2023-11-24 14:30", "2023-11-24 18:00")
+    engine = FeatureEngine(2, sessions=sessions)
+    vwap = _vwaps(
+        engine,
+        NYSE,
+        [
+            ("2023-11-22 15:00", 10.0, 1.0),
+            ("2023-11-23 16:00", 50.0, 9.0),  # the holiday: outside any session
+            ("2023-11-24 17:00", 20.0, 1.0),  # Friday's short session
+            ("2023-11-24 18:30", 90.0, 9.0),  # after its early close
+        ],
+    )
+    assert vwap == [10.0, 10.0, 20.0, 20.0]
