@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import golden
 from tools.engine import plan
 from tools.inventory import Inventory
 
@@ -17,14 +18,26 @@ def repo() -> Path:
     return REPO
 
 
+# Each stack's plan, and the files it opened (tests/tools/test_golden.py compares both).
+_PLANS: dict[str, tuple[Inventory, set[str]]] = {}
+
+
+def recorded_plan(stack: str) -> tuple[Inventory, set[str]]:
+    if stack not in _PLANS:
+        with golden.recording() as opened:
+            inventory = plan(REPO, stack)
+        _PLANS[stack] = (inventory, set(opened))
+    return _PLANS[stack]
+
+
 @pytest.fixture(scope="session")
 def dev_plan() -> Inventory:
-    return plan(REPO, "dev")
+    return recorded_plan("dev")[0]
 
 
 @pytest.fixture(scope="session")
 def prod_plan() -> Inventory:
-    return plan(REPO, "prod")
+    return recorded_plan("prod")[0]
 
 
 @pytest.fixture(scope="session", params=["dev", "prod"])

@@ -12,19 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tools.analyzer import (
-    POLICY_PACK_DIR,
-    Analysis,
-    AnalyzerError,
-    PolicyPackProcess,
-    load_policy_config,
-)
-from tools.cost import stack_budget_config
 from tools.engine import parse_overrides, read_project, read_stack_config
-from tools.inventory import Inventory
 from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
+
+if TYPE_CHECKING:  # the analyzer (gRPC, jsonschema) loads only when a check runs
+    from tools.analyzer import Analysis
+    from tools.inventory import Inventory
 
 LEVEL_ORDER = ("mandatory", "remediate", "advisory", "disabled")
 
@@ -40,9 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy-pack",
         type=Path,
-        default=POLICY_PACK_DIR,
         metavar="DIR",
-        help="the policy pack directory (default: policies/)",
+        help="the policy pack directory (default: this repository's policies/)",
     )
     parser.add_argument(
         "--json",
@@ -64,10 +58,13 @@ def check_inventory(
     inventory: Inventory,
     policy_config: dict[str, Any] | None = None,
     *,
-    pack_dir: Path = POLICY_PACK_DIR,
+    pack_dir: Path | None = None,
     stack_config: dict[str, str] | None = None,
 ) -> Analysis:
     """Run the pack over a planned stack, as a preview does."""
+    from tools.analyzer import POLICY_PACK_DIR, PolicyPackProcess
+
+    pack_dir = pack_dir or POLICY_PACK_DIR
     with PolicyPackProcess(
         pack_dir, project=inventory.project, stack=inventory.stack, stack_config=stack_config
     ) as pack:
@@ -122,6 +119,10 @@ def render_report(analysis: Analysis, inventory: Inventory, pack_name: str = "po
 
 
 def _check(args: argparse.Namespace) -> int:
+    from tools.analyzer import POLICY_PACK_DIR, load_policy_config
+    from tools.cost import stack_budget_config
+
+    args.policy_pack = args.policy_pack or POLICY_PACK_DIR
     # Read the policy config first: a typo there should not cost a whole plan.
     policy_config = load_policy_config(args.policy_config) if args.policy_config else {}
     project = read_project(args.program)
@@ -143,6 +144,8 @@ def _check(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     def guarded(arguments: argparse.Namespace) -> int:
+        from tools.analyzer import AnalyzerError
+
         try:
             return _check(arguments)
         except AnalyzerError as exc:  # the pack failed to start, or the policy config is bad

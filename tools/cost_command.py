@@ -6,15 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tools.cost import (
-    Estimate,
-    PricingError,
-    budget_policy_config,
-    estimate,
-    usage_from_stack,
-)
 from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
+
+if TYPE_CHECKING:  # pricing (and the config model it reads) loads only when cost runs
+    from tools.cost import Estimate
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,12 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def estimate_from_args(args: argparse.Namespace) -> Estimate:
     """Plan the stack the arguments name and price it with its own cost config."""
+    from tools.cost import estimate, usage_from_stack
+
     inventory = plan_from_args(args)
     stack_usage = usage_from_stack(args.program, args.stack, args.config)
     return estimate(inventory, stack_usage.usage, stack_usage.budget_usd)
 
 
 def _cost(args: argparse.Namespace) -> int:
+    from tools.cost import PricingError, budget_policy_config
+
     try:
         result = estimate_from_args(args)
     except (PricingError, ValueError) as exc:

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from tools.diff import DiffError, Options, diff_stacks, render_markdown, render_text
-
 DEFAULT_STACKS = ("dev", "prod")
 
 
@@ -42,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when every head plans (a base that fails to plan is reported, not fatal), 1 when a
     head does not, 2 for a bad ref, program or argument."""
+    # The diff machinery (git, the analyzer, pricing) loads only when a diff runs.
+    from tools.diff import DiffError, Options, diff_stacks, render_markdown, render_text
+
     stacks = args.stacks or list(DEFAULT_STACKS)
     options = Options(policy=not args.no_policy, cost=not args.no_cost)
     try:

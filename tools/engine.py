@@ -265,10 +265,17 @@ def missing_module(exc: ModuleNotFoundError, project: Project, where: str = "") 
     return f"the program imports {name!r}{at}, which is not installed in {python}: {hint}"
 
 
-def plan_here(project: Project, stack: str, config: StackConfig) -> Inventory:
-    """Run the program in this process, as a preview, and record what it declares."""
+def plan_here(
+    project: Project, stack: str, config: StackConfig, *, sdk_defaults: bool = False
+) -> Inventory:
+    """Run the program in this process, as a preview, and record what it declares.
+
+    `sdk_defaults` runs it the way the SDK's own mock harness does (a thread-pool hop per
+    call to the monitor, the default garbage-collector thresholds): the same inventory,
+    slower; the speed bench and the equivalence test compare against it."""
     monitor = RecordingMonitor(project.name, stack, config)
-    with _program_context(project), _collector_paused():
+    paused = contextlib.nullcontext() if sdk_defaults else _collector_paused()
+    with _program_context(project), paused:
         settings.configure(
             sdk_mocks.MockSettings(
                 monitor=monitor,
@@ -284,9 +291,10 @@ def plan_here(project: Project, stack: str, config: StackConfig) -> Inventory:
         settings.set_root_resource(None)  # type: ignore[arg-type]
         set_all_config(dict(config.values), list(config.secret_keys))
         loop = asyncio.new_event_loop()
-        # The mock monitor answers at once: call it inline rather than through a thread per
-        # registration (no thread hops, and no event loops left behind in worker threads).
-        loop.run_in_executor = _inline_executor(loop)  # type: ignore[method-assign]
+        if not sdk_defaults:
+            # The monitor answers at once: call it inline rather than through a thread per
+            # registration (no thread hops, no event loops left behind in worker threads).
+            loop.run_in_executor = _inline_executor(loop)  # type: ignore[method-assign]
         try:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(run_in_stack(lambda: _run_main(project.main)))

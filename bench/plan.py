@@ -1,0 +1,144 @@
+"""Offline-engine benchmark: how long `tools plan` takes on the repository's prod and dev stacks.
+
+For each stack, medians of repeated fresh processes, each planning twice:
+  * a plan as `python -m tools plan --stack S` makes it, wall clock from the interpreter's
+    start to the end of the first plan and its input check (the headline);
+  * its parts: import time (the engine's modules, and the SDK modules the program pulls in
+    during its first plan) and the program's run (the second plan, everything imported);
+  * the baseline, measured in the same run: the same plan made the SDK's default way (a
+    thread-pool hop per call to the mock monitor and the default garbage-collector
+    thresholds, as the engine ran before issue 13's speed work).
+Target (issue 13): prod under 5 s on an idle 2-core machine, goal 3 s. The last line is the
+headline.
+
+    .venv/bin/python bench/plan.py [--quick] [--stacks prod dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_S, GOAL_S = 5.0, 3.0
+
+# A fresh process: import the engine, plan once (imports the SDK modules the program uses)
+# and check its inputs, as `tools plan` does; say so; plan again (all imported: the program's
+# run alone) and report each part.
+CHILD = """
+import json, sys, time
+started = time.perf_counter()
+from pathlib import Path
+from tools.engine import plan_here, read_project, stack_config
+from tools.input_check import check_inputs
+imported = time.perf_counter()
+repo, stack, sdk_defaults = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+project = read_project(repo)
+config = stack_config(project, stack)
+first_start = time.perf_counter()
+inventory = plan_here(project, stack, config, sdk_defaults=sdk_defaults)
+check_inputs(inventory)
+first = time.perf_counter() - first_start
+print("planned", flush=True)
+second_start = time.perf_counter()
+plan_here(project, stack, config, sdk_defaults=sdk_defaults)
+second = time.perf_counter() - second_start
+print(json.dumps({
+    "engine_import_s": imported - started,
+    "sdk_import_s": max(first - second, 0.0),
+    "run_s": second,
+    "resources": len(inventory.resources),
+}))
+"""
+
+
+def measure(stack: str, sdk_defaults: bool) -> dict[str, float]:
+    """One fresh process: its wall clock to the first plan's end, and the parts it reports."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(REPO), stack, "1" if sdk_defaults else "0"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    first_line = child.stdout.readline()
+    one_plan = time.perf_counter() - started
+    rest = child.stdout.read()
+    if child.wait(timeout=600) != 0 or first_line.strip() != "planned":
+        raise SystemExit(f"planning {stack} failed; run `python -m tools plan --stack {stack}`")
+    result = json.loads(rest.strip().splitlines()[-1])
+    result["one_plan_s"] = one_plan
+    return result
+
+
+def median(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="How long `tools plan` takes on prod and dev.")
+    parser.add_argument("--quick", action="store_true", help="3 runs of each (default 5)")
+    parser.add_argument("--stacks", nargs="+", default=["prod", "dev"])
+    args = parser.parse_args()
+    runs = 3 if args.quick else 5
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.2f} at start; {runs} runs each")
+    summary: dict[str, dict[str, float]] = {}
+    for stack in args.stacks:
+        fast, slow = [], []
+        for _ in range(runs):  # interleaved, so load drifts hit both sides alike
+            fast.append(measure(stack, sdk_defaults=False))
+            slow.append(measure(stack, sdk_defaults=True))
+        row = {
+            "plan": median(fast, "one_plan_s"),
+            "engine_import": median(fast, "engine_import_s"),
+            "sdk_import": median(fast, "sdk_import_s"),
+            "run": median(fast, "run_s"),
+            "baseline_plan": median(slow, "one_plan_s"),
+            "baseline_run": median(slow, "run_s"),
+            "resources": fast[0]["resources"],
+        }
+        summary[stack] = row
+        each = ", ".join(f"{r['one_plan_s']:.2f}" for r in fast)
+        print(
+            f"{stack}: {row['resources']:.0f} resources; plan {row['plan']:.2f} s from a cold"
+            f" start (median of {runs}: {each})"
+        )
+        print(
+            f"  imports {row['engine_import'] + row['sdk_import']:.2f} s (engine"
+            f" {row['engine_import']:.2f} s, SDK modules the program loads"
+            f" {row['sdk_import']:.2f} s); the program's run {row['run']:.2f} s"
+        )
+        print(
+            f"  baseline, the SDK's default way: plan {row['baseline_plan']:.2f} s"
+            f" ({row['baseline_plan'] / row['plan']:.2f}x), run {row['baseline_run']:.2f} s"
+            f" ({row['baseline_run'] / row['run']:.2f}x)"
+        )
+    load_end = os.getloadavg()[0]
+    print(
+        f"load average {load_end:.2f} at the end ({'idle' if max(load, load_end) < 0.5 else 'not idle'})"
+    )
+    name = "prod" if "prod" in summary else next(iter(summary))
+    head = summary[name]
+    verdict = "meets" if head["plan"] < TARGET_S else "misses"
+    others = "".join(f"; {s} {r['plan']:.2f} s" for s, r in summary.items() if s != name)
+    print(
+        f"plan: {name} {head['plan']:.2f} s median of {runs} (imports"
+        f" {head['engine_import'] + head['sdk_import']:.2f} s, run {head['run']:.2f} s),"
+        f" {head['baseline_plan'] / head['plan']:.2f}x faster than the SDK's default path"
+        f"{others}; {verdict} the {TARGET_S:.0f} s target (goal {GOAL_S:.0f} s),"
+        f" load average {max(load, load_end):.1f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
