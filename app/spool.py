@@ -333,7 +333,9 @@ class Spool:
             nbytes = sum(len(p.frame) for p in group)
             started = time.perf_counter()
             try:
-                await loop.run_in_executor(self._executor, self._write_group, group)
+                fd = self._write_group(group)  # into the page cache: no thread hop needed
+                if self.config.fsync:  # the one blocking call, off the event loop
+                    await loop.run_in_executor(self._executor, os.fdatasync, fd)
             except OSError as exc:
                 self._fail(exc, group)
                 continue
@@ -365,8 +367,9 @@ class Spool:
     def failed(self) -> SpoolFailed | None:
         return self._failed
 
-    def _write_group(self, group: list[_Pending]) -> None:
-        """On the spool thread: write the frames (rolling segments), then one fsync."""
+    def _write_group(self, group: list[_Pending]) -> int:
+        """Write the group's frames (rolling to a new segment when the current one is full);
+        returns the file descriptor to fsync."""
         data = b"".join(p.frame for p in group)
         if self._fd is None or (
             self._segments[-1].size
@@ -378,12 +381,11 @@ class Spool:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        if self.config.fsync:
-            os.fdatasync(self._fd)
         segment = self._segments[-1]
         segment.size += len(data)
         segment.last_seq = group[-1].seq
         segment.written_at = self._clock()
+        return self._fd
 
     def _roll(self, first_seq: int) -> None:
         if self._fd is not None:

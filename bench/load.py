@@ -164,12 +164,21 @@ class ServiceProcess:
         self.port = 0
 
     def start(self, timeout_s: float = 120) -> ServiceProcess:
+        return self.launch().wait_ready(timeout_s)
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting (several can start side by side)."""
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--config", str(self.config_path)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> ServiceProcess:
+        """Wait until it listens (its port read from its output)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             m = re.search(rb"listening on [\d.]+:(\d+)", self.log_path.read_bytes())
@@ -198,13 +207,18 @@ class ServiceProcess:
 
 def service_yaml(model_root: Path, publish_dir: Path, *, kserve: str | None = None,
                  model_name: str = "", model_version: str = "",
-                 redis_nodes: list[str] | None = None, password: str = "") -> str:  # fmt: skip
+                 redis_nodes: list[str] | None = None, password: str = "",
+                 spool: str = "", metrics_port: int | None = None) -> str:  # fmt: skip
+    """The service's config: its spool next to ``publish_dir`` (``spool``: more settings of
+    that section), metrics on ``metrics_port`` if given."""
+    metrics = "null" if metrics_port is None else str(metrics_port)
     lines = [
         f"features: {{n_symbols: {N_SYMBOLS}}}",
         f"model: {{dir: '{model_root}', build_if_missing: false}}",
         "server: {port: 0, grace_s: 5}",
         f"publish: {{local_dir: '{publish_dir}'}}",
-        "telemetry: {metrics_port: null, log_level: warning}",
+        f"spool: {{dir: '{publish_dir}-spool'{', ' + spool if spool else ''}}}",
+        f"telemetry: {{metrics_port: {metrics}, log_level: warning}}",
     ]
     if kserve:
         lines.append(
