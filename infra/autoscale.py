@@ -40,7 +40,7 @@ from infra.kube import (
     pod_monitoring,
     pull_policy,
 )
-from infra.mesh import baseline_policies
+from infra.mesh import baseline_policies, default_deny
 
 NAMESPACE = "signal-intelligence"
 SERVICE_ACCOUNT = "signal-intelligence"
@@ -200,14 +200,7 @@ class Intelligence(pulumi.ComponentResource):
                 f"{name}-monitor-{app}", app, NAMESPACE, labels, "30s", in_namespace
             )
         # Mesh: nothing calls these services; deny every request to them.
-        self.default_deny = k8s.apiextensions.CustomResource(
-            f"{name}-deny",
-            api_version="security.istio.io/v1",
-            kind="AuthorizationPolicy",
-            metadata={"name": "default-deny", "namespace": NAMESPACE, "labels": meta},
-            spec={},
-            opts=in_namespace,
-        )
+        self.default_deny = default_deny(f"{name}-deny", NAMESPACE, meta, in_namespace)
         policies: dict[str, dict[str, Any]] = {
             # DNS, istiod, the metadata server (tokens) and Google APIs (Cloud Monitoring).
             **baseline_policies(tracing_collector),

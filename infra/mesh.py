@@ -125,6 +125,21 @@ def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def default_deny(
+    resource: str, namespace: str, labels: Mapping[str, str], opts: pulumi.ResourceOptions
+) -> k8s.apiextensions.CustomResource:
+    """The namespace's default-deny AuthorizationPolicy: an ALLOW policy with no rules matches
+    nothing, so every request no other ALLOW policy matches is denied."""
+    return k8s.apiextensions.CustomResource(
+        resource,
+        api_version="security.istio.io/v1",
+        kind="AuthorizationPolicy",
+        metadata={"name": "default-deny", "namespace": namespace, "labels": dict(labels)},
+        spec={},
+        opts=opts,
+    )
+
+
 class Mesh(pulumi.ComponentResource):
     """Istio on one cluster, the workload namespace, and the mesh policy of its services."""
 
@@ -285,14 +300,8 @@ class Mesh(pulumi.ComponentResource):
         # ---- authorization: nothing is allowed unless a policy below allows it
         self.authorization: dict[str, k8s.apiextensions.CustomResource] = {}
         for namespace in WORKLOAD_NAMESPACES:
-            self.authorization[f"{namespace}/default-deny"] = k8s.apiextensions.CustomResource(
-                f"{name}-deny-{namespace}",
-                api_version="security.istio.io/v1",
-                kind="AuthorizationPolicy",
-                # An ALLOW policy with no rules matches nothing: every request is denied.
-                metadata={"name": "default-deny", "namespace": namespace, "labels": meta},
-                spec={},
-                opts=istio_ready,
+            self.authorization[f"{namespace}/default-deny"] = default_deny(
+                f"{name}-deny-{namespace}", namespace, meta, istio_ready
             )
         for service in services:
             self.authorization[f"{WORKLOAD_NAMESPACE}/{service.name}"] = (

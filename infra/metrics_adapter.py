@@ -25,7 +25,7 @@ from infra.kube import (
     role_ref,
     tcp,
 )
-from infra.mesh import baseline_policies
+from infra.mesh import baseline_policies, default_deny
 
 METRICS_ADAPTER = "custom-metrics-stackdriver-adapter"
 METRICS_NAMESPACE = "custom-metrics"
@@ -235,14 +235,7 @@ class MetricsAdapter(pulumi.ComponentResource):
             },
             meta,
         )
-        self.default_deny = k8s.apiextensions.CustomResource(
-            f"{name}-deny",
-            api_version="security.istio.io/v1",
-            kind="AuthorizationPolicy",
-            metadata={"name": "default-deny", "namespace": METRICS_NAMESPACE, "labels": meta},
-            spec={},
-            opts=in_namespace,
-        )
+        self.default_deny = default_deny(f"{name}-deny", METRICS_NAMESPACE, meta, in_namespace)
         policies: dict[str, dict[str, Any]] = {
             **baseline_policies(tracing_collector),
             "api-server": {

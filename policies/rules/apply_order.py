@@ -135,6 +135,23 @@ def short(urn: str) -> str:
     return urn.rsplit("::", 1)[-1]
 
 
+def must_wait(
+    graph: Graph,
+    r: StackResource,
+    needed: list[StackResource],
+    what: str,
+    missing: str | None,
+) -> Iterator[Finding]:
+    """`r` needs one of `needed` to exist before it: a finding when the stack has none
+    (`missing`; None: nothing to say) or when `r` waits for none of them."""
+    if not needed:
+        if missing is not None:
+            yield (r.urn, missing)
+    elif not graph.waits(r, needed):
+        names = ", ".join(short(n.urn) for n in needed)
+        yield (r.urn, f"{what} without waiting for {names}: add it to depends_on")
+
+
 def service_of(r: StackResource) -> Any:
     return get(r.props, "service")
 
@@ -209,27 +226,25 @@ def service_agent_exists(
             agent = agent_of(member)
             if agent is None:
                 continue
-            makers = agent_makers(graph, agent)
-            if not makers:
-                if agent.exists == "identity":
-                    yield (
-                        r.urn,
-                        f"grants to {member}, the {agent.service} agent, which is created lazily, "
-                        f"and the stack declares no ServiceIdentity for {agent.service}",
-                    )
-                elif manages_apis:
-                    yield (
-                        r.urn,
-                        f"grants to {member}, the {agent.service} agent, but the stack does not "
-                        f"enable {agent.service}, which makes it",
-                    )
-            elif not graph.waits(r, makers):
-                names = ", ".join(short(m.urn) for m in makers)
-                yield (
-                    r.urn,
-                    f"grants to {member} without waiting for {names}, which makes the "
-                    f"{agent.service} agent exist: add it to depends_on",
+            if agent.exists == "identity":
+                missing: str | None = (
+                    f"grants to {member}, the {agent.service} agent, which is created lazily, "
+                    f"and the stack declares no ServiceIdentity for {agent.service}"
                 )
+            elif manages_apis:
+                missing = (
+                    f"grants to {member}, the {agent.service} agent, but the stack does not "
+                    f"enable {agent.service}, which makes it"
+                )
+            else:
+                missing = None  # enabled outside the stack
+            yield from must_wait(
+                graph,
+                r,
+                agent_makers(graph, agent),
+                f"grants to {member}, the {agent.service} agent,",
+                missing,
+            )
 
 
 # ------------------------------------------------------------------------------ CMEK grants
@@ -281,6 +296,10 @@ class Keys:
                 found.add(self.urn_of[item])
         return found
 
+    def declared(self, key: set[str]) -> bool:
+        """Whether the stack declares the key (a key from elsewhere has its grants there too)."""
+        return any(item in self.path_of or item in self.urn_of for item in key)
+
     def _is_key(self, urn: str) -> bool:
         resource = self.graph.by_urn.get(urn)
         return resource is not None and resource.type == CRYPTO_KEY
@@ -317,7 +336,7 @@ def _member_from(r: StackResource, makers: list[StackResource]) -> bool:
 @RULES.stack(
     "apply-cmek-grant",
     level=MANDATORY,
-    description="A resource that names a CMEK key waits for the grant of "
+    description="A resource that names a CMEK key the stack declares waits for the grant of "
     "roles/cloudkms.cryptoKeyEncrypterDecrypter on that key to its own service's agent.",
     source=TABLES["cmek"]["source"],
 )
@@ -329,24 +348,19 @@ def cmek_grant(resources: list[StackResource], config: Mapping[str, Any]) -> Ite
             field = use.path.split(".")[0].removesuffix("[]")
             for value in values_at(r.props, use.path):
                 key = keys.named(r, field, value)
-                if not key:
-                    continue  # an unknown key it cannot trace: nothing to tell yet
+                if not keys.declared(key):
+                    continue  # untraceable yet, or a key (and its grants) from elsewhere
                 shown = value if isinstance(value, str) else next(iter(sorted(key)))
-                grants = encrypter_grants(graph, keys, use.agent, key)
-                if not grants:
-                    yield (
-                        r.urn,
-                        f"{use.path} names key {short(shown)}, but the stack grants {ENCRYPTER} "
-                        f"on it to no {use.agent.domain} agent ({use.agent.service}): creating "
-                        "it fails",
-                    )
-                elif not graph.waits(r, grants):
-                    yield (
-                        r.urn,
-                        f"{use.path} names key {short(shown)} without waiting for "
-                        f"{', '.join(short(g.urn) for g in grants)}, the grant that lets the "
-                        f"{use.agent.service} agent use it: add it to depends_on",
-                    )
+                yield from must_wait(
+                    graph,
+                    r,
+                    encrypter_grants(graph, keys, use.agent, key),
+                    f"{use.path} names key {short(shown)}, which the {use.agent.service} agent "
+                    "uses,",
+                    f"{use.path} names key {short(shown)}, but the stack grants {ENCRYPTER} "
+                    f"on it to no {use.agent.domain} agent ({use.agent.service}): creating "
+                    "it fails",
+                )
 
 
 # ------------------------------------------------------------------------------ APIs
@@ -399,15 +413,13 @@ def api_enabled(resources: list[StackResource], config: Mapping[str, Any]) -> It
             unknown.append(service)
     for r in resources:
         for api in sorted(apis_needed(r)):
-            enabling = by_api.get(api, []) + unknown
-            if not enabling:
-                yield (r.urn, f"{r.type} needs {api}, which the stack does not enable")
-            elif not graph.waits(r, enabling):
-                yield (
-                    r.urn,
-                    f"{r.type} needs {api} but does not wait for its enablement "
-                    f"({', '.join(short(s.urn) for s in enabling)}): add it to depends_on",
-                )
+            yield from must_wait(
+                graph,
+                r,
+                by_api.get(api, []) + unknown,
+                f"{r.type} needs {api}",
+                f"{r.type} needs {api}, which the stack does not enable",
+            )
 
 
 # ------------------------------------------------------------------------------ Workload Identity
@@ -445,17 +457,13 @@ def workload_identity_pool(
                 for c in clusters
                 if get(c.props, "workloadIdentityConfig", "workloadPool") in (pool, UNKNOWN)
             ]
-            if not creators:
-                yield (
-                    r.urn,
-                    f"grants to a principal of {pool}, which no cluster of the stack creates",
-                )
-            elif not graph.waits(r, creators):
-                yield (
-                    r.urn,
-                    f"grants to a principal of {pool} before the pool exists: wait for a cluster "
-                    f"that creates it ({', '.join(short(c.urn) for c in creators)})",
-                )
+            yield from must_wait(
+                graph,
+                r,
+                creators,
+                f"grants to a principal of {pool}, a pool its first cluster creates,",
+                f"grants to a principal of {pool}, which no cluster of the stack creates",
+            )
 
 
 # ------------------------------------------------------------------------------ images
@@ -763,17 +771,13 @@ def redis_psc_policy(
                 and _same_network(get(p.props, "network"), network)
             ]
             shown = "its network" if is_unknown(network) else str(network).rsplit("/", 1)[-1]
-            if not matching:
-                yield (
-                    cluster.urn,
-                    f"no service connection policy for {REDIS_SERVICE_CLASS} on {shown} in {region}",
-                )
-            elif not graph.waits(cluster, matching):
-                yield (
-                    cluster.urn,
-                    f"does not wait for the service connection policy on {shown} "
-                    f"({', '.join(short(p.urn) for p in matching)}): add it to depends_on",
-                )
+            yield from must_wait(
+                graph,
+                cluster,
+                matching,
+                f"reaches {shown} through a service connection policy",
+                f"no service connection policy for {REDIS_SERVICE_CLASS} on {shown} in {region}",
+            )
 
 
 # ------------------------------------------------------------------------------ budget
@@ -782,16 +786,17 @@ def redis_psc_policy(
 @RULES.stack(
     "apply-billing-budget",
     level=ADVISORY,
-    description="A stack of Google Cloud resources declares a Cloud Billing budget (it needs a "
-    "real billing account; without one the stack plans without a budget).",
+    description="A stack that runs a project (it enables the project's APIs) declares a Cloud "
+    "Billing budget (it needs a real billing account; without one the stack plans without a "
+    "budget).",
     source="Cloud Billing docs, 'Create, edit, or delete budgets and budget alerts'.",
 )
 def billing_budget(resources: list[StackResource], config: Mapping[str, Any]) -> Iterator[Finding]:
-    if any(r.type.startswith("gcp:") for r in resources) and not any(
-        r.type == BUDGET for r in resources
-    ):
+    runs_a_project = any(r.type == SERVICE for r in resources)
+    if runs_a_project and not any(r.type == BUDGET for r in resources):
         yield (
             None,
-            "the stack declares no billing budget (gcp:billing/budget:Budget): nobody is told when its "
-            "spend runs away; set a billing account for it",
+            "the stack enables its project's APIs but declares no billing budget "
+            "(gcp:billing/budget:Budget): nobody is told when its spend runs away; set a "
+            "billing account for it",
         )

@@ -334,6 +334,11 @@ STACK_CASES = [
     case("apply-cmek-grant", "no-grant-at-all", golden(**{"grant-bucket": None}), 1),
     case(
         "apply-cmek-grant",
+        "key-from-another-stack",
+        golden(**{"grant-bucket": None, "key-bucket": None}),
+    ),
+    case(
+        "apply-cmek-grant",
         "redis-does-not-wait",
         golden(redis=resource(REDIS, REDIS_INPUTS, "cache", dependencies=REDIS_DEPENDENCIES[1:])),
         1,
@@ -386,7 +391,7 @@ STACK_CASES = [
         "does-not-wait",
         golden(firewall=resource(FIREWALL, FIREWALL_INPUTS, "allow-control-plane")),
         1,
-        message="needs compute.googleapis.com but does not wait",
+        message="needs compute.googleapis.com without waiting for api-compute",
     ),
     case(
         "apply-api-enabled",
@@ -400,7 +405,7 @@ STACK_CASES = [
         golden(**{"grant-redis": grant("redis", agent("cloud-redis"))}),
         1,
         urns=(GRANTS["redis"].urn,),
-        message="without waiting for redis-agent",
+        message="agent, without waiting for redis-agent",
     ),
     case(
         "apply-service-agent-exists",
@@ -439,7 +444,7 @@ STACK_CASES = [
         golden(**{"wi-binding": without(WI_BINDING, CLUSTER_URN)}),
         1,
         urns=(WI_BINDING.urn,),
-        message="before the pool exists",
+        message="without waiting for cluster",
     ),
     case(
         "apply-workload-identity-pool",
@@ -655,7 +660,7 @@ STACK_CASES = [
             )
         ),
         1,
-        message="does not wait for the service connection policy",
+        message="without waiting for psc",
     ),
     case(
         "apply-redis-psc-policy",
@@ -670,6 +675,11 @@ STACK_CASES = [
         1,
         urns=(None,),
         message="declares no billing budget",
+    ),
+    case(
+        "apply-billing-budget",
+        "stack-that-runs-no-project",
+        tuple(r for r in golden(budget=None) if r.type != SERVICE),
     ),
 ]
 
@@ -687,7 +697,7 @@ def with_image(image: str) -> dict[str, Any]:
     return mutate(DEPLOYMENT_INPUTS, {"spec.template.spec.containers.0.image": image})
 
 
-RESOURCE_CASES: list[Case] = [
+CASES: list[Case] = [
     ok("apply-image-registry", "kubernetes:apps/v1:Deployment", DEPLOYMENT_INPUTS, strict=False),
     ok(
         "apply-image-registry",
@@ -769,7 +779,7 @@ RESOURCE_CASES: list[Case] = [
 ]
 
 
-@pytest.mark.parametrize("case", RESOURCE_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_apply_order_resource_rule(pack: PolicyPackProcess, case: Case) -> None:
     assert_case(pack, case, LEVELS)
 
