@@ -1,6 +1,6 @@
 """Signals: model probabilities → direction, strength, confidence; the latest per symbol.
 
-The direction follows the model's own rule (``app.model.calibration.directions``: the
+The direction follows the model's own rule (``app.model.calibration.decide``: the
 strength ``P(up) - P(down)`` against the direction threshold in the model's manifest);
 the confidence is the (calibrated) probability of that direction. Every signal names the
 model that computed it: ``name/version``, the variant (fp32, int8, int4), the SHA-256 of
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from app.model.calibration import directions
+from app.model.calibration import decide
 
 if TYPE_CHECKING:
     from app.inference import Inference
@@ -99,13 +99,13 @@ def signals_from_probabilities(
 ) -> SignalColumns:
     """Direction by the model's rule (the most probable class without a threshold);
     strength = P(up) - P(down); confidence = the probability of the direction."""
-    cls = directions(probabilities, direction_threshold)
+    cls, strength, confidence = decide(probabilities, direction_threshold)
     return SignalColumns(
         symbol=np.asarray(symbol, dtype=np.int32),
         ts_ns=np.asarray(ts_ns, dtype=np.int64),
         direction=_CLASS_TO_DIRECTION[cls],
-        strength=(probabilities[:, 2] - probabilities[:, 0]).astype(np.float32),
-        confidence=probabilities[np.arange(probabilities.shape[0]), cls].astype(np.float32),
+        strength=strength,
+        confidence=confidence,
         model_version=model_version,
         model_variant=model_variant,
         model_sha256=model_sha256,

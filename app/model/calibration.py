@@ -11,7 +11,10 @@ the threshold is fitted on the same held-out data and recorded in the manifest.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from numba import njit
 
 ECE_BINS = 15
 
@@ -46,13 +49,47 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _decide(probabilities, threshold, cls, strength, confidence):
+    """The rule, row by row: one pass, no temporaries (a signal's hot path is one row)."""
+    for i in range(probabilities.shape[0]):
+        down, flat, up = probabilities[i, 0], probabilities[i, 1], probabilities[i, 2]
+        st = up - down
+        if math.isnan(threshold):  # no threshold: the most probable class (first on ties)
+            c = 0
+            if flat > down:
+                c = 1
+            if up > probabilities[i, c]:
+                c = 2
+        elif st > threshold:
+            c = 2
+        elif st < -threshold:
+            c = 0
+        else:
+            c = 1
+        cls[i] = c
+        strength[i] = st
+        confidence[i] = probabilities[i, c]
+
+
+def decide(
+    probabilities: np.ndarray, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(class int64, strength float32, confidence float32)`` per row: the strength rule at
+    ``threshold``, or the most probable class when the model has no threshold (built before
+    it was recorded); the confidence is the probability of the chosen class."""
+    n = probabilities.shape[0]
+    cls = np.empty(n, np.int64)
+    strength = np.empty(n, np.float32)
+    confidence = np.empty(n, np.float32)
+    rule = math.nan if threshold is None else float(threshold)
+    _decide(np.ascontiguousarray(probabilities), rule, cls, strength, confidence)
+    return cls, strength, confidence
+
+
 def directions(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class index (0 down, 1 flat, 2 up) per row: the strength rule at ``threshold``, or the
-    most probable class when the model has no threshold (built before it was recorded)."""
-    if threshold is None:
-        return probabilities.argmax(axis=1)
-    strength = probabilities[:, 2] - probabilities[:, 0]
-    return np.where(strength > threshold, 2, np.where(strength < -threshold, 0, 1))
+    """Class index (0 down, 1 flat, 2 up) per row under the model's rule (see ``decide``)."""
+    return decide(probabilities, threshold)[0]
 
 
 def fit_direction_threshold(probabilities: np.ndarray, y: np.ndarray) -> float:
