@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.engine import parse_overrides, read_project, read_stack_config
+from tools.engine import parse_overrides, read_project, stack_config
 from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
 
 if TYPE_CHECKING:  # the analyzer (gRPC, jsonschema) loads only when a check runs
@@ -126,13 +126,13 @@ def _check(args: argparse.Namespace) -> int:
     # Read the policy config first: a typo there should not cost a whole plan.
     policy_config = load_policy_config(args.policy_config) if args.policy_config else {}
     project = read_project(args.program)
-    stack_config = read_stack_config(project.root / f"Pulumi.{args.stack}.yaml", project.name)
-    stack_config.update(parse_overrides(args.config, project.name))
+    # The stack's config as the pack's process gets it (PULUMI_CONFIG), overrides applied.
+    config = stack_config(project, args.stack, parse_overrides(args.config, project.name)).values
     inventory = plan_from_args(args)
     # The stack-level budget rule reads the cost estimate; an explicit config entry wins.
     policy_config = {**stack_budget_config(inventory, args.program, args.config), **policy_config}
     analysis = check_inventory(
-        inventory, policy_config, pack_dir=args.policy_pack, stack_config=stack_config
+        inventory, policy_config, pack_dir=args.policy_pack, stack_config=config
     )
     print(render_report(analysis, inventory, str(args.policy_pack)))
     if args.json:

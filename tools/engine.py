@@ -139,9 +139,10 @@ class StackConfig:
 def read_stack_config(path: Path, project: str) -> dict[str, str]:
     """`config:` of `Pulumi.<stack>.yaml` as the language host passes it to the program:
     `namespace:key` → string, objects and lists JSON-encoded, bare keys in the project's
-    namespace. A missing file, invalid YAML, the wrong shape or an encrypted value (which
-    needs the Pulumi CLI to decrypt) is a PlanError naming it."""
-    return _stack_config(path, project, {}).values
+    namespace. A missing file, invalid YAML or the wrong shape is a PlanError naming it.
+    Encrypted values (which need the Pulumi CLI to decrypt) are left out: a plan refuses
+    them unless overridden (`stack_config`), readers of other keys need not."""
+    return _stack_config(path, project, {}, refuse_encrypted=False).values
 
 
 def stack_config(
@@ -152,7 +153,9 @@ def stack_config(
     return _stack_config(project.root / f"Pulumi.{stack}.yaml", project.name, overrides or {})
 
 
-def _stack_config(path: Path, project: str, overrides: Mapping[str, str]) -> StackConfig:
+def _stack_config(
+    path: Path, project: str, overrides: Mapping[str, str], *, refuse_encrypted: bool = True
+) -> StackConfig:
     try:
         stack_file.stack_file(path.parent, path.name.removeprefix("Pulumi.").removesuffix(".yaml"))
         raw = stack_file.read_stack_config(path, project)
@@ -162,7 +165,7 @@ def _stack_config(path: Path, project: str, overrides: Mapping[str, str]) -> Sta
     secret_keys: list[str] = []
     for key, value in raw.items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            if key not in overrides:
+            if key not in overrides and refuse_encrypted:
                 raise PlanError(
                     f"{path.name}: {key} is an encrypted secret; pass it with --config {key}=VALUE"
                 )

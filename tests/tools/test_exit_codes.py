@@ -163,6 +163,19 @@ def test_an_encrypted_value_needs_an_override(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert '"token": "[secret]"' in out.read_text() and "s3cr3t" not in out.read_text()
+    for command in ("check", "cost"):
+        result = run_tools(
+            command,
+            "--stack",
+            "dev",
+            "--program",
+            str(root),
+            "--config",
+            "broken:token=s3cr3t",
+            timeout=120,
+        )
+        assert result.returncode == 0, (command, result.stderr)
+        assert "s3cr3t" not in result.stdout + result.stderr
 
 
 def test_bad_arguments_exit_2(tmp_path: Path):
