@@ -102,7 +102,8 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 90) -> ServiceProcess:
+    def start(self, timeout_s: float = 90, credentials: Any = None) -> ServiceProcess:
+        """Launch and wait until SERVING (over TLS with ``credentials``)."""
         from app.serving.launch import REPO_ROOT
 
         with open(self.log, "ab") as out:
@@ -112,15 +113,17 @@ class ServiceProcess:
                 cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        self.wait_serving(timeout_s)
+        self.wait_serving(timeout_s, credentials)
         return self
 
-    def wait_serving(self, timeout_s: float = 90) -> None:
+    def wait_serving(self, timeout_s: float = 90, credentials: Any = None) -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (grpc.insecure_channel(self.target) if credentials is None
+                   else grpc.secure_channel(self.target, credentials))  # fmt: skip
+        with channel:
             stub: Any = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 assert self.proc is not None and self.proc.poll() is None, self.output()

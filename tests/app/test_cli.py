@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,9 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.config import ConfigError, load_config
 from app.model.build import ModelArtifacts
-from app.replay import replay
+from app.replay import ClientTls, replay
 from app.serving.launch import REPO_ROOT, free_port
-from tests.app.conftest import run
+from tests.app.conftest import ServiceProcess, run
 
 
 def _wait_serving(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -114,3 +115,147 @@ def test_serve_cli_reports_config_errors(capsys: pytest.CaptureFixture) -> None:
         "server.port: Input should be less than or equal to 65535 (got 99999)"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("ingest:\n  price_min: 10\n  price_max: 5\n", "price_min = 10, price_max = 5: price_min must be below price_max"),
+        ("ingest:\n  size_max: .nan\n", "ingest.size_max: Input should be a finite number"),
+        ("ingest:\n  max_future_skew_s: -1\n", "ingest.max_future_skew_s: Input should be greater than or equal to 0"),
+        ("ingest:\n  price_max: 1.0e+200\n", "(got 1e+200); allowed: <= 1e+100"),
+        ("spool:\n  segment_bytes: 10\n", "spool.segment_bytes: Input should be greater than or equal to 4096"),
+        ("spool:\n  retain_s: .inf\n", "spool.retain_s: Input should be a finite number"),
+        ("cache:\n  max_signal_age_s: 0\n", "cache.max_signal_age_s: Input should be greater than 0"),
+        ("server:\n  tls: {cert_file: /no/such.pem, key_file: /no/such.key}\n", "server.tls.cert_file: Path does not point to a file"),
+        ("publish:\n  local_max_files: 0\n", "publish.local_max_files: Input should be greater than or equal to 1"),
+    ],
+)  # fmt: skip
+def test_ingestion_and_durability_settings_are_checked(
+    tmp_path: Path, yaml_text: str, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expected in str(err.value), str(err.value)
+
+
+def test_a_spool_directory_in_use_is_one_line_and_exit_2(
+    model: ModelArtifacts, tmp_path: Path
+) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        f"spool: {{dir: '{tmp_path / 'spool'}'}}\ntelemetry: {{metrics_port: null}}\n"
+    )
+    first = ServiceProcess(tmp_path, {"spool": {"dir": str(tmp_path / "spool")},
+                                      "telemetry": {"metrics_port": None}}, model).start()  # fmt: skip
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "app", "serve", "--config", str(config), "--port",
+             str(free_port()), "--model-dir", str(model.root)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        assert first.stop() == 0
+    assert second.returncode == 2, second.stderr
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "in use by another process" in errors[0]
+    assert "Traceback" not in second.stderr
+
+
+def test_the_default_spool_is_found_again_after_kill_9(
+    model: ModelArtifacts, tmp_path: Path, state_dir: Path
+) -> None:
+    """Nothing configured: the spool lives at a fixed path under the state directory, so a
+    restart of the same service (same port) replays it and knows its acknowledged batches."""
+    from app.server import pb2, pb2_grpc
+
+    server = ServiceProcess(tmp_path, {"telemetry": {"metrics_port": None}}, model).start()
+    spool = state_dir / "signal-platform" / "spool" / f"port-{server.port}"
+    batch = pb2.TickBatch(symbol=[1, 2], price=[10.0, 20.0], size=[1.0, 1.0],
+                          ts_ns=[time.time_ns() - 10**9] * 2, producer="cli", batch_id=7)  # fmt: skip
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            ack = pb2_grpc.SignalServiceStub(channel).IngestTicks(batch)
+        assert ack.accepted == 2 and any(spool.glob("spool-*.log"))
+        server.kill()
+        server.start()
+        with grpc.insecure_channel(server.target) as channel:
+            again = pb2_grpc.SignalServiceStub(channel).IngestTicks(batch)
+        assert again.SerializeToString() == ack.SerializeToString()  # recognised: the spool's
+    finally:
+        server.close()
+
+
+def _certificates(root: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+
+    def issue(name: str, key: Any, issuer: tuple[Any, Any] | None, **ext: Any) -> Any:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer[0].subject if issuer else subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1)))  # fmt: skip
+        if ext.get("ca"):
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        if ext.get("ip"):
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ext["ip"]))]),
+                False,
+            )
+        return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+    files: dict[str, Path] = {}
+
+    def save(name: str, cert: Any, key: Any) -> None:
+        files[f"{name}.pem"] = root / f"{name}.pem"
+        files[f"{name}.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{name}.key"] = root / f"{name}.key"
+        files[f"{name}.key"].write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))  # fmt: skip
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("test CA", ca_key, None, ca=True)
+    save("ca", ca, ca_key)
+    for name, ip in (("server", "127.0.0.1"), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        save(name, issue(name, key, (ca, ca_key), ip=ip), key)
+    return files
+
+
+def test_tls_and_mutual_tls_outside_the_mesh(model: ModelArtifacts, tmp_path: Path) -> None:
+    pem = _certificates(tmp_path)
+    tls = {"cert_file": str(pem["server.pem"]), "key_file": str(pem["server.key"]),
+           "client_ca_file": str(pem["ca.pem"])}  # fmt: skip
+    server = ServiceProcess(tmp_path, {"server": {"tls": tls}, "telemetry": {"metrics_port": None},
+                                       "spool": {"dir": str(tmp_path / "spool")}}, model)  # fmt: skip
+    client = ClientTls(pem["ca.pem"], pem["client.pem"], pem["client.key"])
+    try:
+        server.start(credentials=client.credentials())
+        health = [sys.executable, "-m", "app.healthcheck", "--target", server.target,
+                  "--tls-ca", str(pem["ca.pem"]), "--tls-cert", str(pem["client.pem"]),
+                  "--tls-key", str(pem["client.key"])]  # fmt: skip
+        assert subprocess.run(health, cwd=REPO_ROOT).returncode == 0
+        assert "(TLS)" in server.output()
+        report = run(replay(server.target, rate=500, seconds=0.4, batch_size=50, n_symbols=10,
+                            tls=client))  # fmt: skip
+        assert report.accepted == report.ticks == 200
+        plain = subprocess.run(health[:5], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert plain.returncode == 1  # plaintext is refused ...
+        no_cert = subprocess.run(health[:7], cwd=REPO_ROOT, capture_output=True, text=True)
+        assert no_cert.returncode == 1  # ... and so is TLS without a client certificate
+        assert "unhealthy" in no_cert.stderr
+    finally:
+        assert server.stop() == 0
