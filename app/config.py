@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     FilePath,
     ValidationError,
@@ -22,7 +21,7 @@ from pydantic import (
 
 from app.cache import CacheConfig
 from app.config_errors import ConfigError as FileConfigError
-from app.config_errors import Problem, format_problems, problems_from, read_config_file
+from app.config_errors import ConfigModel, Problem, format_problems, problems_from, read_config_file
 from app.features import FeatureParams
 from app.ingest import IngestConfig
 from app.model import DEFAULT_MODEL_DIR
@@ -33,8 +32,8 @@ from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(ConfigModel):
+    """A section of the service's configuration: unknown keys and non-finite numbers refused."""
 
 
 class FeatureConfig(FeatureParams):
