@@ -145,8 +145,8 @@ class SignalPipeline:
         self._seq = 0
         self._closing = False
         n = engine.n_symbols
-        # Per symbol: ticks applied since start, and whether its last tick's row was warm.
-        self._applied = np.zeros(n, dtype=np.int64)
+        # Per symbol: whether it had a tick since start, and whether its last tick's row was warm.
+        self._seen = np.zeros(n, dtype=np.bool_)
         self._warm = np.zeros(n, dtype=np.bool_)
         # When the stored signal was computed (ns), kept beside LatestSignals' own seq rule.
         self._stored_seq = np.zeros(n, dtype=np.int64)
@@ -255,13 +255,13 @@ class SignalPipeline:
 
     def _track_warm_up(self, symbol: np.ndarray, ok: np.ndarray, warm: np.ndarray) -> None:
         last = last_warm_row_per_symbol(symbol, ok)  # each symbol's last applied tick decides
-        self._applied[symbol[last]] += 1
+        self._seen[symbol[last]] = True
         self._warm[symbol[last]] = warm[last]
 
     def warming_up(self, symbol: int) -> bool:
         """Whether ``symbol`` has ticks since this process started but no warm features yet
         (GetSignal then answers NOT_FOUND rather than an older signal)."""
-        return bool(self._applied[symbol]) and not bool(self._warm[symbol])
+        return bool(self._seen[symbol]) and not bool(self._warm[symbol])
 
     # --- finish ------------------------------------------------------------------------------
 
