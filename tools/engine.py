@@ -302,6 +302,7 @@ def plan_here(
             asyncio.set_event_loop(loop)
             loop.run_until_complete(run_in_stack(lambda: _run_main(project.main)))
         except Exception as exc:
+            _abandon(loop)
             raise program_error(exc, project) from None
         finally:
             with contextlib.suppress(Exception):
@@ -313,6 +314,18 @@ def plan_here(
     return Inventory(
         stack=stack, project=project.name, resources=resources, outputs=monitor.outputs
     )
+
+
+def _abandon(loop: asyncio.AbstractEventLoop) -> None:
+    """After the program failed: cancel what it left running and let it unwind, so no
+    "Task was destroyed but it is pending" or "exception was never retrieved" noise follows
+    the one error line (the failure itself is reported from the exception)."""
+    loop.set_exception_handler(lambda _loop, _context: None)
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
 def _run_main(main: Path) -> None:

@@ -35,6 +35,7 @@ def assert_clean(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert "Exception ignored" not in stderr, stderr
     assert "BaseEventLoop" not in stderr, stderr
+    assert "Task was destroyed" not in stderr and "never retrieved" not in stderr, stderr
 
 
 RAISES_IN_A_HELPER = """
@@ -238,5 +239,29 @@ def test_a_failure_outside_the_programs_code_names_its_entry_point(tmp_path: Pat
     assert errors(result.stderr) == [
         "error: __main__.py (raised outside the program's own code): ValueError:"
         " invalid literal for int() with base 10: 't'"
+    ]
+    assert_clean(result.stderr)
+
+
+def test_a_failure_with_registrations_in_flight_leaves_no_asyncio_noise(tmp_path: Path):
+    # Thirty registrations wait on a resource whose input fails: the failure is one line, and
+    # nothing the program left running reports itself at exit.
+    root = program(
+        tmp_path,
+        """
+        import pulumi
+        import pulumi_gcp as gcp
+
+        project = gcp.organizations.get_project_output()
+        bad = gcp.pubsub.Topic("bad", name=project.no_such_attribute)
+        for i in range(30):
+            gcp.pubsub.Topic(f"t{i}", name=f"t{i}", opts=pulumi.ResourceOptions(depends_on=[bad]))
+        """,
+    )
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1:] == [
+        "error: __main__.py (raised outside the program's own code): AttributeError:"
+        " 'GetProjectResult' object has no attribute 'no_such_attribute'"
     ]
     assert_clean(result.stderr)
