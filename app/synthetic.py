@@ -63,8 +63,12 @@ class MarketParams:
     halt_jump_sd: float = 3e-3  # log-price jump when trading resumes
     # Each symbol starts at a uniformly random point of the session in progress at (or next
     # after) the start time, so a set of series covers every phase of a session (the VWAP
-    # gap grows with the time since the open) rather than the same few hours.
-    random_start_phase: bool = True
+    # gap grows with the time since the open) rather than the same few hours. Training
+    # samples so (TRAINING_MARKET); a replayed stream starts every symbol together.
+    random_start_phase: bool = False
+
+
+TRAINING_MARKET = MarketParams(random_start_phase=True)
 
 
 @njit(cache=True, nogil=True)

@@ -50,7 +50,7 @@ from app.model.quantization import INT4_BLOCK_SIZE, fake_quant_4bit, quantize_in
 from app.model.train import MLP, accuracy, distill_quantized, make_dataset, train_mlp
 from app.model.triton import InstanceGroup, TritonModelConfig, write_model_repository
 from app.sessions import DEFAULT_VENUE, check_venue
-from app.synthetic import MarketParams
+from app.synthetic import TRAINING_MARKET, MarketParams
 
 DRIFT_BINS = 10  # training deciles of each model input: the reference of the drift statistic
 MIN_INT4_REDUCTION = 0.75
@@ -73,7 +73,7 @@ class BuildOptions(BaseModel):
     ticks_per_symbol: int = Field(default=2500, ge=100)  # ~7 h of trading at the default rate
     features: FeatureParams = FeatureParams()
     venue: str = DEFAULT_VENUE  # the exchange calendar the training series trade on
-    market: MarketParams = MarketParams()
+    market: MarketParams = TRAINING_MARKET
     hidden: tuple[int, ...] = (256, 256)
     epochs: int = Field(default=6, ge=1)
     qat_epochs: int = Field(default=3, ge=1)

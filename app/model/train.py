@@ -22,7 +22,7 @@ import numpy as np
 from app.features import FeatureEngine, FeatureParams
 from app.model.contract import N_CLASSES, N_INPUTS, model_inputs
 from app.sessions import DEFAULT_VENUE, SessionTable
-from app.synthetic import MarketParams, synthetic_market
+from app.synthetic import TRAINING_MARKET, MarketParams, synthetic_market
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,11 @@ def make_dataset(
     market: MarketParams | None = None,
     venue: str = DEFAULT_VENUE,
 ) -> Dataset:
-    """Features of synthetic ticks (through the real FeatureEngine) with forward-return labels."""
+    """Features of synthetic ticks (through the real FeatureEngine) with forward-return labels;
+    the ticks follow ``market`` (default ``TRAINING_MARKET``: random start phases)."""
     sessions = SessionTable.for_symbols(n_symbols, venue)
-    synthetic = synthetic_market(n_symbols, ticks_per_symbol, seed=seed, params=market,
-                                 sessions=sessions)  # fmt: skip
+    synthetic = synthetic_market(n_symbols, ticks_per_symbol, seed=seed,
+                                 params=market or TRAINING_MARKET, sessions=sessions)  # fmt: skip
     ticks, log_price = synthetic.ticks, synthetic.log_price
     engine = FeatureEngine.from_params(n_symbols, features or FeatureParams(), sessions)
     x, warm = model_inputs(engine.update(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns))
