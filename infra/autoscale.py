@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import pulumi
@@ -33,10 +34,12 @@ from infra.kube import (
     METADATA_SERVER,
     METRICS_SCRAPING_POLICY,
     RESTRICTED_CONTAINER,
+    accepted_unpinned,
     api_object,
     disruption_budget,
     k8s_labels,
     network_policy,
+    object_metadata,
     pod_monitoring,
     pull_policy,
 )
@@ -139,12 +142,15 @@ class Intelligence(pulumi.ComponentResource):
         workload: SignalServiceWorkload,
         tracing_collector: str,
         labels: Mapping[str, str],
+        # References the stack accepts without a digest, with the reason (`unpinnedImages`).
+        unpinned_images: Mapping[str, str] = MappingProxyType({}),
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:Intelligence", name, None, opts)
         self._name = name
         self._labels = labels
         self._settings = settings
+        self._unpinned = unpinned_images
         meta = k8s_labels(labels, NAMESPACE)
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
@@ -292,7 +298,9 @@ class Intelligence(pulumi.ComponentResource):
         }
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
-            metadata={"name": app, "namespace": NAMESPACE, "labels": labels},
+            metadata=object_metadata(
+                app, NAMESPACE, labels, accepted_unpinned(image, self._unpinned)
+            ),
             spec=api_object(
                 {
                     # Two replicas compute the same thing from the same data; the HPA metric

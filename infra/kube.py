@@ -28,9 +28,35 @@ MERGED_METRICS_PORT = 15020
 
 
 def pull_policy(image: str) -> str:
-    """Pull a tag on every start, so each node runs what the tag names now; a digest never
-    changes, so a cached copy is the image (Kubernetes docs, 'Images: image pull policy')."""
-    return "IfNotPresent" if "@sha256:" in image else "Always"
+    """A tag can move: an image named by a tag (with or without a digest) is pulled on every
+    start, so each node runs what the reference names now; only a bare digest never changes
+    and may come from the node's cache (Kubernetes docs, 'Images: image pull policy';
+    Checkov CKV_K8S_15)."""
+    name = image.split("@", 1)[0]
+    tagged = ":" in name.rsplit("/", 1)[-1]
+    return "IfNotPresent" if "@sha256:" in image and not tagged else "Always"
+
+
+def accepted_unpinned(image: str, unpinned: Mapping[str, str]) -> dict[str, str]:
+    """Annotations of an object whose image the stack accepts without a digest
+    (`unpinnedImages`): the exemption and its reason, as Checkov's skip comment carries it,
+    so the policy pack reports it as accepted instead of unpinned."""
+    reason = unpinned.get(image)
+    return {"checkov.io/skip1": f"CKV_K8S_43={reason}"} if reason else {}
+
+
+def object_metadata(
+    name: str, namespace: str, labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> k8s.meta.v1.ObjectMetaArgsDict:
+    """An object's metadata; `annotations` only where there are some."""
+    metadata: k8s.meta.v1.ObjectMetaArgsDict = {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(labels),
+    }
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return metadata
 
 
 def k8s_labels(labels: Mapping[str, str], app: str | None = None) -> dict[str, str]:

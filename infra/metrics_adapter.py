@@ -9,6 +9,7 @@ mesh's webhook port).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pulumi
@@ -17,10 +18,12 @@ import pulumi_kubernetes as k8s
 from infra.config import Resources
 from infra.kube import (
     RESTRICTED_CONTAINER,
+    accepted_unpinned,
     api_object,
     disruption_budget,
     k8s_labels,
     network_policy,
+    object_metadata,
     pull_policy,
     role_ref,
     tcp,
@@ -57,8 +60,10 @@ class MetricsAdapter(pulumi.ComponentResource):
         control_plane_cidr: str,
         tracing_collector: str,
         labels: Mapping[str, str],
+        unpinned_images: Mapping[str, str] = MappingProxyType({}),
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`unpinned_images`: references the stack accepts without a digest, with the reason."""
         super().__init__("signal:infra:MetricsAdapter", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         meta = k8s_labels(labels, METRICS_ADAPTER) | {"app.kubernetes.io/name": METRICS_ADAPTER}
@@ -119,7 +124,12 @@ class MetricsAdapter(pulumi.ComponentResource):
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": METRICS_ADAPTER, "namespace": METRICS_NAMESPACE, "labels": meta},
+            metadata=object_metadata(
+                METRICS_ADAPTER,
+                METRICS_NAMESPACE,
+                meta,
+                accepted_unpinned(image, unpinned_images),
+            ),
             spec=api_object(
                 {
                     "replicas": replicas,

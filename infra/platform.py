@@ -183,6 +183,7 @@ class Region(pulumi.ComponentResource):
             control_plane_cidr=self.cluster.control_plane_cidr,
             tracing_collector=stack.mesh.tracing_collector,
             labels=stack.labels,
+            unpinned_images=stack.unpinned_images,
             opts=after_mesh,
         )
         intelligence = stack.intelligence
@@ -223,6 +224,7 @@ class Region(pulumi.ComponentResource):
             signal_metrics=[desired_replicas_metric(region.name, self.cluster.name)]
             if predictive
             else [],
+            unpinned_images=stack.unpinned_images,
             opts=pulumi.ResourceOptions.merge(
                 on_cluster,
                 pulumi.ResourceOptions(
@@ -241,6 +243,7 @@ class Region(pulumi.ComponentResource):
                 workload=stack.workloads.signal_service,
                 tracing_collector=stack.mesh.tracing_collector,
                 labels=stack.labels,
+                unpinned_images=stack.unpinned_images,
                 opts=after_mesh,
             )
 

@@ -33,7 +33,7 @@ class Creation(Enum):
     API = "API enablement"
 
 
-# The SDK's data sources whose call creates the agent; each answers `.email`.
+# The SDK's data sources whose call creates the agent; each answers `.member`.
 Lookup = Callable[..., pulumi.Output[Any]]
 
 
@@ -79,15 +79,15 @@ AGENTS: Mapping[str, AgentSpec] = {
 
 @dataclass(frozen=True)
 class ServiceAgent:
-    """One service's agent: its email, and the resources a grant to it must wait for."""
+    """One service's agent: its IAM member, and the resources a grant to it must wait for."""
 
     service: str
-    email: pulumi.Output[str]
+    member: pulumi.Output[str]  # serviceAccount:<email>
     ready: tuple[pulumi.Resource, ...]
 
     @property
-    def member(self) -> pulumi.Output[str]:
-        return pulumi.Output.concat("serviceAccount:", self.email)
+    def email(self) -> pulumi.Output[str]:
+        return self.member.apply(lambda member: member.split(":", 1)[1])
 
 
 class ServiceAgents(pulumi.ComponentResource):
@@ -106,7 +106,7 @@ class ServiceAgents(pulumi.ComponentResource):
         self.agents: dict[str, ServiceAgent] = {}
         for service, spec in AGENTS.items():
             api = apis[service]
-            templated = number.apply(lambda n, t=spec.template: t.format(n=n))
+            templated = number.apply(lambda n, t=spec.template: f"serviceAccount:{t.format(n=n)}")
             if spec.creation is Creation.IDENTITY:
                 identity = gcp.projects.ServiceIdentity(
                     f"{name}-{service.split('.')[0]}",
@@ -121,11 +121,11 @@ class ServiceAgents(pulumi.ComponentResource):
                     project=project_id,
                     opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[api]),
                 )
-                agent = ServiceAgent(service, found.email, (api,))
+                agent = ServiceAgent(service, found.member, (api,))
             else:
                 agent = ServiceAgent(service, templated, (api,))
             self.agents[service] = agent
-        self.register_outputs({s: a.email for s, a in self.agents.items()})
+        self.register_outputs({s: a.member for s, a in self.agents.items()})
 
     def __getitem__(self, service: str) -> ServiceAgent:
         return self.agents[service]

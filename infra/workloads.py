@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pulumi
@@ -33,12 +34,14 @@ from infra.kube import (
     METADATA_SERVER,
     METRICS_SCRAPING_POLICY,
     RESTRICTED_CONTAINER,
+    accepted_unpinned,
     api_object,
     app_peer,
     disruption_budget,
     k8s_labels,
     namespace_peer,
     network_policy,
+    object_metadata,
     pod_monitoring,
     pull_policy,
     tcp,
@@ -257,6 +260,8 @@ class WorkloadSet(pulumi.ComponentResource):
         labels: Mapping[str, str],
         # More metrics for the signal service's HPA (the predictive scaler's, infra/autoscale.py).
         signal_metrics: Sequence[Mapping[str, Any]] = (),
+        # References the stack accepts without a digest, with the reason (`unpinnedImages`).
+        unpinned_images: Mapping[str, str] = MappingProxyType({}),
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:Workloads", name, None, opts)
@@ -264,6 +269,7 @@ class WorkloadSet(pulumi.ComponentResource):
         self.cluster = cluster
         self._name = name
         self._labels = labels
+        self._unpinned = unpinned_images
 
         # ---- identities: each KSA acts as its Google service account (Workload Identity)
         self.service_accounts = {
@@ -443,11 +449,12 @@ class WorkloadSet(pulumi.ComponentResource):
     def _deployment(self, app: str, workload: Workload, template: dict[str, Any]):
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
-            metadata={
-                "name": app,
-                "namespace": self.namespace,
-                "labels": k8s_labels(self._labels, app),
-            },
+            metadata=object_metadata(
+                app,
+                self.namespace,
+                k8s_labels(self._labels, app),
+                accepted_unpinned(workload.image, self._unpinned),
+            ),
             spec=api_object(
                 {
                     "replicas": workload.replicas,

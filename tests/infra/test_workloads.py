@@ -599,13 +599,33 @@ def test_hpa_request_rate_metric_is_a_counter_the_service_exports():
     assert exported.get(name.removesuffix("_total")) == "counter", sorted(exported)
 
 
-def test_tagged_images_are_pulled_on_every_start_and_digests_from_cache(stack_plan: Inventory):
-    """A tag can move: pull it Always, so each node runs what it names now; a digest cannot,
-    so IfNotPresent is the image (dev runs tags, prod digests and an accepted tag)."""
+def test_tagged_images_are_pulled_on_every_start_and_bare_digests_from_cache(
+    stack_plan: Inventory,
+):
+    """A tag can move: an image named by a tag (even beside a digest) is pulled Always, so
+    each node runs what it names now; a bare digest cannot move (Checkov CKV_K8S_15)."""
     policies = set()
     for deployment in stack_plan.of_type(DEPLOYMENT):
         for c in pod(deployment)["containers"]:
-            pinned = "@sha256:" in c["image"]
-            assert c["imagePullPolicy"] == ("IfNotPresent" if pinned else "Always"), c["image"]
+            name = c["image"].split("@")[0]
+            bare_digest = "@sha256:" in c["image"] and ":" not in name.rsplit("/", 1)[-1]
+            assert c["imagePullPolicy"] == ("IfNotPresent" if bare_digest else "Always"), c["image"]
             policies.add(c["imagePullPolicy"])
     assert "Always" in policies
+
+
+def test_images_prod_accepts_without_a_digest_carry_the_reason(prod_plan: Inventory):
+    """`unpinnedImages` (config) reaches the pack as Checkov's skip annotation with the reason,
+    on each Deployment that runs such an image, and on no other."""
+    unpinned = config_of(prod_plan).unpinned_images
+    assert unpinned
+    annotated = 0
+    for deployment in prod_plan.of_type(DEPLOYMENT):
+        (c, *_) = pod(deployment)["containers"]
+        skip = deployment.inputs["metadata"].get("annotations", {}).get("checkov.io/skip1")
+        if c["image"] in unpinned:
+            assert skip == f"CKV_K8S_43={unpinned[c['image']]}", deployment.name
+            annotated += 1
+        else:
+            assert skip is None, deployment.name
+    assert annotated == len(prod_plan.outputs["regions"])
