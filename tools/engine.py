@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import hashlib
 import hmac
@@ -51,6 +52,16 @@ UNKNOWN_WIRE = rpc.UNKNOWN
 # Kept for callers of the previous name.
 UNKNOWN_MARK = UNKNOWN
 TOOLS_DIR = Path(__file__).resolve().parent
+# The options the engine gives a default provider it registers itself.
+DEFAULT_PROVIDER_OPTIONS: dict[str, Any] = {
+    "protect": False,
+    "ignoreChanges": [],
+    "replaceOnChanges": [],
+    "deleteBeforeReplace": False,
+    "retainOnDelete": False,
+    "dependencies": [],
+    "propertyDependencies": {},
+}
 # A diff's two plans share this key (hex), so each can digest its secrets comparably.
 SECRET_DIGEST_KEY_ENV = "OFFLINE_PLAN_SECRET_DIGEST_KEY"
 
@@ -521,6 +532,10 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
             "deleteBeforeReplace": bool(request.deleteBeforeReplace),
             "retainOnDelete": bool(request.retainOnDelete),
             "dependencies": sorted(request.dependencies),
+            # Which resources each input's value came from (a key's id, a cluster's name ...).
+            "propertyDependencies": {
+                key: sorted(deps.urns) for key, deps in sorted(request.propertyDependencies.items())
+            },
         }
         secret_paths = sorted(set(secrets))
         self.recorded.append(
@@ -579,7 +594,7 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
                     inputs=_present(inputs, secrets),
                     secrets=tuple(secrets),
                     custom=True,
-                    options={},
+                    options=copy.deepcopy(DEFAULT_PROVIDER_OPTIONS),
                     secret_digests=self._digests(inputs, secrets),
                 )
             )
