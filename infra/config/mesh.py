@@ -89,7 +89,7 @@ class MeshSettings(Model):
     region_weights: dict[str, int] = Field(default_factory=dict)
     # What the mesh's own pods ask of the system pool (capacity.py sums them): istiod, the
     # ingress gateway, every injected sidecar, the istio-cni node agent (the chart's default
-    # requests, with a memory limit).
+    # requests, with limits).
     istiod_resources: Resources = Resources(
         requests={"cpu": "500m", "memory": "2Gi"}, limits={"cpu": "2", "memory": "4Gi"}
     )
@@ -100,7 +100,7 @@ class MeshSettings(Model):
         requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "1", "memory": "512Mi"}
     )
     cni_resources: Resources = Resources(
-        requests={"cpu": "100m", "memory": "100Mi"}, limits={"memory": "256Mi"}
+        requests={"cpu": "100m", "memory": "100Mi"}, limits={"cpu": "500m", "memory": "256Mi"}
     )
 
     @field_validator("region_weights")
