@@ -157,7 +157,8 @@ def test_the_warehouse_is_the_tables_and_views_and_nothing_else(stack_plan: Inve
 
 
 def test_features_columns_are_the_engines_features():
-    """The features table holds exactly what `app.features.FEATURES` names, after its keys."""
+    """The features table holds exactly what `app.features.FEATURES` names, after its keys
+    (the symbol, the event time and its nanoseconds since the epoch)."""
     source = (REPO / "app" / "features.py").read_text()
     names: tuple[str, ...] = ()
     for node in ast.walk(ast.parse(source)):
@@ -165,7 +166,7 @@ def test_features_columns_are_the_engines_features():
         if any(getattr(t, "id", "") == "FEATURES" for t in targets):
             names = ast.literal_eval(node.value)
     assert names, "app/features.py defines FEATURES"
-    assert tables()["features"].column_names == ("symbol", "event_time", *names)
+    assert tables()["features"].column_names == ("symbol", "event_time", "ts_ns", *names)
 
 
 def test_schema_definition_rejects_what_bigquery_would(tmp_path, monkeypatch):
