@@ -16,7 +16,7 @@ p95 latency, and, from the service's own metrics, the mean group commit time and
 per group. The headline (last line) gives the spool-on/spool-off ratios of throughput and
 p95 ack latency, measured in the same run.
 
-    .venv/bin/python bench/durability.py [--quick] [--concurrency 8] [--seconds 10]
+    .venv/bin/python bench/durability.py [--quick] [--concurrency 8] [--seconds 10] [--model-dir D]
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 s per setup")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--model-dir", type=Path, help="a built model (default: a small one, "
+                        "built once into artifacts/bench-model)")  # fmt: skip
     args = parser.parse_args(argv)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     warmup = 0.5 if args.quick else 1.0
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.serving.launch import free_port
 
     work = Path(tempfile.mkdtemp(prefix="signal-durability-"))
-    model = small_model(REPO / "artifacts" / "bench-model")
+    model = small_model(args.model_dir or REPO / "artifacts" / "bench-model")
     setups = {"spool off": "enabled: false", "spool, fsync": "fsync: true",
               "spool, no fsync": "fsync: false"}  # fmt: skip
     services: dict[str, tuple[ServiceProcess, int]] = {}
