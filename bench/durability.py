@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     from app.serving.launch import free_port
 
     work = Path(tempfile.mkdtemp(prefix="signal-durability-"))
-    model = small_model(args.model_dir or REPO / "artifacts" / "bench-model")
+    if args.model_dir is not None:
+        from app.model.build import ModelArtifacts
+
+        model = ModelArtifacts.load(args.model_dir)
+    else:
+        model = small_model(REPO / "artifacts" / "bench-model")
     setups = {"spool off": "enabled: false", "spool, fsync": "fsync: true",
               "spool, no fsync": "fsync: false"}  # fmt: skip
     services: dict[str, tuple[ServiceProcess, int]] = {}
