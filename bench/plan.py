@@ -35,14 +35,17 @@ CHILD = """
 import json, sys, time
 started = time.perf_counter()
 from pathlib import Path
-from tools.engine import plan_here, read_project, stack_config
+from tools.engine import PlanError, plan_here, read_project, stack_config
 from tools.input_check import check_inputs
 imported = time.perf_counter()
 repo, stack, sdk_defaults = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 project = read_project(repo)
 config = stack_config(project, stack)
 first_start = time.perf_counter()
-inventory = plan_here(project, stack, config, sdk_defaults=sdk_defaults)
+try:
+    inventory = plan_here(project, stack, config, sdk_defaults=sdk_defaults)
+except PlanError as exc:
+    sys.exit("\n".join(f"error: {line}" for line in str(exc).splitlines()))
 check_inputs(inventory)
 first = time.perf_counter() - first_start
 print("planned", flush=True)
