@@ -283,9 +283,8 @@ class Platform(pulumi.ComponentResource):
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
         self.accounts = ServiceAccounts("identity", config.project_id, pool_names, after_apis)
         self.vpc = Vpc("signal-vpc", regions, CONTROL_PLANE_TARGETS, after_apis)
-        deployers: tuple[str, ...] = getattr(
-            config.cluster, "deployers", ()
-        )  # TEMP until config lands
+        # Who deploys through Connect Gateway (infra/cluster.py says why the gateway).
+        deployers = config.cluster.deployers
         self.gateway_access = GatewayAccess(
             "connect-gateway", config.project_id, deployers, after_apis
         )
