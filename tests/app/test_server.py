@@ -208,6 +208,32 @@ def test_bad_requests_get_invalid_argument_and_change_nothing(model: ModelArtifa
     serve_and(model, scenario)
 
 
+def test_a_batch_whose_features_would_overflow_is_refused_whole(model: ModelArtifacts) -> None:
+    """The bounds keep the arithmetic finite; should a feature still come out infinite, the
+    whole batch is refused and every symbol it touched is back as it was (state poisoned
+    here by hand, as no accepted input can)."""
+    from app.state import F_VWAP_PV
+
+    async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        t0 = time.time_ns() - 10**10
+        await stub.IngestTicks(pb2.TickBatch(**now_ticks([1, 2], 3, t0)))
+        state = server.runtime.pipeline.engine.state
+        state.floats[F_VWAP_PV, 2] = np.inf
+        before = state.snapshot()
+        batch = pb2.TickBatch(symbol=[1, 2], price=[100.0, 100.0], size=[1.0, 1.0],
+                              ts_ns=[t0 + 10**7, t0 + 10**7])  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.IngestTicks(batch)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ticks[1]: vwap would be inf" in (err.value.details() or "")
+        for a, b in zip(before, state.snapshot(), strict=True):
+            np.testing.assert_array_equal(a, b)  # symbol 1's tick was undone too
+        state.floats[F_VWAP_PV, 2] = 0.0
+        assert (await stub.IngestTicks(batch)).accepted == 2
+
+    serve_and(model, scenario)
+
+
 def test_stream_answers_each_batch_in_order(model: ModelArtifacts) -> None:
     async def scenario(stub: Any, _channel: grpc.aio.Channel, _server: SignalServer) -> None:
         batches = _batches(15)
