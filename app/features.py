@@ -407,7 +407,7 @@ class FeatureParams(BaseModel):
     ticks of a symbol that keeps its windows (0: never reset).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ema_fast: int = Field(default=12, ge=2)
     ema_slow: int = Field(default=26, ge=2)

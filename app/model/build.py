@@ -60,7 +60,7 @@ MIN_AGREEMENT = 0.99
 class BuildOptions(BaseModel):
     """Everything that determines the built model; the same options give the same bytes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(default="signal_mlp", pattern=r"^[A-Za-z0-9_.-]+$")
     version: int = Field(default=1, ge=1)

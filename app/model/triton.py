@@ -20,7 +20,7 @@ from app.model.tensors import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
 class InstanceGroup(BaseModel):
     """How many copies of the model Triton runs, and where."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     count: int = Field(default=1, ge=1, le=64)
@@ -38,7 +38,7 @@ class InstanceGroup(BaseModel):
 class TritonModelConfig(BaseModel):
     """The signal model's Triton configuration: dynamic batching and instance groups."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(default="signal_mlp", pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     max_batch_size: int = Field(default=256, ge=1, le=65536)
