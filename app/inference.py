@@ -142,8 +142,9 @@ class KServeBackend(InferenceBackend):
     and reused for every call after that. Every call has a deadline of ``timeout_s``.
     ``artifacts`` (the build the server was given) names the model that answered when
     the server does not, and refuses one that answers with another build's hash.
-    Requests of more than ``max_batch_size`` rows (default: the build's Triton
-    ``max_batch_size``) go as concurrent calls of at most that many.
+    Requests of more than ``max_batch_size`` rows go as concurrent calls of at most that
+    many: the server's own limit where it says (Triton's ModelConfig, asked once), else the
+    one given, else the build's Triton ``max_batch_size``.
     """
 
     name = "kserve"
@@ -172,6 +173,7 @@ class KServeBackend(InferenceBackend):
         self._reconnect_backoff_ms = reconnect_backoff_ms
         self._client: Any = None
         self._identities: dict[tuple[str, str, str], ModelIdentity] = {}
+        self._limit_asked = False  # whether the server was asked for its max_batch_size
         self.calls = 0
 
     def _get_client(self) -> Any:
@@ -198,7 +200,7 @@ class KServeBackend(InferenceBackend):
 
     async def infer(self, inputs: np.ndarray) -> Inference:
         arr = check_inputs(inputs)
-        limit = self.max_batch_size
+        limit = await self._batch_limit()
         if limit is None or arr.shape[0] <= limit:
             return await self._infer_once(arr)
         parts = await asyncio.gather(
@@ -212,6 +214,29 @@ class KServeBackend(InferenceBackend):
             )
         probs = np.concatenate([p.probabilities for p in parts])
         return Inference(probs, parts[0].identity, self.name)
+
+    async def _batch_limit(self) -> int | None:
+        """The most rows one call may carry: the server's own ``max_batch_size`` where it says
+        (Triton's ModelConfig; the smaller, if one was also given), else the one given.
+        Asked once, on the first call that reaches the server."""
+        if self._limit_asked:
+            return self.max_batch_size
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            answer = await self._get_client().get_model_config(
+                self.model_name, self.model_version, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            if "UNIMPLEMENTED" not in str(exc.status()):  # unreachable: so is inference
+                raise InferenceError(f"{self.url}: {exc.status()} {exc.message()}") from exc
+            self._limit_asked = True  # a server without the RPC (MLServer) never says
+            return self.max_batch_size
+        self._limit_asked = True
+        served = int(answer.config.max_batch_size)
+        if served > 0:
+            self.max_batch_size = min(served, self.max_batch_size or served)
+        return self.max_batch_size
 
     async def _infer_once(self, arr: np.ndarray) -> Inference:
         import tritonclient.grpc.aio as grpcclient
