@@ -16,6 +16,7 @@ from app.alerting import config as alerting_config
 from app.alerting.__main__ import main as alerting_main
 from app.autoscale import config as autoscale_config
 from app.autoscale.__main__ import main as autoscale_main
+from app.config import AppConfig
 from app.config_errors import (
     CamelConfigModel,
     ConfigError,
@@ -23,6 +24,7 @@ from app.config_errors import (
     load_model,
     read_config_file,
 )
+from app.model.build import BuildOptions
 from infra.config import CostSettings, StackConfig
 from tools.cost import usage_from_values
 
@@ -215,7 +217,14 @@ def models_under(root: type[BaseModel]) -> set[type[BaseModel]]:
 
 @pytest.mark.parametrize(
     "root",
-    [StackConfig, CostSettings, autoscale_config.AutoscaleConfig, alerting_config.AlertingConfig],
+    [
+        StackConfig,
+        CostSettings,
+        autoscale_config.AutoscaleConfig,
+        alerting_config.AlertingConfig,
+        AppConfig,
+        BuildOptions,
+    ],
 )
 def test_every_model_of_these_loaders_refuses_non_finite_numbers(root: type[BaseModel]):
     models = models_under(root)
