@@ -309,7 +309,14 @@ def _slo(t: Target) -> Outputs:
     return {"id": path, "name": path}
 
 
+def _project_service(t: Target) -> Outputs:
+    """An enabled API: `PROJECT/SERVICE` (the Google provider's id for google_project_service)."""
+    service = t.get("service")
+    return {"id": f"{t.project}/{service}"} if t.project and service else {}
+
+
 _DERIVED: dict[str, Callable[[Target], Outputs]] = {
+    "gcp:projects/service:Service": _project_service,
     "gcp:serviceaccount/account:Account": _service_account,
     "gcp:kms/keyRing:KeyRing": _key_ring,
     "gcp:kms/cryptoKey:CryptoKey": _crypto_key,
@@ -397,7 +404,8 @@ def _service_agent(template: str) -> Callable[[PlanMocks, Placement, dict], dict
         return {
             "id": project,
             "project": project,
-            "email": email,
+            "email": email,  # BigQuery's result
+            "emailAddress": email,  # Cloud Storage's result
             "member": f"serviceAccount:{email}",
         }
 
