@@ -33,6 +33,7 @@ from infra.config import IntelligenceSettings, SignalServiceWorkload
 from infra.kube import (
     METADATA_SERVER,
     METRICS_SCRAPING_POLICY,
+    PULL_POLICY,
     RESTRICTED_CONTAINER,
     accepted_unpinned,
     api_object,
@@ -41,7 +42,6 @@ from infra.kube import (
     network_policy,
     object_metadata,
     pod_monitoring,
-    pull_policy,
 )
 from infra.mesh import baseline_policies, default_deny
 
@@ -267,7 +267,7 @@ class Intelligence(pulumi.ComponentResource):
                     {
                         "name": app,
                         "image": image,
-                        "imagePullPolicy": pull_policy(image),
+                        "imagePullPolicy": PULL_POLICY,
                         "command": ["/usr/bin/python3", "-m", module],
                         "args": ["--config", f"{CONFIG_DIR}/{config_file}"],
                         "ports": [{"name": "http-metrics", "containerPort": port}],

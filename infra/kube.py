@@ -27,14 +27,10 @@ MONITORING_NAMESPACE = "gmp-system"  # Managed Prometheus collectors
 MERGED_METRICS_PORT = 15020
 
 
-def pull_policy(image: str) -> str:
-    """A tag can move: an image named by a tag (with or without a digest) is pulled on every
-    start, so each node runs what the reference names now; only a bare digest never changes
-    and may come from the node's cache (Kubernetes docs, 'Images: image pull policy';
-    Checkov CKV_K8S_15)."""
-    name = image.split("@", 1)[0]
-    tagged = ":" in name.rsplit("/", 1)[-1]
-    return "IfNotPresent" if "@sha256:" in image and not tagged else "Always"
+# Always: a tag can move, so each start asks the registry what the reference names now (for
+# a digest that is a manifest check; the node's cached layers are reused). Checkov
+# CKV_K8S_15; Kubernetes docs, 'Images: image pull policy'.
+PULL_POLICY = "Always"
 
 
 def accepted_unpinned(image: str, unpinned: Mapping[str, str]) -> dict[str, str]:

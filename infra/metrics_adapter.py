@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from infra.config import Resources
 from infra.kube import (
+    PULL_POLICY,
     RESTRICTED_CONTAINER,
     accepted_unpinned,
     api_object,
@@ -24,7 +25,6 @@ from infra.kube import (
     k8s_labels,
     network_policy,
     object_metadata,
-    pull_policy,
     role_ref,
     tcp,
 )
@@ -161,7 +161,7 @@ class MetricsAdapter(pulumi.ComponentResource):
                                 {
                                     "name": "adapter",
                                     "image": image,
-                                    "imagePullPolicy": pull_policy(image),
+                                    "imagePullPolicy": PULL_POLICY,
                                     "command": [
                                         "/adapter",
                                         "--use-new-resource-model=true",

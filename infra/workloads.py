@@ -33,6 +33,7 @@ from infra.identity import WORKLOADS
 from infra.kube import (
     METADATA_SERVER,
     METRICS_SCRAPING_POLICY,
+    PULL_POLICY,
     RESTRICTED_CONTAINER,
     accepted_unpinned,
     api_object,
@@ -43,7 +44,6 @@ from infra.kube import (
     network_policy,
     object_metadata,
     pod_monitoring,
-    pull_policy,
     tcp,
 )
 from infra.mesh import (
@@ -433,7 +433,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 "containers": [
                     {
                         **container,
-                        "imagePullPolicy": pull_policy(container["image"]),
+                        "imagePullPolicy": PULL_POLICY,
                         "resources": {
                             "requests": dict(workload.resources.requests),
                             "limits": dict(workload.resources.limits),
