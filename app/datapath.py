@@ -296,11 +296,6 @@ class DataPath:
 
     # --- shutdown --------------------------------------------------------------------------
 
-    async def flush(self, timeout: float = 10.0) -> None:
-        for publisher in self.publishers.values():
-            await publisher.flush(timeout)
-        await self.warehouse.flush(timeout)
-
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what was accepted (publishers, then the warehouse), then disconnect."""
         publishers = list(self.publishers.values())
