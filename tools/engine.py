@@ -28,6 +28,7 @@ import os
 import re
 import runpy
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -488,6 +489,8 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
         self.outputs: dict[str, Any] = {}
         self.stack_urn: str | None = None
         self.default_providers: dict[tuple[str, str], str] = {}
+        # The SDK's default path calls the monitor from worker threads.
+        self.lock = threading.Lock()
         self.states: dict[str, tuple[str, struct_pb2.Struct]] = {}
         key = os.environ.get(SECRET_DIGEST_KEY_ENV, "")
         self.digest_key = bytes.fromhex(key) if key else None
@@ -568,6 +571,10 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
         `<pkg>:*` config (object values as objects), its id unknown until it exists."""
         if package == "pulumi":
             return ""
+        with self.lock:
+            return self._default_provider(package, version)
+
+    def _default_provider(self, package: str, version: str) -> str:
         if (package, version) not in self.default_providers:
             name = "default" + (f"_{re.sub(r'[^0-9A-Za-z]', '_', version)}" if version else "")
             type_ = f"pulumi:providers:{package}"

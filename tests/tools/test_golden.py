@@ -14,6 +14,8 @@ from tests.tools import golden
 from tools.engine import plan_here, read_project, stack_config
 from tools.inventory import Inventory
 
+FIXTURES = REPO / "tests" / "tools" / "fixtures"
+
 
 @pytest.mark.parametrize("stack", golden.STACKS)
 def test_the_inventory_matches_the_golden_digests(stack: str):
@@ -41,3 +43,13 @@ def test_the_fast_path_plans_what_the_sdk_default_path_plans(dev_plan: Inventory
     project = read_project(REPO)
     slow = plan_here(project, "dev", stack_config(project, "dev"), sdk_defaults=True)
     assert golden.digests(slow) == golden.digests(dev_plan)
+
+
+@pytest.mark.parametrize("fixture", ["cloudrun_sql", "gke_canary"])
+def test_both_paths_agree_on_default_providers_and_unknowns(fixture: str):
+    project = read_project(FIXTURES / fixture)
+    config = stack_config(project, "test")
+    fast = plan_here(project, "test", config)
+    slow = plan_here(project, "test", config, sdk_defaults=True)
+    assert golden.digests(slow) == golden.digests(fast)
+    assert [r.name for r in fast.resources if r.name.startswith("default_")]
