@@ -1,14 +1,16 @@
 """Offline-engine benchmark: how long `tools plan` takes on the repository's prod and dev stacks.
 
-For each stack, medians of repeated fresh processes, each planning twice:
-  * a plan as `python -m tools plan --stack S` makes it: wall clock from the interpreter's
-    start to the end of the first plan and its input check, and the process's CPU time to
-    that point (on a busy machine, the closer estimate of an idle one's wall clock);
-  * its parts: import time (the engine's modules, and the SDK modules the program pulls in
-    during its first plan) and the program's run (the second plan, everything imported);
-  * the baseline, measured in the same run (once with --quick): the same plan made the SDK's
-    default way (a thread-pool hop per call to the mock monitor, the default garbage-collector
-    thresholds), as the engine ran before issue 13's speed work.
+For each stack, medians of repeated fresh processes:
+  * the command a user runs, `python -m tools plan --stack S`: wall clock and the process's
+    CPU time (on a busy machine, CPU time is the closer estimate of an idle one's wall clock:
+    the plan is single-threaded and waits on nothing else) — the headline;
+  * its parts, from a process that plans twice: import time (the engine's modules, and the
+    SDK modules the program pulls in during its first plan) and the program's run (the second
+    plan, everything imported);
+  * the baseline, measured in the same run: a plan made the SDK's default way (a thread-pool
+    hop per call to the mock monitor, the default garbage-collector thresholds), as the engine
+    ran before issue 13's speed work, against the same plan made the engine's way, each from a
+    cold start to the end of the first plan.
 Target (issue 13): prod under 5 s on an idle 2-core machine, goal 3 s. The last line is the
 headline.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,6 +89,26 @@ def measure(stack: str, sdk_defaults: bool) -> dict[str, float]:
     return result
 
 
+def command(stack: str) -> tuple[float, float]:
+    """`python -m tools plan --stack S` end to end: (wall clock, CPU time of the process)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "tools", "plan", "--stack", stack],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip() or f"planning {stack} failed")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
 def median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
@@ -98,35 +121,38 @@ def main() -> int:
     parser.add_argument("--stacks", nargs="+", default=["prod", "dev"])
     args = parser.parse_args()
     runs = 3 if args.quick else 5
-    baseline_runs = 1 if args.quick else runs  # --quick stays under a minute on an idle box
+    parts_runs = 1 if args.quick else runs  # --quick stays under a minute on an idle box
     load = os.getloadavg()[0]
     print(
-        f"machine: {os.cpu_count()} cores, load average {load:.2f} at start; {runs} runs,"
-        f" the baseline {baseline_runs}"
+        f"machine: {os.cpu_count()} cores, load average {load:.2f} at start; the command"
+        f" {runs} times, its parts and the baseline {parts_runs}"
     )
     summary: dict[str, dict[str, float]] = {}
     for stack in args.stacks:
-        fast, slow = [], []
-        for run in range(runs):  # interleaved, so load drifts hit both sides alike
-            fast.append(measure(stack, sdk_defaults=False))
-            if run < baseline_runs:
+        walls, cpus, fast, slow = [], [], [], []
+        for run in range(runs):  # interleaved, so load drifts hit every measure alike
+            wall, cpu = command(stack)
+            walls.append(wall)
+            cpus.append(cpu)
+            if run < parts_runs:
+                fast.append(measure(stack, sdk_defaults=False))
                 slow.append(measure(stack, sdk_defaults=True))
         row = {
-            "plan": median(fast, "one_plan_s"),
-            "plan_cpu": median(fast, "one_plan_cpu_s"),
-            "baseline_plan_cpu": median(slow, "one_plan_cpu_s"),
+            "wall": statistics.median(walls),
+            "cpu": statistics.median(cpus),
             "engine_import": median(fast, "engine_import_s"),
             "sdk_import": median(fast, "sdk_import_s"),
             "run": median(fast, "run_s"),
-            "baseline_plan": median(slow, "one_plan_s"),
+            "first_plan_cpu": median(fast, "one_plan_cpu_s"),
+            "baseline_plan_cpu": median(slow, "one_plan_cpu_s"),
             "baseline_run": median(slow, "run_s"),
             "resources": fast[0]["resources"],
         }
         summary[stack] = row
-        each = ", ".join(f"{r['one_plan_s']:.2f}" for r in fast)
         print(
-            f"{stack}: {row['resources']:.0f} resources; plan {row['plan']:.2f} s from a cold"
-            f" start (median of {runs}: {each}), CPU {row['plan_cpu']:.2f} s"
+            f"{stack}: {row['resources']:.0f} resources; `tools plan` {row['wall']:.2f} s wall,"
+            f" {row['cpu']:.2f} s CPU (medians of {runs}; wall"
+            f" {', '.join(f'{w:.2f}' for w in walls)})"
         )
         print(
             f"  imports {row['engine_import'] + row['sdk_import']:.2f} s (engine"
@@ -134,9 +160,9 @@ def main() -> int:
             f" {row['sdk_import']:.2f} s); the program's run {row['run']:.2f} s"
         )
         print(
-            f"  baseline, the SDK's default way: plan {row['baseline_plan']:.2f} s"
-            f" ({row['baseline_plan'] / row['plan']:.2f}x), CPU {row['baseline_plan_cpu']:.2f} s"
-            f" ({row['baseline_plan_cpu'] / row['plan_cpu']:.2f}x), run"
+            f"  baseline, the SDK's default way, cold start to first plan: CPU"
+            f" {row['baseline_plan_cpu']:.2f} s against {row['first_plan_cpu']:.2f} s"
+            f" ({row['baseline_plan_cpu'] / row['first_plan_cpu']:.2f}x); the program's run"
             f" {row['baseline_run']:.2f} s ({row['baseline_run'] / row['run']:.2f}x)"
         )
     load_end = os.getloadavg()[0]
@@ -147,19 +173,18 @@ def main() -> int:
     head = summary[name]
     idle = max(load, load_end) < 0.5
     # On an idle machine the wall clock is the figure; on a busy one, the CPU time.
-    figure = head["plan"] if idle else head["plan_cpu"]
+    figure = head["wall"] if idle else head["cpu"]
     verdict = "meets" if figure < TARGET_S else "misses"
+    goal = "meets" if figure < GOAL_S else "misses"
     others = "".join(
-        f"; {s} {r['plan']:.2f} s (CPU {r['plan_cpu']:.2f} s)"
-        for s, r in summary.items()
-        if s != name
+        f"; {s} {r['wall']:.2f} s (CPU {r['cpu']:.2f} s)" for s, r in summary.items() if s != name
     )
     print(
-        f"plan: {name} {head['plan']:.2f} s median of {runs} (CPU {head['plan_cpu']:.2f} s;"
-        f" imports {head['engine_import'] + head['sdk_import']:.2f} s, run {head['run']:.2f} s),"
-        f" {head['baseline_plan'] / head['plan']:.2f}x faster than the SDK's default path"
-        f"{others}; {verdict} the {TARGET_S:.0f} s target (goal {GOAL_S:.0f} s)"
-        f" {'idle' if idle else f'by CPU time, load average {max(load, load_end):.1f}'}"
+        f"plan: {name} {head['wall']:.2f} s wall, {head['cpu']:.2f} s CPU, median of {runs}"
+        f" (imports {head['engine_import'] + head['sdk_import']:.2f} s, run {head['run']:.2f} s);"
+        f" {head['baseline_plan_cpu'] / head['first_plan_cpu']:.2f}x less CPU than the SDK's"
+        f" default path{others}; {verdict} the {TARGET_S:.0f} s target and {goal} the"
+        f" {GOAL_S:.0f} s goal {'idle' if idle else f'by CPU time (load average {max(load, load_end):.1f})'}"
     )
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from tools import check, cost_command, diff_command, plan_command
@@ -23,5 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def exit_now(code: int) -> None:
+    """Exit a command-line run. What is still allocated (a whole plan) lives until the end
+    anyway: frozen, it is spared the interpreter's final collections, about a second of a
+    prod plan's four."""
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
