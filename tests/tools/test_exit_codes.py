@@ -265,3 +265,20 @@ def test_a_failure_with_registrations_in_flight_leaves_no_asyncio_noise(tmp_path
         " 'GetProjectResult' object has no attribute 'no_such_attribute'"
     ]
     assert_clean(result.stderr)
+
+
+def test_a_fault_of_the_engine_itself_exits_3(capsys: pytest.CaptureFixture[str]):
+    import argparse
+
+    from tools.plan_command import run_guarded
+
+    def broken(_args: argparse.Namespace) -> int:
+        raise KeyError("a bug")
+
+    assert run_guarded(broken, argparse.Namespace(verbose=False)) == 3
+    err = capsys.readouterr().err
+    assert errors(err) == [
+        "error: internal error in the offline engine: KeyError: 'a bug' (--verbose shows the traceback)"
+    ]
+    assert run_guarded(broken, argparse.Namespace(verbose=True)) == 3
+    assert "Traceback" in capsys.readouterr().err
