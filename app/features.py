@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.prefetch import prefetch
 from app.sessions import SessionTable
 from app.state import (
     F_EMA_FAST,
@@ -64,17 +65,21 @@ from app.state import (
     F_VWAP_V,
     F_Z_M2,
     F_Z_MEAN,
-    I_COUNT,
-    I_LAST_SIGN,
-    I_LAST_TS,
-    I_SESSION_IDX,
-    I_SESSION_OPEN,
-    I_VOL_COUNTDOWN,
+    N_FLOAT_FIELDS,
+    N_RINGS,
     NO_SESSION,
     R_LOG_RETURN,
     R_PRICE,
     R_SIGNED_SIZE,
     R_SIZE,
+    RING_BASE,
+    W_COUNT,
+    W_LAST_SIGN,
+    W_LAST_TS,
+    W_SESSION_IDX,
+    W_SESSION_OPEN,
+    W_VENUE,
+    W_VOL_COUNTDOWN,
     SymbolState,
 )
 
@@ -99,26 +104,46 @@ DEFAULT_SESSION_NS = 86_400 * 1_000_000_000  # one UTC day
 
 # Integer parameters passed to the kernel as one array (fewer arguments to dispatch).
 P_EMA_FAST, P_EMA_SLOW, P_RSI, P_WINDOW, P_SESSION_NS, P_MAX_GAP_NS = range(6)
+N_PARAMS = 6
+
+# How far ahead the batch loop prefetches: the scalar lines of the symbol PREFETCH_RECORD
+# ticks ahead, the ring lines of the one PREFETCH_RING ticks ahead (by then its count is in
+# cache). Only when the state outgrows the core's private caches: below that, the
+# prefetches are pure overhead.
+PREFETCH_RECORD = 8
+PREFETCH_RING = 4
+PREFETCH_ABOVE_BYTES = 1 << 20
+
+# Why an update call was refused before touching anything (the kernel's negative answers).
+BAD_PRICE_LENGTH, BAD_SIZE_LENGTH, BAD_TS_LENGTH, BAD_OUT_SHAPE, BAD_REASONS_LENGTH = range(
+    -1, -6, -1
+)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _ema_step(floats, field, s, k, period, alpha, p):
+def _ring(slot, ring):
+    """Word of ``ring`` in interleaved ring slot ``slot`` of a record."""
+    return RING_BASE + slot * N_RINGS + ring
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _ema_step(rec, field, s, k, period, alpha, p):
     """One EMA update as TA-Lib computes it; the EMA after tick ``k``, NaN while seeding."""
     if k < period - 1:
-        floats[field, s] += p
+        rec[s, field] += p
         return np.nan
     if k == period - 1:
-        seeded = (floats[field, s] + p) / period
-        floats[field, s] = seeded
+        seeded = (rec[s, field] + p) / period
+        rec[s, field] = seeded
         return seeded
-    ema = floats[field, s]
+    ema = rec[s, field]
     ema = ((p - ema) * alpha) + ema
-    floats[field, s] = ema
+    rec[s, field] = ema
     return ema
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _talib_var_step(floats, ints, rings, s, j, w):
+def _talib_var_step(rec, irec, s, j, w):
     """TA-Lib's VAR after log return ``j`` (already in the ring): the same operations in order.
 
     TA-Lib keeps sums of ``x - shift`` and ``(x - shift)**2`` and recomputes them exactly
@@ -129,25 +154,25 @@ def _talib_var_step(floats, ints, rings, s, j, w):
     """
     inv_n = 1.0 / w
     if j == 0:
-        floats[F_VOL_SHIFT, s] = rings[R_LOG_RETURN, s, 0]
-        floats[F_VOL_SUM, s] = 0.0
-        floats[F_VOL_SUM_SQ, s] = 0.0
-        ints[I_VOL_COUNTDOWN, s] = 32 * w
-    shift = floats[F_VOL_SHIFT, s]
-    d = rings[R_LOG_RETURN, s, j % w] - shift
-    s1 = floats[F_VOL_SUM, s] + d
-    s2 = floats[F_VOL_SUM_SQ, s] + d * d
+        rec[s, F_VOL_SHIFT] = rec[s, _ring(0, R_LOG_RETURN)]
+        rec[s, F_VOL_SUM] = 0.0
+        rec[s, F_VOL_SUM_SQ] = 0.0
+        irec[s, W_VOL_COUNTDOWN] = 32 * w
+    shift = rec[s, F_VOL_SHIFT]
+    d = rec[s, _ring(j % w, R_LOG_RETURN)] - shift
+    s1 = rec[s, F_VOL_SUM] + d
+    s2 = rec[s, F_VOL_SUM_SQ] + d * d
     if j < w - 1:
-        floats[F_VOL_SUM, s] = s1
-        floats[F_VOL_SUM_SQ, s] = s2
+        rec[s, F_VOL_SUM] = s1
+        rec[s, F_VOL_SUM_SQ] = s2
         return 0.0
     mean1 = inv_n * s1
     var = inv_n * s2 - mean1 * mean1
     first = (j + 1) % w  # slot of the oldest return in the window: the one leaving it
-    t = rings[R_LOG_RETURN, s, first] - shift
+    t = rec[s, _ring(first, R_LOG_RETURN)] - shift
     t2 = t * t
     s2 -= t2
-    countdown = ints[I_VOL_COUNTDOWN, s]
+    countdown = irec[s, W_VOL_COUNTDOWN]
     recompute = (inv_n * s2) * 1e-6 > var or t2 > s2 * 1e6
     if not recompute:
         countdown -= 1
@@ -155,12 +180,12 @@ def _talib_var_step(floats, ints, rings, s, j, w):
     if recompute:
         acc = 0.0
         for i in range(w):
-            acc += rings[R_LOG_RETURN, s, (first + i) % w]
+            acc += rec[s, _ring((first + i) % w, R_LOG_RETURN)]
         shift = acc * inv_n
         s1 = 0.0
         s2 = 0.0
         for i in range(w):
-            d = rings[R_LOG_RETURN, s, (first + i) % w] - shift
+            d = rec[s, _ring((first + i) % w, R_LOG_RETURN)] - shift
             s1 += d
             s2 += d * d
         mean1 = inv_n * s1
@@ -168,34 +193,36 @@ def _talib_var_step(floats, ints, rings, s, j, w):
         var = mean2 - mean1 * mean1
         if var < mean2 * 1e-12:
             var = 0.0
-        t = rings[R_LOG_RETURN, s, first] - shift
+        t = rec[s, _ring(first, R_LOG_RETURN)] - shift
         s2 -= t * t
         countdown = 32 * w
-        floats[F_VOL_SHIFT, s] = shift
-    floats[F_VOL_SUM, s] = s1 - t
-    floats[F_VOL_SUM_SQ, s] = s2
-    ints[I_VOL_COUNTDOWN, s] = countdown
+        rec[s, F_VOL_SHIFT] = shift
+    rec[s, F_VOL_SUM] = s1 - t
+    rec[s, F_VOL_SUM_SQ] = s2
+    irec[s, W_VOL_COUNTDOWN] = countdown
     return var
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _session_index(opens, v, j, ts):
+def _session_index(cal, v, j, ts):
     """Index of venue ``v``'s last session opened at or before ``ts`` (-1 before the first).
 
-    ``j`` is the symbol's previous answer: time only moves forward per symbol, so the
-    answer is almost always ``j`` or ``j + 1``; anything else is a binary search.
+    ``cal[0]`` holds the opens (``SessionTable.table``; indexed whole: a view would cost
+    reference counting per tick). ``j`` is the symbol's previous answer: time only moves
+    forward per symbol, so the answer is almost always ``j`` or ``j + 1``; anything else
+    is a binary search.
     """
-    n = opens.shape[1]
-    if j >= 0 and j < n - 2 and opens[v, j] <= ts:
-        if opens[v, j + 1] > ts:
+    n = cal.shape[2]
+    if j >= 0 and j < n - 2 and cal[0, v, j] <= ts:
+        if cal[0, v, j + 1] > ts:
             return j
-        if opens[v, j + 2] > ts:
+        if cal[0, v, j + 2] > ts:
             return j + 1
     lo = 0
     hi = n
     while lo < hi:
         mid = (lo + hi) >> 1
-        if opens[v, mid] <= ts:
+        if cal[0, v, mid] <= ts:
             lo = mid + 1
         else:
             hi = mid
@@ -203,45 +230,79 @@ def _session_index(opens, v, j, ts):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _forget_windows(floats, ints, s):
+def _forget_windows(rec, irec, s):
     """Restart symbol ``s``'s windowed indicators (after a gap); keep its session VWAP."""
-    for f in range(floats.shape[0]):
+    for f in range(N_FLOAT_FIELDS):
         if f != F_VWAP_PV and f != F_VWAP_V:
-            floats[f, s] = 0.0
-    ints[I_COUNT, s] = 0
-    ints[I_LAST_SIGN, s] = 0
-    ints[I_VOL_COUNTDOWN, s] = 0
+            rec[s, f] = 0.0
+    irec[s, W_COUNT] = 0
+    irec[s, W_LAST_SIGN] = 0
+    irec[s, W_VOL_COUNTDOWN] = 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _check_batch(symbol, price, size, ts_ns, out, reasons):
+    """0, or the BAD_* code of the first column whose length does not fit the batch."""
+    n = symbol.shape[0]
+    if price.shape[0] != n:
+        return BAD_PRICE_LENGTH
+    if size.shape[0] != n:
+        return BAD_SIZE_LENGTH
+    if ts_ns.shape[0] != n:
+        return BAD_TS_LENGTH
+    if out.shape[0] != n or out.shape[1] != 7:
+        return BAD_OUT_SHAPE
+    if reasons.shape[0] < n:
+        return BAD_REASONS_LENGTH
+    return 0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _update_kernel(
-    symbol, price, size, ts_ns, floats, ints, rings, params, opens, closes, symbol_venue, out,
-    reasons,
-):  # fmt: skip
+def _apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
     """Apply a batch of ticks in order; write features to ``out`` and verdicts to ``reasons``.
 
-    Returns the number of accepted ticks. Allocates nothing: all state is in
-    ``floats``/``ints``/``rings``. ``opens``/``closes``/``symbol_venue`` are the session
-    table (``app.sessions``; no venues: fixed ``session_ns`` sessions).
+    Returns the number of accepted ticks. A rejected tick leaves no trace in the state and
+    gets a NaN row. ``cal`` is the session table (``app.sessions``; no venues: fixed
+    ``session_ns`` sessions). Allocates nothing: all state is in the records. The loop
+    body calls only scalar-or-inlined helpers: an inlined helper taking arrays would cost
+    reference counting per tick.
     """
-    n_symbols = floats.shape[1]
+    n = symbol.shape[0]
+    n_symbols = rec.shape[0]
     p_fast = params[P_EMA_FAST]
     p_slow = params[P_EMA_SLOW]
     p_rsi = params[P_RSI]
     w = params[P_WINDOW]
     session_ns = params[P_SESSION_NS]
     max_gap_ns = params[P_MAX_GAP_NS]
-    calendar = opens.shape[0] > 0
     k_fast = 2.0 / (p_fast + 1)
     k_slow = 2.0 / (p_slow + 1)
-    nan = np.nan
+    prefetching = n_symbols * rec.shape[1] * 8 > PREFETCH_ABOVE_BYTES
     accepted = 0
+    for t in range(n):
+        if prefetching:  # the state ticks t + PREFETCH_RECORD and t + PREFETCH_RING touch
+            u = t + PREFETCH_RECORD
+            if u < n:
+                s = symbol[u]
+                if s >= 0 and s < n_symbols:
+                    prefetch(rec, s, 0)
+                    prefetch(rec, s, 8)
+                    prefetch(rec, s, 16)
+            u = t + PREFETCH_RING
+            if u < n:
+                s = symbol[u]
+                if s >= 0 and s < n_symbols:
+                    slot = (
+                        irec[s, W_COUNT] % w
+                    )  # the tick's slot, and the one before it (log return)
+                    prefetch(rec, s, _ring(slot, 0))
+                    prefetch(rec, s, _ring(slot - 1 if slot > 0 else w - 1, 0))
 
-    for t in range(symbol.shape[0]):
         s = symbol[t]
         p = price[t]
         q = size[t]
         ts = ts_ns[t]
+        nan = np.nan
         # Validate before touching state: a rejected tick leaves no trace.
         reason = 0
         if s < 0 or s >= n_symbols:
@@ -250,7 +311,7 @@ def _update_kernel(
             reason = 2
         elif not (q >= 0.0 and q < math.inf):
             reason = 3
-        elif ts < ints[I_LAST_TS, s]:
+        elif ts < irec[s, W_LAST_TS]:
             reason = 4
         reasons[t] = reason
         if reason != 0:
@@ -259,23 +320,23 @@ def _update_kernel(
             continue
         accepted += 1
 
-        if max_gap_ns > 0 and ints[I_COUNT, s] > 0 and ts - ints[I_LAST_TS, s] > max_gap_ns:
-            _forget_windows(floats, ints, s)
-        k = ints[I_COUNT, s]  # this tick's index in the symbol's accepted series
+        if max_gap_ns > 0 and irec[s, W_COUNT] > 0 and ts - irec[s, W_LAST_TS] > max_gap_ns:
+            _forget_windows(rec, irec, s)
+        k = irec[s, W_COUNT]  # this tick's index in the symbol's accepted series
         slot = k % w
         log_p = math.log(p)
-        prev_p = floats[F_LAST_PRICE, s]
+        prev_p = rec[s, F_LAST_PRICE]
 
         # EMA, exactly as TA-Lib: SMA of the first `period` prices, then the recursion.
-        out[t, 0] = _ema_step(floats, F_EMA_FAST, s, k, p_fast, k_fast, p)
-        out[t, 1] = _ema_step(floats, F_EMA_SLOW, s, k, p_slow, k_slow, p)
+        out[t, 0] = _ema_step(rec, F_EMA_FAST, s, k, p_fast, k_fast, p)
+        out[t, 1] = _ema_step(rec, F_EMA_SLOW, s, k, p_slow, k_slow, p)
 
         # RSI, exactly as talib.RSI: plain sums over the first period, then Wilder's smoothing.
         out[t, 2] = nan
         if k >= 1:
             diff = p - prev_p
-            gain = floats[F_RSI_GAIN, s]
-            loss = floats[F_RSI_LOSS, s]
+            gain = rec[s, F_RSI_GAIN]
+            loss = rec[s, F_RSI_LOSS]
             if k > p_rsi:
                 loss *= p_rsi - 1
                 gain *= p_rsi - 1
@@ -289,47 +350,47 @@ def _update_kernel(
                 total = gain + loss
                 # No movement in the window: neutral (TA-Lib says 0, "maximally oversold").
                 out[t, 2] = 100.0 * (gain / total) if total != 0.0 else 50.0
-            floats[F_RSI_GAIN, s] = gain
-            floats[F_RSI_LOSS, s] = loss
+            rec[s, F_RSI_GAIN] = gain
+            rec[s, F_RSI_LOSS] = loss
 
         # Volatility: talib.STDDEV(log returns), replaying TA-Lib's VAR step by step.
         out[t, 3] = nan
         if k >= 1:
             j = k - 1  # index of this log return
-            rings[R_LOG_RETURN, s, j % w] = log_p - floats[F_LAST_LOG_PRICE, s]
-            var = _talib_var_step(floats, ints, rings, s, j, w)
+            rec[s, _ring(j % w, R_LOG_RETURN)] = log_p - rec[s, F_LAST_LOG_PRICE]
+            var = _talib_var_step(rec, irec, s, j, w)
             if j >= w - 1:
                 # TA-Lib takes sqrt of whatever VAR gives; its VAR is never negative in practice.
                 out[t, 3] = math.sqrt(var) if var > 0.0 else 0.0
 
         # Z-score against the last `window` prices: sliding Welford, recomputed exactly once
         # per window and whenever the leaving price dwarfs what remains (cancellation).
-        mean = floats[F_Z_MEAN, s]
-        m2 = floats[F_Z_M2, s]
+        mean = rec[s, F_Z_MEAN]
+        m2 = rec[s, F_Z_M2]
         resync = slot == w - 1
         if k < w:
             delta = p - mean
             mean += delta / (k + 1)
             m2 += delta * (p - mean)
         else:
-            old = rings[R_PRICE, s, slot]
+            old = rec[s, _ring(slot, R_PRICE)]
             new_mean = mean + (p - old) / w
             dev_old = old - mean
             m2 += (p - old) * (p - new_mean + dev_old)
             mean = new_mean
             resync = resync or m2 < 0.0 or dev_old * dev_old > m2 * 1e6
-        rings[R_PRICE, s, slot] = p
+        rec[s, _ring(slot, R_PRICE)] = p
         if resync:
             acc = 0.0
             for i in range(w):
-                acc += rings[R_PRICE, s, i]
+                acc += rec[s, _ring(i, R_PRICE)]
             mean = acc / w
             m2 = 0.0
             for i in range(w):
-                d = rings[R_PRICE, s, i] - mean
+                d = rec[s, _ring(i, R_PRICE)] - mean
                 m2 += d * d
-        floats[F_Z_MEAN, s] = mean
-        floats[F_Z_M2, s] = m2
+        rec[s, F_Z_MEAN] = mean
+        rec[s, F_Z_M2] = m2
         if k >= w - 1:
             sd = math.sqrt(m2 / w) if m2 > 0.0 else 0.0
             # A spread below 1e-12 of the price level is rounding residue, not variation.
@@ -339,65 +400,82 @@ def _update_kernel(
 
         # Session VWAP: reset when the tick's session is not the sums' session.
         in_session = True
-        if calendar:
-            venue = symbol_venue[s]
-            j = _session_index(opens, venue, ints[I_SESSION_IDX, s], ts)
-            ints[I_SESSION_IDX, s] = j
+        if cal.shape[1] > 0:
+            venue = irec[s, W_VENUE]
+            j = _session_index(cal, venue, irec[s, W_SESSION_IDX], ts)
+            irec[s, W_SESSION_IDX] = j
             if j < 0:
                 session = NO_SESSION
                 in_session = False
             else:
-                session = opens[venue, j]
-                in_session = ts < closes[venue, j]
+                session = cal[0, venue, j]
+                in_session = ts < cal[1, venue, j]
         else:
             session = (ts // session_ns) * session_ns
-        pv = floats[F_VWAP_PV, s]
-        v = floats[F_VWAP_V, s]
-        if session != ints[I_SESSION_OPEN, s]:
-            ints[I_SESSION_OPEN, s] = session
+        pv = rec[s, F_VWAP_PV]
+        v = rec[s, F_VWAP_V]
+        if session != irec[s, W_SESSION_OPEN]:
+            irec[s, W_SESSION_OPEN] = session
             pv = 0.0
             v = 0.0
         if in_session:
             pv += p * q
             v += q
-        floats[F_VWAP_PV, s] = pv
-        floats[F_VWAP_V, s] = v
+        rec[s, F_VWAP_PV] = pv
+        rec[s, F_VWAP_V] = v
         out[t, 5] = pv / v if v > 0.0 else p
 
         # Order-flow imbalance: tick rule (a zero tick keeps the previous sign).
-        sign = ints[I_LAST_SIGN, s]
+        sign = irec[s, W_LAST_SIGN]
         if k >= 1:
             if p > prev_p:
                 sign = 1
             elif p < prev_p:
                 sign = -1
-        ints[I_LAST_SIGN, s] = sign
+        irec[s, W_LAST_SIGN] = sign
         signed = sign * q
-        osum = floats[F_OFI_SIGNED, s] + signed
-        otot = floats[F_OFI_TOTAL, s] + q
+        osum = rec[s, F_OFI_SIGNED] + signed
+        otot = rec[s, F_OFI_TOTAL] + q
         if k >= w:
-            osum -= rings[R_SIGNED_SIZE, s, slot]
-            otot -= rings[R_SIZE, s, slot]
-        rings[R_SIGNED_SIZE, s, slot] = signed
-        rings[R_SIZE, s, slot] = q
+            osum -= rec[s, _ring(slot, R_SIGNED_SIZE)]
+            otot -= rec[s, _ring(slot, R_SIZE)]
+        rec[s, _ring(slot, R_SIGNED_SIZE)] = signed
+        rec[s, _ring(slot, R_SIZE)] = q
         if slot == w - 1:
             osum = 0.0
             otot = 0.0
             for i in range(w):
-                osum += rings[R_SIGNED_SIZE, s, i]
-                otot += rings[R_SIZE, s, i]
-        floats[F_OFI_SIGNED, s] = osum
-        floats[F_OFI_TOTAL, s] = otot
+                osum += rec[s, _ring(i, R_SIGNED_SIZE)]
+                otot += rec[s, _ring(i, R_SIZE)]
+        rec[s, F_OFI_SIGNED] = osum
+        rec[s, F_OFI_TOTAL] = otot
         if k >= w:
             out[t, 6] = osum / otot if otot > 0.0 else 0.0
         else:
             out[t, 6] = nan
 
-        floats[F_LAST_PRICE, s] = p
-        floats[F_LAST_LOG_PRICE, s] = log_p
-        ints[I_LAST_TS, s] = ts
-        ints[I_COUNT, s] = k + 1
+        rec[s, F_LAST_PRICE] = p
+        rec[s, F_LAST_LOG_PRICE] = log_p
+        irec[s, W_LAST_TS] = ts
+        irec[s, W_COUNT] = k + 1
     return accepted
+
+
+# The columns' types: anything else is converted first (FeatureEngine.update).
+TICK_COLUMNS = "int32[::1], float64[::1], float64[::1], int64[::1]"
+STATE_ARGS = "float64[:, ::1], int64[:, ::1], int64[::1], int64[:, :, ::1]"
+
+
+@njit(
+    f"int64({TICK_COLUMNS}, {STATE_ARGS}, float64[:, ::1], uint8[::1])",
+    cache=True, nogil=True, error_model="numpy",
+)  # fmt: skip
+def _update_kernel(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
+    """Check the batch's shapes (a BAD_* code: nothing done), then apply it (see ``_apply_batch``)."""
+    bad = _check_batch(symbol, price, size, ts_ns, out, reasons)
+    if bad != 0:
+        return bad
+    return _apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons)
 
 
 class FeatureParams(BaseModel):
@@ -490,6 +568,7 @@ class FeatureEngine:
         self.max_gap_ns = max_gap_ns
         self.sessions = sessions if sessions is not None else SessionTable.none(n_symbols)
         self.state = SymbolState(n_symbols, window)
+        self.state.set_venues(self.sessions.symbol_venue)
         self._params = np.array(
             [ema_fast, ema_slow, rsi_period, window, session_ns, max_gap_ns], np.int64
         )
@@ -512,30 +591,32 @@ class FeatureEngine:
         ``last_reasons`` (or in ``reasons`` when given). Pass ``out``/``reasons`` to
         reuse buffers: then the call allocates nothing.
         """
-        symbol = _column("symbol", symbol, np.int32)
-        n = symbol.shape[0]
-        price = _column("price", price, np.float64, n)
-        size = _column("size", size, np.float64, n)
-        ts_ns = _column("ts_ns", ts_ns, np.int64, n)
+        n = len(symbol)
         if out is None:
             out = np.empty((n, len(FEATURES)), dtype=np.float64)
-        elif out.shape != (n, len(FEATURES)) or out.dtype != np.float64:
-            raise ValueError(
-                f"out: shape {out.shape} dtype {out.dtype}: must be ({n}, {len(FEATURES)}) float64"
-            )
         if reasons is None:
             if self._reasons.shape[0] < n:  # grows to the largest batch seen, then reused
                 self._reasons = np.zeros(max(n, 2 * self._reasons.shape[0]), dtype=np.uint8)
             reasons = self._reasons
-        elif reasons.shape[0] < n or reasons.dtype != np.uint8:
-            raise ValueError(
-                f"reasons: shape {reasons.shape} dtype {reasons.dtype}: must be uint8 of >= {n}"
+        records, params, table = self.state.records, self._params, self.sessions.table
+        words = self.state.words
+        try:  # columns of the kernel's types go straight in: nothing checked twice
+            status = _update_kernel(symbol, price, size, ts_ns, records, words, params, table,
+                                    out, reasons)  # fmt: skip
+        except TypeError:  # another type or layout: convert what can be, refuse the rest
+            symbol = _column("symbol", symbol, np.int32)
+            n = symbol.shape[0]
+            columns = (
+                _column("price", price, np.float64, n),
+                _column("size", size, np.float64, n),
+                _column("ts_ns", ts_ns, np.int64, n),
             )
-        else:
-            self._reasons = reasons
-        st, cal = self.state, self.sessions
-        _update_kernel(symbol, price, size, ts_ns, st.floats, st.ints, st.rings, self._params,
-                       cal.opens, cal.closes, cal.symbol_venue, out, reasons)  # fmt: skip
+            _check_buffer("out", out, np.float64, (n, len(FEATURES)))
+            _check_buffer("reasons", reasons, np.uint8, (n,))
+            status = _update_kernel(symbol, *columns, records, words, params, table, out, reasons)
+        if status < 0:
+            raise _refusal(status, n, price, size, ts_ns, out, reasons)
+        self._reasons = reasons
         self._n_last = n
         return out
 
@@ -572,13 +653,48 @@ class FeatureEngine:
 
 
 def _column(name: str, values: np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
-    """The column as a contiguous 1-D array of ``dtype``; copies only when it must."""
+    """The column as a contiguous, writable 1-D array of ``dtype``; copies only when it must."""
     arr = np.ascontiguousarray(values, dtype=dtype)
     if arr.ndim != 1:
         raise ValueError(f"{name}: shape {arr.shape}: must be 1-D")
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name}: {arr.shape[0]} values but symbol has {n}: lengths must match")
-    return arr
+    return arr if arr.flags.writeable else arr.copy()  # the kernel's types are writable arrays
+
+
+def _check_buffer(name: str, buffer: np.ndarray, dtype: type, shape: tuple[int, ...]) -> None:
+    """ValueError unless ``buffer`` is a C-contiguous, writable ``dtype`` array of ``shape``
+    (a 1-D buffer may be longer)."""
+    fits = (
+        isinstance(buffer, np.ndarray)
+        and buffer.dtype == dtype
+        and buffer.flags.c_contiguous
+        and buffer.flags.writeable
+        and buffer.ndim == len(shape)
+        and (buffer.shape == shape or (len(shape) == 1 and buffer.shape[0] >= shape[0]))
+    )
+    if not fits:
+        what = f"shape {buffer.shape} dtype {buffer.dtype}" if isinstance(buffer, np.ndarray) \
+            else type(buffer).__name__  # fmt: skip
+        need = f"of >= {shape[0]}" if len(shape) == 1 else str(shape)
+        raise ValueError(
+            f"{name}: {what}: must be a C-contiguous, writable {np.dtype(dtype).name} array {need}"
+        )
+
+
+def _refusal(status: int, n: int, price: Any, size: Any, ts_ns: Any, out: Any, reasons: Any
+             ) -> ValueError:  # fmt: skip
+    """The error the kernel's BAD_* answer ``status`` stands for."""
+    if status == BAD_OUT_SHAPE:
+        return ValueError(f"out: shape {np.shape(out)}: must be ({n}, {len(FEATURES)}) float64")
+    if status == BAD_REASONS_LENGTH:
+        return ValueError(f"reasons: shape {np.shape(reasons)}: must be uint8 of >= {n}")
+    name, values = {
+        BAD_PRICE_LENGTH: ("price", price),
+        BAD_SIZE_LENGTH: ("size", size),
+        BAD_TS_LENGTH: ("ts_ns", ts_ns),
+    }[status]
+    return ValueError(f"{name}: {len(values)} values but symbol has {n}: lengths must match")
 
 
 def explain(reasons: np.ndarray) -> list[tuple[int, str]]:

@@ -72,18 +72,21 @@ class SessionTable:
     """Session opens/closes per venue and each symbol's venue, allocated once.
 
     ``opens[v, j]`` / ``closes[v, j]`` are the UTC ns of venue ``v``'s ``j``-th session,
-    ascending; rows are padded with ``NO_OPEN``. ``symbol_venue[s]`` is ``s``'s row.
+    ascending; rows are padded with ``NO_OPEN``. ``table`` holds both (``table[0]`` is
+    ``opens``, ``table[1]`` ``closes``: one argument for the kernel). ``symbol_venue[s]``
+    is ``s``'s row.
     """
 
-    __slots__ = ("closes", "opens", "symbol_venue", "venues")
+    __slots__ = ("closes", "opens", "symbol_venue", "table", "venues")
 
     def __init__(
         self, venues: Sequence[str], opens: np.ndarray, closes: np.ndarray, symbol_venue: np.ndarray
     ) -> None:
         self.venues = tuple(venues)
-        self.opens = opens
-        self.closes = closes
-        self.symbol_venue = symbol_venue
+        self.table = np.ascontiguousarray(np.stack([opens, closes]), dtype=np.int64)
+        self.opens = self.table[0]
+        self.closes = self.table[1]
+        self.symbol_venue = np.ascontiguousarray(symbol_venue, dtype=np.int32)
 
     @classmethod
     def for_symbols(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import tracemalloc
 
@@ -396,3 +397,56 @@ def test_no_nan_or_infinity_ever_reaches_the_model() -> None:
     assert not np.isnan(features[:, COL["vwap"]]).any()  # VWAP is never NaN, warm or not
     # Nothing overflows here, so a row is cold exactly when one of its features is NaN.
     np.testing.assert_array_equal(~warm, np.isnan(features).any(axis=1))
+
+
+def _hostile_stream(seed: int, n_symbols: int, n: int):
+    """Ticks of ``n_symbols`` symbols drawn at random: sessions on two calendars, halts and gaps,
+    zero sizes, extreme prices, and bad ticks of every kind among them."""
+    rng = np.random.default_rng(seed)
+    symbol = rng.integers(0, n_symbols, n).astype(np.int32)
+    level = 10.0 ** rng.uniform(-3, 5, n_symbols)
+    price = level[symbol] * np.exp(rng.normal(0, 2e-3, n))
+    price[rng.random(n) < 0.01] *= 1e6  # extremes
+    size = np.round(rng.lognormal(3, 2, n))
+    size[rng.random(n) < 0.05] = 0.0
+    # Each symbol ticks every ~20 s on average; rare 4-hour halts cross gaps, closes and opens.
+    step = rng.integers(0, 40 * SECOND // n_symbols, n)
+    step[rng.random(n) < 1 / (150 * n_symbols)] = 4 * 3600 * SECOND
+    ts = np.int64(1_710_252_000 * SECOND) + np.cumsum(step)  # 2024-03-12 14:00 UTC on
+    bad = rng.random(n) < 0.01
+    kinds = rng.integers(0, 5, n)
+    symbol[bad & (kinds == 0)] = n_symbols + 3
+    price[bad & (kinds == 1)] = np.nan
+    price[bad & (kinds == 2)] = -1.0
+    size[bad & (kinds == 3)] = np.inf
+    ts[bad & (kinds == 4)] -= 3600 * SECOND  # stale
+    return symbol, price, size, ts.astype(np.int64)
+
+
+@pytest.mark.parametrize("n_symbols", [7, 3000])  # in cache, and large enough to prefetch
+def test_the_record_layout_computes_the_same_bits_as_the_old_layout(n_symbols: int) -> None:
+    """Issue 17: the state moved from ``[field, symbol]`` arrays to per-symbol records; every
+    feature, verdict and state word equals the old kernel's (kept in bench/old_layout.py)."""
+    from app.sessions import SessionTable
+    from bench.old_layout import OldLayoutEngine
+
+    venues = {s: "XLON" for s in range(0, n_symbols, 3)}
+    sessions = SessionTable.for_symbols(n_symbols, "XNYS", venues)
+    n = 600 * n_symbols if n_symbols < 100 else 100 * n_symbols
+    symbol, price, size, ts = _hostile_stream(17, n_symbols, n)
+    for kwargs in ({"sessions": sessions, "max_gap_ns": 300 * SECOND}, {"window": 9}):
+        new = FeatureEngine(n_symbols, **kwargs)  # type: ignore[arg-type]
+        old = OldLayoutEngine(n_symbols, **kwargs)  # type: ignore[arg-type]
+        cuts = np.r_[0, np.sort(np.random.default_rng(2).choice(n, 30, replace=False)), n]
+        rejected = warm = 0
+        for lo, hi in itertools.pairwise(cuts):
+            cols = (symbol[lo:hi], price[lo:hi], size[lo:hi], ts[lo:hi])
+            features = new.update(*cols)
+            np.testing.assert_array_equal(features, old.update(*cols))
+            np.testing.assert_array_equal(new.last_reasons, old.last_reasons)
+            rejected += int((new.last_reasons != 0).sum())
+            warm += int(np.isfinite(features).all(axis=1).sum())
+        assert 0.005 * n < rejected < 0.02 * n and warm > n / 3  # a stream worth comparing
+        np.testing.assert_array_equal(new.state.floats, old.floats)
+        np.testing.assert_array_equal(new.state.ints, old.ints)
+        np.testing.assert_array_equal(new.state.rings, old.rings)
