@@ -17,9 +17,9 @@ Per batch, in this order, every refusal coming before any state changes:
    out cannot leave ticks applied without their signals, spool record or deliveries.
    Inference, then, in sequence order (`InOrder`), the spool append: one `SpoolRecord`
    with the accepted ticks, the signals, the features behind them and the reply.
-6. **Ack** once the record is durable (group commit). Only then is it delivered, in
-   sequence order, to the in-process store, the cache, the warehouse and the publishers,
-   each of which takes the sequence number along (``app.datapath``).
+6. Once the record is durable (group commit), in sequence order: the in-process store,
+   the cache, the warehouse and the publishers get it, each taking the sequence number
+   along (``app.datapath``), and the **ack** goes out.
 
 On start (`recover`), records the sinks had not all confirmed are delivered again; the
 sinks skip what they already hold, so each batch lands exactly once.
@@ -28,6 +28,7 @@ sinks skip what they already hold, so each batch lands exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import OrderedDict
@@ -172,6 +173,7 @@ class Delivery:
     features: np.ndarray
     computed_at_ns: int
     admission: Any = None  # room the data path reserved for it (None: a replay)
+    answer: Callable[[], None] | None = None  # acknowledges it (None: a replay)
 
 
 def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Any:
@@ -209,6 +211,7 @@ class Ingestor:
                                     config.dedupe_window_s)  # fmt: skip
         self._order = InOrder()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unanswered: set[asyncio.Future[Any]] = set()  # replies of batches in flight
         if spool is not None:
             spool.on_durable = self._deliver
         if data_path is not None:
@@ -286,6 +289,8 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         reply.add_done_callback(_retrieve)
+        self._unanswered.add(reply)
+        reply.add_done_callback(self._unanswered.discard)
         if key is not None:
             self.recent.put(key, digest, reply)
         if applied.seq == 0:  # nothing accepted, nothing changed: answer now
@@ -307,7 +312,8 @@ class Ingestor:
     async def _complete(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
                         key: tuple[str, int] | None, digest: bytes, admission: Any,
                         reply: asyncio.Future[Any]) -> None:  # fmt: skip
-        """Steps 5 and 6 for an applied batch; runs to the end whatever the caller does."""
+        """Steps 5 and 6 for an applied batch; runs to the end whatever the caller does. The
+        ack (``reply``) is given by `_deliver` once the record is durable."""
         seq = applied.seq
         delivery: Delivery | None = None
         try:
@@ -322,47 +328,63 @@ class Ingestor:
                         for c in (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
                     )
                 )
+                features = result.features
                 delivery = Delivery(seq, accepted, result.signals,
-                                    result.features if result.features is not None
+                                    features if features is not None
                                     else np.empty((0, len(FEATURES))),
-                                    computed_at, admission)  # fmt: skip
+                                    computed_at, admission,
+                                    functools.partial(self._answer, key, reply, answer))  # fmt: skip
                 if self.spool is not None:
                     record = spool_record(request, digest, accepted, answer, delivery)
-                    durable: asyncio.Future[None] | None = self.spool.append(
-                        seq, record.SerializeToString(), delivery
+                    durable = self.spool.append(seq, record.SerializeToString(), delivery)
+                    durable.add_done_callback(
+                        functools.partial(self._not_durable, key, reply, delivery)
                     )
                 else:
-                    durable = None
                     self._deliver(seq, delivery)
             finally:
                 self._order.done(seq)
-            if durable is not None:
-                await durable
         except BaseException as exc:
-            if admission is not None and (delivery is None or delivery.admission is not None):
-                self.data_path.release(admission)  # type: ignore[union-attr]
-            if key is not None:
-                self.recent.forget(key)
-            if not reply.done():
-                reply.set_exception(exc)
+            self._refused_after_apply(key, reply, delivery, admission, exc)
             if not isinstance(exc, Exception):
                 raise
-            return
+
+    def _answer(self, key: tuple[str, int] | None, reply: asyncio.Future[Any], answer: Any) -> None:
         if key is not None:
             self.recent.completed(key, answer.ByteSize())
-        reply.set_result(answer)
+        if not reply.done():
+            reply.set_result(answer)
+
+    def _not_durable(self, key: tuple[str, int] | None, reply: asyncio.Future[Any],
+                     delivery: Delivery, durable: asyncio.Future[None]) -> None:  # fmt: skip
+        if not durable.cancelled() and durable.exception() is not None:
+            self._refused_after_apply(key, reply, delivery, delivery.admission,
+                                      durable.exception())  # fmt: skip
+
+    def _refused_after_apply(self, key: tuple[str, int] | None, reply: asyncio.Future[Any],
+                             delivery: Delivery | None, admission: Any,
+                             exc: BaseException | None) -> None:  # fmt: skip
+        """No ack for an applied batch (the spool failed): give its room back, forget it."""
+        if admission is not None and (delivery is None or delivery.admission is not None):
+            self.data_path.release(admission)  # type: ignore[union-attr]
+        if key is not None:
+            self.recent.forget(key)
+        if not reply.done():
+            reply.set_exception(exc or RuntimeError("the batch was not acknowledged"))
 
     # --- delivery ----------------------------------------------------------------------------
 
     def _deliver(self, seq: int, delivery: Delivery) -> None:
-        """A durable batch, in sequence order: the latest signals, then the data path."""
+        """A durable batch, in sequence order: the latest signals, the data path, the ack."""
         self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
         if self.data_path is None:
             self._delivered(seq)
-            return
-        admission, delivery.admission = delivery.admission, None
-        self.data_path.deliver(seq, delivery.ticks, delivery.signals, delivery.features,
-                               delivery.computed_at_ns, admission)  # fmt: skip
+        else:
+            admission, delivery.admission = delivery.admission, None
+            self.data_path.deliver(seq, delivery.ticks, delivery.signals, delivery.features,
+                                   delivery.computed_at_ns, admission)  # fmt: skip
+        if delivery.answer is not None:
+            delivery.answer()
 
     def _delivered(self, watermark: int) -> None:
         if self.spool is not None:
@@ -373,8 +395,8 @@ class Ingestor:
     async def drain(self) -> None:
         """Wait for every applied batch to be spooled and answered."""
         self.pipeline.close()
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._unanswered:
+            await asyncio.gather(*self._tasks, *self._unanswered, return_exceptions=True)
 
 
 def spool_record(request: Any, digest: bytes, accepted: TickColumns, answer: Any,
