@@ -54,7 +54,7 @@ def metric_sums(port: int, name: str) -> tuple[float, float]:
 def run_setup(label: str, service: ServiceProcess, concurrency: int, seconds: float,
               warmup: float, metrics_port: int) -> tuple[LoadReport, str]:  # fmt: skip
     try:
-        report = asyncio.run(drive(service.wait_ready().target, concurrency, seconds, warmup))
+        report = asyncio.run(drive(service.target, concurrency, seconds, warmup))
         commit_s, groups = metric_sums(metrics_port, "signal_spool_commit_duration_seconds")
         batches, _ = metric_sums(metrics_port, "signal_spool_group_records")
     finally:
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.concurrency} clients, {seconds:g} s per setup (after {warmup:g} s warm-up)",
           flush=True)  # fmt: skip
     try:
+        for service, _ in services.values():  # all up before any is measured
+            service.wait_ready()
         for label, (service, port) in services.items():
             report, line = run_setup(label, service, args.concurrency, seconds, warmup, port)
             results[label] = report
