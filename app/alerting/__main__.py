@@ -21,6 +21,7 @@ def _once(service: DetectorService) -> int:
 def main(argv: list[str] | None = None) -> int:
     return run_service(
         argv,
+        service_name="signal-anomaly-detector",
         prog="python -m app.alerting",
         description="Score latency, error-rate and GPU series against seasonal baselines.",
         config_env="SIGNAL_ALERTING_CONFIG",

@@ -14,12 +14,12 @@ The Cloud Monitoring alert policy (infra/autoscale.py) fires on
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 
+import structlog
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from app.alerting.config import AlertingConfig, SeriesConfig
@@ -27,7 +27,7 @@ from app.alerting.detector import AnomalyDetector, Verdict
 from app.autoscale.config import REGION_PLACEHOLDER
 from app.autoscale.prometheus import PrometheusClient, PrometheusError
 
-log = logging.getLogger("app.alerting")
+log = structlog.get_logger("app.alerting")
 MINUTE = 60
 
 
@@ -95,7 +95,9 @@ class DetectorService:
                         self._query(series, region), start * MINUTE, last * MINUTE, MINUTE
                     )
                 except PrometheusError as exc:
-                    log.warning("no history for %s in %s: %s", series.name, region, exc)
+                    log.warning(
+                        "history_unavailable", series=series.name, region=region, error=str(exc)
+                    )
                     continue
                 verdict = None
                 for offset, value in enumerate(values):
@@ -128,7 +130,9 @@ class DetectorService:
                 try:
                     value = self.client.query(self._query(series, region), (minute + 1) * MINUTE)
                 except PrometheusError as exc:
-                    log.warning("%s in %s unavailable: %s", series.name, region, exc)
+                    log.warning(
+                        "series_unavailable", series=series.name, region=region, error=str(exc)
+                    )
                     self.exports.source_up.labels(series=series.name, region=region).set(0)
                     continue
                 self.exports.source_up.labels(series=series.name, region=region).set(1)
@@ -138,12 +142,12 @@ class DetectorService:
                 self._export(series.name, region, verdict)
                 if verdict.active:
                     log.info(
-                        "anomaly: %s in %s = %.4g (baseline %.4g, score %.2f)",
-                        series.name,
-                        region,
-                        value,
-                        verdict.baseline,
-                        verdict.score,
+                        "anomaly",
+                        series=series.name,
+                        region=region,
+                        value=value,
+                        baseline=verdict.baseline,
+                        score=verdict.score,
                     )
         return verdicts
 
@@ -158,6 +162,6 @@ class DetectorService:
             try:
                 self.tick()
             except Exception:  # one bad minute must not stop the detectors
-                log.exception("tick failed")
+                log.exception("tick_failed")
             now = self.clock()
             stop.wait(max((int(now // MINUTE) + 1) * MINUTE + 5 - now, 1.0))

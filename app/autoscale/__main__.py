@@ -18,6 +18,7 @@ def _once(service: ScalerService) -> int:
 def main(argv: list[str] | None = None) -> int:
     return run_service(
         argv,
+        service_name="signal-autoscaler",
         prog="python -m app.autoscale",
         description="Forecast each region's request rate and export signal_desired_replicas.",
         config_env="SIGNAL_AUTOSCALE_CONFIG",

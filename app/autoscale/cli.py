@@ -1,10 +1,14 @@
 """The command line both metric services share (`python -m app.autoscale`, `app.alerting`):
-load and validate the config, then run until SIGTERM, or run one tick with `--once`."""
+load and validate the config, then run until SIGTERM, or run one tick with `--once`.
+
+They log as the signal service does (`app.telemetry.configure_logging`): one JSON object per
+line, each naming the service. A long-running service logs to stdout; `--once` prints its
+result on stdout, so its log lines go to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -12,7 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
 from app.autoscale.config import ConfigError, prometheus_client
+from app.telemetry import TelemetryConfig, configure_logging
 
 
 class Service(Protocol):
@@ -23,6 +30,7 @@ def run_service(
     argv: list[str] | None,
     *,
     prog: str,
+    service_name: str,
     description: str,
     config_env: str,
     once_help: str,
@@ -36,7 +44,6 @@ def run_service(
     parser.add_argument("--once", action="store_true", help=once_help)
     parser.add_argument("--check", action="store_true", help="validate the configuration, exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = load(args.config)
     except (ConfigError, OSError) as exc:
@@ -45,6 +52,12 @@ def run_service(
     if args.check:
         print(config.model_dump_json(by_alias=True, indent=2))
         return 0
+    # Nothing of these services is sampled: a line a minute per region at most.
+    configure_logging(
+        TelemetryConfig(service_name=service_name, log_sampling={}),
+        stream=sys.stderr if args.once else sys.stdout,
+    )
+    structlog.contextvars.bind_contextvars(service=service_name)
     client = prometheus_client(
         config.prometheus_url, config.prometheus_auth, config.query_timeout_seconds
     )

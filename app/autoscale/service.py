@@ -15,7 +15,6 @@ scale on what they see.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 import threading
 import time
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from app.autoscale.config import AutoscaleConfig
@@ -30,7 +30,7 @@ from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
 from app.autoscale.prometheus import PrometheusClient, PrometheusError
 from app.autoscale.scaler import PredictiveScaler, ReplicaDecision
 
-log = logging.getLogger("app.autoscale")
+log = structlog.get_logger("app.autoscale")
 
 MINUTE = 60
 DAY_MINUTES = 1440
@@ -133,7 +133,7 @@ class ScalerService:
                 self.config.query_for(region), start * MINUTE, last * MINUTE, MINUTE
             )
         except PrometheusError as exc:
-            log.warning("history for %s unavailable: %s", region, exc)
+            log.warning("history_unavailable", region=region, error=str(exc))
             values = np.full(last - start + 1, np.nan)
         whole = len(values) // DAY_MINUTES
         days = [
@@ -161,7 +161,7 @@ class ScalerService:
             level = float(np.median(recent)) if len(recent) else 1.0
             forecaster = SeasonalForecaster.flat(DAY_MINUTES, level, UNFITTED)
             fitted_at = None
-            log.info("%s: %d usable trading days of history; reactive only", region, len(usable))
+            log.info("reactive_only", region=region, usable_trading_days=len(usable))
         scaler = PredictiveScaler(policy, forecaster)
         seen = values[np.isfinite(values)]
         if len(seen):
@@ -195,7 +195,7 @@ class ScalerService:
                 try:
                     rate = self.client.query(self.config.query_for(region), (minute + 1) * MINUTE)
                 except PrometheusError as exc:
-                    log.warning("rate for %s unavailable: %s", region, exc)
+                    log.warning("rate_unavailable", region=region, error=str(exc))
                     self.exports.source_up.labels(region=region).set(0)
                     continue  # the last published value stands
                 self.exports.source_up.labels(region=region).set(1)
@@ -213,6 +213,14 @@ class ScalerService:
             self.exports.error_sigma.labels(region=region).set(
                 state.scaler.forecaster.log_error_sigma
             )
+            log.info(
+                "replicas",
+                region=region,
+                desired=decision.desired,
+                forecast_rps=decision.forecast_peak_rps,
+                planned_rps=decision.planned_rps,
+                fitted=state.fitted_at is not None,
+            )
         return decisions
 
     def run(self, stop: threading.Event, serve_metrics: bool = True) -> None:
@@ -225,7 +233,7 @@ class ScalerService:
             try:
                 self.tick()
             except Exception:  # one bad minute must not stop the scaler
-                log.exception("tick failed")
+                log.exception("tick_failed")
             now = self.clock()
             # Scrapes land a few seconds after the minute: read 5 s past the boundary.
             stop.wait(max((minute_of(now) + 1) * MINUTE + 5 - now, 1.0))

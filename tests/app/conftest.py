@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 import yaml
 
 from app.model.build import BuildOptions, ModelArtifacts, build_model
@@ -64,6 +65,15 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory, model: ModelArtifacts) ->
     server.start(timeout_s=90)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    """For tests that run a command configuring the JSON logs (`app.telemetry`): they point at
+    the test's captured streams, so put structlog back to its defaults afterwards."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture

@@ -237,3 +237,26 @@ def test_config_errors_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "error_ratio",
         "gpu_utilisation",
     ]
+
+
+@pytest.mark.usefixtures("json_logs")
+def test_cli_logs_one_json_object_per_line_like_the_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "alerting.json"
+    with serve(lambda query, ts: 20.0) as api:
+        path.write_text(json.dumps({"prometheusUrl": api.url, "regions": ["us-east4"]}))
+        api.fail = True  # every read fails: one warning per series, as JSON on stderr
+        assert cli.main(["--config", str(path), "--once"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {}  # --once: stdout holds the verdicts alone
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    unavailable = [line for line in lines if line["event"] == "series_unavailable"]
+    assert {line["series"] for line in unavailable} == {s.name for s in DEFAULT_SERIES}
+    for line in unavailable:
+        assert set(line) >= {"timestamp", "level", "event", "service", "series", "region", "error"}
+        assert (line["service"], line["level"], line["region"]) == (
+            "signal-anomaly-detector",
+            "warning",
+            "us-east4",
+        )

@@ -319,6 +319,7 @@ def test_config_errors_name_file_key_value_and_allowed(tmp_path: Path) -> None:
     assert "historyDay: unknown key, did you mean historyDays?" in text
 
 
+@pytest.mark.usefixtures("json_logs")
 def test_cli_once_prints_decisions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with serve(trading_rate) as api:
         path = tmp_path / "scaler.json"
@@ -327,3 +328,38 @@ def test_cli_once_prints_decisions(tmp_path: Path, capsys: pytest.CaptureFixture
     decision = json.loads(capsys.readouterr().out)["us-east4"]
     assert decision["desired"] >= 2
     assert cli.main(["--config", str(tmp_path / "missing.json")]) == 2
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    """Every non-empty line, each of which must be one JSON object."""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(isinstance(line, dict) for line in lines), text
+    return lines
+
+
+@pytest.mark.usefixtures("json_logs")
+def test_cli_logs_one_json_object_per_line_like_the_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "scaler.json"
+    with serve(trading_rate) as api:
+        path.write_text(json.dumps({"prometheusUrl": api.url, "regions": ["us-east4"]}))
+        assert cli.main(["--config", str(path), "--once"]) == 0
+        out, err = capsys.readouterr()
+        json.loads(out)  # --once: stdout holds the decisions alone; the logs go to stderr
+        (replicas,) = [line for line in json_lines(err) if line["event"] == "replicas"]
+        assert set(replicas) >= {"timestamp", "level", "event", "service", "region", "desired"}
+        assert (replicas["service"], replicas["level"], replicas["region"]) == (
+            "signal-autoscaler",
+            "info",
+            "us-east4",
+        )
+        assert replicas["desired"] == json.loads(out)["us-east4"]["desired"]
+
+        api.fail = True  # Prometheus down: a warning naming the region and the error
+        assert cli.main(["--config", str(path), "--once"]) == 0
+    events = {line["event"]: line for line in json_lines(capsys.readouterr().err)}
+    warning = events["history_unavailable"]
+    assert (warning["level"], warning["region"]) == ("warning", "us-east4")
+    assert "HTTP 503 unavailable: storage is down" in str(warning["error"])
+    assert events["reactive_only"]["usable_trading_days"] == 0
