@@ -10,7 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.config import StackConfig
-from infra.platform import Platform
+from infra.signal_platform import Platform
 from infra.workloads import triton_model_config
 
 config = StackConfig.from_pulumi()

@@ -44,6 +44,7 @@ from infra.kube import (
     pod_monitoring,
 )
 from infra.mesh import baseline_policies, default_deny
+from infra.observability import alert_documentation
 
 NAMESPACE = "signal-intelligence"
 SERVICE_ACCOUNT = "signal-intelligence"
@@ -330,6 +331,7 @@ class AnomalyAlerts(pulumi.ComponentResource):
         series: Sequence[str],
         notification_channels: Sequence[pulumi.Input[str]],
         labels: Mapping[str, str],
+        dashboard_url: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:AnomalyAlerts", name, None, opts)
@@ -342,15 +344,15 @@ class AnomalyAlerts(pulumi.ComponentResource):
                 "evaluation_interval": "60s",
             },
         }
-        documentation: gcp.monitoring.AlertPolicyDocumentationArgsDict = {
-            "content": (
-                "The anomaly detector (app/alerting) scores each series against a robust "
-                "per-minute-of-day baseline (median and MAD of the last days). The `series` "
-                "and `region` labels name what moved; `signal_anomaly_score` and "
-                "`signal_anomaly_baseline` show how far, and from what."
-            ),
-            "mime_type": "text/markdown",
-        }
+        documentation = alert_documentation(
+            "The anomaly detector (app/alerting) scores each series against a robust "
+            "per-minute-of-day baseline (median and MAD of the last days). The `series` "
+            "and `region` labels name what moved; `signal_anomaly_score` and "
+            "`signal_anomaly_baseline` show how far, and from what.",
+            "open the dashboard's chart of the moved series (latency, server errors or GPU duty "
+            "cycle) for that region, then follow that alert's runbook.",
+            dashboard_url,
+        )
         self.policy = gcp.monitoring.AlertPolicy(
             f"{name}-policy",
             display_name="signal-anomaly",

@@ -16,74 +16,96 @@
   sink of every audit log to a CMEK bucket whose retention policy is locked where the stack
   protects its resources (prod); elsewhere it stays unlocked, so the stack can be destroyed.
 
-The service's metric names below are the ones `app/telemetry.py` exports (a test holds
-them together).
+- The operations dashboard (infra/dashboard.py); every alert's documentation says what to do
+  first (`RUNBOOK`) and links the dashboard.
+
+The metrics and queries are infra/metrics.py's, shared with the dashboard.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.cluster import GPU_UTILIZATION
+from infra import metrics
 from infra.config import AlertThresholds, Budget, ObservabilitySettings
-
-# Prometheus metrics of the signal service (the gRPC API) and of Triton.
-REQUEST_LATENCY = "signal_request_duration_seconds"  # histogram by method
-REQUESTS = "signal_requests_total"  # counter of finished requests, by method and gRPC code
-TRITON_QUEUE_US = "nv_inference_queue_duration_us"  # counter: cumulative queue time
-TRITON_REQUESTS = "nv_inference_request_success"  # counter
-# gRPC statuses that are the server's fault; client mistakes (INVALID_ARGUMENT, NOT_FOUND)
-# are answers, not failures.
-SERVER_ERROR_CODES = (
-    "UNKNOWN",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DEADLINE_EXCEEDED",
-    "DATA_LOSS",
-    "RESOURCE_EXHAUSTED",
-)
-REDIS_MEMORY = "redis.googleapis.com/cluster/memory/maximum_utilization"
-PREEMPTION_METRIC = "spot_preemptions"
+from infra.dashboard import console_url, dashboard_json
+from infra.metrics import BURN_RATE_WINDOWS, PREEMPTION_METRIC, SERVICE_ID, SLO_ID, slo_name
 
 AUDITED_SERVICES = ("bigquery.googleapis.com", "redis.googleapis.com")
 AUDIT_LOG_TYPES = ("ADMIN_READ", "DATA_READ", "DATA_WRITE")
 AUDIT_FILTER = 'logName:"cloudaudit.googleapis.com"'
 
-SERVICE_ID = "signal-api"
-SLO_ID = "availability"
-# (lookback, burn-rate threshold): the SRE workbook's page-worthy pair. 14.4x over an hour
-# spends 2% of a 30-day budget; 6x over six hours spends 5%.
-BURN_RATE_WINDOWS = (("3600s", 14.4), ("21600s", 6.0))
-
 CHANNEL_LABELS = {"email": "email_address", "webhook_tokenauth": "url", "pubsub": "topic"}
 
+# What the on-call does first, per alert: the line each alert's documentation opens with, beside
+# the link to the operations dashboard, whose charts it names.
+RUNBOOK = {
+    "signal-latency-p95": (
+        "look at *Triton queue time* and *GPU duty cycle*: GPUs saturated means scale Triton out "
+        "(`workloads.triton.maxReplicas`, the GPU pool's `maxNodes`); GPUs idle means the time "
+        "is spent in the service: check Redis memory and the service's inference fallbacks."
+    ),
+    "signal-error-rate": (
+        "find the failing code in the service's logs (`code` of `signal_requests_total`): "
+        "UNAVAILABLE or DEADLINE_EXCEEDED point at Triton or Redis (their charts); errors that "
+        "began with a deploy mean rolling that image back."
+    ),
+    "triton-queue-time": (
+        "compare *GPU duty cycle*: above its band, add GPU capacity (Triton replicas, the pool's "
+        "`maxNodes`); within it, Triton's dynamic batching delay or instance count is too low "
+        "for the load."
+    ),
+    "gpu-duty-cycle": (
+        "below the band the GPU pool is oversized for the load (lower `minNodes` or Triton's "
+        "replicas); above it requests queue (raise them): check *Triton queue time* first."
+    ),
+    "spot-preemptions": (
+        "check *Inference GPU nodes per pool*: the on-demand pools should be taking the load; "
+        "if they sit at `maxNodes`, raise it or expect latency to rise until spot returns."
+    ),
+    "redis-memory": (
+        "check *Redis memory* per cluster; add shards (`redis.shardCount`) before evictions "
+        "lower the L2 hit rate, or shorten the cache TTL."
+    ),
+    "slo-burn-rate": (
+        "find what fails on *Server-error ratio* and follow the error-rate runbook; hold "
+        "deploys until the burn rate is back under 1."
+    ),
+}
 
-def _codes_regex() -> str:
-    return "|".join(SERVER_ERROR_CODES)
+
+def alert_documentation(
+    what: str, first: str, dashboard_url: pulumi.Input[str]
+) -> gcp.monitoring.AlertPolicyDocumentationArgsDict:
+    """An alert's documentation: what fired, what to do first, the operations dashboard."""
+    content = pulumi.Output.from_input(dashboard_url).apply(
+        lambda url: runbook_markdown(what, first, url)
+    )
+    return {"content": content, "mime_type": "text/markdown"}
+
+
+def runbook_markdown(what: str, first: str, url: str) -> str:
+    return f"{what}\n\n**First:** {first}\n\n[Operations dashboard]({url})"
 
 
 def promql_alerts(alerts: AlertThresholds) -> dict[str, tuple[str, str]]:
     """Alert name → (PromQL, what it means), per cluster."""
-    codes = _codes_regex()
     return {
         "signal-latency-p95": (
-            "histogram_quantile(0.95, sum by (cluster, le) "
-            f"(rate({REQUEST_LATENCY}_bucket[5m]))) > {alerts.latency_p95_ms / 1000:g}",
+            f"{metrics.latency_quantile(0.95)} > {alerts.latency_p95_ms / 1000:g}",
             f"p95 signal latency above {alerts.latency_p95_ms:g} ms",
         ),
         "signal-error-rate": (
-            f'sum by (cluster) (rate({REQUESTS}{{code=~"{codes}"}}[5m])) '
-            f"/ sum by (cluster) (rate({REQUESTS}[5m])) > {alerts.error_rate:g}",
+            f"{metrics.server_error_ratio()} > {alerts.error_rate:g}",
             f"more than {alerts.error_rate:.2%} of signal requests fail on the server",
         ),
         "triton-queue-time": (
-            f"sum by (cluster) (rate({TRITON_QUEUE_US}[5m])) "
-            f"/ sum by (cluster) (rate({TRITON_REQUESTS}[5m])) "
-            f"> {alerts.triton_queue_ms * 1000:g}",
+            f"{metrics.triton_queue_us()} > {alerts.triton_queue_ms * 1000:g}",
             f"Triton requests wait more than {alerts.triton_queue_ms:g} ms in its queue",
         ),
     }
@@ -127,12 +149,8 @@ class Threshold:
 def gpu_duty_cycle(alerts: AlertThresholds) -> list[Threshold]:
     """GPU utilisation outside [min, max]: idle GPUs waste money, saturated ones add latency.
     GKE's managed DCGM metric, averaged over each cluster's GPUs."""
-    series = (
-        'resource.type = "prometheus_target" AND '
-        f'metric.type = "prometheus.googleapis.com/{GPU_UTILIZATION}/gauge"'
-    )
     common = {
-        "filter": series,
+        "filter": metrics.gpu_utilization_filter(),
         "aligner": "ALIGN_MEAN",
         "reducer": "REDUCE_MEAN",
         "group_by": ("resource.label.cluster",),
@@ -164,14 +182,13 @@ def spot_preemptions(alerts: AlertThresholds, metric_name: str) -> str:
     PromQL condition is not checked against the metric's descriptor when the policy is
     created, so the alert does not race the metric it reads; it depends on the metric only to
     be created after it."""
-    series = f'logging_googleapis_com:user_{metric_name}{{monitored_resource="gce_instance"}}'
-    return f"sum(increase({series}[1h])) > {alerts.spot_preemptions_per_hour:g}"
+    return f"{metrics.preemptions_per_hour(metric_name)} > {alerts.spot_preemptions_per_hour:g}"
 
 
 def redis_memory(alerts: AlertThresholds) -> Threshold:
     return Threshold(
         name=f"Redis memory above {alerts.redis_memory_utilization:.0%}",
-        filter=f'resource.type = "redis.googleapis.com/Cluster" AND metric.type = "{REDIS_MEMORY}"',
+        filter=metrics.redis_memory_filter(),
         comparison="COMPARISON_GT",
         value=alerts.redis_memory_utilization,
         duration="600s",
@@ -181,24 +198,9 @@ def redis_memory(alerts: AlertThresholds) -> Threshold:
     )
 
 
-def slo_name(project_id: str) -> str:
-    return f"projects/{project_id}/services/{SERVICE_ID}/serviceLevelObjectives/{SLO_ID}"
-
-
-def request_filters() -> tuple[str, str]:
-    """(total, bad) request filters of the availability SLI, both on the request counter: a
-    request-based ratio counts requests, which a distribution (the latency histogram) does
-    not; bad ones are those that ended with a server-error code."""
-    total = (
-        f'metric.type="prometheus.googleapis.com/{REQUESTS}/counter" '
-        'resource.type="prometheus_target"'
-    )
-    bad = f'{total} metric.labels.code=monitoring.regex.full_match("{_codes_regex()}")'
-    return total, bad
-
-
 class Observability(pulumi.ComponentResource):
-    """Channels, alert policies, the SLO, the budget and the audit-log trail of the stack."""
+    """Channels, the SLO, the operations dashboard, alert policies that link it, the budget and
+    the audit-log trail of the stack. `dashboard_url` is the dashboard's console page."""
 
     def __init__(
         self,
@@ -216,6 +218,7 @@ class Observability(pulumi.ComponentResource):
         super().__init__("signal:infra:Observability", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         user_labels = dict(labels)
+        alerts = settings.alerts
 
         self.channels = {
             channel.name: gcp.monitoring.NotificationChannel(
@@ -230,11 +233,56 @@ class Observability(pulumi.ComponentResource):
         }
         channel_names = [c.name for c in self.channels.values()]
 
+        self.preemptions = gcp.logging.Metric(
+            PREEMPTION_METRIC,
+            name=PREEMPTION_METRIC,
+            description="Spot VMs reclaimed by Compute Engine",
+            filter='resource.type="gce_instance" AND '
+            'protoPayload.methodName="compute.instances.preempted"',
+            metric_descriptor={"metric_kind": "DELTA", "value_type": "INT64", "unit": "1"},
+            opts=child,
+        )
+
+        # ---- SLO: availability of the signal API, request-based.
+        self.service = gcp.monitoring.CustomService(
+            "service-signal-api",
+            service_id=SERVICE_ID,
+            display_name="signal API (gRPC)",
+            user_labels=user_labels,
+            opts=child,
+        )
+        total, bad = metrics.request_filters()
+        self.slo = gcp.monitoring.Slo(
+            "slo-signal-api-availability",
+            service=self.service.service_id,
+            slo_id=SLO_ID,
+            display_name=f"{settings.slo_goal:.2%} of signal requests succeed "
+            f"({settings.slo_window_days}-day rolling)",
+            goal=settings.slo_goal,
+            rolling_period_days=settings.slo_window_days,
+            request_based_sli={
+                "good_total_ratio": {"total_service_filter": total, "bad_service_filter": bad}
+            },
+            user_labels=user_labels,
+            opts=child,
+        )
+
+        # ---- The operations dashboard: after the SLO and the log metric its charts read.
+        self.dashboard = gcp.monitoring.Dashboard(
+            "operations-dashboard",
+            project=project_id,
+            dashboard_json=json.dumps(dashboard_json(project_id, alerts, labels)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.slo, self.preemptions]),
+        )
+        self.dashboard_url: pulumi.Output[str] = self.dashboard.id.apply(
+            lambda dashboard_id: console_url(dashboard_id, project_id)
+        )
+
         def policy(
             key: str,
             conditions: Sequence[gcp.monitoring.AlertPolicyConditionArgsDict],
             severity: str,
-            docs: str,
+            what: str,
             depends_on: Sequence[pulumi.Resource] = (),
         ) -> gcp.monitoring.AlertPolicy:
             return gcp.monitoring.AlertPolicy(
@@ -244,13 +292,12 @@ class Observability(pulumi.ComponentResource):
                 conditions=list(conditions),
                 severity=severity,
                 notification_channels=channel_names,
-                documentation={"content": docs, "mime_type": "text/markdown"},
+                documentation=alert_documentation(what, RUNBOOK[key], self.dashboard_url),
                 alert_strategy={"auto_close": "86400s"},
                 user_labels=user_labels,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
             )
 
-        alerts = settings.alerts
         self.alerts: dict[str, gcp.monitoring.AlertPolicy] = {}
         for key, (query, meaning) in promql_alerts(alerts).items():
             condition: gcp.monitoring.AlertPolicyConditionArgsDict = {
@@ -269,16 +316,6 @@ class Observability(pulumi.ComponentResource):
             "WARNING",
             f"GPU duty cycle outside {alerts.gpu_duty_cycle_min:g}-{alerts.gpu_duty_cycle_max:g}%"
             ": below, the pool is oversized (scale in); above, requests queue (scale out).",
-        )
-
-        self.preemptions = gcp.logging.Metric(
-            PREEMPTION_METRIC,
-            name=PREEMPTION_METRIC,
-            description="Spot VMs reclaimed by Compute Engine",
-            filter='resource.type="gce_instance" AND '
-            'protoPayload.methodName="compute.instances.preempted"',
-            metric_descriptor={"metric_kind": "DELTA", "value_type": "INT64", "unit": "1"},
-            opts=child,
         )
         self.alerts["spot-preemptions"] = policy(
             "spot-preemptions",
@@ -303,37 +340,13 @@ class Observability(pulumi.ComponentResource):
             "WARNING",
             "A Redis cluster is near its memory: add shards before evictions hurt hit rates.",
         )
-
-        # ---- SLO: availability of the signal API, request-based.
-        self.service = gcp.monitoring.CustomService(
-            "service-signal-api",
-            service_id=SERVICE_ID,
-            display_name="signal API (gRPC)",
-            user_labels=user_labels,
-            opts=child,
-        )
-        total, bad = request_filters()
-        self.slo = gcp.monitoring.Slo(
-            "slo-signal-api-availability",
-            service=self.service.service_id,
-            slo_id=SLO_ID,
-            display_name=f"{settings.slo_goal:.2%} of signal requests succeed "
-            f"({settings.slo_window_days}-day rolling)",
-            goal=settings.slo_goal,
-            rolling_period_days=settings.slo_window_days,
-            request_based_sli={
-                "good_total_ratio": {"total_service_filter": total, "bad_service_filter": bad}
-            },
-            user_labels=user_labels,
-            opts=child,
-        )
         self.alerts["slo-burn-rate"] = policy(
             "slo-burn-rate",
             [
                 {
                     "display_name": f"error budget burning {rate:g}x over {window}",
                     "condition_threshold": {
-                        "filter": f'select_slo_burn_rate("{slo_name(project_id)}", "{window}")',
+                        "filter": metrics.burn_rate_filter(project_id, window),
                         "comparison": "COMPARISON_GT",
                         "threshold_value": rate,
                         "duration": "0s",
@@ -424,4 +437,10 @@ class Observability(pulumi.ComponentResource):
             member=self.audit_sink.writer_identity,
             opts=child,
         )
-        self.register_outputs({"auditBucket": self.audit_bucket.url, "slo": slo_name(project_id)})
+        self.register_outputs(
+            {
+                "auditBucket": self.audit_bucket.url,
+                "slo": slo_name(project_id),
+                "dashboard": self.dashboard_url,
+            }
+        )

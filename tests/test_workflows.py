@@ -171,3 +171,25 @@ def test_the_kubeconfig_calls_the_plugin_the_workflows_install():
     config = yaml.safe_load(kubeconfig("c", gateway_server("123", "us-central1", "c")))
     (user,) = config["users"]
     assert user["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"
+
+
+def test_pulumi_type_checks_the_program_with_pyright_from_its_virtualenv():
+    """`pulumi preview`/`up` run pyright over the program first, as `make lint` does; the
+    language host refuses to run the program when the typechecker is not installed in the
+    program's virtualenv, so pyright is one of the program's requirements."""
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    options = project["runtime"]["options"]
+    assert options == {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"}
+    pins = (REPO / "requirements.txt").read_text().splitlines()
+    assert any(re.fullmatch(r"pyright==[\d.]+", line) for line in pins)
+
+
+def test_no_program_module_shadows_the_standard_library():
+    """The language host runs `python -m pyright <program dir>` from the program directory, and
+    `python -m` puts that directory first on sys.path: a module there named like a standard
+    library one (infra/platform.py was) replaces it inside pyright itself, which then crashes."""
+    program = REPO / yaml.safe_load((REPO / "Pulumi.yaml").read_text())["main"]
+    modules = {path.stem for path in program.glob("*.py")}
+    modules |= {path.parent.name for path in program.glob("*/__init__.py")}
+    assert "observability" in modules and "config" in modules
+    assert not modules & sys.stdlib_module_names

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.platform import APIS, CONTROL_PLANE_TARGETS
+from infra.signal_platform import APIS, CONTROL_PLANE_TARGETS
 from infra.service_agents import AGENTS, Creation
 from tools.inventory import UNKNOWN, Inventory, Resource
 

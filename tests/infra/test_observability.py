@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from infra.cluster import GPU_UTILIZATION
+from app.alerting.service import Exports as DetectorExports
+from app.autoscale.service import Exports as ScalerExports
+from app.telemetry import Metrics
+from infra.cluster import GPU_UTILIZATION, MONITORED_COMPONENTS
 from infra.config import ConfigError
-from infra.observability import (
-    REQUEST_LATENCY,
-    REQUESTS,
-    SERVER_ERROR_CODES,
-    TRITON_QUEUE_US,
-    TRITON_REQUESTS,
-)
+from infra.metrics import SERVER_ERROR_CODES, TRITON_QUEUE_US, TRITON_REQUESTS
+from infra.observability import RUNBOOK, runbook_markdown
 from tests.conftest import REPO
 from tests.infra.stack_config import load, section
 from tests.infra.test_apply_order import waits_for
@@ -33,6 +31,7 @@ BUCKET = "gcp:storage/bucket:Bucket"
 BUCKET_IAM = "gcp:storage/bucketIAMMember:BucketIAMMember"
 SINK = "gcp:logging/projectSink:ProjectSink"
 LOG_METRIC = "gcp:logging/metric:Metric"
+DASHBOARD = "gcp:monitoring/dashboard:Dashboard"
 COST_LABELS = {"cost-center", "env", "owner"}
 
 
@@ -382,14 +381,84 @@ def test_every_data_platform_resource_that_takes_labels_carries_the_cost_labels(
     assert checked >= 20
 
 
-def test_the_service_metrics_alerted_on_are_the_ones_the_app_exports():
-    """The names are the app's (app/telemetry.py), and Triton's own metric names."""
-    source = (Path(__file__).resolve().parents[2] / "app" / "telemetry.py").read_text()
-    for name in (REQUEST_LATENCY, REQUESTS):
-        assert f'"{name}"' in source, name
-    counter = source[source.index(f'"{REQUESTS}"') :]
-    assert counter.index('["method", "code"]') < counter.index(")"), "labelled by gRPC code"
-    assert (TRITON_QUEUE_US, TRITON_REQUESTS) == (
-        "nv_inference_queue_duration_us",
-        "nv_inference_request_success",
+# Triton's own metric names (Triton's metrics documentation): counters, without a suffix.
+TRITON_METRICS = {"nv_inference_queue_duration_us", "nv_inference_request_success"}
+PROMQL_FUNCTIONS = re.compile(r"\b[a-z_]+\s*\(")  # sum(, rate(, histogram_quantile(, ...
+LOG_METRIC_PREFIX = "logging_googleapis_com:user_"
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name the platform's processes expose to Prometheus, read from their own
+    registries (the service's `app.telemetry.Metrics`, the scaler's and the detector's
+    exports), in the exposition format: counters end in _total, histograms in
+    _bucket/_sum/_count."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    ScalerExports(registry)
+    DetectorExports(registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {family.name + s for family in registry.collect() for s in suffixes[family.type]}
+
+
+def promql_metric_names(query: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left once grouping clauses, label
+    matchers, ranges, function names and numbers are taken out."""
+    bare = re.sub(r"\bby\s*\([^)]*\)", " ", query)
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", bare)
+    bare = PROMQL_FUNCTIONS.sub(" ", bare)
+    return set(re.findall(r"[A-Za-z_:][\w:]*", bare))
+
+
+def readable_metrics(plan: Inventory) -> set[str]:
+    """What a PromQL query in this stack may read: what our processes export, Triton's
+    metrics, GKE's managed DCGM metric where the clusters collect it, and the stack's own
+    log-based metrics."""
+    names = exported_metrics() | TRITON_METRICS
+    for cluster in plan.of_type("gcp:container/cluster:Cluster"):
+        if "DCGM" in cluster.inputs["monitoringConfig"]["enableComponents"]:
+            names.add(GPU_UTILIZATION)
+    names |= {LOG_METRIC_PREFIX + m.inputs["name"] for m in plan.of_type(LOG_METRIC)}
+    return names
+
+
+def test_promql_metric_names_reads_only_metrics():
+    query = (
+        'sum by (cluster) (rate(signal_requests_total{code=~"UNKNOWN|INTERNAL"}[5m])) '
+        "/ histogram_quantile(0.95, sum by (cluster, le) (rate(x_bucket[5m]))) > 0.001"
     )
+    assert promql_metric_names(query) == {"signal_requests_total", "x_bucket"}
+
+
+def test_every_promql_alert_reads_metrics_the_platform_exports(stack_plan: Inventory):
+    """The names are the ones app/telemetry.py (and the scaler and detector) register, Triton's
+    own, GKE's DCGM metric and the stack's log metrics: a renamed metric fails here."""
+    readable = readable_metrics(stack_plan)
+    assert "DCGM" in MONITORED_COMPONENTS
+    queries = [
+        condition["conditionPrometheusQueryLanguage"]["query"]
+        for policy in stack_plan.of_type(POLICY)
+        for condition in policy.inputs["conditions"]
+        if "conditionPrometheusQueryLanguage" in condition
+    ]
+    assert len(queries) >= 5
+    for query in queries:
+        names = promql_metric_names(query)
+        assert names and names <= readable, (query, names - readable)
+    # The error-rate alert and the SLO split requests by their final gRPC code.
+    assert Metrics(CollectorRegistry()).requests._labelnames == ("method", "code")
+    assert {TRITON_QUEUE_US, TRITON_REQUESTS} == TRITON_METRICS
+
+
+def test_every_alert_says_what_to_do_first_and_links_the_dashboard(stack_plan: Inventory):
+    """Each policy's documentation is built from the dashboard's id (so it is unknown until the
+    dashboard exists, and the policy waits for it), and opens with its runbook line."""
+    (dashboard,) = stack_plan.of_type(DASHBOARD)
+    found = policies(stack_plan)
+    assert set(RUNBOOK) == set(found) - {"signal-anomaly"}  # infra/autoscale.py writes its own
+    for name, policy in found.items():
+        assert policy.inputs["documentation"]["content"] == UNKNOWN, name
+        assert dashboard.urn in policy.options["dependencies"], name
+    text = runbook_markdown("Alert: p95 above 100 ms.", RUNBOOK["signal-latency-p95"], "URL")
+    assert text.splitlines()[0] == "Alert: p95 above 100 ms."
+    assert f"**First:** {RUNBOOK['signal-latency-p95']}" in text
+    assert text.endswith("[Operations dashboard](URL)")

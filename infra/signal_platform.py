@@ -371,6 +371,7 @@ class Platform(pulumi.ComponentResource):
                 intelligence.anomaly_detection.alert_series,
                 [channel.name for channel in self.observability.channels.values()],
                 labels,
+                self.observability.dashboard_url,
                 after_apis,
             )
         self.register_outputs({"network": self.vpc.network.id})
