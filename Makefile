@@ -9,25 +9,58 @@ PYTEST_ARGS ?=
 
 .PHONY: setup plan check test lint format bench serve clean
 
-# Idempotent: each venv is rebuilt only when its requirements change.
-setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHECKOV_VENV)/.installed
+# Idempotent: each venv is installed again only when its lock file changes. The lock files pin
+# every package with its hashes (pip refuses anything else); the requirements*.txt beside them
+# are their inputs (top-level pins): after editing one, `make lock`.
+PIP_INSTALL := -m pip install --quiet --disable-pip-version-check
+setup: $(VENV)/.installed $(VENV)/.editable $(POLICY_VENV)/.installed $(CHECKOV_VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt app/requirements.txt
+$(VENV)/.installed: requirements-dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) $(PIP_INSTALL) --require-hashes -r requirements-dev.lock
 	@touch $@
 
-$(POLICY_VENV)/.installed: policies/requirements.txt policies/requirements-dev.txt
+# The project itself, editable: its commands (signal-platform, signal-service, signal-autoscaler,
+# signal-anomaly-detector) on the venv's PATH. Its build backend comes from the lock (no build
+# isolation, so nothing unhashed is fetched).
+$(VENV)/.editable: pyproject.toml $(VENV)/.installed
+	$(PY) $(PIP_INSTALL) --no-deps --no-build-isolation --editable .
+	@touch $@
+
+$(POLICY_VENV)/.installed: policies/requirements-dev.lock
 	@test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
-	$(POLICY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r policies/requirements-dev.txt
+	$(POLICY_VENV)/bin/python $(PIP_INSTALL) --require-hashes -r policies/requirements-dev.lock
 	@touch $@
 
 # Checkov, which tests/policies/test_checkov_parity.py runs beside the pack (own venv: its
 # dependencies conflict with the pack's).
-$(CHECKOV_VENV)/.installed: policies/requirements-checkov.txt
+$(CHECKOV_VENV)/.installed: policies/requirements-checkov.lock
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r policies/requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/python $(PIP_INSTALL) --require-hashes -r policies/requirements-checkov.lock
 	@touch $@
+
+# The lock files, resolved from their inputs for Linux and Python 3.11 (the machines, CI and the
+# image) by uv, pinned in requirements-dev.txt. An existing lock keeps its versions where the
+# inputs allow; `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them. The
+# development lock constrains the program's and the image's, so deploy and the image run the
+# versions the tests ran; the pack's venvs resolve apart (protobuf 5).
+LOCK_ARGS ?=
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --no-emit-index-url \
+	--python-version 3.11 --python-platform linux --custom-compile-command "make lock" $(LOCK_ARGS)
+# $(call lock_file,INPUT,LOCK[,CONSTRAINTS]): compiled beside the lock from a copy of it (uv keeps
+# the versions it finds there), replacing it only when it changed, so no venv reinstalls for nothing.
+lock_file = cp $(2) $(2).new 2>/dev/null || true; \
+	$(LOCK) $(1) $(if $(3),-c $(3)) -o $(2).new || { rm -f $(2).new; exit 1; }; \
+	if cmp -s $(2).new $(2); then rm $(2).new; else mv $(2).new $(2); echo "$(2) updated"; fi
+.PHONY: lock
+lock: | $(VENV)/.installed
+	@$(call lock_file,requirements-dev.txt,requirements-dev.lock)
+	@$(call lock_file,requirements.txt,requirements.lock,requirements-dev.lock)
+	@$(call lock_file,app/requirements.txt,app/requirements.lock,requirements-dev.lock)
+	@$(call lock_file,app/requirements-build.txt,app/requirements-build.lock,requirements-dev.lock)
+	@$(call lock_file,policies/requirements-dev.txt,policies/requirements-dev.lock)
+	@$(call lock_file,policies/requirements.txt,policies/requirements.lock,policies/requirements-dev.lock)
+	@$(call lock_file,policies/requirements-checkov.txt,policies/requirements-checkov.lock)
 
 # Subprocesses (the policy pack, MLServer, CLI runs) measure coverage through the startup
 # hook coverage installs in each venv, active only when COVERAGE_PROCESS_START is set.

@@ -116,9 +116,9 @@ def test_health_check_uses_the_grpc_probe_module(stages: list[Stage]) -> None:
 def test_dependencies_are_a_layer_before_the_code(stages: list[Stage]) -> None:
     ordered = [(i, kw, args) for i, s in enumerate(stages) for kw, args in s.instructions]
     deps_install = next(n for n, (_, kw, args) in enumerate(ordered)
-                        if kw == "RUN" and "-r requirements.txt" in args)  # fmt: skip
+                        if kw == "RUN" and "-r requirements.lock" in args)  # fmt: skip
     requirements_copy = next(n for n, (_, kw, args) in enumerate(ordered)
-                             if kw == "COPY" and args.startswith("requirements.txt"))  # fmt: skip
+                             if kw == "COPY" and args.startswith("requirements.lock"))  # fmt: skip
     code_copy = next(n for n, (_, kw, args) in enumerate(ordered)
                      if kw == "COPY" and args.startswith(". "))  # fmt: skip
     assert requirements_copy < deps_install < code_copy
