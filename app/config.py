@@ -7,6 +7,7 @@ errors name the key, the value given and what is allowed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from app.ingest import IngestConfig
 from app.model import DEFAULT_MODEL_DIR
 from app.publish import PublishConfig
 from app.sessions import DEFAULT_VENUE, check_venue
+from app.shards import ShardingConfig
 from app.spool import SpoolConfig
 from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
@@ -138,6 +140,16 @@ class AppConfig(_Section):
     publish: PublishConfig = PublishConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    # Symbols in shards, each owned by one replica (app.shards); coordinated through cache.redis.
+    sharding: ShardingConfig = ShardingConfig()
+
+    def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
+        yield from super().rules(context)
+        if self.sharding.enabled and self.cache.redis is None:
+            yield Problem(
+                "sharding.enabled", "needs cache.redis: the replicas coordinate their shards "
+                "(leases, snapshots, journals) through that Redis Cluster", True,
+            )  # fmt: skip
 
 
 class ConfigError(ValueError):
