@@ -72,6 +72,7 @@ APIS: dict[str, str] = {
     "logging.googleapis.com": "log-based metrics and the audit sink",
     "monitoring.googleapis.com": "alerts, the SLO and the metrics adapter",
     "networkconnectivity.googleapis.com": "Private Service Connect policies for Redis",
+    "ondemandscanning.googleapis.com": "CI scans the service image before pushing it (image.yml)",
     "pubsub.googleapis.com": "topics and subscriptions",
     "redis.googleapis.com": "Memorystore for Redis Cluster",
     "storage.googleapis.com": "the models and audit-log buckets",
