@@ -64,10 +64,12 @@ class FeatureConfig(FeatureParams):
 
 
 class ModelConfig(_Section):
-    """Which built model the in-process backend loads."""
+    """Which built model the in-process backend loads, and how it runs it: ``fused`` (compiled
+    into the feature path, ``app.fused``) or ``onnxruntime`` (``intra_op_threads`` is its)."""
 
     dir: Path = Path(DEFAULT_MODEL_DIR)
     variant: Literal["fp32", "int8", "int4"] = "fp32"
+    backend: Literal["fused", "onnxruntime"] = "fused"
     intra_op_threads: int = Field(default=1, ge=1, le=256)
     build_if_missing: bool = True
 

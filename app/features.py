@@ -258,7 +258,7 @@ def _check_batch(symbol, price, size, ts_ns, out, reasons):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
+def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
     """Apply a batch of ticks in order; write features to ``out`` and verdicts to ``reasons``.
 
     Returns the number of accepted ticks. A rejected tick leaves no trace in the state and
@@ -471,11 +471,11 @@ STATE_ARGS = "float64[:, ::1], int64[:, ::1], int64[::1], int64[:, :, ::1]"
     cache=True, nogil=True, error_model="numpy",
 )  # fmt: skip
 def _update_kernel(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
-    """Check the batch's shapes (a BAD_* code: nothing done), then apply it (see ``_apply_batch``)."""
+    """Check the batch's shapes (a BAD_* code: nothing done), then apply it (see ``apply_batch``)."""
     bad = _check_batch(symbol, price, size, ts_ns, out, reasons)
     if bad != 0:
         return bad
-    return _apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons)
+    return apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons)
 
 
 class FeatureParams(BaseModel):
@@ -572,6 +572,9 @@ class FeatureEngine:
         self._params = np.array(
             [ema_fast, ema_slow, rsi_period, window, session_ns, max_gap_ns], np.int64
         )
+        # The arrays every compiled kernel over this engine takes, fixed for its life.
+        self.kernel_state = (self.state.records, self.state.words, self._params,
+                             self.sessions.table)  # fmt: skip
         self._reasons = np.zeros(0, dtype=np.uint8)
         self._n_last = 0
 
@@ -598,24 +601,23 @@ class FeatureEngine:
             if self._reasons.shape[0] < n:  # grows to the largest batch seen, then reused
                 self._reasons = np.zeros(max(n, 2 * self._reasons.shape[0]), dtype=np.uint8)
             reasons = self._reasons
-        records, params, table = self.state.records, self._params, self.sessions.table
-        words = self.state.words
+        records, words, params, table = self.kernel_state
         try:  # columns of the kernel's types go straight in: nothing checked twice
             status = _update_kernel(symbol, price, size, ts_ns, records, words, params, table,
                                     out, reasons)  # fmt: skip
         except TypeError:  # another type or layout: convert what can be, refuse the rest
-            symbol = _column("symbol", symbol, np.int32)
+            symbol = tick_column("symbol", symbol, np.int32)
             n = symbol.shape[0]
             columns = (
-                _column("price", price, np.float64, n),
-                _column("size", size, np.float64, n),
-                _column("ts_ns", ts_ns, np.int64, n),
+                tick_column("price", price, np.float64, n),
+                tick_column("size", size, np.float64, n),
+                tick_column("ts_ns", ts_ns, np.int64, n),
             )
             _check_buffer("out", out, np.float64, (n, len(FEATURES)))
             _check_buffer("reasons", reasons, np.uint8, (n,))
             status = _update_kernel(symbol, *columns, records, words, params, table, out, reasons)
         if status < 0:
-            raise _refusal(status, n, price, size, ts_ns, out, reasons)
+            raise kernel_refusal(status, n, price, size, ts_ns, out, reasons)
         self._reasons = reasons
         self._n_last = n
         return out
@@ -652,7 +654,7 @@ class FeatureEngine:
         self.state.reset(symbol)
 
 
-def _column(name: str, values: np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
+def tick_column(name: str, values: np.ndarray, dtype: type, n: int | None = None) -> np.ndarray:
     """The column as a contiguous, writable 1-D array of ``dtype``; copies only when it must."""
     arr = np.ascontiguousarray(values, dtype=dtype)
     if arr.ndim != 1:
@@ -682,7 +684,7 @@ def _check_buffer(name: str, buffer: np.ndarray, dtype: type, shape: tuple[int, 
         )
 
 
-def _refusal(status: int, n: int, price: Any, size: Any, ts_ns: Any, out: Any, reasons: Any
+def kernel_refusal(status: int, n: int, price: Any, size: Any, ts_ns: Any, out: Any, reasons: Any
              ) -> ValueError:  # fmt: skip
     """The error the kernel's BAD_* answer ``status`` stands for."""
     if status == BAD_OUT_SHAPE:

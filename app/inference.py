@@ -1,6 +1,8 @@
 """Inference backends behind one interface: in-process ONNX Runtime and KServe-v2 over gRPC.
 
-* ``LocalOnnxBackend``: the embedded default; ONNX Runtime in this process.
+* ``LocalOnnxBackend``: ONNX Runtime in this process; ``app.fused.FusedBackend`` is the
+  other in-process backend (the model compiled into the feature path), the default;
+  ``in_process_backend`` picks one (``model.backend``).
 * ``KServeBackend``: Triton (production) or MLServer (local runs and tests) through
   ``tritonclient.grpc.aio``: one persistent channel, a deadline on every call.
 * ``ResilientBackend``: a primary behind a ``CircuitBreaker`` with a fallback: when
@@ -21,14 +23,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from app.breaker import CircuitBreaker
 from app.model.contract import INPUT_NAME, N_CLASSES, N_INPUTS, OUTPUT_NAME
 from app.model.manifest import (
     SHA256_PARAMETER,
@@ -36,6 +37,7 @@ from app.model.manifest import (
     VARIANT_PARAMETER,
     ModelArtifacts,
     ModelIdentity,
+    Variant,
     sha256_of,
 )
 
@@ -83,6 +85,19 @@ def check_inputs(inputs: np.ndarray) -> np.ndarray:
     return arr
 
 
+def model_identity(
+    model_path: Path, data: bytes, model_version: str
+) -> tuple[ModelArtifacts | None, ModelIdentity]:
+    """The build a model file belongs to and the identity of its bytes (``ModelMismatchError``
+    if they are no variant of that build); with no manifest beside it, ``model_version`` of
+    unknown variant with the file's hash."""
+    artifacts = ModelArtifacts.beside(model_path)
+    if artifacts is not None:
+        return artifacts, artifacts.identity_of_bytes(data, model_path)
+    name, _, version = model_version.partition("/")
+    return None, ModelIdentity(name, version, UNKNOWN_VARIANT, sha256_of(data))
+
+
 class LocalOnnxBackend(InferenceBackend):
     """ONNX Runtime in this process (CPU).
 
@@ -107,12 +122,7 @@ class LocalOnnxBackend(InferenceBackend):
         import onnxruntime as ort
 
         data = model_path.read_bytes()
-        self.artifacts = ModelArtifacts.beside(model_path)
-        if self.artifacts is not None:
-            self.identity = self.artifacts.identity_of_bytes(data, model_path)
-        else:
-            name, _, version = model_version.partition("/")
-            self.identity = ModelIdentity(name, version, UNKNOWN_VARIANT, sha256_of(data))
+        self.artifacts, self.identity = model_identity(model_path, data, model_version)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -133,6 +143,28 @@ class LocalOnnxBackend(InferenceBackend):
         else:
             probs = self.infer_sync(inputs)
         return Inference(probs, self.identity, self.name)
+
+
+IN_PROCESS_BACKENDS: tuple[str, ...] = ("fused", "onnxruntime")
+
+
+def in_process_backend(
+    artifacts: ModelArtifacts,
+    variant: Variant,
+    backend: str = "fused",
+    *,
+    intra_op_threads: int = 1,
+) -> InferenceBackend:
+    """The built model's ``variant`` in this process (``model.backend``): ``fused``, the model
+    compiled into the feature path (``app.fused``), or ``onnxruntime``."""
+    path = artifacts.path(variant)
+    if backend == "fused":
+        from app.fused import FusedBackend  # it builds on this module
+
+        return FusedBackend(path, artifacts.model_version)
+    if backend == "onnxruntime":
+        return LocalOnnxBackend(path, artifacts.model_version, intra_op_threads=intra_op_threads)
+    raise ValueError(f"backend = {backend!r}: must be one of {', '.join(IN_PROCESS_BACKENDS)}")
 
 
 class KServeBackend(InferenceBackend):
@@ -315,65 +347,6 @@ class KServeBackend(InferenceBackend):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-BreakerState = Literal["closed", "open", "half_open"]
-
-
-@dataclass
-class CircuitBreaker:
-    """Closed → open after ``failure_threshold`` consecutive failures; open → half-open after
-    ``reset_timeout_s``; half-open lets one trial call through: success closes, failure reopens.
-    """
-
-    failure_threshold: int = 3
-    reset_timeout_s: float = 2.0
-    clock: Callable[[], float] = time.monotonic
-    state: BreakerState = "closed"
-    failures: int = 0
-    opened_at: float = 0.0
-    times_opened: int = 0
-    _trial_in_flight: bool = field(default=False, repr=False)
-
-    def allow(self) -> bool:
-        """Whether a call may go to the protected backend now (claims the half-open trial)."""
-        if self.state == "closed":
-            return True
-        if self.state == "open":
-            if self.clock() - self.opened_at < self.reset_timeout_s:
-                return False
-            self.state = "half_open"
-            self._trial_in_flight = False
-        if self._trial_in_flight:
-            return False
-        self._trial_in_flight = True
-        return True
-
-    def record_success(self) -> None:
-        if self.state != "closed":
-            log.info("circuit closed: primary backend answered again")
-        self.state = "closed"
-        self.failures = 0
-        self._trial_in_flight = False
-
-    def abandon(self) -> None:
-        """A claimed call ended without a verdict (cancelled, bad input): free the trial."""
-        self._trial_in_flight = False
-
-    def record_failure(self) -> None:
-        self._trial_in_flight = False
-        if self.state == "half_open":
-            self._open()
-            return
-        self.failures += 1
-        if self.state == "closed" and self.failures >= self.failure_threshold:
-            self._open()
-
-    def _open(self) -> None:
-        self.state = "open"
-        self.opened_at = self.clock()
-        self.times_opened += 1
-        log.warning("circuit open: serving from the fallback for %.1f s", self.reset_timeout_s)
 
 
 class ResilientBackend(InferenceBackend):

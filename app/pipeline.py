@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from app.config_errors import ConfigModel
 from app.features import FEATURES, FeatureEngine
+from app.fused import FusedBackend
 from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import model_inputs
 from app.signals import (
@@ -151,6 +152,10 @@ class SignalPipeline:
         # When the stored signal was computed (ns), kept beside LatestSignals' own seq rule.
         self._stored_seq = np.zeros(n, dtype=np.int64)
         self._computed_at = np.zeros(n, dtype=np.int64)
+        # The fused backend (app.fused) makes features and signals in one compiled call: apply
+        # then uses it in place of the engine's update and the batcher's queue.
+        fused = batcher.backend
+        self._fused = fused if isinstance(fused, FusedBackend) else None
 
     @property
     def n_symbols(self) -> int:
@@ -209,8 +214,13 @@ class SignalPipeline:
         touched = np.unique(symbol)
         saved = self._save(touched)
         try:
-            features = self.engine.update(symbol, price, size, ts_ns)
-            engine_reasons = self.engine.last_reasons
+            fused = None if self._fused is None else self._fused.run(self.engine, symbol, price,
+                                                                     size, ts_ns)  # fmt: skip
+            if fused is None:
+                features = self.engine.update(symbol, price, size, ts_ns)
+                engine_reasons = self.engine.last_reasons
+            else:
+                features, engine_reasons = fused.features, fused.reasons
             overflow = np.flatnonzero(np.isinf(features).any(axis=1) & (engine_reasons == 0))
             if overflow.size:
                 i = int(overflow[0])
@@ -234,12 +244,16 @@ class SignalPipeline:
             return AppliedBatch(0, reasons, accepted, empty.astype(np.int32), empty,
                                 np.empty((0, len(FEATURES))), None)  # fmt: skip
         self._seq += 1
-        inputs, warm = model_inputs(features)
+        inputs, warm = (
+            model_inputs(features) if fused is None else (fused.inputs, fused.warm.copy())
+        )
         warm &= ok
         self._track_warm_up(symbol, ok, warm)
         rows = last_warm_row_per_symbol(symbol, warm)
         inference = None
-        if rows.size:
+        if rows.size and fused is not None and self._fused is not None:
+            inference = self._fused.resolved(fused, self.batcher.monitor)  # the same rows, done
+        elif rows.size:
             # Queued synchronously (no await since the room check): the room is still there.
             inference = self.batcher.submit(inputs[rows])
         return AppliedBatch(self._seq, reasons, accepted, symbol[rows].astype(np.int32),
@@ -310,13 +324,16 @@ def _reason_name(code: int) -> str:
 
 def tick_to_signal_sync(
     engine: FeatureEngine,
-    backend: LocalOnnxBackend,
+    backend: LocalOnnxBackend | FusedBackend,
     symbol: np.ndarray,
     price: np.ndarray,
     size: np.ndarray,
     ts_ns: np.ndarray,
 ) -> SignalColumns:
-    """The whole path on this thread with the in-process model (no batcher): the latency floor."""
+    """The whole path on this thread with the in-process model (no batcher): the latency floor.
+    The fused backend runs all of it in one compiled call."""
+    if isinstance(backend, FusedBackend):
+        return backend.signals(engine, symbol, price, size, ts_ns)
     features = engine.update(symbol, price, size, ts_ns)
     inputs, warm = model_inputs(features)
     rows = last_warm_row_per_symbol(symbol, warm)

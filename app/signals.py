@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 DIRECTION_DOWN = 1
 DIRECTION_FLAT = 2
 DIRECTION_UP = 3
-_CLASS_TO_DIRECTION = np.array([DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP], dtype=np.int8)
+CLASS_TO_DIRECTION = np.array([DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP], dtype=np.int8)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def signals_from_probabilities(
     return SignalColumns(
         symbol=np.asarray(symbol, dtype=np.int32),
         ts_ns=np.asarray(ts_ns, dtype=np.int64),
-        direction=_CLASS_TO_DIRECTION[cls],
+        direction=CLASS_TO_DIRECTION[cls],
         strength=strength,
         confidence=confidence,
         model_version=model_version,

@@ -6,7 +6,8 @@ holding
 
 * the hot scalars (words 0-23, three cache lines): the 15 float fields, then the 6
   integer fields (stored as int64 in the same words), then the symbol's venue row (set
-  by the engine from its session table, not state) and padding;
+  by the engine from its session table, not state), a scratch word of the fused path
+  and padding;
 * its four rings, interleaved (words ``RING_BASE`` on): slot ``i`` is the four words
   ``price, log_return, signed_size, size`` of one tick, so the slots a tick reads and
   writes share one cache line (two, every other tick, for the log return written into
@@ -72,6 +73,7 @@ W_LAST_SIGN = INT_BASE + I_LAST_SIGN
 W_VOL_COUNTDOWN = INT_BASE + I_VOL_COUNTDOWN
 W_SESSION_IDX = INT_BASE + I_SESSION_IDX
 W_VENUE = INT_BASE + N_INT_FIELDS  # the symbol's row in the session table (configuration)
+W_MARK = W_VENUE + 1  # scratch of the fused path (app.fused): 0 between calls
 RING_BASE = 24  # the hot scalars fill three cache lines
 LINE_WORDS = 8  # 64-byte cache lines
 

@@ -49,27 +49,39 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def decide_row(down, flat, up, threshold):
+    """``(class, strength, confidence)`` of one row of probabilities under the rule (scalars
+    in and out, so the fused kernel inlines it); ``threshold`` NaN: the most probable class
+    (the first on ties)."""
+    st = up - down
+    if math.isnan(threshold):
+        c = 0
+        best = down
+        if flat > best:
+            c = 1
+            best = flat
+        if up > best:
+            c = 2
+    elif st > threshold:
+        c = 2
+    elif st < -threshold:
+        c = 0
+    else:
+        c = 1
+    confidence = down if c == 0 else (flat if c == 1 else up)
+    return c, st, confidence
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _decide(probabilities, threshold, cls, strength, confidence):
     """The rule, row by row: one pass, no temporaries (a signal's hot path is one row)."""
     for i in range(probabilities.shape[0]):
-        down, flat, up = probabilities[i, 0], probabilities[i, 1], probabilities[i, 2]
-        st = up - down
-        if math.isnan(threshold):  # no threshold: the most probable class (first on ties)
-            c = 0
-            if flat > down:
-                c = 1
-            if up > probabilities[i, c]:
-                c = 2
-        elif st > threshold:
-            c = 2
-        elif st < -threshold:
-            c = 0
-        else:
-            c = 1
+        c, st, conf = decide_row(probabilities[i, 0], probabilities[i, 1], probabilities[i, 2],
+                                 threshold)  # fmt: skip
         cls[i] = c
         strength[i] = st
-        confidence[i] = probabilities[i, c]
+        confidence[i] = conf
 
 
 def decide(

@@ -25,32 +25,55 @@ from app.model.tensors import (  # noqa: F401  (re-exported: the contract's name
 )
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def input_row(ema_fast, ema_slow, rsi, volatility, zscore, vwap, ofi):
+    """``(warm, x0, ..., x5)``: one row of features → float32 model inputs (scalars in and out,
+    so compiled callers inline it for free). Warm: every feature is a finite number (past
+    its warm-up: NaN before; none infinite) and so is every input (float32 overflow of
+    extreme prices is not an input); cold rows' inputs are zeros."""
+    zero = np.float32(0.0)
+    ok = (
+        math.isfinite(ema_fast) and math.isfinite(ema_slow) and math.isfinite(rsi)
+        and math.isfinite(volatility) and math.isfinite(zscore) and math.isfinite(vwap)
+        and math.isfinite(ofi)
+    )  # fmt: skip
+    if not ok:
+        return False, zero, zero, zero, zero, zero, zero
+    x0 = np.float32((ema_fast - ema_slow) / ema_slow)
+    x1 = np.float32((rsi - 50.0) / 50.0)
+    x2 = np.float32(volatility)
+    x3 = np.float32(zscore)
+    x4 = np.float32((ema_fast - vwap) / vwap)
+    x5 = np.float32(ofi)
+    ok = (
+        math.isfinite(x0) and math.isfinite(x1) and math.isfinite(x2) and math.isfinite(x3)
+        and math.isfinite(x4) and math.isfinite(x5)
+    )  # fmt: skip
+    if not ok:
+        return False, zero, zero, zero, zero, zero, zero
+    return True, x0, x1, x2, x3, x4, x5
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def inputs_into(features, t, out, warm):
+    """Model inputs of ``features[t]`` into ``out[t]`` and ``warm[t]``."""
+    ok, x0, x1, x2, x3, x4, x5 = input_row(
+        features[t, 0], features[t, 1], features[t, 2], features[t, 3], features[t, 4],
+        features[t, 5], features[t, 6],
+    )  # fmt: skip
+    out[t, 0] = x0
+    out[t, 1] = x1
+    out[t, 2] = x2
+    out[t, 3] = x3
+    out[t, 4] = x4
+    out[t, 5] = x5
+    warm[t] = ok
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _model_inputs_kernel(features, out, warm):
-    n = features.shape[0]
-    n_features = features.shape[1]
-    for i in range(n):
-        ok = True
-        for c in range(n_features):  # every feature past its warm-up (NaN before), none infinite
-            if not math.isfinite(features[i, c]):
-                ok = False
-        if ok:
-            ema_fast = features[i, 0]
-            ema_slow = features[i, 1]
-            vwap = features[i, 5]
-            out[i, 0] = (ema_fast - ema_slow) / ema_slow
-            out[i, 1] = (features[i, 2] - 50.0) / 50.0
-            out[i, 2] = features[i, 3]
-            out[i, 3] = features[i, 4]
-            out[i, 4] = (ema_fast - vwap) / vwap
-            out[i, 5] = features[i, 6]
-            for c in range(out.shape[1]):  # float32 overflow (extreme prices) is not an input
-                if not math.isfinite(out[i, c]):
-                    ok = False
-        warm[i] = ok
-        if not ok:
-            for c in range(out.shape[1]):
-                out[i, c] = 0.0
+    for t in range(features.shape[0]):
+        inputs_into(features, t, out, warm)
 
 
 def model_inputs(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
