@@ -8,6 +8,7 @@ lock that lost a hash, names an index or drifts from the development lock it was
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import tomllib
 import zipfile
 from dataclasses import dataclass, field
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -251,6 +253,44 @@ def test_the_image_installs_only_from_app_locks_with_hashes_and_wheels() -> None
     assert any("-r requirements.lock" in run for run in installs)
 
 
+# What app/ imports that the service's image does not install, and where it comes from instead.
+NOT_IN_THE_IMAGE = {
+    "grpc_tools": "app/requirements-build.lock",  # the build stage generates the stubs
+    "mlserver": "requirements-dev.lock",  # app/serving: the tests' KServe-v2 peer loads it
+}
+
+
+def third_party_imports(root: Path) -> dict[str, set[str]]:
+    """Each top-level module imported anywhere under root (functions included) and where."""
+    found: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in {"app", "__future__"}:
+                    found.setdefault(top, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_the_image_installs_every_package_the_service_imports() -> None:
+    distributions = packages_distributions()
+    image = lock_entries(REPO / "app" / "requirements.lock")
+    for module, where in sorted(third_party_imports(REPO / "app").items()):
+        names = {canonicalize_name(d) for d in distributions.get(module, [])}
+        assert names, f"{module} (imported by {sorted(where)}) is installed by no distribution"
+        lock = NOT_IN_THE_IMAGE.get(module, "app/requirements.lock")
+        locked = image if module not in NOT_IN_THE_IMAGE else lock_entries(REPO / lock)
+        assert names & set(locked), f"{sorted(where)} import {module}, which {lock} lacks"
+
+
 # --- the package and its commands ---------------------------------------------------------------
 
 
@@ -261,6 +301,7 @@ def scripts() -> dict[str, str]:
 def test_the_wheel_holds_infra_tools_and_app_with_their_data(tmp_path: Path) -> None:
     source = tmp_path / "src"
     junk = {".git", ".venv", "venv", ".checkov-venv", "__pycache__", "artifacts", "plans"}
+    junk |= {"build", "dist"}  # a stale build tree would leak into the wheel
     shutil.copytree(REPO, source, ignore=lambda _d, names: [n for n in names if n in junk])
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
