@@ -1,4 +1,4 @@
-"""`python -m tools cost`: a stack's monthly cost, per line item and region, from its plan."""
+"""`python -m tools cost`: a stack's monthly cost from its plan, line items by category."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pricing (and the config model it reads) loads only when cos
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "cost", help="price a stack's plan: monthly cost per line item and region"
+        "cost", help="price a stack's plan: monthly cost per line item, by category"
     )
     add_program_arguments(parser)
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the estimate as JSON")
@@ -42,14 +42,14 @@ def estimate_from_args(args: argparse.Namespace) -> Estimate:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from tools.cost import PricingError, budget_policy_config
+    from tools.cost import PricingError, budget_policy_config, render_markdown, render_text
 
     try:
         result = estimate_from_args(args)
     except (PricingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(result.render_text())
+    print(render_text(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
@@ -60,7 +60,7 @@ def _cost(args: argparse.Namespace) -> int:
         print(f"wrote {args.policy_config}", file=sys.stderr)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(result.render_markdown() + "\n")
+        args.markdown.write_text(render_markdown(result) + "\n")
         print(f"wrote {args.markdown}", file=sys.stderr)
     return 0
 

@@ -34,6 +34,9 @@ class CostSettings(Model):
     logging_gib_per_month: float = Field(default=50, ge=0)
     bucket_storage_gib: float = Field(default=10, ge=0)  # in each bucket
     artifact_storage_gib: float = Field(default=20, ge=0)  # in each registry
+    # Whether this stack's zonal clusters get GKE's free-tier credit: one per billing account,
+    # so false when another stack's zonal or Autopilot cluster on the same account takes it.
+    gke_free_tier: bool = True
 
     @field_validator("average_nodes")
     @classmethod

@@ -20,16 +20,20 @@ import yaml
 from tools.analyzer import PolicyPackProcess
 from tools.cost import (
     BUDGET_POLICY,
+    CATEGORIES,
     PRICING_PATH,
     Estimate,
+    PricingError,
     StackUsage,
     budget_policy_config,
     estimate,
     load_pricing,
+    render_markdown,
+    render_text,
     usage_from_stack,
 )
 from tools.engine import plan
-from tools.inventory import Inventory, Resource
+from tools.inventory import UNKNOWN, Inventory, Resource
 
 REPO = Path(__file__).resolve().parents[2]
 HOURS = 730
@@ -68,6 +72,26 @@ gcp.container.NodePool(
     autoscaling={"total_min_node_count": 0, "total_max_node_count": 4},
     node_config={"machine_type": "g2-standard-8", "spot": True,
                  "guest_accelerators": [{"type": "nvidia-l4", "count": 1}]})
+# The spot pool's on-demand twin: the spot share's remainder is priced on the spot pool's line.
+gcp.container.NodePool(
+    "gpu-ondemand", name="gpu-ondemand", cluster=cluster.id, location="us-central1",
+    node_locations=["us-central1-a"],
+    autoscaling={"total_min_node_count": 0, "total_max_node_count": 4},
+    node_config={"machine_type": "g2-standard-8", "spot": False,
+                 "guest_accelerators": [{"type": "nvidia-l4", "count": 1}]})
+# Two zonal clusters: GKE's free tier covers the first one's fee and the rest of the credit
+# goes to the second. The lab's spot pool has no on-demand twin: hours without spot capacity
+# run no node.
+lab = gcp.container.Cluster(
+    "lab", name="lab", location="us-central1-b", remove_default_node_pool=True,
+    initial_node_count=1, deletion_protection=False)
+gcp.container.NodePool(
+    "lab-gpu", name="lab-gpu", cluster=lab.id, location="us-central1-b", node_count=1,
+    node_config={"machine_type": "g2-standard-4", "spot": True,
+                 "guest_accelerators": [{"type": "nvidia-l4", "count": 1}]})
+gcp.container.Cluster(
+    "lab2", name="lab2", location="us-central1-c", remove_default_node_pool=True,
+    initial_node_count=1, deletion_protection=False)
 # A region pricing.yaml has no prices for: its nodes are unpriced, never zero.
 tokyo = gcp.container.Cluster(
     "tokyo", name="tokyo", location="asia-northeast1", remove_default_node_pool=True,
@@ -103,7 +127,7 @@ SMALL_STACK = {
         "costprog:cost": {
             "utilisation": 0.5,
             "spotShare": 0.8,
-            "averageNodes": {"gpu": 1.5},
+            "averageNodes": {"gpu": 1.5, "gpu-ondemand": 0},
             "signalsPerMonth": 40000,
             "bigqueryStorageGib": 210,
             "bigqueryScannedTibPerMonth": 3,
@@ -184,16 +208,26 @@ def test_pricing_is_dated_sourced_and_complete():
     assert all(
         s.gpu == "nvidia-l4" for n, s in pricing.machine_types.shapes.items() if n.startswith("g2-")
     )
+    # Credits name their page, the date it was read and what they apply to.
+    assert set(pricing.credits) == {"gke.freeTier"}
+    for credit_id, credit in pricing.credits.items():
+        assert credit.source.startswith("https://cloud.google.com/"), credit_id
+        assert credit.as_of >= pricing.as_of and credit.applies_to and credit.amount > 0
+    assert pricing.credits["gke.freeTier"].amount == 74.40
 
 
 def test_small_stack_against_hand_computed_figures(small: tuple[Inventory, Estimate]):
     _, e = small
-    e2, g2 = SHAPES["e2-standard-4"], SHAPES["g2-standard-8"]
+    e2, g2, g2_small = SHAPES["e2-standard-4"], SHAPES["g2-standard-8"], SHAPES["g2-standard-4"]
     uc1 = "us-central1"
     # Per-zone autoscaling (1..3 per zone, 2 zones of the cluster) at utilisation 0.5: 4 nodes.
     system_nodes = 2 + 0.5 * (6 - 2)
+    credit = RAW["credits"]["gke.freeTier"]["amount"]
     expected = {
-        "GKE cluster management fee": 2 * HOURS * 0.10,
+        "GKE cluster management fee": 4 * HOURS * 0.10,
+        # The month's credit: all of the first zonal cluster's fee, the rest off the second's.
+        "GKE free-tier credit (lab)": -HOURS * 0.10,
+        "GKE free-tier credit (lab2)": -(credit - HOURS * 0.10),
         "GKE node pool system: e2-standard-4": system_nodes
         * HOURS
         * node_hourly(e2, "onDemand", uc1),
@@ -205,12 +239,18 @@ def test_small_stack_against_hand_computed_figures(small: tuple[Inventory, Estim
             1.5 * HOURS * 0.2 * node_hourly(g2, "onDemand", uc1)
         ),
         "GKE node pool gpu: boot disks": 1.5 * 100 * price("disk.pd-balanced", uc1),
+        "GKE node pool gpu-ondemand:": 0.0,
+        # No on-demand twin: 80% of the hours on spot, the rest without a node (nor its disk).
+        "GKE node pool lab-gpu: g2-standard-4 + 1 x nvidia-l4 spot": (
+            1 * HOURS * 0.8 * node_hourly(g2_small, "spot", uc1)
+        ),
+        "GKE node pool lab-gpu: boot disks": 0.8 * 100 * price("disk.pd-balanced", uc1),
         "Memorystore Redis Cluster": 2
         * 2
         * HOURS
         * price("redis.cluster.REDIS_STANDARD_SMALL", uc1),
-        # NAT serves the region's 4 + 1.5 average nodes.
-        "Cloud NAT gateway": 5.5 * HOURS * 0.0014,
+        # NAT serves the region's 4 + 1.5 + 0 + 0.8 average nodes.
+        "Cloud NAT gateway": 6.3 * HOURS * 0.0014,
         "Cloud NAT data processing": 100 * 0.045,
         "Cloud NAT IP addresses": HOURS * 0.005,
         "BigQuery physical storage": (210 - 10) * price("bigquery.storage.PHYSICAL", "US"),
@@ -219,8 +259,9 @@ def test_small_stack_against_hand_computed_figures(small: tuple[Inventory, Estim
         "Cloud Logging ingestion": (150 - 50) * 0.50,
     }
     for fragment, figure in expected.items():
-        assert monthly(e, fragment) == pytest.approx(figure, rel=1e-9), fragment
+        assert monthly(e, fragment) == pytest.approx(figure, rel=1e-9, abs=1e-9), fragment
     assert e.total == pytest.approx(sum(expected.values()), rel=1e-9)
+    assert not [line for line in e.lines if "lab-gpu" in line.item and "on-demand" in line.item]
     assert e.per_signal == pytest.approx(e.total / 40000)
     assert e.budget_usd == 5000 and not e.over_budget
     assert e.by_region()[uc1] + e.by_region()["asia-northeast1"] + e.by_region()[
@@ -249,7 +290,7 @@ def test_unknown_types_and_regions_are_listed_unpriced_never_zero(
             or resource.urn in {u.urn for u in e.unpriced}
             or resource.type in free
         ), resource.urn
-    text = e.render_text()
+    text = render_text(e)
     assert "Unpriced, not in the total (3):" in text and "tokyo-pool" in text
 
 
@@ -260,7 +301,7 @@ def test_a_node_count_unknown_until_apply_is_unpriced():
         urn="urn:pulumi:s::p::gcp:container/nodePool:NodePool::pool",
         parent=None,
         provider=None,
-        inputs={"location": "us-central1", "nodeCount": "<unknown>", "nodeConfig": {}},
+        inputs={"location": "us-central1", "nodeCount": UNKNOWN, "nodeConfig": {}},
     )
     odd = Resource(
         type="gcp:container/nodePool:NodePool",
@@ -337,7 +378,7 @@ def stack_usages() -> dict[str, StackUsage]:
 def test_dev_and_prod_are_priced_within_budget(stack_plan: Inventory, stack_usages):
     stack_usage = stack_usages[stack_plan.stack]
     e = estimate(stack_plan, stack_usage.usage, stack_usage.budget_usd)
-    assert e.budget_usd is not None and 0 < e.total <= e.budget_usd, e.render_text()
+    assert e.budget_usd is not None and 0 < e.total <= e.budget_usd, render_text(e)
     assert e.per_signal < 0.50
     priced = {line.resource for line in e.lines}
     free = {f.type for f in e.free}
@@ -347,7 +388,8 @@ def test_dev_and_prod_are_priced_within_budget(stack_plan: Inventory, stack_usag
 
 
 def test_dev_gpu_pool_against_hand_figures(dev_plan: Inventory, stack_usages):
-    """Pulumi.dev.yaml: l4-spot is g2-standard-8 + 1 L4, averageNodes 0.5, spotShare 0.95."""
+    """Pulumi.dev.yaml: l4-spot is g2-standard-8 + 1 L4, averageNodes 0.5, spotShare 0.95, and
+    dev has no on-demand GPU pool: the 5% of hours without spot capacity run no GPU node."""
     pools = [
         r
         for r in dev_plan.of_type("gcp:container/nodePool:NodePool")
@@ -357,12 +399,48 @@ def test_dev_gpu_pool_against_hand_figures(dev_plan: Inventory, stack_usages):
     e = estimate(dev_plan, stack_usages["dev"].usage, stack_usages["dev"].budget_usd)
     g2 = SHAPES["g2-standard-8"]
     uc1 = "us-central1"
-    expected = (
-        0.5
-        * HOURS
-        * (0.95 * node_hourly(g2, "spot", uc1) + 0.05 * node_hourly(g2, "onDemand", uc1))
-    )
+    expected = 0.5 * HOURS * 0.95 * node_hourly(g2, "spot", uc1)
     assert monthly(e, "GKE node pool l4-spot: g2-standard-8") == pytest.approx(expected)
+    assert monthly(e, "GKE node pool l4-spot: boot disks") == pytest.approx(
+        0.5 * 0.95 * 100 * price("disk.pd-balanced", uc1)
+    )
+    assert {line.category for line in e.lines if "l4-spot" in line.item} == {"GPUs"}
+
+
+def test_line_items_are_grouped_by_category_with_subtotals(small: tuple[Inventory, Estimate]):
+    _, e = small
+    assert {line.category for line in e.lines} <= set(CATEGORIES)
+    by_category = e.by_category()
+    assert list(by_category) == [c for c in CATEGORIES if c in by_category], "category order"
+    assert sum(by_category.values()) == pytest.approx(e.total)
+    assert by_category["GPUs"] == pytest.approx(
+        sum(line.monthly_usd for line in e.lines if "gpu" in line.item)
+    )
+    assert by_category["Redis"] == pytest.approx(monthly(e, "Memorystore"))
+    assert by_category["BigQuery"] == pytest.approx(monthly(e, "BigQuery"))
+    data = e.to_json()
+    assert data["byCategory"] == {k: round(v, 2) for k, v in by_category.items()}
+    assert {row["category"] for row in data["lines"]} == set(by_category)
+    text = render_text(e).splitlines()
+    for category, total in by_category.items():
+        start = text.index(f"{category}: {CATEGORIES[category]}")
+        end = next(i for i in range(start, len(text)) if f"subtotal {category}" in text[i])
+        assert text[end].endswith(f"${total:,.2f}") or text[end].endswith(f"-${-total:,.2f}")
+        items = {line.item for line in e.lines if line.category == category}
+        assert {i for i in items if any(i in row for row in text[start:end])} == items
+    markdown = render_markdown(e)
+    assert "| Category | Region | Line item |" in markdown
+    assert f"| **GPUs** | | **subtotal** | | | **${by_category['GPUs']:,.2f}** |" in markdown
+
+
+def test_pricing_errors_name_the_key(tmp_path: Path):
+    broken = dict(RAW)
+    broken["credits"] = {"gke.freeTier": {**RAW["credits"]["gke.freeTier"], "asOf": "soon"}}
+    path = tmp_path / "pricing.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(PricingError) as error:
+        load_pricing(path)
+    assert f"{path}: credits.gke.freeTier.asOf: String should match pattern" in str(error.value)
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,23 @@ import pytest
 import yaml
 
 from tools import diff_command
+from tools.cost import CATEGORIES, Category
 from tools.diff import (
     ABSENT,
     MASK,
     Options,
     ResourceChange,
     StackDiff,
+    cost_chart,
     diff_stacks,
     flatten,
     is_secret,
+    load_table,
     render_markdown,
     render_text,
     rule_for,
 )
+from tools.diff.rules import TABLE_PATH, TableError
 from tools.inventory import Resource
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,6 +245,67 @@ def test_cost_delta_is_shown(result: StackDiff, rendered):
     assert "GKE node pool gpu: g2-standard-24 + 2 x nvidia-l4 spot" in rendered["markdown"]
 
 
+def test_the_pr_comment_charts_the_cost_by_category_at_base_and_head(result: StackDiff, rendered):
+    """A mermaid bar chart GitHub renders, next to the same figures as a table."""
+    base, head = result.base.estimate, result.head.estimate
+    assert base and head
+    markdown = rendered["markdown"]
+    block = markdown.split("```mermaid\n", 1)[1].split("```", 1)[0].splitlines()
+    assert block[0] == "xychart-beta"
+    assert block[1] == '    title "dev: monthly cost by category, base and head (USD)"'
+    labels = json.loads(block[2].removeprefix("    x-axis "))
+    values = json.loads(block[4].removeprefix("    bar "))
+    categories: list[Category] = [
+        c for c in CATEGORIES if c in base.by_category() or c in head.by_category()
+    ]
+    assert labels == [f"{c} {side}" for c in categories for side in ("base", "head")]
+    expected = [
+        round(estimate.by_category().get(c, 0.0), 2)
+        for c in categories
+        for estimate in (base, head)
+    ]
+    assert values == pytest.approx(expected, abs=0.005)
+    low, high = block[3].removeprefix('    y-axis "USD per month" ').split(" --> ")
+    assert int(low) <= min(values) and max(values) <= int(high)
+    # The GPU pool's change is where the money moves, and the table says it in words.
+    gpus = head.by_category()["GPUs"] - base.by_category()["GPUs"]
+    assert gpus > 0
+    assert (
+        f"| GPUs | ${base.by_category()['GPUs']:,.2f} | ${head.by_category()['GPUs']:,.2f} | +${gpus:,.2f} |"
+        in markdown
+    )
+    assert cost_chart(result) == ["```mermaid", *block, "```", ""]
+
+
+def test_a_new_stack_charts_its_head_alone(scratch):
+    [new] = diff_stacks(scratch["root"], ["qa"], "main", options=Options(policy=False))
+    chart = cost_chart(new)
+    assert '    title "qa: monthly cost by category, head (USD)"' in chart
+    labels = json.loads(chart[3].removeprefix("    x-axis "))
+    assert labels and not [label for label in labels if label.endswith((" base", " head"))]
+
+
+def test_the_replacement_table_is_data_with_a_source_for_every_entry(tmp_path: Path):
+    table = load_table()
+    assert "gcp:container/nodePool:NodePool" in table.types
+    for entries in table.types.values():
+        for entry in entries:
+            assert entry.paths and entry.why and entry.source
+    assert set(table.identity) == {"gcp", "kubernetes"}
+    raw = yaml.safe_load(TABLE_PATH.read_text())
+    raw["types"]["gcp:pubsub/topic:Topic"][0]["effect"] = "explode"
+    del raw["types"]["gcp:pubsub/topic:Topic"][0]["source"]
+    broken = tmp_path / "table.yaml"
+    broken.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TableError) as error:
+        load_table(broken)
+    lines = str(error.value).splitlines()
+    assert any(
+        "types.gcp:pubsub/topic:Topic[0].effect" in line and "'explode'" in line for line in lines
+    )
+    assert any("types.gcp:pubsub/topic:Topic[0].source" in line for line in lines)
+
+
 def test_worktrees_are_removed(scratch, result: StackDiff):
     assert git(scratch["root"], "worktree", "list").count("\n") == 0
 
@@ -340,6 +405,9 @@ def resource(type_: str, inputs: dict, options: dict | None = None) -> Resource:
         ("gcp:storage/bucket:Bucket", "location", "replace"),  # identity heuristic
         ("kubernetes:apps/v1:Deployment", "spec.selector.matchLabels.app", "replace"),
         ("kubernetes:apps/v1:Deployment", "spec.replicas", None),
+        # A new cluster means a new membership: its endpoint is immutable.
+        ("gcp:gkehub/membership:Membership", "endpoint.gkeCluster.resourceLink", "replace"),
+        ("gcp:gkehub/membership:Membership", "labels.env", None),
     ],
 )
 def test_replacement_table(type_: str, path: str, effect: str | None):
