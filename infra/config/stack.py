@@ -33,6 +33,7 @@ from infra.config.intelligence import IntelligenceSettings
 from infra.config.mesh import ISTIO_KUBERNETES, MeshSettings
 from infra.config.network import NetworkSettings, RegionNetwork, overlaps
 from infra.config.observability import Budget, ObservabilitySettings
+from infra.config.providers import PROVIDER_PACKAGES, provider_config_keys
 from infra.config.workloads import Workloads
 
 # Configuration namespaces a stack file may use: the project's and the providers' it runs.
@@ -381,9 +382,23 @@ def _context(data: Mapping[str, Any]) -> StackContext:
     )
 
 
+def _unknown_provider_key(key: str, namespace: str, name: str, value: Any) -> Problem:
+    """A `gcp:`/`kubernetes:` key its provider does not read, with the closest one it does."""
+    keys = sorted(provider_config_keys(namespace))
+    close = difflib.get_close_matches(name, keys, n=1)
+    hint = f"did you mean {namespace}:{close[0]}?" if close else "no such key"
+    package = PROVIDER_PACKAGES[namespace]
+    return Problem(
+        key,
+        f"unknown key, {hint}",
+        value,
+        f"a key the installed {package} provider reads (its {len(keys)} config keys)",
+    )
+
+
 def _namespace_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
-    """Our namespace's keys, decoded. Keys in no known namespace, and unknown keys of ours,
-    are problems with the closest valid name."""
+    """Our namespace's keys, decoded. Keys in no known namespace, unknown keys of ours and
+    keys the gcp/kubernetes providers do not read are problems with the closest valid name."""
     fields = StackConfig.model_fields
     known = sorted({field.alias or name for name, field in fields.items()} - {"stack"})
     data: dict[str, Any] = {}
@@ -399,6 +414,8 @@ def _namespace_values(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[P
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {NAMESPACE}:{close[0]}?" if close else "no such key"
             problems.append(Problem(key, f"unknown key, {hint}", value, ", ".join(known)))
+        elif namespace in PROVIDER_PACKAGES and name not in provider_config_keys(namespace):
+            problems.append(_unknown_provider_key(key, namespace, name, value))
         elif namespace == NAMESPACE:
             data[name] = _decode(value)
     gcp_project = values.get("gcp:project")

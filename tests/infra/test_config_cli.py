@@ -161,6 +161,12 @@ OVERRIDES = [
         id="misspelled-namespace",
     ),
     pytest.param(
+        "dev",
+        ["--config", "gcp:regoin=us-east4"],
+        ["gcp:regoin:", "did you mean gcp:region?"],
+        id="misspelled-provider-key",
+    ),
+    pytest.param(
         "prod",
         ["--config", "signal-platform:environment=dev"],
         ["signal-platform:environment:", "stack 'prod' is named for prod"],
@@ -230,6 +236,12 @@ FILES = [
         lambda f: f["config"].update({"signal-platfrom:redis": {"shardCount": 2}}),
         ["signal-platfrom:redis:", "did you mean signal-platform:redis?"],
         id="misspelled-namespace-in-file",
+    ),
+    pytest.param(
+        "dev",
+        lambda f: f["config"].update({"kubernetes:contxt": "dev"}),
+        ["kubernetes:contxt:", "did you mean kubernetes:context?"],
+        id="misspelled-provider-key-in-file",
     ),
     pytest.param(
         "dev",

@@ -275,6 +275,54 @@ def test_a_misspelled_namespace_is_refused_with_a_did_you_mean():
     assert "signal-platform:, gcp:, kubernetes:, pulumi:" in line
 
 
+def test_provider_keys_are_the_ones_the_installed_providers_read():
+    """`gcp:` and `kubernetes:` keys are checked against the SDKs' own declarations (the
+    generated config module, the provider arguments), with the closest key they do read."""
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    values["gcp:regoin"] = "us-central1"
+    values["gcp:defaultLabel"] = '{"team": "quant"}'
+    values["kubernetes:contxt"] = "dev"
+    values["kubernetes:enableServerSideAply"] = "true"
+    values["gcp:qqqqqqqq"] = "1"
+    with pytest.raises(ConfigError) as exc:
+        StackConfig.load("dev", values)
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 5, lines
+    line = one_line(lines, "Pulumi.dev.yaml: gcp:regoin: unknown key, did you mean gcp:region?")
+    assert "(got 'us-central1'); allowed: a key the installed pulumi_gcp provider reads" in line
+    one_line(lines, "gcp:defaultLabel:", "did you mean gcp:defaultLabels?")
+    one_line(lines, "kubernetes:contxt:", "did you mean kubernetes:context?", "pulumi_kubernetes")
+    one_line(
+        lines, "kubernetes:enableServerSideAply:", "did you mean kubernetes:enableServerSideApply?"
+    )
+    one_line(lines, "gcp:qqqqqqqq: unknown key, no such key")
+
+
+def test_every_key_the_providers_declare_is_accepted():
+    import pulumi_gcp
+    import pulumi_kubernetes
+
+    from infra.config.providers import provider_config_keys
+
+    gcp, kubernetes = provider_config_keys("gcp"), provider_config_keys("kubernetes")
+    # Provider arguments and the config-only keys of gcp's generated config module.
+    assert {"project", "region", "zone", "defaultLabels", "skipRegionValidation"} <= gcp
+    assert {"kubeconfig", "context", "namespace", "enableServerSideApply"} <= kubernetes
+    assert all(
+        hasattr(pulumi_gcp.ProviderArgs, _snake(k))
+        for k in gcp - {"skipRegionValidation", "disableGlobalProjectWarning"}
+    )
+    assert all(hasattr(pulumi_kubernetes.ProviderArgs, _snake(k)) for k in kubernetes)
+    values = read_stack_config(REPO / "Pulumi.dev.yaml", "signal-platform")
+    values.update({f"gcp:{k}": "x" for k in gcp if k != "project"})
+    values.update({f"kubernetes:{k}": "x" for k in kubernetes})
+    assert StackConfig.load("dev", values).project_id == "signal-platform-dev"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def test_a_nested_unknown_key_gets_a_did_you_mean():
     lines = refused("dev", redis={"shardCount": 1, "replicaCont": 0})
     line = one_line(lines, "signal-platform:redis.replicaCont:", "did you mean replicaCount?")
