@@ -1,4 +1,9 @@
-"""GKE: one regional Standard cluster per region, its node pools and the Kubernetes API on it.
+"""GKE: one Standard cluster per region, its node pools and the Kubernetes API on it.
+
+Regional by default (control plane in three zones, nodes in `cluster.nodeZones` of them);
+zonal where the stack sets `cluster.zonal` (control plane and nodes in one zone: dev, whose
+management fee GKE's free tier covers). The location is the zone or the region, and the node
+pools live where their cluster does.
 
 The Kubernetes API is reached through GKE's Connect Gateway, not the control plane's endpoint:
 each cluster is registered to the project's fleet (`gcp.gkehub.Membership`) and the
@@ -210,7 +215,7 @@ def spot_first(pools: Sequence[GpuPool]) -> list[GpuPool]:
 
 
 class GkeCluster(pulumi.ComponentResource):
-    """A private, hardened regional GKE Standard cluster with its node pools."""
+    """A private, hardened GKE Standard cluster (regional, or zonal) with its node pools."""
 
     def __init__(
         self,
@@ -237,17 +242,21 @@ class GkeCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self, depends_on=disks_ready)
         settings: ClusterSettings = region.cluster
         pools: NodePools = region.node_pools
-        zones = list(region.zones[: settings.node_zones])
+        zonal = settings.zonal
+        # A zonal cluster's nodes run in its own zone: the provider wants node_locations to
+        # name only *additional* zones there, so it is left out.
+        zones = None if zonal else list(region.node_zones)
         self.name = cluster_name(region.name)
         self.region = region.name
+        self.location = region.location  # the zone of a zonal cluster (GMP's `location` label)
         self.minor_version = settings.kubernetes_minor_version
         self.control_plane_cidr = region.network.master_cidr
         self.cluster = gcp.container.Cluster(
             f"{name}-gke",
             name=self.name,
-            location=region.name,
+            location=region.location,
             node_locations=zones,
-            description=f"signal-platform compute in {region.name}",
+            description=f"signal-platform compute in {region.location}",
             network=network.network,
             subnetwork=network.subnet,
             networking_mode="VPC_NATIVE",
@@ -336,6 +345,9 @@ class GkeCluster(pulumi.ComponentResource):
                 # cluster reports other node settings than `node_config`, and a diff on it
                 # would replace the cluster (refused under `protect` in prod).
                 ignore_changes=["nodeConfig", "nodePools"],
+                # A replacement (a new location, say) cannot run beside the old cluster: both
+                # would claim the same control-plane range (masterIpv4CidrBlock) in the VPC.
+                delete_before_replace=True,
             ),
         )
 
@@ -343,10 +355,11 @@ class GkeCluster(pulumi.ComponentResource):
             f"{name}-system",
             name="system",
             cluster=self.cluster.id,
-            location=region.name,
+            location=region.location,
             node_locations=zones,
             initial_node_count=pools.system.min_nodes,
-            # Per zone: the control plane's add-ons and istiod need every zone.
+            # Per zone of a regional cluster: the control plane's add-ons and istiod need
+            # every zone.
             autoscaling={
                 "min_node_count": pools.system.min_nodes,
                 "max_node_count": pools.system.max_nodes,
@@ -386,9 +399,10 @@ class GkeCluster(pulumi.ComponentResource):
                 f"{name}-gpu-{pool.name}",
                 name=pool.name,
                 cluster=self.cluster.id,
-                location=region.name,
-                # Every zone of the region that offers the GPU: more zones, more spot capacity.
-                node_locations=list(gpu_zones[pool.accelerator_type]),
+                location=region.location,
+                # Regional: every zone of the region that offers the GPU (more zones, more spot
+                # capacity); zonal: the cluster's zone (config checks it offers the GPU).
+                node_locations=None if zonal else list(gpu_zones[pool.accelerator_type]),
                 initial_node_count=0,
                 autoscaling={
                     "total_min_node_count": pool.min_nodes,
@@ -419,6 +433,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.membership = gcp.gkehub.Membership(
             f"{name}-membership",
             membership_id=self.name,
+            # Regional memberships live in their cluster's region, zonal clusters' too.
             location=region.name,
             endpoint={
                 "gke_cluster": {
@@ -428,7 +443,13 @@ class GkeCluster(pulumi.ComponentResource):
                 }
             },
             labels=dict(labels),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(fleet.membership_ready)),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(fleet.membership_ready),
+                # The endpoint is immutable: a new cluster means a new membership of the same
+                # id, which cannot exist beside the old one.
+                delete_before_replace=True,
+            ),
         )
         self.kubeconfig = pulumi.Output.all(
             fleet.project_number, self.membership.membership_id

@@ -88,6 +88,26 @@ def system_pods(
     return pods
 
 
+def room(shape: MachineShape, per_node: Resources) -> tuple[float, float]:
+    """(cores, GiB) one node of ``shape`` leaves for pods once the per-node agent runs."""
+    agent = _pod("per-node", 1, per_node)
+    cpu, memory = allocatable(shape)
+    return cpu - agent.cpu, memory - agent.memory_gib
+
+
+def requested(pods: list[PodRequests]) -> tuple[float, float]:
+    """(cores, GiB) the pods request in all, every replica counted."""
+    return sum(p.cpu * p.replicas for p in pods), sum(p.memory_gib * p.replicas for p in pods)
+
+
+def nodes_needed(shape: MachineShape, pods: list[PodRequests], per_node: Resources) -> int:
+    """The fewest nodes of ``shape`` whose room adds up to the pods' requests: a floor (the
+    scheduler packs whole pods, so it may need more, never fewer)."""
+    cpu, memory = room(shape, per_node)
+    need_cpu, need_memory = requested(pods)
+    return max(1, math.ceil(need_cpu / cpu - 1e-9), math.ceil(need_memory / memory - 1e-9))
+
+
 def system_pool_rules(
     region: str,
     zones: int,
@@ -99,12 +119,9 @@ def system_pool_rules(
     """The pool at its largest (``maxNodes`` in each of ``zones``) holds ``pods``; paths
     relative to the node pools."""
     system = pools.system
-    node_agent = _pod("per-node", 1, per_node)
-    cpu, memory = allocatable(shape)
-    cpu, memory = cpu - node_agent.cpu, memory - node_agent.memory_gib
+    cpu, memory = room(shape, per_node)
     nodes = system.max_nodes * zones
-    need_cpu = sum(p.cpu * p.replicas for p in pods)
-    need_memory = sum(p.memory_gib * p.replicas for p in pods)
+    need_cpu, need_memory = requested(pods)
     for pod in pods:
         if pod.cpu > cpu or pod.memory_gib > memory:
             yield Problem(

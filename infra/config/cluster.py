@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from app.config_errors import Problem, checked
 from infra.config.base import Model, StackContext, refuse
@@ -27,8 +27,11 @@ PRIVATE_RANGES = tuple(
     for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
 PUBLIC_ADDRESSES_LIMIT = 2**16
-# An IAM member that may deploy through the Connect Gateway: a service account, user or group.
-DEPLOYER_RE = re.compile(r"^(serviceAccount|user|group):[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+# A regional cluster's nodes run in three of its region's zones unless nodeZones says otherwise.
+DEFAULT_NODE_ZONES = 3
+# An IAM member that may deploy or preview through the Connect Gateway: a service account,
+# user or group.
+GATEWAY_MEMBER_RE = re.compile(r"^(serviceAccount|user|group):[^@\s]+@[^@\s]+\.[a-z]{2,}$")
 # RFC 3339 date-time with an explicit offset (GKE's maintenance window format).
 RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})$")
 
@@ -174,9 +177,17 @@ class ClusterSettings(Model):
     vulnerability_scanning: Literal["VULNERABILITY_DISABLED", "VULNERABILITY_ENTERPRISE"] = (
         "VULNERABILITY_DISABLED"
     )
-    # Zones the cluster's nodes run in (the first N of the region's); the system pool's
-    # min/max node counts are per zone, GPU pools' counts are totals across their zones.
-    node_zones: int = Field(default=3, ge=1, le=4)
+    # Zones a regional cluster's nodes run in (the first N of the region's; 3 when unset); the
+    # system pool's min/max node counts are per zone, GPU pools' counts are totals across
+    # their zones. A zonal cluster's nodes run in its zone.
+    node_zones: int | None = Field(default=None, ge=1, le=4)
+    # A zonal cluster: its control plane and every node in one zone of the region, the first
+    # (in the catalogue's order) that offers every GPU type its pools use. GKE's free tier
+    # credits one zonal cluster's management fee per billing account; the control plane is a
+    # single replica (99.5% SLA instead of 99.95%, unreachable while it upgrades) and a zone
+    # outage stops the whole cluster. False: a regional cluster, control plane in three zones,
+    # nodes in `nodeZones` of them.
+    zonal: bool = False
     # Serves Cloud Monitoring metrics (GPU duty cycle, request rates) to the HPAs.
     metrics_adapter_image: ImageReference = (
         "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.14.2-gke.0"
@@ -184,9 +195,16 @@ class ClusterSettings(Model):
     metrics_adapter_replicas: int = Field(default=2, ge=1, le=10)
     # IAM members that deploy to the cluster through the Connect Gateway (cluster-admin).
     deployers: tuple[str, ...] = ()
+    # IAM members that preview through the Connect Gateway (read-only: Kubernetes `view`).
+    previewers: tuple[str, ...] = ()
     metrics_adapter_resources: Resources = Resources(
         requests={"cpu": "250m", "memory": "200Mi"}, limits={"cpu": "500m", "memory": "400Mi"}
     )
+
+    @property
+    def zone_count(self) -> int:
+        """How many zones the system pool's nodes run in."""
+        return 1 if self.zonal else self.node_zones or DEFAULT_NODE_ZONES
 
     @field_validator("kubernetes_minor_version")
     @classmethod
@@ -195,18 +213,19 @@ class ClusterSettings(Model):
             raise ValueError("must be a Kubernetes minor version such as 1.33")
         return value
 
-    @field_validator("deployers")
+    @field_validator("deployers", "previewers")
     @classmethod
-    def _deployers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _gateway_members(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        action = "deploy" if info.field_name == "deployers" else "preview"
         problems = [
             Problem(
                 f"[{i}]",
-                "not an IAM member that can deploy",
+                f"not an IAM member that can {action}",
                 member,
                 "serviceAccount:<email>, user:<email> or group:<email>",
             )
             for i, member in enumerate(value)
-            if not DEPLOYER_RE.match(member)
+            if not GATEWAY_MEMBER_RE.match(member)
         ]
         problems += [
             Problem(f"[{i}]", "listed twice", member, "each member once")
@@ -248,6 +267,13 @@ class ClusterSettings(Model):
                 f"at most {PUBLIC_ADDRESSES_LIMIT:,} public addresses (a /16) in all",
             )
         yield from resource_gaps(self.metrics_adapter_resources, "metricsAdapterResources")
+        if self.zonal and self.node_zones not in (None, 1):
+            yield Problem(
+                "nodeZones",
+                "a zonal cluster runs its nodes in its one zone",
+                self.node_zones,
+                "no nodeZones with zonal: true (or 1), or zonal: false",
+            )
         stack = StackContext.of(context)
         yield from image_problems(
             "metricsAdapterImage", self.metrics_adapter_image, stack.prod, stack.unpinned_images

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
@@ -11,6 +12,16 @@ from app.config_errors import Problem
 from infra.config.base import Model
 
 POOL_USAGE_KEY_RE = re.compile(r"^(?:([a-z]+-[a-z]+\d+)/)?([a-z][a-z0-9-]{0,20})$")
+
+
+@dataclass(frozen=True)
+class PoolBounds:
+    """What one region's node pool can average: the nodes it always runs (and why), and its
+    most nodes, both across its zones."""
+
+    least: int
+    most: int
+    why: str
 
 
 class CostSettings(Model):
@@ -48,9 +59,12 @@ class CostSettings(Model):
                 raise ValueError(f"average nodes of {key} must be >= 0")
         return value
 
-    def pool_rules(self, pools_by_region: Mapping[str, Mapping[str, int]]) -> Iterator[Problem]:
-        """averageNodes entries name a pool (and region) the stack deploys, and stay within
-        the pool's largest size (``pools_by_region``: region → pool → its most nodes)."""
+    def pool_rules(
+        self, pools_by_region: Mapping[str, Mapping[str, PoolBounds]]
+    ) -> Iterator[Problem]:
+        """averageNodes entries name a pool (and region) the stack deploys, and stay between
+        what the pool always runs and its most nodes in every region they apply to: an
+        average below the floor would price capacity the stack cannot shed."""
         for key, nodes in self.average_nodes.items():
             match = POOL_USAGE_KEY_RE.match(key)
             if match is None:
@@ -65,14 +79,25 @@ class CostSettings(Model):
                 )
                 continue
             regions = [region] if region else list(pools_by_region)
-            sizes = [pools_by_region[r][pool] for r in regions if pool in pools_by_region[r]]
-            if not sizes:
+            bounds = {r: pools_by_region[r][pool] for r in regions if pool in pools_by_region[r]}
+            if not bounds:
                 names = sorted({name for r in regions for name in pools_by_region[r]})
                 yield Problem(f"averageNodes.{key}", "no such node pool", key, ", ".join(names))
-            elif nodes > min(sizes):
+                continue
+            most = min(b.most for b in bounds.values())
+            floor_region, floor = max(bounds.items(), key=lambda item: item[1].least)
+            if nodes > most:
                 yield Problem(
                     f"averageNodes.{key}",
-                    f"more than the pool's most nodes ({min(sizes)})",
+                    f"more than the pool's most nodes ({most})",
                     nodes,
-                    f"<= {min(sizes)}",
+                    f"<= {most}",
+                )
+            elif nodes < floor.least:
+                yield Problem(
+                    f"averageNodes.{key}",
+                    f"fewer than the pool always runs in {floor_region} ({floor.least}:"
+                    f" {floor.why})",
+                    nodes,
+                    f">= {floor.least}",
                 )

@@ -24,10 +24,10 @@ from pydantic import Field, ValidationError, field_validator
 
 from app.config_errors import Problem, checked, problems_from
 from infra.config.base import NAMESPACE, ConfigError, Model, StackContext, refuse
-from infra.config.capacity import system_pods, system_pool_rules
+from infra.config.capacity import nodes_needed, requested, system_pods, system_pool_rules
 from infra.config.catalog import load_catalog
 from infra.config.cluster import ClusterSettings, NodePools
-from infra.config.cost import CostSettings
+from infra.config.cost import CostSettings, PoolBounds
 from infra.config.data import BigQuerySettings, PubSubSettings, RedisSettings
 from infra.config.intelligence import IntelligenceSettings
 from infra.config.mesh import ISTIO_KUBERNETES, MeshSettings
@@ -75,11 +75,41 @@ class RegionOverride(Model):
 class RegionConfig:
     name: str
     index: int
-    zones: tuple[str, ...]
+    zones: tuple[str, ...]  # every zone of the region (the catalogue's)
     network: RegionNetwork
     cluster: ClusterSettings
     node_pools: NodePools
     redis: RedisSettings
+
+    @property
+    def zone(self) -> str | None:
+        """A zonal cluster's zone: the region's first that offers every GPU type its pools
+        use (None for a regional cluster, or when no zone offers them all)."""
+        if not self.cluster.zonal:
+            return None
+        offered = load_catalog().gpus_in(self.name)
+        needed = {pool.accelerator_type for pool in self.node_pools.gpu}
+        return next(
+            (z for z in self.zones if all(z in offered.get(gpu, ()) for gpu in needed)), None
+        )
+
+    @property
+    def location(self) -> str:
+        """The cluster's location: its zone when zonal, else the region."""
+        return self.zone or self.name
+
+    @property
+    def node_zones(self) -> tuple[str, ...]:
+        """The zones the system pool's nodes run in (its node counts are per zone)."""
+        if self.cluster.zonal:
+            return (self.zone,) if self.zone else ()
+        return self.zones[: self.cluster.zone_count]
+
+    def gpu_zones(self, accelerator: str) -> tuple[str, ...]:
+        """The zones a GPU pool of ``accelerator`` runs in: every zone of the region that
+        offers it (more zones, more spot capacity), or the zonal cluster's own."""
+        offered = load_catalog().gpus_in(self.name).get(accelerator, ())
+        return tuple(z for z in offered if not self.cluster.zonal or z == self.zone)
 
 
 class StackConfig(Model):
@@ -222,15 +252,30 @@ class StackConfig(Model):
         yield from self._gpu_rules()
         yield from (p.under("cost") for p in self.cost.pool_rules(self._pool_sizes()))
 
-    def _pool_sizes(self) -> dict[str, dict[str, int]]:
-        """Each region's node pools and their most nodes (the system pool's are per zone)."""
-        sizes: dict[str, dict[str, int]] = {}
+    def _pool_sizes(self) -> dict[str, dict[str, PoolBounds]]:
+        """Each region's node pools: the nodes each always runs and its most nodes. The
+        system pool runs at least what the pods scheduled on it request."""
+        sizes: dict[str, dict[str, PoolBounds]] = {}
         for name in self.regions:
             region = self.region(name)
-            zones = min(region.cluster.node_zones, len(region.zones))
-            pools = region.node_pools
-            sizes[name] = {"system": pools.system.max_nodes * zones}
-            sizes[name].update({p.name: p.max_nodes for p in pools.gpu})
+            zones = max(1, len(region.node_zones))  # no zone is a problem of its own
+            system = region.node_pools.system
+            shape = load_catalog().system_machines[system.machine_type]
+            pods = system_pods(self.mesh, region.cluster, self.workloads, self.intelligence)
+            cpu, memory = requested(pods)
+            needed = nodes_needed(shape, pods, self.mesh.cni_resources)
+            least = max(system.min_nodes * zones, needed)
+            why = (
+                f"the pods scheduled on it request {cpu:.2f} vCPU, {memory:.2f} GiB:"
+                f" {needed} {system.machine_type} node(s)"
+                if needed >= system.min_nodes * zones
+                else f"minNodes {system.min_nodes} x {zones} zone(s)"
+            )
+            sizes[name] = {"system": PoolBounds(least, system.max_nodes * zones, why)}
+            for pool in region.node_pools.gpu:
+                sizes[name][pool.name] = PoolBounds(
+                    pool.min_nodes, pool.max_nodes, f"minNodes {pool.min_nodes}"
+                )
         return sizes
 
     def _environment_rules(self) -> Iterator[Problem]:
@@ -276,13 +321,30 @@ class StackConfig(Model):
         if self.is_prod:
             redis_at = self._where(region.name, "redis")
             yield from (p.under(redis_at) for p in region.redis.prod_rules(region.name))
-        zones = min(region.cluster.node_zones, len(region.zones))
+        yield from self._zone_rules(region)
+        zones = len(region.node_zones)
+        if not zones:  # a zonal cluster without a zone: _zone_rules said so
+            return
         pods = system_pods(self.mesh, region.cluster, self.workloads, self.intelligence)
         shape = catalog.system_machines[region.node_pools.system.machine_type]
         capacity = system_pool_rules(
             region.name, zones, region.node_pools, shape, pods, self.mesh.cni_resources
         )
         yield from (p.under(pools_at) for p in capacity)
+
+    def _zone_rules(self, region: RegionConfig) -> Iterator[Problem]:
+        """A zonal cluster needs a zone of its region that offers every GPU its pools use."""
+        if not region.cluster.zonal or region.zone is not None:
+            return
+        offered = load_catalog().gpus_in(region.name)
+        gpus = sorted({pool.accelerator_type for pool in region.node_pools.gpu})
+        where = "; ".join(f"{gpu} in {', '.join(offered.get(gpu, ())) or 'none'}" for gpu in gpus)
+        yield Problem(
+            f"{self._where(region.name, 'cluster')}.zonal",
+            f"no zone of {region.name} offers every GPU type the pools use ({where})",
+            True,
+            "zonal: false (a regional cluster), or GPU pools of one type a zone offers",
+        )
 
     def _network_rules(self) -> Iterator[Problem]:
         """No range of one region overlaps a range of another (the regions share the VPC)."""

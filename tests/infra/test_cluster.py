@@ -17,6 +17,7 @@ from infra.cluster import (
     spot_first,
 )
 from infra.config import ConfigError, GpuPool, StackConfig, load_catalog
+from tests.infra.stack_config import section
 from tests.infra.test_config import load, stack_values
 from tools.inventory import Inventory, Resource, provider_urn
 
@@ -36,16 +37,18 @@ def config_of(plan: Inventory) -> StackConfig:
 
 
 def clusters(plan: Inventory) -> dict[str, Resource]:
-    return {c.inputs["location"]: c for c in plan.of_type(CLUSTER)}
+    """Each region's cluster, by region (a zonal cluster's location is a zone of it)."""
+    regions = plan.regions()
+    return {regions[c.urn]: c for c in plan.of_type(CLUSTER)}  # type: ignore[misc]
 
 
 def pools_of(plan: Inventory, cluster: Resource) -> dict[str, Resource]:
     """A cluster's node pools by pool name (the pool's `cluster` input is the cluster's id)."""
-    region, name = cluster.inputs["location"], cluster.inputs["name"]
+    location, name = cluster.inputs["location"], cluster.inputs["name"]
     return {
         p.inputs["name"]: p
         for p in plan.of_type(NODE_POOL)
-        if p.inputs["cluster"].endswith(f"/locations/{region}/clusters/{name}")
+        if p.inputs["cluster"].endswith(f"/locations/{location}/clusters/{name}")
     }
 
 
@@ -131,9 +134,15 @@ def test_release_channel_version_and_maintenance_from_config(stack_plan: Invento
             "endTime": settings.maintenance.end_time,
             "recurrence": settings.maintenance.recurrence,
         }
-        assert cluster.inputs["nodeLocations"] == list(
-            load_catalog().zones[region][: settings.node_zones]
-        )
+        # A regional cluster's nodes in its first nodeZones zones; a zonal one's in its zone.
+        region_config = cfg.region(region)
+        assert cluster.inputs["location"] == region_config.location
+        if settings.zonal:
+            assert cluster.inputs["location"] == region_config.zone
+            assert "nodeLocations" not in cluster.inputs
+        else:
+            assert cluster.inputs["nodeLocations"] == list(region_config.node_zones)
+            assert region_config.node_zones == load_catalog().zones[region][: settings.zone_count]
 
 
 def test_secrets_are_encrypted_with_the_regions_key(stack_plan: Inventory):
@@ -162,11 +171,14 @@ def test_clusters_carry_cost_labels(stack_plan: Inventory):
 def test_every_pool_is_hardened_with_its_own_account(stack_plan: Inventory):
     project = stack_plan.outputs["project"]
     labels = config_of(stack_plan).labels
+    regions = stack_plan.regions()
     pools = stack_plan.of_type(NODE_POOL)
     assert pools
     for pool in pools:
         node = pool.inputs["nodeConfig"]
-        name, region = pool.inputs["name"], pool.inputs["location"]
+        name, region = pool.inputs["name"], regions[pool.urn]
+        assert region is not None
+        assert pool.inputs["location"] in (region, *load_catalog().zones[region])
         assert node["serviceAccount"] == f"gke-nodes-{name}@{project}.iam.gserviceaccount.com"
         assert node["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
         assert node["imageType"] == "COS_CONTAINERD"
@@ -235,8 +247,13 @@ def test_gpu_pools_are_spot_tainted_shared_and_scale_from_zero(stack_plan: Inven
                 "locationPolicy": "ANY",
             }
             assert settings.min_nodes == 0
-            offered = load_catalog().gpus_in(region)[settings.accelerator_type]
-            assert pool.inputs["nodeLocations"] == list(offered)
+            region_config = cfg.region(region)
+            assert pool.inputs["location"] == region_config.location
+            if region_config.cluster.zonal:  # the zonal cluster's own zone
+                assert "nodeLocations" not in pool.inputs
+            else:
+                offered = load_catalog().gpus_in(region)[settings.accelerator_type]
+                assert pool.inputs["nodeLocations"] == list(offered)
 
 
 def test_dev_shares_each_gpu_between_four_clients(dev_plan: Inventory):
@@ -324,7 +341,7 @@ def test_one_kubernetes_provider_per_cluster_through_connect_gateway(stack_plan:
     for provider in providers:
         cluster = index[provider.parent]  # type: ignore[index]
         assert cluster.type == CLUSTER
-        location = cluster.inputs["location"]
+        location = regions[cluster.urn]  # the region, also of a zonal cluster
         assert regions[provider.urn] == location
         membership = memberships[cluster.inputs["name"]]
         assert membership.inputs["location"] == location
@@ -429,11 +446,12 @@ def test_bad_cluster_settings_name_the_key(changes: dict, fragment: str):
 
 
 def test_prod_pins_the_metrics_adapter_by_digest():
-    cluster = {"metricsAdapterImage": "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v1"}
+    image = {"metricsAdapterImage": "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v1"}
     with pytest.raises(ConfigError) as exc:
-        load("prod", cluster=cluster)
+        load("prod", cluster={**section("prod", "cluster"), **image})
     assert (
         "signal-platform:cluster.metricsAdapterImage: prod images must be pinned by digest"
         in str(exc.value)
     )
-    assert load("dev", cluster=cluster).cluster.metrics_adapter_image.endswith(":v1")
+    dev = load("dev", cluster={**section("dev", "cluster"), **image})
+    assert dev.cluster.metrics_adapter_image.endswith(":v1")

@@ -52,7 +52,7 @@ def test_repository_stacks_load():
 
 
 def test_defaults_fill_what_is_not_set():
-    cfg = load("dev", workloads=None, cluster=None)
+    cfg = load("dev", workloads=None, cluster=None, cost=None)
     triton = cfg.workloads.triton.resources
     assert triton.requests["nvidia.com/gpu"] == "1"
     assert triton.requests["memory"] == "8Gi" and triton.limits["memory"] == "16Gi"

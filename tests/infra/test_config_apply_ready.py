@@ -150,10 +150,28 @@ def test_deployers_are_iam_members():
         "signal-platform:cluster.deployers[1]: not an IAM member that can deploy (got 'bob')"
         in text
     )
+    dev = load("dev").model_dump(by_alias=True)
     cfg = StackConfig.model_validate(
-        {**load("dev").model_dump(by_alias=True), "cluster": {"deployers": ["group:ops@x.com"]}}
+        {**dev, "cluster": {**dev["cluster"], "deployers": ["group:ops@x.com"]}}
     )
     assert cfg.cluster.deployers == ("group:ops@x.com",)
+
+
+def test_previewers_are_iam_members_listed_once():
+    previewer = "serviceAccount:previewer@p.iam.gserviceaccount.com"
+    text = message("dev", cluster={**section("dev", "cluster"), "previewers": [previewer, "bob"]})
+    assert (
+        "signal-platform:cluster.previewers[1]: not an IAM member that can preview (got 'bob')"
+        in text
+    )
+    twice = message("dev", cluster={**section("dev", "cluster"), "previewers": [previewer] * 2})
+    assert "signal-platform:cluster.previewers[1]: listed twice" in twice
+    for stack in ("dev", "prod"):
+        (member,) = load(stack).cluster.previewers
+        assert (
+            member
+            == f"serviceAccount:signal-previewer@signal-platform-{stack}.iam.gserviceaccount.com"
+        )
 
 
 def test_the_stacks_registry_is_the_repository_the_program_declares(stack_plan: Inventory):

@@ -141,7 +141,13 @@ def planned_system_pods(plan: Inventory) -> list[tuple[int, float, float]]:
                     parse_quantity(annotations["gke-gcsfuse/memory-limit"]),
                 )
             )
-        pods.append((spec["replicas"], sum(p[0] for p in parts), sum(p[1] for p in parts)))
+        pods.append(
+            (
+                spec["replicas"],
+                sum((p[0] for p in parts), Decimal(0)),
+                sum((p[1] for p in parts), Decimal(0)),
+            )
+        )
     return sorted(
         (n, round(float(cpu), 6), round(float(memory / GIB), 6)) for n, cpu, memory in pods
     )

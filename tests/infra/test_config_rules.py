@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from infra.config import ConfigError, StackConfig
+from infra.config import ConfigError, StackConfig, system_pods
 from infra.config.cluster import recurrence_problems
 from infra.config.resources import parse_quantity
 from tests.infra.stack_config import REPO, load, section
@@ -245,7 +245,8 @@ def test_public_ranges_must_be_marked_and_stay_small_together():
     lines = refused("dev", cluster={"masterAuthorizedNetworks": [office]})
     one_line(lines, "masterAuthorizedNetworks[0].cidr:", "public: true")
     marked = {**office, "public": True}
-    assert load("dev", cluster={"masterAuthorizedNetworks": [marked]}).cluster
+    cluster = section("dev", "cluster")
+    assert load("dev", cluster={**cluster, "masterAuthorizedNetworks": [marked]}).cluster
     halves = [
         {"cidr": "0.0.0.0/1", "name": "low", "public": True},
         {"cidr": "128.0.0.0/1", "name": "high", "public": True},
@@ -387,11 +388,110 @@ def test_the_readme_documents_every_top_level_key():
 
 
 def test_average_nodes_stay_within_the_pools_size():
-    # dev's spot pool has at most 2 nodes; its system pool 2 per zone in 3 zones.
+    # dev's spot pool has at most 2 nodes; its system pool 3, all in the zonal cluster's zone.
     lines = refused("dev", cost={"averageNodes": {"l4-spot": 3, "system": 7}})
     one_line(lines, "signal-platform:cost.averageNodes.l4-spot:", "most nodes (2)", "<= 2")
-    one_line(lines, "signal-platform:cost.averageNodes.system:", "most nodes (6)", "<= 6")
-    assert load("dev", cost={"averageNodes": {"l4-spot": 2, "system": 6}}).cost
+    one_line(lines, "signal-platform:cost.averageNodes.system:", "most nodes (3)", "<= 3")
+    assert load("dev", cost={"averageNodes": {"l4-spot": 2, "system": 3}}).cost
+
+
+def test_average_nodes_never_price_fewer_nodes_than_the_pool_always_runs():
+    """An average below what the pool keeps running would price capacity the stack cannot
+    shed: the system pool runs at least what its pods request, and at least minNodes per zone."""
+    line = one_line(
+        refused("dev", cost={"averageNodes": {"system": 1}}),
+        "signal-platform:cost.averageNodes.system: fewer than the pool always runs in us-central1",
+    )
+    cfg = load("dev")
+    pods = system_pods(cfg.mesh, cfg.cluster, cfg.workloads, cfg.intelligence)
+    cpu, memory = (
+        sum(p.cpu * p.replicas for p in pods),
+        sum(p.memory_gib * p.replicas for p in pods),
+    )
+    assert f"request {cpu:.2f} vCPU, {memory:.2f} GiB: 2 e2-standard-4 node(s)) (got 1.0)" in line
+    assert line.endswith("allowed: >= 2")
+    # More replicas of the signal service: the same pool must average more nodes.
+    workloads = section("dev", "workloads")
+    workloads["signalService"]["replicas"] = 4
+    line = one_line(refused("dev", workloads=workloads), "cost.averageNodes.system:")
+    assert "3 e2-standard-4 node(s)) (got 2.0); allowed: >= 3" in line
+    # minNodes per zone sets the floor when it is higher; prod's pools are checked per region.
+    pools = section("prod", "nodePools")
+    pools["system"]["minNodes"] = 2
+    line = one_line(refused("prod", nodePools=pools), "cost.averageNodes.system:")
+    assert "(6: minNodes 2 x 3 zone(s)) (got 3.0); allowed: >= 6" in line
+    # A per-region entry is held to its own region's floor.
+    lines = refused(
+        "prod", cost={**section("prod", "cost"), "averageNodes": {"us-east4/system": 1}}
+    )
+    one_line(lines, "averageNodes.us-east4/system: fewer than the pool always runs in us-east4")
+
+
+def test_a_zonal_cluster_runs_in_the_first_zone_that_offers_its_gpus():
+    dev = load("dev")
+    region = dev.region("us-central1")
+    assert dev.cluster.zonal
+    assert (region.zone, region.location) == ("us-central1-a", "us-central1-a")
+    assert region.node_zones == ("us-central1-a",)
+    assert region.gpu_zones("nvidia-l4") == ("us-central1-a",)
+    # Another region: its own first zone with L4s (us-east4-b has none).
+    moved = load("dev", regions=["us-east4"]).region("us-east4")
+    assert (moved.location, moved.gpu_zones("nvidia-l4")) == ("us-east4-a", ("us-east4-a",))
+    # T4s and H100s together: the first zone offering both.
+    pools = section("dev", "nodePools")
+    pools["gpu"] = [
+        {
+            **pools["gpu"][0],
+            "name": "t4",
+            "machineType": "n1-standard-8",
+            "acceleratorType": "nvidia-tesla-t4",
+        },
+        {
+            **pools["gpu"][0],
+            "name": "h100",
+            "machineType": "a3-highgpu-8g",
+            "acceleratorType": "nvidia-h100-80gb",
+            "acceleratorCount": 8,
+            "maxSharedClientsPerGpu": 1,
+        },
+    ]
+    workloads = section("dev", "workloads")
+    workloads["triton"]["maxReplicas"] = 1
+    east = load("dev", regions=["us-east4"], nodePools=pools, workloads=workloads, cost=None)
+    assert east.region("us-east4").zone == "us-east4-a"
+    # L4s and A100s: no zone of us-east4 offers both (it has no A100 at all).
+    pools["gpu"] = [
+        {
+            **pools["gpu"][0],
+            "name": "l4",
+            "machineType": "g2-standard-8",
+            "acceleratorType": "nvidia-l4",
+            "acceleratorCount": 1,
+            "maxSharedClientsPerGpu": 4,
+        },
+        {
+            **pools["gpu"][1],
+            "name": "a100",
+            "machineType": "a2-highgpu-1g",
+            "acceleratorType": "nvidia-tesla-a100",
+            "acceleratorCount": 1,
+        },
+    ]
+    line = one_line(
+        refused("dev", regions=["us-east4"], nodePools=pools, workloads=workloads, cost=None),
+        "signal-platform:cluster.zonal: no zone of us-east4 offers every GPU type",
+    )
+    assert "nvidia-l4 in us-east4-a, us-east4-c; nvidia-tesla-a100 in none" in line
+    cluster = section("dev", "cluster")
+    one_line(
+        refused("dev", cluster={**cluster, "nodeZones": 3}),
+        "signal-platform:cluster.nodeZones: a zonal cluster runs its nodes in its one zone",
+    )
+    # Regional (zonal false): the first nodeZones zones, GPU pools in every zone with the GPU.
+    regional = load("prod").region("us-east4")
+    assert regional.zone is None and regional.location == "us-east4"
+    assert regional.node_zones == ("us-east4-a", "us-east4-b", "us-east4-c")
+    assert regional.gpu_zones("nvidia-l4") == ("us-east4-a", "us-east4-c")
 
 
 def test_every_pod_the_program_sizes_sets_its_requests_and_memory_limit():

@@ -73,8 +73,9 @@ def is_custom(resource: Resource) -> bool:
 
 
 def cluster_minors(plan: Inventory) -> dict[str, str]:
-    """Region → the Kubernetes minor its cluster runs."""
-    return {c.inputs["location"]: c.inputs["minMasterVersion"] for c in plan.of_type(CLUSTER)}
+    """Region → the Kubernetes minor its cluster runs (a zonal cluster's location is a zone)."""
+    regions = plan.regions()
+    return {regions[c.urn]: c.inputs["minMasterVersion"] for c in plan.of_type(CLUSTER)}  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------- the plans

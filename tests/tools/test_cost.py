@@ -407,6 +407,38 @@ def test_dev_gpu_pool_against_hand_figures(dev_plan: Inventory, stack_usages):
     assert {line.category for line in e.lines if "l4-spot" in line.item} == {"GPUs"}
 
 
+def test_dev_fits_the_plans_budget_and_prod_costs_no_more_per_signal(
+    stack_plan: Inventory, stack_usages
+):
+    """Issue 19: dev at $400/month or less; prod's cost per signal no higher than its $0.0120
+    at 500k signals a month before dev was right-sized."""
+    usage = stack_usages[stack_plan.stack]
+    e = estimate(stack_plan, usage.usage, usage.budget_usd)
+    if stack_plan.stack == "dev":
+        assert e.total <= 400, render_text(e)
+        assert e.budget_usd == 400, "the budget rule holds dev to the plan's target"
+        # The zonal cluster's fee, and GKE's free-tier credit as its own negative line.
+        (fee,) = [line for line in e.lines if line.price_id == "gke.clusterFee"]
+        (credit,) = [line for line in e.lines if line.price_id == "gke.freeTier"]
+        assert "zonal" in fee.item and credit.monthly_usd == pytest.approx(-fee.monthly_usd)
+        assert credit.source.startswith("https://cloud.google.com/kubernetes-engine/pricing")
+    else:
+        assert usage.usage.signals_per_month == 500_000
+        assert round(e.per_signal, 4) <= 0.0120, render_text(e)
+        assert not [line for line in e.lines if line.price_id == "gke.freeTier"], (
+            "regional clusters never get the free tier"
+        )
+
+
+def test_the_free_tier_credit_goes_when_another_stack_takes_it(dev_plan: Inventory):
+    from infra.config import CostSettings
+
+    with_credit = estimate(dev_plan, CostSettings())
+    without = estimate(dev_plan, CostSettings(gke_free_tier=False))
+    assert not [line for line in without.lines if line.price_id == "gke.freeTier"]
+    assert without.total - with_credit.total == pytest.approx(HOURS * 0.10)
+
+
 def test_line_items_are_grouped_by_category_with_subtotals(small: tuple[Inventory, Estimate]):
     _, e = small
     assert {line.category for line in e.lines} <= set(CATEGORIES)
