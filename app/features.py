@@ -47,7 +47,7 @@ import numpy as np
 from numba import njit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.prefetch import prefetch
+from app.intrinsics import as_float, as_int, prefetch
 from app.sessions import SessionTable
 from app.state import (
     F_EMA_FAST,
@@ -143,8 +143,11 @@ def _ema_step(rec, field, s, k, period, alpha, p):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _talib_var_step(rec, irec, s, j, w):
+def _talib_var_step(rec, s, j, w, inv_n, last, first):
     """TA-Lib's VAR after log return ``j`` (already in the ring): the same operations in order.
+
+    ``inv_n`` is ``1 / w``; ``last`` and ``first`` are the ring slots ``j % w`` and
+    ``(j + 1) % w`` (the caller knows them without dividing).
 
     TA-Lib keeps sums of ``x - shift`` and ``(x - shift)**2`` and recomputes them exactly
     (with the window mean as the new shift) when cancellation threatens (variance below
@@ -152,14 +155,13 @@ def _talib_var_step(rec, irec, s, j, w):
     least every ``32 * window`` steps; a recomputed variance below 1e-12 of the mean
     square is zero. Returns the variance (meaningful once ``j >= w - 1``).
     """
-    inv_n = 1.0 / w
     if j == 0:
         rec[s, F_VOL_SHIFT] = rec[s, _ring(0, R_LOG_RETURN)]
         rec[s, F_VOL_SUM] = 0.0
         rec[s, F_VOL_SUM_SQ] = 0.0
-        irec[s, W_VOL_COUNTDOWN] = 32 * w
+        rec[s, W_VOL_COUNTDOWN] = as_float(32 * w)
     shift = rec[s, F_VOL_SHIFT]
-    d = rec[s, _ring(j % w, R_LOG_RETURN)] - shift
+    d = rec[s, _ring(last, R_LOG_RETURN)] - shift
     s1 = rec[s, F_VOL_SUM] + d
     s2 = rec[s, F_VOL_SUM_SQ] + d * d
     if j < w - 1:
@@ -168,11 +170,10 @@ def _talib_var_step(rec, irec, s, j, w):
         return 0.0
     mean1 = inv_n * s1
     var = inv_n * s2 - mean1 * mean1
-    first = (j + 1) % w  # slot of the oldest return in the window: the one leaving it
     t = rec[s, _ring(first, R_LOG_RETURN)] - shift
     t2 = t * t
     s2 -= t2
-    countdown = irec[s, W_VOL_COUNTDOWN]
+    countdown = as_int(rec[s, W_VOL_COUNTDOWN])
     recompute = (inv_n * s2) * 1e-6 > var or t2 > s2 * 1e6
     if not recompute:
         countdown -= 1
@@ -199,7 +200,7 @@ def _talib_var_step(rec, irec, s, j, w):
         rec[s, F_VOL_SHIFT] = shift
     rec[s, F_VOL_SUM] = s1 - t
     rec[s, F_VOL_SUM_SQ] = s2
-    irec[s, W_VOL_COUNTDOWN] = countdown
+    rec[s, W_VOL_COUNTDOWN] = as_float(countdown)
     return var
 
 
@@ -230,14 +231,14 @@ def _session_index(cal, v, j, ts):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _forget_windows(rec, irec, s):
+def _forget_windows(rec, s):
     """Restart symbol ``s``'s windowed indicators (after a gap); keep its session VWAP."""
     for f in range(N_FLOAT_FIELDS):
         if f != F_VWAP_PV and f != F_VWAP_V:
             rec[s, f] = 0.0
-    irec[s, W_COUNT] = 0
-    irec[s, W_LAST_SIGN] = 0
-    irec[s, W_VOL_COUNTDOWN] = 0
+    rec[s, W_COUNT] = as_float(0)
+    rec[s, W_LAST_SIGN] = as_float(0)
+    rec[s, W_VOL_COUNTDOWN] = as_float(0)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -258,7 +259,7 @@ def _check_batch(symbol, price, size, ts_ns, out, reasons):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
+def apply_batch(symbol, price, size, ts_ns, rec, params, cal, out, reasons):
     """Apply a batch of ticks in order; write features to ``out`` and verdicts to ``reasons``.
 
     Returns the number of accepted ticks. A rejected tick leaves no trace in the state and
@@ -277,6 +278,7 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
     max_gap_ns = params[P_MAX_GAP_NS]
     k_fast = 2.0 / (p_fast + 1)
     k_slow = 2.0 / (p_slow + 1)
+    inv_w = 1.0 / w
     prefetching = n_symbols * rec.shape[1] * 8 > PREFETCH_ABOVE_BYTES
     accepted = 0
     for t in range(n):
@@ -293,7 +295,7 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
                 s = symbol[u]
                 if s >= 0 and s < n_symbols:
                     slot = (
-                        irec[s, W_COUNT] % w
+                        as_int(rec[s, W_COUNT]) % w
                     )  # the tick's slot, and the one before it (log return)
                     prefetch(rec, s, _ring(slot, 0))
                     prefetch(rec, s, _ring(slot - 1 if slot > 0 else w - 1, 0))
@@ -311,7 +313,7 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
             reason = 2
         elif not (q >= 0.0 and q < math.inf):
             reason = 3
-        elif ts < irec[s, W_LAST_TS]:
+        elif ts < as_int(rec[s, W_LAST_TS]):
             reason = 4
         reasons[t] = reason
         if reason != 0:
@@ -320,9 +322,13 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
             continue
         accepted += 1
 
-        if max_gap_ns > 0 and irec[s, W_COUNT] > 0 and ts - irec[s, W_LAST_TS] > max_gap_ns:
-            _forget_windows(rec, irec, s)
-        k = irec[s, W_COUNT]  # this tick's index in the symbol's accepted series
+        if (
+            max_gap_ns > 0
+            and as_int(rec[s, W_COUNT]) > 0
+            and ts - as_int(rec[s, W_LAST_TS]) > max_gap_ns
+        ):
+            _forget_windows(rec, s)
+        k = as_int(rec[s, W_COUNT])  # this tick's index in the symbol's accepted series
         slot = k % w
         log_p = math.log(p)
         prev_p = rec[s, F_LAST_PRICE]
@@ -356,9 +362,11 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
         # Volatility: talib.STDDEV(log returns), replaying TA-Lib's VAR step by step.
         out[t, 3] = nan
         if k >= 1:
-            j = k - 1  # index of this log return
-            rec[s, _ring(j % w, R_LOG_RETURN)] = log_p - rec[s, F_LAST_LOG_PRICE]
-            var = _talib_var_step(rec, irec, s, j, w)
+            j = k - 1  # index of this log return, in the slot before this tick's
+            last = slot - 1 if slot > 0 else w - 1
+            rec[s, _ring(last, R_LOG_RETURN)] = log_p - rec[s, F_LAST_LOG_PRICE]
+            # The oldest return in the window, the one leaving it, is in this tick's slot.
+            var = _talib_var_step(rec, s, j, w, inv_w, last, slot)
             if j >= w - 1:
                 # TA-Lib takes sqrt of whatever VAR gives; its VAR is never negative in practice.
                 out[t, 3] = math.sqrt(var) if var > 0.0 else 0.0
@@ -401,9 +409,9 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
         # Session VWAP: reset when the tick's session is not the sums' session.
         in_session = True
         if cal.shape[1] > 0:
-            venue = irec[s, W_VENUE]
-            j = _session_index(cal, venue, irec[s, W_SESSION_IDX], ts)
-            irec[s, W_SESSION_IDX] = j
+            venue = as_int(rec[s, W_VENUE])
+            j = _session_index(cal, venue, as_int(rec[s, W_SESSION_IDX]), ts)
+            rec[s, W_SESSION_IDX] = as_float(j)
             if j < 0:
                 session = NO_SESSION
                 in_session = False
@@ -414,8 +422,8 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
             session = (ts // session_ns) * session_ns
         pv = rec[s, F_VWAP_PV]
         v = rec[s, F_VWAP_V]
-        if session != irec[s, W_SESSION_OPEN]:
-            irec[s, W_SESSION_OPEN] = session
+        if session != as_int(rec[s, W_SESSION_OPEN]):
+            rec[s, W_SESSION_OPEN] = as_float(session)
             pv = 0.0
             v = 0.0
         if in_session:
@@ -426,13 +434,13 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
         out[t, 5] = pv / v if v > 0.0 else p
 
         # Order-flow imbalance: tick rule (a zero tick keeps the previous sign).
-        sign = irec[s, W_LAST_SIGN]
+        sign = as_int(rec[s, W_LAST_SIGN])
         if k >= 1:
             if p > prev_p:
                 sign = 1
             elif p < prev_p:
                 sign = -1
-        irec[s, W_LAST_SIGN] = sign
+        rec[s, W_LAST_SIGN] = as_float(sign)
         signed = sign * q
         osum = rec[s, F_OFI_SIGNED] + signed
         otot = rec[s, F_OFI_TOTAL] + q
@@ -456,26 +464,26 @@ def apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons
 
         rec[s, F_LAST_PRICE] = p
         rec[s, F_LAST_LOG_PRICE] = log_p
-        irec[s, W_LAST_TS] = ts
-        irec[s, W_COUNT] = k + 1
+        rec[s, W_LAST_TS] = as_float(ts)
+        rec[s, W_COUNT] = as_float(k + 1)
     return accepted
 
 
 # The columns' types: anything else is converted first (FeatureEngine.update).
 TICK_COLUMNS = "int32[::1], float64[::1], float64[::1], int64[::1]"
-STATE_ARGS = "float64[:, ::1], int64[:, ::1], int64[::1], int64[:, :, ::1]"
+STATE_ARGS = "float64[:, ::1], int64[::1], int64[:, :, ::1]"
 
 
 @njit(
     f"int64({TICK_COLUMNS}, {STATE_ARGS}, float64[:, ::1], uint8[::1])",
     cache=True, nogil=True, error_model="numpy",
 )  # fmt: skip
-def _update_kernel(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons):
+def _update_kernel(symbol, price, size, ts_ns, rec, params, cal, out, reasons):
     """Check the batch's shapes (a BAD_* code: nothing done), then apply it (see ``apply_batch``)."""
     bad = _check_batch(symbol, price, size, ts_ns, out, reasons)
     if bad != 0:
         return bad
-    return apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons)
+    return apply_batch(symbol, price, size, ts_ns, rec, params, cal, out, reasons)
 
 
 class FeatureParams(BaseModel):
@@ -573,8 +581,7 @@ class FeatureEngine:
             [ema_fast, ema_slow, rsi_period, window, session_ns, max_gap_ns], np.int64
         )
         # The arrays every compiled kernel over this engine takes, fixed for its life.
-        self.kernel_state = (self.state.records, self.state.words, self._params,
-                             self.sessions.table)  # fmt: skip
+        self.kernel_state = (self.state.records, self._params, self.sessions.table)
         self._reasons = np.zeros(0, dtype=np.uint8)
         self._n_last = 0
 
@@ -601,10 +608,10 @@ class FeatureEngine:
             if self._reasons.shape[0] < n:  # grows to the largest batch seen, then reused
                 self._reasons = np.zeros(max(n, 2 * self._reasons.shape[0]), dtype=np.uint8)
             reasons = self._reasons
-        records, words, params, table = self.kernel_state
+        records, params, table = self.kernel_state
         try:  # columns of the kernel's types go straight in: nothing checked twice
-            status = _update_kernel(symbol, price, size, ts_ns, records, words, params, table,
-                                    out, reasons)  # fmt: skip
+            status = _update_kernel(symbol, price, size, ts_ns, records, params, table, out,
+                                    reasons)  # fmt: skip
         except TypeError:  # another type or layout: convert what can be, refuse the rest
             symbol = tick_column("symbol", symbol, np.int32)
             n = symbol.shape[0]
@@ -615,7 +622,7 @@ class FeatureEngine:
             )
             _check_buffer("out", out, np.float64, (n, len(FEATURES)))
             _check_buffer("reasons", reasons, np.uint8, (n,))
-            status = _update_kernel(symbol, *columns, records, words, params, table, out, reasons)
+            status = _update_kernel(symbol, *columns, records, params, table, out, reasons)
         if status < 0:
             raise kernel_refusal(status, n, price, size, ts_ns, out, reasons)
         self._reasons = reasons

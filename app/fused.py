@@ -44,6 +44,7 @@ from app.features import (
     tick_column,
 )
 from app.inference import Inference, InferenceBackend, check_inputs, model_identity
+from app.intrinsics import as_float, as_int
 from app.model.calibration import decide_row
 from app.model.contract import N_CLASSES, N_INPUTS, input_row
 from app.model.manifest import ModelMismatchError
@@ -157,7 +158,7 @@ BAD_BUFFERS = -10  # a result buffer is smaller than the batch
     cache=True, nogil=True, error_model="numpy",
 )  # fmt: skip
 def _fused_kernel(
-    symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons, values, layers, scratch,
+    symbol, price, size, ts_ns, rec, params, cal, out, reasons, values, layers, scratch,
     threshold, inputs, warm, rows, signal, direction, signal_symbol, signal_ts,
 ):  # fmt: skip
     """Features of every tick, model inputs, one signal per symbol (its last warm row);
@@ -175,7 +176,7 @@ def _fused_kernel(
             or signal.shape[0] < n or direction.shape[0] < n or signal_symbol.shape[0] < n
             or signal_ts.shape[0] < n):  # fmt: skip
         return BAD_BUFFERS
-    apply_batch(symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons)
+    apply_batch(symbol, price, size, ts_ns, rec, params, cal, out, reasons)
     for t in range(n):
         ok, x0, x1, x2, x3, x4, x5 = input_row(
             out[t, 0], out[t, 1], out[t, 2], out[t, 3], out[t, 4], out[t, 5], out[t, 6]
@@ -190,15 +191,15 @@ def _fused_kernel(
     # The last warm row of each symbol, found from the end; the mark word is 0 between calls.
     m = 0
     for t in range(n - 1, -1, -1):
-        if warm[t] and irec[symbol[t], W_MARK] == 0:
-            irec[symbol[t], W_MARK] = 1
+        if warm[t] and as_int(rec[symbol[t], W_MARK]) == 0:
+            rec[symbol[t], W_MARK] = as_float(1)
             rows[m] = t
             m += 1
     for r in range(m // 2):  # ascending, as the ticks came
         rows[r], rows[m - 1 - r] = rows[m - 1 - r], rows[r]
     for r in range(m):
         t = rows[r]
-        irec[symbol[t], W_MARK] = 0
+        rec[symbol[t], W_MARK] = as_float(0)
         signal_symbol[r] = symbol[t]
         signal_ts[r] = ts_ns[t]
         _mlp_row(inputs, t, values, layers, scratch, signal, r)
@@ -212,7 +213,7 @@ def _fused_kernel(
 # Everything one fused call reads and writes, as one object: the dispatcher adapts every
 # numpy array it is passed (a small allocation each, per call); a structref it passes as is.
 _WORK_FIELDS = (
-    "symbol", "price", "size", "ts_ns", "rec", "irec", "params", "cal", "out", "reasons",
+    "symbol", "price", "size", "ts_ns", "rec", "params", "cal", "out", "reasons",
     "values", "layers", "scratch", "threshold", "inputs", "warm", "rows", "signal",
     "direction", "signal_symbol", "signal_ts",
 )  # fmt: skip
@@ -242,7 +243,7 @@ _I32, _I64, _F32, _F64 = (
     _c(types.float64, 1),
 )
 _WORK_TYPE = _WorkType(list(zip(_WORK_FIELDS, (
-    _I32, _F64, _F64, _I64, _c(types.float64, 2), _c(types.int64, 2), _I64, _c(types.int64, 3),
+    _I32, _F64, _F64, _I64, _c(types.float64, 2), _I64, _c(types.int64, 3),
     _c(types.float64, 2), _c(types.uint8, 1), _F32, _c(types.int64, 2), _c(types.float32, 2),
     types.float64, _c(types.float32, 2), _c(types.boolean, 1), _I64, _c(types.float32, 2),
     _c(types.int8, 1), _I32, _I64,
@@ -251,11 +252,11 @@ _WORK_TYPE = _WorkType(list(zip(_WORK_FIELDS, (
 
 @njit(cache=True)
 def _new_work(
-    symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons, values, layers, scratch,
+    symbol, price, size, ts_ns, rec, params, cal, out, reasons, values, layers, scratch,
     threshold, inputs, warm, rows, signal, direction, signal_symbol, signal_ts,
 ):  # fmt: skip
     return _Work(
-        symbol, price, size, ts_ns, rec, irec, params, cal, out, reasons, values, layers, scratch,
+        symbol, price, size, ts_ns, rec, params, cal, out, reasons, values, layers, scratch,
         threshold, inputs, warm, rows, signal, direction, signal_symbol, signal_ts,
     )  # fmt: skip
 
@@ -266,7 +267,7 @@ def _new_work(
 def _step_columns(w, symbol, price, size, ts_ns):
     """The fused kernel over the given tick columns, into the work's buffers."""
     return _fused_kernel(
-        symbol, price, size, ts_ns, w.rec, w.irec, w.params, w.cal, w.out, w.reasons, w.values,
+        symbol, price, size, ts_ns, w.rec, w.params, w.cal, w.out, w.reasons, w.values,
         w.layers, w.scratch, w.threshold, w.inputs, w.warm, w.rows, w.signal, w.direction,
         w.signal_symbol, w.signal_ts,
     )  # fmt: skip
@@ -325,9 +326,9 @@ class FusedPath:
         self._signal_symbol = np.zeros(capacity, np.int32)
         self._signal_ts = np.zeros(capacity, np.int64)
         model = self.backend
-        records, words, params, table = self.engine.kernel_state
+        records, params, table = self.engine.kernel_state
         self._work = _new_work(
-            self.symbol, self.price, self.size, self.ts_ns, records, words, params, table,
+            self.symbol, self.price, self.size, self.ts_ns, records, params, table,
             self._out, self._reasons, model.mlp.values, model.mlp.layers,
             np.zeros((3, model.mlp.width), np.float32), model.threshold, self._inputs,
             self._warm, self._rows, self._signal, self._direction, self._signal_symbol,
