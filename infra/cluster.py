@@ -12,7 +12,8 @@ each cluster is registered to the project's fleet (`gcp.gkehub.Membership`) and 
 self-hosted CI runner inside the VPC: the control planes stay private (prod has no public
 endpoint at all, dev accepts only 10.0.0.0/8), nothing extra runs or is patched in the VPC,
 and CI keeps GitHub's hosted runners; access is IAM (`roles/gkehub.gatewayEditor`) plus the
-cluster's own RBAC, both declared here per `cluster.deployers`.
+cluster's own RBAC, both declared here per `cluster.deployers` (cluster-admin) and
+`cluster.previewers` (`roles/gkehub.gatewayReader` and Kubernetes' read-only `view`).
 
 Spot-first GPU capacity: GPU pools are spot unless configured otherwise, each with an
 on-demand twin in prod (config rejects a spot pool without one). A GKE ComputeClass lists the
@@ -136,6 +137,7 @@ class Fleet:
     # gateway roles.
     gateway_ready: Sequence[pulumi.Resource]
     deployers: Sequence[str]  # IAM members bound to cluster-admin
+    previewers: Sequence[str] = ()  # IAM members bound to view (read-only)
 
 
 def hardened_node_config(
@@ -177,19 +179,29 @@ def hardened_node_config(
 # (Connect gateway docs, "Grant IAM roles to users"): read the memberships, and the gateway's
 # read-write role; the cluster's RBAC then decides what it may do inside.
 GATEWAY_ROLES = ("roles/gkehub.gatewayEditor", "roles/gkehub.viewer")
+# A previewer (`pulumi preview` in CI) only reads: the gateway's read-only role (GET, LIST and
+# WATCH pass, anything else is refused before the cluster sees it) and the memberships.
+PREVIEW_GATEWAY_ROLES = ("roles/gkehub.gatewayReader", "roles/gkehub.viewer")
 
 
 class GatewayAccess(pulumi.ComponentResource):
-    """The deployers' IAM on the project for Connect Gateway (their RBAC is per cluster)."""
+    """The deployers' and previewers' IAM on the project for Connect Gateway (their RBAC is
+    per cluster)."""
 
     def __init__(
         self,
         name: str,
         project_id: str,
         deployers: Sequence[str],
+        previewers: Sequence[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("signal:infra:GatewayAccess", name, None, opts)
+        # One grant per (member, role): a member listed as both shares roles/gkehub.viewer.
+        grants = dict.fromkeys(
+            [(m, role) for m in deployers for role in GATEWAY_ROLES]
+            + [(m, role) for m in previewers for role in PREVIEW_GATEWAY_ROLES]
+        )
         self.grants = [
             gcp.projects.IAMMember(
                 f"{name}-{_slug(member)}-{role.rsplit('.', 1)[-1].lower()}",
@@ -198,10 +210,9 @@ class GatewayAccess(pulumi.ComponentResource):
                 member=member,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            for member in deployers
-            for role in GATEWAY_ROLES
+            for member, role in grants
         ]
-        self.register_outputs({"deployers": list(deployers)})
+        self.register_outputs({"deployers": list(deployers), "previewers": list(previewers)})
 
 
 def _slug(member: str) -> str:
@@ -499,15 +510,20 @@ class GkeCluster(pulumi.ComponentResource):
             )
             for class_name, value in PRIORITY_VALUES.items()
         }
-        # The deployers' RBAC: what the gateway's callers may do once IAM lets them in.
-        if fleet.deployers:
-            k8s.rbac.v1.ClusterRoleBinding(
-                f"{name}-deployers",
-                metadata={"name": "signal-platform-deployers", "labels": k8s_labels(labels)},
-                role_ref=role_ref("ClusterRole", "cluster-admin"),
-                subjects=api_object([rbac_subject(member) for member in fleet.deployers]),
-                opts=on_cluster,
-            )
+        # What the gateway's callers may do once IAM lets them in: deployers everything
+        # (cluster-admin), previewers read (Kubernetes' `view`: no Secrets, no RBAC objects).
+        for group, members, cluster_role in (
+            ("deployers", fleet.deployers, "cluster-admin"),
+            ("previewers", fleet.previewers, "view"),
+        ):
+            if members:
+                k8s.rbac.v1.ClusterRoleBinding(
+                    f"{name}-{group}",
+                    metadata={"name": f"signal-platform-{group}", "labels": k8s_labels(labels)},
+                    role_ref=role_ref("ClusterRole", cluster_role),
+                    subjects=api_object([rbac_subject(member) for member in members]),
+                    opts=on_cluster,
+                )
         self.register_outputs(
             {"name": self.cluster.name, "endpoint": self.cluster.endpoint, "id": self.cluster.id}
         )

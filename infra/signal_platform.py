@@ -284,10 +284,11 @@ class Platform(pulumi.ComponentResource):
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
         self.accounts = ServiceAccounts("identity", config.project_id, pool_names, after_apis)
         self.vpc = Vpc("signal-vpc", regions, CONTROL_PLANE_TARGETS, after_apis)
-        # Who deploys through Connect Gateway (infra/cluster.py says why the gateway).
-        deployers = config.cluster.deployers
+        # Who deploys (cluster-admin) and who previews (read-only) through Connect Gateway
+        # (infra/cluster.py says why the gateway).
+        deployers, previewers = config.cluster.deployers, config.cluster.previewers
         self.gateway_access = GatewayAccess(
-            "connect-gateway", config.project_id, deployers, after_apis
+            "connect-gateway", config.project_id, deployers, previewers, after_apis
         )
         fleet = Fleet(
             project_number=project.number,
@@ -297,6 +298,7 @@ class Platform(pulumi.ComponentResource):
             ],
             gateway_ready=[self.apis["connectgateway.googleapis.com"], *self.gateway_access.grants],
             deployers=deployers,
+            previewers=previewers,
         )
         # Triton mounts the models bucket, which the artefact store creates after the regions
         # (it is encrypted with the primary region's key): regions get its name as it resolves.
