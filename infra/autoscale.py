@@ -65,8 +65,13 @@ def prometheus_api(project_id: str) -> str:
 
 
 def request_rate_query(cluster: str) -> str:
-    """The signal service's request rate in one region's cluster ({region}: the scaler's)."""
-    return f'sum(rate(signal_requests_total{{location="{{region}}",cluster="{cluster}"}}[2m]))'
+    """The signal service's request rate in one region's cluster ({region}: the scaler's).
+    Managed Prometheus labels series with the cluster's location: the region, or for a zonal
+    cluster one of its zones."""
+    return (
+        f'sum(rate(signal_requests_total{{location=~"{{region}}(-[a-z])?",cluster="{cluster}"}}'
+        "[2m]))"
+    )
 
 
 def scaler_config(

@@ -4,6 +4,7 @@ feeds, the alert policy on the detectors, and the `intelligence` settings' valid
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -85,7 +86,10 @@ def test_config_files_are_what_the_services_accept(stack_plan: Inventory):
         )
         assert scaler.prometheus_auth == "google"
         assert f'cluster="signal-{region}"' in scaler.query_for(region)
-        assert f'location="{region}"' in scaler.query_for(region)
+        # Managed Prometheus's `location` is the cluster's: a zone of a zonal cluster (dev's).
+        matcher = re.search(r'location=~"([^"]+)"', scaler.query_for(region))
+        assert matcher and re.fullmatch(matcher.group(1), cfg.region(region).location)
+        assert re.fullmatch(matcher.group(1), region)
         # The request counter, which the HPA and the SLO count too (app/telemetry.py).
         assert scaler.query_for(region).startswith("sum(rate(signal_requests_total{")
         policy = scaler.policy
