@@ -3,6 +3,9 @@ the session state survives a restart through a state snapshot."""
 
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,6 +137,33 @@ def test_a_snapshot_of_some_symbols_leaves_the_others_alone() -> None:
         b.restore(b"garbage")
     with pytest.raises(ValueError, match="bytes, expected"):
         b.restore(shard[:-8])
+
+
+def _with_header(snapshot: bytes, header: bytes) -> bytes:
+    (length,) = struct.unpack_from("<I", snapshot, 8)
+    return snapshot[:8] + struct.pack("<I", len(header)) + header + snapshot[12 + length :]
+
+
+def test_restore_refuses_a_header_it_cannot_read_and_changes_nothing() -> None:
+    a = SymbolState(3, window=4)
+    a.floats[:] = 1.5
+    shard = a.export(np.array([1]))
+    (length,) = struct.unpack_from("<I", shard, 8)
+    header = json.loads(shard[12 : 12 + length])
+    b = SymbolState(3, window=4)
+    before = b.snapshot()
+    for bad, message in (
+        (b"{not json", "its header is not JSON"),
+        (b"[1, 2]", "its header is not a JSON object"),
+        (json.dumps({**header, "version": 2}).encode(), "version 2 with fields"),
+        (json.dumps({**header, "symbols": -1}).encode(), "symbols = -1: must be a count"),
+        (json.dumps({**header, "symbols": "1"}).encode(), "symbols = '1': must be a count"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            b.restore(_with_header(shard, bad))
+    for x, y in zip(before, b.snapshot(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert b.restore(shard).tolist() == [1] and (b.floats[:, 1] == 1.5).all()
 
 
 def test_unknown_venue_names_the_value_and_the_closest_calendar() -> None:
