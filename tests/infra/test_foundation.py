@@ -112,8 +112,9 @@ def test_project_roles_are_least_privilege(stack_plan: Inventory):
                 "roles/autoscaling.",
             )
         )
-        # The deployers' Connect Gateway roles (tests/infra/test_cluster.py).
-        or r in ("roles/gkehub.gatewayEditor", "roles/gkehub.viewer")
+        # The deployers' and the previewers' Connect Gateway roles (tests/infra/test_cluster.py,
+        # tests/infra/test_gateway_access.py).
+        or r in ("roles/gkehub.gatewayEditor", "roles/gkehub.gatewayReader", "roles/gkehub.viewer")
         for r in unconditional
     ), unconditional
 
