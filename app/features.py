@@ -242,8 +242,8 @@ def _forget_windows(rec, s):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _check_batch(symbol, price, size, ts_ns, out, reasons):
-    """0, or the BAD_* code of the first column whose length does not fit the batch."""
+def check_columns(symbol, price, size, ts_ns):
+    """0, or the BAD_* code of the first tick column whose length is not the symbols'."""
     n = symbol.shape[0]
     if price.shape[0] != n:
         return BAD_PRICE_LENGTH
@@ -251,6 +251,16 @@ def _check_batch(symbol, price, size, ts_ns, out, reasons):
         return BAD_SIZE_LENGTH
     if ts_ns.shape[0] != n:
         return BAD_TS_LENGTH
+    return 0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _check_batch(symbol, price, size, ts_ns, out, reasons):
+    """0, or the BAD_* code of the first column or buffer that does not fit the batch."""
+    n = symbol.shape[0]
+    bad = check_columns(symbol, price, size, ts_ns)
+    if bad != 0:
+        return bad
     if out.shape[0] != n or out.shape[1] != 7:
         return BAD_OUT_SHAPE
     if reasons.shape[0] < n:

@@ -33,20 +33,18 @@ from numba.experimental import structref
 
 from app.features import (
     BAD_OUT_SHAPE,
-    BAD_PRICE_LENGTH,
-    BAD_SIZE_LENGTH,
-    BAD_TS_LENGTH,
     STATE_ARGS,
     TICK_COLUMNS,
     FeatureEngine,
     apply_batch,
+    check_columns,
     kernel_refusal,
     tick_column,
 )
 from app.inference import Inference, InferenceBackend, check_inputs, model_identity
 from app.intrinsics import as_float, as_int
 from app.model.calibration import decide_row
-from app.model.contract import N_CLASSES, N_INPUTS, input_row
+from app.model.contract import N_CLASSES, N_INPUTS, inputs_into
 from app.model.manifest import ModelMismatchError
 from app.model.weights import (
     L_BIAS,
@@ -164,12 +162,9 @@ def _fused_kernel(
     """Features of every tick, model inputs, one signal per symbol (its last warm row);
     returns the number of signals, or a BAD_* code (nothing done)."""
     n = symbol.shape[0]
-    if price.shape[0] != n:
-        return BAD_PRICE_LENGTH
-    if size.shape[0] != n:
-        return BAD_SIZE_LENGTH
-    if ts_ns.shape[0] != n:
-        return BAD_TS_LENGTH
+    bad = check_columns(symbol, price, size, ts_ns)
+    if bad != 0:
+        return bad
     if out.shape[0] < n or out.shape[1] != 7:
         return BAD_OUT_SHAPE
     if (reasons.shape[0] < n or inputs.shape[0] < n or warm.shape[0] < n or rows.shape[0] < n
@@ -177,17 +172,7 @@ def _fused_kernel(
             or signal_ts.shape[0] < n):  # fmt: skip
         return BAD_BUFFERS
     apply_batch(symbol, price, size, ts_ns, rec, params, cal, out, reasons)
-    for t in range(n):
-        ok, x0, x1, x2, x3, x4, x5 = input_row(
-            out[t, 0], out[t, 1], out[t, 2], out[t, 3], out[t, 4], out[t, 5], out[t, 6]
-        )
-        inputs[t, 0] = x0
-        inputs[t, 1] = x1
-        inputs[t, 2] = x2
-        inputs[t, 3] = x3
-        inputs[t, 4] = x4
-        inputs[t, 5] = x5
-        warm[t] = ok  # only accepted ticks have finite features
+    inputs_into(out, inputs, warm, n)  # only accepted ticks have finite features: warm
     # The last warm row of each symbol, found from the end; the mark word is 0 between calls.
     m = 0
     for t in range(n - 1, -1, -1):

@@ -54,26 +54,22 @@ def input_row(ema_fast, ema_slow, rsi, volatility, zscore, vwap, ofi):
     return True, x0, x1, x2, x3, x4, x5
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def inputs_into(features, t, out, warm):
-    """Model inputs of ``features[t]`` into ``out[t]`` and ``warm[t]``."""
-    ok, x0, x1, x2, x3, x4, x5 = input_row(
-        features[t, 0], features[t, 1], features[t, 2], features[t, 3], features[t, 4],
-        features[t, 5], features[t, 6],
-    )  # fmt: skip
-    out[t, 0] = x0
-    out[t, 1] = x1
-    out[t, 2] = x2
-    out[t, 3] = x3
-    out[t, 4] = x4
-    out[t, 5] = x5
-    warm[t] = ok
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def _model_inputs_kernel(features, out, warm):
-    for t in range(features.shape[0]):
-        inputs_into(features, t, out, warm)
+def inputs_into(features, out, warm, n):
+    """Model inputs of ``features[:n]`` into ``out[:n]`` and ``warm[:n]`` (compiled callers
+    pass their own buffers: the fused path)."""
+    for t in range(n):
+        ok, x0, x1, x2, x3, x4, x5 = input_row(
+            features[t, 0], features[t, 1], features[t, 2], features[t, 3], features[t, 4],
+            features[t, 5], features[t, 6],
+        )  # fmt: skip
+        out[t, 0] = x0
+        out[t, 1] = x1
+        out[t, 2] = x2
+        out[t, 3] = x3
+        out[t, 4] = x4
+        out[t, 5] = x5
+        warm[t] = ok
 
 
 def model_inputs(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,5 +83,5 @@ def model_inputs(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"features: shape {features.shape}: must be (n, 7)")
     out = np.empty((features.shape[0], N_INPUTS), dtype=np.float32)
     warm = np.empty(features.shape[0], dtype=np.bool_)
-    _model_inputs_kernel(np.ascontiguousarray(features, dtype=np.float64), out, warm)
+    inputs_into(np.ascontiguousarray(features, dtype=np.float64), out, warm, features.shape[0])
     return out, warm
