@@ -68,6 +68,7 @@ S_CONFIDENCE = N_CLASSES + 1
 SIGNAL_COLUMNS = N_CLASSES + 2
 
 _F32_255 = np.float32(255.0)
+OFFLOAD_ROWS = 1024  # model-only calls of this many rows run on a worker thread
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -456,7 +457,13 @@ class FusedBackend(InferenceBackend):
         return probs
 
     async def infer(self, inputs: np.ndarray) -> Inference:
-        return Inference(self.infer_sync(inputs), self.identity, self.name)
+        """As ``LocalOnnxBackend``: small batches inline, ``OFFLOAD_ROWS`` or more on a thread
+        (the kernel releases the GIL), so a fallback's large batch does not stall the loop."""
+        if inputs.shape[0] >= OFFLOAD_ROWS:
+            probs = await asyncio.to_thread(self.infer_sync, inputs)
+        else:
+            probs = self.infer_sync(inputs)
+        return Inference(probs, self.identity, self.name)
 
 
 def _check_scaling(mlp: MLPArrays, scaling: dict, manifest: str) -> None:

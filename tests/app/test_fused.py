@@ -83,6 +83,9 @@ def test_fused_probabilities_equal_onnxruntime_on_the_heldout_samples(
     assert fused.mlp.kinds == (variant,) * 3  # read from that variant's own operators
     local = LocalOnnxBackend(model.path(variant), model.model_version)  # type: ignore[arg-type]
     assert fused.identity == local.identity and fused.identity.variant == variant
+    served = asyncio.run(fused.infer(heldout))  # as the batcher calls it (here on a thread)
+    np.testing.assert_array_equal(served.probabilities, ours)
+    assert (served.identity, served.backend) == (local.identity, "local")
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
