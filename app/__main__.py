@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--variant", help="in-process model: fp32, int8 or int4")
     serve.add_argument("--kserve-url", help="KServe-v2 gRPC server host:port (Triton, MLServer)")
     serve.add_argument("--grace", type=float, help="seconds in-flight calls get at shutdown")
+    serve.add_argument("--advertise", help="host:port other replicas and clients reach this one "
+                       "at (sharding; default: --host and the listening port)")  # fmt: skip
 
     rp = sub.add_parser("replay", help="stream synthetic ticks to a server, print latency")
-    rp.add_argument("--target", default="127.0.0.1:50051")
+    rp.add_argument("--target", action="append", help="host:port of the service, or of any of "
+                    "its replicas (repeat for several; default 127.0.0.1:50051)")  # fmt: skip
     rp.add_argument("--rate", type=float, required=True, help="ticks per second")
     rp.add_argument("--seconds", type=float, required=True)
     rp.add_argument("--batch-size", type=int, default=50, help="ticks per TickBatch")
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model.dir": None if args.model_dir is None else str(args.model_dir),
                     "model.variant": args.variant,
                     "kserve.url": args.kserve_url,
+                    "sharding.advertise": args.advertise,
                 },
             )
         except ConfigError as exc:
@@ -70,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import grpc
 
+    from app.client import ServiceRefused
     from app.replay import ClientTls, replay
 
     try:
         report = asyncio.run(
             replay(
-                args.target,
+                args.target or ["127.0.0.1:50051"],
                 rate=args.rate,
                 seconds=args.seconds,
                 batch_size=args.batch_size,
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 tls=ClientTls(args.tls_ca, args.tls_cert, args.tls_key),
             )
         )
-    except (ConnectionError, ValueError, OSError) as exc:
+    except (ConnectionError, ValueError, OSError, ServiceRefused) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 1
     except grpc.aio.AioRpcError as exc:

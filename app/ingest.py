@@ -2,6 +2,9 @@
 
 Per batch, in this order, every refusal coming before any state changes:
 
+0. **Ownership** (with ``sharding.enabled``, `app.shards`): a batch carries one shard's
+   symbols, and only the replica holding that shard's lease applies it; any other
+   answers with the owner's address (or UNAVAILABLE while the shard moves).
 1. **Idempotency.** A batch whose ``(producer, batch_id)`` was seen within the window
    (``ingest.dedupe_window_s``; at most ``dedupe_max_batches`` / ``dedupe_max_bytes`` of
    replies kept in memory, oldest dropped first) gets the original reply and changes
@@ -17,6 +20,8 @@ Per batch, in this order, every refusal coming before any state changes:
    out cannot leave ticks applied without their signals, spool record or deliveries.
    Inference, then, in sequence order (`InOrder`), the spool append: one `SpoolRecord`
    with the accepted ticks, the signals, the features behind them and the reply.
+   With sharding, before its turn the record is also appended to the shard's journal in
+   Redis (fenced by the lease), so the next owner of the shard can replay it.
 6. Once the record is durable (group commit), in sequence order: the in-process store,
    the cache, the warehouse and the publishers get it, each taking the sequence number
    along (``app.datapath``), and the **ack** goes out.
@@ -28,6 +33,7 @@ sinks skip what they already hold, so each batch lands exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import time
@@ -44,7 +50,8 @@ from app.datapath import DataPath
 from app.features import FEATURES
 from app.pipeline import AppliedBatch, IngestResult, SignalPipeline, TickBounds
 from app.proto import load as load_stubs
-from app.signals import SignalColumns
+from app.shards import ShardHost, ShardOwnership, ShardSlot, ShardSnapshot
+from app.signals import Signal, SignalColumns
 from app.spool import Spool
 from app.synthetic import TickColumns
 from app.telemetry import Metrics, default_metrics
@@ -174,6 +181,8 @@ class Delivery:
     computed_at_ns: int
     admission: Any = None  # room the data path reserved for it (None: a replay)
     answer: Callable[[], None] | None = None  # acknowledges it (None: a replay)
+    shard: ShardSlot | None = None  # with sharding: its shard, and its seq in that journal
+    journal_seq: int = 0
 
 
 def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Any:
@@ -190,7 +199,7 @@ def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Any:
                            model_sha256=s.model_sha256, backend=s.backend)  # fmt: skip
 
 
-class Ingestor:
+class Ingestor(ShardHost):
     """Runs the steps of the module docstring for each batch the server hands it."""
 
     def __init__(
@@ -212,6 +221,7 @@ class Ingestor:
         self._order = InOrder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unanswered: set[asyncio.Future[Any]] = set()  # replies of batches in flight
+        self.shards: ShardOwnership | None = None  # set when sharding is on (app.server)
         if spool is not None:
             spool.on_durable = self._deliver
         if data_path is not None:
@@ -231,17 +241,10 @@ class Ingestor:
         if recovery is None:
             return 0
         now_ns = time.time_ns()
-        loop = asyncio.get_running_loop()
         replayed = 0
         for seq, payload in recovery.records:
             record = pb2.SpoolRecord.FromString(payload)
-            if record.batch_id and record.producer:
-                done = loop.create_future()
-                done.set_result(record.reply)
-                key = (record.producer, int(record.batch_id))
-                self.recent.put(key, record.fingerprint, done,
-                                age_s=max(0.0, (now_ns - record.spooled_at_ns) / 1e9))  # fmt: skip
-                self.recent.completed(key, record.reply.ByteSize())
+            self.remember(record, now_ns)
             if seq > recovery.delivered_seq:
                 self._deliver(seq, delivery_of(record))
                 replayed += 1
@@ -250,10 +253,57 @@ class Ingestor:
             log.warning("spool_replayed", batches=replayed, last_seq=recovery.last_seq)
         return replayed
 
+    def remember(self, record: Any, now_ns: int) -> None:
+        """Put a recorded batch (a ``SpoolRecord``) in the idempotency index with its reply."""
+        if record.batch_id and record.producer:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(record.reply)
+            key = (record.producer, int(record.batch_id))
+            self.recent.put(key, record.fingerprint, done,
+                            age_s=max(0.0, (now_ns - record.spooled_at_ns) / 1e9))  # fmt: skip
+            self.recent.completed(key, record.reply.ByteSize())
+
+    # --- shards moving in and out (app.shards) -----------------------------------------------
+
+    def shard_state(self, symbols: np.ndarray) -> tuple[bytes, list[tuple[Signal, int]]]:
+        return self.pipeline.export_state(symbols)
+
+    def adopt_shard(self, symbols: np.ndarray, snapshot: ShardSnapshot | None,
+                    records: list[tuple[int, bytes]]) -> int:  # fmt: skip
+        """The shard's state becomes its snapshot plus the journal's batches after it (up to
+        a gap); their replies join the idempotency index. Returns the last seq applied."""
+        pipeline = self.pipeline
+        pipeline.forget(symbols)
+        state_seq = signals_seq = 0
+        if snapshot is not None:
+            pipeline.restore_state(snapshot.state)
+            pipeline.adopt_signals(snapshot.signals)
+            state_seq, signals_seq = snapshot.state_seq, snapshot.signals_seq
+        last = state_seq
+        now_ns = time.time_ns()
+        for seq, payload in records:
+            record = pb2.SpoolRecord.FromString(payload)
+            if seq > state_seq:
+                if seq != last + 1:
+                    break  # a batch never journaled: this one and later were never acked
+                t = record.ticks
+                pipeline.replay(np.array(t.symbol, np.int32), np.array(t.price, np.float64),
+                                np.array(t.size, np.float64), np.array(t.ts_ns, np.int64))  # fmt: skip
+                last = seq
+            if seq > signals_seq:
+                signals = signals_of(record.reply)
+                computed_at = record.reply.computed_at_ns
+                pipeline.adopt_signals([(signals.row(i), computed_at) for i in range(len(signals))])
+            self.remember(record, now_ns)
+        return last
+
     # --- one batch ---------------------------------------------------------------------------
 
-    async def ingest(self, request: Any, ticks: TickColumns, time_left_s: float | None) -> Any:
-        """The ``SignalBatch`` answering ``request`` (a decoded, well-formed TickBatch)."""
+    async def ingest(self, request: Any, ticks: TickColumns, time_left_s: float | None,
+                     client_shards: int | None = None) -> Any:  # fmt: skip
+        """The ``SignalBatch`` answering ``request`` (a decoded, well-formed TickBatch);
+        ``client_shards``: the shard count the client split by, if it said."""
+        slot = self.shards.admit(ticks.symbol, client_shards) if self.shards is not None else None
         key = (
             (request.producer, int(request.batch_id))
             if request.batch_id and request.producer
@@ -282,6 +332,11 @@ class Ingestor:
             if self.spool is not None:
                 self.spool.check_room(_record_bytes_bound(len(ticks)))
             applied = self.pipeline.apply(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+            journal_seq = (
+                self.shards.applied(slot)
+                if slot is not None and self.shards is not None and applied.seq
+                else 0
+            )
         except BaseException:
             if admission is not None:
                 self.data_path.release(admission)  # type: ignore[union-attr]
@@ -303,39 +358,52 @@ class Ingestor:
                 self.recent.completed(key, answer.ByteSize())
             return answer
         task = loop.create_task(
-            self._complete(request, ticks, applied, key, digest, admission, reply), name="ingest"
-        )
+            self._complete(request, ticks, applied, key, digest, admission, reply, slot,
+                           journal_seq), name="ingest"
+        )  # fmt: skip
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(reply)
 
     async def _complete(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
                         key: tuple[str, int] | None, digest: bytes, admission: Any,
-                        reply: asyncio.Future[Any]) -> None:  # fmt: skip
+                        reply: asyncio.Future[Any], slot: ShardSlot | None = None,
+                        journal_seq: int = 0) -> None:  # fmt: skip
         """Steps 5 and 6 for an applied batch; runs to the end whatever the caller does. The
         ack (``reply``) is given by `_deliver` once the record is durable."""
         seq = applied.seq
         delivery: Delivery | None = None
         try:
-            result = await self.pipeline.finish(applied)
-            await self._order.turn(seq)
+            failed: Exception | None = None  # before the turn, which is taken all the same
+            answer: Any = None
             try:
+                result = await self.pipeline.finish(applied)
                 computed_at = time.time_ns()
                 answer = reply_of(request.batch_id, result, computed_at)
-                accepted = TickColumns(
-                    *(
-                        c[applied.accepted]
-                        for c in (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
-                    )
-                )
+                accepted = TickColumns(*(c[applied.accepted] for c in (
+                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)))  # fmt: skip
                 features = result.features
-                delivery = Delivery(seq, accepted, result.signals,
-                                    features if features is not None
-                                    else np.empty((0, len(FEATURES))),
-                                    computed_at, admission,
-                                    functools.partial(self._answer, key, reply, answer))  # fmt: skip
+                if features is None:
+                    features = np.empty((0, len(FEATURES)))
+                delivery = Delivery(seq, accepted, result.signals, features, computed_at,
+                                    admission, functools.partial(self._answer, key, reply, answer),
+                                    slot, journal_seq)  # fmt: skip
+                if slot is not None and self.shards is not None:
+                    record = spool_record(request, digest, delivery, answer, journal_seq)
+                    await self.shards.journal(slot, journal_seq, record.SerializeToString())
+            except Exception as exc:
+                failed = exc
+                if slot is not None and journal_seq in slot.pending:
+                    await self._not_journaled(slot, journal_seq)
+            await self._order.turn(seq)
+            try:
+                if failed is not None:
+                    raise failed
+                assert delivery is not None
+                if slot is not None and self.shards is not None:
+                    self.shards.ackable(slot, journal_seq)
                 if self.spool is not None:
-                    record = spool_record(request, digest, accepted, answer, delivery)
+                    record = spool_record(request, digest, delivery, answer, seq)
                     durable = self.spool.append(seq, record.SerializeToString(), delivery)
                     durable.add_done_callback(
                         functools.partial(self._not_durable, key, reply, delivery)
@@ -348,6 +416,12 @@ class Ingestor:
             self._refused_after_apply(key, reply, delivery, admission, exc)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _not_journaled(self, slot: ShardSlot, journal_seq: int) -> None:
+        """A batch that failed before its journal append: the shard breaks there."""
+        assert self.shards is not None
+        with contextlib.suppress(Exception):
+            await self.shards.journal(slot, journal_seq, None)
 
     def _answer(self, key: tuple[str, int] | None, reply: asyncio.Future[Any], answer: Any) -> None:
         if key is not None:
@@ -377,6 +451,8 @@ class Ingestor:
     def _deliver(self, seq: int, delivery: Delivery) -> None:
         """A durable batch, in sequence order: the latest signals, the data path, the ack."""
         self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
+        if delivery.shard is not None:
+            delivery.shard.delivered_seq = max(delivery.shard.delivered_seq, delivery.journal_seq)
         if self.data_path is None:
             self._delivered(seq)
         else:
@@ -399,11 +475,11 @@ class Ingestor:
             await asyncio.gather(*self._tasks, *self._unanswered, return_exceptions=True)
 
 
-def spool_record(request: Any, digest: bytes, accepted: TickColumns, answer: Any,
-                 delivery: Delivery) -> Any:  # fmt: skip
-    """The `SpoolRecord` of one applied batch."""
+def spool_record(request: Any, digest: bytes, delivery: Delivery, answer: Any, seq: int) -> Any:
+    """The `SpoolRecord` of one applied batch: number ``seq`` of the spool or a shard's journal."""
+    accepted = delivery.ticks
     return pb2.SpoolRecord(
-        seq=delivery.seq,
+        seq=seq,
         producer=request.producer,
         batch_id=request.batch_id,
         fingerprint=digest,
@@ -425,12 +501,18 @@ def delivery_of(record: Any) -> Delivery:
     r = record.reply
     ticks = TickColumns(np.array(t.symbol, np.int32), np.array(t.price, np.float64),
                         np.array(t.size, np.float64), np.array(t.ts_ns, np.int64))  # fmt: skip
-    signals = SignalColumns(np.array(r.symbol, np.int32), np.array(r.ts_ns, np.int64),
-                            np.array(r.direction, np.int8), np.array(r.strength, np.float32),
-                            np.array(r.confidence, np.float32), r.model_version,
-                            r.model_variant, r.model_sha256, r.backend)  # fmt: skip
+    signals = signals_of(r)
     features = np.array(record.features, np.float64).reshape(len(signals), len(FEATURES))
     return Delivery(record.seq, ticks, signals, features, r.computed_at_ns)
+
+
+def signals_of(reply: Any) -> SignalColumns:
+    """The signals a ``SignalBatch`` carries."""
+    r = reply
+    return SignalColumns(np.array(r.symbol, np.int32), np.array(r.ts_ns, np.int64),
+                         np.array(r.direction, np.int8), np.array(r.strength, np.float32),
+                         np.array(r.confidence, np.float32), r.model_version, r.model_variant,
+                         r.model_sha256, r.backend)  # fmt: skip
 
 
 def _record_bytes_bound(n_ticks: int) -> int:

@@ -152,6 +152,10 @@ class SignalPipeline:
         # When the stored signal was computed (ns), kept beside LatestSignals' own seq rule.
         self._stored_seq = np.zeros(n, dtype=np.int64)
         self._computed_at = np.zeros(n, dtype=np.int64)
+        # Sharding: signals stored up to a symbol's floor were computed before its shard last
+        # moved here and are not answered; `adopt_signals` gives those it brought along.
+        self._floor = np.zeros(n, dtype=np.int64)
+        self._adopted: dict[int, tuple[Signal, int]] = {}
         # The fused backend (app.fused) makes features and signals in one compiled call: apply
         # then uses it in place of the engine's update and the batcher's queue.
         fused = batcher.backend
@@ -306,8 +310,46 @@ class SignalPipeline:
 
     def latest(self, symbol: int) -> tuple[Signal, int] | None:
         """The latest signal of ``symbol`` computed here, and when (ns), or None."""
+        if self._stored_seq[symbol] <= self._floor[symbol]:
+            return self._adopted.get(symbol)
         found = self.store.get(symbol)
         return None if found is None else (found, int(self._computed_at[symbol]))
+
+    # --- shards: state that moves between replicas (app.shards) ---------------------------------
+
+    def forget(self, symbols: np.ndarray) -> None:
+        """Start ``symbols`` afresh: no feature state, no warm-up seen, no latest signal."""
+        for symbol in symbols.tolist():
+            self.engine.reset(symbol)
+            self._adopted.pop(symbol, None)
+        self._floor[symbols] = self._seq
+        self._seen[symbols] = False
+        self._warm[symbols] = False
+
+    def export_state(self, symbols: np.ndarray) -> tuple[bytes, list[tuple[Signal, int]]]:
+        """The feature state of ``symbols`` (``app.state`` snapshot) and each one's latest
+        signal with when it was computed."""
+        latest = (self.latest(s) for s in symbols.tolist())
+        return self.engine.state.export(symbols), [found for found in latest if found is not None]
+
+    def restore_state(self, snapshot: bytes) -> None:
+        """Overwrite the state of the snapshot's symbols (ValueError: nothing changed)."""
+        self.engine.state.restore(snapshot)
+
+    def replay(self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
+               ts_ns: np.ndarray) -> None:  # fmt: skip
+        """Apply ticks accepted before (another replica's journal) to the state only: no
+        screening, no inference, no sequence number."""
+        features = self.engine.update(symbol, price, size, ts_ns)
+        ok = self.engine.last_reasons == 0
+        _, warm = model_inputs(features)
+        self._track_warm_up(symbol, ok, warm & ok)
+
+    def adopt_signals(self, signals: list[tuple[Signal, int]]) -> None:
+        """Take latest signals computed elsewhere (in order: a later one replaces an earlier)."""
+        for signal, computed_at in signals:
+            if self._stored_seq[signal.symbol] <= self._floor[signal.symbol]:
+                self._adopted[signal.symbol] = (signal, computed_at)
 
 
 @functools.cache

@@ -1,9 +1,10 @@
-"""Replay synthetic ticks to a running server at a fixed rate; report throughput and latency.
+"""Replay synthetic ticks to a running service at a fixed rate; report throughput and latency.
 
-Ticks go over one ``StreamSignals`` stream in batches sent on a fixed schedule; each
-batch's latency runs from its *scheduled* send time to the arrival of its
-``SignalBatch`` (so a server that falls behind shows it, rather than slowing the
-sender down and hiding the queueing: no coordinated omission).
+Batches go out on a fixed schedule through `app.client.SignalClient` (so a sharded service
+gets each batch's symbols at their owners); each batch's latency runs from its
+*scheduled* send time to the arrival of the last of its replies (so a service that falls
+behind shows it, rather than slowing the sender down and hiding the queueing: no
+coordinated omission).
 """
 
 from __future__ import annotations
@@ -11,43 +12,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import grpc
 import numpy as np
 
-from app.proto import load as load_stubs
+from app.client import ClientTls, IngestReply, SignalClient, open_channel
 from app.synthetic import synthetic_ticks
 
-pb2, pb2_grpc = load_stubs()
-
-
-@dataclass(frozen=True)
-class ClientTls:
-    """PEM files for a TLS server (``ca``) and, for mutual TLS, this client's identity."""
-
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return self.ca is not None or self.cert is not None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        if (self.cert is None) != (self.key is None):
-            raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
-        read = lambda p: None if p is None else Path(p).read_bytes()  # noqa: E731
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
-
-
-def open_channel(target: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
-    """A channel to ``target``: plaintext (inside the mesh) or TLS."""
-    if tls is not None and tls.enabled:
-        return grpc.aio.secure_channel(target, tls.credentials())
-    return grpc.aio.insecure_channel(target)
+__all__ = ["ClientTls", "ReplayReport", "open_channel", "replay"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +35,8 @@ class ReplayReport:
     signals: int
     elapsed_s: float
     latencies_us: np.ndarray
+    shards: int = 1
+    retries: int = 0
 
     @property
     def ticks_per_s(self) -> float:
@@ -73,14 +48,18 @@ class ReplayReport:
         )
 
     def render(self) -> str:
+        sharded = (
+            f" ({self.shards} shards, {self.retries} parts retried)" if self.shards > 1 else ""
+        )
         return "\n".join(
             [
-                f"replay to {self.target}: {self.rate:g} ticks/s requested for {self.seconds:g} s",
+                f"replay to {self.target}{sharded}: {self.rate:g} ticks/s requested for "
+                f"{self.seconds:g} s",
                 f"sent {self.ticks:,} ticks in {self.batches:,} batches over {self.elapsed_s:.2f} s: "
                 f"{self.ticks_per_s:,.0f} ticks/s; accepted {self.accepted:,}, "
                 f"rejected {self.rejected:,}, signals {self.signals:,} "
                 f"({self.signals / self.elapsed_s if self.elapsed_s else 0:,.0f}/s)",
-                f"latency per batch (scheduled send -> SignalBatch): "
+                f"latency per batch (scheduled send -> last reply): "
                 f"p50 {self.percentile_us(50):,.0f} us  p95 {self.percentile_us(95):,.0f} us  "
                 f"p99 {self.percentile_us(99):,.0f} us",
             ]
@@ -88,7 +67,7 @@ class ReplayReport:
 
 
 async def replay(
-    target: str,
+    targets: str | Sequence[str],
     *,
     rate: float,
     seconds: float,
@@ -99,13 +78,14 @@ async def replay(
     producer: str | None = None,
     tls: ClientTls | None = None,
 ) -> ReplayReport:
-    """Stream ``rate * seconds`` synthetic ticks to ``target`` and measure each batch.
-    Batches carry ``producer`` (default ``replay-<pid>``) and ids 1, 2, ...: the server
-    deduplicates a retried batch."""
+    """Send ``rate * seconds`` synthetic ticks to the service at ``targets`` (any of its
+    replicas) and measure each batch. Parts carry ``producer`` (default ``replay-<pid>``)
+    and the client's ids: the service deduplicates a retried part."""
     if rate <= 0 or seconds <= 0 or batch_size < 1:
         raise ValueError(
             f"rate = {rate}, seconds = {seconds}, batch_size = {batch_size}: all must be positive"
         )
+    targets = [targets] if isinstance(targets, str) else list(targets)
     total = max(batch_size, int(rate * seconds))
     per_symbol = -(-total // n_symbols)
     ticks, _ = synthetic_ticks(n_symbols, per_symbol, seed=seed)
@@ -115,46 +95,29 @@ async def replay(
     # never goes back for a long-running server and never runs ahead of its clock.
     index = np.arange(ticks.ts_ns.shape[0], dtype=np.int64)
     ts_ns = time.time_ns() + (index // batch_size) * int(interval * 1e9) + index % batch_size
-    sent_at: dict[int, float] = {}
 
-    producer = producer or f"replay-{os.getpid()}"
-    async with open_channel(target, tls) as channel:
-        try:
-            await asyncio.wait_for(channel.channel_ready(), connect_timeout_s)
-        except TimeoutError:
-            raise ConnectionError(
-                f"no server at {target} (start one with `python -m app serve`)"
-            ) from None
-        stub = pb2_grpc.SignalServiceStub(channel)
+    client = SignalClient(targets, producer=producer or f"replay-{os.getpid()}", tls=tls,
+                          connect_timeout_s=connect_timeout_s)  # fmt: skip
+    async with client:
+        shards = await client.shard_count()  # ConnectionError when nothing answers
         start = time.perf_counter()
-
-        async def requests() -> AsyncIterator[object]:
-            for b in range(n_batches):
-                scheduled = start + b * interval
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                lo, hi = b * batch_size, min((b + 1) * batch_size, total)
-                sent_at[b + 1] = scheduled
-                yield pb2.TickBatch(
-                    symbol=ticks.symbol[lo:hi].tolist(),
-                    price=ticks.price[lo:hi].tolist(),
-                    size=ticks.size[lo:hi].tolist(),
-                    ts_ns=ts_ns[lo:hi].tolist(),
-                    batch_id=b + 1,
-                    producer=producer,
-                )
-
         latencies = np.empty(n_batches)
-        accepted = rejected = signals = received = 0
-        async for reply in stub.StreamSignals(requests()):
-            latencies[received] = (time.perf_counter() - sent_at.pop(reply.batch_id)) * 1e6
-            received += 1
-            accepted += reply.ack.accepted
-            rejected += reply.ack.rejected
-            signals += len(reply.symbol)
+
+        async def one(b: int) -> IngestReply:
+            scheduled = start + b * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lo, hi = b * batch_size, min((b + 1) * batch_size, total)
+            reply = await client.ingest(ticks.symbol[lo:hi], ticks.price[lo:hi],
+                                        ticks.size[lo:hi], ts_ns[lo:hi])  # fmt: skip
+            latencies[b] = (time.perf_counter() - scheduled) * 1e6
+            return reply
+
+        replies = await asyncio.gather(*(one(b) for b in range(n_batches)))
         elapsed = time.perf_counter() - start
+    accepted = sum(r.accepted for r in replies)
     return ReplayReport(
-        target, rate, seconds, received, total, accepted, rejected, signals, elapsed,
-        latencies[:received],
+        ", ".join(targets), rate, seconds, len(replies), total, accepted, total - accepted,
+        sum(r.signals for r in replies), elapsed, latencies, shards, client.retries,
     )  # fmt: skip

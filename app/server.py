@@ -11,14 +11,20 @@ Every request gets a status that says what happened, and the server keeps servin
 * a deadline too short to apply the batch: DEADLINE_EXCEEDED, nothing applied.
 * a full inference queue, data-path buffer or spool: RESOURCE_EXHAUSTED, nothing applied.
 * shutting down, or the spool failed (health then turns NOT_SERVING): UNAVAILABLE.
+* with sharding (``app.shards``): a batch or read of a shard another replica owns:
+  FAILED_PRECONDITION, with trailing metadata ``shard-owner: host:port`` (and ``shard``,
+  ``shard-count``); a shard moving, loading or without an owner yet: UNAVAILABLE (retry);
+  a batch with symbols of two shards: INVALID_ARGUMENT; a client whose request metadata
+  says it splits by another ``shard-count``: FAILED_PRECONDITION with the service's.
 * a client cancelling: CANCELLED, which the metrics do not count as an error; work
   already applied completes (``app.ingest``).
 
 Each refusal is logged as one line (``request_rejected``, sampled: see
 ``telemetry.log_sampling``), never a traceback. ``stop`` is graceful: health turns
 NOT_SERVING, new calls are refused, calls in flight finish within the grace period (spot
-preemption gives ~25 s), then the batcher drains, the spool is made durable and the
-sinks flushed. With ``server.tls`` the port speaks TLS (mutual TLS with a client CA), for
+preemption gives ~25 s), then the shards are handed over (snapshot, release), the batcher
+drains, the spool is made durable and the sinks flushed. With sharding, health turns
+SERVING only once this replica's first shards are loaded. With ``server.tls`` the port speaks TLS (mutual TLS with a client CA), for
 use outside the mesh; inside it, Istio's mTLS does that job.
 """
 
@@ -54,9 +60,19 @@ from app.inference import (
     ResilientBackend,
 )
 from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor
+from app.lease import LeaseStore
 from app.model.contract import N_INPUTS, model_inputs
 from app.pipeline import SignalPipeline, TickOverflowError
 from app.proto import load as load_stubs
+from app.shards import (
+    BatchSpansShards,
+    NotOwner,
+    ShardBusy,
+    ShardCountMismatch,
+    ShardOwnership,
+    ShardRefusal,
+    ShardUnavailable,
+)
 from app.spool import Spool, SpoolFailed, SpoolFull, default_spool_dir
 from app.synthetic import TickColumns
 
@@ -135,6 +151,11 @@ def decode_tick_batch(batch: Any, n_symbols: int, max_ticks: int) -> TickColumns
 # Exceptions that refuse a request, and the status each gets.
 REFUSALS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BatchSpansShards, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotOwner, grpc.StatusCode.FAILED_PRECONDITION),
+    (ShardCountMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (ShardUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ShardBusy, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TickOverflowError, grpc.StatusCode.INVALID_ARGUMENT),
     (BatchIdReused, grpc.StatusCode.ALREADY_EXISTS),
     (DeadlineTooShort, grpc.StatusCode.DEADLINE_EXCEEDED),
@@ -155,11 +176,22 @@ def status_of(exc: BaseException) -> grpc.StatusCode | None:
 
 
 async def refuse(context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode,
-                 detail: str) -> NoReturn:  # fmt: skip
-    """Log one (sampled) line and end the call with ``code``."""
+                 detail: str, metadata: tuple[tuple[str, str], ...] = ()) -> NoReturn:  # fmt: skip
+    """Log one (sampled) line and end the call with ``code`` (and trailing ``metadata``)."""
     rejections.info("request_rejected", method=method, code=code.name, detail=detail)
-    await context.abort(code, detail)
+    await context.abort(code, detail, metadata)
     raise AssertionError("unreachable: abort raises")
+
+
+def client_shard_count(context: grpc.aio.ServicerContext) -> int | None:
+    """The ``shard-count`` a client says it splits batches by (None: it did not say)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "shard-count":
+            try:
+                return int(value)
+            except ValueError:
+                return 0  # unreadable: refused, the answer names the service's count
+    return None
 
 
 class SignalServicer:
@@ -172,6 +204,7 @@ class SignalServicer:
         self.max_batch_ticks = max_batch_ticks
         self.data_path = data_path
         self.on_spool_failure = on_spool_failure
+        self.shards = ingestor.shards
         age = data_path.cache.config.max_signal_age_s if data_path is not None else None
         self.max_age_s = "no limit" if age is None else f"{age:g} s"
 
@@ -179,14 +212,17 @@ class SignalServicer:
         """The ``SignalBatch`` answering one TickBatch, or the call ends with its status."""
         try:
             ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
-            return await self.ingestor.ingest(request, ticks, context.time_remaining())
+            client_shards = client_shard_count(context) if self.shards is not None else None
+            return await self.ingestor.ingest(request, ticks, context.time_remaining(),
+                                              client_shards)  # fmt: skip
         except Exception as exc:
             code = status_of(exc)
             if code is None:
                 raise
             if isinstance(exc, SpoolFailed):
                 self.on_spool_failure()
-            await refuse(context, method, code, str(exc))
+            metadata = exc.metadata() if isinstance(exc, ShardRefusal) else ()
+            await refuse(context, method, code, str(exc), metadata)
 
     async def IngestTicks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return (await self._ingest(request, context, "IngestTicks")).ack
@@ -201,6 +237,12 @@ class SignalServicer:
         if not 0 <= symbol < n:
             await refuse(context, "GetSignal", grpc.StatusCode.INVALID_ARGUMENT,
                          f"symbol = {symbol}: unknown symbol; ids are 0 to {n - 1}")  # fmt: skip
+        if self.shards is not None:  # only the owner answers: its state is the symbol's
+            try:
+                self.shards.check_read(symbol, client_shard_count(context))
+            except ShardRefusal as exc:
+                await refuse(context, "GetSignal", status_of(exc) or grpc.StatusCode.UNAVAILABLE,
+                             f"symbol = {symbol}: {exc}", exc.metadata())  # fmt: skip
         if self.pipeline.warming_up(symbol):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
@@ -257,6 +299,7 @@ class Runtime:
     ingestor: Ingestor  # idempotency, ordering, the spool and the ack (app.ingest)
     data_path: DataPath | None = None  # cache, publishing, warehouse (app.datapath)
     spool: Spool | None = None  # the durable log acks wait for (app.spool)
+    shards: ShardOwnership | None = None  # this replica's shards (app.shards), if sharded
 
 
 def build_backend(config: AppConfig) -> InferenceBackend:
@@ -304,7 +347,13 @@ def build_runtime(config: AppConfig, backend: InferenceBackend | None = None) ->
     spool = Spool(config.spool, spool_dir(config)) if config.spool.enabled else None
     pipeline = SignalPipeline(engine, batcher, bounds=config.ingest)
     ingestor = Ingestor(pipeline, config.ingest, data_path=data_path, spool=spool)
-    return Runtime(pipeline, backend, batcher, ingestor, data_path, spool)
+    shards = None
+    if config.sharding.enabled:
+        assert config.cache.redis is not None  # AppConfig's rule
+        store = LeaseStore.from_config(config.cache.redis, config.sharding.key_prefix)
+        shards = ShardOwnership(config.sharding, config.features.n_symbols, store, ingestor)
+        ingestor.shards = shards
+    return Runtime(pipeline, backend, batcher, ingestor, data_path, spool, shards)
 
 
 async def warm_up(runtime: Runtime) -> None:
@@ -382,11 +431,19 @@ class SignalServer:
                 log.warning("metrics endpoint %s:%s unavailable: %s", tc.metrics_host,
                             tc.metrics_port, exc)  # fmt: skip
         await self.server.start()
+        if runtime.shards is not None:  # not SERVING before this replica's shards are loaded
+            await runtime.shards.start(self.advertise)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d%s", SERVICE_NAME, sc.host, self.port,
                  " (TLS)" if sc.tls is not None else "")  # fmt: skip
         return self.port
+
+    @property
+    def advertise(self) -> str:
+        """The address other replicas and clients reach this one at (refusals name it)."""
+        configured = self.config.sharding.advertise
+        return configured or f"{self.config.server.host}:{self.port}"
 
     def _spool_failed(self) -> None:
         """Nothing can be made durable any more: say so to the probes (the pod restarts)."""
@@ -407,6 +464,9 @@ class SignalServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await runtime.ingestor.drain()  # applied batches: spooled and answered
+        if runtime.shards is not None:
+            await runtime.shards.stop()  # snapshots written, leases released
+            await runtime.shards.store.close()
         await runtime.batcher.close()
         await runtime.backend.close()
         if runtime.spool is not None:
