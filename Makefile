@@ -67,7 +67,7 @@ lock: | $(VENV)/.installed
 # Coverage floors (percent of lines) for the parts whose correctness everything rests on.
 COVERAGE_FLOOR := 90
 COVERAGE_GATES := \
-	engine:tools/engine.py,tools/mocks.py,tools/inventory.py,tools/input_check.py,tools/crd_models.py \
+	engine:tools/engine.py,tools/mocks.py,tools/inventory.py,tools/input_check.py,tools/crd_models.py,tools/stack_file.py,tools/sdk_types.py,tools/program_venv.py \
 	config:infra/config/*.py,app/config_errors.py \
 	rules:policies/rules/*.py
 
@@ -87,7 +87,7 @@ STACKS ?= dev prod
 diff: setup
 	$(PY) -m tools diff --base $(BASE) $(foreach s,$(STACKS),--stack $(s)) --markdown plans/diff.md
 
-# A stack's monthly cost per line item and region, and per trading signal (tools/pricing.yaml).
+# A stack's monthly cost per line item and region, and per trading signal (tools/cost/pricing.yaml).
 cost: setup
 	$(PY) -m tools cost --stack $(STACK) --json plans/cost-$(STACK).json
 
@@ -136,6 +136,7 @@ bench: proto model
 	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/compression.py --quick
 	$(PY) bench/load.py --quick
+	$(PY) bench/durability.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/autoscale.py --quick
 	$(PY) bench/alerting.py --quick
 	$(PY) bench/spot.py --quick
