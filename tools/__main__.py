@@ -32,5 +32,10 @@ def exit_now(code: int) -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `signal-platform` command (pyproject.toml's [project.scripts]): `python -m tools`."""
     exit_now(main())
+
+
+if __name__ == "__main__":
+    cli()
