@@ -2,7 +2,8 @@
 
 A read goes L1 → L2 → L3 and fills the levels above it on the way back; a write goes
 through every configured level. Each level counts its hits and misses
-(``signal_cache_requests_total{level,result}``, ``signal_cache_hit_ratio{level}``).
+(``signal_cache_requests_total{level,result}``: a hit ratio over any window is a ratio of
+their rates).
 
 * L1 (`L1Cache`): a bounded LRU with a TTL over an ``OrderedDict``: O(1) lookups,
   inserts and evictions, and no locks: the service runs on one event loop.
@@ -11,10 +12,11 @@ through every configured level. Each level counts its hits and misses
   reads and writes are pipelined (redis-py groups them per node and sends the groups
   concurrently); values are the compact binary `encode_signal` form (about 30 bytes,
   a quarter of the same signal as JSON), versioned by its first byte. TLS and
-  IAM-token authentication (Memorystore) are switched on by configuration. Any L2
-  failure is answered as a miss and L2 is skipped for ``cooldown_s``, so a failover or
-  a dead cluster costs misses, never failed requests, and L2 is used again as soon as
-  Redis answers.
+  IAM-token authentication (Memorystore, tokens from `app.gcp_auth`) are switched on by
+  configuration. Any L2 failure is answered as a miss and opens L2's circuit breaker
+  (`app.breaker`): L2 is skipped for ``cooldown_s``, then one call probes it, so a
+  failover or a dead cluster costs misses, never failed requests, and L2 is used again
+  as soon as Redis answers.
 * L3 (`SignalHistory`): the warehouse, read through for history (`app.warehouse`).
 
 Every level answers only signals computed less than ``max_signal_age_s`` ago (a miss
@@ -22,8 +24,9 @@ otherwise): an L1 entry expires by then, an L2 key's TTL ends by then and its va
 carries the time, and the L3 query asks for nothing older. L2 writes are ordered by the
 signal's tick time: a write never replaces a value with a newer tick (a Lua script
 compares them on the server), so a late write, from a slow batch or another replica,
-cannot roll a symbol back. The data path writes with `submit` (L1 now, L2 by a background
-writer that keeps only each symbol's newest pending value).
+cannot roll a symbol back. The data path writes the signals this process computed with
+`submit`: to L2 only, by a background writer that keeps each symbol's newest pending
+value (the in-process store answers them here; L1 holds what other replicas computed).
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ import contextlib
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import numpy as np
 import structlog
 from pydantic import Field, SecretStr, model_validator
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -45,14 +49,17 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
+from app.breaker import CircuitBreaker
 from app.config_errors import ConfigModel
-from app.signals import DIRECTION_DOWN, DIRECTION_UP, Signal
+from app.gcp_auth import AccessTokens
+from app.signals import DIRECTION_DOWN, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.cache")
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 _NODE_PATTERN = r"^[A-Za-z0-9_.\-]+:\d{1,5}$"
 
@@ -69,7 +76,8 @@ class RedisConfig(ConfigModel):
     ttl_s: float = Field(default=300.0, gt=0, le=7 * 86_400)
     timeout_s: float = Field(default=0.25, gt=0, le=30)  # per command
     connect_timeout_s: float = Field(default=0.25, gt=0, le=30)
-    cooldown_s: float = Field(default=0.5, ge=0, le=300)  # L2 skipped this long after a failure
+    # After a failure L2 is skipped this long, then one call probes it (a circuit breaker).
+    cooldown_s: float = Field(default=0.5, ge=0, le=300)
     max_connections: int = Field(default=64, ge=1, le=10_000)
     retries: int = Field(default=0, ge=0, le=10)  # the cooldown, not retries, absorbs failures
 
@@ -127,6 +135,38 @@ return 1
 """
 
 
+# The _VALUE_HEAD layout as numpy columns (packed, little endian), to encode many at once.
+_VALUE_HEAD_COLUMNS = np.dtype(
+    [("version", "u1"), ("symbol", "<i4"), ("ts_ns", "<i8"), ("direction", "u1"),
+     ("strength", "<f4"), ("confidence", "<f4"), ("computed_at_ns", "<i8")]
+)  # fmt: skip
+
+
+def _value_strings(source: Any) -> bytes:
+    parts: list[bytes] = []
+    for name in _VALUE_STRINGS:
+        text = getattr(source, name).encode()
+        if len(text) > 255:
+            raise ValueError(f"{name} {text[:40]!r}...: at most 255 bytes")
+        parts += (bytes((len(text),)), text)
+    return b"".join(parts)
+
+
+def encode_signals(signals: SignalColumns, computed_at_ns: int) -> list[bytes]:
+    """`encode_signal` of every row of ``signals``, from the columns (no object per row)."""
+    n = len(signals)
+    head = np.empty(n, dtype=_VALUE_HEAD_COLUMNS)
+    head["version"] = _VALUE_VERSION
+    head["symbol"] = signals.symbol
+    head["ts_ns"] = signals.ts_ns
+    head["direction"] = signals.direction
+    head["strength"] = signals.strength
+    head["confidence"] = signals.confidence
+    head["computed_at_ns"] = computed_at_ns
+    raw, size, tail = head.tobytes(), _VALUE_HEAD.size, _value_strings(signals)
+    return [raw[i * size : (i + 1) * size] + tail for i in range(n)]
+
+
 def encode_signal(signal: Signal, computed_at_ns: int = 0) -> bytes:
     """The compact binary value L2 stores (strength and confidence are float32, as the
     model computes and the API carries them), with when it was computed."""
@@ -134,13 +174,7 @@ def encode_signal(signal: Signal, computed_at_ns: int = 0) -> bytes:
         _VALUE_VERSION, signal.symbol, signal.ts_ns, signal.direction, signal.strength,
         signal.confidence, computed_at_ns,
     )  # fmt: skip
-    parts = [head]
-    for name in _VALUE_STRINGS:
-        text = getattr(signal, name).encode()
-        if len(text) > 255:
-            raise ValueError(f"{name} of symbol {signal.symbol}: at most 255 bytes")
-        parts += (bytes((len(text),)), text)
-    return b"".join(parts)
+    return head + _value_strings(signal)
 
 
 _VALUE_STRINGS = ("model_version", "model_variant", "model_sha256", "backend")
@@ -227,59 +261,20 @@ class L1Cache(Generic[K, V]):
 
 # --- L2 ---------------------------------------------------------------------------------
 
-TokenSource = Callable[[], tuple[str, float]]  # () -> (access token, expiry as epoch seconds)
-
 
 class IamTokenCredentialProvider(CredentialProvider):
-    """AUTH with a short-lived IAM access token as the password, as Memorystore's IAM
-    authentication expects. Tokens are fetched from ``token_source`` (google-auth in
-    production, a fake in tests) and reused until ``refresh_margin_s`` before expiry;
-    every new connection authenticates with the current token."""
+    """AUTH with the workload's IAM access token as the password, as Memorystore's IAM
+    authentication expects: every new connection authenticates with the current token
+    (`app.gcp_auth.AccessTokens`, refreshed when due)."""
 
-    def __init__(
-        self,
-        token_source: TokenSource,
-        refresh_margin_s: float = 300.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._source = token_source
-        self._margin = refresh_margin_s
-        self._clock = clock
-        self._token: str | None = None
-        self._expiry = 0.0
-        self.fetches = 0
-
-    def _fresh(self) -> bool:
-        return self._token is not None and self._clock() < self._expiry - self._margin
+    def __init__(self, tokens: AccessTokens) -> None:
+        self.tokens = tokens
 
     def get_credentials(self) -> tuple[str]:
-        if not self._fresh():
-            self._token, self._expiry = self._source()
-            self.fetches += 1
-        assert self._token is not None
-        return (self._token,)
+        return (self.tokens(),)
 
     async def get_credentials_async(self) -> tuple[str]:
-        if self._fresh():
-            assert self._token is not None
-            return (self._token,)
-        # google-auth's refresh is blocking HTTP: keep it off the event loop.
-        return await asyncio.to_thread(self.get_credentials)
-
-
-def google_token_source() -> TokenSource:  # pragma: no cover - the true edge (needs GCP)
-    """Access tokens of the workload's Google identity (Workload Identity on GKE)."""
-    import google.auth
-    from google.auth.transport.requests import Request
-
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-
-    def fetch() -> tuple[str, float]:
-        credentials.refresh(Request())
-        expiry = credentials.expiry
-        return credentials.token, (expiry.timestamp() if expiry else time.time() + 300)
-
-    return fetch
+        return (await self.tokens.token_async(),)
 
 
 def redis_client_kwargs(
@@ -305,7 +300,7 @@ def redis_client_kwargs(
             kwargs["ssl_ca_certs"] = str(config.ca_file)
     if config.auth == "iam":
         if credential_provider is None:
-            credential_provider = IamTokenCredentialProvider(google_token_source())
+            credential_provider = IamTokenCredentialProvider(AccessTokens())
         kwargs["credential_provider"] = credential_provider
     elif config.auth == "password":
         assert config.password is not None
@@ -317,9 +312,10 @@ def redis_client_kwargs(
 class RedisL2:
     """The L2 level: one pooled ``RedisCluster`` client, pipelined, failing soft.
 
-    Reads and writes raise nothing: a failure counts an error, answers misses, and
-    skips L2 for ``cooldown_s``; the client re-reads the cluster topology on its next
-    use, so it follows failovers and a cluster that comes back.
+    Reads and writes raise nothing: a failure counts an error, answers misses, and opens
+    the breaker: L2 is skipped for ``cooldown_s``, then one call probes it. After a failure
+    the client re-reads the cluster topology on its next use, so it follows failovers and
+    a cluster that comes back.
     """
 
     def __init__(
@@ -330,63 +326,68 @@ class RedisL2:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics = metrics or default_metrics()
         self.client = RedisCluster(**redis_client_kwargs(config, credential_provider))
-        self._clock = clock
-        self._skip_until = 0.0
+        self.breaker = CircuitBreaker(1, config.cooldown_s, clock, name="cache L2 (Redis)")
         self._ttl_ms = int(config.ttl_s * 1000)
         self.failures = 0
-        self.metrics.cache_available.labels("l2").set(1)
+        self._errors = metrics.cache_errors.labels("l2")
+        self._available = metrics.cache_available.labels("l2")
+        self._available.set(1)
 
-    @property
-    def available(self) -> bool:
-        """False while L2 is skipped after a failure."""
-        return self._clock() >= self._skip_until
+    async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """``call()`` unless the breaker is open; None when skipped or failed."""
+        if not self.breaker.allow():
+            return None
+        try:
+            result = await call()
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+            await self._failed(exc, op)
+            return None
+        except BaseException:
+            self.breaker.abandon()  # cancelled: no verdict on Redis
+            raise
+        self.breaker.record_success()
+        self._available.set(1)
+        return result
 
     async def _failed(self, exc: BaseException, op: str) -> None:
         self.failures += 1
-        self.metrics.cache_errors.labels("l2").inc()
-        was_available = self.available
-        self._skip_until = self._clock() + self.config.cooldown_s
-        self.metrics.cache_available.labels("l2").set(0)
-        if was_available:
-            log.warning(
-                "cache_l2_unavailable", op=op, error=repr(exc), skip_s=self.config.cooldown_s
-            )
+        self._errors.inc()
+        if self.breaker.state == "closed":
+            log.warning("cache_l2_failed", op=op, error=repr(exc))
+        self.breaker.record_failure()
+        self._available.set(0)
         # Forget the topology and the pooled connections: the next use reconnects and
         # re-reads the slots (a replica may have been promoted, or the cluster restarted).
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
-    def _recovered(self) -> None:
-        if self.failures and self.metrics.cache_available.labels("l2")._value.get() == 0:
-            log.info("cache_l2_recovered")
-        self.metrics.cache_available.labels("l2").set(1)
-
     async def get_many(self, symbols: Sequence[int]) -> dict[int, bytes] | None:
         """Values found for ``symbols``; None when L2 is skipped or failed."""
-        if not symbols or not self.available:
+        if not symbols:
             return None
-        try:
+
+        async def get() -> list[Any]:
             if len(symbols) == 1:
-                values = [await self.client.get(signal_key(symbols[0]))]
-            else:
-                pipe = self.client.pipeline()
-                for symbol in symbols:
-                    pipe.get(signal_key(symbol))
-                values = await pipe.execute()
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
-            await self._failed(exc, "get")
+                return [await self.client.get(signal_key(symbols[0]))]
+            pipe = self.client.pipeline()
+            for symbol in symbols:
+                pipe.get(signal_key(symbol))
+            return await pipe.execute()
+
+        values = await self._call("get", get)
+        if values is None:
             return None
-        self._recovered()
         return {s: v for s, v in zip(symbols, values, strict=True) if isinstance(v, bytes)}
 
     async def set_many(self, items: dict[int, tuple[bytes, int]]) -> bool:
         """Write ``{symbol: (value, ttl_ms)}`` where the stored value is of an older tick
         (`_SET_IF_NEWER`, on the server); False when skipped or failed."""
-        if not items or not self.available:
+        if not items:
             return False
-        try:
+
+        async def put() -> bool:
             if len(items) == 1:
                 ((symbol, (value, ttl_ms)),) = items.items()
                 await self.client.eval(_SET_IF_NEWER, 1, signal_key(symbol), value, ttl_ms)
@@ -395,11 +396,9 @@ class RedisL2:
                 for symbol, (value, ttl_ms) in items.items():
                     pipe.eval(_SET_IF_NEWER, 1, signal_key(symbol), value, ttl_ms)
                 await pipe.execute()
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
-            await self._failed(exc, "set")
-            return False
-        self._recovered()
-        return True
+            return True
+
+        return await self._call("set", put) is not None
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -585,17 +584,22 @@ class TieredCache:
         if self._writes_l3 is not None:
             self._writes_l3.append_signals(records, computed_at_ns=computed_at)
 
-    def submit(self, records: Sequence[Signal], computed_at_ns: int) -> None:
-        """Write without waiting: L1 now; L2 by the background writer, which sends only each
-        symbol's newest pending value (the data path's write; not to L3)."""
-        latest = self._put_l1(records, computed_at_ns)
-        if self.l2 is None or not latest:
+    def submit(self, signals: SignalColumns, computed_at_ns: int) -> None:
+        """Write this process's new signals without waiting: to L2, by the background writer,
+        which sends only each symbol's newest pending value (the data path's write; not to
+        L1, since the in-process store answers these, nor to L3)."""
+        if self.l2 is None or not len(signals):
+            return
+        ttl_ms = int(min(self.l2.config.ttl_s, self.remaining_s(computed_at_ns)) * 1000)
+        if ttl_ms <= 0:
             return
         pending = self._l2_pending
-        for symbol, value in self._l2_values((r, computed_at_ns) for r in latest.values()).items():
+        values = encode_signals(signals, computed_at_ns)
+        for symbol, ts, value in zip(signals.symbol.tolist(), signals.ts_ns.tolist(), values,
+                                     strict=True):  # fmt: skip
             queued = pending.get(symbol)
-            if queued is None or queued[0] <= latest[symbol].ts_ns:
-                pending[symbol] = (latest[symbol].ts_ns, *value)
+            if queued is None or queued[0] <= ts:
+                pending[symbol] = (ts, value, ttl_ms)
         if self._l2_writer is None:
             self._l2_writer = asyncio.get_running_loop().create_task(
                 self._write_l2(), name="cache-l2-writer"

@@ -1,14 +1,20 @@
 """The service's data path: where an acknowledged batch's ticks, signals and features go.
 
 Per batch (`deliver`, called in sequence order once the batch is durable): accepted ticks
-go to the warehouse (`ticks`) and are published, each symbol's ticks as one columnar
-``TickBatch`` under the symbol's ordering key, in compressed frames on
-``<ticks_topic><batch_suffix>`` (and, with Pub/Sub, the whole batch as one ``TickBatch``
-on the schema topic); new signals are written to the cache (L1 now, L2 in the
-background), the warehouse (`signals`, and the features behind each signal in
-`features`: one row per signal, so the model can be retrained from what it saw), and
-published as ``Signal`` messages the same two ways. GetSignal misses in the in-process
-store read through the cache hierarchy (L1 → L2 → L3).
+go to the warehouse (`ticks`) and are published: each ordering shard's ticks as one
+``TickBatch`` entry under the shard's ordering key, in compressed ``PublishedBatch``
+messages on ``<ticks_topic><batch_suffix>`` (`app.batch_format`; and, with Pub/Sub, the
+whole batch as one ``TickBatch`` on the schema topic); new signals go to the L2 cache (in
+the background), the warehouse (`signals`, and the features behind each signal in
+`features`: one row per signal, so the model can be retrained from what it saw), and are
+published as ``SignalBatch`` entries the same way (and, with Pub/Sub, one ``Signal``
+message each on the schema topic). GetSignal misses in the in-process store read through
+the cache hierarchy (L1 → L2 → L3).
+
+Ordering keys are shards (`app.shards`, ``sharding.shards`` of them): a bounded number of
+keys, and every message of a symbol under the same one, so each symbol's records keep
+their order. Nothing here builds a Python object per tick or per signal: columns are
+encoded as they are.
 
 Every part carries the batch's sequence number, so each sink applies batches in order,
 and `on_delivered(watermark)` says up to which batch every durable sink (warehouse,
@@ -22,6 +28,7 @@ RESOURCE_EXHAUSTED and changes nothing), and an admitted batch's records always 
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +37,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from app import batch_format
 from app.cache import CacheConfig, TieredCache
 from app.publish import PublishBackpressure, PublishConfig, Publisher, build_sink
+from app.shards import DEFAULT_SHARDS, ShardTable
 from app.signals import Signal, SignalColumns
 from app.synthetic import TickColumns
 from app.telemetry import Metrics, default_metrics
@@ -42,14 +51,18 @@ log = structlog.get_logger("app.datapath")
 
 def signal_message(signal: Signal, computed_at_ns: int) -> Any:
     """The ``Signal`` message of one signal (the API's and the signals topic's)."""
-    from app.proto import load
-
-    pb2, _ = load()
-    return pb2.Signal(symbol=signal.symbol, ts_ns=signal.ts_ns, direction=signal.direction,
+    return _pb2().Signal(symbol=signal.symbol, ts_ns=signal.ts_ns, direction=signal.direction,
                       strength=signal.strength, confidence=signal.confidence,
                       model_version=signal.model_version, computed_at_ns=computed_at_ns,
                       model_variant=signal.model_variant, model_sha256=signal.model_sha256,
                       backend=signal.backend)  # fmt: skip
+
+
+@functools.cache
+def _pb2() -> Any:
+    from app.proto import load
+
+    return load()[0]
 
 
 class DataPathBackpressure(RuntimeError):
@@ -115,20 +128,22 @@ class DataPath:
         publish: PublishConfig,
         publishers: dict[str, Publisher],
         metrics: Metrics | None = None,
+        shards: ShardTable | None = None,
     ) -> None:
-        from app.proto import load
-
+        """``shards``: the symbols' ordering shards (`ShardTable(features.n_symbols,
+        sharding.shards)`; by default `app.shards`' default count)."""
         self.cache = cache
         self.warehouse = warehouse
         self.publish_config = publish
         self.publishers = publishers
         self.metrics = metrics or default_metrics()
-        self._pb2, _ = load()
         p = publish
         self.ticks_frames = publishers[f"{p.ticks_topic}{p.batch_suffix}"]
         self.signals_frames = publishers[f"{p.signals_topic}{p.batch_suffix}"]
         self.ticks_schema = publishers.get(p.ticks_topic)
         self.signals_schema = publishers.get(p.signals_topic)
+        self.shards = shards or ShardTable(0, DEFAULT_SHARDS)
+        self._keys = [f"shard-{n}-of-{self.shards.shards}" for n in range(self.shards.shards)]
         self.tracker = DeliveryTracker()
         # Every batch up to this one is in every durable sink (the spool may let them go).
         self.on_delivered: Callable[[int], None] = lambda _watermark: None
@@ -145,6 +160,7 @@ class DataPath:
         warehouse: WarehouseConfig,
         *,
         metrics: Metrics | None = None,
+        shards: ShardTable | None = None,
         pubsub_client: Any = None,
         credential_provider: Any = None,
         bigquery_clients: dict[str, Any] | None = None,
@@ -158,13 +174,13 @@ class DataPath:
         )  # fmt: skip
         sink = build_sink(publish, pubsub_client)
         publishers: dict[str, Publisher] = {}
-        for topic, record_type in ((publish.ticks_topic, "TickBatch"),
-                                   (publish.signals_topic, "Signal")):  # fmt: skip
+        for topic, record_type in ((publish.ticks_topic, batch_format.TICK_BATCH),
+                                   (publish.signals_topic, batch_format.SIGNAL_BATCH)):  # fmt: skip
             framed = f"{topic}{publish.batch_suffix}"
             publishers[framed] = Publisher(framed, publish, sink, metrics, record_type=record_type)
             if publish.publishes_schema_topics:
                 publishers[topic] = Publisher(topic, publish, sink, metrics, framed=False)
-        return cls(tiered, store, publish, publishers, metrics)
+        return cls(tiered, store, publish, publishers, metrics, shards)
 
     def start(self) -> None:
         self.warehouse.start()
@@ -250,41 +266,44 @@ class DataPath:
             return 0
         parts = int(self.warehouse.append_ticks(symbol, price, size, ts_ns, reserved=reserved,
                                                 seq=seq, replay=replay))  # fmt: skip
-        TickBatch = self._pb2.TickBatch
         if self.ticks_schema is not None:
-            whole = TickBatch(symbol=symbol.tolist(), price=price.tolist(), size=size.tolist(),
-                              ts_ns=ts_ns.tolist())  # fmt: skip
-            if self.ticks_schema.submit_many("", [whole.SerializeToString()], reserved=reserved,
-                                             seq=seq, replay=replay):  # fmt: skip
-                parts += 1
-        # One columnar TickBatch per symbol, in tick order, under the symbol's ordering key.
-        order = np.argsort(symbol, kind="stable")
-        bounds = np.flatnonzero(np.diff(symbol[order])) + 1
-        for rows in np.split(order, bounds):
-            sym = int(symbol[rows[0]])
-            batch = TickBatch(symbol=[sym] * len(rows), price=price[rows].tolist(),
-                              size=size[rows].tolist(), ts_ns=ts_ns[rows].tolist())  # fmt: skip
-            if self.ticks_frames.submit_many(str(sym), [batch.SerializeToString()],
-                                             reserved=reserved, seq=seq, replay=replay):  # fmt: skip
-                parts += 1
+            whole = batch_format.tick_batch(symbol, price, size, ts_ns)
+            parts += self.ticks_schema.submit("", whole, reserved=reserved, seq=seq,
+                                              replay=replay)  # fmt: skip
+        entries = batch_format.tick_entries(self._shards_of(symbol), seq, symbol, price, size,
+                                            ts_ns)  # fmt: skip
+        for shard, entry, rows in entries:
+            parts += self.ticks_frames.submit(self._keys[shard], entry, rows=rows,
+                                              reserved=reserved, seq=seq, replay=replay)  # fmt: skip
         return parts
+
+    def _shards_of(self, symbols: np.ndarray) -> np.ndarray:
+        """Each symbol's ordering shard (a table given for fewer ids grows to cover them)."""
+        table = self.shards
+        if symbols.size and int(symbols.max()) >= table.n_symbols:
+            wanted = max(int(symbols.max()) + 1, 2 * table.n_symbols)
+            self.shards = table = ShardTable(wanted, table.shards)
+        return table.of(symbols)
 
     def _signals(self, seq: int, signals: SignalColumns, features: np.ndarray,
                  computed_at_ns: int, reserved: bool, replay: bool) -> int:  # fmt: skip
-        rows = [signals.row(i) for i in range(len(signals))]
         parts = int(self.warehouse.append_signals(signals, reserved=reserved, seq=seq,
                                                   replay=replay, computed_at_ns=computed_at_ns))  # fmt: skip
         parts += int(self.warehouse.append_features(signals.symbol, signals.ts_ns, features,
                                                     reserved=reserved, seq=seq, replay=replay))  # fmt: skip
-        for s in rows:
-            message = signal_message(s, computed_at_ns).SerializeToString()
-            for publisher in (self.signals_frames, self.signals_schema):
-                if publisher is not None and publisher.submit_many(
-                    str(s.symbol), [message], reserved=reserved, seq=seq, replay=replay
-                ):
-                    parts += 1
+        shards = self._shards_of(signals.symbol)
+        for shard, entry, rows in batch_format.signal_entries(shards, seq, signals, computed_at_ns):
+            parts += self.signals_frames.submit(self._keys[shard], entry, rows=rows,
+                                                reserved=reserved, seq=seq, replay=replay)  # fmt: skip
+        if self.signals_schema is not None:  # one Signal message each (BigQuery rows)
+            order, spans = batch_format.runs(shards)
+            for shard, lo, hi in spans:
+                messages = [signal_message(signals.row(int(i)), computed_at_ns).SerializeToString()
+                            for i in order[lo:hi]]  # fmt: skip
+                parts += self.signals_schema.submit_many(self._keys[shard], messages,
+                                                         reserved=reserved, seq=seq, replay=replay)  # fmt: skip
         if not replay:
-            self.cache.submit(rows, computed_at_ns)  # L1 now, L2 in the background
+            self.cache.submit(signals, computed_at_ns)  # L2, in the background
         return parts
 
     # --- reads -----------------------------------------------------------------------------

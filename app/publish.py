@@ -1,17 +1,19 @@
-"""Batched, compressed publishing with ordering keys, a bounded retry buffer and back-pressure.
+"""Batched, compressed publishing under ordering keys, with a bounded retry buffer and back-pressure.
 
-Records (protobuf-encoded ticks or signals) are submitted with an ordering key (the
-symbol). Each key's records gather into a batch that is sealed when it reaches
-``max_messages`` records or ``max_bytes`` bytes, or has waited ``max_latency_ms``.
-A sealed batch is framed (length-prefixed records), compressed with the configured
-codec behind a 12-byte header that names it (`encode_batch` / `decode_batch`), and
-sent as one message with the key as its ordering key: Pub/Sub in production, a local
-file by default.
+Records are submitted under an ordering key (the data path uses each symbol's ordering
+shard, so a bounded number of keys keeps each symbol's records in order). Each key's
+records gather into a batch that is sealed when it holds ``max_messages`` rows (ticks or
+signals) or ``max_bytes`` bytes, or has waited ``max_latency_ms``. On a batch topic a
+sealed batch is one message: a ``PublishedBatch`` whose payload is a zstd or LZ4 frame of
+the joined records (`app.batch_format`: each record is one ``BatchPayload`` entry), with
+Pub/Sub attributes naming its codec, schema version, record type, row count and the
+service batches it holds. On a schema topic each record is one message as is. Messages go
+to Pub/Sub in production, to local files by default.
 
 Delivery: batches of one key are sent one at a time, in order; a failed send is retried
 with exponential backoff, keeping its place. Every accepted record stays in the buffer
 until the sink acknowledges it, so nothing accepted is lost while the process lives.
-The buffer is bounded (``buffer_max_messages``): a submit that does not fit raises
+The buffer is bounded (``buffer_max_messages`` rows): a submit that does not fit raises
 `PublishBackpressure` and accepts nothing, so callers push back (RESOURCE_EXHAUSTED)
 rather than records vanishing. A sink's permanent refusal (`PermanentPublishError`)
 moves the batch to a dead-letter file, logged as an error and counted.
@@ -39,24 +41,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 
-import lz4.block
 import structlog
-import zstandard
 from pydantic import Field, model_validator
 
+from app import batch_format
+from app.backoff import Backoff
+from app.batch_format import Codec, Compressor
 from app.config_errors import ConfigModel
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.publish")
 
-Codec = Literal["zstd", "lz4", "none"]
-CODEC_IDS: dict[str, int] = {"none": 0, "zstd": 1, "lz4": 2}
-CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_IDS.items()}
-
-MAGIC = b"SG"
-FORMAT_VERSION = 1
-# magic, format version, codec id, record count, uncompressed body length
-HEADER = struct.Struct("<2sBBII")
 PUBSUB_MAX_MESSAGE_BYTES = 10_000_000
 
 
@@ -66,10 +61,12 @@ class PublishConfig(ConfigModel):
     sink: Literal["local", "pubsub"] = "local"
     codec: Codec = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=22)
+    # A batch is sealed at this many rows (ticks or signals; on a schema topic, messages) ...
     max_messages: int = Field(default=500, ge=1, le=100_000)
+    # ... or this many bytes before compression, or once it has waited max_latency_ms.
     max_bytes: int = Field(default=512 * 1024, ge=64, le=PUBSUB_MAX_MESSAGE_BYTES - 1024)
     max_latency_ms: float = Field(default=50.0, gt=0, le=60_000)
-    buffer_max_messages: int = Field(default=200_000, ge=1)
+    buffer_max_messages: int = Field(default=200_000, ge=1)  # rows accepted, not yet delivered
     max_in_flight: int = Field(default=16, ge=1, le=1024)  # batches, across keys
     retry_initial_ms: float = Field(default=50.0, gt=0, le=60_000)
     retry_max_ms: float = Field(default=5_000.0, gt=0, le=600_000)
@@ -85,7 +82,7 @@ class PublishConfig(ConfigModel):
     project: str | None = None  # pubsub
     # Topic names as the infra declares them (infra/messaging.py): the schema topics take one
     # protobuf message each (TickBatch, Signal; the signals topic feeds BigQuery); the
-    # compressed frames go to `<topic><batch_suffix>`.
+    # compressed batches go to `<topic><batch_suffix>`.
     ticks_topic: str = Field(default="ticks", pattern=r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
     signals_topic: str = Field(default="signals", pattern=r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
     batch_suffix: str = Field(default="-batches", pattern=r"^[A-Za-z0-9._~+%-]{1,32}$")
@@ -120,94 +117,7 @@ class PermanentPublishError(RuntimeError):
     """A sink refused a batch for good (retrying cannot help): it is dead-lettered."""
 
 
-# --- the batch format ------------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def frame_records(records: Sequence[bytes]) -> bytes:
-    """Records as one body: each preceded by its length as a varint (protobuf's framing)."""
-    return b"".join(_varint(len(r)) + r for r in records)
-
-
-def unframe_records(body: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    i, n = 0, len(body)
-    while i < n:
-        length = shift = 0
-        while True:
-            b = body[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
-        if i + length > n:
-            raise ValueError(f"truncated batch body: record of {length} bytes at offset {i}")
-        out.append(body[i : i + length])
-        i += length
-    return out
-
-
-class Compressor:
-    """One codec's compressor, reused across batches (zstd contexts are costly to make)."""
-
-    def __init__(self, codec: Codec, zstd_level: int = 3) -> None:
-        if codec not in CODEC_IDS:
-            raise ValueError(f"codec = {codec!r}: must be one of {sorted(CODEC_IDS)}")
-        self.codec = codec
-        self._zstd = zstandard.ZstdCompressor(level=zstd_level) if codec == "zstd" else None
-
-    def compress(self, body: bytes) -> bytes:
-        if self._zstd is not None:
-            return self._zstd.compress(body)
-        if self.codec == "lz4":
-            return lz4.block.compress(body, store_size=False)
-        return body
-
-
-def encode_batch(records: Sequence[bytes], compressor: Compressor) -> bytes:
-    """Header (naming the codec) + compressed framed records."""
-    body = frame_records(records)
-    header = HEADER.pack(
-        MAGIC, FORMAT_VERSION, CODEC_IDS[compressor.codec], len(records), len(body)
-    )
-    return header + compressor.compress(body)
-
-
-_zstd_decompressor = zstandard.ZstdDecompressor()
-
-
-def decode_batch(payload: bytes) -> tuple[str, list[bytes]]:
-    """``(codec, records)`` of a payload `encode_batch` made; ValueError on anything else."""
-    if len(payload) < HEADER.size:
-        raise ValueError(f"payload of {len(payload)} bytes is shorter than the header")
-    magic, version, codec_id, count, raw_len = HEADER.unpack_from(payload)
-    if magic != MAGIC or version != FORMAT_VERSION:
-        raise ValueError(f"not a signal batch (magic {magic!r}, version {version})")
-    codec = CODEC_NAMES.get(codec_id)
-    if codec is None:
-        raise ValueError(f"unknown codec id {codec_id}; known: {CODEC_NAMES}")
-    data = payload[HEADER.size :]
-    if codec == "zstd":
-        body = _zstd_decompressor.decompress(data, max_output_size=raw_len)
-    elif codec == "lz4":
-        body = lz4.block.decompress(data, uncompressed_size=raw_len)
-    else:
-        body = data
-    if len(body) != raw_len:
-        raise ValueError(f"body is {len(body)} bytes, header says {raw_len}")
-    records = unframe_records(body)
-    if len(records) != count:
-        raise ValueError(f"{len(records)} records, header says {count}")
-    return codec, records
+Message = tuple[bytes, dict[str, str]]  # (data, attributes)
 
 
 # --- sinks -----------------------------------------------------------------------------------
@@ -217,9 +127,10 @@ class PublishSink(Protocol):
     """Where batches go. Raise `PermanentPublishError` for a refusal retrying cannot fix;
     any other exception is transient and the batch is retried."""
 
-    async def publish(
-        self, topic: str, ordering_key: str, payload: bytes, attributes: dict[str, str]
-    ) -> None: ...
+    async def publish(self, topic: str, ordering_key: str, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` (data, attributes) under ``ordering_key``, in order; return
+        once the sink holds them all."""
+        ...
 
     def delivered_seq(self, topic: str, ordering_key: str) -> int:
         """The last batch sequence number known delivered under the key (0: none or unknown)."""
@@ -267,7 +178,10 @@ class FrameLog:
         """Every file of the log, oldest first (the active one last)."""
         return log_files(self.directory, self.name)
 
-    def append(self, key: str, attributes: dict[str, str], payload: bytes) -> None:
+    def append(self, key: str, attributes: dict[str, str], payload: bytes, *,
+               flush: bool = True) -> None:  # fmt: skip
+        """Append one frame; ``flush``: hand it to the OS now (it then survives the process
+        being killed), else with the next flushed append."""
         if self._file is None:
             self._open()
         elif self._size >= self.max_bytes or self._clock_ns() - self._created_ns >= self.max_age_ns:
@@ -277,7 +191,8 @@ class FrameLog:
         a = json.dumps(attributes, separators=(",", ":")).encode() if attributes else b""
         frame = _FRAME.pack(len(payload), len(k), len(a)) + k + a + payload
         self._file.write(frame)
-        self._file.flush()  # in the OS's hands: survives the process being killed
+        if flush:
+            self._file.flush()
         self._size += len(frame)
 
     def _open(self) -> None:
@@ -383,6 +298,16 @@ def read_local_topic(directory: Path, topic: str) -> Iterator[tuple[str, bytes]]
             yield key, payload
 
 
+def read_published(directory: Path, topic: str) -> Iterator[tuple[str, Any]]:
+    """``(ordering_key, entry)`` of every ``TickBatch`` or ``SignalBatch`` entry of the batch
+    messages a `LocalFileSink` published on the batch topic ``topic``, oldest first."""
+    for key, message in read_local_topic(directory, topic):
+        batch, content = batch_format.decode(message)
+        entries = content.ticks if batch.record_type == batch_format.TICK_BATCH else content.signals
+        for entry in entries:
+            yield key, entry
+
+
 class LocalFileSink:
     """The embedded default: each topic is a `FrameLog` in ``directory``; `read_local_topic`
     reads it back. It knows, per ordering key, the last batch sequence number it holds
@@ -411,13 +336,14 @@ class LocalFileSink:
     def path(self, topic: str) -> Path:
         return self.log(topic).path
 
-    async def publish(
-        self, topic: str, ordering_key: str, payload: bytes, attributes: dict[str, str]
-    ) -> None:
-        self.log(topic).append(ordering_key, attributes, payload)
-        if "seq_last" in attributes:
+    async def publish(self, topic: str, ordering_key: str, messages: Sequence[Message]) -> None:
+        frame_log = self.log(topic)
+        for i, (data, attributes) in enumerate(messages):
+            frame_log.append(ordering_key, attributes, data, flush=i == len(messages) - 1)
+        last = max((int(a.get("seq_last", 0)) for _, a in messages), default=0)
+        if last:
             held = self._held(topic)
-            held[ordering_key] = max(held.get(ordering_key, 0), int(attributes["seq_last"]))
+            held[ordering_key] = max(held.get(ordering_key, 0), last)
 
     def delivered_seq(self, topic: str, ordering_key: str) -> int:
         return self._held(topic).get(ordering_key, 0)
@@ -453,8 +379,8 @@ class LocalFileSink:
 
 class PubSubSink:
     """Google Cloud Pub/Sub with message ordering. ``client`` is the true edge: a
-    ``pubsub_v1.PublisherClient`` in production, a fake in tests. The payload is already
-    a batch, so the client's own batching is limited to one message.
+    ``pubsub_v1.PublisherClient`` in production, a fake in tests. A batch's messages are
+    published as consecutive calls under their ordering key, which the client keeps in order.
 
     Pub/Sub cannot say what it already holds: a replay after a crash may publish a batch
     again; its ``seq_first``/``seq_last`` attributes let a consumer drop it (per ordering
@@ -465,8 +391,12 @@ class PubSubSink:
         if client is None:  # pragma: no cover - needs Google credentials
             from google.cloud import pubsub_v1
 
+            # A batch topic message is already a batch; a schema topic's batch is published
+            # as consecutive calls, which the client sends as one request within 1 ms.
             client = pubsub_v1.PublisherClient(
-                batch_settings=pubsub_v1.types.BatchSettings(max_messages=1),
+                batch_settings=pubsub_v1.types.BatchSettings(
+                    max_messages=1000, max_bytes=PUBSUB_MAX_MESSAGE_BYTES, max_latency=0.001
+                ),
                 publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
             )
         self.client = client
@@ -474,15 +404,16 @@ class PubSubSink:
     def topic_path(self, topic: str) -> str:
         return f"projects/{self.project}/topics/{topic}"
 
-    async def publish(
-        self, topic: str, ordering_key: str, payload: bytes, attributes: dict[str, str]
-    ) -> None:
+    async def publish(self, topic: str, ordering_key: str, messages: Sequence[Message]) -> None:
         from google.api_core import exceptions
 
         path = self.topic_path(topic)
         try:
-            future = self.client.publish(path, payload, ordering_key=ordering_key, **attributes)
-            await asyncio.wrap_future(future)
+            futures = [
+                self.client.publish(path, data, ordering_key=ordering_key, **attributes)
+                for data, attributes in messages
+            ]
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except (exceptions.InvalidArgument, exceptions.FailedPrecondition) as exc:
             self.client.resume_publish(path, ordering_key)
             raise PermanentPublishError(f"{topic}: {exc}") from exc
@@ -510,22 +441,29 @@ class PubSubSink:
 class _Batch:
     key: str
     records: list[bytes] = field(default_factory=list)
+    rows: int = 0
     nbytes: int = 0
     opened_at: float = 0.0
     seqs: list[list[int]] = field(default_factory=list)  # [seq, records] runs, in order
+    record_seqs: list[int] = field(default_factory=list)  # each record's (schema topics)
 
-    def add_seq(self, seq: int, n: int) -> None:
-        if self.seqs and self.seqs[-1][0] == seq:
-            self.seqs[-1][1] += n
-        else:
-            self.seqs.append([seq, n])
+    def add(self, record: bytes, rows: int, seq: int) -> None:
+        self.records.append(record)
+        self.rows += rows
+        self.nbytes += len(record)
+        self.record_seqs.append(seq)
+        if seq:
+            if self.seqs and self.seqs[-1][0] == seq:
+                self.seqs[-1][1] += 1
+            else:
+                self.seqs.append([seq, 1])
 
 
 @dataclass
 class _KeyQueue:
+    backoff: Backoff
     sealed: deque[_Batch] = field(default_factory=deque)
     busy: bool = False  # a batch of this key is being sent
-    attempts: int = 0  # consecutive failures of the head batch
     backing_off: bool = False  # in the backoff heap until its retry time
 
 
@@ -547,25 +485,26 @@ class Publisher:
         record_type: str = "",
         framed: bool = True,
     ) -> None:
-        """``framed``: records travel as compressed batches (one message per batch);
-        otherwise each record is one message as is (a schema topic's protobuf message,
-        which the Pub/Sub client batches on the wire)."""
+        """``framed``: a batch travels as one compressed ``PublishedBatch`` of the joined
+        records, which are ``BatchPayload`` entries of ``record_type`` (`app.batch_format`);
+        otherwise each record is one message as is (a schema topic's protobuf message, the
+        records of a batch published together)."""
+        if framed and not record_type:
+            raise ValueError(f"{topic}: a batch topic's publisher needs its record_type")
         self.topic = topic
         self.framed = framed
+        self.record_type = record_type
         self.config = config
         self.sink = sink
-        self.metrics = metrics or default_metrics()
+        self.metrics = metrics = metrics or default_metrics()
         self._clock = clock
         self._compressor = Compressor(config.codec, config.zstd_level)
-        self._attributes = {"codec": config.codec, "format": str(FORMAT_VERSION)} if framed else {}
-        if record_type:
-            self._attributes["record_type"] = record_type
         self._open: dict[str, _Batch] = {}  # in the order they opened
         self._keys: dict[str, _KeyQueue] = {}  # keys with sealed batches or a send in flight
         self._ready: deque[str] = deque()  # keys whose head batch can be sent now
         self._is_ready: set[str] = set()
         self._backing_off: list[tuple[float, str]] = []  # heap of (retry_at, key)
-        self._backlog = 0
+        self._backlog = 0  # rows
         self._reserved = 0
         self._in_flight = 0
         self._wake = asyncio.Event()
@@ -575,9 +514,16 @@ class Publisher:
         self._sends: set[asyncio.Task[None]] = set()
         self._closing = False
         self._max_latency_s = config.max_latency_ms / 1000
-        self._backlog_gauge = self.metrics.publish_backlog.labels(topic)
-        self._rejected = self.metrics.publish_rejected.labels(topic)
-        self.delivered_messages = 0
+        # Metric children resolved once: a label lookup per send adds up.
+        self._backlog_gauge = metrics.publish_backlog.labels(topic)
+        self._rejected = metrics.publish_rejected.labels(topic)
+        self._failures = metrics.publish_failures.labels(topic)
+        self._dead_lettered = metrics.publish_dead_lettered.labels(topic)
+        self._batch_rows = metrics.publish_batch_messages.labels(topic)
+        self._batch_bytes = metrics.publish_batch_bytes.labels(topic)
+        self._raw_bytes = metrics.publish_bytes.labels(topic, "raw")
+        self._compressed_bytes = metrics.publish_bytes.labels(topic, "compressed")
+        self.delivered_messages = 0  # rows
         self.dead_lettered_messages = 0
         # (seq, records) of each batch once the sink has it (or it was dead-lettered)
         self.on_delivered: Callable[[int, int], None] = lambda _seq, _n: None
@@ -585,7 +531,7 @@ class Publisher:
 
     @property
     def backlog(self) -> int:
-        """Records accepted and not yet acknowledged (or dead-lettered)."""
+        """Rows accepted and not yet acknowledged (or dead-lettered)."""
         return self._backlog
 
     @property
@@ -599,12 +545,8 @@ class Publisher:
                 self._dispatch(), name=f"publish-{self.topic}"
             )
 
-    def submit(self, key: str, record: bytes) -> None:
-        """Accept one record for ``key`` or raise `PublishBackpressure` (accepting nothing)."""
-        self.submit_many(key, (record,))
-
     def reserve(self, n: int) -> None:
-        """Hold room for ``n`` records a caller will submit after an await (so it can refuse
+        """Hold room for ``n`` rows a caller will submit after an await (so it can refuse
         work before doing it), or raise `PublishBackpressure`; `release` what goes unused."""
         self._check_room(n)
         self._reserved += n
@@ -619,56 +561,57 @@ class Publisher:
             self._rejected.inc(n)
             raise PublishBackpressure(
                 f"{self.topic}: publish buffer full ({self._backlog} queued, {self._reserved} "
-                f"reserved of {self.config.buffer_max_messages} messages); {n} refused"
+                f"reserved of {self.config.buffer_max_messages} rows); {n} refused"
             )
 
+    def submit(self, key: str, record: bytes, *, rows: int = 1, reserved: bool = False,
+               seq: int = 0, replay: bool = False) -> int:  # fmt: skip
+        """Accept one record of ``rows`` rows for ``key`` or raise `PublishBackpressure`;
+        returns the records accepted (0: a replay the sink holds). See `submit_many`."""
+        return self._accept(key, (record,), rows, reserved, seq, replay)
+
     def submit_many(self, key: str, records: Sequence[bytes], *, reserved: bool = False,
-                    seq: int = 0, replay: bool = False) -> bool:  # fmt: skip
-        """Accept all of ``records`` for ``key`` in order, or none (`PublishBackpressure`).
+                    seq: int = 0, replay: bool = False) -> int:  # fmt: skip
+        """Accept all of ``records`` (a row each) for ``key`` in order, or none
+        (`PublishBackpressure`); returns how many were accepted.
         ``reserved``: the room was taken with `reserve` (then this cannot be refused).
         ``seq``: the batch they belong to, reported by `on_delivered` and carried in the
         published message's attributes. ``replay``: a spooled batch delivered again:
-        skipped (False) when the sink already holds it under ``key``, never refused."""
-        n = len(records)
-        if not n:
-            return False
+        skipped (0) when the sink already holds it under ``key``, never refused."""
+        return self._accept(key, records, len(records), reserved, seq, replay)
+
+    def _accept(self, key: str, records: Sequence[bytes], rows: int, reserved: bool,
+                seq: int, replay: bool) -> int:  # fmt: skip
+        if not records:
+            return 0
         if replay and seq and self.sink.delivered_seq(self.topic, key) >= seq:
-            return False
+            return 0
         if reserved:
-            self._reserved -= min(n, self._reserved)
+            self._reserved -= min(rows, self._reserved)
         elif not replay:
-            self._check_room(n)
+            self._check_room(rows)
+        each = rows // len(records)
         cfg = self.config
-        if not self.framed:
-            queue = self._queue(key)
-            for record in records:
-                batch = _Batch(key, [record], len(record))
-                if seq:
-                    batch.add_seq(seq, 1)
-                queue.sealed.append(batch)
-            self._make_ready(key)
-        else:
-            batch = self._open.get(key)
-            for record in records:
-                if batch is None:
-                    batch = self._open[key] = _Batch(key, opened_at=self._clock())
-                batch.records.append(record)
-                batch.nbytes += len(record) + 2
-                if seq:
-                    batch.add_seq(seq, 1)
-                if len(batch.records) >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
-                    self._seal(batch)
-                    batch = None
-        self._backlog += n
+        batch = self._open.get(key)
+        for i, record in enumerate(records):
+            if batch is None:
+                batch = self._open[key] = _Batch(key, opened_at=self._clock())
+            batch.add(record, rows - each * i if i == len(records) - 1 else each, seq)
+            if batch.rows >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
+                self._seal(batch)
+                batch = None
+        self._backlog += rows
         self._backlog_gauge.set(self._backlog)
         self._drained.clear()
         self._wake.set()
-        return True
+        return len(records)
 
     def _queue(self, key: str) -> _KeyQueue:
         queue = self._keys.get(key)
         if queue is None:
-            queue = self._keys[key] = _KeyQueue()
+            cfg = self.config
+            backoff = Backoff(cfg.retry_initial_ms / 1000, cfg.retry_max_ms / 1000)
+            queue = self._keys[key] = _KeyQueue(backoff)
         return queue
 
     def _seal(self, batch: _Batch) -> None:
@@ -724,41 +667,46 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _messages(self, batch: _Batch) -> list[Message]:
+        """What the sink publishes for ``batch``: one compressed PublishedBatch, or each
+        record as is (a schema topic), each with its attributes."""
+        if self.framed:
+            first, last = (batch.seqs[0][0], batch.seqs[-1][0]) if batch.seqs else (0, 0)
+            data = batch_format.envelope(b"".join(batch.records), self._compressor,
+                                         self.record_type, batch.rows, first, last)  # fmt: skip
+            return [(data, batch_format.attributes(self.record_type, self._compressor.codec,
+                                                   batch.rows, first, last))]  # fmt: skip
+        return [
+            (record, {"seq_first": str(seq), "seq_last": str(seq)} if seq else {})
+            for record, seq in zip(batch.records, batch.record_seqs, strict=True)
+        ]
+
     async def _send(self, key: str, queue: _KeyQueue) -> None:
         batch = queue.sealed[0]
-        n = len(batch.records)
-        attributes = self._attributes
-        if batch.seqs:
-            attributes = {**attributes, "seq_first": str(batch.seqs[0][0]),
-                          "seq_last": str(batch.seqs[-1][0])}  # fmt: skip
         failed = False
+        messages: list[Message] = []
         try:
-            payload = (
-                encode_batch(batch.records, self._compressor) if self.framed else batch.records[0]
-            )
-            await self.sink.publish(self.topic, key, payload, attributes)
+            messages = self._messages(batch)
+            await self.sink.publish(self.topic, key, messages)
         except PermanentPublishError as exc:
-            self._dead_letter(batch, attributes, exc)
+            self._dead_letter(batch, messages, exc)
             self._done(queue, batch)
         except Exception as exc:
             failed = True
-            queue.attempts += 1
-            delay_ms = min(
-                self.config.retry_initial_ms * 2 ** (queue.attempts - 1), self.config.retry_max_ms
-            )
+            delay_s = queue.backoff.failed()
             queue.backing_off = True
-            heapq.heappush(self._backing_off, (self._clock() + delay_ms / 1000, key))
-            self.metrics.publish_failures.labels(self.topic).inc()
-            log.warning("publish_failed", topic=self.topic, key=key, messages=n,
-                        attempt=queue.attempts, retry_in_ms=delay_ms, error=repr(exc))  # fmt: skip
+            heapq.heappush(self._backing_off, (self._clock() + delay_s, key))
+            self._failures.inc()
+            log.warning("publish_failed", topic=self.topic, key=key, rows=batch.rows,
+                        attempt=queue.backoff.failures, retry_in_ms=round(delay_s * 1000, 1),
+                        error=repr(exc))  # fmt: skip
         else:
-            self.metrics.publish_batch_messages.labels(self.topic).observe(n)
-            self.metrics.publish_batch_bytes.labels(self.topic).observe(len(payload))
-            self.metrics.publish_bytes.labels(self.topic, "raw").inc(batch.nbytes)
-            self.metrics.publish_bytes.labels(self.topic, "compressed").inc(len(payload))
-            self.delivered_messages += n
-            log.info("batch_published", topic=self.topic, key=key, messages=n,
-                     bytes=len(payload))  # fmt: skip
+            sent = sum(len(data) for data, _ in messages)
+            self._batch_rows.observe(batch.rows)
+            self._batch_bytes.observe(sent)
+            self._raw_bytes.inc(batch.nbytes)
+            self._compressed_bytes.inc(sent)
+            self.delivered_messages += batch.rows
             self._done(queue, batch)
         finally:
             queue.busy = False
@@ -772,13 +720,13 @@ class Publisher:
 
     def _done(self, queue: _KeyQueue, batch: _Batch) -> None:
         queue.sealed.popleft()
-        queue.attempts = 0
-        self._backlog -= len(batch.records)
+        queue.backoff.succeeded()
+        self._backlog -= batch.rows
         self._backlog_gauge.set(self._backlog)
         for seq, n in batch.seqs:
             self.on_delivered(seq, n)
 
-    def _dead_letter(self, batch: _Batch, attributes: dict[str, str], exc: Exception) -> None:
+    def _dead_letter(self, batch: _Batch, messages: list[Message], exc: Exception) -> None:
         if self._dead_letters is None:
             cfg = self.config
             self._dead_letters = FrameLog(
@@ -786,13 +734,12 @@ class Publisher:
                 max_bytes=cfg.local_max_file_bytes, max_age_s=cfg.local_max_file_age_s,
                 max_files=cfg.local_max_files,
             )  # fmt: skip
-        payload = encode_batch(batch.records, self._compressor)
-        self._dead_letters.append(batch.key, attributes, payload)
-        self.dead_lettered_messages += len(batch.records)
-        self.metrics.publish_dead_lettered.labels(self.topic).inc(len(batch.records))
-        log.error("publish_dead_lettered", topic=self.topic, key=batch.key,
-                  messages=len(batch.records), path=str(self._dead_letters.path),
-                  error=repr(exc))  # fmt: skip
+        for data, attrs in messages or self._messages(batch):
+            self._dead_letters.append(batch.key, attrs, data)
+        self.dead_lettered_messages += batch.rows
+        self._dead_lettered.inc(batch.rows)
+        log.error("publish_dead_lettered", topic=self.topic, key=batch.key, rows=batch.rows,
+                  path=str(self._dead_letters.path), error=repr(exc))  # fmt: skip
 
     async def flush(self, timeout: float | None = None) -> None:
         """Seal every open batch and wait until the sink acknowledged all accepted records."""

@@ -42,17 +42,16 @@ import grpc
 import numpy as np
 import structlog
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from app import telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
+from app.breaker import CircuitBreaker
 from app.config import AppConfig, TlsConfig
 from app.datapath import DataPath, DataPathBackpressure, signal_message
 from app.features import FeatureEngine
 from app.inference import (
-    CircuitBreaker,
     InferenceBackend,
     InferenceError,
     KServeBackend,
@@ -71,6 +70,7 @@ from app.shards import (
     ShardCountMismatch,
     ShardOwnership,
     ShardRefusal,
+    ShardTable,
     ShardUnavailable,
 )
 from app.spool import Spool, SpoolFailed, SpoolFull, default_spool_dir
@@ -343,7 +343,10 @@ def build_runtime(config: AppConfig, backend: InferenceBackend | None = None) ->
         max_queue_rows=bc.max_queue_rows,
         max_concurrent_batches=bc.max_concurrent_batches,
     )
-    data_path = DataPath.from_config(config.cache, config.publish, config.warehouse)
+    # Published batches are keyed by the same shards as ownership (app.shards).
+    ordering = ShardTable(config.features.n_symbols, config.sharding.shards)
+    data_path = DataPath.from_config(config.cache, config.publish, config.warehouse,
+                                     shards=ordering)  # fmt: skip
     spool = Spool(config.spool, spool_dir(config)) if config.spool.enabled else None
     pipeline = SignalPipeline(engine, batcher, bounds=config.ingest)
     ingestor = Ingestor(pipeline, config.ingest, data_path=data_path, spool=spool)
@@ -395,7 +398,8 @@ class SignalServer:
         servicer = SignalServicer(runtime.ingestor, sc.max_batch_ticks, runtime.data_path,
                                   on_spool_failure=self._spool_failed)  # fmt: skip
         self.server.add_generic_rpc_handlers((signal_service_handler(servicer),))
-        self.health = HealthServicer()
+        # grpc_health's public asyncio servicer (defined under a version check pyright skips)
+        self.health = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -478,9 +482,6 @@ class SignalServer:
         if self.metrics_server is not None:
             self.metrics_server.close()
         self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def serve(config: AppConfig, *, ready: asyncio.Event | None = None) -> None:

@@ -19,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TextIO
 
 import grpc
@@ -46,14 +46,12 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 .. 16384
 BYTES_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
-CACHE_LEVELS: tuple[str, ...] = ("l1", "l2", "l3")
 
 # Events logged per tick, per request or per cache lookup: sampled unless configured otherwise.
 DEFAULT_LOG_SAMPLING: dict[str, int] = {
     "ticks_ingested": 100,
     "signal_served": 100,
     "cache_lookup": 1000,
-    "batch_published": 100,
     "warehouse_flush": 10,
     "request_rejected": 100,
 }
@@ -92,17 +90,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        # Every finished request by method and status: the request rate the infra's HPA
-        # scales on (infra/workloads.py REQUEST_RATE_METRIC) and the SLO's denominator.
+        # Every finished request by method and final status: the request rate the infra's
+        # HPA scales on (infra/workloads.py REQUEST_RATE_METRIC), and, by code, the errors
+        # of the SLO and the alerts (infra/metrics.py SERVER_ERROR_CODES). A cancelled call
+        # is CANCELLED, a client's mistake INVALID_ARGUMENT or NOT_FOUND: answers, not errors.
         self.requests = Counter(
             "signal_requests_total",
-            "gRPC requests by method and final status code.",
-            ["method", "code"],
-            registry=reg,
-        )
-        self.request_errors = Counter(
-            "signal_request_errors_total",
-            "gRPC requests that ended with a non-OK status, by method and code.",
+            "gRPC requests by method and final status code (OK, CANCELLED, or the error's).",
             ["method", "code"],
             registry=reg,
         )
@@ -261,28 +255,6 @@ class Metrics:
             "Batches found undelivered in the spool at start and delivered again.",
             registry=reg,
         )
-        self._hit_ratio = Gauge(
-            "signal_cache_hit_ratio",
-            "Hits over lookups since start, by cache level.",
-            ["level"],
-            registry=reg,
-        )
-        for level in CACHE_LEVELS:
-            self._hit_ratio.labels(level).set_function(self._ratio_of(level))
-
-    def _ratio_of(self, level: str) -> Callable[[], float]:
-        hits = self.cache_requests.labels(level, "hit")
-        misses = self.cache_requests.labels(level, "miss")
-
-        def ratio() -> float:
-            h, m = hits._value.get(), misses._value.get()
-            return h / (h + m) if h + m else 0.0
-
-        return ratio
-
-    def hit_ratio(self, level: str) -> float:
-        """Hits over lookups at ``level`` so far (0 before the first lookup)."""
-        return self._ratio_of(level)()
 
 
 _default_metrics: Metrics | None = None
@@ -409,18 +381,14 @@ def server_interceptors(
     return [MetricsInterceptor(metrics), aio_server_interceptor(tracer_provider=provider)]
 
 
-# Final statuses that are not server errors: success, and a client that cancelled its call
-# (it is counted in signal_requests_total{code="CANCELLED"}, never in the error rate or SLO).
-NOT_ERRORS: frozenset[str | None] = frozenset({None, "OK", "CANCELLED"})
-
-
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """``signal_request_duration_seconds{method}``, ``signal_requests_total`` and
-    ``signal_request_errors_total`` for unary and streaming RPCs (a stream is timed from its
-    start to its end). A cancelled call is CANCELLED, not an error."""
+    """``signal_request_duration_seconds{method}`` and ``signal_requests_total{method,code}``
+    for unary and streaming RPCs (a stream is timed from its start to its end). A call the
+    client cancelled is counted as CANCELLED."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
+        self._children: dict[str, tuple[Any, Any]] = {}  # method -> (latency, requests OK)
 
     @property
     def metrics(self) -> Metrics:
@@ -431,9 +399,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        latency = self.metrics.request_latency.labels(method)
-        errors = self.metrics.request_errors
         requests = self.metrics.requests
+        children = self._children.get(method)
+        if children is None:  # resolved once per method: a label lookup per call adds up
+            children = (self.metrics.request_latency.labels(method), requests.labels(method, "OK"))
+            self._children[method] = children
+        latency, ok = children
 
         def code_of(context: Any, exc: BaseException | None) -> str | None:
             code = context.code() if hasattr(context, "code") else None
@@ -444,9 +415,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return None if exc is None else "UNKNOWN"
 
         def count(code: str | None) -> None:
-            requests.labels(method, code or "OK").inc()
-            if code not in NOT_ERRORS:
-                errors.labels(method, code).inc()
+            (ok if code is None else requests.labels(method, code)).inc()
 
         if handler.unary_unary is not None:
             inner = handler.unary_unary

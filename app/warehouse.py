@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 from pydantic import Field, model_validator
 
+from app.backoff import Backoff
 from app.config_errors import ConfigModel
 from app.schemas import DUCKDB_TYPES, Table, tables
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
@@ -605,6 +606,11 @@ class Warehouse:
         self.metrics = metrics or default_metrics()
         self._clock = clock
         self._buffers = {name: _TableBuffer(t) for name, t in tables().items()}
+        # Metric children per table, resolved once (appends come with every batch).
+        m = self.metrics
+        self._backlog_of = {name: m.warehouse_backlog.labels(name) for name in self._buffers}
+        self._rows_of = {name: m.warehouse_rows.labels(name) for name in self._buffers}
+        self._failures_of = {name: m.warehouse_failures.labels(name) for name in self._buffers}
         self._backlog = 0  # rows buffered or being written
         self._reserved = 0  # rows callers hold room for (see `reserve`)
         self._wake = asyncio.Event()
@@ -694,7 +700,7 @@ class Warehouse:
         buf.rows += n
         self._backlog += n
         self._idle.clear()
-        self.metrics.warehouse_backlog.labels(table_name).inc(n)
+        self._backlog_of[table_name].inc(n)
         if buf.rows >= self.config.batch_rows:
             self._wake.set()
         return True
@@ -782,7 +788,7 @@ class Warehouse:
                 log.error("warehouse_ledger_prune_failed", error=repr(exc))
 
     async def _run(self) -> None:
-        delay = self.config.retry_initial_s
+        backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         while True:
             due = self._due()
             if not due:
@@ -802,16 +808,16 @@ class Warehouse:
                     await self.sink.write(buf.table, columns, seqs)
                 except Exception as exc:
                     buf.put_back(columns, seqs, n)  # keep the rows and back off
-                    self.metrics.warehouse_failures.labels(buf.table.name).inc()
+                    self._failures_of[buf.table.name].inc()
+                    delay = backoff.failed()
                     log.error("warehouse_write_failed", table=buf.table.name, rows=n,
                               error=repr(exc), retry_in_s=delay)  # fmt: skip
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.config.retry_max_s)
                     break
-                delay = self.config.retry_initial_s
+                backoff.succeeded()
                 self._backlog -= n
-                self.metrics.warehouse_backlog.labels(buf.table.name).dec(n)
-                self.metrics.warehouse_rows.labels(buf.table.name).inc(n)
+                self._backlog_of[buf.table.name].dec(n)
+                self._rows_of[buf.table.name].inc(n)
                 log.info("warehouse_flush", table=buf.table.name, rows=n)
                 if seqs:
                     self.on_written(buf.table.name, seqs)

@@ -3,7 +3,8 @@
 JSON baselines carry the same information: row objects (the usual REST shape) and
 columnar arrays; every number is written in its shortest round-tripping form for its
 wire type (float64 prices and sizes, float32 strength and confidence). Target: protobuf
->= 60% smaller than row JSON. zstd-compressed sizes are shown too. Last line: headline.
+>= 60% smaller than row JSON. Sizes as a zstd frame (the publisher's codec,
+`app.batch_format.Compressor`) are shown too. Last line: headline.
 
     .venv/bin/python bench/payload.py [--quick]
 """
@@ -18,10 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.batch_format import Compressor
 from app.proto import load
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP
 from app.synthetic import synthetic_ticks
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="ticks/signals per batch")
     args = parser.parse_args()
     repeats = 20 if args.quick else 100
-    zstd = zstandard.ZstdCompressor(level=3)
+    zstd = Compressor("zstd")
     headline = {}
     for kind, payloads in (
         ("ticks", tick_payloads(args.batch)),

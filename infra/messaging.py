@@ -8,16 +8,19 @@ Topics (names from `pubsub`):
   subscription writes every message as one row of the warehouse's `signals` table, whose
   columns are the Signal's fields (`use_topic_schema`); undeliverable messages go to the
   dead-letter topic after `maxDeliveryAttempts`.
-- `ticks-batches` and `signals-batches` (`<topic><batchSuffix>`): the service's compressed,
-  framed batches (app/publish.py: a codec header, then zstd or LZ4 of length-prefixed
-  records), ordered by symbol. Consumers pull `signals-batches`.
+- `ticks-batches` and `signals-batches` (`<topic><batchSuffix>`): the service's compressed
+  batches (app/publish.py): each message a `PublishedBatch` whose payload is a zstd or LZ4
+  frame of one ordering shard's `TickBatch` or `SignalBatch` entries, its attributes naming
+  the codec, schema version, record type, row count and sequence range; ordered per shard, so
+  each symbol's in order. Consumers pull `signals-batches`.
 - `signals-dead-letter`: what the BigQuery subscription could not write, kept for a pull.
 
 Why two topics per stream: a BigQuery subscription with `use_topic_schema` needs each
 message to be exactly one schema-encoded row, and Pub/Sub validates every message published
-to a schema topic, so a compressed frame of many records can travel on neither. The schema
+to a schema topic, so a compressed batch of many records can travel on neither. The schema
 topics are the contract: validated, and written to BigQuery with no code; the batch topics
-carry the hot path's compressed frames, which Pub/Sub treats as opaque bytes. Publishing a
+carry the hot path's compressed batches, which Pub/Sub does not validate (the envelope and the
+entries are messages of the same `.proto`, read with stock libraries). Publishing a
 Signal per message costs little on the wire, because the client library already batches
 messages into one publish request (bounded by count, bytes and delay).
 

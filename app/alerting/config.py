@@ -52,11 +52,11 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
     ),
     SeriesConfig(
         name="error_ratio",
-        # Server-side failures over all requests (app/telemetry.py's counters).
+        # Server-side failures over all requests (app/telemetry.py's request counter).
         query=(
-            "sum(rate(signal_request_errors_total"
+            "sum(rate(signal_requests_total"
             f'{{location="{{region}}",code=~"{SERVER_ERRORS}"}}[5m])) / '
-            'sum(rate(signal_request_duration_seconds_count{location="{region}"}[5m]))'
+            'sum(rate(signal_requests_total{location="{region}"}[5m]))'
         ),
         detector=DetectorSettings(
             direction="up", absolute_floor=0.0002, slow_threshold=3.0, fast_threshold=8.0

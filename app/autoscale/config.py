@@ -15,19 +15,20 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from app.autoscale.prometheus import MetadataToken, PrometheusClient
+from app.autoscale.prometheus import PrometheusClient
 from app.autoscale.scaler import ScalingPolicy
 from app.config_errors import CamelConfigModel as Model
 from app.config_errors import ConfigError, Problem, load_model, read_config_file
+from app.gcp_auth import AccessTokens
 
 __all__ = ["ConfigError", "Model", "load_model", "read_config_file"]
 
 CONFIG_ENV = "SIGNAL_AUTOSCALE_CONFIG"
 REGION_PLACEHOLDER = "{region}"
-# Requests per second the signal service receives in one region: the count of its request
-# latency histogram (app/telemetry.py), summed over pods and methods; Managed Prometheus
-# labels every series with the cluster's `location`.
-DEFAULT_RATE_QUERY = 'sum(rate(signal_request_duration_seconds_count{location="{region}"}[2m]))'
+# Requests per second the signal service receives in one region: its request counter
+# (app/telemetry.py; the HPA's metric too), summed over pods, methods and codes; Managed
+# Prometheus labels every series with the cluster's `location`.
+DEFAULT_RATE_QUERY = 'sum(rate(signal_requests_total{location="{region}"}[2m]))'
 URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
 
 
@@ -80,8 +81,8 @@ class AutoscaleConfig(Model):
 
 
 def prometheus_client(url: str, auth: str, timeout: float) -> PrometheusClient:
-    """The client a configuration asks for ("google": a token from the metadata server)."""
-    return PrometheusClient(url, timeout, MetadataToken() if auth == "google" else None)
+    """The client a configuration asks for ("google": the workload's Google access token)."""
+    return PrometheusClient(url, timeout, AccessTokens() if auth == "google" else None)
 
 
 def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AutoscaleConfig:

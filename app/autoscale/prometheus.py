@@ -3,18 +3,16 @@
 Both services read their input through it. Cloud Monitoring serves the Prometheus HTTP
 API for Managed Service for Prometheus data at
 ``https://monitoring.googleapis.com/v1/projects/<project>/location/global/prometheus``,
-with an OAuth token that `MetadataToken` fetches from the GKE metadata server (Workload
-Identity); a plain Prometheus needs none. Tests run a real HTTP server on loopback that
-answers like one. Standard library only (urllib), no retries: the services skip a minute
-they could not read, which their models tolerate.
+with the workload's OAuth access token (`app.gcp_auth.AccessTokens`: Workload Identity on
+GKE); a plain Prometheus needs none. Tests run a real HTTP server on loopback that answers
+like one. urllib, no retries: the services skip a minute they could not read (a token
+that could not be had included), which their models tolerate.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,36 +26,9 @@ class PrometheusError(RuntimeError):
     """A query failed: names the URL, the query and what went wrong."""
 
 
-METADATA_TOKEN_URL = (
-    "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token"
-)
-
-
-class MetadataToken:
-    """An OAuth access token from the metadata server, refreshed a minute before it expires."""
-
-    def __init__(self, url: str = METADATA_TOKEN_URL, timeout: float = 5.0):
-        self.url = url
-        self.timeout = timeout
-        self._token: str | None = None
-        self._expires = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> str:
-        with self._lock:
-            if self._token is None or time.monotonic() > self._expires - 60:
-                request = urllib.request.Request(self.url, headers={"Metadata-Flavor": "Google"})
-                try:
-                    with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                        body = json.loads(response.read())
-                except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
-                    raise PrometheusError(f"{self.url}: no access token: {exc}") from exc
-                self._token = str(body["access_token"])
-                self._expires = time.monotonic() + float(body.get("expires_in", 300))
-            return self._token
-
-
 class PrometheusClient:
+    """Queries over HTTP; ``token`` gives a bearer token per request (e.g. `AccessTokens`)."""
+
     def __init__(
         self, base_url: str, timeout: float = 10.0, token: Callable[[], str] | None = None
     ):
@@ -67,7 +38,12 @@ class PrometheusClient:
 
     def _get(self, path: str, params: dict[str, str]) -> Any:
         url = f"{self.base_url}{path}?{urllib.parse.urlencode(params)}"
-        headers = {"Authorization": f"Bearer {self.token()}"} if self.token else {}
+        headers: dict[str, str] = {}
+        if self.token is not None:
+            try:
+                headers["Authorization"] = f"Bearer {self.token()}"
+            except Exception as exc:  # google-auth's refresh errors, the metadata server down
+                raise PrometheusError(f"{url}: no access token: {exc!r}") from exc
         try:
             request = urllib.request.Request(url, headers=headers)
             with urllib.request.urlopen(request, timeout=self.timeout) as response:

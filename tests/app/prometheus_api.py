@@ -23,7 +23,6 @@ class PrometheusApi:
         self.fail = False  # answer 503 with Prometheus' error envelope
         self.queries: list[tuple[str, dict[str, str]]] = []
         self.authorizations: list[str | None] = []  # the Authorization header of each query
-        self.token_requests: list[str | None] = []  # the Metadata-Flavor header of each
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -33,10 +32,6 @@ class PrometheusApi:
             def do_GET(self) -> None:
                 url = urllib.parse.urlparse(self.path)
                 params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query).items()}
-                if url.path == "/token":  # the metadata server's token endpoint
-                    api.token_requests.append(self.headers.get("Metadata-Flavor"))
-                    self._send(200, {"access_token": "token-1", "expires_in": 3600})
-                    return
                 api.queries.append((url.path, params))
                 api.authorizations.append(self.headers.get("Authorization"))
                 if api.fail:

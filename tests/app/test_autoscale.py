@@ -19,7 +19,7 @@ from app.autoscale import __main__ as cli
 from app.autoscale.config import AutoscaleConfig, ConfigError, load, load_model
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
 from app.autoscale.hpa import Deployment, HorizontalPodAutoscaler, HpaSpec
-from app.autoscale.prometheus import MetadataToken, PrometheusClient, PrometheusError
+from app.autoscale.prometheus import PrometheusClient, PrometheusError
 from app.autoscale.scaler import PredictiveScaler, ScalingPolicy
 from app.autoscale.service import ScalerService
 from tests.app.prometheus_api import serve
@@ -254,9 +254,7 @@ def test_service_publishes_replicas_ahead_of_the_open() -> None:
         ) == float(ahead.desired)
     ranges = [q for path, q in api.queries if path == "/api/v1/query_range"]
     assert (
-        ranges
-        and ranges[0]["query"]
-        == 'sum(rate(signal_request_duration_seconds_count{location="us-east4"}[2m]))'
+        ranges and ranges[0]["query"] == 'sum(rate(signal_requests_total{location="us-east4"}[2m]))'
     )
 
 
@@ -287,15 +285,26 @@ def test_prometheus_client_aligns_ranges_and_reports_errors() -> None:
             client.query("up", 900.0)
 
 
-def test_prometheus_client_authenticates_with_a_metadata_server_token() -> None:
+def test_prometheus_client_authenticates_with_the_workloads_access_token() -> None:
+    """The bearer token comes from app.gcp_auth (tests/app/test_gcp_auth.py runs google-auth
+    against a metadata server); one that cannot be had fails the query, not the service."""
+    from google.oauth2.credentials import Credentials
+
+    from app.gcp_auth import AccessTokens
+
     with serve(lambda q, ts: 1.0) as api:
-        client = PrometheusClient(api.url, token=MetadataToken(f"{api.url}/token"))
+        client = PrometheusClient(api.url, token=AccessTokens(Credentials("token-1")))
         assert client.query("up", 60.0) == 1.0
         client.query_range("up", 0.0, 120.0, 60.0)
         anonymous = PrometheusClient(api.url)
         anonymous.query("up", 60.0)
+
+        def no_token() -> str:
+            raise OSError("metadata server unreachable")
+
+        with pytest.raises(PrometheusError, match="no access token: OSError"):
+            PrometheusClient(api.url, token=no_token).query("up", 60.0)
     assert api.authorizations == ["Bearer token-1", "Bearer token-1", None]
-    assert api.token_requests == ["Google"]  # fetched once, with the metadata header
 
 
 # --------------------------------------------------------------------------- config and CLI

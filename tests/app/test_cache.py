@@ -8,7 +8,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
+from google.oauth2.credentials import Credentials as TokenCredentials
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
@@ -23,10 +25,12 @@ from app.cache import (
     decode_signal,
     decode_value,
     encode_signal,
+    encode_signals,
     redis_client_kwargs,
     signal_key,
 )
-from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal
+from app.gcp_auth import AccessTokens
+from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics
 from app.warehouse import DuckDBSink, Warehouse, WarehouseConfig
 from tests.app.conftest import run
@@ -47,8 +51,9 @@ def record(
     return Signal(symbol, ts, direction, 0.25, 0.75, "signal_mlp/1")
 
 
-def token_provider() -> IamTokenCredentialProvider:
-    return IamTokenCredentialProvider(lambda: (PASSWORD, time.time() + 3600))
+def token_provider(token: str = PASSWORD) -> IamTokenCredentialProvider:
+    """The IAM provider with a token that needs no refresh (Redis's password here)."""
+    return IamTokenCredentialProvider(AccessTokens(TokenCredentials(token)))
 
 
 def counts(metrics: Metrics) -> dict[tuple[str, str], float]:
@@ -113,6 +118,16 @@ def test_signal_values_are_compact_binary_and_round_trip() -> None:
             decode_signal(corrupt)
 
 
+def test_values_of_many_signals_are_encoded_from_the_columns_alike() -> None:
+    signals = SignalColumns(np.array([3, 70000], np.int32), np.array([5, -6], np.int64),
+                            np.array([DIRECTION_DOWN, DIRECTION_UP], np.int8),
+                            np.array([0.5, -0.25], np.float32), np.array([0.75, 0.9], np.float32),
+                            "signal_mlp/2", "int4", "cd" * 32, "kserve")  # fmt: skip
+    assert encode_signals(signals, 99) == [encode_signal(signals.row(i), 99) for i in range(2)]
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        encode_signals(SignalColumns.empty("x" * 256), 1)
+
+
 def test_keys_are_hash_tagged_by_symbol() -> None:
     assert signal_key(17) == "{17}:signal"
 
@@ -165,21 +180,31 @@ def test_tls_and_iam_settings_reach_the_client(tmp_path: Path) -> None:
         RedisConfig(nodes=["r:1"], ca_file=ca)
 
 
-def test_iam_tokens_are_reused_until_close_to_expiry_then_refreshed() -> None:
-    now = FakeClock(10_000.0)
+def test_iam_auth_sends_the_current_access_token_and_refreshes_it_when_due() -> None:
+    """Every new connection authenticates with the workload's current token; an expiring
+    one is refreshed first (off the event loop for the async client)."""
+    import datetime
+
+    from google.auth.credentials import Credentials
+
     issued: list[str] = []
 
-    def source() -> tuple[str, float]:
-        issued.append(f"token-{len(issued)}")
-        return issued[-1], now.t + 3600
+    def utc_now() -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)  # google-auth's naive UTC
 
-    provider = IamTokenCredentialProvider(source, refresh_margin_s=300, clock=now)
+    class Expiring(Credentials):  # the true edge: Google's token endpoint
+        def refresh(self, request: object) -> None:
+            issued.append(f"token-{len(issued)}")
+            self.token, self.expiry = issued[-1], utc_now() + datetime.timedelta(hours=1)
+
+    credentials = Expiring()
+    provider = IamTokenCredentialProvider(AccessTokens(credentials))
     assert provider.get_credentials() == ("token-0",)
-    now.t += 3000  # 600 s left: still fresh
-    assert run(provider.get_credentials_async()) == ("token-0",)
-    now.t += 301  # inside the refresh margin
+    assert run(provider.get_credentials_async()) == ("token-0",)  # still valid: reused
+    credentials.expiry = utc_now() + datetime.timedelta(minutes=3)  # inside the refresh margin
     assert run(provider.get_credentials_async()) == ("token-1",)
-    assert provider.fetches == 2
+    assert provider.get_credentials() == ("token-1",)
+    assert provider.tokens.refreshes == 2
 
 
 # --- L2 on the real Redis Cluster -------------------------------------------------------
@@ -257,8 +282,6 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
         assert set(got) == {1, 2}
         c = counts(metrics)
         assert c[("l3", "miss")] == 1 and c[("l3", "hit")] == 2  # NOPE missed everywhere
-        assert metrics.hit_ratio("l1") == pytest.approx(c[("l1", "hit")] / (c[("l1", "hit")]
-                                                        + c[("l1", "miss")]))  # fmt: skip
 
         newer = record(1, now, DIRECTION_FLAT)
         await cache.put(newer)  # write-through: L1, L2 and the warehouse batch
@@ -275,7 +298,7 @@ def test_reads_go_l1_l2_l3_and_fill_upward(cluster: LocalRedisCluster, tmp_path:
 def test_a_wrong_token_fails_soft_to_misses(cluster: LocalRedisCluster) -> None:
     async def scenario() -> None:
         metrics = Metrics(CollectorRegistry())
-        bad = IamTokenCredentialProvider(lambda: ("expired-token", time.time() + 3600))
+        bad = token_provider("expired-token")
         cache = TieredCache.from_config(
             cache_config(cluster), metrics=metrics, credential_provider=bad
         )
@@ -386,6 +409,62 @@ def test_an_unreachable_cluster_at_startup_is_no_error() -> None:
         await cache.close()
 
     run(scenario())
+
+
+def test_after_the_cooldown_one_call_probes_l2_and_a_failed_probe_skips_it_again() -> None:
+    async def scenario() -> None:
+        clock = FakeClock()
+        metrics = Metrics(CollectorRegistry())
+        l2 = RedisL2(RedisConfig(nodes=["127.0.0.1:1"], cooldown_s=5), metrics, clock=clock)
+        assert await l2.get_many([1]) is None and l2.failures == 1
+        assert l2.breaker.state == "open" and metrics.cache_available.labels("l2")._value.get() == 0
+        clock.t += 4.9
+        assert not await l2.set_many({1: (b"v", 1000)}) and l2.failures == 1  # skipped
+        clock.t += 0.1
+        assert await l2.get_many([1, 2]) is None and l2.failures == 2  # the probe, failed
+        assert l2.breaker.state == "open" and await l2.get_many([3]) is None
+        assert l2.failures == 2 and metrics.cache_errors.labels("l2")._value.get() == 2
+        await l2.close()
+
+    run(scenario())
+
+
+def test_submitted_signals_go_to_l2_only_the_newest_of_each_symbol(
+    cluster: LocalRedisCluster,
+) -> None:
+    """The data path's own signals: L2 (for the other replicas) gets each symbol's newest;
+    L1 stays for what other replicas computed (the in-process store answers these)."""
+    t = 1_700_000_000_000_000_000
+
+    def columns(symbols: list[int], ts: int, direction: int) -> SignalColumns:
+        n = len(symbols)
+        return SignalColumns(np.array(symbols, np.int32), np.full(n, ts, np.int64),
+                             np.full(n, direction, np.int8), np.full(n, 0.5, np.float32),
+                             np.full(n, 0.75, np.float32), "signal_mlp/1", "int8", "ab" * 32,
+                             "local")  # fmt: skip
+
+    newer, older = columns([1, 2], t + 10, DIRECTION_UP), columns([2, 3], t, DIRECTION_DOWN)
+    computed_at = time.time_ns()
+
+    async def scenario() -> dict[int, bytes] | None:
+        cache = TieredCache.from_config(cache_config(cluster), metrics=Metrics(CollectorRegistry()),
+                                        credential_provider=token_provider())  # fmt: skip
+        cache.submit(newer, computed_at)
+        cache.submit(older, computed_at)  # symbol 2's older tick must not win
+        assert len(cache.l1) == 0
+        await cache.close()  # drains the background writer
+        reader = RedisL2(cache_config(cluster).redis, Metrics(CollectorRegistry()),  # type: ignore[arg-type]
+                         token_provider())  # fmt: skip
+        values = await reader.get_many([1, 2, 3])
+        await reader.close()
+        return values
+
+    values = run(scenario())
+    assert values is not None
+    assert {s: decode_value(v) for s, v in values.items()} == {
+        1: (newer.row(0), computed_at), 2: (newer.row(1), computed_at),
+        3: (older.row(1), computed_at),
+    }  # fmt: skip
 
 
 def test_redis_keeps_the_newest_tick_whatever_order_the_writes_come_in(

@@ -26,8 +26,9 @@ from app.config import (
     ServerConfig,
 )
 from app.model.build import ModelArtifacts
-from app.publish import decode_batch, read_local_topic
+from app.publish import read_published
 from app.server import SignalServer, build_runtime, pb2, pb2_grpc
+from app.shards import DEFAULT_SHARDS, shard_of
 from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
 from tests.app.conftest import ServiceProcess, run
@@ -145,17 +146,12 @@ def test_inference_server_and_redis_master_die_under_load_without_failures_or_lo
 
     # Nothing accepted was lost: every signal of every ack is in the published frames ...
     published: list[Any] = []
-    for key, payload in read_local_topic(publish_dir, "signals-batches"):
-        _, records = decode_batch(payload)
-        for record in records:
-            message = pb2.Signal.FromString(record)
-            assert str(message.symbol) == key  # ordering key = symbol
-            published.append((message.symbol, message.ts_ns))
+    for key, entry in read_published(publish_dir, "signals-batches"):
+        for symbol, ts in zip(entry.symbol, entry.ts_ns, strict=True):
+            assert key == f"shard-{shard_of(symbol, DEFAULT_SHARDS)}-of-{DEFAULT_SHARDS}"
+            published.append((symbol, ts))
     assert len(published) == accepted_signals == len(set(published))
-    ticks_published = 0
-    for _, payload in read_local_topic(publish_dir, "ticks-batches"):
-        ticks_published += sum(len(pb2.TickBatch.FromString(r).symbol)
-                               for r in decode_batch(payload)[1])  # fmt: skip
+    ticks_published = sum(len(e.symbol) for _, e in read_published(publish_dir, "ticks-batches"))
     assert ticks_published == sum(a.accepted for a in acks)
     # ... and in the warehouse.
     with duckdb.connect(str(warehouse_file), read_only=True) as con:
@@ -172,12 +168,10 @@ class DownSink:
         self.inner = inner
         self.up = False
 
-    async def publish(
-        self, topic: str, key: str, payload: bytes, attributes: dict[str, str]
-    ) -> None:
+    async def publish(self, topic: str, ordering_key: str, messages: Any) -> None:
         if not self.up:
             raise ConnectionError("Pub/Sub unreachable (on purpose)")
-        await self.inner.publish(topic, key, payload, attributes)
+        await self.inner.publish(topic, ordering_key, messages)
 
     def __getattr__(self, name: str) -> Any:  # what it holds, closing: the real sink
         return getattr(self.inner, name)
@@ -233,9 +227,7 @@ def test_a_full_publish_buffer_refuses_whole_batches_before_applying_them(
                 accepted += 8
         finally:
             await server.stop(grace_s=5.0)
-        published = sum(len(pb2.TickBatch.FromString(r).symbol)
-                        for _, payload in read_local_topic(tmp_path, "ticks-batches")
-                        for r in decode_batch(payload)[1])  # fmt: skip
+        published = sum(len(e.symbol) for _, e in read_published(tmp_path, "ticks-batches"))
         assert published == accepted
 
     run(scenario())
@@ -345,14 +337,12 @@ def test_kill_9_under_load_then_restart_keeps_every_ack_exactly_once(
     assert set(acked_ticks) <= set(ticks) and set(acked_signals) <= set(signals)  # nothing lost
     assert features == len(signals)  # the row behind each signal
     frames_ticks: Counter[tuple[int, int]] = Counter()
-    for _, payload in read_local_topic(published, "ticks-batches"):
-        for record in decode_batch(payload)[1]:
-            batch = pb2.TickBatch.FromString(record)
-            frames_ticks.update(zip(batch.symbol, batch.ts_ns, strict=True))
+    for _, entry in read_published(published, "ticks-batches"):
+        frames_ticks.update(zip(entry.symbol, entry.ts_ns, strict=True))
     frames_signals = Counter(
-        (m.symbol, m.ts_ns)
-        for _, payload in read_local_topic(published, "signals-batches")
-        for m in map(pb2.Signal.FromString, decode_batch(payload)[1])
+        (symbol, ts)
+        for _, entry in read_published(published, "signals-batches")
+        for symbol, ts in zip(entry.symbol, entry.ts_ns, strict=True)
     )
     assert max(frames_ticks.values()) == 1 and set(acked_ticks) <= set(frames_ticks)
     assert max(frames_signals.values()) == 1 and set(acked_signals) <= set(frames_signals)

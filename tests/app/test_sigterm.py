@@ -21,7 +21,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from app.model.build import ModelArtifacts
-from app.publish import decode_batch, read_local_topic
+from app.publish import read_published
 from app.serving.launch import REPO_ROOT, free_port
 
 GRACE_S = 5.0
@@ -173,14 +173,12 @@ def test_sigterm_under_load_drains_flushes_and_loses_nothing(
     }
     assert len(acked_ticks) == accepted  # every tick of every acked batch was accepted
     published_ticks: list[tuple[int, int]] = []
-    for _, payload in read_local_topic(published, "ticks-batches"):
-        for record in decode_batch(payload)[1]:
-            batch = pb2.TickBatch.FromString(record)
-            published_ticks += zip(batch.symbol, batch.ts_ns, strict=True)
+    for _, entry in read_published(published, "ticks-batches"):
+        published_ticks += zip(entry.symbol, entry.ts_ns, strict=True)
     signals_published = [
-        (message.symbol, message.ts_ns)
-        for _, payload in read_local_topic(published, "signals-batches")
-        for message in map(pb2.Signal.FromString, decode_batch(payload)[1])
+        (symbol, ts)
+        for _, entry in read_published(published, "signals-batches")
+        for symbol, ts in zip(entry.symbol, entry.ts_ns, strict=True)
     ]
     # Nothing acknowledged is lost, nothing is published twice; a call refused during the
     # shutdown either took effect whole or not at all.

@@ -1,0 +1,268 @@
+"""The published batch format: columns → protobuf entries → one compressed ``PublishedBatch``.
+
+A batch topic message (``signals.proto``) is a ``PublishedBatch`` envelope (schema version,
+codec, record type, counts, the service batches it carries) whose ``payload`` is a standard
+zstd or LZ4 frame of one ``BatchPayload``: the ``TickBatch`` or ``SignalBatch`` entries of
+one ordering shard, one per service batch. A consumer in any language reads it with stock
+libraries: protobuf, then zstd or LZ4.
+
+Entries are written straight from numpy columns in protobuf's wire format (packed varints,
+little-endian fixed-width numbers, fields in number order), which is what protobuf's own
+serializer writes for them (tests hold the two byte for byte equal): building messages
+field by field from Python lists cost ten times more per batch. A protobuf message is the
+concatenation of its fields, so the publisher joins entries as bytes: the joined entries
+parse as one ``BatchPayload`` with every entry in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lz4.frame
+import numpy as np
+import zstandard
+
+SCHEMA_VERSION = 1
+TICK_BATCH = "signals.v1.TickBatch"
+SIGNAL_BATCH = "signals.v1.SignalBatch"
+RECORD_TYPES = (TICK_BATCH, SIGNAL_BATCH)
+
+Codec = Literal["zstd", "lz4", "none"]
+# The signals.proto Codec enum's numbers.
+CODEC_NUMBERS: dict[str, int] = {"none": 1, "zstd": 2, "lz4": 3}
+CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_NUMBERS.items()}
+
+_LEN, _I64 = 2, 1  # wire types: length-delimited, 64-bit
+
+
+def varint(n: int) -> bytes:
+    """``n`` (0 <= n < 2**64) as a protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return varint(field << 3 | wire_type)
+
+
+def _length_delimited(field: int, data: bytes) -> bytes:
+    return _key(field, _LEN) + varint(len(data)) + data
+
+
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # the 7-bit groups of a 64-bit value
+
+
+def varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Integers as consecutive protobuf varints (negative ones as ten bytes, as protobuf
+    writes an int32 or int64) and each value's start offset (length n + 1)."""
+    v = np.asarray(values).astype(np.int64).view(np.uint64)
+    if v.size == 0:
+        return b"", np.zeros(1, dtype=np.int64)
+    top = int(v.max())
+    if top < 0x80:  # the common case for small enums: one byte each
+        return v.astype(np.uint8).tobytes(), np.arange(v.size + 1, dtype=np.int64)
+    width = (top.bit_length() + 6) // 7  # bytes of the longest
+    sizes = np.ones(v.size, dtype=np.int64)
+    for k in range(1, width):
+        sizes += v >= np.uint64(1 << (7 * k))
+    groups = ((v[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)).astype(np.uint8)
+    position = np.arange(width)
+    groups[position < (sizes - 1)[:, None]] |= 0x80  # every byte but a value's last continues
+    offsets = np.zeros(v.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return groups[position < sizes[:, None]].tobytes(), offsets
+
+
+class _Packed:
+    """One column of sorted rows, encoded once; `slice` gives any run of rows as a packed
+    repeated field."""
+
+    def __init__(self, field: int, values: np.ndarray, dtype: str | None) -> None:
+        self.key = _key(field, _LEN)
+        if dtype is None:  # varints
+            self.data, self.offsets = varints(values)
+            self.width = 0
+        else:  # fixed width, little endian
+            self.data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+            self.width = np.dtype(dtype).itemsize
+            self.offsets = np.zeros(0, dtype=np.int64)
+
+    def slice(self, lo: int, hi: int) -> bytes:
+        if self.width:
+            chunk = self.data[lo * self.width : hi * self.width]
+        else:
+            chunk = self.data[int(self.offsets[lo]) : int(self.offsets[hi])]
+        return self.key + varint(len(chunk)) + chunk if chunk else b""
+
+
+def runs(groups: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """Rows ordered by group, keeping their order within each (a stable sort), and each
+    group's ``(group, first, end)`` run in that order."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    if ordered.size == 0:
+        return order, []
+    bounds = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), int(ordered.size)]
+    starts = ordered[bounds[:-1]].tolist()
+    return order, [(g, lo, hi) for g, lo, hi in zip(starts, bounds[:-1], bounds[1:], strict=True)]
+
+
+_ENTRY_TICKS, _ENTRY_SIGNALS, _ENTRY_SEQ = 1, 2, 3  # BatchPayload's fields
+
+
+def _entry(field: int, message: bytes, seq: int) -> bytes:
+    """One BatchPayload fragment: the entry and its service batch's sequence number."""
+    return _length_delimited(field, message) + _length_delimited(_ENTRY_SEQ, varint(seq))
+
+
+def tick_batch(symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray) -> bytes:
+    """A serialized ``TickBatch`` of these columns (no batch id, no producer)."""
+    n = len(symbol)
+    return b"".join(c.slice(0, n) for c in _tick_columns(symbol, price, size, ts_ns))
+
+
+def _tick_columns(symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
+                  ts_ns: np.ndarray) -> tuple[_Packed, ...]:  # fmt: skip
+    return (_Packed(1, symbol, None), _Packed(2, price, "<f8"), _Packed(3, size, "<f8"),
+            _Packed(4, ts_ns, "<i8"))  # fmt: skip
+
+
+def tick_entries(
+    groups: np.ndarray, seq: int, symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
+    ts_ns: np.ndarray,
+) -> list[tuple[int, bytes, int]]:  # fmt: skip
+    """``(group, BatchPayload fragment, ticks)`` per group of rows (``groups[i]`` is row i's
+    ordering shard): each group's ticks of service batch ``seq`` as one TickBatch entry."""
+    order, spans = runs(groups)
+    columns = _tick_columns(symbol[order], price[order], size[order], ts_ns[order])
+    return [
+        (group, _entry(_ENTRY_TICKS, b"".join(c.slice(lo, hi) for c in columns), seq), hi - lo)
+        for group, lo, hi in spans
+    ]
+
+
+def signal_entries(groups: np.ndarray, seq: int, signals: Any,
+                   computed_at_ns: int) -> list[tuple[int, bytes, int]]:  # fmt: skip
+    """``(group, BatchPayload fragment, signals)`` per group of rows: each group's signals
+    (an `app.signals.SignalColumns`) of service batch ``seq`` as one SignalBatch entry, with
+    the model that computed them and when."""
+    order, spans = runs(groups)
+    columns = (
+        _Packed(2, signals.symbol[order], None),
+        _Packed(3, signals.ts_ns[order], "<i8"),
+        _Packed(4, signals.direction[order], None),
+        _Packed(5, signals.strength[order], "<f4"),
+        _Packed(6, signals.confidence[order], "<f4"),
+    )
+    # The batch's model and compute time, in field order around computed_at_ns (9).
+    scalars = _strings((7, signals.model_version))
+    if computed_at_ns:
+        scalars += _key(9, _I64) + int(computed_at_ns).to_bytes(8, "little", signed=True)
+    scalars += _strings((10, signals.model_variant), (11, signals.model_sha256),
+                        (12, signals.backend))  # fmt: skip
+    out: list[tuple[int, bytes, int]] = []
+    for group, lo, hi in spans:
+        message = b"".join(c.slice(lo, hi) for c in columns) + scalars
+        out.append((group, _entry(_ENTRY_SIGNALS, message, seq), hi - lo))
+    return out
+
+
+def _strings(*fields: tuple[int, str]) -> bytes:
+    """String fields, leaving out empty ones (proto3 writes no default value)."""
+    return b"".join(_length_delimited(number, text.encode()) for number, text in fields if text)
+
+
+class Compressor:
+    """One codec, its context reused across batches (zstd contexts are costly to make).
+    Both write a standard frame with the content size in its header."""
+
+    def __init__(self, codec: Codec, zstd_level: int = 3) -> None:
+        if codec not in CODEC_NUMBERS:
+            raise ValueError(f"codec = {codec!r}: must be one of {sorted(CODEC_NUMBERS)}")
+        self.codec = codec
+        self.number = CODEC_NUMBERS[codec]
+        self._zstd = (
+            zstandard.ZstdCompressor(level=zstd_level, write_content_size=True)
+            if codec == "zstd"
+            else None
+        )
+
+    def compress(self, data: bytes) -> bytes:
+        if self._zstd is not None:
+            return self._zstd.compress(data)
+        if self.codec == "lz4":
+            return lz4.frame.compress(data, store_size=True)
+        return data
+
+
+def attributes(record_type: str, codec: str, records: int, seq_first: int,
+               seq_last: int) -> dict[str, str]:  # fmt: skip
+    """The Pub/Sub attributes of a batch message (the envelope's fields, as strings)."""
+    out = {"schema_version": str(SCHEMA_VERSION), "codec": codec, "record_type": record_type,
+           "records": str(records)}  # fmt: skip
+    if seq_last:
+        out["seq_first"], out["seq_last"] = str(seq_first), str(seq_last)
+    return out
+
+
+def envelope(payload: bytes, compressor: Compressor, record_type: str, records: int,
+             seq_first: int = 0, seq_last: int = 0) -> bytes:  # fmt: skip
+    """A serialized ``PublishedBatch`` around ``payload`` (joined BatchPayload fragments)."""
+    from app.proto import load
+
+    pb2, _ = load()
+    return pb2.PublishedBatch(
+        schema_version=SCHEMA_VERSION, codec=compressor.number, record_type=record_type,
+        records=records, uncompressed_bytes=len(payload), seq_first=seq_first,
+        seq_last=seq_last, payload=compressor.compress(payload),
+    ).SerializeToString()  # fmt: skip
+
+
+_zstd_decompressor = zstandard.ZstdDecompressor()
+
+
+def decode(message: bytes) -> tuple[Any, Any]:
+    """``(PublishedBatch, BatchPayload)`` of a batch message; ValueError on anything else."""
+    from google.protobuf.message import DecodeError
+
+    from app.proto import load
+
+    pb2, _ = load()
+    try:
+        batch = pb2.PublishedBatch.FromString(message)
+    except DecodeError as exc:
+        raise ValueError(f"not a PublishedBatch ({len(message)} bytes): {exc}") from exc
+    if batch.schema_version != SCHEMA_VERSION or batch.record_type not in RECORD_TYPES:
+        raise ValueError(
+            f"not a published batch of schema {SCHEMA_VERSION} (schema_version "
+            f"{batch.schema_version}, record_type {batch.record_type!r})"
+        )
+    codec = CODEC_NAMES.get(batch.codec)
+    if codec == "zstd":
+        raw = _zstd_decompressor.decompress(batch.payload)
+    elif codec == "lz4":
+        raw = lz4.frame.decompress(batch.payload)
+    elif codec == "none":
+        raw = batch.payload
+    else:
+        raise ValueError(f"codec {batch.codec}: not one of {CODEC_NAMES}")
+    if len(raw) != batch.uncompressed_bytes:
+        raise ValueError(
+            f"payload is {len(raw)} bytes, the envelope says {batch.uncompressed_bytes}"
+        )
+    try:
+        content = pb2.BatchPayload.FromString(raw)
+    except DecodeError as exc:
+        raise ValueError(f"payload is not a BatchPayload: {exc}") from exc
+    entries = content.ticks if batch.record_type == TICK_BATCH else content.signals
+    rows = sum(len(e.symbol) for e in entries)
+    if rows != batch.records or len(content.seq) != len(entries):
+        raise ValueError(
+            f"{rows} records in {len(entries)} entries with {len(content.seq)} sequence numbers; "
+            f"the envelope says {batch.records} records"
+        )
+    return batch, content
