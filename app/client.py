@@ -8,7 +8,8 @@ A batch is split by shard (`app.shards.shard_of`; the shard count is learned fro
 service once) and each part is sent, as its own ``StreamSignals`` message, to the replica
 that owns its shard. Owners are learned from refusals: a replica that does not own a shard
 answers FAILED_PRECONDITION with trailing metadata ``shard-owner: host:port``, and the
-client goes there. UNAVAILABLE (a replica gone, a shard moving or loading) and
+client goes there (a replica that forwards instead names the owner in the trailing metadata
+of its answer, and the client goes there next time). UNAVAILABLE (a replica gone, a shard moving or loading) and
 RESOURCE_EXHAUSTED are retried with backoff for up to ``retry_for_s``, always with the
 part's original ``(producer, batch_id)``, so a retry of a part that was applied is
 answered with its original reply instead of being applied twice. Parts of one shard go
@@ -42,6 +43,8 @@ RETRIED = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 })  # fmt: skip
+# Request metadata of a part a replica sent on to the owner: never forwarded a second time.
+FORWARDED = "x-signal-forwarded"
 # Reconnect quickly to a replica that restarts at the same address.
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -102,7 +105,11 @@ class IngestReply:
 
 def trailing(exc: grpc.aio.AioRpcError) -> dict[str, str]:
     """A refusal's trailing metadata (text values: ``shard``, ``shard-owner``, ...)."""
-    return {k: v for k, v in (exc.trailing_metadata() or ()) if isinstance(v, str)}
+    return trailing_of(exc.trailing_metadata())
+
+
+def trailing_of(metadata: Any) -> dict[str, str]:
+    return {k: v for k, v in (metadata or ()) if isinstance(v, str)}
 
 
 class ServiceRefused(RuntimeError):
@@ -183,8 +190,7 @@ class SignalClient:
         """The symbol's latest ``Signal`` from its owner; `ServiceRefused` (NOT_FOUND...)."""
         shard = self._shard(symbol, await self.shard_count())
         request = pb2.SignalRequest(symbol=symbol)
-        return await self._with_owner(shard, lambda stub, md: stub.GetSignal(
-            request, metadata=md, timeout=self.timeout_s))  # fmt: skip
+        return await self._with_owner(shard, lambda stub, md: self._unary(stub, md, request))
 
     async def shard_count(self) -> int:
         """The service's shard count (asked once: a sharded replica names it in its answer
@@ -234,12 +240,16 @@ class SignalClient:
         async with lock:
             return await self._with_owner(shard, lambda stub, md: self._stream_one(stub, md, batch))
 
-    async def _stream_one(self, stub: Any, metadata: Any, batch: Any) -> Any:
+    async def _stream_one(self, stub: Any, metadata: Any, batch: Any) -> tuple[Any, Any]:
         call = stub.StreamSignals(iter([batch]), metadata=metadata, timeout=self.timeout_s)
         async for reply in call:
-            return reply
+            return reply, call
         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
                                    grpc.aio.Metadata(), "the stream ended without a reply")  # fmt: skip
+
+    async def _unary(self, stub: Any, metadata: Any, request: Any) -> tuple[Any, Any]:
+        call = stub.GetSignal(request, metadata=metadata, timeout=self.timeout_s)
+        return await call, call
 
     async def _with_owner(self, shard: int, call: Any) -> Any:
         """``call(stub, metadata)`` at the shard's owner, following refusals and retrying."""
@@ -249,7 +259,13 @@ class SignalClient:
         while True:
             target = self.owners.get(shard) or self.targets[(shard + attempt) % len(self.targets)]
             try:
-                return await call(pb2_grpc.SignalServiceStub(self._channel(target)), metadata)
+                reply, done = await call(
+                    pb2_grpc.SignalServiceStub(self._channel(target)), metadata
+                )
+                owner = trailing_of(await done.trailing_metadata()).get("shard-owner")
+                if owner and owner != target:  # a replica forwarded it: go direct next time
+                    self._learn_owner(shard, owner)
+                return reply
             except grpc.aio.AioRpcError as exc:
                 code, facts = exc.code(), trailing(exc)
                 owner = facts.get("shard-owner")
@@ -280,3 +296,37 @@ class SignalClient:
         if channel is None:
             channel = self._channels[target] = open_channel(target, self.tls)
         return channel
+
+
+class PeerForwarder:
+    """A replica's client of its peers: a part of a shard another replica owns, sent on to
+    that owner once (marked `FORWARDED`, so it is never sent on again). Plaintext: inside the
+    mesh, the sidecars' mutual TLS protects it."""
+
+    def __init__(self, shards: int) -> None:
+        self.metadata = (("shard-count", str(shards)), (FORWARDED, "1"))
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, owner: str) -> Any:
+        channel = self._channels.get(owner)
+        if channel is None:
+            channel = self._channels[owner] = open_channel(owner)
+        return pb2_grpc.SignalServiceStub(channel)
+
+    async def ingest(self, owner: str, batch: Any, timeout_s: float | None) -> Any:
+        """The owner's ``SignalBatch`` for ``batch``; its refusal as ``AioRpcError``."""
+        call = self._stub(owner).StreamSignals(iter([batch]), metadata=self.metadata,
+                                               timeout=timeout_s)  # fmt: skip
+        async for reply in call:
+            return reply
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(), f"{owner} ended the stream unanswered")  # fmt: skip
+
+    async def get_signal(self, owner: str, request: Any, timeout_s: float | None) -> Any:
+        return await self._stub(owner).GetSignal(request, metadata=self.metadata,
+                                                 timeout=timeout_s)  # fmt: skip
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

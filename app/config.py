@@ -152,6 +152,12 @@ class AppConfig(_Section):
                 "sharding.enabled", "needs cache.redis: the replicas coordinate their shards "
                 "(leases, snapshots, journals) through that Redis Cluster", True,
             )  # fmt: skip
+        if self.sharding.enabled and self.sharding.forward and self.server.tls is not None:
+            yield Problem(
+                "sharding.forward", "replicas forward to each other in plaintext (inside the "
+                "mesh, Istio's mTLS); with server.tls set, turn forwarding off (clients follow "
+                "the refusals to the owners)", True,
+            )  # fmt: skip
 
 
 class ConfigError(ValueError):

@@ -11,9 +11,11 @@ Every request gets a status that says what happened, and the server keeps servin
 * a deadline too short to apply the batch: DEADLINE_EXCEEDED, nothing applied.
 * a full inference queue, data-path buffer or spool: RESOURCE_EXHAUSTED, nothing applied.
 * shutting down, or the spool failed (health then turns NOT_SERVING): UNAVAILABLE.
-* with sharding (``app.shards``): a batch or read of a shard another replica owns:
-  FAILED_PRECONDITION, with trailing metadata ``shard-owner: host:port`` (and ``shard``,
-  ``shard-count``); a shard moving, loading or without an owner yet: UNAVAILABLE (retry);
+* with sharding (``app.shards``): a batch or read of a shard another replica owns is sent
+  on to the owner once (``sharding.forward``; its answer names the owner in the trailing
+  metadata ``shard-owner``), or refused with FAILED_PRECONDITION and trailing metadata
+  ``shard-owner: host:port`` (and ``shard``, ``shard-count``); a shard moving, loading or
+  without an owner yet: UNAVAILABLE (retry);
   a batch with symbols of two shards: INVALID_ARGUMENT; a client whose request metadata
   says it splits by another ``shard-count``: FAILED_PRECONDITION with the service's.
 * a client cancelling: CANCELLED, which the metrics do not count as an error; work
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +50,7 @@ from grpc_reflection.v1alpha import reflection
 from app import telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from app.breaker import CircuitBreaker
+from app.client import FORWARDED, PeerForwarder
 from app.config import AppConfig, TlsConfig
 from app.datapath import DataPath, DataPathBackpressure, signal_message
 from app.features import FeatureEngine
@@ -194,6 +197,11 @@ def client_shard_count(context: grpc.aio.ServicerContext) -> int | None:
     return None
 
 
+def forwarded(context: grpc.aio.ServicerContext) -> bool:
+    """Whether another replica sent this call on (it is then never sent on again)."""
+    return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
+
+
 class SignalServicer:
     """The three RPCs; handlers registered by `signal_service_handler`."""
 
@@ -205,6 +213,8 @@ class SignalServicer:
         self.data_path = data_path
         self.on_spool_failure = on_spool_failure
         self.shards = ingestor.shards
+        sc = ingestor.shards.config if ingestor.shards is not None else None
+        self.forwarder = PeerForwarder(sc.shards) if sc is not None and sc.forward else None
         age = data_path.cache.config.max_signal_age_s if data_path is not None else None
         self.max_age_s = "no limit" if age is None else f"{age:g} s"
 
@@ -221,8 +231,25 @@ class SignalServicer:
                 raise
             if isinstance(exc, SpoolFailed):
                 self.on_spool_failure()
+            if isinstance(exc, NotOwner) and self.forwarder is not None and exc.owner:
+                forwarder, owner = self.forwarder, exc.owner
+                if not forwarded(context):
+                    return await self._forward(context, method, owner, lambda: forwarder.ingest(
+                        owner, request, context.time_remaining()))  # fmt: skip
             metadata = exc.metadata() if isinstance(exc, ShardRefusal) else ()
             await refuse(context, method, code, str(exc), metadata)
+
+    async def _forward(self, context: grpc.aio.ServicerContext, method: str, owner: str,
+                       send: Callable[[], Awaitable[Any]]) -> Any:  # fmt: skip
+        """The owner's answer to a call sent on to it, naming the owner; or its refusal."""
+        try:
+            reply = await send()
+        except grpc.aio.AioRpcError as err:
+            facts = tuple((k, v) for k, v in err.trailing_metadata() or () if isinstance(v, str))
+            await refuse(context, method, err.code(), f"sent on to {owner}: {err.details()}",
+                         facts or (("shard-owner", owner),))  # fmt: skip
+        context.set_trailing_metadata((("shard-owner", owner),))
+        return reply
 
     async def IngestTicks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return (await self._ingest(request, context, "IngestTicks")).ack
@@ -241,6 +268,12 @@ class SignalServicer:
             try:
                 self.shards.check_read(symbol, client_shard_count(context))
             except ShardRefusal as exc:
+                if isinstance(exc, NotOwner) and self.forwarder is not None and exc.owner:
+                    forwarder, owner = self.forwarder, exc.owner
+                    if not forwarded(context):
+                        return await self._forward(context, "GetSignal", owner,
+                                                   lambda: forwarder.get_signal(
+                                                       owner, request, context.time_remaining()))  # fmt: skip
                 await refuse(context, "GetSignal", status_of(exc) or grpc.StatusCode.UNAVAILABLE,
                              f"symbol = {symbol}: {exc}", exc.metadata())  # fmt: skip
         if self.pipeline.warming_up(symbol):
@@ -397,6 +430,7 @@ class SignalServer:
         )
         servicer = SignalServicer(runtime.ingestor, sc.max_batch_ticks, runtime.data_path,
                                   on_spool_failure=self._spool_failed)  # fmt: skip
+        self.servicer = servicer
         self.server.add_generic_rpc_handlers((signal_service_handler(servicer),))
         # grpc_health's public asyncio servicer (defined under a version check pyright skips)
         self.health = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]
@@ -471,6 +505,8 @@ class SignalServer:
         if runtime.shards is not None:
             await runtime.shards.stop()  # snapshots written, leases released
             await runtime.shards.store.close()
+        if self.servicer.forwarder is not None:
+            await self.servicer.forwarder.close()
         await runtime.batcher.close()
         await runtime.backend.close()
         if runtime.spool is not None:

@@ -85,6 +85,10 @@ class ShardingConfig(ConfigModel):
     # host:port the other replicas and the clients reach this one at (a refusal names it);
     # None: server.host and the port the server listens on.
     advertise: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    # A batch or read of a shard another replica owns is sent on to the owner (one hop,
+    # plaintext: inside the mesh, Istio's mTLS) rather than refused; the answer names the
+    # owner, so a client goes there directly next time.
+    forward: bool = True
     # Redis keys are "<key_prefix>:{shard-<n>}:..." (hash-tagged: one slot per shard).
     key_prefix: str = Field(default="signals", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
     # A lease not renewed for this long is free; an owner stops computing a shard as soon

@@ -90,6 +90,18 @@ def test_bad_sharding_config_names_the_key(overrides: dict[str, object], message
         load_config(None, overrides)
 
 
+def test_forwarding_is_refused_beside_server_tls(tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    pem.write_text("not read by the check")
+    redis = {"nodes": ["127.0.0.1:7000"]}
+    tls = {"cert_file": str(pem), "key_file": str(pem)}
+    with pytest.raises(ConfigError, match=r"sharding\.forward: replicas forward .* plaintext"):
+        load_config(None, {"sharding.enabled": True, "cache.redis": redis, "server.tls": tls})
+    config = load_config(None, {"sharding.enabled": True, "sharding.forward": False,
+                                "cache.redis": redis, "server.tls": tls})  # fmt: skip
+    assert config.sharding.enabled and not config.sharding.forward
+
+
 # --- the lease: one holder, fenced writes (real Redis Cluster) ---------------------------------
 
 
@@ -278,7 +290,7 @@ def test_a_replica_refuses_what_it_does_not_own_naming_the_owner(
     model: ModelArtifacts, redis_cluster: LocalRedisCluster
 ) -> None:
     redis_cluster.ensure_healthy()
-    sections = _sharding(redis_cluster, f"t-{uuid.uuid4().hex[:8]}")
+    sections = _sharding(redis_cluster, f"t-{uuid.uuid4().hex[:8]}", forward=False)
     table = ShardTable(N_SYMBOLS, 4)
     ticks, _ = synthetic_ticks(N_SYMBOLS, 40, seed=5)
 
@@ -469,5 +481,54 @@ def test_an_owner_that_stops_renewing_stops_computing(
         finally:
             await a.stop(grace_s=1.0)
             await b.stop(grace_s=1.0)
+
+    run(scenario())
+
+
+def test_a_replica_forwards_what_it_does_not_own_to_the_owner(
+    model: ModelArtifacts, redis_cluster: LocalRedisCluster
+) -> None:
+    """With forwarding (the default), a batch or read of another replica's shard is sent on
+    once to its owner, computed there only, and the answer names the owner; a call that was
+    already forwarded is refused instead of being sent on again."""
+    redis_cluster.ensure_healthy()
+    sections = _sharding(redis_cluster, f"t-{uuid.uuid4().hex[:8]}")
+    table = ShardTable(N_SYMBOLS, 4)
+    ticks, _ = synthetic_ticks(N_SYMBOLS, 40, seed=5)
+
+    async def scenario() -> None:
+        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        await a.start()
+        await b.start()
+        await _until(lambda: len(_owned(a)) == len(_owned(b)) == 2, 10, "two shards each")
+        try:
+            symbol = int(table.members(_owned(a)[0])[0])
+            at = np.flatnonzero(ticks.symbol == symbol)
+            batch = pb2.TickBatch(symbol=ticks.symbol[at].tolist(), price=ticks.price[at].tolist(),
+                                  size=ticks.size[at].tolist(), ts_ns=ticks.ts_ns[at].tolist(),
+                                  producer="feed", batch_id=1)  # fmt: skip
+            async with grpc.aio.insecure_channel(b.advertise) as channel:
+                stub = pb2_grpc.SignalServiceStub(channel)
+                call = stub.IngestTicks(batch)
+                ack = await call
+                assert ack.accepted == len(at) and ack.signals == 1  # warm after 40 ticks
+                assert dict(await call.trailing_metadata() or ())["shard-owner"] == a.advertise
+                assert a.runtime.pipeline.engine.state.tick_count(symbol) == len(at)
+                assert b.runtime.pipeline.engine.state.tick_count(symbol) == 0
+                assert (await stub.IngestTicks(batch)).accepted == len(at)  # a retry: deduped
+                assert a.runtime.pipeline.engine.state.tick_count(symbol) == len(at)
+                signal = await stub.GetSignal(pb2.SignalRequest(symbol=symbol))
+                assert signal.symbol == symbol and signal.ts_ns == int(ticks.ts_ns[at[-1]])
+                with pytest.raises(grpc.aio.AioRpcError) as err:  # one hop, never two
+                    await stub.GetSignal(pb2.SignalRequest(symbol=symbol),
+                                         metadata=(("x-signal-forwarded", "1"),))  # fmt: skip
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            async with SignalClient([b.advertise]) as client:
+                assert (await client.get_signal(symbol)).ts_ns == int(ticks.ts_ns[at[-1]])
+                assert client.owners == {table.of(np.array([symbol]))[0]: a.advertise}
+        finally:
+            await b.stop(grace_s=1.0)
+            await a.stop(grace_s=1.0)
 
     run(scenario())
