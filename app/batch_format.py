@@ -16,6 +16,7 @@ parse as one ``BatchPayload`` with every entry in order.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import lz4.frame
@@ -212,10 +213,7 @@ def attributes(record_type: str, codec: str, records: int, seq_first: int,
 def envelope(payload: bytes, compressor: Compressor, record_type: str, records: int,
              seq_first: int = 0, seq_last: int = 0) -> bytes:  # fmt: skip
     """A serialized ``PublishedBatch`` around ``payload`` (joined BatchPayload fragments)."""
-    from app.proto import load
-
-    pb2, _ = load()
-    return pb2.PublishedBatch(
+    return _pb2().PublishedBatch(
         schema_version=SCHEMA_VERSION, codec=compressor.number, record_type=record_type,
         records=records, uncompressed_bytes=len(payload), seq_first=seq_first,
         seq_last=seq_last, payload=compressor.compress(payload),
@@ -225,13 +223,19 @@ def envelope(payload: bytes, compressor: Compressor, record_type: str, records: 
 _zstd_decompressor = zstandard.ZstdDecompressor()
 
 
+@functools.cache
+def _pb2() -> Any:
+    """The generated messages, loaded once (loading checks the stubs' files each time)."""
+    from app.proto import load
+
+    return load()[0]
+
+
 def decode(message: bytes) -> tuple[Any, Any]:
     """``(PublishedBatch, BatchPayload)`` of a batch message; ValueError on anything else."""
     from google.protobuf.message import DecodeError
 
-    from app.proto import load
-
-    pb2, _ = load()
+    pb2 = _pb2()
     try:
         batch = pb2.PublishedBatch.FromString(message)
     except DecodeError as exc:
