@@ -59,6 +59,7 @@ DIRECTION_NAMES: dict[int, str] = {
     DIRECTION_UP: "DIRECTION_UP",
 }
 DIRECTION_CODES: dict[str, int] = {v: k for k, v in DIRECTION_NAMES.items()}
+_DIRECTION_NAME_OF = np.array([DIRECTION_NAMES.get(code) for code in range(4)], dtype=object)
 
 _NUMPY_KIND: dict[str, tuple[str, ...]] = {
     "STRING": ("O", "U"),
@@ -187,7 +188,7 @@ def signal_columns(
         columns: Columns = {
             "symbol": signals.symbol.astype(np.int64),
             "ts_ns": signals.ts_ns.astype(np.int64),
-            "direction": np.array([DIRECTION_NAMES[int(d)] for d in signals.direction], object),
+            "direction": _DIRECTION_NAME_OF[signals.direction],
             "strength": signals.strength.astype(np.float64),
             "confidence": signals.confidence.astype(np.float64),
             "model_version": np.full(n, signals.model_version, dtype=object),
