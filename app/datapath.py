@@ -134,7 +134,6 @@ class DataPath:
         sharding.shards)`; by default `app.shards`' default count)."""
         self.cache = cache
         self.warehouse = warehouse
-        self.publish_config = publish
         self.publishers = publishers
         self.metrics = metrics or default_metrics()
         p = publish

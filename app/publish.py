@@ -524,7 +524,6 @@ class Publisher:
         self._raw_bytes = metrics.publish_bytes.labels(topic, "raw")
         self._compressed_bytes = metrics.publish_bytes.labels(topic, "compressed")
         self.delivered_messages = 0  # rows
-        self.dead_lettered_messages = 0
         # (seq, records) of each batch once the sink has it (or it was dead-lettered)
         self.on_delivered: Callable[[int, int], None] = lambda _seq, _n: None
         self._dead_letters: FrameLog | None = None
@@ -736,7 +735,6 @@ class Publisher:
             )  # fmt: skip
         for data, attrs in messages or self._messages(batch):
             self._dead_letters.append(batch.key, attrs, data)
-        self.dead_lettered_messages += batch.rows
         self._dead_lettered.inc(batch.rows)
         log.error("publish_dead_lettered", topic=self.topic, key=batch.key, rows=batch.rows,
                   path=str(self._dead_letters.path), error=repr(exc))  # fmt: skip
