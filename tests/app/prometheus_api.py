@@ -7,11 +7,12 @@ queries, Prometheus' JSON shapes and error envelope); tests choose the data.
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.app.loopback import serving
 
 # (query, unix seconds) -> value, or None for "no series at that time".
 Source = Callable[[str, float], float | None]
@@ -87,11 +88,5 @@ class PrometheusApi:
 @contextmanager
 def serve(source: Source) -> Iterator[PrometheusApi]:
     api = PrometheusApi(source)
-    thread = threading.Thread(target=api.server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(api.server):
         yield api
-    finally:
-        api.server.shutdown()
-        api.server.server_close()
-        thread.join(timeout=5)

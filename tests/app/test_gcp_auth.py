@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +13,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from tests.app.loopback import serving
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
@@ -69,13 +70,8 @@ class MetadataServer:
 @contextmanager
 def metadata_server() -> Iterator[MetadataServer]:
     server = MetadataServer()
-    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server.httpd):
         yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
 
 
 def run_as_workload(code: str, server: MetadataServer, tmp_path: Path) -> list[str]:
