@@ -577,25 +577,25 @@ class Publisher:
         ``seq``: the batch they belong to, reported by `on_delivered` and carried in the
         published message's attributes. ``replay``: a spooled batch delivered again:
         skipped (0) when the sink already holds it under ``key``, never refused."""
-        return self._accept(key, records, len(records), reserved, seq, replay)
+        return self._accept(key, records, 1, reserved, seq, replay)
 
-    def _accept(self, key: str, records: Sequence[bytes], rows: int, reserved: bool,
+    def _accept(self, key: str, records: Sequence[bytes], rows_each: int, reserved: bool,
                 seq: int, replay: bool) -> int:  # fmt: skip
         if not records:
             return 0
+        rows = rows_each * len(records)
         if replay and seq and self.sink.delivered_seq(self.topic, key) >= seq:
             return 0
         if reserved:
             self._reserved -= min(rows, self._reserved)
         elif not replay:
             self._check_room(rows)
-        each = rows // len(records)
         cfg = self.config
         batch = self._open.get(key)
-        for i, record in enumerate(records):
+        for record in records:
             if batch is None:
                 batch = self._open[key] = _Batch(key, opened_at=self._clock())
-            batch.add(record, rows - each * i if i == len(records) - 1 else each, seq)
+            batch.add(record, rows_each, seq)
             if batch.rows >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
                 self._seal(batch)
                 batch = None
