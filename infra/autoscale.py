@@ -45,6 +45,7 @@ from infra.kube import (
 )
 from infra.mesh import baseline_policies, default_deny
 from infra.observability import alert_documentation
+from infra.workloads import SHARDS
 
 NAMESPACE = "signal-intelligence"
 SERVICE_ACCOUNT = "signal-intelligence"
@@ -96,6 +97,10 @@ def scaler_config(
             "headroomSigmas": scaling.headroom_sigmas,
             "minReplicas": workload.replicas,
             "maxReplicas": workload.max_replicas,
+            # Shard moves (app/shards.py): never more replicas than shards, and one fewer a
+            # minute at most, as the HPA's scale-down policy (infra/workloads.py).
+            "shards": SHARDS,
+            "scaleInStep": 1,
         },
         "listenPort": SCALER_PORT,
     }

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import MeshSettings
+from infra.config import ConnectionPool, MeshSettings
 from infra.identity import NAMESPACE as WORKLOAD_NAMESPACE
 from infra.kube import METADATA_SERVER, PRIVATE_RANGES, app_peer, k8s_labels, namespace_peer, tcp
 
@@ -57,10 +57,21 @@ class MeshService:
     callers: tuple[str, ...]  # SPIFFE principals allowed to call it; nobody else may
     locality: Literal["distribute", "failover"]
     public: bool = False  # routed from the ingress gateway
+    # A headless Service naming each pod (a StatefulSet's): callers address one replica
+    # (a shard's owner) by its pod's name under it.
+    replicas: str | None = None
 
     @property
     def host(self) -> str:
         return f"{self.name}.{WORKLOAD_NAMESPACE}.svc.cluster.local"
+
+    @property
+    def replicas_host(self) -> str | None:
+        """The headless Service's name: a pod is ``<pod>.<replicas_host>``, and the mesh
+        routes a call to that name to that pod through the headless Service's cluster."""
+        if self.replicas is None:
+            return None
+        return f"{self.replicas}.{WORKLOAD_NAMESPACE}.svc.cluster.local"
 
 
 def region_shares(regions: Sequence[str], weights: Mapping[str, int]) -> dict[str, int]:
@@ -121,6 +132,24 @@ def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
                 },
                 {"to": [namespace_peer(collector_namespace)], "ports": tcp(int(port))},
             ],
+        },
+    }
+
+
+def connection_pool(pool: ConnectionPool) -> dict[str, Any]:
+    """A DestinationRule's persistent HTTP/2 connection pool."""
+    return {
+        "tcp": {
+            "maxConnections": pool.max_connections,
+            "connectTimeout": pool.connect_timeout,
+            "tcpKeepalive": {"time": pool.tcp_keepalive, "interval": "75s"},
+        },
+        "http": {
+            "h2UpgradePolicy": "UPGRADE",
+            "http2MaxRequests": pool.http2_max_requests,
+            "http1MaxPendingRequests": pool.http1_max_pending_requests,
+            "maxRequestsPerConnection": pool.max_requests_per_connection,
+            "idleTimeout": pool.idle_timeout,
         },
     }
 
@@ -340,20 +369,7 @@ class Mesh(pulumi.ComponentResource):
                 spec={
                     "host": service.host,
                     "trafficPolicy": {
-                        "connectionPool": {
-                            "tcp": {
-                                "maxConnections": pool.max_connections,
-                                "connectTimeout": pool.connect_timeout,
-                                "tcpKeepalive": {"time": pool.tcp_keepalive, "interval": "75s"},
-                            },
-                            "http": {
-                                "h2UpgradePolicy": "UPGRADE",
-                                "http2MaxRequests": pool.http2_max_requests,
-                                "http1MaxPendingRequests": pool.http1_max_pending_requests,
-                                "maxRequestsPerConnection": pool.max_requests_per_connection,
-                                "idleTimeout": pool.idle_timeout,
-                            },
-                        },
+                        "connectionPool": connection_pool(pool),
                         # Ejects failing endpoints; locality failover relies on it.
                         "outlierDetection": {
                             "consecutive5xxErrors": outliers.consecutive_errors,
@@ -372,6 +388,28 @@ class Mesh(pulumi.ComponentResource):
             )
             for service in services
         }
+        # One named replica (a shard's owner): the same pools and mTLS, no balancing (the
+        # caller chose the pod) and no ejection (there is no other endpoint to prefer).
+        for service in services:
+            if service.replicas is not None and service.replicas_host is not None:
+                self.destination_rules[service.replicas] = k8s.apiextensions.CustomResource(
+                    f"{name}-dr-{service.replicas}",
+                    api_version="networking.istio.io/v1",
+                    kind="DestinationRule",
+                    metadata={
+                        "name": service.replicas,
+                        "namespace": WORKLOAD_NAMESPACE,
+                        "labels": meta,
+                    },
+                    spec={
+                        "host": service.replicas_host,
+                        "trafficPolicy": {
+                            "connectionPool": connection_pool(pool),
+                            "tls": {"mode": "ISTIO_MUTUAL"},
+                        },
+                    },
+                    opts=istio_ready,
+                )
 
         api = settings.api
         self.api_gateway = k8s.apiextensions.CustomResource(

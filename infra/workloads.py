@@ -5,6 +5,16 @@ Both run on spot capacity and are built for it: at least two replicas spread acr
 prod, a preStop pause so endpoints are withdrawn before SIGTERM, a grace period inside the 30 s
 spot notice, and PodDisruptionBudgets for voluntary disruptions. Every pod is restricted:
 non-root, read-only root filesystem, no capabilities, RuntimeDefault seccomp, no token.
+
+The signal service is a StatefulSet whose replicas share its symbols as `SHARDS` shards (one
+owner each, leases in the region's Redis Cluster: `app.shards`). Each pod has a stable name
+and a DNS name under the headless Service `signal-service-replicas`, which it advertises as
+its address: clients and the other replicas reach a shard's owner there, and a replica sends
+a call for another's shard on to it (so callers through the ClusterIP Service or the ingress
+gateway need not know owners). Each pod keeps its spool on its own PersistentVolumeClaim, so
+an acknowledged batch survives a reschedule. SIGTERM leaves time to hand the shards over
+(snapshot, release) inside the grace period; readiness waits until the replica's first shards
+are loaded; the HPA scales in one pod a minute, so a scale-in never overlaps a handover.
 """
 
 from __future__ import annotations
@@ -70,6 +80,17 @@ CONFIG_DIR = "/etc/signal-service"  # the service's config file and Redis CA, fr
 CONFIG_FILE = "config.yaml"
 REDIS_CA = "redis-ca.pem"
 PRESTOP_SECONDS = 5  # endpoints are withdrawn mesh-wide before the process sees SIGTERM
+# Sharding (app.shards): a fixed shard count, never changed for a deployment (it moves almost
+# every symbol); a replica beyond it would own nothing, so maxReplicas may not exceed it.
+SHARDS = 64
+SIGNAL_REPLICAS = f"{SIGNAL_SERVICE}-replicas"  # headless: one DNS name per pod
+HANDOVER_SECONDS = 5  # of the drain budget: snapshots and lease releases after the calls end
+SCALE_IN_PERIOD_SECONDS = 60  # the HPA removes at most one replica per period
+# The spool (app.spool) on the pod's own volume: acknowledged batches survive a reschedule.
+SPOOL_DIR = "/var/lib/signal-service/spool"
+SPOOL_VOLUME = "spool"
+SPOOL_VOLUME_SIZE = "4Gi"
+SPOOL_MAX_BYTES = 3 * 1024**3  # below the volume's size: the spool refuses before it is full
 
 # Cloud Monitoring metrics the HPAs read through the custom metrics adapter.
 # `signal_requests_total` is the service's own request counter (a contract with app/).
@@ -122,7 +143,13 @@ def mesh_services() -> list[MeshService]:
     namespace = WORKLOADS[SIGNAL_SERVICE].namespace
     return [
         MeshService(
-            SIGNAL_SERVICE, GRPC_PORT, (GATEWAY_PRINCIPAL,), locality="failover", public=True
+            SIGNAL_SERVICE,
+            GRPC_PORT,
+            # The gateway, and the other replicas sending on a call for a shard they do not own.
+            (GATEWAY_PRINCIPAL, principal(namespace, WORKLOADS[SIGNAL_SERVICE].ksa)),
+            locality="failover",
+            public=True,
+            replicas=SIGNAL_REPLICAS,
         ),
         MeshService(
             TRITON,
@@ -131,6 +158,12 @@ def mesh_services() -> list[MeshService]:
             locality="distribute",
         ),
     ]
+
+
+def replica_address(namespace: str) -> str:
+    """The address each pod advertises (`sharding.advertise`): its name under the headless
+    Service; `$(POD_NAME)` is expanded by the kubelet from the container's environment."""
+    return f"$(POD_NAME).{SIGNAL_REPLICAS}.{namespace}.svc.cluster.local:{GRPC_PORT}"
 
 
 def signal_service_config(
@@ -142,9 +175,13 @@ def signal_service_config(
     redis: str | None,
 ) -> dict[str, Any]:
     """The signal service's own configuration file (sections of `app.config.AppConfig`):
-    Triton over KServe-v2 gRPC, Redis Cluster as L2, Pub/Sub and BigQuery as sinks."""
+    Triton over KServe-v2 gRPC, Redis Cluster as L2 and for the shards' leases, snapshots
+    and journals, Pub/Sub and BigQuery as sinks, the spool on the pod's volume."""
+    # With shards, the drain budget ends with their handover.
+    drain = grace_seconds - HANDOVER_SECONDS if redis is not None else grace_seconds
     config: dict[str, Any] = {
-        "server": {"host": "0.0.0.0", "port": GRPC_PORT, "grace_s": grace_seconds},
+        "server": {"host": "0.0.0.0", "port": GRPC_PORT, "grace_s": drain},
+        "spool": {"dir": SPOOL_DIR, "max_bytes": SPOOL_MAX_BYTES},
         # The built model from the bucket, never built in the pod.
         "model": {"dir": MODELS_DIR, "build_if_missing": False},
         "kserve": {
@@ -183,6 +220,11 @@ def signal_service_config(
                 "auth": "iam",
                 **({"ca_file": f"{CONFIG_DIR}/{REDIS_CA}"} if endpoints.redis_ca else {}),
             }
+        }
+        config["sharding"] = {
+            "enabled": True,
+            "shards": SHARDS,
+            "handover_timeout_s": HANDOVER_SECONDS,
         }
     return config
 
@@ -289,7 +331,12 @@ class WorkloadSet(pulumi.ComponentResource):
 
         signal = settings.signal_service
         triton = settings.triton
-        self.deployments = {
+        if signal.max_replicas > SHARDS:
+            raise ValueError(
+                f"workloads.signalService.maxReplicas = {signal.max_replicas}: at most {SHARDS} "
+                f"(the service's shards; a replica beyond them would own nothing)"
+            )
+        self.deployments: dict[str, k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet] = {
             SIGNAL_SERVICE: self._signal_service(
                 signal,
                 triton.model,
@@ -305,6 +352,14 @@ class WorkloadSet(pulumi.ComponentResource):
             SIGNAL_SERVICE: self._service(
                 SIGNAL_SERVICE,
                 [("grpc", GRPC_PORT, "grpc"), ("http-metrics", METRICS_PORT, "http")],
+            ),
+            # Each replica's own DNS name (the StatefulSet's serviceName), also while it is
+            # not ready yet: a replica owns shards (and is named their owner) while loading.
+            SIGNAL_REPLICAS: self._service(
+                SIGNAL_REPLICAS,
+                [("grpc", GRPC_PORT, "grpc")],
+                selector=SIGNAL_SERVICE,
+                headless=True,
             ),
             TRITON: self._service(
                 TRITON,
@@ -344,6 +399,14 @@ class WorkloadSet(pulumi.ComponentResource):
                 ],
                 scale_up_window=0,
                 scale_down_window=300,
+                # One replica at a time: its shards move (snapshot, release, load) well
+                # within the period, so scale-ins never overlap a handover.
+                scale_down_policy={
+                    "type": "Pods",
+                    "value": 1,
+                    "periodSeconds": SCALE_IN_PERIOD_SECONDS,
+                },
+                kind="StatefulSet",
             ),
             TRITON: self._autoscaler(
                 TRITON,
@@ -480,7 +543,7 @@ class WorkloadSet(pulumi.ComponentResource):
         model_bucket: pulumi.Input[str],
         tracing_collector: str,
         trace_sampling_percent: float,
-    ) -> k8s.apps.v1.Deployment:
+    ) -> k8s.apps.v1.StatefulSet:
         # The service drains in-flight calls on SIGTERM, after the preStop pause.
         grace = service_grace_seconds(workload)
         # Memorystore assigns the endpoint: the file is known once the cluster exists.
@@ -510,7 +573,13 @@ class WorkloadSet(pulumi.ComponentResource):
             "name": SIGNAL_SERVICE,
             "image": workload.image,
             # The image's entrypoint is `python -m app`.
-            "args": ["serve", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+            "args": [
+                "serve",
+                "--config",
+                f"{CONFIG_DIR}/{CONFIG_FILE}",
+                "--advertise",
+                replica_address(self.namespace),
+            ],
             "ports": [
                 {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
                 {"name": "http-metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
@@ -518,6 +587,7 @@ class WorkloadSet(pulumi.ComponentResource):
             "env": [
                 {"name": "GOOGLE_CLOUD_PROJECT", "value": endpoints.project_id},
                 {"name": "NUMBA_CACHE_DIR", "value": "/var/cache/numba"},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             ],
             # Numba compiles its kernels on start: give it time before liveness counts.
             "startupProbe": {**grpc_probe, "periodSeconds": 2, "failureThreshold": 60},
@@ -529,6 +599,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
                 {"name": "numba-cache", "mountPath": "/var/cache/numba"},
+                {"name": SPOOL_VOLUME, "mountPath": SPOOL_DIR},
             ],
         }
         template = self._pod_template(
@@ -558,7 +629,54 @@ class WorkloadSet(pulumi.ComponentResource):
             # The system pool spans the cluster's zones: replicas must too.
             zone_spread="DoNotSchedule",
         )
-        return self._deployment(SIGNAL_SERVICE, workload, template)
+        return self._stateful_set(SIGNAL_SERVICE, workload, template)
+
+    def _stateful_set(
+        self, app: str, workload: Workload, template: dict[str, Any]
+    ) -> k8s.apps.v1.StatefulSet:
+        """Stable pod names (each replica's address) and one spool volume per pod."""
+        return k8s.apps.v1.StatefulSet(
+            f"{self._name}-{app}",
+            metadata=object_metadata(
+                app,
+                self.namespace,
+                k8s_labels(self._labels, app),
+                accepted_unpinned(workload.image, self._unpinned),
+            ),
+            spec=api_object(
+                {
+                    "replicas": workload.replicas,
+                    "serviceName": SIGNAL_REPLICAS,
+                    # Pods start (and scale up) together; the HPA paces scale-in, and a
+                    # rolling update replaces one pod at a time, each ready before the next.
+                    "podManagementPolicy": "Parallel",
+                    "revisionHistoryLimit": 5,
+                    "selector": {"matchLabels": {"app": app}},
+                    "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+                    # A scaled-in replica's spool stays for when its ordinal returns.
+                    "persistentVolumeClaimRetentionPolicy": {
+                        "whenDeleted": "Retain",
+                        "whenScaled": "Retain",
+                    },
+                    "template": template,
+                    "volumeClaimTemplates": [
+                        {
+                            "metadata": {
+                                "name": SPOOL_VOLUME,
+                                "labels": k8s_labels(self._labels, app),
+                            },
+                            "spec": {
+                                "accessModes": ["ReadWriteOnce"],
+                                # Balanced PD, bound where the pod is scheduled.
+                                "storageClassName": "standard-rwo",
+                                "resources": {"requests": {"storage": SPOOL_VOLUME_SIZE}},
+                            },
+                        }
+                    ],
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_accounts[app]]),
+        )
 
     def _triton(
         self, workload: TritonWorkload, placement: Placement, model_bucket: pulumi.Input[str]
@@ -652,17 +770,25 @@ class WorkloadSet(pulumi.ComponentResource):
 
     # ------------------------------------------------------------------ services, scaling
 
-    def _service(self, app: str, ports: Sequence[tuple[str, int, str]]) -> k8s.core.v1.Service:
+    def _service(
+        self,
+        name: str,
+        ports: Sequence[tuple[str, int, str]],
+        selector: str | None = None,
+        headless: bool = False,
+    ) -> k8s.core.v1.Service:
+        app = selector or name
         return k8s.core.v1.Service(
-            f"{self._name}-svc-{app}",
+            f"{self._name}-svc-{name}",
             metadata={
-                "name": app,
+                "name": name,
                 "namespace": self.namespace,
                 "labels": k8s_labels(self._labels, app),
             },
             spec=api_object(
                 {
                     "type": "ClusterIP",
+                    **({"clusterIP": "None", "publishNotReadyAddresses": True} if headless else {}),
                     "selector": {"app": app},
                     "ports": [
                         {
@@ -686,6 +812,10 @@ class WorkloadSet(pulumi.ComponentResource):
         metrics: list[dict[str, Any]],
         scale_up_window: int,
         scale_down_window: int,
+        scale_down_policy: Mapping[str, Any] = MappingProxyType(
+            {"type": "Percent", "value": 10, "periodSeconds": 60}
+        ),
+        kind: str = "Deployment",
     ) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
         return k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{self._name}-hpa-{app}",
@@ -696,7 +826,7 @@ class WorkloadSet(pulumi.ComponentResource):
             },
             spec=api_object(
                 {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": app},
                     "minReplicas": workload.replicas,
                     "maxReplicas": workload.max_replicas,
                     "metrics": metrics,
@@ -712,7 +842,7 @@ class WorkloadSet(pulumi.ComponentResource):
                         "scaleDown": {
                             "stabilizationWindowSeconds": scale_down_window,
                             "selectPolicy": "Min",
-                            "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+                            "policies": [dict(scale_down_policy)],
                         },
                     },
                 }
@@ -738,6 +868,8 @@ class WorkloadSet(pulumi.ComponentResource):
                     {
                         "from": [
                             {**namespace_peer(GATEWAY_NAMESPACE), **app_peer(GATEWAY)},
+                            # The other replicas: a call for a shard they do not own.
+                            app_peer(SIGNAL_SERVICE),
                             *peers,
                         ],
                         "ports": tcp(GRPC_PORT),
@@ -756,6 +888,8 @@ class WorkloadSet(pulumi.ComponentResource):
                             for port, end in REDIS_PORTS
                         ],
                     },
+                    # The other replicas: a call for a shard they own, sent on to them.
+                    {"to": [app_peer(SIGNAL_SERVICE)], "ports": tcp(GRPC_PORT)},
                 ],
             },
             f"{TRITON}-ingress": {

@@ -7,6 +7,11 @@ highest rate forecast over that whole lead, plus a margin. Headroom for forecast
 grows with the horizon as the level's random walk does (``1 + (h - 1) * alpha**2`` in
 variance), and the current rate is a floor: a burst the forecast did not see is still
 served at least as a reactive scaler would serve it.
+
+The signal service's replicas own its symbols' shards (app/shards.py), so the published
+count respects their moves: never above the shard count (a replica beyond it owns nothing),
+and, with ``scaleInStep``, falling at most that many replicas per decision (each replica
+leaving hands its shards over; the HPA's scale-down policy paces the same way).
 """
 
 from __future__ import annotations
@@ -42,12 +47,21 @@ class ScalingPolicy(BaseModel):
     headroom_sigmas: float = Field(default=1.5, ge=0, le=6)
     min_replicas: int = Field(default=2, ge=1, le=1000)
     max_replicas: int = Field(default=30, ge=1, le=1000)
+    # The service's shard count (sharding.shards): replicas beyond it would own nothing.
+    shards: int | None = Field(default=None, ge=1, le=4096)
+    # At most this many replicas fewer per decision (None: no limit).
+    scale_in_step: int | None = Field(default=None, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingPolicy:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"minReplicas ({self.min_replicas}) must be <= maxReplicas ({self.max_replicas})"
+            )
+        if self.shards is not None and self.max_replicas > self.shards:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) must be <= shards ({self.shards}): a "
+                "replica beyond the shard count would own nothing"
             )
         return self
 
@@ -71,6 +85,7 @@ class PredictiveScaler:
         self.policy = policy
         self.forecaster = forecaster
         self.last_rate: float | None = None
+        self.published: int | None = None  # the last decision's replicas
 
     def observe(self, rate: float, phase: int, update_season: bool = True) -> None:
         self.forecaster.update(rate, phase, update_season)
@@ -91,4 +106,7 @@ class PredictiveScaler:
         planned = max(planned, current)
         replicas = math.ceil(planned / (p.pod_capacity_rps * p.target_utilisation) - 1e-9)
         desired = min(max(replicas, p.min_replicas), p.max_replicas)
+        if p.scale_in_step is not None and self.published is not None:
+            desired = max(desired, self.published - p.scale_in_step)  # shards move one by one
+        self.published = desired
         return ReplicaDecision(desired=desired, forecast_peak_rps=peak, planned_rps=planned)

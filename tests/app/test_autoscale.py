@@ -161,6 +161,19 @@ def test_headroom_grows_with_forecast_error() -> None:
 def test_policy_validation_names_keys() -> None:
     with pytest.raises(ValueError, match=r"minReplicas \(5\) must be <= maxReplicas \(2\)"):
         ScalingPolicy(min_replicas=5, max_replicas=2)
+    with pytest.raises(ValueError, match=r"maxReplicas \(30\) must be <= shards \(16\)"):
+        ScalingPolicy(max_replicas=30, shards=16)
+
+
+def test_scale_in_is_one_step_at_a_time_for_shard_moves() -> None:
+    """With scaleInStep, the published replicas fall one per decision (each replica leaving
+    hands its shards over), while a rise is published at once."""
+    policy = ScalingPolicy(pod_capacity_rps=500, target_utilisation=0.8, headroom_sigmas=0,
+                           min_replicas=1, max_replicas=16, shards=16, scale_in_step=1)  # fmt: skip
+    scaler = step_scaler(policy)
+    lead = policy.lead_minutes
+    assert scaler.decide(100 - lead + 1).desired == 10  # up at once
+    assert [scaler.decide(200 + i).desired for i in range(9)] == [9, 8, 7, 6, 5, 4, 3, 3, 3]
 
 
 # --------------------------------------------------------------------------- HPA model

@@ -13,6 +13,7 @@ from app.alerting.config import AlertingConfig
 from app.autoscale.config import AutoscaleConfig, load_model
 from infra.autoscale import DESIRED_REPLICAS_METRIC, NAMESPACE
 from infra.config import ConfigError, StackConfig
+from infra.workloads import SHARDS
 from tests.conftest import REPO
 from tests.infra.test_config import load, stack_values
 from tools.engine import plan
@@ -96,6 +97,8 @@ def test_config_files_are_what_the_services_accept(stack_plan: Inventory):
         assert policy.pod_capacity_rps == signal.target_requests_per_second
         assert (policy.min_replicas, policy.max_replicas) == (signal.replicas, signal.max_replicas)
         assert policy.target_utilisation == cfg.intelligence.predictive_scaling.target_utilisation
+        # Shard moves: never more replicas than the service's shards, one fewer a minute.
+        assert (policy.shards, policy.scale_in_step) == (SHARDS, 1)
         detector = load_model(AlertingConfig, "alerting.json", json.loads(files["alerting.json"]))
         assert detector.regions == (region,)
         assert [s.name for s in detector.series] == [

@@ -88,6 +88,7 @@ def test_the_plans_declare_the_kinds_this_check_covers(stack_plan: Inventory):
         "ServiceAccount",
         "ConfigMap",
         "Deployment",
+        "StatefulSet",
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
@@ -153,8 +154,8 @@ def test_custom_resources_validate_against_their_models(stack_plan: Inventory):
 KNOWN_AFTER_REDIS = {
     ("ConfigMap", ("data", "config.yaml")),
     ("ConfigMap", ("data", "redis-ca.pem")),
-    (
-        "Deployment",
+    (  # the signal service's pods roll with its config file
+        "StatefulSet",
         ("spec", "template", "metadata", "annotations", "signal-platform/config-sha256"),
     ),
 }

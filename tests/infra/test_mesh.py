@@ -145,9 +145,11 @@ def test_every_workload_namespace_denies_by_default(stack_plan: Inventory):
             assert deny.inputs["spec"] == {}
 
 
-def test_only_the_gateway_calls_the_service_and_only_the_service_calls_triton(
+def test_only_the_gateway_and_its_replicas_call_the_service_and_only_it_calls_triton(
     stack_plan: Inventory,
 ):
+    """The service's callers: the gateway, and its own replicas (a call for a shard another
+    replica owns is sent on to the owner, app/shards.py)."""
     for region, policies in per_region(stack_plan, AUTHORIZATION).items():
         allows = {
             p.inputs["spec"]["selector"]["matchLabels"]["app"]: p.inputs["spec"]
@@ -160,7 +162,9 @@ def test_only_the_gateway_calls_the_service_and_only_the_service_calls_triton(
             (rule,) = spec["rules"]
             assert len(rule["from"]) == 1
         service, triton = allows["signal-service"]["rules"][0], allows["triton"]["rules"][0]
-        assert service["from"][0]["source"] == {"principals": [GATEWAY_PRINCIPAL]}
+        assert service["from"][0]["source"] == {
+            "principals": [GATEWAY_PRINCIPAL, SIGNAL_SERVICE_PRINCIPAL]
+        }
         assert service["to"] == [{"operation": {"ports": ["50051"]}}]
         assert triton["from"][0]["source"] == {"principals": [SIGNAL_SERVICE_PRINCIPAL]}
         assert triton["to"] == [{"operation": {"ports": ["8001"]}}]
@@ -181,10 +185,17 @@ def test_destination_rules_keep_persistent_pools_and_mutual_tls(stack_plan: Inve
         hosts = {r.inputs["spec"]["host"] for r in rules}
         assert hosts == {
             "signal-service.signals.svc.cluster.local",
+            # one named replica (a shard's owner): pools and mTLS, the caller chose the pod
+            "signal-service-replicas.signals.svc.cluster.local",
             "triton.signals.svc.cluster.local",
         }, region
         for rule in rules:
             policy = rule.inputs["spec"]["trafficPolicy"]
+            if rule.inputs["spec"]["host"].startswith("signal-service-replicas."):
+                assert set(policy) == {"connectionPool", "tls"}
+                assert policy["tls"] == {"mode": "ISTIO_MUTUAL"}
+                assert policy["connectionPool"]["tcp"]["maxConnections"] == pool.max_connections
+                continue
             assert policy["tls"] == {"mode": "ISTIO_MUTUAL"}
             assert policy["connectionPool"]["http"] == {
                 "h2UpgradePolicy": "UPGRADE",
@@ -223,6 +234,8 @@ def test_prod_spreads_inference_by_region_weight_and_fails_the_api_over(prod_pla
 
 def test_dev_has_one_region_and_no_cross_region_routing(dev_plan: Inventory):
     for rule in dev_plan.of_type(DESTINATION_RULE):
+        if "loadBalancer" not in rule.inputs["spec"]["trafficPolicy"]:
+            continue  # a named replica: no balancing, no locality
         assert rule.inputs["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"] == {
             "enabled": True
         }

@@ -16,6 +16,7 @@ from infra.config import ConfigError, StackConfig
 from infra.workloads import (
     GPU_UTILIZATION_METRIC,
     REQUEST_RATE_METRIC,
+    SHARDS,
     ServiceEndpoints,
     render_service_config,
     server_ca_bundle,
@@ -27,6 +28,7 @@ from tests.infra.test_config import edited, load, stack_values
 from tools.inventory import UNKNOWN, Inventory, Resource
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+STATEFUL_SET = "kubernetes:apps/v1:StatefulSet"
 SERVICE = "kubernetes:core/v1:Service"
 SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
@@ -54,6 +56,14 @@ def in_signals(plan: Inventory, type_token: str) -> dict[str, dict[str, Resource
     return found
 
 
+def workloads(plan: Inventory) -> dict[str, dict[str, Resource]]:
+    """region → app → its Deployment (Triton) or StatefulSet (the signal service)."""
+    found = in_signals(plan, DEPLOYMENT)
+    for region, sets in in_signals(plan, STATEFUL_SET).items():
+        found[region].update(sets)
+    return found
+
+
 def pod(deployment: Resource) -> dict[str, Any]:
     return deployment.inputs["spec"]["template"]["spec"]
 
@@ -68,8 +78,9 @@ def container(deployment: Resource) -> dict[str, Any]:
 
 def test_one_workload_set_per_region(stack_plan: Inventory):
     for type_token, names in (
-        (DEPLOYMENT, set(APPS)),
-        (SERVICE, set(APPS)),
+        (DEPLOYMENT, {"triton"}),
+        (STATEFUL_SET, {"signal-service"}),
+        (SERVICE, {*APPS, "signal-service-replicas"}),
         (SERVICE_ACCOUNT, set(APPS)),
         (HPA, set(APPS)),
         (PDB, set(APPS)),
@@ -94,7 +105,7 @@ def test_service_accounts_act_as_their_google_accounts(stack_plan: Inventory):
 
 
 def test_every_pod_is_restricted(stack_plan: Inventory):
-    deployments = stack_plan.of_type(DEPLOYMENT)
+    deployments = [*stack_plan.of_type(DEPLOYMENT), *stack_plan.of_type(STATEFUL_SET)]
     # + the metrics adapter, the predictive scaler and the anomaly detector (infra/autoscale.py)
     assert len(deployments) == 5 * len(stack_plan.outputs["regions"])
     for deployment in deployments:
@@ -119,7 +130,7 @@ def test_every_pod_is_restricted(stack_plan: Inventory):
 def test_workloads_leave_spot_gracefully(stack_plan: Inventory):
     cfg = config_of(stack_plan)
     settings = {"signal-service": cfg.workloads.signal_service, "triton": cfg.workloads.triton}
-    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+    for deployments in workloads(stack_plan).values():
         for name, deployment in deployments.items():
             spec = pod(deployment)
             grace = spec["terminationGracePeriodSeconds"]
@@ -133,12 +144,16 @@ def test_workloads_leave_spot_gracefully(stack_plan: Inventory):
                 if t["topologyKey"] == "topology.kubernetes.io/zone"
             ]
             assert zones and zones[0]["labelSelector"] == {"matchLabels": {"app": name}}
-            strategy = deployment.inputs["spec"]["strategy"]["rollingUpdate"]
-            assert strategy == {"maxSurge": 1, "maxUnavailable": 0}
+            if name == "triton":
+                strategy = deployment.inputs["spec"]["strategy"]["rollingUpdate"]
+                assert strategy == {"maxSurge": 1, "maxUnavailable": 0}
+            else:  # one replica at a time, each ready (its shards loaded) before the next
+                strategy = deployment.inputs["spec"]["updateStrategy"]
+                assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}
 
 
 def test_prod_runs_two_replicas_across_zones(prod_plan: Inventory):
-    for deployments in in_signals(prod_plan, DEPLOYMENT).values():
+    for deployments in workloads(prod_plan).values():
         for deployment in deployments.values():
             assert deployment.inputs["spec"]["replicas"] >= 2
         service = pod(deployments["signal-service"])["topologySpreadConstraints"][0]
@@ -147,7 +162,7 @@ def test_prod_runs_two_replicas_across_zones(prod_plan: Inventory):
 
 def test_signal_service_image_probes_resources_and_scratch_space(stack_plan: Inventory):
     settings = config_of(stack_plan).workloads.signal_service
-    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+    for deployments in workloads(stack_plan).values():
         deployment = deployments["signal-service"]
         c = container(deployment)
         assert c["image"] == settings.image
@@ -159,7 +174,8 @@ def test_signal_service_image_probes_resources_and_scratch_space(stack_plan: Inv
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"] == {"port": 50051}
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
-        assert mounts == {"/etc/signal-service", "/models", "/tmp", "/var/cache/numba"}
+        assert mounts == {"/etc/signal-service", "/models", "/tmp", "/var/cache/numba",
+                          "/var/lib/signal-service/spool"}  # fmt: skip
         volumes = {v["name"]: v for v in pod(deployment)["volumes"]}
         assert volumes["config"] == {
             "name": "config",
@@ -172,7 +188,7 @@ def test_prod_images_are_pinned_by_digest_or_listed_as_unpinned(prod_plan: Inven
     """Prod pins every image by digest, except the references its config lists in
     `unpinnedImages` with a reason (infra/config/images.py)."""
     unpinned = set(config_of(prod_plan).unpinned_images)
-    for deployment in prod_plan.of_type(DEPLOYMENT):
+    for deployment in [*prod_plan.of_type(DEPLOYMENT), *prod_plan.of_type(STATEFUL_SET)]:
         for c in pod(deployment)["containers"]:
             assert "@sha256:" in c["image"] or c["image"] in unpinned, deployment.name
 
@@ -185,10 +201,15 @@ def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inven
     cfg = config_of(stack_plan)
     config_maps = in_signals(stack_plan, CONFIG_MAP)
     caches = {c.inputs["region"]: c for c in stack_plan.of_type("gcp:redis/cluster:Cluster")}
-    for region, deployments in in_signals(stack_plan, DEPLOYMENT).items():
+    for region, deployments in workloads(stack_plan).items():
         deployment = deployments["signal-service"]
         c = container(deployment)
-        assert c["args"] == ["serve", "--config", "/etc/signal-service/config.yaml"]
+        assert c["args"] == [
+            "serve", "--config", "/etc/signal-service/config.yaml", "--advertise",
+            "$(POD_NAME).signal-service-replicas.signals.svc.cluster.local:50051",
+        ]  # fmt: skip
+        pod_name = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        assert pod_name in c["env"]  # the kubelet expands $(POD_NAME) in args from it
         mount = {"name": "config", "mountPath": "/etc/signal-service", "readOnly": True}
         assert mount in c["volumeMounts"]
         config_map = config_maps[region]["signal-service-config"]
@@ -317,7 +338,7 @@ def test_triton_serves_the_bucket_with_health_probes_and_metrics(stack_plan: Inv
 
 
 def test_service_and_triton_mount_the_same_model_build(stack_plan: Inventory):
-    for deployments in in_signals(stack_plan, DEPLOYMENT).values():
+    for deployments in workloads(stack_plan).values():
         volumes = [
             next(v for v in pod(deployments[app])["volumes"] if v["name"] == "models")
             for app in APPS
@@ -371,9 +392,15 @@ def test_autoscalers_target_cpu_request_rate_and_gpu_utilisation(stack_plan: Inv
         spec = hpas["signal-service"].inputs["spec"]
         assert spec["scaleTargetRef"] == {
             "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "kind": "StatefulSet",
             "name": "signal-service",
         }
+        # Scale-in one replica a minute: its shards move well within it.
+        assert spec["behavior"]["scaleDown"]["policies"] == [
+            {"type": "Pods", "value": 1, "periodSeconds": 60}
+        ]
+        assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+        assert spec["maxReplicas"] <= SHARDS
         assert (spec["minReplicas"], spec["maxReplicas"]) == (
             service.replicas,
             service.max_replicas,
@@ -408,6 +435,45 @@ def test_autoscalers_target_cpu_request_rate_and_gpu_utilisation(stack_plan: Inv
             "reducer": "REDUCE_MEAN",
         }
         assert gpu["external"]["target"] == {"type": "Value", "value": "85"}
+
+
+def test_the_signal_service_is_a_stateful_set_of_shard_owners(stack_plan: Inventory, tmp_path):
+    """Stable pod names under a headless Service (each replica's address, published before
+    it is ready: it owns shards while loading them), one spool volume per pod that outlives
+    a scale-in, and a service config that turns the shards on with the drain budget split
+    between in-flight calls and the handover."""
+    cfg = config_of(stack_plan)
+    grace = cfg.workloads.signal_service.termination_grace_seconds
+    for region, services in in_signals(stack_plan, SERVICE).items():
+        headless = services["signal-service-replicas"].inputs["spec"]
+        assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+        assert headless["selector"] == {"app": "signal-service"}
+        assert [p["port"] for p in headless["ports"]] == [50051]
+        spec = workloads(stack_plan)[region]["signal-service"].inputs["spec"]
+        assert spec["serviceName"] == "signal-service-replicas"
+        assert spec["podManagementPolicy"] == "Parallel"
+        assert spec["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain", "whenScaled": "Retain"}  # fmt: skip
+        (claim,) = spec["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "spool"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == "4Gi"
+        mount = {"name": "spool", "mountPath": "/var/lib/signal-service/spool"}
+        assert mount in container(workloads(stack_plan)[region]["signal-service"])["volumeMounts"]
+    endpoints = ServiceEndpoints("p", "ticks", "signals", "ds", "10.0.0.3:6379", "PEM")
+    ca = tmp_path / "redis-ca.pem"
+    ca.write_text("PEM")
+    config = signal_service_config(endpoints, cfg.workloads.triton.model,
+                                   service_grace_seconds(cfg.workloads.signal_service),
+                                   "otel.observability:4317", 1.0, "10.0.0.3:6379")  # fmt: skip
+    config["cache"]["redis"]["ca_file"] = str(ca)
+    path = tmp_path / "config.yaml"
+    path.write_text(render_service_config(config))
+    app = load_config(path, {"sharding.advertise": "signal-service-0.x.svc:50051"})
+    assert app.sharding.enabled and app.sharding.shards == SHARDS
+    assert str(app.spool.dir) == "/var/lib/signal-service/spool"
+    # preStop, then the calls' drain, then the handover, inside the pod's grace period.
+    assert 5 + app.server.grace_s + app.sharding.handover_timeout_s < grace
 
 
 def test_prod_can_scale_to_ten_times_its_baseline(prod_plan: Inventory):
@@ -469,6 +535,11 @@ def test_network_policy_denies_by_default_and_allows_named_flows(stack_plan: Inv
         assert service["ports"] == [{"protocol": "TCP", "port": 50051}]
         redis = policies["signal-service-egress"].inputs["spec"]["egress"][1]
         assert {p["port"] for p in redis["ports"]} == {6379, 11000}
+        # Replica to replica: a call for another's shard is sent on to its owner.
+        replicas = {"podSelector": {"matchLabels": {"app": "signal-service"}}}
+        assert replicas in service["from"]
+        egress = policies["signal-service-egress"].inputs["spec"]["egress"]
+        assert {"to": [replicas], "ports": [{"protocol": "TCP", "port": 50051}]} in egress
 
 
 # ---------------------------------------------------------------- metrics adapter
@@ -603,7 +674,7 @@ def test_hpa_request_rate_metric_is_a_counter_the_service_exports():
 def test_images_are_pulled_on_every_start(stack_plan: Inventory):
     """A tag can move: every start asks the registry what the reference names now (for a
     digest only the manifest is checked; cached layers are reused)."""
-    for deployment in stack_plan.of_type(DEPLOYMENT):
+    for deployment in [*stack_plan.of_type(DEPLOYMENT), *stack_plan.of_type(STATEFUL_SET)]:
         for c in pod(deployment)["containers"]:
             assert c["imagePullPolicy"] == "Always", (deployment.name, c["image"])
 
@@ -614,7 +685,7 @@ def test_images_prod_accepts_without_a_digest_carry_the_reason(prod_plan: Invent
     unpinned = config_of(prod_plan).unpinned_images
     assert unpinned
     annotated = 0
-    for deployment in prod_plan.of_type(DEPLOYMENT):
+    for deployment in [*prod_plan.of_type(DEPLOYMENT), *prod_plan.of_type(STATEFUL_SET)]:
         (c, *_) = pod(deployment)["containers"]
         skip = deployment.inputs["metadata"].get("annotations", {}).get("checkov.io/skip1")
         if c["image"] in unpinned:
