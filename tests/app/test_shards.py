@@ -532,3 +532,42 @@ def test_a_replica_forwards_what_it_does_not_own_to_the_owner(
             await a.stop(grace_s=1.0)
 
     run(scenario())
+
+
+def test_a_stopping_replica_hands_its_shards_over_at_once(
+    model: ModelArtifacts, redis_cluster: LocalRedisCluster
+) -> None:
+    """SIGTERM's path (`stop`): every shard is snapshot through its last applied batch and
+    its lease released, so the other replica owns it well before the lease would expire."""
+    redis_cluster.ensure_healthy()
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    sections = _sharding(redis_cluster, prefix, lease_ttl_s=30.0, renew_interval_s=0.2,
+                         snapshot_interval_s=600.0)  # fmt: skip
+    ticks, _ = synthetic_ticks(N_SYMBOLS, 30, seed=13)
+
+    async def scenario() -> None:
+        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        await a.start()
+        await b.start()
+        store = _store(redis_cluster, prefix)
+        try:
+            await _until(lambda: len(_owned(a)) == len(_owned(b)) == 2, 10, "two shards each")
+            async with SignalClient([b.advertise]) as client:
+                for lo in range(0, len(ticks.symbol), 100):
+                    await client.ingest(*(c[lo : lo + 100] for c in _columns(ticks)))
+            assert b.runtime.shards is not None
+            applied = {s: b.runtime.shards.slots[s].applied_seq for s in _owned(b)}
+            assert all(seq > 0 for seq in applied.values())
+            started = time.monotonic()
+            await b.stop(grace_s=1.0)
+            for shard, seq in applied.items():
+                data, _ = await store.load(shard)
+                assert data is not None and ShardSnapshot.decode(data).state_seq == seq
+            await _until(lambda: len(_owned(a)) == 4, 5, "A owns every shard")
+            assert time.monotonic() - started < 10  # the 30 s leases were released, not expired
+        finally:
+            await store.close()
+            await a.stop(grace_s=1.0)
+
+    run(scenario())
