@@ -11,13 +11,17 @@ starting ones included.
 
     .venv/bin/python bench/autoscale.py            # 20 evaluation days, 3 regions
     .venv/bin/python bench/autoscale.py --quick    # 5 days (under a minute)
+    .venv/bin/python bench/autoscale.py --quick --json bench/results/autoscale.json
 
-The last line carries the headline figures and the ratios against the baseline.
+The last line carries the headline figures and the ratios against the baseline. ``--json``
+also writes each policy's totals and, minute by minute, the demand and the replicas of one
+trading day (the first evaluated day of the busiest region), which ``bench/plots.py`` draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -63,7 +67,7 @@ class SimParams:
     headroom_sigmas: float = ScalingPolicy().headroom_sigmas
 
 
-# CPU-only scaling, the baseline the issue names (target 70%, the service's default).
+# CPU-only scaling, the baseline (target 70%, the service's default).
 REACTIVE = SimParams(cpu_target=0.7)
 # The HPA infra/workloads.py deploys without the scaler: CPU 70% and 500 requests/s per pod.
 DEPLOYED = SimParams(cpu_target=0.7, pods_target=POD_CAPACITY_RPS)
@@ -79,12 +83,8 @@ class Outcome:
     unserved_rps_minutes: float  # demand above ready capacity, summed over minutes
     demand_rps_minutes: float
     violating: np.ndarray  # bool per minute
-
-    @property
-    def unserved_fraction(self) -> float:
-        return (
-            self.unserved_rps_minutes / self.demand_rps_minutes if self.demand_rps_minutes else 0.0
-        )
+    replicas: np.ndarray  # pods that exist (starting ones included), per minute
+    ready: np.ndarray  # pods that serve, per minute
 
 
 def simulate(
@@ -111,6 +111,7 @@ def simulate(
     ready_seen: list[int] = []
     external_seen: list[float | None] = []
     violating = np.zeros(len(demand), dtype=bool)
+    replicas = np.zeros(len(demand), dtype=np.int64)
     unserved = 0.0
     for t, rate in enumerate(demand):
         if t >= lag:
@@ -123,6 +124,7 @@ def simulate(
             )
             deployment.scale(desired, t)
         ready = deployment.ready(t)
+        replicas[t] = deployment.replicas
         capacity = ready * POD_CAPACITY_RPS
         if rate > capacity:
             violating[t] = True
@@ -144,6 +146,8 @@ def simulate(
         unserved,
         float(demand.sum()),
         violating,
+        replicas,
+        np.asarray(ready_seen, dtype=np.int64),
     )
 
 
@@ -223,12 +227,59 @@ def totals(outcomes: list[Outcome]) -> tuple[int, float, float]:
     )
 
 
+def figures_json(
+    loads: list[Workload],
+    results: dict[str, list[Outcome]],
+    labels: dict[str, str],
+    days: int,
+    startup_minutes: int,
+    command: str,
+) -> dict:
+    """What ``--json`` writes: the run, each policy's totals, and one trading day minute by
+    minute (the first evaluated day of the region with the highest peak)."""
+    index = max(range(len(loads)), key=lambda i: loads[i].region.peak_rps)
+    day = slice(0, MINUTES_PER_DAY)
+    policies = {}
+    for name, outcomes in results.items():
+        violations, replica_hours, unserved = totals(outcomes)
+        o = outcomes[index]
+        policies[name] = {
+            "label": labels[name],
+            "violation_minutes": violations,
+            "replica_hours": round(replica_hours, 1),
+            "unserved_fraction": round(unserved, 6),
+            "day": {
+                "violation_minutes": int(o.violating[day].sum()),
+                "replica_hours": round(float(o.replicas[day].sum()) / 60.0, 1),
+                "replicas": o.replicas[day].tolist(),
+                "ready": o.ready[day].tolist(),
+            },
+        }
+    return {
+        "command": command,
+        "days": days,
+        "regions": [w.region.region for w in loads],
+        "pod_capacity_rps": POD_CAPACITY_RPS,
+        "startup_minutes": startup_minutes,
+        "metric_lag_minutes": REACTIVE.metric_lag_minutes,
+        "day": {
+            "region": loads[index].region.region,
+            "day": 0,
+            "open_minute": loads[index].region.open_minute,
+            "close_minute": loads[index].region.close_minute,
+            "demand_rps": [round(float(r), 1) for r in loads[index].demand[day]],
+        },
+        "policies": policies,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 evaluation days, no sweep")
     parser.add_argument("--days", type=int, default=None, help="evaluation days (default 20)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--startup-minutes", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="write the totals and one day's series here")
     args = parser.parse_args(argv)
     days = args.days or (5 if args.quick else 20)
     started = time.perf_counter()
@@ -305,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                 [f"predictive {util:.0%} + CPU {cpu:.0%} + 500 rps/pod", v, v / days, h, f"{u:.3%}"]
             )
     print(table(["scaler", "SLO-violating min", "per day", "replica-hours", "unserved"], rows))
+    if args.json:
+        command = " ".join(["bench/autoscale.py", *(sys.argv[1:] if argv is None else argv)])
+        figures = figures_json(loads, results, labels, days, args.startup_minutes, command)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, separators=(",", ":")) + "\n")
     print(f"({time.perf_counter() - started:.1f}s)")
     (v_r, h_r, _), (v_d, h_d, _), (v_p, h_p, _) = (summary[n] for n in policies)
     print(

@@ -18,7 +18,8 @@ Measured in one run, on the same ticks:
   and TA-Lib in batch over each symbol's series (target: streaming within 2x).
 
 Medians of repeated runs (and their CPU time: the figure a busy machine distorts least).
-The last line is the headline. ``--json PATH`` writes the curve and the latencies there.
+The last line is the headline. ``--json PATH`` writes the curve, the latencies (percentiles
+and a histogram of each path's samples) and the targets there, which ``bench/plots.py`` draws.
 
     .venv/bin/python bench/engine.py [--quick] [--symbols 1000,10000,100000] [--json PATH]
 """
@@ -59,6 +60,11 @@ N_SYMBOLS = 1000  # latency and throughput sections
 CURVE_START_NS = 1_710_252_000 * SECOND  # 2024-03-12 14:00 UTC: New York and London both open
 SYMBOL_SPACING_NS = 5 * SECOND  # each symbol ticks every ~5 s: in session, under max_gap_s
 WARM_TICKS_PER_SYMBOL = 30  # past every warm-up (26 ticks) before timing
+# The targets above, written to --json beside the figures for the pictures.
+CURVE_TARGET_NS = {1_000: 30.0, 10_000: 60.0, 100_000: 150.0}
+LATENCY_TARGET_P95_US = {"single_tick_update": 1.5, "tick_to_signal_fused": 20.0}
+LATENCY_GOAL_P95_US = {"tick_to_signal_fused": 10.0}
+HISTOGRAM_BINS_PER_DECADE = 20
 
 
 def service_config(n_symbols: int) -> FeatureConfig:
@@ -174,9 +180,18 @@ def curve_point(n_symbols: int, library: ctypes.CDLL, timed: int, repeats: int) 
 # --- latency -----------------------------------------------------------------------------------
 
 
-def percentiles_us(samples_ns: list[int]) -> dict[str, float]:
-    a = np.asarray(samples_ns) / 1e3
-    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}
+def distribution_us(samples_ns: list[int]) -> dict:
+    """p50 / p95 / p99 in microseconds, and the samples' histogram over log-spaced bins
+    (``HISTOGRAM_BINS_PER_DECADE``, on a grid anchored at 1 us, so runs compare bin by bin)."""
+    a = np.maximum(np.asarray(samples_ns) / 1e3, 1e-3)
+    logs = np.log10(a) * HISTOGRAM_BINS_PER_DECADE
+    grid = np.arange(math.floor(logs.min()) - 1, math.ceil(logs.max()) + 2)
+    edges = 10.0 ** (grid / HISTOGRAM_BINS_PER_DECADE)
+    counts, _ = np.histogram(a, edges)
+    out: dict = {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}
+    out["histogram"] = {"edges_us": [float(f"{e:.4g}") for e in edges],
+                        "counts": counts.tolist()}  # fmt: skip
+    return out
 
 
 def warmed_engine(ticks, warm: int) -> FeatureEngine:
@@ -185,7 +200,7 @@ def warmed_engine(ticks, warm: int) -> FeatureEngine:
     return engine
 
 
-def single_tick_latency(ticks, warm: int, n: int) -> dict[str, float]:
+def single_tick_latency(ticks, warm: int, n: int) -> dict:
     engine = warmed_engine(ticks, warm)
     out = np.empty((1, 7))
     reasons = np.empty(1, np.uint8)
@@ -196,10 +211,10 @@ def single_tick_latency(ticks, warm: int, n: int) -> dict[str, float]:
         t = time.perf_counter_ns()
         engine.update(*tick, out=out, reasons=reasons)
         samples.append(time.perf_counter_ns() - t)
-    return percentiles_us(samples)
+    return distribution_us(samples)
 
 
-def tick_to_signal_latency(ticks, warm: int, n: int, backend) -> dict[str, float]:
+def tick_to_signal_latency(ticks, warm: int, n: int, backend) -> dict:
     """tick -> SignalColumns through ``tick_to_signal_sync``, timing ticks that make one."""
     engine = warmed_engine(ticks, warm)
     samples = []
@@ -211,10 +226,10 @@ def tick_to_signal_latency(ticks, warm: int, n: int, backend) -> dict[str, float
         if len(signals):  # ticks still warming up after a halt make no signal: not timed
             samples.append(time.perf_counter_ns() - t)
     assert len(samples) >= 0.8 * n, f"only {len(samples)} of {n} ticks produced a signal"
-    return percentiles_us(samples)
+    return distribution_us(samples)
 
 
-def fused_step_latency(ticks, warm: int, n: int, backend: FusedBackend) -> dict[str, float]:
+def fused_step_latency(ticks, warm: int, n: int, backend: FusedBackend) -> dict:
     """The zero-allocation entry: the tick written into the path's buffers, one ``step``."""
     path = backend.bind(warmed_engine(ticks, warm))
     samples = []
@@ -225,7 +240,7 @@ def fused_step_latency(ticks, warm: int, n: int, backend: FusedBackend) -> dict[
         made = path.step(1)
         if made:
             samples.append(time.perf_counter_ns() - t)
-    return percentiles_us(samples)
+    return distribution_us(samples)
 
 
 # --- throughput against talipp and TA-Lib ------------------------------------------------------
@@ -381,7 +396,11 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "command": "bench/engine.py " + " ".join(sys.argv[1:]),
             "unit": "ns per tick (wall, median); *_cpu_ns: process CPU time",
-            "batch": BATCH, "compiler": compiler, "curve": curve, "latency_us": latency,
+            "batch": BATCH, "compiler": compiler,
+            "curve": [{**p, "target_ns": CURVE_TARGET_NS.get(p["symbols"])} for p in curve],
+            "latency_us": latency, "latency_samples": latency_n,
+            "targets": {"latency_p95_us": LATENCY_TARGET_P95_US,
+                        "latency_goal_p95_us": LATENCY_GOAL_P95_US},
             "throughput_ns": {"engine": round(streaming, 1), "talipp": round(tp, 1),
                               "talib_batch": round(tl, 1)},
             "load_average": {"before": load_before[0], "after": load_after[0]},

@@ -13,19 +13,24 @@ every policy identically (app/autoscale/spot.py):
   spot cannot give, migrated back to spot when spot returns.
 
 The capacity SLO: ready GPU slots cover the slots needed in at least 99.5% of minutes.
-Prices: g2-standard-8 (8 vCPU, 32 GiB, one L4) in us-central1 from tools/pricing.yaml
+Prices: g2-standard-8 (8 vCPU, 32 GiB, one L4) in us-central1 from tools/cost/pricing.yaml
 (as of 2026-11-20): on-demand $0.8536/h, spot $0.3414/h.
 
     .venv/bin/python bench/spot.py                      # 20 days, a sweep of wave rates
     .venv/bin/python bench/spot.py --quick              # 20 days, no sweep
     .venv/bin/python bench/spot.py --waves-per-day 4    # another preemption rate
+    .venv/bin/python bench/spot.py --quick --json bench/results/spot.json
 
-The last line carries the headline figures and the ratios against the baselines.
+The last line carries the headline figures and the ratios against the baselines. ``--json``
+also writes each policy's totals and, minute by minute around the first wave that hits every
+zone (or the first wave), the slots needed and each policy's ready slots on spot and on
+on-demand nodes, which ``bench/plots.py`` draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -37,9 +42,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.autoscale.spot import (
+    Fleet,
     OnDemandOnly,
     Policy,
     PoolSpec,
+    PreemptionPlan,
     PreemptionSpec,
     SpotFirst,
     SpotOutcome,
@@ -109,7 +116,17 @@ class Scenario:
     node_preemptions_per_day: float
 
 
-def run(days: int, seed: int, scenario: Scenario) -> list[SpotOutcome]:
+@dataclass(frozen=True)
+class Traced:
+    """One policy's outcome and its ready GPU slots per minute, on spot and on on-demand nodes."""
+
+    outcome: SpotOutcome
+    spot_slots: np.ndarray
+    on_demand_slots: np.ndarray
+
+
+def traced_run(days: int, seed: int, scenario: Scenario) -> tuple[PreemptionPlan, list[Traced]]:
+    """Every policy through the same demand and the same preemption plan."""
     needed = demand(days, seed)
     spec = PreemptionSpec(
         waves_per_day=scenario.waves_per_day,
@@ -118,7 +135,81 @@ def run(days: int, seed: int, scenario: Scenario) -> list[SpotOutcome]:
     plan = preemption_plan(
         spec, ZONES, len(needed), SPOT.max_nodes, np.random.default_rng([seed, 200])
     )
-    return [simulate(policy, needed, plan) for policy in policies()]
+    traced = []
+    for policy in policies():
+        slots = np.zeros((2, len(needed)), dtype=np.int64)  # [spot, on-demand] per minute
+
+        def observe(minute: int, fleet: Fleet, slots: np.ndarray = slots) -> None:
+            for node in fleet.nodes:
+                if node.ready(minute):
+                    slots[0 if node.pool.spot else 1, minute] += node.pool.slots_per_node
+
+        outcome = simulate(policy, needed, plan, observe=observe)
+        traced.append(Traced(outcome, slots[0], slots[1]))
+    return plan, traced
+
+
+def run(days: int, seed: int, scenario: Scenario) -> list[SpotOutcome]:
+    return [t.outcome for t in traced_run(days, seed, scenario)[1]]
+
+
+def figures_json(
+    plan: PreemptionPlan,
+    traced: list[Traced],
+    needed: np.ndarray,
+    seed: int,
+    scenario: Scenario,
+    command: str,
+) -> dict:
+    """What ``--json`` writes: the run, each policy's totals, and the minutes around the first
+    wave that hits every zone (the first wave if none does; the plan must have one), from an
+    hour before it to an hour after its last zone has spot capacity again."""
+    days = len(needed) // 1440
+    zones_hit: dict[int, list[str]] = {}
+    for w in plan.waves:
+        zones_hit.setdefault(w.minute, []).append(w.zone)
+    minute = next((m for m, z in zones_hit.items() if len(z) == len(ZONES)), plan.waves[0].minute)
+    wave = [w for w in plan.waves if w.minute == minute]
+    start = max(minute - 60, 0)
+    end = min(max(w.stockout_until for w in wave) + 60, len(needed))
+    window = slice(start, end)
+    return {
+        "command": command,
+        "days": days,
+        "seed": seed,
+        "waves_per_day": scenario.waves_per_day,
+        "node_preemptions_per_day": scenario.node_preemptions_per_day,
+        "slo_minutes": SLO_MINUTES,
+        "policies": [
+            {
+                "policy": t.outcome.policy,
+                "minutes_covered": round(1 - t.outcome.violating_fraction, 6),
+                "usd_per_day": round(t.outcome.usd / days, 2),
+                "spot_share": round(t.outcome.spot_share, 4),
+            }
+            for t in traced
+        ],
+        "window": {
+            "start_minute": start,
+            "waves": [
+                {
+                    "minute": w.minute,
+                    "zone": w.zone,
+                    "fraction": round(w.fraction, 3),
+                    "stockout_until": w.stockout_until,
+                }
+                for w in wave
+            ],
+            "needed_slots": needed[window].tolist(),
+            "ready_slots": {
+                t.outcome.policy: {
+                    "spot": t.spot_slots[window].tolist(),
+                    "on_demand": t.on_demand_slots[window].tolist(),
+                }
+                for t in traced
+            },
+        },
+    }
 
 
 def _rows(outcomes: list[SpotOutcome], days: int) -> list[list[object]]:
@@ -168,11 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.2,
         help="background preemptions per spot node per day (default 0.2)",
     )
+    parser.add_argument("--json", type=Path, help="write the totals and a wave's minutes here")
     args = parser.parse_args(argv)
     days = args.days
     started = time.perf_counter()
     scenario = Scenario(args.waves_per_day, args.node_preemptions_per_day)
-    outcomes = run(days, args.seed, scenario)
+    plan, traced = traced_run(days, args.seed, scenario)
+    if args.json and not plan.waves:
+        print(f"spot: --json draws a preemption wave, and this run has none "
+              f"(--waves-per-day {args.waves_per_day:g}); allowed: a rate that makes one",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    outcomes = [t.outcome for t in traced]
     needed = demand(days, args.seed)
     print(
         f"{days} days, seed {args.seed}: {scenario.waves_per_day:g} waves/day, "
@@ -199,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
         print(table(["rate", "minutes covered", "slot-min served", "cost/day", "spot share"], rows))
+    if args.json:
+        command = " ".join(["bench/spot.py", *(sys.argv[1:] if argv is None else argv)])
+        figures = figures_json(plan, traced, needed, args.seed, scenario, command)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, separators=(",", ":")) + "\n")
     print(f"({time.perf_counter() - started:.1f}s)")
     on_demand, spot_only, ours = outcomes
     print(
