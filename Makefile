@@ -129,17 +129,21 @@ $(APP_MODEL)/manifest.json: app/model/*.py app/synthetic.py app/features.py app/
 serve: proto model
 	$(PY) -m app serve --model-dir $(APP_MODEL)
 
+# Each benchmark's --quick run; those with a picture write their figures to bench/results/*.json,
+# which bench/plots.py draws last as the SVGs bench/RESULTS.md shows.
+BENCH_RESULTS := bench/results
 bench: proto model
-	$(PY) bench/engine.py --quick --model-dir $(APP_MODEL)
+	$(PY) bench/engine.py --quick --model-dir $(APP_MODEL) --json $(BENCH_RESULTS)/engine.json
 	$(PY) bench/batching.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/payload.py --quick
 	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/compression.py --quick
 	$(PY) bench/load.py --quick
 	$(PY) bench/durability.py --quick --model-dir $(APP_MODEL)
-	$(PY) bench/autoscale.py --quick
+	$(PY) bench/autoscale.py --quick --json $(BENCH_RESULTS)/autoscale.json
 	$(PY) bench/alerting.py --quick
-	$(PY) bench/spot.py --quick
+	$(PY) bench/spot.py --quick --json $(BENCH_RESULTS)/spot.json
+	$(PY) bench/plots.py --results $(BENCH_RESULTS)
 
 clean:
 	rm -rf $(VENV) $(POLICY_VENV) $(CHECKOV_VENV) .pytest_cache .ruff_cache .coverage artifacts plans
