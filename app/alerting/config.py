@@ -16,7 +16,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from app.alerting.detector import DetectorSettings
-from app.autoscale.config import REGION_PLACEHOLDER, URL_PATTERN, check_regions, config_path
+from app.autoscale.config import (
+    LOCATION_MATCHER,
+    REGION_PLACEHOLDER,
+    URL_PATTERN,
+    check_regions,
+    config_path,
+)
 from app.config_errors import CamelConfigModel as Model
 from app.config_errors import load_model, read_config_file
 
@@ -44,7 +50,7 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
         name="latency_p99_ms",
         query=(
             "1000 * histogram_quantile(0.99, sum by (le) "
-            '(rate(signal_request_duration_seconds_bucket{location="{region}"}[5m])))'
+            f"(rate(signal_request_duration_seconds_bucket{{{LOCATION_MATCHER}}}[5m])))"
         ),
         detector=DetectorSettings(
             direction="up", absolute_floor=0.5, slow_threshold=4.0, fast_threshold=8.0
@@ -55,8 +61,8 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
         # Server-side failures over all requests (app/telemetry.py's request counter).
         query=(
             "sum(rate(signal_requests_total"
-            f'{{location="{{region}}",code=~"{SERVER_ERRORS}"}}[5m])) / '
-            'sum(rate(signal_requests_total{location="{region}"}[5m]))'
+            f'{{{LOCATION_MATCHER},code=~"{SERVER_ERRORS}"}}[5m])) / '
+            f"sum(rate(signal_requests_total{{{LOCATION_MATCHER}}}[5m]))"
         ),
         detector=DetectorSettings(
             direction="up", absolute_floor=0.0002, slow_threshold=3.0, fast_threshold=8.0
@@ -67,7 +73,7 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
         # GKE's accelerator duty cycle (percent), read through Managed Prometheus.
         query=(
             "avg(kubernetes_io:container_accelerator_duty_cycle"
-            '{location="{region}",container_name="triton"})'
+            f'{{{LOCATION_MATCHER},container_name="triton"}})'
         ),
         detector=DetectorSettings(
             direction="both", absolute_floor=1.0, slow_threshold=3.0, fast_threshold=8.0

@@ -25,10 +25,12 @@ __all__ = ["ConfigError", "Model", "load_model", "read_config_file"]
 
 CONFIG_ENV = "SIGNAL_AUTOSCALE_CONFIG"
 REGION_PLACEHOLDER = "{region}"
+# Managed Prometheus labels every series with its cluster's `location`: the region, or a zone
+# of it for a zonal cluster (dev's); this label matcher takes either.
+LOCATION_MATCHER = 'location=~"{region}(-[a-z])?"'
 # Requests per second the signal service receives in one region: its request counter
-# (app/telemetry.py; the HPA's metric too), summed over pods, methods and codes; Managed
-# Prometheus labels every series with the cluster's `location`.
-DEFAULT_RATE_QUERY = 'sum(rate(signal_requests_total{location="{region}"}[2m]))'
+# (app/telemetry.py; the HPA's metric too), summed over pods, methods and codes.
+DEFAULT_RATE_QUERY = f"sum(rate(signal_requests_total{{{LOCATION_MATCHER}}}[2m]))"
 URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
 
 

@@ -174,7 +174,7 @@ def test_service_backfills_and_flags_a_shift_in_one_region() -> None:
         if not 0 <= index < len(normal) or "gpu" in query or "errors" in query:
             return None
         value = float(normal[index])
-        shifted = 'location="us-east4"' in query and index >= 4 * DAY + 600
+        shifted = "us-east4" in query and index >= 4 * DAY + 600
         return value * 1.6 if shifted else value
 
     latency = DEFAULT_SERIES[0]

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
 from app.autoscale import __main__ as cli
-from app.autoscale.config import AutoscaleConfig, ConfigError, load, load_model
+from app.autoscale.config import DEFAULT_RATE_QUERY, AutoscaleConfig, ConfigError, load, load_model
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
 from app.autoscale.hpa import Deployment, HorizontalPodAutoscaler, HpaSpec
 from app.autoscale.prometheus import PrometheusClient, PrometheusError
@@ -267,8 +267,27 @@ def test_service_publishes_replicas_ahead_of_the_open() -> None:
         ) == float(ahead.desired)
     ranges = [q for path, q in api.queries if path == "/api/v1/query_range"]
     assert (
-        ranges and ranges[0]["query"] == 'sum(rate(signal_requests_total{location="us-east4"}[2m]))'
+        ranges
+        and ranges[0]["query"]
+        == 'sum(rate(signal_requests_total{location=~"us-east4(-[a-z])?"}[2m]))'
     )
+
+
+def test_default_queries_match_a_regional_or_a_zonal_clusters_location() -> None:
+    """Managed Prometheus labels series with the cluster's location: the region, or for a
+    zonal cluster (dev's) a zone of it. Every default query takes both, and no other region."""
+    import re
+
+    from app.alerting.config import DEFAULT_SERIES
+
+    for query in (DEFAULT_RATE_QUERY, *(series.query for series in DEFAULT_SERIES)):
+        concrete = query.replace("{region}", "us-central1")
+        matchers = re.findall(r'location=~"([^"]+)"', concrete)
+        assert matchers and "location=" not in re.sub(r'location=~"[^"]+"', "", concrete), query
+        for pattern in matchers:  # PromQL regexes are anchored at both ends, as fullmatch
+            assert re.fullmatch(pattern, "us-central1") and re.fullmatch(pattern, "us-central1-a")
+            assert not re.fullmatch(pattern, "us-central10")
+            assert not re.fullmatch(pattern, "us-central1-ab")
 
 
 def test_service_without_history_is_reactive_only() -> None:
