@@ -147,7 +147,9 @@ class SignalClient:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._shard_of: dict[int, int] = {}
-        self._ids = itertools.count(1)
+        # Part ids start at the clock (ns): a client restarted under the same producer name
+        # never reuses an id its previous run sent within the service's dedupe window.
+        self._ids = itertools.count(time.time_ns())
         self._learning: asyncio.Lock | None = None
 
     async def __aenter__(self) -> SignalClient:
