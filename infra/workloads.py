@@ -661,10 +661,9 @@ class WorkloadSet(pulumi.ComponentResource):
                     "template": template,
                     "volumeClaimTemplates": [
                         {
-                            "metadata": {
-                                "name": SPOOL_VOLUME,
-                                "labels": k8s_labels(self._labels, app),
-                            },
+                            # The template is immutable (a change replaces the StatefulSet,
+                            # every pod at once): constant labels only, never the stack's.
+                            "metadata": {"name": SPOOL_VOLUME, "labels": {"app": app}},
                             "spec": {
                                 "accessModes": ["ReadWriteOnce"],
                                 # Balanced PD, bound where the pod is scheduled.

@@ -455,7 +455,8 @@ def test_the_signal_service_is_a_stateful_set_of_shard_owners(stack_plan: Invent
         assert spec["persistentVolumeClaimRetentionPolicy"] == {
             "whenDeleted": "Retain", "whenScaled": "Retain"}  # fmt: skip
         (claim,) = spec["volumeClaimTemplates"]
-        assert claim["metadata"]["name"] == "spool"
+        # Immutable: constant labels only (a cost label change must not replace the set).
+        assert claim["metadata"] == {"name": "spool", "labels": {"app": "signal-service"}}
         assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
         assert claim["spec"]["resources"]["requests"]["storage"] == "4Gi"
         mount = {"name": "spool", "mountPath": "/var/lib/signal-service/spool"}
