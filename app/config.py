@@ -137,7 +137,7 @@ class AppConfig(_Section):
     # Ingestion: tick bounds, idempotency, deadlines (app.ingest); the spool acks wait for.
     ingest: IngestConfig = IngestConfig()
     spool: SpoolConfig = SpoolConfig()
-    # The data path (issue 7): defaults need nothing running (L1, DuckDB, local files).
+    # The data path: defaults need nothing running (L1, DuckDB, local files).
     cache: CacheConfig = CacheConfig()
     publish: PublishConfig = PublishConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
