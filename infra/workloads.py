@@ -509,15 +509,18 @@ class WorkloadSet(pulumi.ComponentResource):
             },
         }
 
+    def _workload_metadata(self, app: str, workload: Workload) -> k8s.meta.v1.ObjectMetaArgsDict:
+        return object_metadata(
+            app,
+            self.namespace,
+            k8s_labels(self._labels, app),
+            accepted_unpinned(workload.image, self._unpinned),
+        )
+
     def _deployment(self, app: str, workload: Workload, template: dict[str, Any]):
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
-            metadata=object_metadata(
-                app,
-                self.namespace,
-                k8s_labels(self._labels, app),
-                accepted_unpinned(workload.image, self._unpinned),
-            ),
+            metadata=self._workload_metadata(app, workload),
             spec=api_object(
                 {
                     "replicas": workload.replicas,
@@ -637,12 +640,7 @@ class WorkloadSet(pulumi.ComponentResource):
         """Stable pod names (each replica's address) and one spool volume per pod."""
         return k8s.apps.v1.StatefulSet(
             f"{self._name}-{app}",
-            metadata=object_metadata(
-                app,
-                self.namespace,
-                k8s_labels(self._labels, app),
-                accepted_unpinned(workload.image, self._unpinned),
-            ),
+            metadata=self._workload_metadata(app, workload),
             spec=api_object(
                 {
                     "replicas": workload.replicas,

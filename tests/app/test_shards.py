@@ -281,6 +281,20 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None
         await asyncio.sleep(0.05)
 
 
+def _server(model: ModelArtifacts, sections: dict[str, Any]) -> SignalServer:
+    config = _config(model, sections)
+    return SignalServer(config, build_runtime(config))
+
+
+async def _two_owners(model: ModelArtifacts, sections: dict[str, Any]) -> tuple[SignalServer, ...]:
+    """Two in-process replicas of 4 shards, started one after the other, holding two each."""
+    a, b = _server(model, sections), _server(model, sections)
+    await a.start()
+    await b.start()
+    await _until(lambda: len(_owned(a)) == len(_owned(b)) == 2, 10, "two shards each")
+    return a, b
+
+
 def _owned(server: SignalServer) -> list[int]:
     assert server.runtime.shards is not None
     return sorted(s for s, slot in server.runtime.shards.slots.items() if slot.status == "owned")
@@ -295,8 +309,7 @@ def test_a_replica_refuses_what_it_does_not_own_naming_the_owner(
     ticks, _ = synthetic_ticks(N_SYMBOLS, 40, seed=5)
 
     async def scenario() -> None:
-        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        a, b = _server(model, sections), _server(model, sections)
         await a.start()
         assert _owned(a) == [0, 1, 2, 3]  # alone: it takes every shard before it is ready
         await b.start()
@@ -460,8 +473,7 @@ def test_an_owner_that_stops_renewing_stops_computing(
     table = ShardTable(N_SYMBOLS, 4)
 
     async def scenario() -> None:
-        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
+        a, b = _server(model, sections), _server(model, sections)
         await a.start()
         assert a.runtime.shards is not None and a.runtime.shards._task is not None
         a.runtime.shards._task.cancel()  # no more renewals from here on
@@ -497,11 +509,7 @@ def test_a_replica_forwards_what_it_does_not_own_to_the_owner(
     ticks, _ = synthetic_ticks(N_SYMBOLS, 40, seed=5)
 
     async def scenario() -> None:
-        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        await a.start()
-        await b.start()
-        await _until(lambda: len(_owned(a)) == len(_owned(b)) == 2, 10, "two shards each")
+        a, b = await _two_owners(model, sections)
         try:
             symbol = int(table.members(_owned(a)[0])[0])
             at = np.flatnonzero(ticks.symbol == symbol)
@@ -546,13 +554,9 @@ def test_a_stopping_replica_hands_its_shards_over_at_once(
     ticks, _ = synthetic_ticks(N_SYMBOLS, 30, seed=13)
 
     async def scenario() -> None:
-        a = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        b = SignalServer(_config(model, sections), build_runtime(_config(model, sections)))
-        await a.start()
-        await b.start()
+        a, b = await _two_owners(model, sections)
         store = _store(redis_cluster, prefix)
         try:
-            await _until(lambda: len(_owned(a)) == len(_owned(b)) == 2, 10, "two shards each")
             async with SignalClient([b.advertise]) as client:
                 for lo in range(0, len(ticks.symbol), 100):
                     await client.ingest(*(c[lo : lo + 100] for c in _columns(ticks)))
