@@ -62,6 +62,9 @@ PRIORITY_VALUES = {INFERENCE_PRIORITY: 100_000, BATCH_PRIORITY: 1_000}
 GPU_UTILIZATION = "DCGM_FI_DEV_GPU_UTIL"
 MONITORED_COMPONENTS = ("SYSTEM_COMPONENTS", "DEPLOYMENT", "HPA", "POD", "DCGM")
 
+# The StorageClass of the pods' persistent disks: balanced PD with the region's disks key.
+CMEK_STORAGE_CLASS = "signal-cmek-balanced"
+
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 LEGACY_METADATA_OFF = {"disable-legacy-endpoints": "true"}
 
@@ -240,17 +243,26 @@ class GkeCluster(pulumi.ComponentResource):
         fleet: Fleet,
         labels: Mapping[str, str],
         deletion_protection: bool,
+        admission: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ):
         """`keys`: the region's key ring; the cluster encrypts Kubernetes secrets with its
         `gke-secrets` key and every boot disk with its `disks` key, and waits for the grants
-        that let GKE's and Compute Engine's agents use them."""
+        that let GKE's and Compute Engine's agents use them. `admission`: what must be in
+        force before the first Kubernetes object (the Binary Authorization policy)."""
         super().__init__("signal:infra:GkeCluster", name, None, opts)
         secrets_key = keys.keys["gke-secrets"].id
         disk_key = keys.keys["disks"].id
         # Node pools create boot disks with the disks key: Compute Engine's agent must hold it.
         disks_ready = keys.grants_for("disks")
         child = pulumi.ResourceOptions(parent=self, depends_on=disks_ready)
+        # A node pool's name is fixed in its cluster, and much of its node config (machine
+        # type, spot, GPU sharing and driver, boot disk key, service account) replaces it: the
+        # new pool cannot be created beside the old one of the same name (409), so the old
+        # one goes first. Its pods reschedule on the other pools meanwhile (PDBs hold).
+        replaced_in_place = pulumi.ResourceOptions.merge(
+            child, pulumi.ResourceOptions(delete_before_replace=True)
+        )
         settings: ClusterSettings = region.cluster
         pools: NodePools = region.node_pools
         zonal = settings.zonal
@@ -385,7 +397,7 @@ class GkeCluster(pulumi.ComponentResource):
                 labels=labels,
                 node_labels={POOL_LABEL: "system"},
             ),
-            opts=child,
+            opts=replaced_in_place,
         )
 
         self.gpu_pools: dict[str, gcp.container.NodePool] = {}
@@ -434,7 +446,7 @@ class GkeCluster(pulumi.ComponentResource):
                     accelerators=[accelerator],
                     taints=taints,
                 ),
-                opts=child,
+                opts=replaced_in_place,
             )
         accelerators = {p.accelerator_type for p in pools.gpu}
         # One accelerator type across the pools: workloads can also select it by node label.
@@ -466,13 +478,27 @@ class GkeCluster(pulumi.ComponentResource):
             fleet.project_number, self.membership.membership_id
         ).apply(lambda a: kubeconfig(self.name, gateway_server(a[0], region.name, a[1])))
         # Parent: the cluster itself, so every Kubernetes object resolves to its region.
+        # The provider follows its cluster: the kubeconfig names the gateway by project,
+        # region and membership id, which a replaced cluster keeps, so without more the
+        # provider would stay and Pulumi would believe every object still exists in the new,
+        # empty cluster. `replace_with` replaces the provider (and so every object through
+        # it) whenever the cluster is replaced; `cluster_identifier` (the cluster's id) says
+        # which cluster it is to readers of the plan, and keeps a change of the kubeconfig
+        # alone (the same cluster) an update.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
+            cluster_identifier=self.cluster.id,
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(
                 parent=self.cluster,
-                depends_on=[self.system_pool, self.membership, *fleet.gateway_ready],
+                depends_on=[
+                    self.system_pool,
+                    self.membership,
+                    *fleet.gateway_ready,
+                    *admission,
+                ],
+                replace_with=[self.cluster],
             ),
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.provider)
@@ -510,6 +536,23 @@ class GkeCluster(pulumi.ComponentResource):
             )
             for class_name, value in PRIORITY_VALUES.items()
         }
+        # Persistent disks the cluster's pods claim (the signal service's spool) are encrypted
+        # with the disks key, as every node's boot disk is; the PD CSI driver creates them as
+        # Compute Engine's agent, whose grant on the key comes first (GKE docs, "Use
+        # customer-managed encryption keys (CMEK)": disk-encryption-kms-key).
+        self.storage_class = k8s.storage.v1.StorageClass(
+            f"{name}-storage-cmek",
+            metadata={"name": CMEK_STORAGE_CLASS, "labels": k8s_labels(labels)},
+            provisioner="pd.csi.storage.gke.io",
+            parameters={"type": "pd-balanced", "disk-encryption-kms-key": disk_key},
+            # Bound where the pod is scheduled (a zonal disk in the pod's zone).
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Delete",
+            opts=pulumi.ResourceOptions.merge(
+                on_cluster, pulumi.ResourceOptions(depends_on=disks_ready)
+            ),
+        )
         # What the gateway's callers may do once IAM lets them in: deployers everything
         # (cluster-admin), previewers read (Kubernetes' `view`: no Secrets, no RBAC objects).
         for group, members, cluster_role in (

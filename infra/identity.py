@@ -2,7 +2,11 @@
 
 Least privilege: project-level roles are only the telemetry writers each identity needs;
 access to data (topics, tables, buckets, keys) is granted on the resource itself, by the
-module that declares it. Keys rotate at most every 90 days and are protected from deletion.
+module that declares it. Keys rotate at most every 90 days. Where the stack protects its
+resources (prod) keys are protected from deletion (a destroyed key destroys every byte it
+encrypted); elsewhere (dev) `pulumi destroy` schedules their versions' destruction 30 days
+out. Cloud KMS never deletes a key ring or a key's name, so a stack re-created after a destroy
+takes new key ring names (`keyRingGeneration`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from infra.service_agents import ServiceAgents
 
 NAMESPACE = "signals"
 KEY_ROTATION = "7776000s"  # 90 days: CIS GCP 1.10
+# A destroyed key's versions stay restorable this long (Cloud KMS allows up to 120 days).
+DESTROY_AFTER = "2592000s"  # 30 days
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -206,11 +212,17 @@ class KeyRing(pulumi.ComponentResource):
         agents: ServiceAgents,
         labels: Mapping[str, str],
         hsm: bool,
+        protect: bool,
+        ring_name: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`protect`: Pulumi may not destroy the keys (prod); otherwise a destroy schedules
+        their versions' destruction (`DESTROY_AFTER`) and forgets the ring and keys, whose
+        names Cloud KMS keeps. `ring_name`: the key ring's name in KMS (default `name`; a stack
+        re-created after a destroy needs a new one)."""
         super().__init__("signal:infra:KeyRing", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.key_ring = gcp.kms.KeyRing(name, name=name, location=location, opts=child)
+        self.key_ring = gcp.kms.KeyRing(name, name=ring_name or name, location=location, opts=child)
         self.keys: dict[str, gcp.kms.CryptoKey] = {}
         # (purpose, service) → the grant that lets the service's agent use the purpose's key.
         self.grants: dict[tuple[str, str], gcp.kms.CryptoKeyIAMMember] = {}
@@ -226,8 +238,11 @@ class KeyRing(pulumi.ComponentResource):
                     "protection_level": "HSM" if hsm else "SOFTWARE",
                 },
                 labels=dict(labels),
-                # A destroyed key destroys every byte it encrypted.
-                opts=pulumi.ResourceOptions(parent=self, protect=True),
+                # A destroyed key destroys every byte it encrypted: where the stack protects
+                # its resources Pulumi may not destroy it at all; elsewhere a destroy only
+                # schedules its versions' destruction, which can be undone for 30 days.
+                destroy_scheduled_duration=DESTROY_AFTER,
+                opts=pulumi.ResourceOptions(parent=self, protect=protect),
             )
             for i, service in enumerate(KEY_USERS[purpose]):
                 agent = agents[service]

@@ -92,14 +92,6 @@ def gpu_utilization(by: Sequence[str] = ("cluster",)) -> str:
     return f"avg by ({', '.join(by)}) ({GPU_UTILIZATION})"
 
 
-def gpu_utilization_filter() -> str:
-    """The same series as a Monitoring filter (threshold conditions)."""
-    return (
-        'resource.type = "prometheus_target" AND '
-        f'metric.type = "prometheus.googleapis.com/{GPU_UTILIZATION}/gauge"'
-    )
-
-
 def preemptions_per_hour(metric_name: str = PREEMPTION_METRIC) -> str:
     """PromQL over the log-based preemption counter (the metric maps 1:1 into PromQL)."""
     series = f'logging_googleapis_com:user_{metric_name}{{monitored_resource="gce_instance"}}'

@@ -4,17 +4,21 @@
   burn-rate alert and the budget notify all of them.
 - Alert policies (thresholds from `observability.alerts`): signal p95 latency, signal error
   rate, Triton queue time, GPU utilisation outside its band, spot preemptions per hour and
-  Redis memory. The service and Triton metrics are Prometheus metrics read through Google
-  Cloud Managed Service for Prometheus (PromQL conditions); GPU utilisation is GKE's managed
-  DCGM metric (reported for time-shared GPUs, which `kubernetes.io/container/accelerator/
-  duty_cycle` is not); Redis memory is Memorystore's own metric; preemptions are counted by
-  a log-based metric on Compute Engine's `compute.instances.preempted` system events.
-- A Cloud Monitoring service for the signal API with a request-based availability SLO
+  Redis memory. Every condition on a metric that appears only once something runs is PromQL,
+  which Cloud Monitoring does not check against a metric descriptor at creation (a threshold
+  condition on a metric it has not seen is refused): the service's and Triton's Prometheus
+  metrics (Managed Service for Prometheus), GKE's managed DCGM GPU utilisation (reported for
+  time-shared GPUs, unlike `kubernetes.io/container/accelerator/duty_cycle`; the GPU pools
+  start at zero nodes) and the log-based count of Compute Engine's spot preemptions. Redis
+  memory is Memorystore's own metric, which always exists.
+- From stage `serving` only (the request counter exists once the service has served): a
+  Cloud Monitoring service for the signal API with a request-based availability SLO
   (`observability.sloGoal`, rolling `sloWindowDays`) and a multi-window burn-rate alert.
 - A billing budget of `budget.monthlyUsd` with a rule per `budget.alertThresholds`.
 - Data-access audit logs (admin and data reads, data writes) for BigQuery and Redis, and a
-  sink of every audit log to a CMEK bucket whose retention policy is locked where the stack
-  protects its resources (prod); elsewhere it stays unlocked, so the stack can be destroyed.
+  sink of every audit log to a CMEK bucket with a locked retention policy where the stack
+  protects its resources (prod); elsewhere no retention policy and `force_destroy`, so the
+  stack can be destroyed.
 
 - The operations dashboard (infra/dashboard.py); every alert's documentation says what to do
   first (`RUNBOOK`) and links the dashboard.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import pulumi
 import pulumi_gcp as gcp
@@ -41,6 +46,9 @@ AUDIT_LOG_TYPES = ("ADMIN_READ", "DATA_READ", "DATA_WRITE")
 AUDIT_FILTER = 'logName:"cloudaudit.googleapis.com"'
 
 CHANNEL_LABELS = {"email": "email_address", "webhook_tokenauth": "url", "pubsub": "topic"}
+# The label of what exists only from stage `serving`, after the service's first traffic: the
+# policy pack reads it (a monitoring object on a metric that appears with traffic).
+AFTER_TRAFFIC = {"signal-platform-stage": "serving"}
 
 # What the on-call does first, per alert: the line each alert's documentation opens with, beside
 # the link to the operations dashboard, whose charts it names.
@@ -146,31 +154,39 @@ class Threshold:
         }
 
 
-def gpu_duty_cycle(alerts: AlertThresholds) -> list[Threshold]:
+def gpu_duty_cycle(alerts: AlertThresholds) -> dict[str, tuple[str, str]]:
     """GPU utilisation outside [min, max]: idle GPUs waste money, saturated ones add latency.
-    GKE's managed DCGM metric, averaged over each cluster's GPUs."""
-    common = {
-        "filter": metrics.gpu_utilization_filter(),
-        "aligner": "ALIGN_MEAN",
-        "reducer": "REDUCE_MEAN",
-        "group_by": ("resource.label.cluster",),
+    GKE's managed DCGM metric, averaged over each cluster's GPUs: condition name → (PromQL,
+    how long it must hold).
+
+    Why PromQL: the GPU pools start at zero nodes, so no DCGM series exists until Triton first
+    runs, and a threshold condition on a metric Cloud Monitoring has not seen is refused with
+    404 ("Cannot find metric(s)", hashicorp/terraform-provider-google#11102). A PromQL
+    condition is not checked against a descriptor when the policy is created."""
+    utilization = metrics.gpu_utilization()
+    return {
+        f"GPU utilisation below {alerts.gpu_duty_cycle_min:g}%": (
+            f"{utilization} < {alerts.gpu_duty_cycle_min:g}",
+            "1800s",
+        ),
+        f"GPU utilisation above {alerts.gpu_duty_cycle_max:g}%": (
+            f"{utilization} > {alerts.gpu_duty_cycle_max:g}",
+            "900s",
+        ),
     }
-    return [
-        Threshold(
-            name=f"GPU utilisation below {alerts.gpu_duty_cycle_min:g}%",
-            comparison="COMPARISON_LT",
-            value=alerts.gpu_duty_cycle_min,
-            duration="1800s",
-            **common,
-        ),
-        Threshold(
-            name=f"GPU utilisation above {alerts.gpu_duty_cycle_max:g}%",
-            comparison="COMPARISON_GT",
-            value=alerts.gpu_duty_cycle_max,
-            duration="900s",
-            **common,
-        ),
-    ]
+
+
+def promql_condition(
+    meaning: str, query: str, duration: str
+) -> gcp.monitoring.AlertPolicyConditionArgsDict:
+    return {
+        "display_name": meaning,
+        "condition_prometheus_query_language": {
+            "query": query,
+            "duration": duration,
+            "evaluation_interval": "60s",
+        },
+    }
 
 
 def spot_preemptions(alerts: AlertThresholds, metric_name: str) -> str:
@@ -213,8 +229,10 @@ class Observability(pulumi.ComponentResource):
         audit_kms_key: gcp.kms.CryptoKey,
         labels: Mapping[str, str],
         protect: bool,
+        slo: bool,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`slo`: declare the availability SLO and its burn-rate alert (stage `serving`)."""
         super().__init__("signal:infra:Observability", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         user_labels = dict(labels)
@@ -243,36 +261,13 @@ class Observability(pulumi.ComponentResource):
             opts=child,
         )
 
-        # ---- SLO: availability of the signal API, request-based.
-        self.service = gcp.monitoring.CustomService(
-            "service-signal-api",
-            service_id=SERVICE_ID,
-            display_name="signal API (gRPC)",
-            user_labels=user_labels,
-            opts=child,
-        )
-        total, bad = metrics.request_filters()
-        self.slo = gcp.monitoring.Slo(
-            "slo-signal-api-availability",
-            service=self.service.service_id,
-            slo_id=SLO_ID,
-            display_name=f"{settings.slo_goal:.2%} of signal requests succeed "
-            f"({settings.slo_window_days}-day rolling)",
-            goal=settings.slo_goal,
-            rolling_period_days=settings.slo_window_days,
-            request_based_sli={
-                "good_total_ratio": {"total_service_filter": total, "bad_service_filter": bad}
-            },
-            user_labels=user_labels,
-            opts=child,
-        )
-
-        # ---- The operations dashboard: after the SLO and the log metric its charts read.
+        # ---- The operations dashboard. It waits for nothing it charts: Cloud Monitoring does
+        # not check a dashboard's queries against metrics or SLOs when it is created.
         self.dashboard = gcp.monitoring.Dashboard(
             "operations-dashboard",
             project=project_id,
             dashboard_json=json.dumps(dashboard_json(project_id, alerts, labels)),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.slo, self.preemptions]),
+            opts=child,
         )
         self.dashboard_url: pulumi.Output[str] = self.dashboard.id.apply(
             lambda dashboard_id: console_url(dashboard_id, project_id)
@@ -284,6 +279,7 @@ class Observability(pulumi.ComponentResource):
             severity: str,
             what: str,
             depends_on: Sequence[pulumi.Resource] = (),
+            labels: Mapping[str, str] = MappingProxyType({}),
         ) -> gcp.monitoring.AlertPolicy:
             return gcp.monitoring.AlertPolicy(
                 f"alert-{key}",
@@ -294,25 +290,21 @@ class Observability(pulumi.ComponentResource):
                 notification_channels=channel_names,
                 documentation=alert_documentation(what, RUNBOOK[key], self.dashboard_url),
                 alert_strategy={"auto_close": "86400s"},
-                user_labels=user_labels,
+                user_labels={**user_labels, **labels},
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
             )
 
         self.alerts: dict[str, gcp.monitoring.AlertPolicy] = {}
         for key, (query, meaning) in promql_alerts(alerts).items():
-            condition: gcp.monitoring.AlertPolicyConditionArgsDict = {
-                "display_name": meaning,
-                "condition_prometheus_query_language": {
-                    "query": query,
-                    "duration": "300s",
-                    "evaluation_interval": "60s",
-                },
-            }
+            condition = promql_condition(meaning, query, "300s")
             self.alerts[key] = policy(key, [condition], "ERROR", f"Alert: {meaning}.")
 
         self.alerts["gpu-duty-cycle"] = policy(
             "gpu-duty-cycle",
-            [t.condition() for t in gpu_duty_cycle(alerts)],
+            [
+                promql_condition(meaning, query, duration)
+                for meaning, (query, duration) in gpu_duty_cycle(alerts).items()
+            ],
             "WARNING",
             f"GPU duty cycle outside {alerts.gpu_duty_cycle_min:g}-{alerts.gpu_duty_cycle_max:g}%"
             ": below, the pool is oversized (scale in); above, requests queue (scale out).",
@@ -320,15 +312,11 @@ class Observability(pulumi.ComponentResource):
         self.alerts["spot-preemptions"] = policy(
             "spot-preemptions",
             [
-                {
-                    "display_name": f"more than {alerts.spot_preemptions_per_hour} spot "
-                    "preemptions per hour",
-                    "condition_prometheus_query_language": {
-                        "query": spot_preemptions(alerts, PREEMPTION_METRIC),
-                        "duration": "0s",
-                        "evaluation_interval": "60s",
-                    },
-                }
+                promql_condition(
+                    f"more than {alerts.spot_preemptions_per_hour} spot preemptions per hour",
+                    spot_preemptions(alerts, PREEMPTION_METRIC),
+                    "0s",
+                )
             ],
             "WARNING",
             "Spot capacity is being reclaimed: the on-demand fallback pools take the load.",
@@ -340,24 +328,33 @@ class Observability(pulumi.ComponentResource):
             "WARNING",
             "A Redis cluster is near its memory: add shards before evictions hurt hit rates.",
         )
-        self.alerts["slo-burn-rate"] = policy(
-            "slo-burn-rate",
-            [
-                {
-                    "display_name": f"error budget burning {rate:g}x over {window}",
-                    "condition_threshold": {
-                        "filter": metrics.burn_rate_filter(project_id, window),
-                        "comparison": "COMPARISON_GT",
-                        "threshold_value": rate,
-                        "duration": "0s",
-                    },
-                }
-                for window, rate in BURN_RATE_WINDOWS
-            ],
-            "CRITICAL",
-            "The signal API is spending its error budget too fast to last the SLO window.",
-            depends_on=[self.slo],
-        )
+        # ---- SLO: availability of the signal API, request-based, and its burn-rate alert.
+        # Only from stage `serving`: an SLO whose filter names a metric Cloud Monitoring has
+        # not seen is refused ("The metric referenced by the provided filter is unknown"), and
+        # `signal_requests_total` exists once the service has served (README, "Deploying for
+        # real"). The stage label says so to the policy pack.
+        self.slo: gcp.monitoring.Slo | None = None
+        if slo:
+            self.slo = self._slo(settings, {**user_labels, **AFTER_TRAFFIC}, child)
+            self.alerts["slo-burn-rate"] = policy(
+                "slo-burn-rate",
+                [
+                    {
+                        "display_name": f"error budget burning {rate:g}x over {window}",
+                        "condition_threshold": {
+                            "filter": metrics.burn_rate_filter(project_id, window),
+                            "comparison": "COMPARISON_GT",
+                            "threshold_value": rate,
+                            "duration": "0s",
+                        },
+                    }
+                    for window, rate in BURN_RATE_WINDOWS
+                ],
+                "CRITICAL",
+                "The signal API is spending its error budget too fast to last the SLO window.",
+                depends_on=[self.slo],
+                labels=AFTER_TRAFFIC,
+            )
 
         # ---- Budget.
         self.budget: gcp.billing.Budget | None = None
@@ -409,13 +406,18 @@ class Observability(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             encryption={"default_kms_key_name": audit_kms_key.id},
-            # Locked where the stack protects its resources: the retention can then be
-            # lengthened, never shortened or removed, and nothing deleted before it expires,
-            # not even the bucket. Elsewhere (dev) it stays unlocked so the stack can go.
-            retention_policy={
-                "retention_period": str(retention_days * 86400),
-                "is_locked": protect,
-            },
+            # Where the stack protects its resources (prod), a locked retention policy: it can
+            # be lengthened, never shortened or removed, and nothing is deleted before it
+            # expires, not even the bucket. Elsewhere (dev) none, and `force_destroy`: even an
+            # unlocked retention policy keeps every object younger than it (and so the bucket)
+            # for that long, so `pulumi destroy` would fail for a month. The lifecycle rule
+            # ages the logs out either way.
+            retention_policy=(
+                {"retention_period": str(retention_days * 86400), "is_locked": True}
+                if protect
+                else None
+            ),
+            force_destroy=not protect,
             lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": retention_days}}],
             labels=dict(labels),
             opts=pulumi.ResourceOptions(parent=self, protect=protect),
@@ -440,7 +442,38 @@ class Observability(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "auditBucket": self.audit_bucket.url,
-                "slo": slo_name(project_id),
+                "slo": slo_name(project_id) if slo else None,
                 "dashboard": self.dashboard_url,
             }
+        )
+
+    def _slo(
+        self,
+        settings: ObservabilitySettings,
+        user_labels: Mapping[str, str],
+        opts: pulumi.ResourceOptions,
+    ) -> gcp.monitoring.Slo:
+        """The signal API's availability SLO on its request counter (a request-based ratio
+        counts requests, which the latency distribution does not)."""
+        self.service = gcp.monitoring.CustomService(
+            "service-signal-api",
+            service_id=SERVICE_ID,
+            display_name="signal API (gRPC)",
+            user_labels=dict(user_labels),
+            opts=opts,
+        )
+        total, bad = metrics.request_filters()
+        return gcp.monitoring.Slo(
+            "slo-signal-api-availability",
+            service=self.service.service_id,
+            slo_id=SLO_ID,
+            display_name=f"{settings.slo_goal:.2%} of signal requests succeed "
+            f"({settings.slo_window_days}-day rolling)",
+            goal=settings.slo_goal,
+            rolling_period_days=settings.slo_window_days,
+            request_based_sli={
+                "good_total_ratio": {"total_service_filter": total, "bad_service_filter": bad}
+            },
+            user_labels=dict(user_labels),
+            opts=opts,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.admission import admission_policy
 from infra.artifacts import ArtifactStore
 from infra.autoscale import NAMESPACE as INTELLIGENCE_NAMESPACE
 from infra.autoscale import SERVICE_ACCOUNT as INTELLIGENCE_ACCOUNT
@@ -22,6 +23,7 @@ from infra.cluster import (
     GkeCluster,
 )
 from infra.config import RegionConfig, StackConfig, load_catalog
+from infra.config.data import regions_within
 from infra.identity import (
     REGIONAL_KEYS,
     WAREHOUSE_KEYS,
@@ -47,9 +49,11 @@ from infra.workloads import (
     triton_model_files,
 )
 
-# Every API the stack uses, and why. Each resource type the program declares needs its API
+# Every API the stack enables, and why. Each resource type the program declares needs its API
 # on first (the pack's `apply-api-enabled` rule checks it against a table of type → API with
-# sources, policies/rules/apply_order.yaml); the rest are called at run time.
+# sources, policies/rules/apply_order.yaml); the rest are called at run time. The APIs that
+# cannot enable themselves (Cloud Resource Manager, Service Usage) or that the deploy identity
+# needs before Pulumi runs (IAM Credentials, STS) are the bootstrap's (infra/bootstrap.py).
 APIS: dict[str, str] = {
     "artifactregistry.googleapis.com": "the image registry",
     "bigquery.googleapis.com": "the warehouse",
@@ -57,6 +61,8 @@ APIS: dict[str, str] = {
     "billingbudgets.googleapis.com": "the budget",
     "binaryauthorization.googleapis.com": "clusters enforce Binary Authorization",
     "cloudkms.googleapis.com": "CMEK keys",
+    # TRANSITION (firstapply): the bootstrap enables it; removed once the pack reads the
+    # bootstrap's APIs as prerequisites.
     "cloudresourcemanager.googleapis.com": "project IAM bindings and audit configs",
     "cloudtrace.googleapis.com": "the service's traces (roles/cloudtrace.agent)",
     "compute.googleapis.com": "the VPC, firewalls, NAT and nodes",
@@ -68,13 +74,16 @@ APIS: dict[str, str] = {
     "gkeconnect.googleapis.com": "Connect Gateway's dependency (GKE docs, 'Set up Connect gateway')",
     "gkehub.googleapis.com": "fleet memberships of the clusters",
     "iam.googleapis.com": "service accounts",
-    "iamcredentials.googleapis.com": "Workload Identity tokens for the pods",
     "logging.googleapis.com": "log-based metrics and the audit sink",
     "monitoring.googleapis.com": "alerts, the SLO and the metrics adapter",
     "networkconnectivity.googleapis.com": "Private Service Connect policies for Redis",
     "ondemandscanning.googleapis.com": "CI scans the service image before pushing it (image.yml)",
     "pubsub.googleapis.com": "topics and subscriptions",
     "redis.googleapis.com": "Memorystore for Redis Cluster",
+    # Memorystore for Redis Cluster's prerequisites ("Create instances": Memorystore, Network
+    # Connectivity and Service Consumer Management APIs): its PSC endpoints are created
+    # through the service connection policy by Service Consumer Management.
+    "serviceconsumermanagement.googleapis.com": "Redis Cluster's Private Service Connect endpoints",
     "storage.googleapis.com": "the models and audit-log buckets",
 }
 # What each GKE control plane calls on the nodes, by target port: the private control plane
@@ -99,8 +108,10 @@ class Region(pulumi.ComponentResource):
         agents: ServiceAgents,
         fleet: Fleet,
         models_bucket: pulumi.Input[str],
+        admission: pulumi.Resource,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`admission`: the Binary Authorization policy, in force before any pod is created."""
         super().__init__("signal:infra:Region", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.config = region
@@ -112,6 +123,8 @@ class Region(pulumi.ComponentResource):
             agents,
             stack.labels,
             hsm=stack.is_prod,
+            protect=stack.is_prod,
+            ring_name=stack.key_ring_name(f"{region.name}-keys"),
             opts=child,
         )
         # The L2 cache; the workloads read its discovery endpoint (`self.redis`).
@@ -129,7 +142,7 @@ class Region(pulumi.ComponentResource):
             after=self.keys.grants_for("redis"),
             opts=child,
         )
-        self._compute(region, stack, vpc, accounts, fleet, models_bucket)
+        self._compute(region, stack, vpc, accounts, fleet, models_bucket, admission)
         self.register_outputs({"subnet": self.network.subnet.id})
 
     def _compute(
@@ -140,8 +153,12 @@ class Region(pulumi.ComponentResource):
         accounts: ServiceAccounts,
         fleet: Fleet,
         models_bucket: pulumi.Input[str],
+        admission: pulumi.Resource,
     ) -> None:
-        """Cluster → mesh → workloads: what runs on Kubernetes in this region."""
+        """Cluster → mesh → workloads: what runs on Kubernetes in this region. The workloads
+        (the stack's own image, the model in its bucket) only from stage `workloads`: on a new
+        project neither exists before the first `pulumi up` has created their registry and
+        bucket, and their rollouts would fail to become ready."""
         child = pulumi.ResourceOptions(parent=self)
         self.cluster = GkeCluster(
             f"{region.name}-cluster",
@@ -159,6 +176,7 @@ class Region(pulumi.ComponentResource):
             fleet=fleet,
             labels=stack.labels,
             deletion_protection=stack.deletion_protection,
+            admission=[admission],
             opts=child,
         )
         on_cluster = pulumi.ResourceOptions(parent=self, provider=self.cluster.provider)
@@ -187,6 +205,8 @@ class Region(pulumi.ComponentResource):
             unpinned_images=stack.unpinned_images,
             opts=after_mesh,
         )
+        if not stack.deploys_workloads:
+            return
         intelligence = stack.intelligence
         predictive = intelligence.predictive_scaling.enabled
         workloads = stack.workloads
@@ -276,11 +296,22 @@ class Platform(pulumi.ComponentResource):
             for api in APIS
         }
         after_apis = pulumi.ResourceOptions(parent=self, depends_on=list(self.apis.values()))
+        regions = [config.region(r) for r in config.regions]
+        # Enforced by every cluster: in force before the first pod of any of them.
+        self.admission = admission_policy(
+            "binary-authorization",
+            config.project_id,
+            [
+                config.workloads.signal_service.image,
+                config.workloads.triton.image,
+                *(r.cluster.metrics_adapter_image for r in regions),
+            ],
+            after_apis,
+        )
         self.agents = ServiceAgents(
             "service-agents", config.project_id, project.number, self.apis, child
         )
 
-        regions = [config.region(r) for r in config.regions]
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
         self.accounts = ServiceAccounts("identity", config.project_id, pool_names, after_apis)
         self.vpc = Vpc("signal-vpc", regions, CONTROL_PLANE_TARGETS, after_apis)
@@ -313,6 +344,7 @@ class Platform(pulumi.ComponentResource):
                 self.agents,
                 fleet,
                 models_bucket,
+                self.admission,
                 after_apis,
             )
             for r in regions
@@ -347,6 +379,8 @@ class Platform(pulumi.ComponentResource):
             self.agents,
             labels,
             hsm=config.is_prod,
+            protect=config.is_prod,
+            ring_name=config.key_ring_name(f"{config.bigquery.location.lower()}-warehouse-keys"),
             opts=after_apis,
         )
         self._data_platform(config, project.number, after_apis)
@@ -410,7 +444,8 @@ class Platform(pulumi.ComponentResource):
             "messaging",
             agent_member=pubsub_agent.member,
             settings=config.pubsub,
-            regions=config.regions,
+            # Messages are stored where their key lives: the warehouse's location.
+            regions=regions_within(config.bigquery.location, config.regions),
             kms_key=keys.keys["pubsub"],
             signals_table=self.warehouse.path("signals") if signals is not None else None,
             signals_table_resource=signals,
@@ -429,5 +464,6 @@ class Platform(pulumi.ComponentResource):
             audit_kms_key=keys.keys["audit-logs"],
             labels=config.labels,
             protect=config.is_prod,
+            slo=config.has_slo,
             opts=after(*keys.grants_for("audit-logs")),
         )

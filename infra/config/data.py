@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -13,6 +13,17 @@ from infra.config.base import Model
 
 # Pub/Sub topic ids: 3-255 characters, starting with a letter, not starting with "goog".
 TOPIC_ID_RE = re.compile(r"^(?!goog)[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+# The regions of each multi-region location (a KMS key ring or BigQuery dataset there), by the
+# prefix Google's region names share (Cloud KMS docs, "Cloud KMS locations": us, europe, asia).
+MULTI_REGION_PREFIXES = {"us": "us-", "eu": "europe-", "europe": "europe-", "asia": "asia-"}
+
+
+def regions_within(location: str, regions: Sequence[str]) -> list[str]:
+    """The ``regions`` that lie in ``location``: a multi-region (`US`) or one region."""
+    prefix = MULTI_REGION_PREFIXES.get(location.lower())
+    if prefix is None:
+        return [r for r in regions if r == location.lower()]
+    return [r for r in regions if r.startswith(prefix)]
 
 
 class RedisSettings(Model):
@@ -73,6 +84,19 @@ class PubSubSettings(Model):
     dead_letter_topic: str = "signals-dead-letter"
     min_retry_backoff_seconds: int = Field(default=10, ge=0, le=600)
     max_retry_backoff_seconds: int = Field(default=600, ge=0, le=600)
+
+    def storage_rules(self, regions: Sequence[str], key_location: str) -> Iterator[Problem]:
+        """Topics store messages only in the stack's regions inside their key's location
+        (the warehouse's, `bigquery.location`): messages at rest stay where the key that
+        encrypts them lives, so an outage or a residency rule of that location is one."""
+        if not regions_within(key_location, regions):
+            yield Problem(
+                "",
+                f"no region of the stack lies in the Pub/Sub key's location {key_location!r}"
+                " (bigquery.location), so no topic could store a message",
+                list(regions),
+                f"a region in {key_location}, or a bigquery.location holding one",
+            )
 
     def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
         yield from super().rules(context)

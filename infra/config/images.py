@@ -46,6 +46,12 @@ def registry_host(image: str) -> str | None:
     return None
 
 
+def repository(image: str) -> str:
+    """The reference without its tag or digest: what is pulled, at whichever version."""
+    match = REFERENCE_RE.match(image)
+    return match["name"] if match else image
+
+
 def digest(image: str) -> str | None:
     match = REFERENCE_RE.match(image)
     return match["digest"] if match else None

@@ -29,6 +29,7 @@ from infra.config.catalog import load_catalog
 from infra.config.cluster import ClusterSettings, NodePools
 from infra.config.cost import CostSettings, PoolBounds
 from infra.config.data import BigQuerySettings, PubSubSettings, RedisSettings
+from infra.config.images import REFERENCE_RE, digest
 from infra.config.intelligence import IntelligenceSettings
 from infra.config.mesh import ISTIO_KUBERNETES, MeshSettings
 from infra.config.network import NetworkSettings, RegionNetwork, overlaps
@@ -55,6 +56,11 @@ ENVIRONMENT_WORDS = {
 }
 # The Artifact Registry repository the stack declares for its images (infra/artifacts.py).
 ARTIFACT_REPOSITORY = "signal"
+# What .github/workflows/image.yml pushes to that repository: `git-<commit>` tags (the
+# repository's tags are immutable) and the digest its pull request pins.
+PUSHED_TAG_RE = re.compile(r"^git-[0-9a-f]{40}$")
+STAGES = ("infrastructure", "workloads", "serving")
+Stage = Literal["infrastructure", "workloads", "serving"]
 
 
 def environment_named_by(stack: str) -> str | None:
@@ -137,6 +143,14 @@ class StackConfig(Model):
     cost: CostSettings = CostSettings()
     # Prod images without a digest, by exact reference, each with the reason it has none.
     unpinned_images: dict[str, str] = Field(default_factory=dict)
+    # How far a deploy goes (README "Deploying for real"): a new project's first `pulumi up`
+    # creates the platform (`infrastructure`); the image pipeline's pull request that pins
+    # the pushed digest moves it to `workloads`; once the service has served traffic (its
+    # request counter exists in Cloud Monitoring), `serving` adds the SLO and its alert.
+    stage: Stage = "serving"
+    # KMS key rings cannot be deleted: a stack re-created after `pulumi destroy` needs new
+    # key ring names. 1: `<location>-keys`; n > 1: `<location>-keys-<n>`.
+    key_ring_generation: int = Field(default=1, ge=1, le=99)
 
     @field_validator("project_id")
     @classmethod
@@ -205,6 +219,20 @@ class StackConfig(Model):
         return self.is_prod if setting is None else setting
 
     @property
+    def deploys_workloads(self) -> bool:
+        """The stage runs the stack's own image and model (after `infrastructure`)."""
+        return STAGES.index(self.stage) >= STAGES.index("workloads")
+
+    @property
+    def has_slo(self) -> bool:
+        """The stage declares the SLO on the service's request counter (`serving`)."""
+        return self.stage == "serving"
+
+    def key_ring_name(self, base: str) -> str:
+        """A key ring's name in this generation (`keyRingGeneration`)."""
+        return base if self.key_ring_generation == 1 else f"{base}-{self.key_ring_generation}"
+
+    @property
     def image_registry(self) -> str:
         """Where the stack's own images live: its Artifact Registry repository."""
         return f"{self.regions[0]}-docker.pkg.dev/{self.project_id}/{ARTIFACT_REPOSITORY}"
@@ -249,6 +277,9 @@ class StackConfig(Model):
         yield from self._network_rules()
         yield from (p.under("mesh") for p in self.mesh.region_weight_rules(self.regions))
         yield from self._unpinned_image_rules()
+        yield from self._own_image_rules()
+        storage = self.pubsub.storage_rules(self.regions, self.bigquery.location)
+        yield from (p.under("regions") for p in storage)
         yield from self._gpu_rules()
         yield from (p.under("cost") for p in self.cost.pool_rules(self._pool_sizes()))
 
@@ -371,6 +402,23 @@ class StackConfig(Model):
                     image,
                     ", ".join(sorted(images)),
                 )
+
+    def _own_image_rules(self) -> Iterator[Problem]:
+        """An image in the stack's own registry is one the image workflow pushed: pinned by
+        digest, or tagged `git-<commit>` (a tag it never pushes would never pull)."""
+        image = self.workloads.signal_service.image
+        if not image.startswith(f"{self.image_registry}/"):
+            return
+        match = REFERENCE_RE.match(image)
+        tag = match["tag"] if match else None
+        if digest(image) is None and not (tag and PUSHED_TAG_RE.match(tag)):
+            yield Problem(
+                "workloads.signalService.image",
+                "the image workflow never pushes this tag to the stack's registry",
+                image,
+                f"{image.split('@')[0].rsplit(':', 1)[0]}@sha256:<digest> (image.yml's pull request "
+                "pins it) or :git-<40-hex commit>",
+            )
 
     def _gpu_rules(self) -> Iterator[Problem]:
         """Triton fits the GPU pools of every region; shared GPUs take one GPU per container."""

@@ -118,7 +118,9 @@ class TritonWorkload(Workload):
 
 class Workloads(Model):
     signal_service: SignalServiceWorkload = SignalServiceWorkload(
-        image="us-central1-docker.pkg.dev/signal-platform-dev/signal/signal-service:dev",
+        # As the image workflow pins it (`<repository>@<digest>`): it pushes no other tag.
+        image="us-central1-docker.pkg.dev/signal-platform-dev/signal/signal-service"
+        "@sha256:4f2a9c1e7b3d5a6f8e0c2b4d6a8f0e1c3b5d7a9f1e3c5b7d9a1f3e5c7b9d1a3f",
         resources=Resources(
             requests={"cpu": "1", "memory": "1Gi"}, limits={"cpu": "2", "memory": "2Gi"}
         ),

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.signal_platform import APIS, CONTROL_PLANE_TARGETS
 from infra.service_agents import AGENTS, Creation
+from infra.signal_platform import APIS, CONTROL_PLANE_TARGETS
 from tools.inventory import UNKNOWN, Inventory, Resource
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from infra.cluster import (
+    CMEK_STORAGE_CLASS,
     GATEWAY_ROLES,
     INFERENCE_COMPUTE_CLASS,
     gateway_server,
@@ -30,6 +31,7 @@ PRIORITY_CLASS = "kubernetes:scheduling.k8s.io/v1:PriorityClass"
 K8S_PROVIDER = "pulumi:providers:kubernetes"
 KEY = "gcp:kms/cryptoKey:CryptoKey"
 ACCOUNT = "gcp:serviceaccount/account:Account"
+BINAUTHZ = "gcp:binaryauthorization/policy:Policy"
 
 
 def config_of(plan: Inventory) -> StackConfig:
@@ -455,3 +457,90 @@ def test_prod_pins_the_metrics_adapter_by_digest():
     )
     dev = load("dev", cluster={**section("dev", "cluster"), **image})
     assert dev.cluster.metrics_adapter_image.endswith(":v1")
+
+
+# ---------------------------------------------------------------- what a second apply needs
+
+
+def test_node_pools_are_deleted_before_their_replacement(stack_plan: Inventory):
+    """A pool's name is fixed in its cluster and much of its node config replaces it
+    (machine type, spot, GPU sharing, boot disk key): a replacement created first would find
+    its name taken (409), so the old pool goes first (review.md #15)."""
+    pools = stack_plan.of_type(NODE_POOL)
+    assert pools
+    for pool in pools:
+        assert pool.inputs["name"], pool.name  # explicitly named: what makes it necessary
+        assert pool.options["deleteBeforeReplace"] is True, pool.name
+    for resource in (*stack_plan.of_type(CLUSTER), *stack_plan.of_type(MEMBERSHIP)):
+        assert resource.options["deleteBeforeReplace"] is True, resource.name
+
+
+def test_the_kubernetes_provider_names_its_cluster(stack_plan: Inventory):
+    """A replaced cluster keeps its name, so a kubeconfig of names alone would leave the
+    provider (and Pulumi's record of every object) pointing at an empty new cluster: the
+    provider takes the cluster's id as its cluster identifier, from the cluster itself
+    (and is replaced with it: `replace_with`, tested through the program's options below)."""
+    index = stack_plan.by_urn()
+    for provider in stack_plan.of_type(K8S_PROVIDER):
+        cluster = index[provider.parent]  # type: ignore[index]
+        assert provider.inputs["clusterIdentifier"] == (
+            f"projects/{stack_plan.outputs['project']}/locations/{cluster.inputs['location']}"
+            f"/clusters/{cluster.inputs['name']}"
+        )
+        assert provider.options["propertyDependencies"]["clusterIdentifier"] == [cluster.urn]
+
+
+def test_the_provider_is_replaced_with_its_cluster():
+    """`replace_with` is an engine option no plan records: read it where the program sets it."""
+    import ast
+    import inspect
+
+    import infra.cluster
+
+    tree = ast.parse(inspect.getsource(infra.cluster.GkeCluster))
+    providers = [
+        call
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and ast.unparse(call.func) == "k8s.Provider"
+    ]
+    (provider,) = providers
+    options = next(k.value for k in provider.keywords if k.arg == "opts")
+    replace_with = next(
+        k.value
+        for k in options.keywords
+        if k.arg == "replace_with"  # type: ignore[attr-defined]
+    )
+    assert ast.unparse(replace_with) == "[self.cluster]"
+
+
+def test_pods_wait_for_the_binary_authorization_policy(stack_plan: Inventory):
+    """Every cluster enforces the project's policy: it exists before any provider (so before
+    any pod) of the stack (review.md #19)."""
+    (policy,) = stack_plan.of_type(BINAUTHZ)
+    for provider in stack_plan.of_type(K8S_PROVIDER):
+        assert policy.urn in provider.options["dependencies"], provider.name
+
+
+def test_the_pods_persistent_disks_are_encrypted_with_the_regions_disks_key(
+    stack_plan: Inventory,
+):
+    """The spool's PersistentVolumes are CMEK like every boot disk: a StorageClass per cluster
+    with the region's `disks` key, created once Compute Engine's agent holds the key."""
+    index = stack_plan.by_urn()
+    regions = stack_plan.regions()
+    classes = stack_plan.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert len(classes) == len(stack_plan.outputs["regions"])
+    grants = {g.urn: g for g in stack_plan.of_type("gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember")}
+    for storage_class in classes:
+        region = regions[storage_class.urn]
+        assert storage_class.inputs["metadata"]["name"] == CMEK_STORAGE_CLASS
+        assert storage_class.inputs["provisioner"] == "pd.csi.storage.gke.io"
+        key = storage_class.inputs["parameters"]["disk-encryption-kms-key"]
+        assert key.endswith(f"/locations/{region}/keyRings/{region}-keys/cryptoKeys/disks")
+        assert storage_class.inputs["volumeBindingMode"] == "WaitForFirstConsumer"
+        waited = [grants[d] for d in storage_class.options["dependencies"] if d in grants]
+        assert any(
+            g.inputs["cryptoKeyId"] == key and "compute-system" in g.inputs["member"]
+            for g in waited
+        ), "waits for Compute Engine's agent to hold the key"
+        assert index[provider_urn(storage_class.provider)].type == K8S_PROVIDER  # type: ignore[index]

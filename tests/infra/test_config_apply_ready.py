@@ -180,3 +180,44 @@ def test_the_stacks_registry_is_the_repository_the_program_declares(stack_plan: 
     host, project, repository = cfg.image_registry.split("/")
     assert registry.inputs["repositoryId"] == repository == ARTIFACT_REPOSITORY
     assert host == f"{registry.inputs['location']}-docker.pkg.dev" and project == cfg.project_id
+
+
+# ---------------------------------------------------------------- images the pipeline pushes
+
+
+def test_an_own_registry_image_is_one_the_image_workflow_pushed():
+    """image.yml pushes `git-<commit>` tags and its pull request pins the digest: any other
+    reference into the stack's own repository (dev's old `:dev`) would never pull
+    (review.md #3). Prod pins digests anyway."""
+    registry = load("dev").image_registry
+    workloads = section("dev", "workloads")
+
+    def with_image(image: str) -> dict:
+        return {**workloads, "signalService": {**workloads["signalService"], "image": image}}
+
+    refused = message("dev", workloads=with_image(f"{registry}/signal-service:dev"))
+    assert refused == (
+        "Pulumi.dev.yaml: signal-platform:workloads.signalService.image: the image workflow "
+        f"never pushes this tag to the stack's registry (got '{registry}/signal-service:dev'); "
+        f"allowed: {registry}/signal-service@sha256:<digest> (image.yml's pull request pins it) "
+        "or :git-<40-hex commit>"
+    )
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for accepted in (
+        f"{registry}/signal-service@{REAL_DIGEST}",
+        f"{registry}/signal-service:git-{commit}",
+        # Another project's registry: not what this stack's pipeline pushes to.
+        "us-docker.pkg.dev/another-project/images/signal-service:stable",
+    ):
+        assert (
+            load("dev", workloads=with_image(accepted)).workloads.signal_service.image == accepted
+        )
+
+
+def test_both_stacks_run_the_digest_the_image_workflow_pinned():
+    """The image workflow pins one digest in both stack files (stack_image.py pin)."""
+    dev, prod = (load(s).workloads.signal_service.image for s in ("dev", "prod"))
+    assert dev.split("@")[1] == prod.split("@")[1]
+    assert dev.startswith(load("dev").image_registry) and prod.startswith(
+        load("prod").image_registry
+    )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from tests.conftest import REPO
+from tests.infra.stack_config import load
+from tools.engine import plan as plan_stack
 from tools.inventory import UNKNOWN, Inventory
 
 NETWORK = "gcp:compute/network:Network"
@@ -126,10 +129,27 @@ def test_kms_key_ring_per_region_with_rotating_protected_keys(stack_plan: Invent
     for region in stack_plan.outputs["regions"]:
         names = {k.inputs["name"] for k in keys if f"/locations/{region}/" in k.inputs["keyRing"]}
         assert names == {"gke-secrets", "disks", "redis", "artifacts"}, region
+    protected = load(stack_plan.stack).is_prod
     for key in keys:
         assert int(key.inputs["rotationPeriod"].rstrip("s")) <= 90 * 86400
-        assert key.options["protect"] is True, key.name
+        # Protected where the stack protects its resources (prod); elsewhere a destroy only
+        # schedules the versions' destruction, 30 days out (review.md #13: dev destroyable).
+        assert key.options["protect"] is protected, key.name
+        assert key.inputs["destroyScheduledDuration"] == f"{30 * 86400}s", key.name
         assert key.inputs["labels"]["cost-center"]
+
+
+def test_a_recreated_stack_takes_new_key_ring_names():
+    """Cloud KMS never deletes a key ring: after `pulumi destroy`, `keyRingGeneration: 2`
+    names every ring anew (the Pulumi resources keep their names: state stays readable)."""
+    second = plan_stack(REPO, "dev", {"signal-platform:keyRingGeneration": "2"})
+    rings = {r.name: r.inputs["name"] for r in second.of_type(KEY_RING)}
+    assert rings == {
+        "us-central1-keys": "us-central1-keys-2",
+        "us-warehouse-keys": "us-warehouse-keys-2",
+    }
+    for key in second.of_type(KEY):
+        assert key.inputs["keyRing"].endswith("-keys-2"), key.name
 
 
 def test_every_key_is_usable_by_its_service_agent_only(stack_plan: Inventory):

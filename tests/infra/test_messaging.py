@@ -13,6 +13,7 @@ from grpc_tools import protoc
 
 from app.schemas import tables
 from infra.config import ConfigError
+from infra.config.data import regions_within
 from infra.messaging import PROTO_PATH, schema_id
 from infra.proto_schema import extract_message
 from tests.infra.stack_config import load
@@ -168,8 +169,12 @@ def test_topics_schema_and_batch_and_dead_letter(stack_plan: Inventory):
 def test_topics_are_cmek_retained_and_stored_only_in_the_stacks_regions(
     dev_plan: Inventory, prod_plan: Inventory
 ):
+    # Messages are stored only where the key that encrypts them lives (the warehouse's `us`
+    # key): prod's europe-west4 publishers are routed to a US region (review.md #22).
+    expected = {"dev": ["us-central1"], "prod": ["us-central1", "us-east4"]}
     for plan, retention in ((dev_plan, "86400s"), (prod_plan, "604800s")):
-        regions = plan.outputs["regions"]
+        regions = expected[plan.stack]
+        assert set(regions) <= set(plan.outputs["regions"])
         for topic in plan.of_type(TOPIC):
             inputs = topic.inputs
             assert inputs["kmsKeyName"].endswith("/keyRings/us-warehouse-keys/cryptoKeys/pubsub")
@@ -335,3 +340,21 @@ def test_bad_pubsub_config_is_named_precisely(pubsub: dict, expected: str):
     with pytest.raises(ConfigError) as exc:
         load("dev", pubsub=pubsub)
     assert expected in str(exc.value)
+
+
+def test_a_stack_with_no_region_in_the_keys_location_is_refused():
+    """The topics' key lives in bigquery.location: a stack none of whose regions lies there
+    could store no message, and is told so with the key path, the value and the fix."""
+    with pytest.raises(ConfigError) as refused:
+        load("dev", bigquery={"location": "EU"})
+    assert str(refused.value) == (
+        "Pulumi.dev.yaml: signal-platform:regions: no region of the stack lies in the Pub/Sub "
+        "key's location 'EU' (bigquery.location), so no topic could store a message "
+        "(got ['us-central1']); allowed: a region in EU, or a bigquery.location holding one"
+    )
+    assert regions_within("US", ("us-central1", "europe-west4", "us-east4")) == [
+        "us-central1",
+        "us-east4",
+    ]
+    assert regions_within("europe-west4", ("us-central1", "europe-west4")) == ["europe-west4"]
+    assert regions_within("EU", ("us-central1", "europe-west4")) == ["europe-west4"]

@@ -17,6 +17,7 @@ from infra.metrics import SERVER_ERROR_CODES, TRITON_QUEUE_US, TRITON_REQUESTS
 from infra.observability import RUNBOOK, runbook_markdown
 from tests.conftest import REPO
 from tests.infra.stack_config import load, section
+from tests.infra.staged import staged_plan
 from tests.infra.test_apply_order import waits_for
 from tools.engine import plan as plan_stack
 from tools.inventory import UNKNOWN, Inventory, Resource
@@ -111,22 +112,61 @@ def test_service_alerts_use_the_configured_thresholds(stack_plan: Inventory):
 def test_gpu_utilisation_alerts_outside_60_to_95_percent_on_gke_managed_dcgm(
     stack_plan: Inventory,
 ):
-    conditions = policies(stack_plan)["gpu-duty-cycle"].inputs["conditions"]
-    assert policies(stack_plan)["gpu-duty-cycle"].inputs["combiner"] == "OR"
-    found = {
-        c["conditionThreshold"]["comparison"]: c["conditionThreshold"]["thresholdValue"]
-        for c in conditions
-    }
-    assert found == {"COMPARISON_LT": 60, "COMPARISON_GT": 95}
-    for condition in conditions:
-        threshold = condition["conditionThreshold"]
-        # GKE's managed DCGM metric (time-shared GPUs report it; the container duty cycle not).
-        assert (
-            f'metric.type = "prometheus.googleapis.com/{GPU_UTILIZATION}/gauge"'
-            in (threshold["filter"])
-        )
-        assert "duty_cycle" not in threshold["filter"]
-        assert threshold["aggregations"][0]["groupByFields"] == ["resource.label.cluster"]
+    """PromQL, not a threshold filter: the GPU pools start at zero nodes, so the DCGM series
+    does not exist when the policy is created, and Cloud Monitoring refuses a threshold
+    condition on a metric it has not seen (review.md #2)."""
+    policy = policies(stack_plan)["gpu-duty-cycle"]
+    assert policy.inputs["combiner"] == "OR"
+    queries = [c["conditionPrometheusQueryLanguage"]["query"] for c in policy.inputs["conditions"]]
+    assert all("conditionThreshold" not in c for c in policy.inputs["conditions"])
+    assert sorted(queries) == sorted(
+        [
+            f"avg by (cluster) ({GPU_UTILIZATION}) < 60",
+            f"avg by (cluster) ({GPU_UTILIZATION}) > 95",
+        ]
+    )
+    assert all("duty_cycle" not in q for q in queries)
+
+
+# Metric domains that exist only once something writes them (a user metric): a threshold or
+# SLO filter naming one is refused until then (Cloud Monitoring's metric-descriptor check).
+USER_METRIC_DOMAINS = (
+    "prometheus.googleapis.com/",
+    "custom.googleapis.com/",
+    "workload.googleapis.com/",
+    "external.googleapis.com/",
+    "logging.googleapis.com/user/",
+)
+
+
+def test_no_threshold_condition_names_a_metric_that_appears_only_later(stack_plan: Inventory):
+    """Every condition on a user metric is PromQL (not checked at creation); the only filters
+    on one are the SLO's, which exists only from stage serving and says so."""
+    checked = 0
+    for policy in stack_plan.of_type("gcp:monitoring/alertPolicy:AlertPolicy"):
+        for condition in policy.inputs["conditions"]:
+            for kind in ("conditionThreshold", "conditionAbsent"):
+                if kind in condition:
+                    checked += 1
+                    assert not any(d in condition[kind]["filter"] for d in USER_METRIC_DOMAINS), (
+                        policy.name,
+                        condition["displayName"],
+                    )
+    assert checked >= 1  # Redis memory (Memorystore's own metric) and the burn rates
+    for slo in stack_plan.of_type(SLO):
+        assert slo.inputs["userLabels"]["signal-platform-stage"] == "serving"
+
+
+def test_the_slo_and_its_alert_wait_for_stage_serving():
+    """Before the service has served, its request counter does not exist and an SLO on it is
+    refused: stages infrastructure and workloads declare neither the SLO nor its burn-rate
+    alert, and nothing else depends on them."""
+    for stage in ("infrastructure", "workloads"):
+        staged = staged_plan("dev", stage)
+        assert not staged.of_type(SLO)
+        assert not staged.of_type("gcp:monitoring/customService:CustomService")
+        assert "slo-burn-rate" not in policies(staged)
+        assert set(policies(staged)) >= {"signal-latency-p95", "gpu-duty-cycle", "redis-memory"}
 
 
 def test_spot_preemptions_are_counted_from_compute_engine_system_events(stack_plan: Inventory):
@@ -242,11 +282,20 @@ def test_audit_logs_sink_to_a_cmek_bucket_locked_where_the_stack_is_protected(
 ):
     for plan_, days, protected in ((dev_plan, 30, False), (prod_plan, 400, True)):
         bucket = plan_.named(BUCKET, "audit-logs")
-        # Locked only where the stack protects its resources: dev can still be destroyed.
-        assert bucket.inputs["retentionPolicy"] == {
-            "retentionPeriod": str(days * 86400),
-            "isLocked": protected,
-        }
+        # A locked retention policy only where the stack protects its resources. Elsewhere
+        # none (even an unlocked one keeps every object, and so the bucket, for its period)
+        # and force_destroy: dev's `pulumi destroy` succeeds the same day (review.md #13).
+        if protected:
+            assert bucket.inputs["retentionPolicy"] == {
+                "retentionPeriod": str(days * 86400),
+                "isLocked": True,
+            }
+        else:
+            assert "retentionPolicy" not in bucket.inputs
+        assert bucket.inputs["forceDestroy"] is not protected
+        assert bucket.inputs["lifecycleRules"] == [
+            {"action": {"type": "Delete"}, "condition": {"age": days}}
+        ]
         assert bucket.options["protect"] is protected
         assert bucket.inputs["encryption"]["defaultKmsKeyName"].endswith(
             "/keyRings/us-warehouse-keys/cryptoKeys/audit-logs"
@@ -376,7 +425,11 @@ def test_every_data_platform_resource_that_takes_labels_carries_the_cost_labels(
         params = inspect.signature(args_class(resource.type).__init__).parameters
         for param, key in (("labels", "labels"), ("user_labels", "userLabels")):
             if param in params and (resource.type, key) != (CHANNEL, "labels"):  # its address
-                assert resource.inputs.get(key) == config.labels, (resource.type, resource.name)
+                labels = dict(resource.inputs.get(key) or {})
+                # What exists only after traffic says so to the policy pack (stage serving).
+                if labels.pop("signal-platform-stage", "serving") != "serving":
+                    raise AssertionError((resource.type, resource.name, "stage label"))
+                assert labels == config.labels, (resource.type, resource.name)
                 checked += 1
     assert checked >= 20
 
