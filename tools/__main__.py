@@ -6,10 +6,10 @@ import argparse
 import gc
 import sys
 
-from tools import check, cost_command, diff_command, plan_command
+from tools import bootstrap_command, check, cost_command, diff_command, plan_command
 
 # Each command module exposes add_parser(subparsers) and run(args) -> exit code.
-COMMANDS = [plan_command, check, diff_command, cost_command]
+COMMANDS = [plan_command, check, diff_command, cost_command, bootstrap_command]
 
 
 def main(argv: list[str] | None = None) -> int:

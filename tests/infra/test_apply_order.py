@@ -49,7 +49,8 @@ def apis_of(resource: Resource) -> set[str]:
     table = TABLES["apis"]
     needed = set()
     if resource.type in table["types"]:
-        needed.add(table["types"][resource.type])
+        apis = table["types"][resource.type]  # one API, or the list a type needs
+        needed |= {apis} if isinstance(apis, str) else set(apis)
     elif resource.type.startswith("gcp:"):
         module = resource.type.split(":")[1].split("/")[0]
         needed |= {table["modules"][module]} if module in table["modules"] else set()
