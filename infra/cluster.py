@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
@@ -116,6 +117,15 @@ users:
       provideClusterInfo: true
       interactiveMode: Never
 """
+
+
+def incarnation(cluster_id: str, endpoints: Any) -> str:
+    """What tells one incarnation of a cluster from another of the same name: its DNS-based
+    control-plane endpoint (`gke-<unique id>-<project number>.<location>.gke.goog`, on every
+    cluster), else the cluster's id."""
+    dns = getattr(endpoints, "dns_endpoint_config", None) if endpoints is not None else None
+    endpoint = getattr(dns, "endpoint", None) if dns is not None else None
+    return endpoint or cluster_id
 
 
 def rbac_subject(member: str) -> dict[str, str]:
@@ -481,14 +491,17 @@ class GkeCluster(pulumi.ComponentResource):
         # The provider follows its cluster: the kubeconfig names the gateway by project,
         # region and membership id, which a replaced cluster keeps, so without more the
         # provider would stay and Pulumi would believe every object still exists in the new,
-        # empty cluster. `replace_with` replaces the provider (and so every object through
-        # it) whenever the cluster is replaced; `cluster_identifier` (the cluster's id) says
-        # which cluster it is to readers of the plan, and keeps a change of the kubeconfig
-        # alone (the same cluster) an update.
+        # empty cluster. Its cluster identifier is the cluster's DNS-based endpoint, a name
+        # GKE gives each cluster it creates (never the same for a re-created cluster, and
+        # unchanged by a credential rotation, unlike the cluster's CA): a new cluster means a
+        # new provider, so every object is created again in it; a kubeconfig change alone is
+        # an update. `replace_with` says the same to the engine directly.
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
-            cluster_identifier=self.cluster.id,
+            cluster_identifier=pulumi.Output.all(
+                self.cluster.id, self.cluster.control_plane_endpoints_config
+            ).apply(lambda found: incarnation(found[0], found[1])),
             enable_server_side_apply=True,
             opts=pulumi.ResourceOptions(
                 parent=self.cluster,

@@ -148,7 +148,8 @@ class Messaging(pulumi.ComponentResource):
             message_retention_duration=self.retention,
             expiration_policy={"ttl": ""},
             labels=self.labels,
-            opts=child,
+            # Fixed name, and a new topic replaces it: the old one goes first (else 409).
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
 
         # ---- IAM, per service account and per topic or subscription.
@@ -228,6 +229,10 @@ class Messaging(pulumi.ComponentResource):
             retry_policy=self.retry,
             expiration_policy={"ttl": ""},
             labels=self.labels,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)),
+            # Fixed name, and its topic, ordering and filter replace it: the old one goes
+            # first (a replacement created beside it would collide, 409).
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=list(depends_on), delete_before_replace=True
+            ),
             **kwargs,
         )

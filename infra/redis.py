@@ -72,7 +72,9 @@ class RedisCluster(pulumi.ComponentResource):
             psc_config={"subnetworks": [subnet.id]},
             description=f"Memorystore Redis endpoints in {region}",
             labels=dict(labels),
-            opts=child,
+            # One policy per (network, region, class) and a fixed name: a replacement cannot
+            # be created beside the old one.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
 
         self.cluster_name = name
@@ -106,7 +108,13 @@ class RedisCluster(pulumi.ComponentResource):
             deletion_protection_enabled=deletion_protection,
             labels=dict(labels),
             # `after`: e.g. the key ring, whose grant lets Memorystore use the key.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.connection_policy, *after]),
+            # Fixed name: a replacement (new key, zone distribution) goes after the old one;
+            # in prod its deletion protection refuses that delete, so it stops there.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.connection_policy, *after],
+                delete_before_replace=True,
+            ),
         )
 
         resource_name = cluster_resource_name(project_id, region, name)

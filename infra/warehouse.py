@@ -136,11 +136,20 @@ class Warehouse(pulumi.ComponentResource):
             accesses=accesses,
             delete_contents_on_destroy=not deletion_protection,
             labels=dict(labels),
-            opts=pulumi.ResourceOptions(parent=self, protect=deletion_protection),
+            # Its id is fixed and a new location or key replaces it: the old one goes first
+            # (protected where the stack protects its resources, so never there).
+            opts=pulumi.ResourceOptions(
+                parent=self, protect=deletion_protection, delete_before_replace=True
+            ),
         )
 
         def table_opts(depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, depends_on=list(depends_on))
+            # A table's id is fixed and its key, partitioning and a view's query replace it:
+            # the old table goes first (a new one beside it would collide, 409). In prod the
+            # table's deletion protection refuses that delete, so a replacement stops there.
+            return pulumi.ResourceOptions(
+                parent=self, depends_on=list(depends_on), delete_before_replace=True
+            )
 
         schemas = tables()
         self.tables: dict[str, gcp.bigquery.Table] = {}

@@ -13,6 +13,7 @@ from infra.cluster import (
     GATEWAY_ROLES,
     INFERENCE_COMPUTE_CLASS,
     gateway_server,
+    incarnation,
     kubeconfig,
     rbac_subject,
     spot_first,
@@ -20,7 +21,7 @@ from infra.cluster import (
 from infra.config import ConfigError, GpuPool, StackConfig, load_catalog
 from tests.infra.stack_config import section
 from tests.infra.test_config import load, stack_values
-from tools.inventory import Inventory, Resource, provider_urn
+from tools.inventory import UNKNOWN, Inventory, Resource, provider_urn
 
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
@@ -478,16 +479,25 @@ def test_node_pools_are_deleted_before_their_replacement(stack_plan: Inventory):
 def test_the_kubernetes_provider_names_its_cluster(stack_plan: Inventory):
     """A replaced cluster keeps its name, so a kubeconfig of names alone would leave the
     provider (and Pulumi's record of every object) pointing at an empty new cluster: the
-    provider takes the cluster's id as its cluster identifier, from the cluster itself
-    (and is replaced with it: `replace_with`, tested through the program's options below)."""
+    provider's cluster identifier comes from the cluster itself, from what GKE assigns each
+    incarnation (so it is unknown in a plan), and a replaced cluster replaces the provider."""
     index = stack_plan.by_urn()
     for provider in stack_plan.of_type(K8S_PROVIDER):
         cluster = index[provider.parent]  # type: ignore[index]
-        assert provider.inputs["clusterIdentifier"] == (
-            f"projects/{stack_plan.outputs['project']}/locations/{cluster.inputs['location']}"
-            f"/clusters/{cluster.inputs['name']}"
-        )
+        assert provider.inputs["clusterIdentifier"] == UNKNOWN  # assigned by GKE, not an input
         assert provider.options["propertyDependencies"]["clusterIdentifier"] == [cluster.urn]
+
+
+def test_a_clusters_incarnation_is_its_dns_endpoint_else_its_id():
+    class Dns:
+        endpoint = "gke-0123456789abcdef0123456789abcdef-123456789012.us-central1.gke.goog"
+
+    class Endpoints:
+        dns_endpoint_config = Dns()
+
+    cluster_id = "projects/p/locations/us-central1/clusters/signal-us-central1"
+    assert incarnation(cluster_id, Endpoints()) == Dns.endpoint
+    assert incarnation(cluster_id, None) == cluster_id
 
 
 def test_the_provider_is_replaced_with_its_cluster():
