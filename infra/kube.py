@@ -3,7 +3,7 @@ NetworkPolicy building blocks, PodDisruptionBudgets and Managed Prometheus PodMo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -106,13 +106,26 @@ def network_policy(
     spec: Mapping[str, Any],
     labels: Mapping[str, str],
     parent: pulumi.Resource,
+    depends_on: Sequence[pulumi.Resource] = (),
 ) -> k8s.networking.v1.NetworkPolicy:
+    """A NetworkPolicy; `depends_on`: its Namespace, where the stack declares it (an object
+    sent before its namespace exists is refused)."""
     return k8s.networking.v1.NetworkPolicy(
         resource,
         metadata={"name": name, "namespace": namespace, "labels": k8s_labels(labels)},
         spec=api_object(dict(spec)),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on)),
     )
+
+
+# GKE's API server reaches webhooks and aggregated APIs through its konnectivity agents (pods
+# in kube-system), so such a call arrives from a pod address, not the control plane's range
+# (tigera/operator#5212: "On AKS and GKE the API server reaches in-cluster webhooks through
+# konnectivity agent pods"). A backend's ingress admits both.
+KONNECTIVITY_AGENTS: dict[str, Any] = {
+    **namespace_peer("kube-system"),
+    "podSelector": {"matchLabels": {"k8s-app": "konnectivity-agent"}},
+}
 
 
 def disruption_budget(

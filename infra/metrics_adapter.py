@@ -17,6 +17,7 @@ import pulumi_kubernetes as k8s
 
 from infra.config import Resources
 from infra.kube import (
+    KONNECTIVITY_AGENTS,
     PULL_POLICY,
     RESTRICTED_CONTAINER,
     accepted_unpinned,
@@ -255,7 +256,9 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [
                     {
-                        "from": [{"ipBlock": {"cidr": control_plane_cidr}}],
+                        # Directly from the control plane, or (GKE) through its konnectivity
+                        # agents.
+                        "from": [{"ipBlock": {"cidr": control_plane_cidr}}, KONNECTIVITY_AGENTS],
                         "ports": tcp(SECURE_PORT),
                     }
                 ],
@@ -264,7 +267,13 @@ class MetricsAdapter(pulumi.ComponentResource):
         }
         self.network_policies = {
             policy: network_policy(
-                f"{name}-netpol-{policy}", policy, METRICS_NAMESPACE, spec, labels, self
+                f"{name}-netpol-{policy}",
+                policy,
+                METRICS_NAMESPACE,
+                spec,
+                labels,
+                self,
+                depends_on=[self.namespace],
             )
             for policy, spec in policies.items()
         }
