@@ -166,6 +166,14 @@ def test_deploy_goes_dev_then_prod_behind_an_approval():
     assert "credentials_json" not in (WORKFLOWS / "deploy.yml").read_text()
 
 
+def test_a_deploy_job_outlasts_a_first_apply():
+    """A first prod apply's critical path (CMEK cluster, pools, four Istio charts in sequence,
+    rollouts) and Memorystore's Redis Cluster beside it take well over an hour; a job killed by
+    GitHub mid-update leaves pending operations in the state (review.md #5)."""
+    for job in load("deploy")["jobs"].values():
+        assert job["timeout-minutes"] >= 180
+
+
 @pytest.mark.parametrize(("name", "jobs"), [("deploy", ("dev", "prod")), ("preview", ("pulumi",))])
 def test_jobs_that_reach_the_clusters_install_the_auth_plugin_first(name: str, jobs: tuple):
     """The Kubernetes provider's kubeconfig (infra/cluster.py) runs gke-gcloud-auth-plugin to
@@ -412,6 +420,43 @@ def test_the_digest_flows_into_the_stack_file_as_the_program_reads_it(stack: str
     pinned = StackConfig.load(stack, read_stack_config(copy, "signal-platform"))
     assert pinned.workloads.signal_service.image == f"{repository}@{DIGEST}"
     assert pinned.workloads.triton.image == config.workloads.triton.image
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_pinning_the_first_image_moves_a_new_project_to_the_workloads_stage(
+    stack: str, tmp_path: Path
+):
+    """A new project deploys at stage infrastructure (no image exists yet); the pull request
+    that pins the first pushed image also moves the stack to workloads, and only then do the
+    workloads deploy. Later pins leave the stage alone."""
+    from infra.config import StackConfig
+    from tools.engine import read_stack_config
+
+    source = (REPO / f"Pulumi.{stack}.yaml").read_text()
+    assert "  signal-platform:stage: serving\n" in source
+    first = tmp_path / f"Pulumi.{stack}.yaml"
+    first.write_text(
+        source.replace("signal-platform:stage: serving", "signal-platform:stage: infrastructure")
+    )
+    before = first.read_text().splitlines()
+    assert (
+        StackConfig.load(stack, read_stack_config(first, "signal-platform")).stage
+        == "infrastructure"
+    )
+    assert stack_image("pin", str(first), DIGEST).returncode == 0
+    after = first.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.strip() for _, b in changed] == [
+        "signal-platform:stage: workloads",
+        f"image: {stack_image('repository', str(first)).stdout.strip()}@{DIGEST}",
+    ]
+    pinned = StackConfig.load(stack, read_stack_config(first, "signal-platform"))
+    assert pinned.stage == "workloads" and pinned.deploys_workloads and not pinned.has_slo
+    # A stack already past infrastructure keeps its stage (serving stays serving).
+    later = tmp_path / "later.yaml"
+    later.write_text(source)
+    stack_image("pin", str(later), DIGEST)
+    assert "  signal-platform:stage: serving\n" in later.read_text()
 
 
 @pytest.mark.parametrize(

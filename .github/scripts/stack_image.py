@@ -5,9 +5,12 @@ that pins the pushed digest (`workloads.signalService.image`).
     python3 .github/scripts/stack_image.py pin Pulumi.prod.yaml sha256:<64 hex>
 
 `repository` prints the reference without its tag or digest (the stack's Artifact Registry
-repository the image lives in). `pin` rewrites that one value to `<repository>@<digest>`,
-leaving every other line, comment included, as it was. Standard library only: the workflow
-runs it before any virtualenv exists. Exit codes: 0 done, 2 bad input (one line on stderr).
+repository the image lives in). `pin` rewrites that one value to `<repository>@<digest>`, and a
+stack still at `signal-platform:stage: infrastructure` (a new project's first deploy, which
+creates the registry) moves to `workloads`: the image now exists, so the pull request that pins
+it also deploys the workloads (README, "Deploying for real"). Every other line, comment
+included, stays as it was. Standard library only: the workflow runs it before any virtualenv
+exists. Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 PATH = ("config", "signal-platform:workloads", "signalService", "image")
+STAGE = ("config", "signal-platform:stage")
+# The stage the first deploy of a new project runs at, and the one a pushed image allows.
+FIRST_STAGE, WITH_IMAGE = "infrastructure", "workloads"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 # registry host / path [:tag] [@digest]
 REFERENCE_RE = re.compile(
@@ -48,24 +54,31 @@ def _children(lines: list[str], start: int, parent_indent: int) -> Iterator[int]
             yield i
 
 
-def find_image(lines: list[str], source: str) -> tuple[int, str]:
-    """The index of the line holding the image and its value, each key of PATH looked for
-    among the direct children of the one before."""
+def find(lines: list[str], path: tuple[str, ...]) -> tuple[int, str] | None:
+    """The index of the line holding `path`'s value and the value (None: no such key), each key
+    looked for among the direct children of the one before."""
     start, indent = 0, -1
-    for depth, key in enumerate(PATH):
+    for depth, key in enumerate(path):
         for i in _children(lines, start, indent):
             match = re.fullmatch(rf"{re.escape(key)}:(.*)", lines[i].strip())
             if match:
                 break
         else:
-            raise BadInput(f"{source}: no {'.'.join(PATH[1:])} (the signal service's image)")
-        if depth == len(PATH) - 1:
-            value = match.group(1).split(" #")[0].strip().strip("\"'")
-            if not value:
-                raise BadInput(f"{source}:{i + 1}: {'.'.join(PATH[1:])} is empty")
-            return i, value
+            return None
+        if depth == len(path) - 1:
+            return i, match.group(1).split(" #")[0].strip().strip("\"'")
         start, indent = i + 1, _indent(lines[i])
-    raise AssertionError("unreachable: PATH is not empty")
+    raise AssertionError("unreachable: path is not empty")
+
+
+def find_image(lines: list[str], source: str) -> tuple[int, str]:
+    """The line holding the signal service's image, and the image."""
+    found = find(lines, PATH)
+    if found is None:
+        raise BadInput(f"{source}: no {'.'.join(PATH[1:])} (the signal service's image)")
+    if not found[1]:
+        raise BadInput(f"{source}:{found[0] + 1}: {'.'.join(PATH[1:])} is empty")
+    return found
 
 
 def repository(reference: str, source: str) -> str:
@@ -87,6 +100,12 @@ def pin(path: Path, digest: str) -> str:
     index, value = find_image(lines, str(path))
     pinned = f"{repository(value, str(path))}@{digest}"
     lines[index] = lines[index].replace(value, pinned, 1)
+    stage = find(lines, STAGE)
+    if stage is not None and stage[1] == FIRST_STAGE:
+        # The value after `signal-platform:stage:` (quoted or not), not the key or a comment.
+        lines[stage[0]] = re.sub(
+            rf"(stage:\s*[\"']?){FIRST_STAGE}", rf"\g<1>{WITH_IMAGE}", lines[stage[0]], count=1
+        )
     path.write_text("".join(lines))
     return pinned
 
