@@ -6,10 +6,14 @@ from rules import (
     apply_order,
     cost,
     data,
+    first_apply,
+    fixed_names,
     gke,
     iam,
     istio,
+    kube_apply,
     kubernetes,
+    mesh_reach,
     nodepool,
     rbac,
     secrets,
@@ -34,6 +38,10 @@ DOMAINS = (
     cost,
     stack,
     apply_order,
+    first_apply,
+    kube_apply,
+    mesh_reach,
+    fixed_names,
 )
 ALL_POLICIES = [policy for domain in DOMAINS for policy in domain.RULES.policies]
 

@@ -1,17 +1,17 @@
 """Apply order and existence: what a real `pulumi up` needs to exist before each resource, read
 from the stack's dependency graph, so a stack that plans clean offline also applies.
 
-A resource waits for what it depends on (its dependencies and property dependencies) and, as a
-child waits for its parent's registration, for everything its ancestors wait for. The tables
-(type → API, service agents, where each type names a CMEK key, deprecated values, charts that
-register webhooks, distribution metrics) live in apply_order.yaml, each with its source.
+A resource waits for what it depends on (rules/stack_graph.py). The tables (type → API,
+bootstrap APIs, service agents, where each type names a CMEK key, deprecated values, charts that
+register webhooks, distribution metrics, user metric domains, fixed names) live in
+apply_order.yaml, each with its source.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,33 +21,31 @@ import yaml
 from rules.iam_grants import iam_members, is_iam_type
 from rules.kit import ADVISORY, MANDATORY, Resource, Rules, StackResource, schema, string_list
 from rules.kube_objects import containers, is_kind, is_workload, pod_spec
+from rules.stack_graph import CLUSTER, HELM_RELEASE, Finding, Graph, must_wait, short, values_at
 from rules.values import UNKNOWN, as_dict, as_int, as_list, get, is_unknown
 
 RULES = Rules("apply-order")
 
 
-def _tables(path: Path) -> dict[str, Any]:
+def read_tables(path: Path) -> dict[str, Any]:
+    """A YAML file of tables (a mapping), read once when the pack loads."""
     data: Any = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of tables")
     return data
 
 
-TABLES = _tables(Path(__file__).with_suffix(".yaml"))
-
-Finding = tuple[str | None, str]
+TABLES = read_tables(Path(__file__).with_suffix(".yaml"))
 
 SERVICE = "gcp:projects/service:Service"
 SERVICE_IDENTITY = "gcp:projects/serviceIdentity:ServiceIdentity"
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
-CLUSTER = "gcp:container/cluster:Cluster"
 FIREWALL = "gcp:compute/firewall:Firewall"
 PSC_POLICY = "gcp:networkconnectivity/serviceConnectionPolicy:ServiceConnectionPolicy"
 REDIS_CLUSTER = "gcp:redis/cluster:Cluster"
 BUDGET = "gcp:billing/budget:Budget"
 SLO = "gcp:monitoring/slo:Slo"
 LOG_METRIC = "gcp:logging/metric:Metric"
-HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 REDIS_SERVICE_CLASS = "gcp-memorystore-redis"
 
@@ -60,96 +58,6 @@ _POOL_RES = (
 )
 _METRIC_TYPE_RE = re.compile(r'metric\.type\s*=\s*"([^"]+)"')
 _PLACEHOLDER_DIGEST_RE = re.compile(r"@sha256:([0-9a-f])\1{63}$")
-
-
-# ------------------------------------------------------------------------------ the graph
-
-
-class Graph:
-    """The stack's resources and, for each, every URN it waits for before it is created."""
-
-    def __init__(self, resources: list[StackResource]) -> None:
-        self.resources = resources
-        self.by_urn = {r.urn: r for r in resources}
-        self._closure: dict[str, frozenset[str]] = {}
-
-    @staticmethod
-    def edges(r: StackResource) -> set[str]:
-        found = set(r.dependencies)
-        for urns in r.property_dependencies.values():
-            found.update(urns)
-        if r.parent:
-            found.add(r.parent)
-        return found
-
-    def waits_for(self, r: StackResource) -> frozenset[str]:
-        """URNs `r` transitively waits for: its dependencies, and its ancestors' (a child's
-        registration waits for its parent's, which waits for the parent's dependencies)."""
-        if r.urn in self._closure:
-            return self._closure[r.urn]
-        seen: set[str] = set()
-        pending = list(self.edges(r))
-        while pending:
-            urn = pending.pop()
-            if urn in seen:
-                continue
-            seen.add(urn)
-            if urn in self._closure:
-                seen |= self._closure[urn]
-            elif urn in self.by_urn:
-                pending.extend(self.edges(self.by_urn[urn]))
-        self._closure[r.urn] = frozenset(seen)
-        return self._closure[r.urn]
-
-    def waits(self, r: StackResource, others: Iterable[StackResource]) -> bool:
-        closure = self.waits_for(r)
-        return any(o.urn in closure for o in others)
-
-    def of_type(self, token: str) -> list[StackResource]:
-        return [r for r in self.resources if r.type == token]
-
-
-def values_at(obj: Any, path: str) -> list[Any]:
-    """The values at a dotted path; `name[]` walks a list. Absent steps give nothing;
-    an unknown step gives UNKNOWN."""
-    current: list[Any] = [obj]
-    for step in path.split("."):
-        walk = step.endswith("[]")
-        key = step[:-2] if walk else step
-        found: list[Any] = []
-        for value in current:
-            item = get(value, key) if key else value
-            if item is None:
-                continue
-            if is_unknown(item):
-                found.append(UNKNOWN)
-            elif walk:
-                found.extend(as_list(item))
-            else:
-                found.append(item)
-        current = found
-    return current
-
-
-def short(urn: str) -> str:
-    return urn.rsplit("::", 1)[-1]
-
-
-def must_wait(
-    graph: Graph,
-    r: StackResource,
-    needed: list[StackResource],
-    what: str,
-    missing: str | None,
-) -> Iterator[Finding]:
-    """`r` needs one of `needed` to exist before it: a finding when the stack has none
-    (`missing`; None: nothing to say) or when `r` waits for none of them."""
-    if not needed:
-        if missing is not None:
-            yield (r.urn, missing)
-    elif not graph.waits(r, needed):
-        names = ", ".join(short(n.urn) for n in needed)
-        yield (r.urn, f"{what} without waiting for {names}: add it to depends_on")
 
 
 def service_of(r: StackResource) -> Any:
@@ -371,7 +279,8 @@ def apis_needed(r: StackResource) -> set[str]:
     table = TABLES["apis"]
     needed: set[str] = set()
     if r.type in table["types"]:
-        needed.add(table["types"][r.type])
+        apis = table["types"][r.type]
+        needed.update(apis if isinstance(apis, list) else [apis])
     elif r.type.startswith("gcp:"):
         module = r.type.split(":")[1].split("/")[0]
         if module in table["modules"]:
@@ -391,11 +300,15 @@ def apis_needed(r: StackResource) -> set[str]:
     return needed
 
 
+BOOTSTRAP_APIS = frozenset(TABLES["bootstrap_apis"]["apis"])
+
+
 @RULES.stack(
     "apply-api-enabled",
     level=MANDATORY,
     description="On a stack that enables APIs (projects.Service), every resource waits for the "
-    "enablement of each Google API it calls, and each of those APIs is enabled.",
+    "enablement of each Google API it calls, and each of those APIs is enabled (bootstrap APIs, "
+    "which no stack can enable for itself, are prerequisites instead).",
     source=TABLES["apis"]["source"],
 )
 def api_enabled(resources: list[StackResource], config: Mapping[str, Any]) -> Iterator[Finding]:
@@ -412,13 +325,33 @@ def api_enabled(resources: list[StackResource], config: Mapping[str, Any]) -> It
         else:
             unknown.append(service)
     for r in resources:
-        for api in sorted(apis_needed(r)):
+        for api in sorted(apis_needed(r) - BOOTSTRAP_APIS):
             yield from must_wait(
                 graph,
                 r,
                 by_api.get(api, []) + unknown,
                 f"{r.type} needs {api}",
                 f"{r.type} needs {api}, which the stack does not enable",
+            )
+
+
+@RULES.stack(
+    "apply-bootstrap-apis",
+    level=ADVISORY,
+    description="A stack does not enable the APIs the first `pulumi up` needs before it can run "
+    "(Resource Manager, Service Usage, IAM Credentials, STS): they cannot bootstrap themselves "
+    "and are prerequisites, enabled out of band.",
+    source=TABLES["bootstrap_apis"]["source"],
+)
+def bootstrap_apis(resources: list[StackResource], config: Mapping[str, Any]) -> Iterator[Finding]:
+    for service in resources:
+        api = service_of(service) if service.type == SERVICE else None
+        if api in BOOTSTRAP_APIS:
+            yield (
+                service.urn,
+                f"enables {api}, which must already be on before the stack can run: enable it "
+                "as a prerequisite of the first `pulumi up` (gcloud services enable) and drop it "
+                "from the stack",
             )
 
 

@@ -94,6 +94,7 @@ class StackResource:
     # Input property → URNs it depends on (the engine's propertyDependencies).
     property_dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     protect: bool = False
+    delete_before_replace: bool = False
 
 
 ResourceRule = Callable[[Resource], Iterable[str]]
@@ -222,6 +223,7 @@ def stack_policy(
                     k: tuple(d.urn for d in v) for k, v in r.property_dependencies.items()
                 },
                 protect=bool(r.opts.protect),
+                delete_before_replace=bool(r.opts.delete_before_replace),
             )
             for r in args.resources
         ]

@@ -72,6 +72,7 @@ def resource(
     parent: str | None = None,
     provider: str | None = None,
     dependencies: Iterable[str] = (),
+    delete_before_replace: bool | None = None,
 ) -> AnalyzerResource:
     return AnalyzerResource(
         type=type_,
@@ -82,6 +83,7 @@ def resource(
         parent=parent,
         provider=provider,
         dependencies=tuple(dependencies),
+        delete_before_replace=delete_before_replace,
     )
 
 

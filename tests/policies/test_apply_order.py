@@ -36,6 +36,7 @@ LEVELS = {
     "apply-deprecated-value": "mandatory",
     "apply-redis-psc-policy": "mandatory",
     "apply-billing-budget": "advisory",
+    "apply-bootstrap-apis": "advisory",
 }
 
 STACK = "pulumi:pulumi:Stack"
@@ -57,6 +58,7 @@ SLO = "gcp:monitoring/slo:Slo"
 LOG_METRIC = "gcp:logging/metric:Metric"
 BUDGET = "gcp:billing/budget:Budget"
 COMPONENT = "signal:test:Store"
+PROJECT_GRANT = "gcp:projects/iAMMember:IAMMember"
 
 PROJECT = "signal-test"
 NUMBER = "123456789012"
@@ -77,6 +79,7 @@ APIS = (
     "billingbudgets",
     "binaryauthorization",
     "containersecurity",
+    "serviceconsumermanagement",
 )
 
 
@@ -148,7 +151,7 @@ PSC_RESOURCE = resource(
     PSC,
     {"location": "us-central1", "serviceClass": "gcp-memorystore-redis", "network": NETWORK},
     "psc",
-    dependencies=[api("networkconnectivity").urn],
+    dependencies=[api("networkconnectivity").urn, api("serviceconsumermanagement").urn],
 )
 REDIS_INPUTS = {
     "name": "cache",
@@ -156,7 +159,12 @@ REDIS_INPUTS = {
     "kmsKey": key_id("redis"),
     "pscConfigs": [{"network": NETWORK}],
 }
-REDIS_DEPENDENCIES = (GRANTS["redis"].urn, PSC_RESOURCE.urn, api("redis").urn)
+REDIS_DEPENDENCIES = (
+    GRANTS["redis"].urn,
+    PSC_RESOURCE.urn,
+    api("redis").urn,
+    api("serviceconsumermanagement").urn,
+)
 WI_BINDING = resource(
     SA_GRANT,
     {
@@ -167,6 +175,12 @@ WI_BINDING = resource(
     "wi-binding",
     dependencies=[CLUSTER_RESOURCE.urn, api("iam").urn],
 )
+# A project-level grant: its API (Resource Manager) is a bootstrap prerequisite, never the stack's.
+PROJECT_GRANT_INPUTS = {
+    "project": PROJECT,
+    "role": "roles/viewer",
+    "member": f"serviceAccount:ci@{PROJECT}.iam.gserviceaccount.com",
+}
 FIREWALL_INPUTS = {
     "network": NETWORK,
     "direction": "INGRESS",
@@ -392,6 +406,19 @@ STACK_CASES = [
         golden(firewall=resource(FIREWALL, FIREWALL_INPUTS, "allow-control-plane")),
         1,
         message="needs compute.googleapis.com without waiting for api-compute",
+    ),
+    case(
+        "apply-api-enabled",
+        "redis-cluster-without-service-consumer-management",
+        golden(**{"api-serviceconsumermanagement": None}),
+        2,
+        urns=(PSC_RESOURCE.urn, REDIS_URN),
+        message="needs serviceconsumermanagement.googleapis.com, which the stack does not enable",
+    ),
+    case(
+        "apply-api-enabled",
+        "bootstrap-api-is-a-prerequisite",
+        golden(owner=resource(PROJECT_GRANT, PROJECT_GRANT_INPUTS, "owner")),
     ),
     case(
         "apply-api-enabled",
@@ -666,6 +693,21 @@ STACK_CASES = [
         "apply-redis-psc-policy",
         "unknown-network-in-preview",
         golden(psc=inputs(PSC_RESOURCE, {"network": UNKNOWN})),
+    ),
+    # ---- apply-bootstrap-apis
+    case(
+        "apply-bootstrap-apis",
+        "declares-resource-manager",
+        golden(**{"api-cloudresourcemanager": api("cloudresourcemanager")}),
+        1,
+        urns=(api("cloudresourcemanager").urn,),
+        message="enables cloudresourcemanager.googleapis.com, which must already be on",
+    ),
+    case(
+        "apply-bootstrap-apis",
+        "declares-sts-and-iam-credentials",
+        golden(**{f"api-{n}": api(n) for n in ("sts", "iamcredentials")}),
+        2,
     ),
     # ---- apply-billing-budget
     case(

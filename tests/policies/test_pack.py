@@ -14,11 +14,15 @@ from tests.policies import (
     test_apply_order,
     test_cost,
     test_data,
+    test_first_apply,
+    test_fixed_names,
     test_gke,
     test_helm,
     test_iam,
     test_istio,
+    test_kube_apply,
     test_kubernetes,
+    test_mesh_reach,
     test_nodepool,
     test_rbac,
     test_secrets,
@@ -46,6 +50,10 @@ DOMAINS = (
     test_cost,
     test_stack,
     test_apply_order,
+    test_first_apply,
+    test_kube_apply,
+    test_mesh_reach,
+    test_fixed_names,
 )
 LEVELS: dict[str, str] = {k: v for m in DOMAINS for k, v in m.LEVELS.items()}
 RESOURCE_CASES: list[Case] = [c for m in DOMAINS for c in getattr(m, "CASES", [])]
@@ -141,6 +149,18 @@ def test_wrong_shapes_and_absent_fields_never_crash(pack: PolicyPackProcess, gol
         for wrong in ("text", 7, [{"a": 1}, "b"], {"a": [1]}, None):
             inputs = {**golden.inputs, key: wrong}
             assert _crashes(analyze_case(pack, replace(golden, inputs=inputs))) == [], (key, wrong)
+
+
+STACK_GOLDENS = [m for m in DOMAINS if hasattr(m, "golden") and hasattr(m, "STACK_CASES")]
+
+
+@pytest.mark.parametrize("domain", STACK_GOLDENS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_unknown_values_never_violate_stack_rules(pack: PolicyPackProcess, domain: Any) -> None:
+    """A domain's golden stack with every input leaf unknown (dependencies, parents and
+    providers kept) yields no violation of that domain's rules."""
+    stack = [replace(r, inputs=every_leaf(dict(r.inputs), UNKNOWN)) for r in domain.golden()]
+    found = [v for v in pack.analyze_stack(stack) if v.policy in domain.LEVELS]
+    assert found == []
 
 
 def test_unknown_stack_never_violates(pack: PolicyPackProcess) -> None:

@@ -3,6 +3,8 @@ cluster with a system pool and a spot GPU pool) and one change per violation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.policies.cases import DELETE, UNKNOWN, StackCase, assert_stack_case, mutate, resource
@@ -54,7 +56,13 @@ NODE_AGENT = mutate(
         "spec.replicas": DELETE,
     },
 )
-CLUSTER_RESOURCE = resource(CLUSTER, CLUSTER_INPUTS, "cluster", parent=REGION.urn)
+# Named, so replaced delete-first (apply-fixed-name-replace), as are the named node pools.
+CLUSTER_RESOURCE = resource(
+    CLUSTER, CLUSTER_INPUTS, "cluster", parent=REGION.urn, delete_before_replace=True
+)
+
+
+IN_NAMESPACE = (resource(NAMESPACE, NAMESPACE_INPUTS, "signal-ns").urn,)
 
 
 def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
@@ -64,10 +72,11 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
         "region": REGION,
         "namespace": resource(NAMESPACE, NAMESPACE_INPUTS, "signal-ns"),
         "mesh": resource(PEER, MESH_STRICT, "mesh-strict"),
-        "deny": resource(AUTHZ, ALLOW_NOTHING, "allow-nothing"),
-        "netpol": resource(NETPOL, DEFAULT_DENY_NETPOL, "default-deny"),
-        "deployment": resource(DEPLOYMENT, DEPLOYMENT_INPUTS, "signal"),
-        "pdb": resource(PDB, BUDGET, "signal-pdb"),
+        # Objects in namespace signal wait for it (apply-namespace-order).
+        "deny": resource(AUTHZ, ALLOW_NOTHING, "allow-nothing", dependencies=IN_NAMESPACE),
+        "netpol": resource(NETPOL, DEFAULT_DENY_NETPOL, "default-deny", dependencies=IN_NAMESPACE),
+        "deployment": resource(DEPLOYMENT, DEPLOYMENT_INPUTS, "signal", dependencies=IN_NAMESPACE),
+        "pdb": resource(PDB, BUDGET, "signal-pdb", dependencies=IN_NAMESPACE),
         "agent": resource(DAEMONSET, NODE_AGENT, "node-agent"),
         "cluster": CLUSTER_RESOURCE,
         "system": resource(
@@ -76,6 +85,7 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
             "system",
             parent=REGION.urn,
             dependencies=[CLUSTER_RESOURCE.urn],
+            delete_before_replace=True,
         ),
         "gpu": resource(
             POOL,
@@ -83,13 +93,14 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
             "gpu-l4",
             parent=REGION.urn,
             dependencies=[CLUSTER_RESOURCE.urn],
+            delete_before_replace=True,
         ),
     }
     parts.update(replace)
     return tuple(r for r in parts.values() if r is not None)
 
 
-def case(policy: str, label: str, resources: tuple, expect: int = 0, **kw: object) -> StackCase:
+def case(policy: str, label: str, resources: tuple, expect: int = 0, **kw: Any) -> StackCase:
     return StackCase(policy, resources, expect, label, **kw)
 
 

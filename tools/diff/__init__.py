@@ -4,10 +4,11 @@ Both sides are planned by the offline engine in their own process (`python -m to
 base from a temporary `git worktree` of the base ref, the head from the working tree or another
 worktree, so one program's modules never leak into the other's plan. Resources are matched by
 URN: added, removed, updated in place or replaced, with every changed input path shown old → new,
-secrets masked. Replacements come from replace_on_change.yaml, a table of the input paths that
-force a new resource for the types where that matters, each with its source; paths that update
-in place but disrupt (GKE recreating nodes, Redis resharding) are flagged too. Policy findings
-that appear or disappear and the cost change complete the picture.
+secrets masked. Replacements come from policies/rules/replace_on_change.yaml (shared with the
+policy pack), a table of the input paths that force a new resource for the types where that
+matters, each with its source; paths that update in place but disrupt (GKE recreating nodes,
+Redis resharding) are flagged too. Policy findings that appear or disappear and the cost change
+complete the picture.
 
 - `rules`: the replacement table and its lookup;
 - `compare`: resource and inventory diffs, masking, a stack's two sides;

@@ -18,7 +18,9 @@ from pydantic import Field
 from app.config_errors import CamelConfigModel, ConfigError, load_model, read_config_file
 from tools.inventory import Resource
 
-TABLE_PATH = Path(__file__).with_name("replace_on_change.yaml")
+# Shared with the policy pack (rules/fixed_names.py reads it; the pack imports nothing from tools),
+# so it lives in the pack.
+TABLE_PATH = Path(__file__).parents[2] / "policies" / "rules" / "replace_on_change.yaml"
 Effect = Literal["update", "replace", "disruptive"]
 
 
