@@ -60,6 +60,22 @@ STAGE_SOURCE = (
 )
 
 
+def markers_schema(description: str, default: dict[str, list[str]]) -> dict[str, Any]:
+    """The config schema of stage markers: label or annotation key → the values that mark an
+    object declared only in a later stage."""
+    return {
+        "type": "object",
+        "description": description,
+        "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        "default": default,
+    }
+
+
+def shown_markers(markers: Mapping[str, Any]) -> str:
+    """The first marker value of each key, as an object's labels would carry it."""
+    return "{" + ", ".join(f"{k}: {as_list(v)[0]}" for k, v in markers.items() if as_list(v)) + "}"
+
+
 def marked(labels: Any, markers: Mapping[str, Any]) -> str | None:
     """The `key=value` of the first marker (key → accepted values) `labels` carry, if any."""
     labels = as_str_map(labels)
@@ -201,8 +217,9 @@ def _names(r: StackResource, key: str, wanted: str) -> bool:
 
 
 def _advice(r: StackResource, markers: Mapping[str, Any]) -> str:
-    marker = ", ".join(f"{k}: {as_list(v)[0]}" for k, v in markers.items() if as_list(v))
-    later = f"declare it only in a stage after the metric has data (labels {{{marker}}})"
+    later = (
+        f"declare it only in a stage after the metric has data (labels {shown_markers(markers)})"
+    )
     if r.type == ALERT_POLICY:
         return f"use a PromQL condition (conditionPrometheusQueryLanguage), or {later}"
     if r.type == DASHBOARD:
@@ -242,13 +259,11 @@ def _slo_refs(r: StackResource, slos: list[StackResource]) -> list[StackResource
     source=TABLES["user_metrics"]["source"],
     config=schema(
         {
-            "afterDataLabels": {
-                "type": "object",
-                "description": "label key → values that mark a monitoring object declared only "
-                "once its metrics have data (a later stage of the stack)",
-                "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                "default": {"signal-platform-stage": ["serving"]},
-            },
+            "afterDataLabels": markers_schema(
+                "user labels that mark a monitoring object declared only once its metrics have "
+                "data (a later stage of the stack)",
+                {"signal-platform-stage": ["serving"]},
+            ),
             "existingMetrics": string_list(
                 [], "metric types (a trailing * for a prefix) that exist before the stack"
             ),
@@ -400,13 +415,11 @@ def _unpushed_tag(image: str, pipelines: list[Any]) -> str | None:
     source=STAGE_SOURCE,
     config=schema(
         {
-            "laterStageAnnotations": {
-                "type": "object",
-                "description": "annotation key → values that mark a workload declared only in "
-                "a stage after its images are pushed and its data uploaded",
-                "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                "default": {"signal-platform/stage": ["workloads", "serving"]},
-            },
+            "laterStageAnnotations": markers_schema(
+                "annotations that mark a workload declared only in a stage after its images are "
+                "pushed and its data uploaded",
+                {"signal-platform/stage": ["workloads", "serving"]},
+            ),
             "pipelineImages": {
                 "type": "array",
                 "description": "image name prefixes the stack's image pipeline pushes to, with "
@@ -458,11 +471,10 @@ def workload_sources(
                 f"volume {volume!r} reads bucket {short(bucket.urn)}, which this update creates "
                 "(it holds only what the stack itself uploads)"
             )
-        marker = ", ".join(f"{k}: {as_list(v)[0]}" for k, v in markers.items() if as_list(v))
         for reason in reasons:
             yield (
                 r.urn,
                 f"{kind} is awaited but {reason}: it cannot become ready on the first "
                 f'`pulumi up`, which then fails; annotate it {SKIP_AWAIT}: "true" with '
-                f"replicas 0, or declare it only in a later stage (annotation {{{marker}}})",
+                f"replicas 0, or declare it only in a later stage (annotation {shown_markers(markers)})",
             )

@@ -387,7 +387,12 @@ def endpoints(r: StackResource) -> list[Endpoint]:
     source="Kubernetes docs, 'DNS for Services and Pods' (<service>.<namespace>.svc resolves "
     "only for a Service that exists); Istio docs, 'Telemetry API: tracing extension providers'.",
     config=schema(
-        {"externalServices": string_list([], "services (<svc>.<ns>) declared outside the stack")}
+        {
+            "externalServices": string_list(
+                ["kubernetes.default", "kube-dns.kube-system"],
+                "services (<svc>.<ns>) declared outside the stack (the cluster's own by default)",
+            )
+        }
     ),
 )
 def in_cluster_endpoint(

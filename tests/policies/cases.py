@@ -166,6 +166,13 @@ class StackCase:
         return f"{self.policy}:{self.label}"
 
 
+def stack_case(
+    policy: str, label: str, resources: tuple[AnalyzerResource, ...], expect: int = 0, **kw: Any
+) -> StackCase:
+    """A stack case: `expect` violations of `policy` over `resources` (0: compliant)."""
+    return StackCase(policy, resources, expect, label, **kw)
+
+
 def assert_stack_case(pack: PolicyPackProcess, case: StackCase, levels: Mapping[str, str]) -> None:
     pack.configure(case.config or {})
     found = pack.analyze_stack(case.resources)

@@ -18,6 +18,9 @@ from tests.policies.cases import (
     mutate,
     resource,
 )
+from tests.policies.cases import (
+    stack_case as case,
+)
 from tests.policies.test_kubernetes import GOLDEN as DEPLOYMENT_INPUTS
 from tools.analyzer import AnalyzerResource, PolicyPackProcess
 
@@ -193,10 +196,6 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
     workloads = {k: v for k, v in replace.items() if k not in monitoring}
     parts = {**golden_monitoring(**monitoring), **golden_workloads(**workloads)}
     return tuple(r for r in parts.values() if r is not None)
-
-
-def case(policy: str, label: str, resources: tuple, expect: int = 0, **kw: Any) -> StackCase:
-    return StackCase(policy, resources, expect, label, **kw)
 
 
 SERVICE_URN = workload({}).urn

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.policies.cases import UNKNOWN, StackCase, assert_stack_case, resource
+from tests.policies.cases import UNKNOWN, StackCase, assert_stack_case, resource, stack_case
 from tools.analyzer import AnalyzerResource, PolicyPackProcess
 from tools.diff.rules import TABLE_PATH, load_table
 
@@ -53,8 +53,10 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
     return tuple(r for r in parts.values() if r is not None)
 
 
-def case(label: str, resources: tuple, expect: int = 0, **kw: Any) -> StackCase:
-    return StackCase("apply-fixed-name-replace", resources, expect, label, **kw)
+def case(
+    label: str, resources: tuple[AnalyzerResource, ...], expect: int = 0, **kw: Any
+) -> StackCase:
+    return stack_case("apply-fixed-name-replace", label, resources, expect, **kw)
 
 
 STACK_CASES = [

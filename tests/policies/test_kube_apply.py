@@ -19,6 +19,9 @@ from tests.policies.cases import (
     mutate,
     resource,
 )
+from tests.policies.cases import (
+    stack_case as case,
+)
 from tools.analyzer import AnalyzerResource, PolicyPackProcess
 
 LEVELS = {
@@ -149,10 +152,6 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
     }
     parts.update(replace)
     return tuple(r for r in parts.values() if r is not None)
-
-
-def case(policy: str, label: str, resources: tuple, expect: int = 0, **kw: Any) -> StackCase:
-    return StackCase(policy, resources, expect, label, **kw)
 
 
 def web(changes: dict[Any, Any], **kw: Any) -> AnalyzerResource:

@@ -19,6 +19,9 @@ from tests.policies.cases import (
     mutate,
     resource,
 )
+from tests.policies.cases import (
+    stack_case as case,
+)
 from tools.analyzer import AnalyzerResource, PolicyPackProcess
 
 LEVELS = {
@@ -216,6 +219,12 @@ REMOTE = {
 }
 
 
+def certificate(name: str, namespace: str, secret: str) -> AnalyzerResource:
+    """A cert-manager Certificate that writes `secret`."""
+    inputs = {"metadata": {"name": name, "namespace": namespace}, "spec": {"secretName": secret}}
+    return on(CERTIFICATE, inputs, name)
+
+
 def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
     parts: dict[str, AnalyzerResource | None] = {
         "cluster": CLUSTER,
@@ -239,10 +248,6 @@ def golden(**replace: AnalyzerResource | None) -> tuple[AnalyzerResource, ...]:
     }
     parts.update(replace)
     return tuple(r for r in parts.values() if r is not None)
-
-
-def case(policy: str, label: str, resources: tuple, expect: int = 0, **kw: Any) -> StackCase:
-    return StackCase(policy, resources, expect, label, **kw)
 
 
 def api_server(ingress: list[Any]) -> AnalyzerResource:
@@ -400,16 +405,7 @@ STACK_CASES = [
     case(
         "apply-gateway-credential",
         "written-by-a-certificate",
-        golden(
-            tls=on(
-                CERTIFICATE,
-                {
-                    "metadata": {"name": "api", "namespace": "istio-ingress"},
-                    "spec": {"secretName": "api-tls"},
-                },
-                "api-cert",
-            )
-        ),
+        golden(tls=certificate("api", "istio-ingress", "api-tls")),
     ),
     case(
         "apply-gateway-credential",
@@ -502,6 +498,11 @@ STACK_CASES = [
     ),
     case(
         "apply-in-cluster-endpoint",
+        "the-clusters-own-api-server",
+        golden(service=with_env("https://kubernetes.default.svc:443")),
+    ),
+    case(
+        "apply-in-cluster-endpoint",
         "installed-by-a-chart",
         golden(
             collector=None,
@@ -513,8 +514,11 @@ STACK_CASES = [
     case(
         "apply-in-cluster-endpoint",
         "service-declared-outside-the-stack",
-        golden(collector=None),
+        golden(collector=None, service=with_env("https://kubernetes.default.svc:443")),
         config={"apply-in-cluster-endpoint": {"externalServices": ["collector.observability"]}},
+        # Config replaces the defaults: kubernetes.default is no longer listed.
+        expect=1,
+        message="names kubernetes.default.svc",
     ),
     case(
         "apply-in-cluster-endpoint",
@@ -542,16 +546,7 @@ STACK_CASES = [
     case(
         "apply-mesh-multicluster",
         "root-written-by-a-certificate",
-        golden(
-            cacerts=on(
-                CERTIFICATE,
-                {
-                    "metadata": {"name": "mesh-ca", "namespace": "istio-system"},
-                    "spec": {"secretName": "cacerts"},
-                },
-                "mesh-ca",
-            )
-        ),
+        golden(cacerts=certificate("mesh-ca", "istio-system", "cacerts")),
     ),
     case(
         "apply-mesh-multicluster",
