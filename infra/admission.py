@@ -24,8 +24,8 @@ import pulumi_gcp as gcp
 
 from infra.config.images import repository
 
-# The hub Istio's Helm charts pull istiod, the proxy and the CNI agent from (their
-# `global.hub` default; infra/mesh.py sets it explicitly).
+# The hub Istio's Helm charts pull istiod, the proxy and the CNI agent from: their `global.hub`
+# default, which infra/mesh.py leaves as it is.
 ISTIO_HUB = "docker.io/istio"
 
 

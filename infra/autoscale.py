@@ -45,7 +45,7 @@ from infra.kube import (
 )
 from infra.mesh import baseline_policies, default_deny
 from infra.observability import alert_documentation
-from infra.workloads import SHARDS
+from infra.workloads import AFTER_IMAGE_AND_MODEL, SHARDS
 
 NAMESPACE = "signal-intelligence"
 SERVICE_ACCOUNT = "signal-intelligence"
@@ -151,7 +151,7 @@ class Intelligence(pulumi.ComponentResource):
         image: str,
         settings: IntelligenceSettings,
         workload: SignalServiceWorkload,
-        tracing_collector: str,
+        tracing_collector: str | None,
         labels: Mapping[str, str],
         # References the stack accepts without a digest, with the reason (`unpinnedImages`).
         unpinned_images: Mapping[str, str] = MappingProxyType({}),
@@ -224,7 +224,15 @@ class Intelligence(pulumi.ComponentResource):
             "allow-metrics-scraping": METRICS_SCRAPING_POLICY,
         }
         self.network_policies = {
-            policy: network_policy(f"{name}-netpol-{policy}", policy, NAMESPACE, spec, labels, self)
+            policy: network_policy(
+                f"{name}-netpol-{policy}",
+                policy,
+                NAMESPACE,
+                spec,
+                labels,
+                self,
+                depends_on=[self.namespace],
+            )
             for policy, spec in policies.items()
         }
         self.register_outputs({"namespace": self.namespace.metadata.name})
@@ -309,8 +317,12 @@ class Intelligence(pulumi.ComponentResource):
         }
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
+            # The signal service's image: deployed from stage `workloads` only.
             metadata=object_metadata(
-                app, NAMESPACE, labels, accepted_unpinned(image, self._unpinned)
+                app,
+                NAMESPACE,
+                labels,
+                {**accepted_unpinned(image, self._unpinned), **AFTER_IMAGE_AND_MODEL},
             ),
             spec=api_object(
                 {

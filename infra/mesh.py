@@ -1,18 +1,26 @@
 """The Istio mesh of one cluster: Helm-installed control plane, STRICT mTLS, default deny,
-persistent connection pools and cost-aware locality routing between regions.
+persistent connection pools and locality-aware routing within the region.
 
-Every cluster runs its own istiod (multi-primary, one mesh ID, one VPC network, so pods reach
-each other directly across regions). Identity is SPIFFE: `cluster.local/ns/<ns>/sa/<ksa>`;
-callers are allowed by principal, never by IP. Locality settings follow the region weights of
-the stack: GPU inference is spread by weight (the cheapest region takes the most), the API
-stays in its region and fails over to the preferred other region.
+One mesh per region: each cluster runs its own istiod with its own root of trust, and nothing
+crosses regions inside the mesh. Why not one multi-primary mesh across the regions: it needs a
+shared root (each cluster's `cacerts`, an intermediate under one root, whose private key Istio
+must hold: Certificate Authority Service keeps its keys in its HSMs and cannot hand one out)
+and a remote secret per peer (a long-lived token of every other cluster's API server), and
+neither can be declared, rotated and checked offline here; without them istiod sees only its
+own cluster's endpoints and a cross-cluster call fails mTLS, so cross-region distribution and
+failover would be settings that do nothing. Not provided: a region's callers are served by
+its own pods only (zones fail over inside the region); a regional outage is taken by routing
+clients to another region's gateway.
+
+Identity is SPIFFE: `cluster.local/ns/<ns>/sa/<ksa>`; callers are allowed by principal, never
+by IP. Tracing is exported only where `mesh.tracingCollector` names a collector.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -26,7 +34,6 @@ GATEWAY_NAMESPACE = "istio-ingress"
 GATEWAY = "istio-ingressgateway"
 GATEWAY_LABELS = {"app": GATEWAY, "istio": "ingressgateway"}
 API_GATEWAY = "signal-api"
-MESH_ID = "signal-mesh"
 TRUST_DOMAIN = "cluster.local"
 TRACING_PROVIDER = "otel"
 # Proxy drain on shutdown: inside the workloads' 25 s grace, after their preStop.
@@ -38,6 +45,9 @@ XDS_PORT = 15012  # istiod's xDS and CA port, which every sidecar calls
 # Service maps 443 to it, so the GKE control plane calls the nodes on 15017 (Istio docs,
 # "Platform setup: Google Kubernetes Engine", private clusters).
 WEBHOOK_PORT = 15017
+# An Istio Gateway's annotation naming the TLS credentials (Secrets) it serves that the stack
+# does not declare: documented operator prerequisites, which the policy pack accepts as such.
+EXTERNAL_CREDENTIALS = "signal-platform/external-credentials"
 
 
 def principal(namespace: str, service_account: str) -> str:
@@ -55,7 +65,6 @@ class MeshService:
     name: str  # the Service, its pods' `app` label and its Kubernetes service account
     port: int  # the gRPC port callers use
     callers: tuple[str, ...]  # SPIFFE principals allowed to call it; nobody else may
-    locality: Literal["distribute", "failover"]
     public: bool = False  # routed from the ingress gateway
     # A headless Service naming each pod (a StatefulSet's): callers address one replica
     # (a shard's owner) by its pod's name under it.
@@ -74,34 +83,20 @@ class MeshService:
         return f"{self.replicas}.{WORKLOAD_NAMESPACE}.svc.cluster.local"
 
 
-def region_shares(regions: Sequence[str], weights: Mapping[str, int]) -> dict[str, int]:
-    """Percent of traffic per region: the configured weights, or equal shares summing to 100."""
-    if weights:
-        return {r: weights[r] for r in regions}
-    base, extra = divmod(100, len(regions))
-    return {r: base + (1 if i < extra else 0) for i, r in enumerate(regions)}
-
-
-def locality_setting(
-    kind: Literal["distribute", "failover"], region: str, shares: Mapping[str, int]
-) -> dict[str, object]:
-    """Istio's localityLbSetting for callers in `region` (one of distribute or failover)."""
-    others = [r for r in shares if r != region]
-    if not others:
-        return {"enabled": True}
-    if kind == "distribute":
-        to = {f"{r}/*": share for r, share in shares.items() if share > 0}
-        return {"enabled": True, "distribute": [{"from": f"{region}/*", "to": to}]}
-    preferred = max(others, key=lambda r: shares[r])  # ties: the first configured
-    return {"enabled": True, "failover": [{"from": region, "to": preferred}]}
-
-
-def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
-    """The NetworkPolicies every mesh namespace starts from: deny all, then DNS, the mesh
-    (istiod), Workload Identity (metadata server), Google APIs over Private Google Access and
-    the trace collector."""
+def collector(tracing_collector: str) -> tuple[str, str, int]:
+    """`<service>.<namespace>.svc.cluster.local:<port>` → (host, namespace, port)."""
     host, port = tracing_collector.rsplit(":", 1)
-    collector_namespace = host.split(".")[1]
+    return host, host.split(".")[1], int(port)
+
+
+def baseline_policies(tracing_collector: str | None) -> dict[str, dict[str, Any]]:
+    """The NetworkPolicies every mesh namespace starts from: deny all, then DNS, the mesh
+    (istiod), Workload Identity (metadata server), Google APIs over Private Google Access and,
+    where one is configured, the trace collector."""
+    to_collector = []
+    if tracing_collector is not None:
+        _, namespace, port = collector(tracing_collector)
+        to_collector = [{"to": [namespace_peer(namespace)], "ports": tcp(port)}]
     return {
         "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
         "allow-dns": {
@@ -130,7 +125,7 @@ def baseline_policies(tracing_collector: str) -> dict[str, dict[str, Any]]:
                     "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}],
                     "ports": tcp(443),
                 },
-                {"to": [namespace_peer(collector_namespace)], "ports": tcp(int(port))},
+                *to_collector,
             ],
         },
     }
@@ -176,10 +171,7 @@ class Mesh(pulumi.ComponentResource):
         self,
         name: str,
         settings: MeshSettings,
-        region: str,
-        regions: Sequence[str],
         cluster: str,
-        network: pulumi.Input[str],
         services: Sequence[MeshService],
         labels: Mapping[str, str],
         opts: pulumi.ResourceOptions | None = None,
@@ -210,7 +202,16 @@ class Mesh(pulumi.ComponentResource):
         self.namespace = WORKLOAD_NAMESPACE
 
         # ---- control plane, from Istio's Helm charts at the pinned version
-        collector_host, collector_port = settings.tracing_collector.rsplit(":", 1)
+        tracing: dict[str, Any] = {"enableTracing": False}
+        if settings.tracing_collector is not None:
+            host, _, port = collector(settings.tracing_collector)
+            tracing = {
+                "enableTracing": True,
+                "extensionProviders": [
+                    {"name": TRACING_PROVIDER, "opentelemetry": {"service": host, "port": port}}
+                ],
+                "defaultProviders": {"tracing": [TRACING_PROVIDER]},
+            }
         self.base = self._chart(
             f"{name}-istio-base",
             "istio-base",
@@ -242,9 +243,8 @@ class Mesh(pulumi.ComponentResource):
             {
                 "global": {
                     "platform": "gke",
-                    "meshID": MESH_ID,
+                    # Names this cluster in the proxies' telemetry; one mesh per cluster.
                     "multiCluster": {"clusterName": cluster},
-                    "network": network,
                     "logAsJson": True,
                     "proxy": {"resources": settings.proxy_resources.model_dump()},
                 },
@@ -257,7 +257,6 @@ class Mesh(pulumi.ComponentResource):
                 },
                 "meshConfig": {
                     "trustDomain": TRUST_DOMAIN,
-                    "enableTracing": True,
                     "accessLogFile": "/dev/stdout",
                     "accessLogEncoding": "JSON",
                     "outboundTrafficPolicy": {"mode": "ALLOW_ANY"},
@@ -266,16 +265,7 @@ class Mesh(pulumi.ComponentResource):
                         "holdApplicationUntilProxyStarts": True,
                         "terminationDrainDuration": PROXY_DRAIN,
                     },
-                    "extensionProviders": [
-                        {
-                            "name": TRACING_PROVIDER,
-                            "opentelemetry": {
-                                "service": collector_host,
-                                "port": int(collector_port),
-                            },
-                        }
-                    ],
-                    "defaultProviders": {"tracing": [TRACING_PROVIDER]},
+                    **tracing,
                 },
             },
             after(self.base, self.cni),
@@ -313,6 +303,11 @@ class Mesh(pulumi.ComponentResource):
         )
         istio_ready = after(self.base, self.istiod)
 
+        def in_namespace(namespace: str) -> pulumi.ResourceOptions:
+            """A mesh object of `namespace`: after istiod (its CRDs and webhooks) and after the
+            namespace itself (an object sent before it exists is refused)."""
+            return after(self.base, self.istiod, self.namespaces[namespace])
+
         # ---- mTLS everywhere: mesh-wide STRICT, restated for the workload namespace
         self.peer_authentication = {
             namespace: k8s.apiextensions.CustomResource(
@@ -321,7 +316,7 @@ class Mesh(pulumi.ComponentResource):
                 kind="PeerAuthentication",
                 metadata={"name": "default", "namespace": namespace, "labels": meta},
                 spec={"mtls": {"mode": "STRICT"}},
-                opts=istio_ready,
+                opts=in_namespace(namespace),
             )
             for namespace in (ISTIO_NAMESPACE, *WORKLOAD_NAMESPACES)
         }
@@ -330,7 +325,7 @@ class Mesh(pulumi.ComponentResource):
         self.authorization: dict[str, k8s.apiextensions.CustomResource] = {}
         for namespace in WORKLOAD_NAMESPACES:
             self.authorization[f"{namespace}/default-deny"] = default_deny(
-                f"{name}-deny-{namespace}", namespace, meta, istio_ready
+                f"{name}-deny-{namespace}", namespace, meta, in_namespace(namespace)
             )
         for service in services:
             self.authorization[f"{WORKLOAD_NAMESPACE}/{service.name}"] = (
@@ -353,12 +348,11 @@ class Mesh(pulumi.ComponentResource):
                             }
                         ],
                     },
-                    opts=istio_ready,
+                    opts=in_namespace(WORKLOAD_NAMESPACE),
                 )
             )
 
-        # ---- traffic: persistent HTTP/2 pools, outlier detection, locality across regions
-        shares = region_shares(regions, settings.region_weights)
+        # ---- traffic: persistent HTTP/2 pools, outlier detection, locality within the region
         pool, outliers = settings.connection_pool, settings.outlier_detection
         self.destination_rules = {
             service.name: k8s.apiextensions.CustomResource(
@@ -370,21 +364,22 @@ class Mesh(pulumi.ComponentResource):
                     "host": service.host,
                     "trafficPolicy": {
                         "connectionPool": connection_pool(pool),
-                        # Ejects failing endpoints; locality failover relies on it.
+                        # Ejects failing endpoints; failover between zones relies on it.
                         "outlierDetection": {
                             "consecutive5xxErrors": outliers.consecutive_errors,
                             "interval": outliers.interval,
                             "baseEjectionTime": outliers.base_ejection_time,
                             "maxEjectionPercent": outliers.max_ejection_percent,
                         },
+                        # Same zone first, the region's other zones when it fails.
                         "loadBalancer": {
                             "simple": "LEAST_REQUEST",
-                            "localityLbSetting": locality_setting(service.locality, region, shares),
+                            "localityLbSetting": {"enabled": True},
                         },
                         "tls": {"mode": "ISTIO_MUTUAL"},
                     },
                 },
-                opts=istio_ready,
+                opts=in_namespace(WORKLOAD_NAMESPACE),
             )
             for service in services
         }
@@ -408,7 +403,7 @@ class Mesh(pulumi.ComponentResource):
                             "tls": {"mode": "ISTIO_MUTUAL"},
                         },
                     },
-                    opts=istio_ready,
+                    opts=in_namespace(WORKLOAD_NAMESPACE),
                 )
 
         api = settings.api
@@ -416,7 +411,15 @@ class Mesh(pulumi.ComponentResource):
             f"{name}-api-gateway",
             api_version="networking.istio.io/v1",
             kind="Gateway",
-            metadata={"name": API_GATEWAY, "namespace": GATEWAY_NAMESPACE, "labels": meta},
+            metadata={
+                "name": API_GATEWAY,
+                "namespace": GATEWAY_NAMESPACE,
+                "labels": meta,
+                # The TLS Secret is not the program's: the operator creates it in each cluster
+                # from the internal PKI its clients trust (README, "Deploying for real"). Named
+                # here so the policy pack knows it is expected, not forgotten.
+                "annotations": {EXTERNAL_CREDENTIALS: api.tls_secret},
+            },
             spec={
                 "selector": {"istio": GATEWAY_LABELS["istio"]},
                 "servers": [
@@ -462,27 +465,30 @@ class Mesh(pulumi.ComponentResource):
                         }
                     ],
                 },
-                opts=istio_ready,
+                opts=in_namespace(WORKLOAD_NAMESPACE),
             )
             for service in services
             if service.public
         }
 
-        self.telemetry = k8s.apiextensions.CustomResource(
-            f"{name}-telemetry",
-            api_version="telemetry.istio.io/v1",
-            kind="Telemetry",
-            metadata={"name": "mesh-default", "namespace": ISTIO_NAMESPACE, "labels": meta},
-            spec={
-                "tracing": [
-                    {
-                        "providers": [{"name": TRACING_PROVIDER}],
-                        "randomSamplingPercentage": settings.trace_sampling_percent,
-                    }
-                ]
-            },
-            opts=istio_ready,
-        )
+        # Spans go only where a collector is configured (none is deployed by the program).
+        self.telemetry: k8s.apiextensions.CustomResource | None = None
+        if settings.tracing_collector is not None:
+            self.telemetry = k8s.apiextensions.CustomResource(
+                f"{name}-telemetry",
+                api_version="telemetry.istio.io/v1",
+                kind="Telemetry",
+                metadata={"name": "mesh-default", "namespace": ISTIO_NAMESPACE, "labels": meta},
+                spec={
+                    "tracing": [
+                        {
+                            "providers": [{"name": TRACING_PROVIDER}],
+                            "randomSamplingPercentage": settings.trace_sampling_percent,
+                        }
+                    ]
+                },
+                opts=istio_ready,
+            )
         self.register_outputs({"namespace": self.namespace, "istio": settings.istio_version})
 
     def _namespace(

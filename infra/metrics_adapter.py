@@ -59,7 +59,7 @@ class MetricsAdapter(pulumi.ComponentResource):
         replicas: int,
         resources: Resources,
         control_plane_cidr: str,
-        tracing_collector: str,
+        tracing_collector: str | None,
         labels: Mapping[str, str],
         unpinned_images: Mapping[str, str] = MappingProxyType({}),
         opts: pulumi.ResourceOptions | None = None,

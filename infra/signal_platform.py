@@ -183,10 +183,7 @@ class Region(pulumi.ComponentResource):
         self.mesh = Mesh(
             f"{region.name}-mesh",
             stack.mesh,
-            region=region.name,
-            regions=stack.regions,
             cluster=self.cluster.name,
-            network=vpc.network.name,
             services=mesh_services(),
             labels=stack.labels,
             opts=on_cluster,
@@ -236,9 +233,7 @@ class Region(pulumi.ComponentResource):
                 redis=self.redis.discovery_endpoint,
                 redis_ca=self.redis.cluster.managed_server_cas.apply(server_ca_bundle),
             ),
-            peer_pod_ranges=[
-                stack.region(r).network.pods_cidr for r in stack.regions if r != region.name
-            ],
+            storage_class=self.cluster.storage_class,
             tracing_collector=stack.mesh.tracing_collector,
             trace_sampling_percent=stack.mesh.trace_sampling_percent,
             labels=stack.labels,

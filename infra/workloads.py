@@ -33,6 +33,7 @@ import yaml
 from app.model.triton import TritonModelConfig, render_config_pbtxt
 from infra.cluster import (
     ACCELERATOR_KEY,
+    CMEK_STORAGE_CLASS,
     COMPUTE_CLASS_KEY,
     GPU_TAINT,
     GPU_UTILIZATION,
@@ -66,6 +67,9 @@ from infra.mesh import (
 )
 
 SIGNAL_SERVICE = "signal-service"
+# What runs the stack's own image and the model in its bucket: deployed only from stage
+# `workloads` (infra/signal_platform.py), said on the object for the policy pack.
+AFTER_IMAGE_AND_MODEL = {"signal-platform/stage": "workloads"}
 TRITON = "triton"
 GRPC_PORT = 50051  # the signal service's gRPC API (and gRPC health)
 METRICS_PORT = 9464  # the signal service's Prometheus metrics (the image exposes it)
@@ -147,7 +151,6 @@ def mesh_services() -> list[MeshService]:
             GRPC_PORT,
             # The gateway, and the other replicas sending on a call for a shard they do not own.
             (GATEWAY_PRINCIPAL, principal(namespace, WORKLOADS[SIGNAL_SERVICE].ksa)),
-            locality="failover",
             public=True,
             replicas=SIGNAL_REPLICAS,
         ),
@@ -155,7 +158,6 @@ def mesh_services() -> list[MeshService]:
             TRITON,
             TRITON_GRPC_PORT,
             (principal(namespace, WORKLOADS[SIGNAL_SERVICE].ksa),),
-            locality="distribute",
         ),
     ]
 
@@ -170,7 +172,7 @@ def signal_service_config(
     endpoints: ServiceEndpoints,
     model: TritonModel,
     grace_seconds: int,
-    tracing_collector: str,
+    tracing_collector: str | None,
     trace_sampling_percent: float,
     redis: str | None,
 ) -> dict[str, Any]:
@@ -204,11 +206,18 @@ def signal_service_config(
             "project": endpoints.project_id,
             "dataset": endpoints.dataset,
         },
+        # Spans are exported only to a configured collector (mesh.tracingCollector).
         "telemetry": {
             "metrics_host": "0.0.0.0",
             "metrics_port": METRICS_PORT,
-            "otlp_endpoint": tracing_collector,
-            "trace_sample_ratio": trace_sampling_percent / 100,
+            **(
+                {
+                    "otlp_endpoint": tracing_collector,
+                    "trace_sample_ratio": trace_sampling_percent / 100,
+                }
+                if tracing_collector is not None
+                else {}
+            ),
         },
     }
     if redis is not None:
@@ -296,8 +305,8 @@ class WorkloadSet(pulumi.ComponentResource):
         placement: Placement,
         model_bucket: pulumi.Input[str],
         endpoints: ServiceEndpoints,
-        peer_pod_ranges: Sequence[str],
-        tracing_collector: str,
+        storage_class: k8s.storage.v1.StorageClass,
+        tracing_collector: str | None,
         trace_sampling_percent: float,
         labels: Mapping[str, str],
         # More metrics for the signal service's HPA (the predictive scaler's, infra/autoscale.py).
@@ -306,9 +315,11 @@ class WorkloadSet(pulumi.ComponentResource):
         unpinned_images: Mapping[str, str] = MappingProxyType({}),
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`storage_class`: the cluster's CMEK StorageClass, which the spool volumes use."""
         super().__init__("signal:infra:Workloads", name, None, opts)
         self.namespace = namespace
         self.cluster = cluster
+        self._storage_class = storage_class
         self._name = name
         self._labels = labels
         self._unpinned = unpinned_images
@@ -447,7 +458,7 @@ class WorkloadSet(pulumi.ComponentResource):
             app: pod_monitoring(f"{name}-monitor-{app}", app, namespace, labels, "15s", child)
             for app in (SIGNAL_SERVICE, TRITON)
         }
-        self.network_policies = self._network_policies(peer_pod_ranges, tracing_collector)
+        self.network_policies = self._network_policies(tracing_collector)
         self.register_outputs(
             {"namespace": namespace, "deployments": list(self.deployments), "cluster": cluster}
         )
@@ -514,16 +525,18 @@ class WorkloadSet(pulumi.ComponentResource):
             app,
             self.namespace,
             k8s_labels(self._labels, app),
-            accepted_unpinned(workload.image, self._unpinned),
+            {**accepted_unpinned(workload.image, self._unpinned), **AFTER_IMAGE_AND_MODEL},
         )
 
     def _deployment(self, app: str, workload: Workload, template: dict[str, Any]):
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
             metadata=self._workload_metadata(app, workload),
+            # No `replicas`: the HPA owns the count (its minReplicas is the floor). Set here, it
+            # would be applied over the HPA's on the next update: refused as a conflict with
+            # kube-controller-manager's field (Server-Side Apply), or, forced, reset at peak.
             spec=api_object(
                 {
-                    "replicas": workload.replicas,
                     "revisionHistoryLimit": 5,
                     "selector": {"matchLabels": {"app": app}},
                     # Never below the serving count during a rollout.
@@ -544,7 +557,7 @@ class WorkloadSet(pulumi.ComponentResource):
         endpoints: ServiceEndpoints,
         placement: Placement,
         model_bucket: pulumi.Input[str],
-        tracing_collector: str,
+        tracing_collector: str | None,
         trace_sampling_percent: float,
     ) -> k8s.apps.v1.StatefulSet:
         # The service drains in-flight calls on SIGTERM, after the preStop pause.
@@ -641,9 +654,9 @@ class WorkloadSet(pulumi.ComponentResource):
         return k8s.apps.v1.StatefulSet(
             f"{self._name}-{app}",
             metadata=self._workload_metadata(app, workload),
+            # No `replicas`: the HPA owns the count (see _deployment).
             spec=api_object(
                 {
-                    "replicas": workload.replicas,
                     "serviceName": SIGNAL_REPLICAS,
                     # Pods start (and scale up) together; the HPA paces scale-in, and a
                     # rolling update replaces one pod at a time, each ready before the next.
@@ -664,15 +677,18 @@ class WorkloadSet(pulumi.ComponentResource):
                             "metadata": {"name": SPOOL_VOLUME, "labels": {"app": app}},
                             "spec": {
                                 "accessModes": ["ReadWriteOnce"],
-                                # Balanced PD, bound where the pod is scheduled.
-                                "storageClassName": "standard-rwo",
+                                # Balanced PD with the region's disks key (CMEK, as every
+                                # other disk of the cluster), bound where the pod runs.
+                                "storageClassName": CMEK_STORAGE_CLASS,
                                 "resources": {"requests": {"storage": SPOOL_VOLUME_SIZE}},
                             },
                         }
                     ],
                 }
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_accounts[app]]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.service_accounts[app], self._storage_class]
+            ),
         )
 
     def _triton(
@@ -850,15 +866,15 @@ class WorkloadSet(pulumi.ComponentResource):
     # ------------------------------------------------------------------ network policy
 
     def _network_policies(
-        self, peer_pod_ranges: Sequence[str], tracing_collector: str
+        self, tracing_collector: str | None
     ) -> dict[str, k8s.networking.v1.NetworkPolicy]:
-        """Default deny in both directions, then each flow the workloads need, by name."""
-        peers = [{"ipBlock": {"cidr": cidr}} for cidr in peer_pod_ranges]
+        """Default deny in both directions, then each flow the workloads need, by name. Only
+        this cluster's pods: one mesh per region (infra/mesh.py), nothing crosses regions."""
         policies: dict[str, dict[str, Any]] = {
             **baseline_policies(tracing_collector),
             "allow-metrics-scraping": METRICS_SCRAPING_POLICY,
             f"{SIGNAL_SERVICE}-ingress": {
-                # The gateways: this region's, and other regions' on failover.
+                # The region's ingress gateway.
                 "podSelector": app_peer(SIGNAL_SERVICE)["podSelector"],
                 "policyTypes": ["Ingress"],
                 "ingress": [
@@ -867,7 +883,6 @@ class WorkloadSet(pulumi.ComponentResource):
                             {**namespace_peer(GATEWAY_NAMESPACE), **app_peer(GATEWAY)},
                             # The other replicas: a call for a shard they do not own.
                             app_peer(SIGNAL_SERVICE),
-                            *peers,
                         ],
                         "ports": tcp(GRPC_PORT),
                     }
@@ -877,7 +892,7 @@ class WorkloadSet(pulumi.ComponentResource):
                 "podSelector": app_peer(SIGNAL_SERVICE)["podSelector"],
                 "policyTypes": ["Egress"],
                 "egress": [
-                    {"to": [app_peer(TRITON), *peers], "ports": tcp(TRITON_GRPC_PORT)},
+                    {"to": [app_peer(TRITON)], "ports": tcp(TRITON_GRPC_PORT)},
                     {
                         "to": [{"ipBlock": {"cidr": REDIS_RANGE}}],
                         "ports": [
@@ -892,9 +907,7 @@ class WorkloadSet(pulumi.ComponentResource):
             f"{TRITON}-ingress": {
                 "podSelector": app_peer(TRITON)["podSelector"],
                 "policyTypes": ["Ingress"],
-                "ingress": [
-                    {"from": [app_peer(SIGNAL_SERVICE), *peers], "ports": tcp(TRITON_GRPC_PORT)}
-                ],
+                "ingress": [{"from": [app_peer(SIGNAL_SERVICE)], "ports": tcp(TRITON_GRPC_PORT)}],
             },
         }
         return {

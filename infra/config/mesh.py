@@ -1,11 +1,11 @@
-"""The Istio mesh of every cluster: versions, traffic policy, cost-aware locality, pod sizes."""
+"""The Istio mesh of every cluster (one per region): versions, traffic policy, tracing, pod sizes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from app.config_errors import Problem
 from infra.config.base import DURATION_PATTERN, Model
@@ -67,7 +67,7 @@ class ApiRoute(Model):
 
 
 class MeshSettings(Model):
-    """The Istio mesh of every cluster: versions, traffic policy, cost-aware locality."""
+    """The Istio mesh of every cluster (one mesh per region): versions, traffic policy, tracing."""
 
     istio_version: str = Field(default="1.30.5", pattern=r"^\d+\.\d+\.\d+$")
     chart_repository: str = Field(
@@ -76,17 +76,15 @@ class MeshSettings(Model):
     istiod_replicas: int = Field(default=2, ge=1, le=10)
     gateway_replicas: int = Field(default=2, ge=1, le=50)
     trace_sampling_percent: float = Field(default=1.0, ge=0, le=100)
-    # OpenTelemetry collector (host:port) the sidecars send spans to.
-    tracing_collector: str = Field(
-        default="opentelemetry-collector.observability.svc.cluster.local:4317",
-        pattern=r"^[a-z0-9.-]+:\d+$",
+    # An OpenTelemetry collector (`<service>.<namespace>.svc.cluster.local:<port>`) the sidecars
+    # and the service send spans to. None (the default): no spans are exported and nothing may
+    # call such a namespace. The program deploys no collector: set it only to one you deploy.
+    tracing_collector: str | None = Field(
+        default=None, pattern=r"^[a-z0-9-]+\.[a-z0-9-]+\.svc\.cluster\.local:\d+$"
     )
     connection_pool: ConnectionPool = ConnectionPool()
     outlier_detection: OutlierDetection = OutlierDetection()
     api: ApiRoute = ApiRoute()
-    # Share (percent) of GPU inference each region receives, e.g. the cheapest spot region
-    # the most; every deployed region, summing to 100. Empty: equal shares.
-    region_weights: dict[str, int] = Field(default_factory=dict)
     # What the mesh's own pods ask of the system pool (capacity.py sums them): istiod, the
     # ingress gateway, every injected sidecar, the istio-cni node agent (the chart's default
     # requests, with limits).
@@ -102,16 +100,6 @@ class MeshSettings(Model):
     cni_resources: Resources = Resources(
         requests={"cpu": "100m", "memory": "100Mi"}, limits={"cpu": "500m", "memory": "256Mi"}
     )
-
-    @field_validator("region_weights")
-    @classmethod
-    def _weights(cls, value: dict[str, int]) -> dict[str, int]:
-        for region, weight in value.items():
-            if not 0 <= weight <= 100:
-                raise ValueError(f"weight of {region} must be between 0 and 100")
-        if value and sum(value.values()) != 100:
-            raise ValueError(f"weights must sum to 100 (they sum to {sum(value.values())})")
-        return value
 
     @property
     def istio_minor(self) -> str:
@@ -134,22 +122,3 @@ class MeshSettings(Model):
         }
         for key, resources in pods.items():
             yield from resource_gaps(resources, key)
-
-    def region_weight_rules(self, regions: tuple[str, ...]) -> Iterator[Problem]:
-        """Weights name exactly the regions the stack deploys."""
-        for region in self.region_weights:
-            if region not in regions:
-                yield Problem(
-                    f"regionWeights.{region}",
-                    "weight for a region the stack does not deploy",
-                    region,
-                    ", ".join(regions),
-                )
-        missing = [r for r in regions if r not in self.region_weights]
-        if self.region_weights and missing:
-            yield Problem(
-                "regionWeights",
-                f"no weight for {', '.join(missing)}",
-                dict(self.region_weights),
-                "a weight for every deployed region",
-            )

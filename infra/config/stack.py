@@ -275,7 +275,6 @@ class StackConfig(Model):
         for name in self.regions:
             yield from self._region_rules(self.region(name))
         yield from self._network_rules()
-        yield from (p.under("mesh") for p in self.mesh.region_weight_rules(self.regions))
         yield from self._unpinned_image_rules()
         yield from self._own_image_rules()
         storage = self.pubsub.storage_rules(self.regions, self.bigquery.location)

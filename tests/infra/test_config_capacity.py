@@ -122,8 +122,20 @@ def planned_system_pods(plan: Inventory) -> list[tuple[int, float, float]]:
             *_requests(releases["gateway"]["resources"]),
         ),
     ]
-    for deployment in plan.of_type("kubernetes:apps/v1:Deployment"):
+    # A workload an HPA scales carries no replica count (the HPA owns it): its floor counts.
+    floors = {
+        (h.provider, h.inputs["spec"]["scaleTargetRef"]["kind"], h.inputs["metadata"]["name"]): h
+        for h in plan.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    }
+    workloads = [
+        *plan.of_type("kubernetes:apps/v1:Deployment"),
+        *plan.of_type("kubernetes:apps/v1:StatefulSet"),  # the signal service (its shards)
+    ]
+    for deployment in workloads:
         spec = deployment.inputs["spec"]
+        kind = deployment.type.rsplit(":", 1)[1]
+        scaler = floors.get((deployment.provider, kind, deployment.inputs["metadata"]["name"]))
+        replicas = scaler.inputs["spec"]["minReplicas"] if scaler else spec["replicas"]
         template = spec["template"]
         containers = template["spec"]["containers"]
         if any(
@@ -143,7 +155,7 @@ def planned_system_pods(plan: Inventory) -> list[tuple[int, float, float]]:
             )
         pods.append(
             (
-                spec["replicas"],
+                replicas,
                 sum((p[0] for p in parts), Decimal(0)),
                 sum((p[1] for p in parts), Decimal(0)),
             )

@@ -24,7 +24,9 @@ import kubernetes_validate.utils
 import pytest
 from kubernetes_validate.utils import all_versions
 
+from tests.conftest import REPO
 from tools.crd_models import SPECS, crd_problems
+from tools.engine import plan
 from tools.inventory import UNKNOWN, Inventory, Resource
 
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -104,9 +106,21 @@ def test_the_plans_declare_the_kinds_this_check_covers(stack_plan: Inventory):
         "DestinationRule",
         "VirtualService",
         "Gateway",
-        "Telemetry",
         "PodMonitoring",
+        "StorageClass",
     } <= kinds
+
+
+def test_the_tracing_telemetry_validates_where_a_collector_is_configured():
+    """No collector by default, so no Telemetry in the stacks' plans: validate the one a stack
+    with a collector declares (review.md #11)."""
+    traced = plan(
+        REPO,
+        "dev",
+        {"signal-platform:mesh": '{"tracingCollector": "otel.tracing.svc.cluster.local:4317"}'},
+    )
+    (telemetry,) = [r for r in kubernetes_objects(traced) if r.inputs["kind"] == "Telemetry"]
+    assert crd_problems(telemetry) == []
 
 
 def test_built_in_objects_validate_against_the_clusters_schema(stack_plan: Inventory):

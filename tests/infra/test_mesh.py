@@ -7,13 +7,16 @@ import pytest
 
 from infra.config import ConfigError, StackConfig
 from infra.mesh import (
+    EXTERNAL_CREDENTIALS,
     GATEWAY_PRINCIPAL,
     WORKLOAD_NAMESPACES,
-    locality_setting,
+    baseline_policies,
     principal,
-    region_shares,
 )
+from tests.conftest import REPO
+from tests.infra.test_apply_order import waits_for
 from tests.infra.test_config import load, stack_values
+from tools.engine import plan as plan_stack
 from tools.inventory import Inventory, Resource
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -66,24 +69,57 @@ def test_istio_charts_are_pinned_in_every_cluster(stack_plan: Inventory):
         assert charts["gateway"]["namespace"] == "istio-ingress"
 
 
-def test_istiod_joins_one_mesh_with_cni_and_tracing(stack_plan: Inventory):
+def test_istiod_runs_one_mesh_per_cluster_with_cni_and_no_tracing_by_default(
+    stack_plan: Inventory,
+):
+    """One mesh per region (review.md #9): no shared mesh ID or network, which without a
+    shared root and remote secrets would only claim a mesh that does not exist; and no spans
+    are exported unless a collector is configured (review.md #11: none is deployed)."""
     mesh = config_of(stack_plan).mesh
-    host, port = mesh.tracing_collector.rsplit(":", 1)
+    assert mesh.tracing_collector is None
     for region, releases in per_region(stack_plan, RELEASE).items():
         (istiod,) = [r for r in releases if r.inputs["chart"] == "istiod"]
         values = istiod.inputs["values"]
-        assert values["global"]["meshID"] == "signal-mesh"
+        assert "meshID" not in values["global"] and "network" not in values["global"]
         assert values["global"]["multiCluster"] == {"clusterName": f"signal-{region}"}
-        assert values["global"]["network"] == "signal-vpc"
         assert values["pilot"]["cni"] == {"enabled": True}
         assert values["pilot"]["replicaCount"] == mesh.istiod_replicas
         config = values["meshConfig"]
-        assert config["enableTracing"] is True
-        assert config["defaultProviders"] == {"tracing": ["otel"]}
-        assert config["extensionProviders"] == [
-            {"name": "otel", "opentelemetry": {"service": host, "port": int(port)}}
-        ]
+        assert config["enableTracing"] is False
+        assert "extensionProviders" not in config and "defaultProviders" not in config
         assert config["defaultConfig"]["holdApplicationUntilProxyStarts"] is True
+    assert not stack_plan.of_type(TELEMETRY)
+
+
+COLLECTOR = "otel-collector.tracing.svc.cluster.local:4317"
+
+
+def test_a_configured_collector_gets_the_spans_and_only_it_is_reachable():
+    traced = plan_stack(
+        REPO, "dev", {"signal-platform:mesh": f'{{"tracingCollector": "{COLLECTOR}"}}'}
+    )
+    mesh = config_of(traced).mesh
+    (istiod,) = [r for r in traced.of_type(RELEASE) if r.inputs["chart"] == "istiod"]
+    config = istiod.inputs["values"]["meshConfig"]
+    assert config["enableTracing"] is True
+    assert config["defaultProviders"] == {"tracing": ["otel"]}
+    assert config["extensionProviders"] == [
+        {
+            "name": "otel",
+            "opentelemetry": {"service": "otel-collector.tracing.svc.cluster.local", "port": 4317},
+        }
+    ]
+    (telemetry,) = traced.of_type(TELEMETRY)
+    assert telemetry.inputs["spec"]["tracing"] == [
+        {"providers": [{"name": "otel"}], "randomSamplingPercentage": mesh.trace_sampling_percent}
+    ]
+    egress = baseline_policies(COLLECTOR)["allow-platform"]["egress"]
+    assert egress[-1] == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tracing"}}}],
+        "ports": [{"protocol": "TCP", "port": 4317}],
+    }
+    # Without a collector, no namespace is reachable for it.
+    assert len(baseline_policies(None)["allow-platform"]["egress"]) == len(egress) - 1
 
 
 def test_gateway_is_internal_and_autoscaled(stack_plan: Inventory):
@@ -96,18 +132,6 @@ def test_gateway_is_internal_and_autoscaled(stack_plan: Inventory):
         }
         assert values["autoscaling"]["minReplicas"] == mesh.gateway_replicas
         assert values["podDisruptionBudget"] == {"maxUnavailable": 1}
-
-
-def test_tracing_samples_as_configured(stack_plan: Inventory):
-    mesh = config_of(stack_plan).mesh
-    for region, (telemetry,) in per_region(stack_plan, TELEMETRY).items():
-        assert telemetry.inputs["metadata"]["namespace"] == "istio-system", region
-        assert telemetry.inputs["spec"]["tracing"] == [
-            {
-                "providers": [{"name": "otel"}],
-                "randomSamplingPercentage": mesh.trace_sampling_percent,
-            }
-        ]
 
 
 def test_workload_namespace_is_injected_and_restricted(stack_plan: Inventory):
@@ -216,29 +240,39 @@ def test_destination_rules_keep_persistent_pools_and_mutual_tls(stack_plan: Inve
             assert policy["loadBalancer"]["localityLbSetting"]["enabled"] is True
 
 
-def test_prod_spreads_inference_by_region_weight_and_fails_the_api_over(prod_plan: Inventory):
-    weights = config_of(prod_plan).mesh.region_weights
-    assert weights == {"us-central1": 50, "us-east4": 30, "europe-west4": 20}
-    for region, rules in per_region(prod_plan, DESTINATION_RULE).items():
-        by_host = {r.inputs["spec"]["host"].split(".")[0]: r.inputs["spec"] for r in rules}
-        triton = by_host["triton"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]
-        assert triton["distribute"] == [
-            {"from": f"{region}/*", "to": {f"{r}/*": w for r, w in weights.items()}}
-        ]
-        assert "failover" not in triton, "Istio takes one of distribute or failover"
-        api = by_host["signal-service"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]
-        preferred = "us-east4" if region == "us-central1" else "us-central1"
-        assert api["failover"] == [{"from": region, "to": preferred}]
-        assert "distribute" not in api
-
-
-def test_dev_has_one_region_and_no_cross_region_routing(dev_plan: Inventory):
-    for rule in dev_plan.of_type(DESTINATION_RULE):
-        if "loadBalancer" not in rule.inputs["spec"]["trafficPolicy"]:
+def test_nothing_routes_or_is_admitted_across_regions(stack_plan: Inventory):
+    """One mesh per region: locality balancing prefers the caller's zone and fails over
+    within the region; no DestinationRule names another region, and no NetworkPolicy admits
+    another region's pods (review.md #9)."""
+    config = config_of(stack_plan)
+    for rule in stack_plan.of_type(DESTINATION_RULE):
+        policy = rule.inputs["spec"]["trafficPolicy"]
+        if "loadBalancer" not in policy:
             continue  # a named replica: no balancing, no locality
-        assert rule.inputs["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"] == {
-            "enabled": True
-        }
+        assert policy["loadBalancer"]["localityLbSetting"] == {"enabled": True}
+    pod_ranges = {config.region(r).network.pods_cidr for r in config.regions}
+    for netpol in stack_plan.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+        spec = netpol.inputs["spec"]
+        peers = [
+            peer
+            for rule in (*spec.get("ingress", ()), *spec.get("egress", ()))
+            for peer in (*rule.get("from", ()), *rule.get("to", ()))
+        ]
+        assert not any(peer.get("ipBlock", {}).get("cidr") in pod_ranges for peer in peers)
+
+
+def test_mesh_objects_wait_for_their_namespace(stack_plan: Inventory):
+    namespaces = {
+        (n.provider, n.inputs["metadata"]["name"]): n for n in stack_plan.of_type(NAMESPACE)
+    }
+    checked = 0
+    for type_token in (PEER_AUTHENTICATION, AUTHORIZATION, DESTINATION_RULE, VIRTUAL_SERVICE):
+        for resource in stack_plan.of_type(type_token):
+            key = (resource.provider, resource.inputs["metadata"]["namespace"])
+            if key in namespaces:
+                checked += 1
+                assert namespaces[key].urn in waits_for(stack_plan, resource), resource.name
+    assert checked >= 8
 
 
 def test_api_is_routed_from_the_gateway_with_timeouts_and_retries(stack_plan: Inventory):
@@ -271,31 +305,8 @@ def test_api_is_routed_from_the_gateway_with_timeouts_and_retries(stack_plan: In
             server["tls"]["mode"] == "SIMPLE" and server["tls"]["credentialName"] == api.tls_secret
         )
         assert server["tls"]["minProtocolVersion"] == "TLSV1_2"
-
-
-# ---------------------------------------------------------------- locality functions
-
-
-def test_region_shares_are_configured_or_equal():
-    regions = ("a-1", "b-1", "c-1")
-    assert region_shares(regions, {}) == {"a-1": 34, "b-1": 33, "c-1": 33}
-    assert region_shares(regions[:1], {}) == {"a-1": 100}
-    assert region_shares(regions, {"a-1": 70, "b-1": 30, "c-1": 0}) == {
-        "a-1": 70,
-        "b-1": 30,
-        "c-1": 0,
-    }
-
-
-def test_locality_setting_distribute_skips_empty_regions_and_failover_prefers_weight():
-    shares = {"a-1": 70, "b-1": 0, "c-1": 30}
-    assert locality_setting("distribute", "b-1", shares) == {
-        "enabled": True,
-        "distribute": [{"from": "b-1/*", "to": {"a-1/*": 70, "c-1/*": 30}}],
-    }
-    assert locality_setting("failover", "a-1", shares)["failover"] == [{"from": "a-1", "to": "c-1"}]
-    assert locality_setting("failover", "c-1", shares)["failover"] == [{"from": "c-1", "to": "a-1"}]
-    assert locality_setting("failover", "a-1", {"a-1": 100}) == {"enabled": True}
+        # Not issued by the program: an operator prerequisite, said so (review.md #10).
+        assert gateway.inputs["metadata"]["annotations"] == {EXTERNAL_CREDENTIALS: api.tls_secret}
 
 
 # ---------------------------------------------------------------- settings
@@ -304,24 +315,10 @@ def test_locality_setting_distribute_skips_empty_regions_and_failover_prefers_we
 @pytest.mark.parametrize(
     ("mesh", "fragment"),
     [
+        # Cross-region weights are gone with the one mesh per region: refused, not ignored.
         (
-            {"regionWeights": {"us-central1": 50, "us-east4": 30, "europe-west4": 10}},
-            "signal-platform:mesh.regionWeights: weights must sum to 100 (they sum to 90)",
-        ),
-        (
-            {"regionWeights": {"us-central1": 70, "us-east4": 30}},
-            "signal-platform:mesh.regionWeights: no weight for europe-west4",
-        ),
-        (
-            {
-                "regionWeights": {
-                    "us-central1": 50,
-                    "us-east4": 30,
-                    "europe-west4": 10,
-                    "asia-northeast1": 10,
-                }
-            },
-            "signal-platform:mesh.regionWeights.asia-northeast1: weight for a region the stack does not deploy",
+            {"regionWeights": {"us-central1": 50, "us-east4": 30, "europe-west4": 20}},
+            "signal-platform:mesh.regionWeights",
         ),
         ({"istioVersion": "1.27.3"}, "Istio minor without a known Kubernetes support range"),
         ({"istioVersion": "latest"}, "signal-platform:mesh.istioVersion"),
@@ -329,6 +326,8 @@ def test_locality_setting_distribute_skips_empty_regions_and_failover_prefers_we
         ({"api": {"timeout": "2 seconds"}}, "signal-platform:mesh.api.timeout"),
         ({"traceSamplingPercent": 101}, "signal-platform:mesh.traceSamplingPercent"),
         ({"tracingCollector": "collector"}, "signal-platform:mesh.tracingCollector"),
+        # Not a Service's in-cluster name: the pack could not tell which Service it means.
+        ({"tracingCollector": "otel.example.com:4317"}, "signal-platform:mesh.tracingCollector"),
     ],
 )
 def test_bad_mesh_settings_name_the_key(mesh: dict, fragment: str):
@@ -339,6 +338,6 @@ def test_bad_mesh_settings_name_the_key(mesh: dict, fragment: str):
 
 def test_mesh_defaults_apply_without_the_section():
     cfg = load("prod", mesh=None)
-    assert cfg.mesh.region_weights == {}
+    assert cfg.mesh.tracing_collector is None
     assert cfg.mesh.connection_pool.max_requests_per_connection == 0
     assert cfg.mesh.istio_version == "1.30.5"

@@ -23,6 +23,7 @@ from infra.workloads import (
     service_grace_seconds,
     signal_service_config,
 )
+from tests.infra.staged import staged_plan
 from tests.infra.test_apply_order import waits_for
 from tests.infra.test_config import edited, load, stack_values
 from tools.inventory import UNKNOWN, Inventory, Resource
@@ -66,6 +67,74 @@ def workloads(plan: Inventory) -> dict[str, dict[str, Resource]]:
 
 def pod(deployment: Resource) -> dict[str, Any]:
     return deployment.inputs["spec"]["template"]["spec"]
+
+
+def hpa_floor(plan: Inventory) -> dict[str, int]:
+    """Each workload an HPA scales (by URN) → the HPA's minReplicas: its replica count."""
+    regions = plan.regions()
+    targets = {
+        (regions[w.urn], w.type.rsplit(":", 1)[1], w.inputs["metadata"]["name"]): w.urn
+        for region in workloads(plan).values()
+        for w in region.values()
+    }
+    return {
+        targets[
+            regions[h.urn],
+            h.inputs["spec"]["scaleTargetRef"]["kind"],
+            h.inputs["spec"]["scaleTargetRef"]["name"],
+        ]: h.inputs["spec"]["minReplicas"]
+        for h in plan.of_type(HPA)
+    }
+
+
+def test_workloads_an_hpa_scales_leave_the_count_to_it(stack_plan: Inventory):
+    """Once the HPA has scaled, kube-controller-manager owns `spec.replicas`; a value in the
+    object would conflict on the next Server-Side Apply (or, forced, reset the count at
+    peak): the HPA's minReplicas is the floor instead (review.md #14)."""
+    floors = hpa_floor(stack_plan)
+    scaled = [w for region in workloads(stack_plan).values() for w in region.values()]
+    assert scaled and all(w.urn in floors for w in scaled)
+    for workload in scaled:
+        assert "replicas" not in workload.inputs["spec"], workload.name
+
+
+def test_the_spool_is_a_cmek_disk_of_the_clusters_storage_class(stack_plan: Inventory):
+    """The spool volumes are encrypted with the region's disks key like every node disk
+    (review.md #17): the claim template names the cluster's CMEK StorageClass, and the
+    StatefulSet waits for it."""
+    classes = {
+        (c.provider, c.inputs["metadata"]["name"]): c
+        for c in stack_plan.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    }
+    for region in workloads(stack_plan).values():
+        service = region["signal-service"]
+        (claim,) = service.inputs["spec"]["volumeClaimTemplates"]
+        storage_class = classes[service.provider, claim["spec"]["storageClassName"]]
+        assert "disk-encryption-kms-key" in storage_class.inputs["parameters"]
+        assert storage_class.urn in service.options["dependencies"]
+
+
+def test_workloads_of_the_stacks_image_and_model_come_with_stage_workloads(stack_plan: Inventory):
+    """The service, Triton, the scaler and the detector run the stack's own image or the model
+    in its bucket, neither of which exists on a new project's first deploy: they say so (the
+    pack's apply-workload-sources reads it) and a stack at stage infrastructure has none."""
+    checked = 0
+    for resource in (*stack_plan.of_type(DEPLOYMENT), *stack_plan.of_type(STATEFUL_SET)):
+        images = {c["image"] for c in pod(resource)["containers"]}
+        ours = any(i.startswith(config_of(stack_plan).image_registry) for i in images)
+        mounts = any("csi" in v for v in pod(resource).get("volumes", ()))
+        if ours or mounts:
+            checked += 1
+            assert (
+                resource.inputs["metadata"]["annotations"]["signal-platform/stage"] == "workloads"
+            )
+    assert checked >= 3
+    first = staged_plan(stack_plan.stack, "infrastructure")
+    assert not first.of_type(STATEFUL_SET)
+    assert [d.inputs["metadata"]["name"] for d in first.of_type(DEPLOYMENT)] == [
+        "custom-metrics-stackdriver-adapter"
+    ] * len(stack_plan.outputs["regions"])
+    assert first.of_type("kubernetes:helm.sh/v3:Release"), "the mesh is part of the platform"
 
 
 def container(deployment: Resource) -> dict[str, Any]:
@@ -153,9 +222,10 @@ def test_workloads_leave_spot_gracefully(stack_plan: Inventory):
 
 
 def test_prod_runs_two_replicas_across_zones(prod_plan: Inventory):
+    autoscalers = hpa_floor(prod_plan)
     for deployments in workloads(prod_plan).values():
-        for deployment in deployments.values():
-            assert deployment.inputs["spec"]["replicas"] >= 2
+        for app, deployment in deployments.items():
+            assert autoscalers[deployment.urn] >= 2, app  # the HPA's floor: the count
         service = pod(deployments["signal-service"])["topologySpreadConstraints"][0]
         assert service["whenUnsatisfiable"] == "DoNotSchedule"
 
@@ -166,7 +236,7 @@ def test_signal_service_image_probes_resources_and_scratch_space(stack_plan: Inv
         deployment = deployments["signal-service"]
         c = container(deployment)
         assert c["image"] == settings.image
-        assert deployment.inputs["spec"]["replicas"] == settings.replicas
+        assert hpa_floor(stack_plan)[deployment.urn] == settings.replicas
         assert c["resources"] == {
             "requests": settings.resources.requests,
             "limits": settings.resources.limits,
@@ -506,15 +576,7 @@ def test_metrics_are_scraped_from_the_sidecars_merged_endpoint(stack_plan: Inven
 
 
 def test_network_policy_denies_by_default_and_allows_named_flows(stack_plan: Inventory):
-    peers_by_region = {
-        r: {
-            config_of(stack_plan).region(o).network.pods_cidr
-            for o in stack_plan.outputs["regions"]
-            if o != r
-        }
-        for r in stack_plan.outputs["regions"]
-    }
-    for region, policies in in_signals(stack_plan, NETWORK_POLICY).items():
+    for policies in in_signals(stack_plan, NETWORK_POLICY).values():
         assert policies["default-deny"].inputs["spec"] == {
             "podSelector": {},
             "policyTypes": ["Ingress", "Egress"],
@@ -524,9 +586,8 @@ def test_network_policy_denies_by_default_and_allows_named_flows(stack_plan: Inv
         triton = policies["triton-ingress"].inputs["spec"]
         assert triton["podSelector"] == {"matchLabels": {"app": "triton"}}
         (rule,) = triton["ingress"]
-        sources = rule["from"]
-        assert sources[0] == {"podSelector": {"matchLabels": {"app": "signal-service"}}}
-        assert {s["ipBlock"]["cidr"] for s in sources[1:]} == peers_by_region[region]
+        # This region's signal service only: one mesh per region (review.md #9).
+        assert rule["from"] == [{"podSelector": {"matchLabels": {"app": "signal-service"}}}]
         assert rule["ports"] == [{"protocol": "TCP", "port": 8001}]
         service = policies["signal-service-ingress"].inputs["spec"]["ingress"][0]
         assert service["from"][0] == {
