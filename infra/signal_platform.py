@@ -61,9 +61,6 @@ APIS: dict[str, str] = {
     "billingbudgets.googleapis.com": "the budget",
     "binaryauthorization.googleapis.com": "clusters enforce Binary Authorization",
     "cloudkms.googleapis.com": "CMEK keys",
-    # TRANSITION (firstapply): the bootstrap enables it; removed once the pack reads the
-    # bootstrap's APIs as prerequisites.
-    "cloudresourcemanager.googleapis.com": "project IAM bindings and audit configs",
     "cloudtrace.googleapis.com": "the service's traces (roles/cloudtrace.agent)",
     "compute.googleapis.com": "the VPC, firewalls, NAT and nodes",
     "connectgateway.googleapis.com": "CI reaches the clusters' Kubernetes API through it",
