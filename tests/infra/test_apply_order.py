@@ -274,3 +274,31 @@ def test_a_named_resource_that_config_can_replace_is_deleted_first(stack_plan: I
             resource.name,
         )
     assert checked >= 10
+
+
+# ---------------------------------------------------------------- namespaces
+
+
+def test_every_namespaced_object_waits_for_its_namespace(stack_plan: Inventory):
+    """An object sent before its Namespace exists is refused (the provider retries briefly,
+    then fails): every Kubernetes object, and every Helm release, in a namespace the stack
+    declares on the same cluster waits for it, directly or through an ancestor (review.md
+    #20)."""
+    namespaces = {
+        (n.provider, n.inputs["metadata"]["name"]): n
+        for n in stack_plan.of_type("kubernetes:core/v1:Namespace")
+    }
+    checked = 0
+    for resource in stack_plan.resources:
+        if not resource.type.startswith("kubernetes:") or resource.type.endswith(":Namespace"):
+            continue
+        if resource.type == "kubernetes:helm.sh/v3:Release":
+            namespace = resource.inputs.get("namespace")
+        else:
+            namespace = (resource.inputs.get("metadata") or {}).get("namespace")
+        declared = namespaces.get((resource.provider, namespace))
+        if declared is None:
+            continue  # cluster-scoped, or a namespace GKE makes (kube-system)
+        checked += 1
+        assert declared.urn in waits_for(stack_plan, resource), (resource.type, resource.name)
+    assert checked >= 40
