@@ -1,271 +1,25 @@
-"""`python -m tools bootstrap`: a stack's bootstrap as a shell script of gcloud commands.
-
-What the first `pulumi up` cannot create itself (infra/bootstrap.py says why each part): the
-APIs that cannot enable themselves, the deploy and preview accounts with their roles, GitHub's
-Workload Identity Federation, and quota requests for what the node pools need at their most
-nodes, all derived from `Pulumi.<stack>.yaml`. Run it once per project, as a project owner:
+"""`python -m tools bootstrap`: print a stack's bootstrap, the gcloud commands its first
+`pulumi up` needs run first (tools/bootstrap.py writes them, infra/bootstrap.py says why).
 
     python -m tools bootstrap --stack prod --github-repository OWNER/REPO > bootstrap-prod.sh
     QUOTA_CONTACT=you@example.com bash bootstrap-prod.sh
 
-Every command can run again (accounts and pools are created only when missing, bindings and
-quota preferences are set to what the config says). Exit codes: 0 printed; 2 bad input
-(arguments, the stack file or its configuration), one `error:` line each.
+Run it once per project, as a project owner. Exit codes: 0 printed; 2 bad input (arguments,
+the stack file or its configuration), one `error:` line each. The program's modules load only
+when it runs (the CLI itself imports none).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
-import shlex
 import sys
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from infra.bootstrap import (
-    ATTRIBUTE_MAPPING,
-    BILLING_ROLE,
-    BOOTSTRAP_APIS,
-    DEPLOYER_ROLES,
-    GITHUB_ISSUER,
-    IDENTITY_POOL,
-    IDENTITY_PROVIDER,
-    PREVIEWER_ROLES,
-)
-from infra.config import StackConfig, parse_quantity
-from infra.config.base import ConfigError
-from infra.workloads import SPOOL_VOLUME_SIZE
-from tools.cost.schema import load_pricing
 from tools.engine import PlanError, read_project, read_stack_config
 from tools.plan_command import EXIT_BAD_INPUT, EXIT_OK
 
 REPOSITORY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
-
-
-@dataclass(frozen=True)
-class Quota:
-    """One Compute Engine quota the stack needs: its Cloud Quotas id, region (None: global)
-    and the value, with how it was worked out."""
-
-    quota_id: str
-    region: str | None
-    value: int
-    why: str
-
-
-def gpu_quota_name(accelerator: str) -> str:
-    """`nvidia-l4` → `NVIDIA-L4-GPUS`, `nvidia-tesla-t4` → `NVIDIA-T4-GPUS` (Compute Engine's
-    GPU quota names drop the `tesla` of the accelerator type)."""
-    return accelerator.upper().replace("TESLA-", "") + "-GPUS"
-
-
-def quotas(config: StackConfig) -> list[Quota]:
-    """What the node pools need at their most nodes, per region and in all: GPUs (spot ones on
-    the preemptible quota), vCPUs (spot VMs count against CPUS unless preemptible CPUs are
-    granted, so all of them), SSD-backed disk (boot disks and the signal service's spools)."""
-    shapes = load_pricing()
-    found: list[Quota] = []
-    gpus_total = cpus_total = 0
-    for name in config.regions:
-        region = config.region(name)
-        system = region.node_pools.system
-        system_nodes = system.max_nodes * max(1, len(region.node_zones))
-        pools = [(system, system_nodes), *((p, p.max_nodes) for p in region.node_pools.gpu)]
-        described = ", ".join(
-            f"{getattr(pool, 'name', 'system')} {nodes} x {pool.machine_type}"
-            for pool, nodes in pools
-        )
-        gpus: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for pool in region.node_pools.gpu:
-            kind = gpu_quota_name(pool.accelerator_type)
-            count = pool.max_nodes * pool.accelerator_count
-            gpus[f"PREEMPTIBLE-{kind}" if pool.spot else kind].append(
-                (
-                    count,
-                    f"{pool.name} {pool.max_nodes} x {pool.accelerator_count} {pool.accelerator_type}",
-                )
-            )
-        for quota_name, parts in sorted(gpus.items()):
-            count = sum(c for c, _ in parts)
-            found.append(
-                Quota(
-                    f"{quota_name}-per-project-region", name, count, ", ".join(w for _, w in parts)
-                )
-            )
-            gpus_total += count
-        cpus = sum(nodes * shapes.shape(pool.machine_type).vcpus for pool, nodes in pools)
-        found.append(Quota("CPUS-per-project-region", name, cpus, described))
-        spools = config.workloads.signal_service.max_replicas  # one spool disk per replica
-        disk = sum(
-            nodes * pool.disk_size_gb for pool, nodes in pools if pool.disk_type != "pd-standard"
-        ) + math.ceil(spools * parse_quantity(SPOOL_VOLUME_SIZE) / 10**9)
-        found.append(
-            Quota(
-                "SSD-TOTAL-GB-per-project-region",
-                name,
-                disk,
-                f"boot disks of {described}; {spools} spool disks of {SPOOL_VOLUME_SIZE}",
-            )
-        )
-        cpus_total += cpus
-    regions = ", ".join(config.regions)
-    found.append(Quota("GPUS-ALL-REGIONS-per-project", None, gpus_total, f"every GPU of {regions}"))
-    found.append(
-        Quota("CPUS-ALL-REGIONS-per-project", None, cpus_total, f"every vCPU of {regions}")
-    )
-    return found
-
-
-def preference_id(quota: Quota) -> str:
-    """A quota preference's id, unique per quota and region (at most 63 characters)."""
-    short = quota.quota_id.lower().removesuffix("-per-project-region").removesuffix("-per-project")
-    return f"signal-platform-{short}-{quota.region or 'global'}"
-
-
-def _own_account(member: str, project: str) -> str | None:
-    """The account id of a member that is a service account of the stack's own project."""
-    match = re.fullmatch(
-        rf"serviceAccount:([a-z][a-z0-9-]{{4,28}}[a-z0-9])@{project}\.iam\.gserviceaccount\.com",
-        member,
-    )
-    return match.group(1) if match else None
-
-
-def _cmd(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def script(config: StackConfig, stack: str, repository: str) -> str:
-    """The bootstrap of one stack, as a bash script."""
-    return "\n".join(_lines(config, stack, repository)) + "\n"
-
-
-def _lines(config: StackConfig, stack: str, repository: str) -> Iterator[str]:
-    project = config.project_id
-    yield "#!/usr/bin/env bash"
-    yield f"# Bootstrap of stack {stack} (project {project}): once, as a project owner, before the"
-    yield '# first `pulumi up` (README, "Deploying for real").'
-    yield f"# Generated by: python -m tools bootstrap --stack {stack} --github-repository {repository}"
-    yield "set -euo pipefail"
-    yield f"PROJECT={shlex.quote(project)}"
-    yield 'QUOTA_CONTACT="${QUOTA_CONTACT:?set QUOTA_CONTACT: who Google may ask about the quota requests}"'
-    yield ""
-    yield "# 1. APIs that cannot enable themselves or are needed before Pulumi runs:"
-    for api, why in BOOTSTRAP_APIS.items():
-        yield f"#    {api}: {why}"
-    yield _cmd("gcloud", "services", "enable", *BOOTSTRAP_APIS) + ' --project="$PROJECT"'
-    yield 'PROJECT_NUMBER="$(gcloud projects describe "$PROJECT" --format="value(projectNumber)")"'
-    yield ""
-    yield "# 2. The deploy and preview identities (cluster.deployers, cluster.previewers) and roles."
-    for group, members, roles in (
-        ("deployers", config.cluster.deployers, DEPLOYER_ROLES),
-        ("previewers", config.cluster.previewers, PREVIEWER_ROLES),
-    ):
-        for member in members:
-            account = _own_account(member, project)
-            if account is not None:
-                email = member.split(":", 1)[1]
-                yield (
-                    f'gcloud iam service-accounts describe {email} --project="$PROJECT" >/dev/null 2>&1 || '
-                    + _cmd("gcloud", "iam", "service-accounts", "create", account)
-                    + f' --project="$PROJECT" --display-name={shlex.quote(f"signal-platform {group[:-1]} ({stack})")}'
-                )
-            for role, why in roles.items():
-                yield f"# {role}: {why}"
-                yield (
-                    'gcloud projects add-iam-policy-binding "$PROJECT" '
-                    + _cmd(f"--member={member}", f"--role={role}", "--condition=None")
-                    + " >/dev/null"
-                )
-    if config.budget.billing_account:
-        yield f"# The budget: {BILLING_ROLE} on billing account {config.budget.billing_account}."
-        for member in config.cluster.deployers:
-            yield (
-                _cmd(
-                    "gcloud",
-                    "billing",
-                    "accounts",
-                    "add-iam-policy-binding",
-                    config.budget.billing_account,
-                    f"--member={member}",
-                    f"--role={BILLING_ROLE}",
-                )
-                + " >/dev/null"
-            )
-    yield ""
-    yield f"# 3. GitHub Actions' Workload Identity Federation: {repository} only; the deploy"
-    yield f"#    accounts to its `{stack}` environment's jobs (deploy.yml, image.yml)."
-    yield (
-        f'gcloud iam workload-identity-pools describe {IDENTITY_POOL} --project="$PROJECT" --location=global >/dev/null 2>&1 || '
-        + _cmd(
-            "gcloud",
-            "iam",
-            "workload-identity-pools",
-            "create",
-            IDENTITY_POOL,
-            "--location=global",
-            "--display-name=GitHub Actions",
-        )
-        + ' --project="$PROJECT"'
-    )
-    mapping = ",".join(f"{k}={v}" for k, v in ATTRIBUTE_MAPPING.items())
-    yield (
-        f'gcloud iam workload-identity-pools providers describe {IDENTITY_PROVIDER} --workload-identity-pool={IDENTITY_POOL} --project="$PROJECT" --location=global >/dev/null 2>&1 || '
-        + _cmd(
-            "gcloud",
-            "iam",
-            "workload-identity-pools",
-            "providers",
-            "create-oidc",
-            IDENTITY_PROVIDER,
-            f"--workload-identity-pool={IDENTITY_POOL}",
-            "--location=global",
-            f"--issuer-uri={GITHUB_ISSUER}",
-            f"--attribute-mapping={mapping}",
-        )
-        # The repository is checked (REPOSITORY_RE): nothing in it needs quoting.
-        + f' --attribute-condition="assertion.repository==\'{repository}\'" --project="$PROJECT"'
-    )
-    principals = f"principalSet://iam.googleapis.com/projects/$PROJECT_NUMBER/locations/global/workloadIdentityPools/{IDENTITY_POOL}"
-    for members, attribute in (
-        (config.cluster.deployers, f"attribute.environment/{stack}"),
-        (config.cluster.previewers, f"attribute.repository/{repository}"),
-    ):
-        for member in members:
-            if _own_account(member, project) is None:
-                continue
-            yield (
-                f"gcloud iam service-accounts add-iam-policy-binding {member.split(':', 1)[1]}"
-                f' --project="$PROJECT" --role=roles/iam.workloadIdentityUser'
-                f' --member="{principals}/{attribute}" >/dev/null'
-            )
-    yield f'echo "GCP_WORKLOAD_IDENTITY_PROVIDER=projects/$PROJECT_NUMBER/locations/global/workloadIdentityPools/{IDENTITY_POOL}/providers/{IDENTITY_PROVIDER}"'
-    yield ""
-    yield "# 4. Quota: what the node pools need at their most nodes (from the stack's config)."
-    for quota in quotas(config):
-        where = quota.region or "global"
-        preference = preference_id(quota)
-        yield f"# {quota.quota_id} in {where}: {quota.value} ({quota.why})"
-        dimensions = [f"--dimensions=region={quota.region}"] if quota.region else []
-        yield (
-            _cmd(
-                "gcloud",
-                "quotas",
-                "preferences",
-                "update",
-                preference,
-                "--allow-missing",
-                "--service=compute.googleapis.com",
-                f"--quota-id={quota.quota_id}",
-                f"--preferred-value={quota.value}",
-                *dimensions,
-                f"--justification=signal-platform {stack}: node pools at their most nodes",
-            )
-            + ' --email="$QUOTA_CONTACT" --project="$PROJECT"'
-        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -294,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
+    from infra.config import ConfigError, StackConfig
+    from tools.bootstrap import script
+
     try:
         project = read_project(args.program)
-        values: Mapping[str, str] = read_stack_config(
-            project.root / f"Pulumi.{args.stack}.yaml", project.name
-        )
+        values = read_stack_config(project.root / f"Pulumi.{args.stack}.yaml", project.name)
         config = StackConfig.load(args.stack, values)
     except (PlanError, ConfigError) as exc:
         for line in str(exc).splitlines():

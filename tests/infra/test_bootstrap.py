@@ -17,7 +17,7 @@ from infra.signal_platform import APIS
 from tests.conftest import REPO
 from tests.infra.stack_config import load
 from tests.infra.test_apply_order import apis_of
-from tools.bootstrap_command import gpu_quota_name, preference_id, quotas, script
+from tools.bootstrap import gpu_quota_name, preference_id, quotas, script
 from tools.cost.schema import load_pricing
 from tools.inventory import Inventory
 
