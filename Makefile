@@ -139,10 +139,12 @@ bench: proto model
 	$(PY) bench/quantize.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/compression.py --quick
 	$(PY) bench/load.py --quick
+	$(PY) bench/shards.py --quick
 	$(PY) bench/durability.py --quick --model-dir $(APP_MODEL)
 	$(PY) bench/autoscale.py --quick --json $(BENCH_RESULTS)/autoscale.json
 	$(PY) bench/alerting.py --quick
 	$(PY) bench/spot.py --quick --json $(BENCH_RESULTS)/spot.json
+	$(PY) bench/plan.py --quick
 	$(PY) bench/plots.py --results $(BENCH_RESULTS)
 
 clean:

@@ -8,8 +8,8 @@ Measured in one run, on the same ticks:
   are drawn at random, in steady state (every symbol past warm-up). Beside it: the old
   ``[field, symbol]`` layout (``bench/old_layout.py``) and a C reference of the same kernel
   on the same layout (``bench/engine_ref.c``, built now with the machine's gcc ``-O3
-  -march=native``): the ratio to what the machine does with compiled C. Targets (issue
-  17): <= 30 / 60 / 150 ns per tick at 1k / 10k / 100k symbols.
+  -march=native``): the ratio to what the machine does with compiled C. Targets (those of
+  the record layout): <= 30 / 60 / 150 ns per tick at 1k / 10k / 100k symbols.
 * **Latency** at 1,000 symbols on session-aware synthetic ticks: a single-tick ``update``
   (target p95 <= 1.5 us), and tick → signal in-process with the fused backend (features
   and model in one compiled call; target p95 <= 20 us, goal 10) beside the ONNX Runtime

@@ -1,6 +1,6 @@
 """The feature engine's previous state layout, kept for the benchmark (and the equality test) only.
 
-Until issue 17 the state was laid out ``[field, symbol]``: 15 float rows, 6 integer rows
+Before the per-symbol record layout the state was laid out ``[field, symbol]``: 15 float rows, 6 integer rows
 and 4 ring rows, so one tick touched ~24 cache lines in as many arrays. This module is
 that kernel verbatim (``app/features.py`` and ``app/state.py`` before the change), with a
 minimal engine around it, so ``bench/engine.py`` measures the new layout against it in

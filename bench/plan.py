@@ -9,10 +9,9 @@ For each stack, medians of repeated fresh processes:
     plan, everything imported);
   * the baseline, measured in the same run: a plan made the SDK's default way (a thread-pool
     hop per call to the mock monitor, the default garbage-collector thresholds), as the engine
-    ran before issue 13's speed work, against the same plan made the engine's way, each from a
-    cold start to the end of the first plan.
-Target (issue 13): prod under 5 s on an idle 2-core machine, goal 3 s. The last line is the
-headline.
+    ran before its speed work, against the same plan made the engine's way, each from a cold
+    start to the end of the first plan.
+Target: prod under 5 s on an idle 2-core machine, goal 3 s. The last line is the headline.
 
     .venv/bin/python bench/plan.py [--quick] [--stacks prod dev]
 """

@@ -93,7 +93,7 @@ def test_indicators_equal_talib_per_symbol(interleaved, symbol_id: int) -> None:
 
 
 def test_flat_tape_is_neutral_where_talib_says_oversold() -> None:
-    # Changed on purpose (issue 20, finding 4): TA-Lib's RSI of a tape with no movement at
+    # Changed on purpose (the signal-quality review): TA-Lib's RSI of a tape with no movement at
     # all is 0, which the model read as maximally oversold; ours is 50 (neutral).
     engine = FeatureEngine(1)
     p = np.full(80, 42.5)
@@ -164,7 +164,7 @@ def test_warm_up_lengths_follow_the_periods() -> None:
 
 
 def test_vwap_resets_each_session_and_is_the_price_without_volume() -> None:
-    # Changed on purpose (issue 20, finding 4): a zero-size opening tick made VWAP NaN.
+    # Changed on purpose (the signal-quality review): a zero-size opening tick made VWAP NaN.
     day = 86_400_000_000_000
     engine = FeatureEngine(1)
     f = engine.update(
@@ -425,7 +425,7 @@ def _hostile_stream(seed: int, n_symbols: int, n: int):
 
 @pytest.mark.parametrize("n_symbols", [7, 3000])  # in cache, and large enough to prefetch
 def test_the_record_layout_computes_the_same_bits_as_the_old_layout(n_symbols: int) -> None:
-    """Issue 17: the state moved from ``[field, symbol]`` arrays to per-symbol records; every
+    """The state moved from ``[field, symbol]`` arrays to per-symbol records; every
     feature, verdict and state word equals the old kernel's (kept in bench/old_layout.py)."""
     from app.sessions import SessionTable
     from bench.old_layout import OldLayoutEngine

@@ -171,7 +171,7 @@ def test_model_inputs_are_scale_free_and_mark_cold_rows() -> None:
         ]
     )
     x, warm = model_inputs(feats)
-    # Changed on purpose (issue 20, finding 4): a NaN VWAP used to count as warm.
+    # Changed on purpose (the signal-quality review): a NaN VWAP used to count as warm.
     assert warm.tolist() == [True, True, False, False, False, False]
     assert (x[2:] == 0).all()
     np.testing.assert_allclose(x[0], x[1], rtol=1e-6)
