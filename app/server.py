@@ -58,12 +58,14 @@ from app.inference import (
     InferenceBackend,
     InferenceError,
     KServeBackend,
-    LocalOnnxBackend,
     ResilientBackend,
+    in_process_backend,
 )
 from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor
 from app.lease import LeaseStore
 from app.model.contract import N_INPUTS, model_inputs
+from app.model.manifest import ModelMismatchError
+from app.model.weights import UnsupportedModelError
 from app.pipeline import SignalPipeline, TickOverflowError
 from app.proto import load as load_stubs
 from app.shards import (
@@ -346,9 +348,11 @@ def build_backend(config: AppConfig) -> InferenceBackend:
         else ModelArtifacts.load(mc.dir)
     )
     artifacts.check_serving(config.features)  # ModelMismatchError: the CLI exits 2
-    local = LocalOnnxBackend(
-        artifacts.path(mc.variant), artifacts.model_version, intra_op_threads=mc.intra_op_threads
-    )
+    try:
+        local = in_process_backend(artifacts, mc.variant, mc.backend,
+                                   intra_op_threads=mc.intra_op_threads)  # fmt: skip
+    except UnsupportedModelError as exc:  # a graph the fused kernel cannot evaluate
+        raise ModelMismatchError(str(exc)) from None
     ks = config.kserve
     if ks.url is None:
         return local

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from app.batcher import MicroBatcher
+from app.fused import FusedBackend
 from app.inference import (
     CircuitBreaker,
     InferenceError,
@@ -238,16 +239,19 @@ def test_service_serves_signals_through_mlserver(mlserver, model: ModelArtifacts
     assert backend.fallback_calls == 0 and backend.breaker.state == "closed"
 
 
-def test_service_signals_name_the_in_process_model(model: ModelArtifacts) -> None:
+@pytest.mark.parametrize(("backend", "kind"), [(None, FusedBackend),
+                                               ("onnxruntime", LocalOnnxBackend)])  # fmt: skip
+def test_service_signals_name_the_in_process_model(model: ModelArtifacts, backend, kind) -> None:
     from app.config import AppConfig, FeatureConfig, ModelConfig, ServerConfig
 
+    chosen = {} if backend is None else {"backend": backend}  # None: model.backend's default
     config = AppConfig(
         features=FeatureConfig(n_symbols=10),
-        model=ModelConfig(dir=model.root, variant="int4", build_if_missing=False),
+        model=ModelConfig(dir=model.root, variant="int4", build_if_missing=False, **chosen),
         server=ServerConfig(port=0),
     )
     runtime, signal = _serve_and_get_signal(config, model)
-    assert isinstance(runtime.backend, LocalOnnxBackend)
+    assert isinstance(runtime.backend, kind)
     assert (signal.model_version, signal.model_variant, signal.backend) == (
         "signal_mlp/1", "int4", "local"
     )  # fmt: skip
