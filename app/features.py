@@ -91,7 +91,6 @@ from app.state import (
 )
 
 FEATURES: tuple[str, ...] = ("ema_fast", "ema_slow", "rsi", "volatility", "zscore", "vwap", "ofi")
-COL_EMA_FAST, COL_EMA_SLOW, COL_RSI, COL_VOLATILITY, COL_ZSCORE, COL_VWAP, COL_OFI = range(7)
 
 # Why a tick was rejected; 0 means accepted. The gRPC API reuses these numbers.
 ACCEPTED = 0
@@ -111,7 +110,6 @@ DEFAULT_SESSION_NS = 86_400 * 1_000_000_000  # one UTC day
 
 # Integer parameters passed to the kernel as one array (fewer arguments to dispatch).
 P_EMA_FAST, P_EMA_SLOW, P_RSI, P_WINDOW, P_SESSION_NS, P_MAX_GAP_NS = range(6)
-N_PARAMS = 6
 
 # How far ahead the batch loop prefetches: the scalar lines of the symbol PREFETCH_RECORD
 # ticks ahead, the ring lines of the one PREFETCH_RING ticks ahead (by then its count is in

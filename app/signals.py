@@ -7,15 +7,13 @@ model that computed it: ``name/version``, the variant (fp32, int8, int4), the SH
 its ONNX file and the backend that ran it (``local``, ``kserve``).
 
 ``LatestSignals`` is the in-process (L1) store ``GetSignal`` reads: preallocated columns
-indexed by symbol. ``SignalSink`` is the seam where published signals leave the
-process (Pub/Sub, the warehouse, an L2 cache): the pipeline hands every batch of new
-signals to each sink.
+indexed by symbol.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -173,9 +171,3 @@ class LatestSignals:
             float(self._confidence[symbol]),
             *self._models[int(self._model[symbol])],
         )
-
-
-class SignalSink(Protocol):
-    """Where new signals go besides the in-process store (publish/cache seam)."""
-
-    async def publish(self, signals: SignalColumns) -> None: ...
