@@ -392,7 +392,7 @@ class _LevelFormatter(logging.Formatter):
 def _program_context(project: Project) -> Iterator[None]:
     """Run with the program's working directory and import path, then undo both, and forget
     the program's own modules so the next plan (another stack or program) imports afresh."""
-    program_dir = project.main if project.main.is_dir() else project.main.parent
+    program_dir = _program_dir(project)
     saved_cwd, saved_path = Path.cwd(), list(sys.path)
     saved_modules = set(sys.modules)
     os.chdir(program_dir)
@@ -424,10 +424,42 @@ def program_error(exc: BaseException, project: Project) -> ProgramError:
     if isinstance(exc, pulumi.RunError):
         lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         return ProgramError(lines, text)
+    syntax = _syntax_error(exc)
+    if syntax is not None:
+        return ProgramError([_syntax_line(syntax, project)], text)
     where, raised = _program_frame(exc, project)
     message = str(raised).strip().splitlines()
     summary = f"{type(raised).__name__}: {message[0]}" if message else type(raised).__name__
     return ProgramError([f"{where}: {summary}"], text)
+
+
+def _syntax_error(exc: BaseException) -> SyntaxError | None:
+    """The SyntaxError (or IndentationError) behind a failure, if one is: its traceback has
+    only the importer's frames, the place is in the exception itself."""
+    current: BaseException | None = exc
+    seen: list[BaseException] = []
+    while current is not None and current not in seen:
+        if isinstance(current, SyntaxError):
+            return current
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _syntax_line(exc: SyntaxError, project: Project) -> str:
+    """`file:line:column: SyntaxError: message`, the file relative to the project."""
+    where = "<unknown file>"
+    if exc.filename:
+        path = Path(exc.filename)
+        path = path if path.is_absolute() else _program_dir(project) / path
+        where = str(path.relative_to(project.root) if path.is_relative_to(project.root) else path)
+    if exc.lineno:
+        where += f":{exc.lineno}" + (f":{exc.offset}" if exc.offset else "")
+    return f"{where}: {type(exc).__name__}: {exc.msg}"
+
+
+def _program_dir(project: Project) -> Path:
+    return project.main if project.main.is_dir() else project.main.parent
 
 
 def _program_frame(exc: BaseException, project: Project) -> tuple[str, BaseException]:
@@ -457,7 +489,7 @@ def _program_frame(exc: BaseException, project: Project) -> tuple[str, BaseExcep
 def _is_program_module(exc: ModuleNotFoundError, project: Project) -> bool:
     """Whether the missing module is one of the program's own (a typo, not a dependency)."""
     top = (exc.name or "").split(".")[0]
-    program_dir = project.main if project.main.is_dir() else project.main.parent
+    program_dir = _program_dir(project)
     return bool(top) and any(
         (base / top).exists() or (base / f"{top}.py").exists()
         for base in (project.root, program_dir)
@@ -465,6 +497,8 @@ def _is_program_module(exc: ModuleNotFoundError, project: Project) -> bool:
 
 
 def _is_program_file(filename: str, project: Project) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>: no file
+        return False
     path = Path(filename).resolve()
     if not path.is_relative_to(project.root) or path.is_relative_to(TOOLS_DIR):
         return False

@@ -282,3 +282,30 @@ def test_a_fault_of_the_engine_itself_exits_3(capsys: pytest.CaptureFixture[str]
     ]
     assert run_guarded(broken, argparse.Namespace(verbose=True)) == 3
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"__main__.py": "import pulumi\n\ndef f(:\n    pass\n"},
+            "error: __main__.py:3:7: SyntaxError: invalid syntax",
+        ),
+        (
+            {"__main__.py": "import helper\n", "helper.py": "x = 1\n  y = 2\n"},
+            "error: helper.py:2:2: IndentationError: unexpected indent",
+        ),
+    ],
+)
+def test_a_syntax_error_names_the_file_line_and_column(
+    tmp_path: Path, files: dict[str, str], expected: str
+):
+    # The traceback of a SyntaxError has only the importer's frames (<frozen importlib...>):
+    # the place is the exception's own file, line and column.
+    root = program(tmp_path, "")
+    for name, source in files.items():
+        (root / name).write_text(source)
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [expected]
+    assert_clean(result.stderr)
