@@ -42,7 +42,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_in_stack
 
-from tools import stack_file
+from tools import project_config, stack_file
 from tools.inventory import SECRET, UNKNOWN, Inventory, Resource
 from tools.mocks import PlanMocks
 
@@ -95,6 +95,8 @@ class Project:
     root: Path
     # The program's own virtualenv (runtime.options.virtualenv), as Pulumi.yaml names it.
     virtualenv: str | None = None
+    # Pulumi.yaml's `config:`: project-level defaults and values, types a stack must keep.
+    config: tuple[project_config.Declaration, ...] = ()
 
     @property
     def virtualenv_path(self) -> Path | None:
@@ -131,12 +133,17 @@ def read_project(program_dir: Path) -> Project:
         virtualenv = ".venv"  # uv's default, as the language host uses it
     if virtualenv is not None and not isinstance(virtualenv, str):
         raise PlanError(f"{path.name}: runtime.options.virtualenv must be a path (a string)")
+    try:
+        declared = project_config.declarations(raw.get("config"), raw["name"], path.name)
+    except project_config.ProjectConfigError as exc:
+        raise PlanError(str(exc)) from None
     return Project(
         name=raw["name"],
         main=main,
         runtime="python",
         root=path.parent.resolve(),
         virtualenv=virtualenv,
+        config=declared,
     )
 
 
@@ -160,13 +167,27 @@ def read_stack_config(path: Path, project: str) -> dict[str, str]:
 def stack_config(
     project: Project, stack: str, overrides: Mapping[str, str] | None = None
 ) -> StackConfig:
-    """The stack file's config with command-line overrides applied. An encrypted value
-    (`secure:`) must be overridden, and stays a secret as Pulumi keeps it."""
-    return _stack_config(project.root / f"Pulumi.{stack}.yaml", project.name, overrides or {})
+    """The stack file's config with command-line overrides applied, over Pulumi.yaml's
+    project-level defaults and values. An encrypted value (`secure:`) must be overridden, and
+    stays a secret as Pulumi keeps it."""
+    path = project.root / f"Pulumi.{stack}.yaml"
+    config = _stack_config(path, project.name, overrides or {}, raw_out=(raw := {}))
+    try:
+        values = project_config.apply(
+            project.config, stack, path.name, config.values, raw, config.secret_keys
+        )
+    except project_config.ProjectConfigError as exc:
+        raise PlanError(str(exc)) from None
+    return StackConfig(values, config.secret_keys)
 
 
 def _stack_config(
-    path: Path, project: str, overrides: Mapping[str, str], *, refuse_encrypted: bool = True
+    path: Path,
+    project: str,
+    overrides: Mapping[str, str],
+    *,
+    refuse_encrypted: bool = True,
+    raw_out: dict[str, Any] | None = None,
 ) -> StackConfig:
     try:
         stack_file.stack_file(path.parent, path.name.removeprefix("Pulumi.").removesuffix(".yaml"))
@@ -184,6 +205,8 @@ def _stack_config(
             secret_keys.append(key)
             continue
         values[key] = stack_file.config_string(value)
+    if raw_out is not None:  # the values as YAML gave them (the project's types judge them)
+        raw_out.update({**raw, **overrides})
     return StackConfig({**values, **overrides}, tuple(secret_keys))
 
 
