@@ -207,8 +207,7 @@ _WORK_FIELDS = (
 
 @structref.register
 class _WorkType(types.StructRef):
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(typ)) for name, typ in fields)
+    pass
 
 
 class _Work(structref.StructRefProxy):
