@@ -10,8 +10,6 @@ from app.autoscale.cli import run_service
 
 
 def _once(service: DetectorService) -> int:
-    if service.config.backfill:
-        service.backfill()
     verdicts = service.tick()
     out = {f"{name}/{region}": v.__dict__ for (name, region), v in verdicts.items()}
     print(json.dumps(out, indent=2))

@@ -11,16 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
 
 from app.alerting.detector import DetectorSettings
 from app.autoscale.config import (
     LOCATION_MATCHER,
-    REGION_PLACEHOLDER,
-    URL_PATTERN,
-    check_regions,
+    MetricServiceConfig,
+    check_region_query,
     config_path,
 )
 from app.config_errors import CamelConfigModel as Model
@@ -37,12 +35,7 @@ class SeriesConfig(Model):
     query: str
     detector: DetectorSettings = DetectorSettings()
 
-    @field_validator("query")
-    @classmethod
-    def _query(cls, value: str) -> str:
-        if REGION_PLACEHOLDER not in value:
-            raise ValueError(f"must contain {REGION_PLACEHOLDER} (replaced by each region)")
-        return value
+    _query = field_validator("query")(check_region_query)
 
 
 DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
@@ -82,18 +75,11 @@ DEFAULT_SERIES: tuple[SeriesConfig, ...] = (
 )
 
 
-class AlertingConfig(Model):
-    prometheus_url: str = Field(pattern=URL_PATTERN)
-    prometheus_auth: Literal["none", "google"] = "none"
-    regions: tuple[str, ...] = Field(min_length=1)
+class AlertingConfig(MetricServiceConfig):
     series: tuple[SeriesConfig, ...] = Field(default=DEFAULT_SERIES, min_length=1)
     # Read each series' history on start so the baseline is ready at once.
     backfill: bool = True
-    listen_host: str = "0.0.0.0"
-    listen_port: int = Field(default=9465, ge=1, le=65535)
-    query_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-
-    _regions = field_validator("regions")(check_regions)
+    listen_port: int = Field(default=9465, ge=1, le=65535)  # beside the scaler's 9464
 
     @field_validator("series")
     @classmethod

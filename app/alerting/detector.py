@@ -28,24 +28,17 @@ from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
+
+from app.config_errors import CamelConfigModel
 
 # For normal noise: sigma = 1.4826 * MAD, and E|x_t - x_(t-1)| = 2 sigma / sqrt(pi).
 MAD_TO_SIGMA = 1.4826
 DIFF_TO_SIGMA = 2.0 / math.sqrt(math.pi)
 
 
-class DetectorSettings(BaseModel):
+class DetectorSettings(CamelConfigModel):
     """One series' detector (camelCase keys in configuration)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,
-    )
 
     direction: Literal["up", "down", "both"] = "up"
     minutes_per_day: int = Field(default=1440, ge=2, le=1440)

@@ -15,16 +15,15 @@ The Cloud Monitoring alert policy (infra/autoscale.py) fires on
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 
 from app.alerting.config import AlertingConfig, SeriesConfig
 from app.alerting.detector import AnomalyDetector, Verdict
-from app.autoscale.config import REGION_PLACEHOLDER
+from app.autoscale.config import for_region
 from app.autoscale.prometheus import PrometheusClient, PrometheusError
 
 log = structlog.get_logger("app.alerting")
@@ -77,7 +76,12 @@ class DetectorService:
         self.last_minute: dict[tuple[str, str], int] = {}
 
     def _query(self, series: SeriesConfig, region: str) -> str:
-        return series.query.replace(REGION_PLACEHOLDER, region)
+        return for_region(series.query, region)
+
+    def start(self) -> None:
+        """Before the first tick: the baselines from history, when the config asks for it."""
+        if self.config.backfill:
+            self.backfill()
 
     def backfill(self) -> None:
         """Replay each series' history (whole days, up to the last complete minute)."""
@@ -150,18 +154,3 @@ class DetectorService:
                         score=verdict.score,
                     )
         return verdicts
-
-    def run(self, stop: threading.Event, serve_metrics: bool = True) -> None:
-        if serve_metrics:
-            start_http_server(
-                self.config.listen_port, self.config.listen_host, registry=self.registry
-            )
-        if self.config.backfill:
-            self.backfill()
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad minute must not stop the detectors
-                log.exception("tick_failed")
-            now = self.clock()
-            stop.wait(max((int(now // MINUTE) + 1) * MINUTE + 5 - now, 1.0))

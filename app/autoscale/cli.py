@@ -1,5 +1,5 @@
 """The command line both metric services share (`python -m app.autoscale`, `app.alerting`):
-load and validate the config, then run until SIGTERM, or run one tick with `--once`.
+load and validate the config, then tick every minute until SIGTERM, or tick once (`--once`).
 
 They log as the signal service does (`app.telemetry.configure_logging`): one JSON object per
 line, each naming the service. A long-running service logs to stdout; `--once` prints its
@@ -17,13 +17,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry, start_http_server
 
-from app.autoscale.config import ConfigError, prometheus_client
+from app.autoscale.config import ConfigError
 from app.telemetry import TelemetryConfig, configure_logging
+
+MINUTE = 60
+log = structlog.get_logger("app.autoscale.cli")
 
 
 class Service(Protocol):
-    def run(self, stop: threading.Event) -> None: ...
+    registry: CollectorRegistry
+    clock: Callable[[], float]
+
+    def start(self) -> None:
+        """Before the first tick."""
+
+    def tick(self) -> object:
+        """Read the last complete minute, update, export."""
 
 
 def run_service(
@@ -58,14 +69,26 @@ def run_service(
         stream=sys.stderr if args.once else sys.stdout,
     )
     structlog.contextvars.bind_contextvars(service=service_name)
-    client = prometheus_client(
-        config.prometheus_url, config.prometheus_auth, config.query_timeout_seconds
-    )
-    service = make_service(config, client)
+    service = make_service(config, config.prometheus_client())
     if args.once:
+        service.start()
         return once(service)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    service.run(stop)
+    start_http_server(config.listen_port, config.listen_host, registry=service.registry)
+    service.start()
+    run_every_minute(service, stop)
     return 0
+
+
+def run_every_minute(service: Service, stop: threading.Event) -> None:
+    """Tick a few seconds after every minute boundary until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            service.tick()
+        except Exception:  # one bad minute must not stop the service
+            log.exception("tick_failed")
+        now = service.clock()
+        # Scrapes land a few seconds after the minute: read 5 s past the boundary.
+        stop.wait(max((int(now // MINUTE) + 1) * MINUTE + 5 - now, 1.0))

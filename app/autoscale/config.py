@@ -34,23 +34,52 @@ DEFAULT_RATE_QUERY = f"sum(rate(signal_requests_total{{{LOCATION_MATCHER}}}[2m])
 URL_PATTERN = r"^https?://[A-Za-z0-9.\-\[\]:]+(/\S*)?$"
 
 
-def check_regions(cls: type, value: tuple[str, ...]) -> tuple[str, ...]:
-    """Region names as Google Cloud spells them (``us-east4``), each once."""
-    if len(set(value)) != len(value):
-        raise ValueError("regions are listed twice")
-    for region in value:
-        if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
-            raise ValueError(f"{region!r} is not a region name such as us-east4")
+def check_region_query(cls: type, value: str) -> str:
+    """A PromQL query for one region at a time: {region} stands where each region goes."""
+    if REGION_PLACEHOLDER not in value:
+        raise ValueError(f"must contain {REGION_PLACEHOLDER} (replaced by each region)")
     return value
 
 
-class AutoscaleConfig(Model):
+def for_region(query: str, region: str) -> str:
+    """``query`` as asked of one region."""
+    return query.replace(REGION_PLACEHOLDER, region)
+
+
+class MetricServiceConfig(Model):
+    """What both metric services (this scaler, the anomaly detector) are configured with
+    alike: the Prometheus they read, the regions they read it for, where they serve their
+    own metrics."""
+
     # The Prometheus HTTP API: Cloud Monitoring's for Managed Prometheus data
     # (https://monitoring.googleapis.com/v1/projects/<project>/location/global/prometheus,
     # auth "google"), or any Prometheus (auth "none").
     prometheus_url: str = Field(pattern=URL_PATTERN)
     prometheus_auth: Literal["none", "google"] = "none"
     regions: tuple[str, ...] = Field(min_length=1)
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(default=9464, ge=1, le=65535)
+    query_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Region names as Google Cloud spells them (``us-east4``), each once."""
+        if len(set(value)) != len(value):
+            raise ValueError("regions are listed twice")
+        for region in value:
+            if not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
+                raise ValueError(f"{region!r} is not a region name such as us-east4")
+        return value
+
+    def prometheus_client(self) -> PrometheusClient:
+        """The client the configuration asks for ("google": the workload's Google access
+        token)."""
+        tokens = AccessTokens() if self.prometheus_auth == "google" else None
+        return PrometheusClient(self.prometheus_url, self.query_timeout_seconds, tokens)
+
+
+class AutoscaleConfig(MetricServiceConfig):
     rate_query: str = DEFAULT_RATE_QUERY
     policy: ScalingPolicy = ScalingPolicy()
     history_days: int = Field(default=7, ge=2, le=28)
@@ -58,18 +87,8 @@ class AutoscaleConfig(Model):
     # Days of the week (Monday = 0) that teach the intraday shape; other days move only
     # the level (markets are closed, the shape would be wrong).
     trading_weekdays: tuple[int, ...] = (0, 1, 2, 3, 4)
-    listen_host: str = "0.0.0.0"
-    listen_port: int = Field(default=9464, ge=1, le=65535)
-    query_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
-    _regions = field_validator("regions")(check_regions)
-
-    @field_validator("rate_query")
-    @classmethod
-    def _query(cls, value: str) -> str:
-        if REGION_PLACEHOLDER not in value:
-            raise ValueError(f"must contain {REGION_PLACEHOLDER} (replaced by each region)")
-        return value
+    _query = field_validator("rate_query")(check_region_query)
 
     @field_validator("trading_weekdays")
     @classmethod
@@ -79,12 +98,7 @@ class AutoscaleConfig(Model):
         return value
 
     def query_for(self, region: str) -> str:
-        return self.rate_query.replace(REGION_PLACEHOLDER, region)
-
-
-def prometheus_client(url: str, auth: str, timeout: float) -> PrometheusClient:
-    """The client a configuration asks for ("google": the workload's Google access token)."""
-    return PrometheusClient(url, timeout, AccessTokens() if auth == "google" else None)
+        return for_region(self.rate_query, region)
 
 
 def load(path: Path | None = None, env: Mapping[str, str] = os.environ) -> AutoscaleConfig:

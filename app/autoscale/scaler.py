@@ -19,22 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
 from app.autoscale.forecast import SeasonalForecaster
+from app.config_errors import CamelConfigModel
 
 
-class ScalingPolicy(BaseModel):
+class ScalingPolicy(CamelConfigModel):
     """How forecasts become replicas (camelCase keys, as in the service's config file)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,
-    )
 
     # Requests per second one pod serves within the latency SLO.
     pod_capacity_rps: float = Field(default=500.0, gt=0)

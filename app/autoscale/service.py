@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 
 from app.autoscale.config import AutoscaleConfig
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
@@ -175,6 +174,9 @@ class ScalerService:
 
     # ---- the minute loop
 
+    def start(self) -> None:
+        """Nothing before the first tick: each region is fitted on its first."""
+
     def tick(self) -> dict[str, ReplicaDecision]:
         """Observe the last complete minute of every region once and publish replicas."""
         now = self.clock()
@@ -222,21 +224,6 @@ class ScalerService:
                 fitted=state.fitted_at is not None,
             )
         return decisions
-
-    def run(self, stop: threading.Event, serve_metrics: bool = True) -> None:
-        """Tick a few seconds after every minute boundary until ``stop`` is set."""
-        if serve_metrics:
-            start_http_server(
-                self.config.listen_port, self.config.listen_host, registry=self.registry
-            )
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad minute must not stop the scaler
-                log.exception("tick_failed")
-            now = self.clock()
-            # Scrapes land a few seconds after the minute: read 5 s past the boundary.
-            stop.wait(max((minute_of(now) + 1) * MINUTE + 5 - now, 1.0))
 
 
 def _fill(values: np.ndarray) -> np.ndarray:

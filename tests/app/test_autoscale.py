@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import threading
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
 from app.autoscale import __main__ as cli
+from app.autoscale.cli import run_every_minute
 from app.autoscale.config import DEFAULT_RATE_QUERY, AutoscaleConfig, ConfigError, load, load_model
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
 from app.autoscale.hpa import Deployment, HorizontalPodAutoscaler, HpaSpec
@@ -404,3 +406,40 @@ def test_cli_logs_one_json_object_per_line_like_the_service(
     assert (warning["level"], warning["region"]) == ("warning", "us-east4")
     assert "HTTP 503 unavailable: storage is down" in str(warning["error"])
     assert events["reactive_only"]["usable_trading_days"] == 0
+
+
+def test_the_minute_loop_outlives_a_failed_tick_and_reads_past_each_boundary() -> None:
+    """Both services' loop (app.autoscale.cli): a tick that raises is logged and the next
+    minute comes; each read waits for 5 s past the next minute boundary (scrapes land then)."""
+
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            assert timeout is not None
+            waits.append(timeout)
+            return self.is_set()
+
+    stop = Stop()
+
+    class Service:
+        registry = CollectorRegistry()
+        ticks = 0
+
+        def clock(self) -> float:
+            return 630.0  # half past minute 10
+
+        def start(self) -> None:
+            raise AssertionError("run_service starts the service, not the loop")
+
+        def tick(self) -> None:
+            self.ticks += 1
+            if self.ticks == 1:
+                raise RuntimeError("a bad minute")
+            if self.ticks == 3:
+                stop.set()
+
+    service = Service()
+    run_every_minute(service, stop)
+    assert service.ticks == 3
+    assert waits == [35.0, 35.0, 35.0]  # 11:00 + 5 s, from 10:30
