@@ -37,6 +37,7 @@ import pulumi_kubernetes as k8s
 from infra.config import ClusterSettings, GpuPool, NodePoolBase, NodePools, RegionConfig
 from infra.identity import KeyRing, workload_pool
 from infra.kube import api_object, k8s_labels, role_ref
+from infra.settle import IAM_PROPAGATION, settle
 
 # Node taints and labels the workloads select and tolerate.
 GPU_TAINT: gcp.container.NodePoolNodeConfigTaintArgsDict = {
@@ -225,6 +226,10 @@ class GatewayAccess(pulumi.ComponentResource):
             )
             for member, role in grants
         ]
+        # The Kubernetes provider waits for this: a deployer's first call through the gateway
+        # is refused until its roles are in effect (the workflow identities' roles come from
+        # the bootstrap, long before; anyone added later is granted here).
+        self.settled = settle(f"{name}-settle", self.grants, IAM_PROPAGATION, parent=self)
         self.register_outputs({"deployers": list(deployers), "previewers": list(previewers)})
 
 

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.service_agents import ServiceAgents
+from infra.settle import IAM_PROPAGATION, settle
 
 NAMESPACE = "signals"
 KEY_ROTATION = "7776000s"  # 90 days: CIS GCP 1.10
@@ -97,7 +98,8 @@ class PoolGrants(pulumi.ComponentResource):
 
     IAM refuses members of a pool that does not exist, and the pool (`PROJECT.svc.id.goog`)
     appears with the first cluster: create this component with `depends_on` the clusters, and
-    every grant below waits for them through its parent.
+    every grant below waits for them through its parent. What runs as these principals waits
+    for `settled`, the delay that lets the grants take effect.
     """
 
     def __init__(
@@ -138,6 +140,14 @@ class PoolGrants(pulumi.ComponentResource):
             )
             for grant, reader in readers.items()
         }
+        # What runs as these principals (the workloads, the metrics adapter, the scaler and the
+        # detector) waits for this: a pod's token exchange fails until the binding is in effect.
+        self.settled = settle(
+            f"{name}-settle",
+            [*self.bindings.values(), *self.readers.values()],
+            IAM_PROPAGATION,
+            parent=self,
+        )
         self.register_outputs({"pool": pool})
 
 
@@ -200,8 +210,8 @@ class ServiceAccounts(pulumi.ComponentResource):
 class KeyRing(pulumi.ComponentResource):
     """A KMS key ring in one location with a key per purpose, each usable by its service agent.
 
-    A resource that encrypts with a key must wait for the grant to its service's agent
-    (`grants_for`), not only for the key: without the grant its creation fails.
+    A resource that encrypts with a key must wait for the grant to its service's agent and for
+    it to take effect (`grants_for`), not only for the key: without it its creation fails.
     """
 
     def __init__(
@@ -255,12 +265,21 @@ class KeyRing(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self, depends_on=list(agent.ready)),
                 )
             self.keys[purpose] = key
+        # One delay after all the ring's grants: KMS refuses an agent whose grant is still
+        # propagating, and the resource that asked fails.
+        self.settled = settle(
+            f"{name}-grants-settle", list(self.grants.values()), IAM_PROPAGATION, parent=self
+        )
         self.register_outputs({p: k.id for p, k in self.keys.items()})
 
     def grants_for(self, purpose: str, service: str | None = None) -> list[pulumi.Resource]:
-        """The grants a user of `purpose`'s key waits for: its service's, or all of them."""
+        """What a user of `purpose`'s key waits for: the grants to its service's agent (or to
+        every user's), and the delay that lets them take effect."""
         return [
-            grant
-            for (p, s), grant in self.grants.items()
-            if p == purpose and (service is None or s == service)
+            *(
+                grant
+                for (p, s), grant in self.grants.items()
+                if p == purpose and (service is None or s == service)
+            ),
+            self.settled,
         ]

@@ -71,7 +71,7 @@ class Messaging(pulumi.ComponentResource):
         regions: Sequence[str],
         kms_key: gcp.kms.CryptoKey,
         signals_table: str | None,
-        signals_table_resource: pulumi.Resource | None,
+        signals_table_ready: Sequence[pulumi.Resource],
         publishers: Mapping[str, pulumi.Input[str]],
         consumers: Mapping[str, pulumi.Input[str]],
         labels: Mapping[str, str],
@@ -81,7 +81,9 @@ class Messaging(pulumi.ComponentResource):
         """`agent_member`: the Pub/Sub service agent, which writes the BigQuery subscription's
         rows and dead letters (the component waits for it to exist: see `opts`).
         `signals_table`: `project.dataset.table` the BigQuery subscription writes (None: the
-        stack's warehouse has no `signals` table, so no subscription writes one)."""
+        stack's warehouse has no `signals` table, so no subscription writes one);
+        `signals_table_ready`: what the subscription waits for, the table and the agent's write
+        access to it in effect (Pub/Sub checks it when the subscription is created)."""
         super().__init__("signal:infra:Messaging", name, None, opts)
         self.settings = settings
         self.labels = dict(labels)
@@ -115,7 +117,7 @@ class Messaging(pulumi.ComponentResource):
 
         dead_lettered: dict[str, gcp.pubsub.Subscription] = {}
         self.to_bigquery: gcp.pubsub.Subscription | None = None
-        if signals_table is not None and signals_table_resource is not None:
+        if signals_table is not None:
             self.to_bigquery = self._subscription(
                 f"{settings.signals_topic}-to-bigquery",
                 settings.signals_topic,
@@ -127,7 +129,7 @@ class Messaging(pulumi.ComponentResource):
                     "drop_unknown_fields": False,
                     "write_metadata": False,
                 },
-                depends_on=[signals_table_resource],
+                depends_on=list(signals_table_ready),
             )
             dead_lettered[f"{settings.signals_topic}-to-bigquery"] = self.to_bigquery
         batches_topic = f"{settings.signals_topic}{settings.batch_suffix}"

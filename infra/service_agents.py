@@ -26,6 +26,8 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 
+from infra.settle import IAM_PROPAGATION, settle
+
 
 class Creation(Enum):
     IDENTITY = "ServiceIdentity"
@@ -99,32 +101,46 @@ class ServiceAgents(pulumi.ComponentResource):
         project_id: str,
         project_number: pulumi.Input[str],
         apis: Mapping[str, gcp.projects.Service],
+        apis_settled: pulumi.Resource,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`apis_settled`: the delay after the APIs' enablement (infra/settle.py); an agent
+        made with its API is not found until it has passed."""
         super().__init__("signal:infra:ServiceAgents", name, None, opts)
         number = pulumi.Output.from_input(project_number)
-        self.agents: dict[str, ServiceAgent] = {}
+        members: dict[str, pulumi.Output[str]] = {}
+        ready: dict[str, tuple[pulumi.Resource, ...]] = {}
+        identities: dict[str, gcp.projects.ServiceIdentity] = {}
         for service, spec in AGENTS.items():
-            api = apis[service]
-            templated = number.apply(lambda n, t=spec.template: f"serviceAccount:{t.format(n=n)}")
+            after_api = (apis[service], apis_settled)
+            members[service] = number.apply(
+                lambda n, t=spec.template: f"serviceAccount:{t.format(n=n)}"
+            )
             if spec.creation is Creation.IDENTITY:
-                identity = gcp.projects.ServiceIdentity(
+                identities[service] = gcp.projects.ServiceIdentity(
                     f"{name}-{service.split('.')[0]}",
                     project=project_id,
                     service=service,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[api]),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=list(after_api)),
                 )
-                agent = ServiceAgent(service, templated, (identity,))
-            elif spec.lookup is not None:
+                continue
+            if spec.lookup is not None:
                 # The data source's call creates the agent; it runs once the API is on.
-                found = spec.lookup(
+                members[service] = spec.lookup(
                     project=project_id,
-                    opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[api]),
-                )
-                agent = ServiceAgent(service, found.member, (api,))
-            else:
-                agent = ServiceAgent(service, templated, (api,))
-            self.agents[service] = agent
+                    opts=pulumi.InvokeOutputOptions(parent=self, depends_on=list(after_api)),
+                ).member
+            ready[service] = after_api
+        # A new agent, and the roles Google grants it as it creates it (the hub's agent's
+        # roles/gkehub.serviceAgent, which fleet memberships need), propagate as any grant does.
+        self.settled = settle(
+            f"{name}-settle", list(identities.values()), IAM_PROPAGATION, parent=self
+        )
+        for service, identity in identities.items():
+            ready[service] = (identity, self.settled)
+        self.agents: dict[str, ServiceAgent] = {
+            service: ServiceAgent(service, members[service], ready[service]) for service in AGENTS
+        }
         self.register_outputs({s: a.member for s, a in self.agents.items()})
 
     def __getitem__(self, service: str) -> ServiceAgent:

@@ -39,6 +39,7 @@ from infra.network import KUBELET_PORT, RegionalNetwork, Vpc
 from infra.observability import Observability
 from infra.redis import RedisCluster
 from infra.service_agents import ServiceAgents
+from infra.settle import API_PROPAGATION, settle
 from infra.warehouse import Warehouse
 from infra.workloads import (
     Placement,
@@ -106,9 +107,12 @@ class Region(pulumi.ComponentResource):
         fleet: Fleet,
         models_bucket: pulumi.Input[str],
         admission: pulumi.Resource,
+        identity_ready: pulumi.Resource,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        """`admission`: the Binary Authorization policy, in force before any pod is created."""
+        """`admission`: the Binary Authorization policy, in force before any pod is created.
+        `identity_ready`: the delay after the grants to the identity pool's principals, which
+        every workload running as one waits for (its first token exchange fails without)."""
         super().__init__("signal:infra:Region", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.config = region
@@ -139,7 +143,7 @@ class Region(pulumi.ComponentResource):
             after=self.keys.grants_for("redis"),
             opts=child,
         )
-        self._compute(region, stack, vpc, accounts, fleet, models_bucket, admission)
+        self._compute(region, stack, vpc, accounts, fleet, models_bucket, admission, identity_ready)
         self.register_outputs({"subnet": self.network.subnet.id})
 
     def _compute(
@@ -151,6 +155,7 @@ class Region(pulumi.ComponentResource):
         fleet: Fleet,
         models_bucket: pulumi.Input[str],
         admission: pulumi.Resource,
+        identity_ready: pulumi.Resource,
     ) -> None:
         """Cluster → mesh → workloads: what runs on Kubernetes in this region. The workloads
         (the stack's own image, the model in its bucket) only from stage `workloads`: on a new
@@ -185,8 +190,10 @@ class Region(pulumi.ComponentResource):
             labels=stack.labels,
             opts=on_cluster,
         )
+        # The metrics adapter, the scaler and the detector read Cloud Monitoring as pool
+        # principals: they wait for those grants too.
         after_mesh = pulumi.ResourceOptions.merge(
-            on_cluster, pulumi.ResourceOptions(depends_on=[self.mesh])
+            on_cluster, pulumi.ResourceOptions(depends_on=[self.mesh, identity_ready])
         )
         self.metrics_adapter = MetricsAdapter(
             f"{region.name}-metrics-adapter",
@@ -241,7 +248,11 @@ class Region(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(
                 on_cluster,
                 pulumi.ResourceOptions(
-                    depends_on=[self.mesh, *self.cluster.priority_classes.values()]
+                    depends_on=[
+                        self.mesh,
+                        *self.cluster.priority_classes.values(),
+                        identity_ready,
+                    ]
                 ),
             ),
         )
@@ -266,7 +277,8 @@ class Platform(pulumi.ComponentResource):
 
     Apply order, as `pulumi up` needs it: APIs → service agents → key grants → the resources
     that encrypt with the keys; clusters (which create the Workload Identity pool) → the
-    grants to the pool's principals.
+    grants to the pool's principals → what runs as them. Each arrow out of APIs or grants
+    passes a settle delay (infra/settle.py): Google applies both eventually.
     """
 
     def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None):
@@ -287,7 +299,13 @@ class Platform(pulumi.ComponentResource):
             )
             for api in APIS
         }
-        after_apis = pulumi.ResourceOptions(parent=self, depends_on=list(self.apis.values()))
+        # Everything else waits for the APIs to be on and their enablement to have propagated.
+        self.apis_settled = settle(
+            "apis-settle", list(self.apis.values()), API_PROPAGATION, parent=self
+        )
+        after_apis = pulumi.ResourceOptions(
+            parent=self, depends_on=[*self.apis.values(), self.apis_settled]
+        )
         regions = [config.region(r) for r in config.regions]
         # Enforced by every cluster: in force before the first pod of any of them.
         self.admission = admission_policy(
@@ -301,7 +319,7 @@ class Platform(pulumi.ComponentResource):
             after_apis,
         )
         self.agents = ServiceAgents(
-            "service-agents", config.project_id, project.number, self.apis, child
+            "service-agents", config.project_id, project.number, self.apis, self.apis_settled, child
         )
 
         pool_names = sorted({"system", *(p.name for r in regions for p in r.node_pools.gpu)})
@@ -319,29 +337,18 @@ class Platform(pulumi.ComponentResource):
                 self.apis["gkehub.googleapis.com"],
                 *self.agents["gkehub.googleapis.com"].ready,
             ],
-            gateway_ready=[self.apis["connectgateway.googleapis.com"], *self.gateway_access.grants],
+            gateway_ready=[
+                self.apis["connectgateway.googleapis.com"],
+                *self.gateway_access.grants,
+                self.gateway_access.settled,
+            ],
             deployers=deployers,
             previewers=previewers,
         )
-        # Triton mounts the models bucket, which the artefact store creates after the regions
-        # (it is encrypted with the primary region's key): regions get its name as it resolves.
-        models_bucket, resolve_models_bucket = pulumi.deferred_output()
-        self.regions = {
-            r.name: Region(
-                r.name,
-                r,
-                config,
-                self.vpc,
-                self.accounts,
-                self.agents,
-                fleet,
-                models_bucket,
-                self.admission,
-                after_apis,
-            )
-            for r in regions
-        }
-        # The identity pool exists once a cluster does: grants to its principals wait for them.
+        # The identity pool exists once a cluster does: grants to its principals wait for the
+        # clusters, which the regions create below; what runs as those principals in each
+        # region waits for the grants to take effect (`PoolGrants.settled`).
+        clusters, resolve_clusters = pulumi.deferred_output()
         intelligence = config.intelligence
         readers = {
             "metrics-adapter-monitoring-viewer": MonitoringReader(
@@ -359,9 +366,29 @@ class Platform(pulumi.ComponentResource):
             project.number,
             self.accounts.workloads,
             readers,
-            pulumi.ResourceOptions(
-                parent=self, depends_on=[r.cluster.cluster for r in self.regions.values()]
-            ),
+            pulumi.ResourceOptions(parent=self, depends_on=clusters),
+        )
+        # Triton mounts the models bucket, which the artefact store creates after the regions
+        # (it is encrypted with the primary region's key): regions get its name as it resolves.
+        models_bucket, resolve_models_bucket = pulumi.deferred_output()
+        self.regions = {
+            r.name: Region(
+                r.name,
+                r,
+                config,
+                self.vpc,
+                self.accounts,
+                self.agents,
+                fleet,
+                models_bucket,
+                self.admission,
+                self.pool_grants.settled,
+                after_apis,
+            )
+            for r in regions
+        }
+        resolve_clusters(
+            pulumi.Output.from_input([r.cluster.cluster for r in self.regions.values()])
         )
         # BigQuery and Pub/Sub keys must live where the warehouse lives (e.g. the "us" multi-region).
         self.warehouse_keys = KeyRing(
@@ -440,7 +467,7 @@ class Platform(pulumi.ComponentResource):
             regions=regions_within(config.bigquery.location, config.regions),
             kms_key=keys.keys["pubsub"],
             signals_table=self.warehouse.path("signals") if signals is not None else None,
-            signals_table_resource=signals,
+            signals_table_ready=[] if signals is None else [signals, self.warehouse.access_settled],
             publishers={"signal-service": service.member},
             consumers={"signal-service": service.member},
             labels=config.labels,

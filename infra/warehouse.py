@@ -25,6 +25,7 @@ import pulumi_gcp as gcp
 
 from app.schemas import Table, tables
 from infra.config import BigQuerySettings
+from infra.settle import IAM_PROPAGATION, settle
 
 SQL_DIR = Path(__file__).with_name("sql")
 DAY_MS = 86_400_000
@@ -141,6 +142,12 @@ class Warehouse(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self, protect=deletion_protection, delete_before_replace=True
             ),
+        )
+
+        # The access list is a grant: Pub/Sub's BigQuery subscription checks its agent's write
+        # access when it is created, so it waits for this.
+        self.access_settled = settle(
+            f"{name}-access-settle", [self.dataset], IAM_PROPAGATION, parent=self
         )
 
         def table_opts(depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.ResourceOptions:

@@ -1,10 +1,12 @@
 """Apply order in each stack's plan, read as `pulumi up` will run it: every resource waits for its
 APIs, the service agents it grants to, the grants on the keys it encrypts with, and the
-identity pool its principals live in. The pack checks the same on any stack
+identity pool its principals live in, and for the settle delay after each of those (Google
+applies them eventually: infra/settle.py). The pack checks the order on any stack
 (policies/rules/apply_order.py); these tests hold our program to it directly."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ SERVICE_IDENTITY = "gcp:projects/serviceIdentity:ServiceIdentity"
 KEY_GRANT = "gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember"
 CLUSTER = "gcp:container/cluster:Cluster"
 NODE_POOL = "gcp:container/nodePool:NodePool"
+SLEEP = "time:index/sleep:Sleep"
 
 
 def waits_for(plan: Inventory, resource: Resource) -> set[str]:
@@ -43,6 +46,23 @@ def waits_for(plan: Inventory, resource: Resource) -> set[str]:
         pending += sorted(edges - found)
         found |= edges
     return found
+
+
+def settles_after(plan: Inventory, *resources: Resource) -> set[str]:
+    """URNs of the settle delays (Sleeps) that wait for every one of `resources` directly."""
+    urns = {r.urn for r in resources}
+    return {
+        sleep.urn
+        for sleep in plan.of_type(SLEEP)
+        if urns <= set(sleep.options.get("dependencies", ()))
+    }
+
+
+def assert_settled(plan: Inventory, user: Resource, *grants: Resource) -> None:
+    """`user` waits for a settle delay that itself waits for all of `grants`."""
+    after = settles_after(plan, *grants)
+    assert after, ("no settle delay after", [g.name for g in grants])
+    assert after & waits_for(plan, user), (user.name, [g.name for g in grants])
 
 
 def apis_of(resource: Resource) -> set[str]:
@@ -90,6 +110,9 @@ def test_every_api_a_declared_type_needs_is_enabled_and_waited_for(stack_plan: I
                 continue  # enabled by the bootstrap, before any `pulumi up`
             assert api in services, f"{resource.type} {resource.name} needs {api}"
             assert services[api].urn in waits_for(stack_plan, resource), (resource.name, api)
+            # And for the enablement to have propagated (an API just enabled can still answer
+            # SERVICE_DISABLED).
+            assert_settled(stack_plan, resource, services[api])
     # The ones this issue found missing: Binary Authorization, fleet and gateway, scanning.
     assert {
         "binaryauthorization.googleapis.com",
@@ -120,6 +143,22 @@ def test_every_agent_is_made_to_exist_before_anything_is_granted_to_it(stack_pla
         assert len(matches) == 1, (grant.name, member)
         maker = identities.get(matches[0]) or services[matches[0]]
         assert maker.urn in waits_for(stack_plan, grant), grant.name
+        # A new agent is not found everywhere at once either.
+        assert_settled(stack_plan, grant, maker)
+
+
+def test_fleet_memberships_wait_for_the_hub_agent_to_settle(stack_plan: Inventory):
+    """The hub's agent creates a membership with the role Google grants it as it creates the
+    agent: that grant propagates like any other."""
+    (hub,) = [
+        i
+        for i in stack_plan.of_type(SERVICE_IDENTITY)
+        if i.inputs["service"] == "gkehub.googleapis.com"
+    ]
+    memberships = stack_plan.of_type("gcp:gkehub/membership:Membership")
+    assert memberships
+    for membership in memberships:
+        assert_settled(stack_plan, membership, hub)
 
 
 def _domain(email: Any) -> str:
@@ -183,6 +222,8 @@ def test_each_key_user_waits_for_the_grant_to_its_own_services_agent(
         key = _at(user.inputs, field)
         grant = _grant_on(stack_plan, key, service)
         assert grant.urn in waits_for(stack_plan, user), (user.name, grant.name)
+        # KMS refuses an agent whose grant has not propagated yet.
+        assert_settled(stack_plan, user, grant)
 
 
 def _at(value: Any, path: tuple[str, ...]) -> Any:
@@ -207,6 +248,113 @@ def test_grants_to_the_identity_pool_wait_for_a_cluster(stack_plan: Inventory):
     assert len(grants) >= 3
     for grant in grants:
         assert clusters <= waits_for(stack_plan, grant), grant.name
+
+
+_PRINCIPAL_RES = (
+    re.compile(r"\.svc\.id\.goog\[([a-z0-9-]+)/([a-z0-9-]+)\]$"),
+    re.compile(r"\.svc\.id\.goog/subject/ns/([a-z0-9-]+)/sa/([a-z0-9-]+)$"),
+)
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+
+
+def _pod_spec(resource: Resource) -> dict[str, Any] | None:
+    kind = resource.type.rsplit(":", 1)[-1]
+    spec = resource.inputs.get("spec") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    elif kind not in WORKLOAD_KINDS:
+        return None
+    return (spec.get("template") or {}).get("spec")
+
+
+def test_what_runs_as_a_pool_principal_waits_for_its_grants_to_settle(stack_plan: Inventory):
+    """A pod exchanges its Kubernetes token for a Google one as soon as it starts: until the
+    binding (or the principal's role) is in effect the exchange is refused, and a workload
+    pulumi-kubernetes awaits can fail its rollout. Every workload whose pods run as a
+    principal the stack grants to, and that principal's Kubernetes service account, waits for
+    the delay after all of the pool's grants."""
+    pool = f"{stack_plan.outputs['project']}.svc.id.goog"
+    grants = [
+        r
+        for r in stack_plan.resources
+        if r.type.endswith("IAMMember") and pool in str(r.inputs.get("member"))
+    ]
+    principals = {
+        match.groups()
+        for grant in grants
+        for regex in _PRINCIPAL_RES
+        if (match := regex.search(str(grant.inputs["member"])))
+    }
+    assert len(principals) == len(grants) >= 3
+    users = []
+    for resource in stack_plan.resources:
+        metadata = resource.inputs.get("metadata") or {}
+        if resource.type == "kubernetes:core/v1:ServiceAccount":
+            runs_as = (metadata.get("namespace"), metadata.get("name"))
+        elif (pod := _pod_spec(resource)) is not None:
+            runs_as = (metadata.get("namespace"), pod.get("serviceAccountName"))
+        else:
+            continue
+        if runs_as in principals:
+            users.append(resource)
+            assert_settled(stack_plan, resource, *grants)
+    # The metrics adapter at least, with its account, in every region.
+    assert len(users) >= 2 * len(stack_plan.of_type(CLUSTER))
+
+
+def test_the_gateway_grants_settle_before_any_kubernetes_call(stack_plan: Inventory):
+    gateway = [
+        r
+        for r in stack_plan.of_type("gcp:projects/iAMMember:IAMMember")
+        if r.inputs["role"].startswith("roles/gkehub.gateway")
+    ]
+    assert gateway
+    providers = stack_plan.of_type("pulumi:providers:kubernetes")
+    assert len(providers) == len(stack_plan.of_type(CLUSTER))
+    for provider in providers:
+        assert_settled(stack_plan, provider, *gateway)
+
+
+def test_the_bigquery_subscription_waits_for_its_writers_access_to_settle(
+    stack_plan: Inventory,
+):
+    """Pub/Sub checks its agent's write access to the table when the subscription is
+    created; the access is the dataset's access list."""
+    (dataset,) = stack_plan.of_type("gcp:bigquery/dataset:Dataset")
+    subscriptions = [
+        s
+        for s in stack_plan.of_type("gcp:pubsub/subscription:Subscription")
+        if s.inputs.get("bigqueryConfig")
+    ]
+    assert subscriptions
+    for subscription in subscriptions:
+        assert_settled(stack_plan, subscription, dataset)
+
+
+_DURATION_RE = re.compile(r"^(\d+)(s|m)$")
+
+
+def test_settle_delays_are_one_per_group_long_enough_and_rerun_when_the_group_changes(
+    stack_plan: Inventory,
+):
+    """One delay per group (the APIs, the agents, each key ring's grants, the gateway's, the
+    pool's, the warehouse's access list), never one per resource; each at least a minute
+    (infra/settle.py says why); each runs again when its group changes (its triggers name
+    the group's members)."""
+    sleeps = stack_plan.of_type(SLEEP)
+    rings = stack_plan.of_type("gcp:kms/keyRing:KeyRing")
+    assert len(sleeps) == 5 + len(rings)
+    names = {r.urn: r.name for r in stack_plan.resources}
+    groups = set()
+    for sleep in sleeps:
+        after = sleep.inputs["triggers"]["after"]
+        dependencies = sleep.options["dependencies"]
+        assert dependencies and after == ",".join(sorted(names[u] for u in dependencies))
+        groups.add(frozenset(dependencies))
+        match = _DURATION_RE.match(sleep.inputs["createDuration"])
+        assert match, sleep.inputs["createDuration"]
+        assert int(match[1]) * {"s": 1, "m": 60}[match[2]] >= 60, sleep.name
+    assert len(groups) == len(sleeps)
 
 
 # ---------------------------------------------------------------- control plane → nodes
