@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -269,30 +270,41 @@ def test_update_validates_columns() -> None:
         FeatureEngine(2, window=1)
 
 
+def _random_batch(seed: int, n_symbols: int, batch: int):
+    """Ticks of random symbols near 100, and the output arrays an allocation-free call reuses."""
+    rng = np.random.default_rng(seed)
+    symbol = rng.integers(0, n_symbols, batch).astype(np.int32)
+    price = 100 * np.exp(rng.normal(0, 1e-3, batch))
+    out = np.empty((batch, len(FEATURES)))
+    return symbol, price, np.ones(batch), out, np.empty(batch, np.uint8)
+
+
+def _allocated(run: Callable[[], object]) -> tuple[int, int]:
+    """Bytes ``run`` left allocated, and its peak above where it started (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        run()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return current - base, peak - base
+
+
 def test_steady_state_update_allocates_nothing_per_tick() -> None:
     n_symbols, batch = 1000, 2000
     engine = FeatureEngine(n_symbols)
-    rng = np.random.default_rng(5)
-    symbol = rng.integers(0, n_symbols, batch).astype(np.int32)
-    price = 100 * np.exp(rng.normal(0, 1e-3, batch))
-    size = np.ones(batch)
-    out = np.empty((batch, len(FEATURES)))
-    reasons = np.empty(batch, np.uint8)
+    symbol, price, size, out, reasons = _random_batch(5, n_symbols, batch)
     ts = np.zeros(batch, np.int64)
     for _ in range(50):  # warm every symbol up, compile, fill caches
         engine.update(symbol, price, size, ts, out=out, reasons=reasons)
 
     def measure(n_batches: int) -> tuple[int, int]:
-        tracemalloc.start()
-        try:
-            base, _ = tracemalloc.get_traced_memory()
-            tracemalloc.reset_peak()
+        def run() -> None:
             for _ in range(n_batches):
                 engine.update(symbol, price, size, ts, out=out, reasons=reasons)
-            current, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-        return current - base, peak - base
+
+        return _allocated(run)
 
     _, peak_small = measure(5)
     kept_large, peak_large = measure(200)  # 400,000 ticks
@@ -310,28 +322,19 @@ def test_steady_state_update_with_sessions_and_gaps_allocates_nothing() -> None:
     venues = {s: "XLON" for s in range(0, n_symbols, 3)}
     sessions = SessionTable.for_symbols(n_symbols, "XNYS", venues)
     engine = FeatureEngine(n_symbols, sessions=sessions, max_gap_ns=60 * SECOND)
-    rng = np.random.default_rng(6)
-    symbol = rng.integers(0, n_symbols, batch).astype(np.int32)
-    price = 100 * np.exp(rng.normal(0, 1e-3, batch))
-    size = np.ones(batch)
-    out = np.empty((batch, len(FEATURES)))
-    reasons = np.empty(batch, np.uint8)
+    symbol, price, size, out, reasons = _random_batch(6, n_symbols, batch)
     # Timestamps advance by 20 minutes per batch: every batch crosses gaps, closes and opens.
     ts0 = np.int64(1_710_000_000 * SECOND)
-    for i in range(60):
-        engine.update(symbol, price, size, np.full(batch, ts0 + i * 1200 * SECOND),
-                      out=out, reasons=reasons)  # fmt: skip
-    tracemalloc.start()
-    try:
-        base, _ = tracemalloc.get_traced_memory()
-        for i in range(60, 260):
+
+    def batches(first: int, last: int) -> None:
+        for i in range(first, last):
             engine.update(symbol, price, size, np.full(batch, ts0 + i * 1200 * SECOND),
                           out=out, reasons=reasons)  # fmt: skip
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+
+    batches(0, 60)
+    kept, peak = _allocated(lambda: batches(60, 260))
     # The only allocation per call is the ts column built above, freed at once.
-    assert current - base <= 1024 and peak - base < 64 * 1024
+    assert kept <= 1024 and peak < 64 * 1024
     assert not reasons.any()
 
 
