@@ -137,8 +137,8 @@ class DataPath:
         self.publishers = publishers
         self.metrics = metrics or default_metrics()
         p = publish
-        self.ticks_frames = publishers[f"{p.ticks_topic}{p.batch_suffix}"]
-        self.signals_frames = publishers[f"{p.signals_topic}{p.batch_suffix}"]
+        self.ticks_frames = publishers.get(f"{p.ticks_topic}{p.batch_suffix}")  # None: off
+        self.signals_frames = publishers.get(f"{p.signals_topic}{p.batch_suffix}")
         self.ticks_schema = publishers.get(p.ticks_topic)
         self.signals_schema = publishers.get(p.signals_topic)
         self.shards = shards or ShardTable(0, DEFAULT_SHARDS)
@@ -171,8 +171,10 @@ class DataPath:
             cache, l3=store, metrics=metrics, credential_provider=credential_provider,
             write_through_l3=False,
         )  # fmt: skip
-        sink = build_sink(publish, pubsub_client)
         publishers: dict[str, Publisher] = {}
+        if not publish.enabled:
+            return cls(tiered, store, publish, publishers, metrics, shards)
+        sink = build_sink(publish, pubsub_client)
         for topic, record_type in ((publish.ticks_topic, batch_format.TICK_BATCH),
                                    (publish.signals_topic, batch_format.SIGNAL_BATCH)):  # fmt: skip
             framed = f"{topic}{publish.batch_suffix}"
@@ -207,11 +209,11 @@ class DataPath:
     def admit(self, n_ticks: int) -> Admission:
         """Reserve room for a batch of ``n_ticks`` in every buffer, or raise
         `DataPathBackpressure` holding nothing."""
-        wanted: list[tuple[Any, int]] = [
-            (self.ticks_frames, n_ticks),
-            (self.signals_frames, n_ticks),
-            (self.warehouse, 3 * n_ticks),  # ticks + (at most as many) signals and features
-        ]
+        wanted: list[tuple[Any, int]] = []
+        if self.ticks_frames is not None and self.signals_frames is not None:
+            wanted += [(self.ticks_frames, n_ticks), (self.signals_frames, n_ticks)]
+        # ticks + (at most as many) signals and features
+        wanted.append((self.warehouse, 3 * n_ticks))
         if self.ticks_schema is not None:
             wanted.append((self.ticks_schema, 1))
         if self.signals_schema is not None:
@@ -269,6 +271,8 @@ class DataPath:
             whole = batch_format.tick_batch(symbol, price, size, ts_ns)
             parts += self.ticks_schema.submit("", whole, reserved=reserved, seq=seq,
                                               replay=replay)  # fmt: skip
+        if self.ticks_frames is None:
+            return parts
         entries = batch_format.tick_entries(self._shards_of(symbol), seq, symbol, price, size,
                                             ts_ns)  # fmt: skip
         for shard, entry, rows in entries:
@@ -291,9 +295,11 @@ class DataPath:
         parts += int(self.warehouse.append_features(signals.symbol, signals.ts_ns, features,
                                                     reserved=reserved, seq=seq, replay=replay))  # fmt: skip
         shards = self._shards_of(signals.symbol)
-        for shard, entry, rows in batch_format.signal_entries(shards, seq, signals, computed_at_ns):
-            parts += self.signals_frames.submit(self._keys[shard], entry, rows=rows,
-                                                reserved=reserved, seq=seq, replay=replay)  # fmt: skip
+        if self.signals_frames is not None:
+            for shard, entry, rows in batch_format.signal_entries(shards, seq, signals,
+                                                                  computed_at_ns):  # fmt: skip
+                parts += self.signals_frames.submit(self._keys[shard], entry, rows=rows,
+                                                    reserved=reserved, seq=seq, replay=replay)  # fmt: skip
         if self.signals_schema is not None:  # one Signal message each (BigQuery rows)
             order, spans = batch_format.runs(shards)
             for shard, lo, hi in spans:

@@ -58,6 +58,9 @@ PUBSUB_MAX_MESSAGE_BYTES = 10_000_000
 class PublishConfig(ConfigModel):
     """Batching, compression, retry and the sink of both topics."""
 
+    # Off: nothing is published (the warehouse and the cache still get every batch); for
+    # measuring what publishing costs, and for a replica whose records another one publishes.
+    enabled: bool = True
     sink: Literal["local", "pubsub"] = "local"
     codec: Codec = "zstd"
     zstd_level: int = Field(default=3, ge=1, le=22)

@@ -5,13 +5,20 @@ Each client owns its own symbols (so its ticks stay in time order), and loops: o
 concurrency level: requests per second, ticks per second, p50/p95/p99 latency of each
 RPC, and errors by status code.
 
-By default the bench brings up the whole loop itself: a built model, MLServer serving
-it over KServe-v2 gRPC, a six-node Redis Cluster, and the service (``python -m app
-serve`` in its own process) with L2 on that cluster and inference through MLServer. The
-baseline, measured in the same run at the same concurrency, is the embedded service
-(in-process model, L1 only): the ratio says what the real data path costs.
+Setups, each a process of its own driven by the same clients at the same levels:
 
-    .venv/bin/python bench/load.py [--quick] [--concurrency 1,4,16] [--seconds 5]
+* ``floor``: a do-nothing ``grpc.aio`` server with the same API (decode the request, answer
+  an ack shaped like the service's): what gRPC itself costs. The service is compared with
+  it per level (req/s, IngestTicks p50, ratios), the headline last.
+* ``embedded``: the service (``python -m app serve``) with the in-process model, L1 only.
+* ``full``: the service with inference through MLServer (KServe-v2 gRPC) and L2 on a
+  six-node Redis Cluster, beside the embedded one: what the real data path costs.
+
+``--replay`` instead runs ``python -m app replay``'s load (500-tick batches at ``--rate``
+ticks/s over 1,000 symbols) against the embedded service, with publishing on and then off.
+
+    .venv/bin/python bench/load.py [--quick] [--concurrency 1,4,16] [--seconds 5] [--setups ...]
+    .venv/bin/python bench/load.py --replay [--rate 50000] [--seconds 8]
     .venv/bin/python bench/load.py --target 127.0.0.1:50051   # drive a running server only
 """
 
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -150,16 +160,74 @@ async def drive(target: str, concurrency: int, seconds: float, warmup_s: float =
     return report
 
 
+# --- the floor: what gRPC itself costs for the same API --------------------------------------
+
+
+class FloorServicer:
+    """``SignalService`` doing only what gRPC must: decode the request and answer. An ingest
+    gets an ack shaped like the service's (every tick accepted, a signal per symbol), a read
+    a fixed signal of the symbol asked for."""
+
+    def __init__(self) -> None:
+        self.signal = dict(ts_ns=time.time_ns(), direction=1, strength=0.25, confidence=0.6,
+                           model_version="signal_mlp/1", computed_at_ns=time.time_ns(),
+                           model_variant="fp32", model_sha256="0" * 64, backend="local")  # fmt: skip
+
+    @staticmethod
+    def ack(request: Any) -> Any:
+        return pb2.IngestAck(batch_id=request.batch_id, accepted=len(request.symbol),
+                             signals=len(set(request.symbol)))  # fmt: skip
+
+    async def IngestTicks(self, request: Any, _context: Any) -> Any:
+        return self.ack(request)
+
+    async def GetSignal(self, request: Any, _context: Any) -> Any:
+        return pb2.Signal(symbol=request.symbol, **self.signal)
+
+    async def StreamSignals(self, requests: Any, _context: Any) -> Any:
+        async for request in requests:
+            yield pb2.SignalBatch(batch_id=request.batch_id, ack=self.ack(request))
+
+
+async def serve_floor() -> None:
+    """The floor server on a free loopback port (announced as the service does) until SIGTERM."""
+    from app.server import SERVICE_NAME
+
+    servicer = FloorServicer()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "IngestTicks": grpc.unary_unary_rpc_method_handler(
+            servicer.IngestTicks, request_deserializer=pb2.TickBatch.FromString,
+            response_serializer=pb2.IngestAck.SerializeToString),
+        "GetSignal": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSignal, request_deserializer=pb2.SignalRequest.FromString,
+            response_serializer=pb2.Signal.SerializeToString),
+        "StreamSignals": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamSignals, request_deserializer=pb2.TickBatch.FromString,
+            response_serializer=pb2.SignalBatch.SerializeToString),
+    }),))  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"floor server listening on 127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
 # --- bringing the loop up --------------------------------------------------------------------
 
 
 class ServiceProcess:
     """``python -m app serve --config FILE`` on a free port; the port read from its output."""
 
-    def __init__(self, config_yaml: str, workdir: Path) -> None:
+    def __init__(self, config_yaml: str, workdir: Path, command: list[str] | None = None) -> None:
         self.config_path = workdir / f"service-{os.getpid()}-{time.monotonic_ns()}.yaml"
         self.config_path.write_text(config_yaml)
         self.log_path = self.config_path.with_suffix(".log")
+        self.command = command or [sys.executable, "-m", "app", "serve", "--config",
+                                   str(self.config_path)]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -170,10 +238,8 @@ class ServiceProcess:
         """Start the process without waiting (several can start side by side)."""
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--config", str(self.config_path)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT, env=env)  # fmt: skip
         return self
 
     def wait_ready(self, timeout_s: float = 120) -> ServiceProcess:
@@ -208,15 +274,16 @@ class ServiceProcess:
 def service_yaml(model_root: Path, publish_dir: Path, *, kserve: str | None = None,
                  model_name: str = "", model_version: str = "",
                  redis_nodes: list[str] | None = None, password: str = "",
-                 spool: str = "", metrics_port: int | None = None) -> str:  # fmt: skip
+                 spool: str = "", metrics_port: int | None = None,
+                 publishing: bool = True) -> str:  # fmt: skip
     """The service's config: its spool next to ``publish_dir`` (``spool``: more settings of
-    that section), metrics on ``metrics_port`` if given."""
+    that section), metrics on ``metrics_port`` if given, publishing off if not ``publishing``."""
     metrics = "null" if metrics_port is None else str(metrics_port)
     lines = [
         f"features: {{n_symbols: {N_SYMBOLS}}}",
         f"model: {{dir: '{model_root}', build_if_missing: false}}",
         "server: {port: 0, grace_s: 5}",
-        f"publish: {{local_dir: '{publish_dir}'}}",
+        f"publish: {{local_dir: '{publish_dir}'{'' if publishing else ', enabled: false'}}}",
         f"spool: {{dir: '{publish_dir}-spool'{', ' + spool if spool else ''}}}",
         f"telemetry: {{metrics_port: {metrics}, log_level: warning}}",
     ]
@@ -233,70 +300,198 @@ def service_yaml(model_root: Path, publish_dir: Path, *, kserve: str | None = No
     return "\n".join(lines) + "\n"
 
 
+SETUPS = {"floor": "floor (do-nothing grpc.aio server, same API)",
+          "embedded": "embedded (in-process model, L1 only)",
+          "full": "full (MLServer + Redis Cluster L2)"}  # fmt: skip
+FLOOR_RPS_TARGET = 0.8  # the service's req/s at the most clients, at least this x the floor's
+FLOOR_P50_TARGET = 2.0  # the service's IngestTicks p50 at one client, at most this x the floor's
+
+
+# The bench's model, kept between runs (a build takes ~40 s; the service checks it on start).
+MODEL_DIR = Path(tempfile.gettempdir()) / "signal-platform" / "load-bench-model"
+
+
+def bench_model() -> None:
+    """A small model at `MODEL_DIR` that this code serves, built if it is missing or stale:
+    the load is about the service around it (same code path, same shape)."""
+    import shutil
+
+    from app.config import FeatureConfig
+    from app.model.build import BuildOptions, ModelArtifacts, build_model
+
+    try:
+        ModelArtifacts.load(MODEL_DIR).check_serving(FeatureConfig(n_symbols=N_SYMBOLS))
+        return
+    except Exception:  # missing, half-built or built by other code: build it afresh
+        shutil.rmtree(MODEL_DIR, ignore_errors=True)
+    print("building the model ...", flush=True)
+    build_model(MODEL_DIR, BuildOptions(train_symbols=16, heldout_symbols=8, ticks_per_symbol=1500,
+                                        epochs=4, qat_epochs=3), log=lambda _m: None)  # fmt: skip
+
+
+def medians(reports: list[LoadReport]) -> tuple[float, float]:
+    """req/s and IngestTicks p50 (ms), medians over rounds."""
+    return (float(np.median([r.rps for r in reports])),
+            float(np.median([r.percentiles(r.ingest_ms)[0] for r in reports])))  # fmt: skip
+
+
+def floor_lines(levels: list[int], floor: dict[int, list[LoadReport]],
+                service: dict[int, list[LoadReport]]) -> list[str]:  # fmt: skip
+    """Per level, the service beside the floor (medians over rounds); last, the headline with
+    both targets: req/s at the most clients, IngestTicks p50 at the fewest."""
+    lines = []
+    for c in levels:
+        (f_rps, f50), (s_rps, s50) = medians(floor[c]), medians(service[c])
+        lines.append(f"  c={c:<3} floor {f_rps:>6.0f} req/s p50 {f50:.2f} ms | service "
+                     f"{s_rps:>6.0f} req/s p50 {s50:.2f} ms | req/s {s_rps / f_rps:.2f}x, "
+                     f"p50 {s50 / f50:.2f}x")  # fmt: skip
+    top, one = max(levels), min(levels)
+    (f_rps, _), (s_rps, _) = medians(floor[top]), medians(service[top])
+    rps = s_rps / f_rps
+    p50 = medians(service[one])[1] / medians(floor[one])[1]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "not met"
+
+    lines.append(
+        f"headline: service vs gRPC floor: c={top} req/s {s_rps:.0f} vs {f_rps:.0f} = {rps:.2f}x "
+        f"(target >= {FLOOR_RPS_TARGET}: {verdict(rps >= FLOOR_RPS_TARGET)}); c={one} "
+        f"IngestTicks p50 {p50:.2f}x the floor's (target <= {FLOOR_P50_TARGET:g}: "
+        f"{verdict(p50 <= FLOOR_P50_TARGET)})"
+    )
+    return lines
+
+
+def run_replay(work: Path, model_root: Path, seconds: float, rate: float) -> int:
+    """``python -m app replay --rate R --batch-size 500 --symbols 1000`` against the embedded
+    service, with publishing on, then off (``publish.enabled: false``), one after the other."""
+    from app.replay import replay
+
+    reports = {}
+    for label, publishing in (("publishing on", True), ("publishing off", False)):
+        text = service_yaml(model_root, work / f"pub-replay-{len(reports)}", publishing=publishing)
+        service = ServiceProcess(text, work).start()
+        try:
+            report = asyncio.run(replay(service.target, rate=rate, seconds=seconds, batch_size=500,
+                                        n_symbols=N_SYMBOLS))  # fmt: skip
+        finally:
+            service.stop()
+        reports[label] = report
+        print(f"\n{label}:\n{report.render()}", flush=True)
+    on, off = reports.values()
+    met = on.ticks_per_s >= 200_000 and on.signals / on.elapsed_s >= 100_000
+    print(
+        f"\nheadline: replay at {rate:g} ticks/s, 500-tick batches, {N_SYMBOLS} symbols: "
+        f"{on.ticks_per_s:,.0f} ticks/s, {on.signals / on.elapsed_s:,.0f} signals/s with "
+        f"publishing (off: {off.ticks_per_s:,.0f} ticks/s, {off.signals / off.elapsed_s:,.0f} "
+        f"signals/s); target >= 200,000 ticks/s and >= 100,000 signals/s: "
+        f"{'met' if met else 'not met'}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two levels, 3 s each")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="levels 1,16, 3 s each, 2 rounds, floor and embedded only")  # fmt: skip
     parser.add_argument("--concurrency", default=None, help="levels, e.g. 1,4,16")
     parser.add_argument("--seconds", type=float, default=None)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of every level")
+    parser.add_argument("--setups", default=None,
+                        help=f"of {','.join(SETUPS)} (default all; --quick: floor,embedded)")  # fmt: skip
     parser.add_argument("--target", help="drive this running server only (host:port)")
+    parser.add_argument("--replay", action="store_true",
+                        help="replay 500-tick batches at --rate, publishing on then off")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=50_000.0, help="ticks/s for --replay")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    levels = [int(c) for c in (args.concurrency or ("1,8" if args.quick else "1,4,16")).split(",")]
+    if args.serve_floor:
+        asyncio.run(serve_floor())
+        return 0
+    levels = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,4,16")).split(",")]
     seconds = args.seconds or (3.0 if args.quick else 10.0)
+    warmup = 0.5 if args.quick else 1.0
+    rounds = args.rounds or (2 if args.quick else 3)
     if args.target:
         for c in levels:
             print(asyncio.run(drive(args.target, c, seconds)).render(), flush=True)
         return 0
+    chosen = (args.setups or ("floor,embedded" if args.quick else ",".join(SETUPS))).split(",")
+    unknown = [name for name in chosen if name not in SETUPS]
+    if unknown:
+        parser.error(f"--setups: {', '.join(unknown)} unknown; choose from {', '.join(SETUPS)}")
 
-    from app.model.build import BuildOptions, build_model
+    work = Path(tempfile.mkdtemp(prefix="signal-load-"))
+    model_root = MODEL_DIR
+    if args.replay or "embedded" in chosen or "full" in chosen:
+        bench_model()
+    if args.replay:
+        return run_replay(work, model_root, args.seconds or (4.0 if args.quick else 8.0), args.rate)
+    # Setups side by side, levels interleaved round by round: a machine whose other load
+    # drifts during the run weighs on every setup alike.
+    results: dict[str, dict[int, list[LoadReport]]] = {}
+    with contextlib.ExitStack() as stack:
+        setups: dict[str, ServiceProcess] = {}
+        if "floor" in chosen:
+            setups["floor"] = ServiceProcess("", work, [sys.executable, __file__, "--serve-floor"])
+        if "embedded" in chosen:
+            setups["embedded"] = ServiceProcess(service_yaml(model_root, work / "pub-embedded"),
+                                                work)  # fmt: skip
+        if "full" in chosen:
+            setups["full"] = full_service(stack, work, model_root)
+        for service in setups.values():
+            stack.callback(service.stop)
+            service.launch()
+        for name, service in setups.items():
+            service.wait_ready()
+            print(f"{SETUPS[name]} on {service.target}", flush=True)
+            results[name] = {c: [] for c in levels}
+        for r in range(rounds):
+            print(f"\nround {r + 1} of {rounds}", flush=True)
+            for c in levels:
+                for name, service in setups.items():
+                    report = asyncio.run(drive(service.target, c, seconds, warmup))
+                    results[name][c].append(report)
+                    print(f"{name:>8} {report.render()}", flush=True)
+    errors = sum(sum(r.errors.values()) for by_level in results.values()
+                 for reports in by_level.values() for r in reports)  # fmt: skip
+    if "embedded" in results and "full" in results:
+        base, full = results["embedded"], results["full"]
+        top_f = full[max(levels)][-1]
+        f50, f95, f99 = top_f.percentiles(top_f.get_ms)
+        i50, i95, i99 = top_f.percentiles(top_f.ingest_ms)
+        ratios = ", ".join(
+            f"c={c} {medians(full[c])[0] / medians(base[c])[0]:.2f}x" for c in levels
+        )
+        print(
+            f"\nfull loop at c={top_f.concurrency}: {top_f.rps:.0f} req/s, IngestTicks "
+            f"p50/p95/p99 {i50:.1f}/{i95:.1f}/{i99:.1f} ms, GetSignal {f50:.2f}/{f95:.2f}/"
+            f"{f99:.2f} ms; full vs embedded req/s (medians): {ratios}"
+        )
+    service_name = "embedded" if "embedded" in results else "full"
+    if "floor" in results and service_name in results:
+        print(f"\n{service_name} service beside the floor (medians of {rounds} rounds):")
+        print("\n".join(floor_lines(levels, results["floor"], results[service_name])))
+    return 0 if errors == 0 else 1
+
+
+def full_service(stack: contextlib.ExitStack, work: Path, model_root: Path) -> ServiceProcess:
+    """MLServer and a 6-node Redis Cluster (closed with ``stack``), and the service using them."""
+    from app.model.build import ModelArtifacts
     from app.serving.launch import MLServerProcess
     from tests.app.redis_cluster import PASSWORD, LocalRedisCluster
 
-    work = Path(tempfile.mkdtemp(prefix="signal-load-"))
-    print("building the model, starting MLServer and a 6-node Redis Cluster ...", flush=True)
-    # A small model: the load is about the service around it (same code path, same shape).
-    model = build_model(work / "model", BuildOptions(train_symbols=16, heldout_symbols=8,
-                        ticks_per_symbol=1500, epochs=4, qat_epochs=3), log=lambda _m: None)  # fmt: skip
+    print("starting MLServer and a 6-node Redis Cluster ...", flush=True)
+    model = ModelArtifacts.load(model_root)
     mlserver = MLServerProcess(work / "mlserver", model.path("fp32"), model_name=model.name,
                                model_version=str(model.version)).start(timeout_s=120)  # fmt: skip
+    stack.callback(mlserver.stop)
     cluster = LocalRedisCluster(work / "redis").start()
-    results: dict[str, list[LoadReport]] = {}
-    try:
-        setups = {
-            "embedded (in-process model, L1 only)": service_yaml(model.root, work / "pub-embedded"),
-            "full (MLServer + Redis Cluster L2)": service_yaml(
-                model.root, work / "pub-full", kserve=mlserver.url, model_name=model.name,
-                model_version=str(model.version), redis_nodes=cluster.startup_nodes,
-                password=PASSWORD,
-            ),
-        }  # fmt: skip
-        for label, yaml_text in setups.items():
-            service = ServiceProcess(yaml_text, work).start()
-            print(f"\n{label} on {service.target}", flush=True)
-            try:
-                results[label] = []
-                for c in levels:
-                    warmup = 0.5 if args.quick else 1.0
-                    report = asyncio.run(drive(service.target, c, seconds, warmup))
-                    results[label].append(report)
-                    print(report.render(), flush=True)
-            finally:
-                service.stop()
-    finally:
-        cluster.close()
-        mlserver.stop()
-    base, full = results.values()
-    ratios = [f.rps / b.rps for b, f in zip(base, full, strict=True)]
-    top_b, top_f = base[-1], full[-1]
-    f50, f95, f99 = top_f.percentiles(top_f.get_ms)
-    i50, i95, i99 = top_f.percentiles(top_f.ingest_ms)
-    errors = sum(sum(r.errors.values()) for r in full)
-    print(
-        f"\nheadline: full loop at c={top_f.concurrency}: {top_f.rps:.0f} req/s, IngestTicks "
-        f"p50/p95/p99 {i50:.1f}/{i95:.1f}/{i99:.1f} ms, GetSignal {f50:.2f}/{f95:.2f}/{f99:.2f} ms, "
-        f"{errors} errors; vs embedded {top_b.rps:.0f} req/s: ratio "
-        + ", ".join(f"c={r.concurrency} {x:.2f}x" for r, x in zip(full, ratios, strict=True))
-    )
-    return 0 if errors == 0 else 1
+    stack.callback(cluster.close)
+    return ServiceProcess(service_yaml(
+        model_root, work / "pub-full", kserve=mlserver.url, model_name=model.name,
+        model_version=str(model.version), redis_nodes=cluster.startup_nodes, password=PASSWORD,
+    ), work)  # fmt: skip
 
 
 if __name__ == "__main__":

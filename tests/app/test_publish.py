@@ -604,3 +604,42 @@ def test_a_replayed_batch_is_skipped_where_the_local_sink_already_holds_it(tmp_p
         "AAPL": [(11, 1, "2"), (12, 2, "2"), (13, 3, "3"), (14, 4, "4")],
         "MSFT": [(21, 1, "1"), (22, 2, "2")],
     }  # each once, in order, each entry naming its batch
+
+
+def test_with_publishing_off_batches_still_reach_the_warehouse_and_the_watermark(
+    tmp_path: Path,
+) -> None:
+    from app.cache import CacheConfig
+    from app.datapath import DataPath
+    from app.features import FEATURES
+    from app.signals import SignalColumns
+    from app.warehouse import WarehouseConfig
+
+    watermarks: list[int] = []
+
+    async def scenario() -> None:
+        data_path = DataPath.from_config(
+            CacheConfig(), PublishConfig(enabled=False, local_dir=tmp_path / "topics"),
+            WarehouseConfig(duckdb_path=tmp_path / "w.duckdb", flush_interval_s=0.05,
+                            retention_days=None),
+            metrics=Metrics(CollectorRegistry()), shards=ShardTable(8, 4),
+        )  # fmt: skip
+        data_path.on_delivered = watermarks.append
+        assert data_path.publishers == {}
+        data_path.start()
+        ticks, _ = synthetic_ticks(8, 5, seed=3)
+        signals = SignalColumns(ticks.symbol[:4], ticks.ts_ns[:4], np.ones(4, np.int8),
+                                np.full(4, 0.5, np.float32), np.full(4, 0.7, np.float32), "m/1")  # fmt: skip
+        for seq in (1, 2):
+            data_path.deliver(seq, ticks, signals, np.zeros((4, len(FEATURES))), 1,
+                              data_path.admit(len(ticks)))  # fmt: skip
+        await data_path.close()
+
+    run(scenario())
+    assert watermarks and watermarks[-1] == 2  # the spool may let both batches go
+    assert not (tmp_path / "topics").exists()  # nothing published
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as db:
+        assert db.execute("SELECT count(*) FROM ticks").fetchone() == (80,)
+        assert db.execute("SELECT count(*) FROM signals").fetchone() == (8,)
