@@ -55,6 +55,7 @@ UNKNOWN_MARK = UNKNOWN
 TOOLS_DIR = Path(__file__).resolve().parent
 # The options the engine gives a default provider it registers itself.
 DEFAULT_PROVIDER_OPTIONS: dict[str, Any] = {
+    "aliases": [],
     "protect": False,
     "ignoreChanges": [],
     "replaceOnChanges": [],
@@ -531,6 +532,20 @@ def _is_program_file(filename: str, project: Project) -> bool:
 # --------------------------------------------------------------------------- the monitor
 
 
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def make_urn(stack: str, project: str, parent: str, type_: str, name: str) -> str:
+    """`urn:pulumi:STACK::PROJECT::QUALIFIED_TYPE::NAME`, as the Pulumi engine names a resource:
+    a child's type is prefixed by its parent's qualified type (the whole chain), except the root
+    stack's (a top-level resource's URN names only its own type)."""
+    if parent:
+        parent_type = parent.split("::", 3)[2]
+        if parent_type != ROOT_STACK_TYPE:
+            type_ = f"{parent_type}${type_}"
+    return f"urn:pulumi:{stack}::{project}::{type_}::{name}"
+
+
 class RecordingMonitor(sdk_mocks.MockMonitor):
     """The engine's side of the resource monitor, as the Pulumi engine answers it in a preview:
     every registration recorded, inputs echoed with what the provider derives (tools.mocks),
@@ -549,13 +564,54 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
         # The SDK's default path calls the monitor from worker threads.
         self.lock = threading.Lock()
         self.states: dict[str, tuple[str, struct_pb2.Struct]] = {}
+        # URN -> the URNs its aliases name (children inherit them).
+        self.aliases: dict[str, list[str]] = {}
         key = os.environ.get(SECRET_DIGEST_KEY_ENV, "")
         self.digest_key = bytes.fromhex(key) if key else None
 
-    def urn(self, parent: str, type_: str, name: str) -> str:
-        if parent:
-            type_ = parent.split("::")[2].split("$").pop() + "$" + type_
-        return f"urn:pulumi:{self.stack}::{self.project}::{type_}::{name}"
+    def urn(
+        self,
+        parent: str,
+        type_: str,
+        name: str,
+        stack: str | None = None,
+        project: str | None = None,
+    ) -> str:
+        """The engine's URN (resource.NewURN): the parent's qualified type (its whole chain),
+        none for the root stack, before the type."""
+        return make_urn(stack or self.stack, project or self.project, parent, type_, name)
+
+    def alias_urns(self, request: Any) -> list[str]:
+        """The URNs a registration's aliases name, as the engine resolves alias specs: name,
+        type, stack, project and parent default to the resource's own; a child also answers
+        to its name under each of its parent's aliases."""
+        urns = []
+        for alias in request.aliases:
+            if alias.urn:
+                urns.append(alias.urn)
+                continue
+            spec = alias.spec
+            which = spec.WhichOneof("parent")
+            parent = (
+                ""
+                if which == "noParent" and spec.noParent
+                else spec.parentUrn
+                if which == "parentUrn"
+                else request.parent
+            )
+            urns.append(
+                self.urn(
+                    parent,
+                    spec.type or request.type,
+                    spec.name or request.name,
+                    spec.stack or None,
+                    spec.project or None,
+                )
+            )
+        for parent_alias in self.aliases.get(request.parent, ()):
+            urns.append(self.urn(parent_alias, request.type, request.name))
+        own = self.urn(request.parent, request.type, request.name)
+        return sorted(set(urns) - {own})
 
     # ---- registrations
 
@@ -585,7 +641,11 @@ class RecordingMonitor(sdk_mocks.MockMonitor):
     def _record(
         self, request: Any, urn: str, provider: str | None, wire: dict, secrets: list[str]
     ) -> None:
+        aliases = self.alias_urns(request)
+        if aliases:
+            self.aliases[urn] = aliases
         options = {
+            "aliases": aliases,
             "protect": bool(request.protect),
             "ignoreChanges": list(request.ignoreChanges),
             "replaceOnChanges": list(request.replaceOnChanges),

@@ -18,7 +18,8 @@ STACK_URN = "urn:pulumi:test::bad-platform::pulumi:pulumi:Stack"
 
 
 def bad_urn(type_: str, name: str) -> str:
-    return f"{STACK_URN}${type_}::{name}"
+    """A top-level resource's URN: the engine names no parent type for the root stack."""
+    return f"urn:pulumi:test::bad-platform::{type_}::{name}"
 
 
 CLUSTER = bad_urn("gcp:container/cluster:Cluster", "public")

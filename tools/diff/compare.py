@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from tools.analyzer import Violation
 from tools.cost import Estimate
-from tools.diff.rules import Effect, rule_for
-from tools.inventory import SECRET, Inventory, Resource
+from tools.diff.rules import Effect, covers, normalize, rule_for
+from tools.inventory import SECRET, UNKNOWN, Inventory, Resource, provider_urn
 
 Kind = Literal["add", "remove", "update", "replace"]
 BQ_SCHEMA_SOURCE = (
@@ -133,6 +133,8 @@ def diff_resource(base: Resource, head: Resource, region: str | None) -> Resourc
         before, after = old.get(path, ABSENT), new.get(path, ABSENT)
         if before == after and not _secret_changed(base, head, path, before):
             continue
+        if ignored(head, path):
+            continue
         rule = rule_for(head, path)
         effect: Effect = rule.effect if rule else "update"
         why, source = (rule.why, rule.source) if rule else ("", "")
@@ -142,6 +144,12 @@ def diff_resource(base: Resource, head: Resource, region: str | None) -> Resourc
                 effect, why, source = schema[0], schema[1], BQ_SCHEMA_SOURCE
         secret = is_secret(head.type, path, after if after is not ABSENT else before, secret_paths)
         changes.append(InputChange(path, before, after, effect, secret, why, source))
+    return _changed(base, head, region, changes)
+
+
+def _changed(
+    base: Resource, head: Resource, region: str | None, changes: Sequence[InputChange]
+) -> ResourceChange | None:
     if not changes:
         return None
     kind: Kind = "replace" if any(c.effect == "replace" for c in changes) else "update"
@@ -152,9 +160,19 @@ def diff_resource(base: Resource, head: Resource, region: str | None) -> Resourc
         head.urn,
         region,
         tuple(changes),
-        secret_paths=frozenset(secret_paths),
+        secret_paths=frozenset((*base.secrets, *head.secrets)),
         protected=bool(base.options.get("protect")),
     )
+
+
+def ignored(resource: Resource, path: str) -> bool:
+    """Whether the resource's `ignoreChanges` option covers the path (Pulumi keeps the old
+    value there, so a change shows nowhere)."""
+    for option in resource.options.get("ignoreChanges") or ():
+        option = re.sub(r'\["([^"\]]*)"\]', r".\1", str(option)).lstrip(".")
+        if option == "*" or covers(normalize(option), path):
+            return True
+    return False
 
 
 def _secret_changed(base: Resource, head: Resource, path: str, value: Any) -> bool:
@@ -166,26 +184,162 @@ def _secret_changed(base: Resource, head: Resource, path: str, value: Any) -> bo
     return old is not None and new is not None and old != new
 
 
+def renames(base: Inventory, head: Inventory) -> dict[str, str]:
+    """Head URN -> the base URN it was, where a resource's URN changed and one of its aliases
+    names the old one (the engine then updates it in place, it neither deletes nor creates)."""
+    before, after = base.by_urn(), head.by_urn()
+    found: dict[str, str] = {}
+    claimed: set[str] = set()
+    for urn, resource in sorted(after.items()):
+        if urn in before:
+            continue
+        for alias in resource.options.get("aliases") or ():
+            if alias in before and alias not in after and alias not in claimed:
+                found[urn] = alias
+                claimed.add(alias)
+                break
+    return found
+
+
 def diff_inventories(base: Inventory, head: Inventory) -> tuple[list[ResourceChange], int]:
-    """Every resource that is added, removed, updated or replaced, and how many are unchanged."""
+    """Every resource that is added, removed, updated or replaced, and how many are unchanged.
+    A resource renamed with an alias is compared with what it was."""
     before, after = base.by_urn(), head.by_urn()
     base_regions, head_regions = base.regions(), head.regions()
+    was = renames(base, head)
     changes: list[ResourceChange] = []
-    unchanged = 0
+    kept: dict[str, list[InputChange]] = {}  # head URN -> input changes, for both sides
     for urn in sorted(set(before) | set(after)):
-        if urn not in before:
-            r = after[urn]
-            changes.append(_whole(r, "add", head_regions.get(urn)))
+        if urn in was.values():
+            continue  # compared under its new URN
+        if urn not in before and urn not in was:
+            changes.append(_whole(after[urn], "add", head_regions.get(urn)))
         elif urn not in after:
-            r = before[urn]
-            changes.append(_whole(r, "remove", base_regions.get(urn)))
+            changes.append(_whole(before[urn], "remove", base_regions.get(urn)))
         else:
-            change = diff_resource(before[urn], after[urn], head_regions.get(urn))
-            if change is None:
-                unchanged += 1
-            else:
-                changes.append(change)
+            old, new = before[was.get(urn, urn)], after[urn]
+            change = diff_resource(old, new, head_regions.get(urn))
+            kept[urn] = [
+                *_provider_moved(old, new, before, after, was),
+                *(change.changes if change else ()),
+            ]
+    _cascade(kept, before, after, was)
+    unchanged = 0
+    for urn, items in sorted(kept.items()):
+        change = _changed(before[was.get(urn, urn)], after[urn], head_regions.get(urn), items)
+        if change is None:
+            unchanged += 1
+        else:
+            changes.append(change)
     return changes, unchanged
+
+
+PROVIDER_SOURCE = "Pulumi engine, step generator: a changed provider reference (DiffConfig)"
+
+
+def _provider_moved(
+    old: Resource,
+    new: Resource,
+    before: Mapping[str, Resource],
+    after: Mapping[str, Resource],
+    was: Mapping[str, str],
+) -> list[InputChange]:
+    """A resource that moves to another provider is replaced when the new provider's
+    configuration differs from the old one's where the provider replaces its resources (a
+    Kubernetes provider pointed at another cluster); else it stays, as the engine decides."""
+    old_ref, new_ref = provider_urn(old.provider), provider_urn(new.provider)
+    if old_ref == new_ref or old_ref is None or new_ref is None or was.get(new_ref) == old_ref:
+        return []
+    old_provider, new_provider = before.get(old_ref), after.get(new_ref)
+    if old_provider is None or new_provider is None:
+        return []
+    moved = diff_resource(old_provider, new_provider, None)
+    for change in moved.replacing if moved else ():
+        return [
+            InputChange(
+                "(provider)",
+                old_ref,
+                new_ref,
+                "replace",
+                why=f"it moves to a provider whose {change.path} differs, which replaces what"
+                " it manages",
+                source=PROVIDER_SOURCE,
+            )
+        ]
+    return []
+
+
+DEPENDENT_SOURCE = "Pulumi engine: dependent replacements (unknown inputs from a replaced resource)"
+
+
+def _cascade(
+    kept: dict[str, list[InputChange]],
+    before: Mapping[str, Resource],
+    after: Mapping[str, Resource],
+    was: Mapping[str, str],
+) -> None:
+    """Replacements a replacement causes, as the engine plans them: a resource whose provider is
+    replaced is replaced, and an input computed from a replaced resource (unknown in the plan)
+    takes a new value, with the effect its path has (a subnetwork on a replaced network is
+    replaced, a label from it is updated). Repeated until nothing new is replaced."""
+    replaced = {u for u, items in kept.items() if any(c.effect == "replace" for c in items)}
+    added = set(after) - set(before) - set(was)
+    while True:
+        new_replaced = set()
+        for urn, items in kept.items():
+            if urn in replaced:
+                continue
+            resource, old = after[urn], before[was.get(urn, urn)]
+            causes = replaced | added
+            if provider_urn(resource.provider) in replaced:
+                items.append(
+                    InputChange(
+                        "(provider)",
+                        resource.provider,
+                        UNKNOWN,
+                        "replace",
+                        why="its provider is replaced",
+                        source=DEPENDENT_SOURCE,
+                    )
+                )
+            else:
+                items += _inputs_from(resource, old, causes, {c.path for c in items})
+            if any(c.effect == "replace" for c in items):
+                new_replaced.add(urn)
+        if not new_replaced:
+            return
+        replaced |= new_replaced
+
+
+def _inputs_from(
+    resource: Resource, old: Resource, causes: set[str], seen: set[str]
+) -> list[InputChange]:
+    """The unknown inputs of a resource that come from one of `causes` (replaced or new
+    resources): each will take a new value."""
+    found = []
+    dependencies = resource.options.get("propertyDependencies") or {}
+    flat, old_flat = flatten(resource.inputs), flatten(old.inputs)
+    for key, urns in sorted(dependencies.items()):
+        if not causes.intersection(urns):
+            continue
+        for path, value in flat.items():
+            if value != UNKNOWN or path in seen or ignored(resource, path):
+                continue
+            if path != key and not path.startswith((key + ".", key + "[")):
+                continue
+            rule = rule_for(resource, path)
+            found.append(
+                InputChange(
+                    path,
+                    old_flat.get(path, ABSENT),
+                    UNKNOWN,
+                    rule.effect if rule else "update",
+                    is_secret(resource.type, path, value, resource.secrets),
+                    rule.why if rule else "",
+                    rule.source if rule else DEPENDENT_SOURCE,
+                )
+            )
+    return found
 
 
 def _whole(resource: Resource, kind: Kind, region: str | None) -> ResourceChange:

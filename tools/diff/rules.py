@@ -74,12 +74,12 @@ def rules_of(resource_type: str) -> tuple[Rule, ...]:
     return rules
 
 
-def _normalize(path: str) -> str:
+def normalize(path: str) -> str:
     return re.sub(r"\[\d+\]", "[*]", path)
 
 
-def _covers(rule_path: str, path: str) -> bool:
-    normalized = _normalize(path)
+def covers(rule_path: str, path: str) -> bool:
+    normalized = normalize(path)
     return (
         normalized == rule_path
         or normalized.startswith(rule_path + ".")
@@ -91,9 +91,9 @@ def rule_for(resource: Resource, path: str) -> Rule | None:
     """The rule a change at `path` falls under: Pulumi's own replaceOnChanges option first,
     then the type's table, then identity inputs."""
     for option in resource.options.get("replaceOnChanges", []) or []:
-        if option == "*" or _covers(_normalize(str(option)), path):
+        if option == "*" or covers(normalize(str(option)), path):
             return Rule(str(option), "replace", "replaceOnChanges resource option", "Pulumi")
     for rule in rules_of(resource.type):
-        if _covers(rule.path, path):
+        if covers(rule.path, path):
             return rule
     return None
