@@ -62,7 +62,8 @@ def region_of(inputs: dict[str, Any]) -> str | None:
     """The region that inputs (a resource's, or a provider's defaults) name, if any."""
     for key in PLACEMENT_INPUTS:
         value = inputs.get(key)
-        if isinstance(value, str) and (match := _REGION_RE.match(value)):
+        # Locations are case-insensitive: Cloud Storage examples write "ASIA-SOUTH1".
+        if isinstance(value, str) and (match := _REGION_RE.match(value.lower())):
             return match.group(1)
     return None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tools.engine import plan
-from tools.inventory import SECRET, UNKNOWN, Inventory, provider_urn
+from tools.inventory import SECRET, UNKNOWN, Inventory, Resource, provider_urn
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 UNKNOWN_ID = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # Pulumi's wire sentinel for unknowns
@@ -171,3 +171,17 @@ def test_our_stacks_keep_deterministic_values_known(dev_plan: Inventory):
     assert all("/cryptoKeys/" in k for k in keys)
     assert dev_plan.outputs["modelBucket"].startswith("gs://")
     assert dev_plan.outputs["network"] == "projects/signal-platform-dev/global/networks/signal-vpc"
+
+
+def test_a_location_in_capitals_is_its_region():
+    # Cloud Storage examples write regional locations in capitals ("ASIA-SOUTH1"); the bucket
+    # lives in asia-south1, as the pack's region rules read it, not "global".
+    bucket = Resource(
+        "gcp:storage/bucket:Bucket",
+        "b",
+        "urn:pulumi:s::p::gcp:storage/bucket:Bucket::b",
+        None,
+        None,
+        {"location": "ASIA-SOUTH1"},
+    )
+    assert Inventory("s", "p", [bucket]).regions() == {bucket.urn: "asia-south1"}
