@@ -18,62 +18,75 @@ Finding = tuple[str | None, str]
 
 
 @dataclass(frozen=True)
+class Grant:
+    """How an IAM resource type grants invocation: the input naming the service, the role."""
+
+    name_field: str
+    invoker_role: str
+
+
+def _iam(module: str, prefix: str, grant: Grant) -> dict[str, Grant]:
+    """`gcp:<module>/<prefix>Member:<Prefix>Member` and its Binding and Policy siblings."""
+    title = prefix[:1].upper() + prefix[1:]
+    return {
+        f"gcp:{module}/{prefix}{kind}:{title}{kind}": grant
+        for kind in ("Member", "Binding", "Policy")
+    }
+
+
+RUN_V2_GRANTS = _iam("cloudrunv2", "serviceIam", Grant("name", "roles/run.invoker"))
+RUN_V1_GRANTS = _iam("cloudrun", "iam", Grant("service", "roles/run.invoker"))
+
+
+@dataclass(frozen=True)
 class ServiceKind:
     """One serverless resource type and how its ingress and invoker grants are expressed."""
 
     label: str
     ingress_path: tuple[str, ...]
     public_ingress: tuple[str | None, ...]  # values that accept internet traffic (None: unset)
-    iam_types: frozenset[str]
-    iam_name_field: str  # the IAM resource's input naming the service
-    invoker_role: str
+    grants: Mapping[str, Grant]  # IAM type -> how it names the service and the invoker role
 
 
 SERVICES: dict[str, ServiceKind] = {
     "gcp:cloudrunv2/service:Service": ServiceKind(
-        "Cloud Run service",
-        ("ingress",),
-        (None, "INGRESS_TRAFFIC_ALL"),
-        frozenset(
-            f"gcp:cloudrunv2/serviceIam{kind}:ServiceIam{kind}"
-            for kind in ("Member", "Binding", "Policy")
-        ),
-        "name",
-        "roles/run.invoker",
+        "Cloud Run service", ("ingress",), (None, "INGRESS_TRAFFIC_ALL"), RUN_V2_GRANTS
     ),
     "gcp:cloudrun/service:Service": ServiceKind(
         "Cloud Run service",
         ("metadata", "annotations", "run.googleapis.com/ingress"),
         (None, "all"),
-        frozenset(f"gcp:cloudrun/iam{kind}:Iam{kind}" for kind in ("Member", "Binding", "Policy")),
-        "service",
-        "roles/run.invoker",
+        RUN_V1_GRANTS,
     ),
     "gcp:cloudfunctions/function:Function": ServiceKind(
         "Cloud Function",
         ("ingressSettings",),
         (None, "ALLOW_ALL"),
-        frozenset(
-            f"gcp:cloudfunctions/functionIam{kind}:FunctionIam{kind}"
-            for kind in ("Member", "Binding", "Policy")
+        _iam(
+            "cloudfunctions", "functionIam", Grant("cloudFunction", "roles/cloudfunctions.invoker")
         ),
-        "cloudFunction",
-        "roles/cloudfunctions.invoker",
     ),
+    # A 2nd-gen function runs as a Cloud Run service of its name: roles/run.invoker on that
+    # service (Cloud Run's IAM resources, as Google's and Pulumi's examples grant it) invokes it.
     "gcp:cloudfunctionsv2/function:Function": ServiceKind(
         "Cloud Function",
         ("serviceConfig", "ingressSettings"),
         (None, "ALLOW_ALL"),
-        frozenset(
-            f"gcp:cloudfunctionsv2/functionIam{kind}:FunctionIam{kind}"
-            for kind in ("Member", "Binding", "Policy")
-        ),
-        "cloudFunction",
-        "roles/cloudfunctions.invoker",
+        {
+            **_iam(
+                "cloudfunctionsv2",
+                "functionIam",
+                Grant("cloudFunction", "roles/cloudfunctions.invoker"),
+            ),
+            **RUN_V2_GRANTS,
+            **RUN_V1_GRANTS,
+        },
     ),
 }
-INVOKER_IAM_TYPES = frozenset(t for kind in SERVICES.values() for t in kind.iam_types)
-INVOKER_ROLES = frozenset(kind.invoker_role for kind in SERVICES.values())
+INVOKER_IAM_TYPES = frozenset(t for kind in SERVICES.values() for t in kind.grants)
+INVOKER_ROLES = frozenset(
+    g.invoker_role for kind in SERVICES.values() for g in kind.grants.values()
+)
 
 
 def is_public_invoker_grant(token: str, role: Any, member: Any) -> bool:
@@ -91,12 +104,12 @@ def _names(service: StackResource) -> set[str]:
     return {service.name, name} if isinstance(name, str) else {service.name}
 
 
-def _targets(grant: StackResource, service: StackResource, kind: ServiceKind) -> bool:
+def _targets(grant: StackResource, service: StackResource, name_field: str) -> bool:
     """Whether an IAM resource is on this service: the engine says its name input comes from the
     service, or the name it gives is the service's (short, or a full resource name)."""
-    if service.urn in grant.property_dependencies.get(kind.iam_name_field, ()):
+    if service.urn in grant.property_dependencies.get(name_field, ()):
         return True
-    target = get(grant.props, kind.iam_name_field)
+    target = get(grant.props, name_field)
     if is_unknown(target):
         return service.urn in grant.dependencies
     if not isinstance(target, str):
@@ -118,11 +131,12 @@ def _public_invokers(
     if get(service.props, "invokerIamDisabled") is True:
         yield "invokerIamDisabled is true (anyone may invoke it)"
     for grant in grants:
-        if grant.type not in kind.iam_types or not _targets(grant, service, kind):
+        how = kind.grants.get(grant.type)
+        if how is None or not _targets(grant, service, how.name_field):
             continue
         resource = Resource(grant.type, grant.name, grant.urn, grant.props)
         for role, member in iam_members(resource):
-            if role == kind.invoker_role and member in PUBLIC_MEMBERS:
+            if role == how.invoker_role and member in PUBLIC_MEMBERS:
                 yield f"{grant.name} grants {role} to {member}"
 
 

@@ -205,6 +205,48 @@ STACK_CASES = [
         1,
         "cloud-function-v2-allow-all",
     ),
+    # A 2nd-gen function is a Cloud Run service of its name: Google's and Pulumi's examples make
+    # it public with roles/run.invoker on that service, through Cloud Run's IAM resources.
+    StackCase(
+        "serverless-no-public-invoker",
+        (
+            service(FUNCTION_V2, {"name": "hook", "serviceConfig": {}}, "hook"),
+            grant(RUN_V1_IAM, "service", "hook", "allUsers"),
+        ),
+        1,
+        "cloud-function-v2-run-invoker-v1-grant",
+        urns=finding_on(FUNCTION_V2, "hook"),
+        message="grants roles/run.invoker to allUsers",
+    ),
+    StackCase(
+        "serverless-no-public-invoker",
+        (
+            service(FUNCTION_V2, {"name": "hook", "serviceConfig": {}}, "hook"),
+            AnalyzerResource(
+                RUN_IAM,
+                "invoker",
+                urn(RUN_IAM, "invoker"),
+                {"name": UNKNOWN, "role": "roles/run.invoker", "member": "allAuthenticatedUsers"},
+                property_dependencies={"name": (urn(FUNCTION_V2, "hook"),)},
+            ),
+        ),
+        1,
+        "cloud-function-v2-run-invoker-by-output",
+        urns=finding_on(FUNCTION_V2, "hook"),
+    ),
+    StackCase(
+        "serverless-no-public-invoker",
+        (
+            service(
+                FUNCTION_V2,
+                {"name": "hook", "serviceConfig": {"ingressSettings": "ALLOW_INTERNAL_ONLY"}},
+                "hook",
+            ),
+            grant(RUN_V1_IAM, "service", "hook", "allUsers"),
+        ),
+        0,
+        "cloud-function-v2-internal-run-invoker",
+    ),
 ]
 
 IAM_LEVELS = {"iam-no-public-members": "mandatory"}
