@@ -24,10 +24,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from app.alerting.config import AlertingConfig, SeriesConfig
 from app.alerting.detector import AnomalyDetector, Verdict
 from app.autoscale.config import for_region
-from app.autoscale.prometheus import PrometheusClient, PrometheusError
+from app.autoscale.prometheus import MINUTE, PrometheusClient, PrometheusError, minute_of
 
 log = structlog.get_logger("app.alerting")
-MINUTE = 60
 
 
 class Exports:
@@ -86,7 +85,7 @@ class DetectorService:
     def backfill(self) -> None:
         """Replay each series' history (whole days, up to the last complete minute)."""
         now = self.clock()
-        last = int(now // MINUTE) - 1
+        last = minute_of(now) - 1
         for series in self.config.series:
             for region in self.config.regions:
                 detector = self._detector(series, region)
@@ -124,7 +123,7 @@ class DetectorService:
 
     def tick(self) -> dict[tuple[str, str], Verdict]:
         """Feed every detector the last complete minute, once."""
-        minute = int(self.clock() // MINUTE) - 1
+        minute = minute_of(self.clock()) - 1
         verdicts: dict[tuple[str, str], Verdict] = {}
         for series in self.config.series:
             for region in self.config.regions:

@@ -20,9 +20,9 @@ import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
 from app.autoscale.config import ConfigError
+from app.autoscale.prometheus import MINUTE, minute_of
 from app.telemetry import TelemetryConfig, configure_logging
 
-MINUTE = 60
 log = structlog.get_logger("app.autoscale.cli")
 
 
@@ -91,4 +91,4 @@ def run_every_minute(service: Service, stop: threading.Event) -> None:
             log.exception("tick_failed")
         now = service.clock()
         # Scrapes land a few seconds after the minute: read 5 s past the boundary.
-        stop.wait(max((int(now // MINUTE) + 1) * MINUTE + 5 - now, 1.0))
+        stop.wait(max((minute_of(now) + 1) * MINUTE + 5 - now, 1.0))

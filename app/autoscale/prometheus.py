@@ -21,6 +21,14 @@ from typing import Any
 
 import numpy as np
 
+# Both services read Prometheus on a grid of whole minutes (step 60 s).
+MINUTE = 60
+
+
+def minute_of(ts: float) -> int:
+    """Minutes since the epoch of the minute holding ``ts``."""
+    return int(ts // MINUTE)
+
 
 class PrometheusError(RuntimeError):
     """A query failed: names the URL, the query and what went wrong."""

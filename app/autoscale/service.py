@@ -26,20 +26,14 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from app.autoscale.config import AutoscaleConfig
 from app.autoscale.forecast import SeasonalForecaster, SmoothingParams
-from app.autoscale.prometheus import PrometheusClient, PrometheusError
+from app.autoscale.prometheus import MINUTE, PrometheusClient, PrometheusError, minute_of
 from app.autoscale.scaler import PredictiveScaler, ReplicaDecision
 
 log = structlog.get_logger("app.autoscale")
 
-MINUTE = 60
 DAY_MINUTES = 1440
 # Smoothing used until there is enough history to fit (a cautious, level-led model).
 UNFITTED = SmoothingParams(alpha=0.3, gamma=0.0)
-
-
-def minute_of(ts: float) -> int:
-    """Minutes since the epoch of the minute holding ``ts``."""
-    return int(ts // MINUTE)
 
 
 class Exports:
