@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import FeatureConfig
-from app.features import FeatureEngine
+from app.features import FEATURES, FeatureEngine
 from app.fused import FusedBackend
 from app.inference import LocalOnnxBackend
 from app.model.build import ensure_model
@@ -200,14 +200,20 @@ def warmed_engine(ticks, warm: int) -> FeatureEngine:
     return engine
 
 
+def one_by_one(ticks, first: int, n: int):
+    """Ticks ``first`` to ``first + n``, each as the four one-element columns a decoded
+    request of one tick holds."""
+    for i in range(first, first + n):
+        sl = slice(i, i + 1)
+        yield ticks.symbol[sl], ticks.price[sl], ticks.size[sl], ticks.ts_ns[sl]
+
+
 def single_tick_latency(ticks, warm: int, n: int) -> dict:
     engine = warmed_engine(ticks, warm)
-    out = np.empty((1, 7))
+    out = np.empty((1, len(FEATURES)))
     reasons = np.empty(1, np.uint8)
     samples = []
-    for i in range(warm, warm + n):
-        sl = slice(i, i + 1)
-        tick = ticks.symbol[sl], ticks.price[sl], ticks.size[sl], ticks.ts_ns[sl]  # as decoded
+    for tick in one_by_one(ticks, warm, n):
         t = time.perf_counter_ns()
         engine.update(*tick, out=out, reasons=reasons)
         samples.append(time.perf_counter_ns() - t)
@@ -218,9 +224,7 @@ def tick_to_signal_latency(ticks, warm: int, n: int, backend) -> dict:
     """tick -> SignalColumns through ``tick_to_signal_sync``, timing ticks that make one."""
     engine = warmed_engine(ticks, warm)
     samples = []
-    for i in range(warm, warm + n):
-        sl = slice(i, i + 1)
-        tick = ticks.symbol[sl], ticks.price[sl], ticks.size[sl], ticks.ts_ns[sl]  # as decoded
+    for tick in one_by_one(ticks, warm, n):
         t = time.perf_counter_ns()
         signals = tick_to_signal_sync(engine, backend, *tick)
         if len(signals):  # ticks still warming up after a halt make no signal: not timed
