@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rules import (
     apply_order,
+    compute,
     cost,
     data,
     first_apply,
@@ -32,6 +33,7 @@ DOMAINS = (
     data,
     sql,
     storage,
+    compute,
     serverless,
     secrets,
     iam,

@@ -12,6 +12,7 @@ import pytest
 
 from tests.policies import (
     test_apply_order,
+    test_compute,
     test_cost,
     test_data,
     test_first_apply,
@@ -44,6 +45,7 @@ DOMAINS = (
     test_data,
     test_sql,
     test_storage,
+    test_compute,
     test_serverless,
     test_secrets,
     test_iam,
