@@ -30,7 +30,7 @@ import pulumi
 from google.protobuf import struct_pb2
 from pulumi.runtime import rpc
 
-from tools.sdk_types import nested_output_fields, output_fields
+from tools.sdk_types import nested_output_fields, output_fields, takes_default_region
 
 API = "https://www.googleapis.com"
 # Pulumi's wire sentinel for a value unknown during a preview.
@@ -121,10 +121,9 @@ class PlanMocks(pulumi.runtime.Mocks):
         """The id (None: unknown) and the values a preview knows beyond the inputs."""
         if type_token.startswith("pulumi:providers:"):
             return None, {}
+        target = Target(name, inputs, self.placement(provider_ref))
         derive = _DERIVED.get(type_token)
-        if derive is None:
-            return None, {}
-        outputs = derive(Target(name, inputs, self.placement(provider_ref)))
+        outputs = {**_provider_defaults(type_token, target), **(derive(target) if derive else {})}
         return outputs.pop("id", None), outputs
 
     def mark_unknown_fields(self, type_token: str, state: struct_pb2.Struct) -> None:
@@ -173,6 +172,28 @@ def _mark_unknown(value: struct_pb2.Value, annotation: Any) -> None:
 
 
 # ------------------------------------------------------------------ resource outputs
+
+
+def _provider_defaults(type_token: str, t: Target) -> Outputs:
+    """A Google resource that names no project (or region, where it takes the provider's) plans
+    with its provider's: the Google provider sets them at plan time (DefaultProviderProject,
+    DefaultProviderRegion), so `resource.project` is known in a preview."""
+    if not type_token.startswith("gcp:"):
+        return {}
+    fields = output_fields(type_token)
+    found: Outputs = {}
+    if "project" in fields and t.get("project") is None and t.placement.project:
+        found["project"] = t.placement.project
+    if (
+        "region" in fields
+        and t.get("region") is None
+        and t.placement.region
+        and takes_default_region(type_token)
+    ):
+        found["region"] = t.placement.region
+    return found
+
+
 # Each function returns only what the provider derives from inputs and configuration; a
 # value that needs an unknown project or region is left out (unknown).
 

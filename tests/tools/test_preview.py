@@ -185,3 +185,24 @@ def test_a_location_in_capitals_is_its_region():
         {"location": "ASIA-SOUTH1"},
     )
     assert Inventory("s", "p", [bucket]).regions() == {bucket.urn: "asia-south1"}
+
+
+def test_project_and_region_a_resource_omits_are_its_providers(tmp_path: Path):
+    # The Google provider plans a resource's project and (where it takes one) region from its
+    # own configuration, so both are known in a preview and flow into what reads them.
+    (tmp_path / "Pulumi.yaml").write_text("name: defaults\nruntime: python\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text(
+        "config:\n  gcp:project: acme-dev\n  gcp:region: europe-west1\n"
+    )
+    (tmp_path / "__main__.py").write_text(
+        "import pulumi\nimport pulumi_gcp as gcp\n"
+        "sub = gcp.compute.Subnetwork('s', name='s', network='default',"
+        " ip_cidr_range='10.0.0.0/24')\n"
+        "gcp.projects.IAMMember('m', project=sub.project, role='roles/viewer',"
+        " member='user:ops@example.com')\n"
+        "bucket = gcp.storage.Bucket('b', name='b-acme', location='EU', project='other')\n"
+        "pulumi.export('where', pulumi.Output.all(sub.project, sub.region, bucket.project))\n"
+    )
+    inventory = plan(tmp_path, "dev")
+    assert inventory.outputs["where"] == ["acme-dev", "europe-west1", "other"]
+    assert inventory.named("gcp:projects/iAMMember:IAMMember", "m").inputs["project"] == "acme-dev"
