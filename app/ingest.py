@@ -37,7 +37,7 @@ import contextlib
 import functools
 import hashlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -221,6 +221,10 @@ class Ingestor(ShardHost):
         self._order = InOrder()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unanswered: set[asyncio.Future[Any]] = set()  # replies of batches in flight
+        # Acknowledged batches on their way to the data path (`_deliver`), and the timer that
+        # hands them on.
+        self._undelivered: deque[tuple[int, Delivery]] = deque()
+        self._flush: asyncio.TimerHandle | None = None
         self.shards: ShardOwnership | None = None  # set when sharding is on (app.server)
         if spool is not None:
             spool.on_durable = self._deliver
@@ -449,18 +453,39 @@ class Ingestor(ShardHost):
     # --- delivery ----------------------------------------------------------------------------
 
     def _deliver(self, seq: int, delivery: Delivery) -> None:
-        """A durable batch, in sequence order: the latest signals, the data path, the ack."""
+        """A durable batch, in sequence order: the latest signals and the ack, then the data
+        path. The data path's share (encoding, publishing, warehouse rows) runs just after the
+        acks go out: the spool holds the batch until every sink has it, so the ack needs none
+        of it, and a crash in between replays it (`recover`)."""
         self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
         if delivery.shard is not None:
             delivery.shard.delivered_seq = max(delivery.shard.delivered_seq, delivery.journal_seq)
+        if delivery.answer is None:  # a replay: nobody waits
+            self.flush_deliveries()
+            self._to_data_path(seq, delivery)
+            return
+        self._undelivered.append((seq, delivery))
+        delivery.answer()
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(ACK_HEADSTART_S,
+                                                                self.flush_deliveries)  # fmt: skip
+
+    def flush_deliveries(self) -> None:
+        """Hand every acknowledged batch not yet there to the data path, in sequence order."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        backlog = self._undelivered
+        while backlog:
+            self._to_data_path(*backlog.popleft())
+
+    def _to_data_path(self, seq: int, delivery: Delivery) -> None:
         if self.data_path is None:
             self._delivered(seq)
         else:
             admission, delivery.admission = delivery.admission, None
             self.data_path.deliver(seq, delivery.ticks, delivery.signals, delivery.features,
                                    delivery.computed_at_ns, admission)  # fmt: skip
-        if delivery.answer is not None:
-            delivery.answer()
 
     def _delivered(self, watermark: int) -> None:
         if self.spool is not None:
@@ -469,10 +494,12 @@ class Ingestor(ShardHost):
     # --- shutdown ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Wait for every applied batch to be spooled and answered."""
+        """Wait for every applied batch to be spooled and answered (and handed to the data
+        path: after the spool drains too, `flush_deliveries` hands on what it made durable)."""
         self.pipeline.close()
         while self._tasks or self._unanswered:
             await asyncio.gather(*self._tasks, *self._unanswered, return_exceptions=True)
+        self.flush_deliveries()
 
 
 def spool_record(request: Any, digest: bytes, delivery: Delivery, answer: Any, seq: int) -> Any:
@@ -513,6 +540,12 @@ def signals_of(reply: Any) -> SignalColumns:
                          np.array(r.direction, np.int8), np.array(r.strength, np.float32),
                          np.array(r.confidence, np.float32), r.model_version, r.model_variant,
                          r.model_sha256, r.backend)  # fmt: skip
+
+
+# How long after a group's acks its batches go to the data path: long enough for the
+# replies to be sent first (a few event-loop turns), short enough to keep the sinks' batches
+# flowing.
+ACK_HEADSTART_S = 0.0002
 
 
 def _record_bytes_bound(n_ticks: int) -> int:

@@ -430,7 +430,9 @@ class SignalServer:
                 ("grpc.max_send_message_length", sc.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            interceptors=telemetry.server_interceptors(),
+            interceptors=telemetry.server_interceptors(
+                tracing=config.telemetry.otlp_endpoint is not None
+            ),
         )
         servicer = SignalServicer(runtime.ingestor, sc.max_batch_ticks, runtime.data_path,
                                   on_spool_failure=self._spool_failed)  # fmt: skip
@@ -514,7 +516,8 @@ class SignalServer:
         await runtime.batcher.close()
         await runtime.backend.close()
         if runtime.spool is not None:
-            await runtime.spool.drain()  # every record durable and handed to the data path
+            await runtime.spool.drain()  # every record durable and acknowledged
+        runtime.ingestor.flush_deliveries()  # and handed to the data path
         if runtime.data_path is not None:
             await runtime.data_path.close()  # deliver what was accepted
         if runtime.spool is not None:

@@ -9,7 +9,8 @@
 * Traces: gRPC server and client interceptors from opentelemetry-instrumentation-grpc,
   and ``trace_headers()`` for calls that are not made through an instrumented channel
   (the tritonclient inference call passes them as gRPC metadata), so a request's trace
-  continues into the inference server.
+  continues into the inference server. The server's tracing interceptor is installed when
+  spans are exported (``otlp_endpoint``), and only then.
 """
 
 from __future__ import annotations
@@ -372,10 +373,14 @@ def configure_tracing(
 
 
 def server_interceptors(
-    provider: TracerProvider | None = None, metrics: Metrics | None = None
+    provider: TracerProvider | None = None, metrics: Metrics | None = None, *, tracing: bool = True
 ) -> list[Any]:
     """Interceptors for ``grpc.aio.server(interceptors=...)``: latency and error metrics per
-    method, and one span per RPC continuing the caller's trace from its ``traceparent``."""
+    method, and (``tracing``) one span per RPC continuing the caller's trace from its
+    ``traceparent``. The server traces only when spans go somewhere (``otlp_endpoint``):
+    the tracing interceptor costs tens of microseconds a call, sampled or not."""
+    if not tracing:
+        return [MetricsInterceptor(metrics)]
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [MetricsInterceptor(metrics), aio_server_interceptor(tracer_provider=provider)]
@@ -388,6 +393,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
+        # method -> (the handler, its wrapped handler): a method's handler is one object when
+        # no interceptor behind this one rebuilds it per call, so it is wrapped once.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
         self._children: dict[str, tuple[Any, Any]] = {}  # method -> (latency, requests OK)
 
     @property
@@ -398,7 +406,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        full_name = handler_call_details.method
+        known = self._wrapped.get(full_name)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, full_name.rsplit("/", 1)[-1])
+        self._wrapped[full_name] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         requests = self.metrics.requests
         children = self._children.get(method)
         if children is None:  # resolved once per method: a label lookup per call adds up

@@ -238,3 +238,26 @@ def test_the_inference_call_passes_trace_context_as_grpc_metadata() -> None:
     trace_id = run(scenario())
     assert received and received[0]["traceparent"].split("-")[1] == trace_id
     assert trace_headers() == {}  # outside any span: nothing to propagate
+
+
+def test_a_method_is_wrapped_once_and_tracing_only_where_spans_are_exported() -> None:
+    """Per call, the metrics interceptor hands back the wrapper it built for the method (its
+    handler unchanged), so a call pays no handler build or label lookup."""
+    interceptor = MetricsInterceptor(Metrics(CollectorRegistry()))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    other = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+
+    class Details:
+        method = "/signals.v1.SignalService/IngestTicks"
+
+    async def intercept(returned: Any) -> Any:
+        async def continuation(_details: Any) -> Any:
+            return returned
+
+        return await interceptor.intercept_service(continuation, Details())
+
+    first, again, rebuilt = (run(intercept(h)) for h in (handler, handler, other))
+    assert first is again and first is not handler
+    assert rebuilt is not first  # a handler rebuilt behind it gets its own wrapper
+    assert [type(i) for i in server_interceptors(tracing=False)] == [MetricsInterceptor]
+    assert len(server_interceptors()) == 2
