@@ -555,3 +555,27 @@ def test_cost_config_errors_name_the_key(cost: dict, path: str, message: str):
         load("dev", cost=cost)
     text = str(error.value)
     assert f"signal-platform:{path}" in text and message in text, text
+
+
+def test_a_cluster_whose_default_pool_cannot_be_priced_keeps_its_management_fee():
+    # A public GKE example: the default pool on a machine type pricing.yaml lacks. The fee is
+    # billed whatever the nodes are; only the pool is unpriced.
+    cluster = Resource(
+        type="gcp:container/cluster:Cluster",
+        name="gke",
+        urn="urn:pulumi:s::p::gcp:container/cluster:Cluster::gke",
+        parent=None,
+        provider=None,
+        inputs={
+            "location": "us-west1-a",
+            "initialNodeCount": 2,
+            "nodeConfig": {"machineType": "x9-huge"},
+        },
+    )
+    from infra.config import CostSettings
+
+    e = estimate(Inventory("s", "p", [cluster]), CostSettings())
+    fees = [line.price_id for line in e.lines if line.resource == cluster.urn]
+    assert "gke.clusterFee" in fees and not [f for f in fees if f.startswith("compute.")]
+    (unpriced,) = e.unpriced
+    assert unpriced.name == "gke (default node pool)" and "x9-huge" in unpriced.reason

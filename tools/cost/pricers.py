@@ -361,18 +361,25 @@ def _price_cluster(p: Pricer, resource: Resource) -> list[LineItem]:
         )
     ]
     if not inputs.get("removeDefaultNodePool") and not inputs.get("nodePools"):
-        zones = _node_pool_zones(p, resource, inputs.get("location"))
-        count = _number(inputs.get("initialNodeCount", 1))
-        nodes = count * zones
-        lines += _nodes(
-            p,
-            resource,
-            "GKE default node pool",
-            inputs.get("nodeConfig") or {},
-            region,
-            nodes,
-            f"{count:g} per zone x {zones} zones",
-        )
+        try:
+            zones = _node_pool_zones(p, resource, inputs.get("location"))
+            count = _number(inputs.get("initialNodeCount", 1))
+            lines += _nodes(
+                p,
+                resource,
+                "GKE default node pool",
+                inputs.get("nodeConfig") or {},
+                region,
+                count * zones,
+                f"{count:g} per zone x {zones} zones",
+            )
+        except Unpriceable as exc:
+            # The fee is billed whatever the nodes are: only the default pool goes unpriced.
+            p.unpriced.append(
+                UnpricedResource(
+                    resource.type, f"{resource.name} (default node pool)", resource.urn, str(exc)
+                )
+            )
     return lines
 
 
