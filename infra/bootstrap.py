@@ -14,7 +14,14 @@ project, before the first deploy (README, "Deploying for real"):
   and their project roles: `DEPLOYER_ROLES` (what creating every resource of the stack takes,
   one role per family, each with why) and `PREVIEWER_ROLES` (reading it all).
 - Quota: a new project has no GPU quota and little CPU and SSD quota; the figures the pools need
-  at their most nodes (tools/bootstrap_command.py derives them from the config).
+  at their most nodes (tools/bootstrap.py derives them from the config), vCPUs under each machine
+  family's own quota (`CPU_QUOTA`).
+- Pulumi's state and secrets: the state bucket behind `PULUMI_BACKEND_URL` and the Cloud KMS key
+  behind `PULUMI_SECRETS_PROVIDER`, named from the project (`state_backend`, `secrets_provider`),
+  with the deploy and preview accounts' grants on them (`STATE_ROLES`, `SECRETS_ROLES`). They are
+  the bootstrap's, not the program's: a `pulumi destroy` must neither delete the state it writes
+  nor schedule the destruction of the key that decrypts it. The first deploy creates the stack
+  (deploy.yml's `upsert`) with that key as its secrets provider, which the state then records.
 
 The program grants the deployers' and previewers' Connect Gateway roles itself too (for anyone
 added later); the bootstrap grants the workflow identities theirs ahead of the first deploy, so
@@ -38,6 +45,8 @@ BOOTSTRAP_APIS: Mapping[str, str] = {
     ),
     "sts.googleapis.com": "exchanges GitHub's OIDC token for a Google one (Workload Identity Federation)",
     "cloudquotas.googleapis.com": "the quota requests below",
+    "storage.googleapis.com": "Pulumi's state bucket, read and written before the program runs",
+    "cloudkms.googleapis.com": "the key of the stack's secrets, used before the program runs",
 }
 
 # One role per family of what the stack declares, and why (review.md #21). Project roles of
@@ -89,4 +98,74 @@ ATTRIBUTE_MAPPING = {
     "attribute.repository": "assertion.repository",
     "attribute.environment": "assertion.environment",
     "attribute.ref": "assertion.ref",
+}
+
+
+# Compute Engine counts a VM's vCPUs against its machine family's regional quota: E2, N1 and the
+# shared-core types against the general CPUS, every other family against its own (N2_CPUS,
+# G2_CPUS, ...; Cloud Quotas id `<FAMILY>-CPUS-per-project-region`). Not every project lists
+# every family's quota (Compute Engine's quota docs exempt some GPU families' VMs from CPU quota,
+# their GPU quota alone applies), so a family's own quota is asked for only where the project has
+# it (tools/bootstrap.py). CPUS-ALL-REGIONS counts every family.
+GENERAL_CPU_FAMILIES = frozenset({"e2", "n1", "f1", "g1"})
+GENERAL_CPU_QUOTA = "CPUS-per-project-region"
+
+
+def cpu_quota(machine_type: str) -> str:
+    """The Cloud Quotas id of the regional vCPU quota a machine type counts against:
+    `e2-standard-4` → `CPUS-per-project-region`, `g2-standard-8` → `G2-CPUS-per-project-region`."""
+    family = machine_type.split("-", 1)[0].lower()
+    if family in GENERAL_CPU_FAMILIES:
+        return GENERAL_CPU_QUOTA
+    return f"{family.upper()}-CPUS-per-project-region"
+
+
+# Pulumi's DIY backend in a bucket of the project (project ids are globally unique, so is the
+# name), versioned (every checkpoint write keeps its predecessor), uniform access, no public
+# access; and a key ring of its own for the stack's secrets (`global`: the URL stays the same
+# whatever regions the stack lists). Key rings and keys cannot be deleted, so the names are fixed.
+STATE_BUCKET_SUFFIX = "-pulumi-state"
+# Every checkpoint write leaves a noncurrent version: kept this long to recover a state, then deleted.
+STATE_NONCURRENT_DAYS = 30
+SECRETS_LOCATION = "global"
+SECRETS_KEY_RING = "pulumi-state"
+SECRETS_KEY = "pulumi-secrets"
+
+
+def state_bucket(project_id: str) -> str:
+    return f"{project_id}{STATE_BUCKET_SUFFIX}"
+
+
+def state_backend(project_id: str) -> str:
+    """`PULUMI_BACKEND_URL` of a stack of the project."""
+    return f"gs://{state_bucket(project_id)}"
+
+
+def secrets_provider(project_id: str) -> str:
+    """`PULUMI_SECRETS_PROVIDER` of a stack of the project (the key that wraps its data key)."""
+    return (
+        f"gcpkms://projects/{project_id}/locations/{SECRETS_LOCATION}"
+        f"/keyRings/{SECRETS_KEY_RING}/cryptoKeys/{SECRETS_KEY}"
+    )
+
+
+def state_env(project_id: str) -> dict[str, str]:
+    """The environment Pulumi reaches a stack's state and secrets with (deploy.yml's)."""
+    return {
+        "PULUMI_BACKEND_URL": state_backend(project_id),
+        "PULUMI_SECRETS_PROVIDER": secrets_provider(project_id),
+    }
+
+
+# Each group's role on the state bucket and on the secrets key. `pulumi up` writes checkpoints,
+# history, backups and its lock under `.pulumi/`, and creates the stack (encrypting its data key);
+# `pulumi preview` only reads the checkpoint (the DIY backend takes no lock for a preview) and
+# decrypts its secrets. `roles/cloudkms.admin` (DEPLOYER_ROLES) manages keys but cannot use them.
+STATE_ROLES: Mapping[str, str] = {
+    "deployers": "roles/storage.objectAdmin",
+    "previewers": "roles/storage.objectViewer",
+}
+SECRETS_ROLES: Mapping[str, str] = {
+    "deployers": "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+    "previewers": "roles/cloudkms.cryptoKeyDecrypter",
 }

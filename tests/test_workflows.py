@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ SCRIPTS = REPO / ".github" / "scripts"
 MAKE_RE = re.compile(r"\bmake\s+([a-z][\w-]*)")
 TOOLS_RE = re.compile(r"python -m tools (.+)")
 EXPRESSION_RE = re.compile(r"\$\{\{.*?\}\}")
+SHELL_OPERATORS = {">", ">>", "|", "&&", "||", ";", "2>&1"}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -106,7 +108,9 @@ def test_tools_commands_parse(name: str):
     parser = tools_parser()
     lines = [m.group(1) for line in run_lines(load(name)) if (m := TOOLS_RE.search(line))]
     for line in lines:
-        argv = shlex.split(EXPRESSION_RE.sub("dev", line))
+        words = shlex.split(EXPRESSION_RE.sub("dev", line))
+        # The command's own words: up to the first shell operator (`>> "$GITHUB_ENV"`).
+        argv = list(takewhile(lambda w: w not in SHELL_OPERATORS, words))
         try:
             parser.parse_args(argv)
         except (SystemExit, argparse.ArgumentError) as exc:
@@ -164,6 +168,52 @@ def test_deploy_goes_dev_then_prod_behind_an_approval():
             assert step["pulumi-version"] == pin_of(REPO / "requirements.txt", "pulumi")
         assert f"--policy-config plans/budget-{stack}.json" in " ".join(job_run_lines(job))
     assert "credentials_json" not in (WORKFLOWS / "deploy.yml").read_text()
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_deploy_creates_its_stack_in_the_bucket_and_key_the_bootstrap_names(stack: str):
+    """An empty backend has no stack: the first deploy creates it (`upsert`, on the preview that
+    runs first and on `up`) with the bootstrap's secrets key, in the bootstrap's bucket. The job
+    takes both URLs from the bootstrap's own names for the stack's project, not from variables
+    set by hand, and later runs read the secrets provider back from the state."""
+    from infra.bootstrap import state_env
+    from infra.config import StackConfig
+    from tools.bootstrap import script
+    from tools.engine import read_stack_config
+
+    job = load("deploy")["jobs"][stack]
+    assert job["env"]["PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER"] == "true"
+    command = f".venv/bin/python -m tools bootstrap --stack {stack} --state-env"
+    (step,) = [s for s in job["steps"] if str(s.get("run", "")).startswith(command)]
+    assert step["run"].strip() == f'{command} >> "$GITHUB_ENV"'
+    order = [s.get("uses", s.get("run", "")) for s in job["steps"]]
+    at = order.index(step["run"])
+    assert at < min(i for i, s in enumerate(order) if str(s).startswith("pulumi/actions@"))
+    assert any(".venv/bin/pip install" in str(s) for s in order[:at])  # its virtualenv first
+    for action in uses_all(job, "pulumi/actions"):
+        settings = action["with"]
+        assert settings["upsert"] is True
+        assert settings["cloud-url"] == "${{ env.PULUMI_BACKEND_URL }}"
+        assert settings["secrets-provider"] == "${{ env.PULUMI_SECRETS_PROVIDER }}"
+    assert "vars.PULUMI_" not in (WORKFLOWS / "deploy.yml").read_text()
+    # What the step writes to $GITHUB_ENV: exactly the two names the actions read, with the
+    # values of the bucket and key the bootstrap script creates for the stack.
+    done = subprocess.run(
+        [sys.executable, "-m", "tools", "bootstrap", "--stack", stack, "--state-env"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    written = dict(line.split("=", 1) for line in done.stdout.splitlines())
+    config = StackConfig.load(
+        stack, read_stack_config(REPO / f"Pulumi.{stack}.yaml", "signal-platform")
+    )
+    assert written == state_env(config.project_id)
+    assert set(written) == {"PULUMI_BACKEND_URL", "PULUMI_SECRETS_PROVIDER"}
+    text = script(config, stack, "acme-markets/signal-platform")
+    assert f"gcloud storage buckets create {written['PULUMI_BACKEND_URL']} " in text
+    key = written["PULUMI_SECRETS_PROVIDER"].removeprefix("gcpkms://").split("/")
+    assert key[0] == "projects" and key[1] == config.project_id
+    assert f"gcloud kms keys create {key[7]} --keyring={key[5]} --location={key[3]} " in text
 
 
 def test_a_deploy_job_outlasts_a_first_apply():
@@ -317,8 +367,9 @@ runpy.run_module("tools", run_name="__main__", alter_sys=True)
 
 @pytest.mark.slow
 def test_what_the_deploy_jobs_run_needs_nothing_but_the_programs_requirements(tmp_path: Path):
-    """The deploy job's `tools cost --policy-config` (the engine planning the program) with
-    only requirements.lock's distributions importable: it must not need the test tooling."""
+    """The deploy job's `tools cost --policy-config` (the engine planning the program) and
+    `tools bootstrap --state-env` with only requirements.lock's distributions importable: they
+    must not need the test tooling."""
     allowed = locked(REPO / "requirements.lock")
     assert {"pulumi", "pulumi-gcp", "pydantic", "pyright"} <= allowed
     assert "jsonschema" not in allowed and "pytest" not in allowed
@@ -330,6 +381,14 @@ def test_what_the_deploy_jobs_run_needs_nothing_but_the_programs_requirements(tm
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "budgetMonthlyUsd" in out.read_text()
+    # And the state step's `tools bootstrap --state-env`.
+    result = subprocess.run(
+        [sys.executable, "-c", ISOLATED, ",".join(sorted(allowed)),
+         "bootstrap", "--stack", "dev", "--state-env"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.startswith("PULUMI_BACKEND_URL=gs://")
 
 
 # ---------------------------------------------------------------- the image workflow

@@ -2,14 +2,16 @@
 
 What the first `pulumi up` cannot create itself (infra/bootstrap.py says why each part): the
 APIs that cannot enable themselves, the deploy and preview accounts with their roles, GitHub's
-Workload Identity Federation, and quota requests for what the node pools need at their most
-nodes, all derived from the stack's configuration. Every command can run again (accounts and
-pools are created only when missing, bindings and quota preferences are set to what the
-config says). Imported by the command only when it runs: it imports the program's modules.
+Workload Identity Federation, Pulumi's state bucket and secrets key with the accounts' grants on
+them, and quota requests for what the node pools need at their most nodes, all derived from the
+stack's configuration. Every command can run again (accounts, pools, the bucket, key ring and key
+are created only when missing; bucket settings, bindings and quota preferences are set to what
+the config says). Imported by the command only when it runs: it imports the program's modules.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -22,10 +24,20 @@ from infra.bootstrap import (
     BILLING_ROLE,
     BOOTSTRAP_APIS,
     DEPLOYER_ROLES,
+    GENERAL_CPU_QUOTA,
     GITHUB_ISSUER,
     IDENTITY_POOL,
     IDENTITY_PROVIDER,
     PREVIEWER_ROLES,
+    SECRETS_KEY,
+    SECRETS_KEY_RING,
+    SECRETS_LOCATION,
+    SECRETS_ROLES,
+    STATE_NONCURRENT_DAYS,
+    STATE_ROLES,
+    cpu_quota,
+    state_backend,
+    state_env,
 )
 from infra.config import StackConfig, parse_quantity
 from infra.workloads import SPOOL_VOLUME_SIZE
@@ -41,6 +53,8 @@ class Quota:
     region: str | None
     value: int
     why: str
+    # Asked for only where the project has the quota (a machine family's own vCPU quota).
+    if_listed: bool = False
 
 
 def gpu_quota_name(accelerator: str) -> str:
@@ -51,8 +65,9 @@ def gpu_quota_name(accelerator: str) -> str:
 
 def quotas(config: StackConfig) -> list[Quota]:
     """What the node pools need at their most nodes, per region and in all: GPUs (spot ones on
-    the preemptible quota), vCPUs (spot VMs count against CPUS unless preemptible CPUs are
-    granted, so all of them), SSD-backed disk (boot disks and the signal service's spools)."""
+    the preemptible quota), vCPUs per machine family's quota (spot VMs count against it unless
+    preemptible CPUs are granted, so all of them), SSD-backed disk (boot disks and the signal
+    service's spools)."""
     shapes = load_pricing()
     found: list[Quota] = []
     gpus_total = cpus_total = 0
@@ -83,8 +98,25 @@ def quotas(config: StackConfig) -> list[Quota]:
                 )
             )
             gpus_total += count
-        cpus = sum(nodes * shapes.shape(pool.machine_type).vcpus for pool, nodes in pools)
-        found.append(Quota("CPUS-per-project-region", name, cpus, described))
+        families: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for pool, nodes in pools:
+            families[cpu_quota(pool.machine_type)].append(
+                (
+                    nodes * shapes.shape(pool.machine_type).vcpus,
+                    f"{getattr(pool, 'name', 'system')} {nodes} x {pool.machine_type}",
+                )
+            )
+        for quota_id, parts in sorted(families.items()):
+            found.append(
+                Quota(
+                    quota_id,
+                    name,
+                    sum(c for c, _ in parts),
+                    ", ".join(w for _, w in parts),
+                    if_listed=quota_id != GENERAL_CPU_QUOTA,
+                )
+            )
+        cpus = sum(c for parts in families.values() for c, _ in parts)
         spools = config.workloads.signal_service.max_replicas  # one spool disk per replica
         disk = sum(
             nodes * pool.disk_size_gb for pool, nodes in pools if pool.disk_type != "pd-standard"
@@ -231,19 +263,20 @@ def _lines(config: StackConfig, stack: str, repository: str) -> Iterator[str]:
             )
     yield f'echo "GCP_WORKLOAD_IDENTITY_PROVIDER=projects/$PROJECT_NUMBER/locations/global/workloadIdentityPools/{IDENTITY_POOL}/providers/{IDENTITY_PROVIDER}"'
     yield ""
-    yield "# 4. Quota: what the node pools need at their most nodes (from the stack's config)."
+    yield from _state_lines(config, stack)
+    yield ""
+    yield "# 5. Quota: what the node pools need at their most nodes (from the stack's config)."
     for quota in quotas(config):
         where = quota.region or "global"
-        preference = preference_id(quota)
         yield f"# {quota.quota_id} in {where}: {quota.value} ({quota.why})"
         dimensions = [f"--dimensions=region={quota.region}"] if quota.region else []
-        yield (
+        update = (
             _cmd(
                 "gcloud",
                 "quotas",
                 "preferences",
                 "update",
-                preference,
+                preference_id(quota),
                 "--allow-missing",
                 "--service=compute.googleapis.com",
                 f"--quota-id={quota.quota_id}",
@@ -253,3 +286,105 @@ def _lines(config: StackConfig, stack: str, repository: str) -> Iterator[str]:
             )
             + ' --email="$QUOTA_CONTACT" --project="$PROJECT"'
         )
+        if not quota.if_listed:
+            yield update
+            continue
+        # A family's own vCPU quota: asked for where the project lists it, said so where not.
+        skipped = f"{quota.quota_id}: project $PROJECT has no such quota, nothing to ask for"
+        yield (
+            f"if {_cmd('gcloud', 'quotas', 'info', 'describe', quota.quota_id, '--service=compute.googleapis.com')}"
+            f' --project="$PROJECT" >/dev/null 2>&1; then {update}; else echo "{skipped}"; fi'
+        )
+
+
+def _state_lines(config: StackConfig, stack: str) -> Iterator[str]:
+    """Pulumi's state bucket and secrets key, and the accounts' grants on them."""
+    bucket = state_backend(config.project_id)
+    key = [f"--keyring={SECRETS_KEY_RING}", f"--location={SECRETS_LOCATION}"]
+    yield "# 4. Pulumi's state and secrets (infra/bootstrap.py): the state bucket (versioned, uniform"
+    yield "#    access, no public access), a key ring and key of the bootstrap's own (a `pulumi"
+    yield "#    destroy` never schedules them), the deploy and preview accounts' grants on both."
+    yield (
+        f"gcloud storage buckets describe {bucket} >/dev/null 2>&1 || "
+        + _cmd(
+            "gcloud",
+            "storage",
+            "buckets",
+            "create",
+            bucket,
+            f"--location={config.regions[0]}",
+            "--uniform-bucket-level-access",
+        )
+        + ' --project="$PROJECT"'
+    )
+    lifecycle = {
+        "rule": [
+            {
+                "action": {"type": "Delete"},
+                "condition": {"daysSinceNoncurrentTime": STATE_NONCURRENT_DAYS},
+            }
+        ]
+    }
+    # One command a line: under `set -e` a failure inside an `&&` list would not stop the script.
+    yield 'LIFECYCLE="$(mktemp)"'
+    yield f'echo {shlex.quote(json.dumps(lifecycle))} >"$LIFECYCLE"'
+    yield (
+        _cmd(
+            "gcloud",
+            "storage",
+            "buckets",
+            "update",
+            bucket,
+            "--versioning",
+            "--uniform-bucket-level-access",
+            "--public-access-prevention",
+        )
+        + ' --lifecycle-file="$LIFECYCLE" >/dev/null'
+    )
+    yield 'rm -f "$LIFECYCLE"'
+    yield (
+        f'gcloud kms keyrings describe {SECRETS_KEY_RING} --location={SECRETS_LOCATION} --project="$PROJECT" >/dev/null 2>&1 || '
+        + _cmd("gcloud", "kms", "keyrings", "create", SECRETS_KEY_RING, key[1])
+        + ' --project="$PROJECT"'
+    )
+    yield (
+        f'{_cmd("gcloud", "kms", "keys", "describe", SECRETS_KEY, *key)} --project="$PROJECT" >/dev/null 2>&1 || '
+        + _cmd("gcloud", "kms", "keys", "create", SECRETS_KEY, *key, "--purpose=encryption")
+        + ' --project="$PROJECT"'
+    )
+    for group, members in (
+        ("deployers", config.cluster.deployers),
+        ("previewers", config.cluster.previewers),
+    ):
+        for member in members:
+            yield (
+                _cmd(
+                    "gcloud",
+                    "storage",
+                    "buckets",
+                    "add-iam-policy-binding",
+                    bucket,
+                    f"--member={member}",
+                    f"--role={STATE_ROLES[group]}",
+                )
+                + " >/dev/null"
+            )
+            yield (
+                _cmd(
+                    "gcloud",
+                    "kms",
+                    "keys",
+                    "add-iam-policy-binding",
+                    SECRETS_KEY,
+                    *key,
+                    f"--member={member}",
+                    f"--role={SECRETS_ROLES[group]}",
+                )
+                + ' --project="$PROJECT" >/dev/null'
+            )
+    yield f"# deploy.yml derives both from the stack file (python -m tools bootstrap --stack {stack} --state-env);"
+    yield "# its first run creates the stack (upsert) with this secrets provider, which the state then"
+    yield "# records for every later run (PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER). From a shell: export"
+    yield f"# both and PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER=true, then `pulumi stack select {stack}`."
+    for name, value in state_env(config.project_id).items():
+        yield f"echo {shlex.quote(f'{name}={value}')}"

@@ -4,9 +4,11 @@
     python -m tools bootstrap --stack prod --github-repository OWNER/REPO > bootstrap-prod.sh
     QUOTA_CONTACT=you@example.com bash bootstrap-prod.sh
 
-Run it once per project, as a project owner. Exit codes: 0 printed; 2 bad input (arguments,
-the stack file or its configuration), one `error:` line each. The program's modules load only
-when it runs (the CLI itself imports none).
+Run it once per project, as a project owner. `--state-env` prints only the stack's
+`PULUMI_BACKEND_URL` and `PULUMI_SECRETS_PROVIDER` (the bucket and key the bootstrap creates),
+one `NAME=value` a line, as deploy.yml appends them to `$GITHUB_ENV`. Exit codes: 0 printed;
+2 bad input (arguments, the stack file or its configuration), one `error:` line each. The
+program's modules load only when it runs (the CLI itself imports none).
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--program", type=Path, default=Path.cwd(), help="Pulumi project directory (default: .)"
     )
-    parser.add_argument(
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
         "--github-repository",
-        required=True,
         metavar="OWNER/REPO",
         help="the repository whose workflows deploy and preview the stack",
+    )
+    what.add_argument(
+        "--state-env",
+        action="store_true",
+        help="print only PULUMI_BACKEND_URL and PULUMI_SECRETS_PROVIDER, as NAME=value lines",
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not REPOSITORY_RE.match(args.github_repository):
+    if not args.state_env and not REPOSITORY_RE.match(args.github_repository):
         print(
             f"error: --github-repository {args.github_repository!r} is not a GitHub repository; "
             "allowed: OWNER/REPO",
@@ -49,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     from infra.config import ConfigError, StackConfig
-    from tools.bootstrap import script
 
     try:
         project = read_project(args.program)
@@ -59,5 +65,12 @@ def run(args: argparse.Namespace) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.state_env:
+        from infra.bootstrap import state_env
+
+        sys.stdout.write("".join(f"{k}={v}\n" for k, v in state_env(config.project_id).items()))
+        return EXIT_OK
+    from tools.bootstrap import script
+
     sys.stdout.write(script(config, args.stack, args.github_repository))
     return EXIT_OK
