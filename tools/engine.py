@@ -337,9 +337,15 @@ def plan_here(
         try:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(run_in_stack(lambda: _run_main(project.main)))
+        except SystemExit as exc:
+            _abandon(loop)
+            # sys.exit(0) ends the program early and cleanly, as it would under the language
+            # host (what it declared so far is the plan); any other code fails it.
+            if exc.code not in (None, 0):
+                raise program_error(exc, project, stack) from None
         except Exception as exc:
             _abandon(loop)
-            raise program_error(exc, project) from None
+            raise program_error(exc, project, stack) from None
         finally:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
@@ -435,16 +441,41 @@ def _program_context(project: Project) -> Iterator[None]:
 # --------------------------------------------------------------------------- program errors
 
 
-def program_error(exc: BaseException, project: Project) -> ProgramError:
+def program_error(exc: BaseException, project: Project, stack: str = "") -> ProgramError:
     """What to print for an exception the program raised: a `pulumi.RunError`'s message, one
     `error:` line per line (Pulumi's error without a stack trace); anything else one line
-    naming the program's own deepest frame and the exception."""
+    naming the program's own deepest frame and the exception. A config value the program
+    requires but the stack lacks, or cannot read as the type it asks for, names the stack file,
+    the key, the value and where the program reads it."""
     import pulumi
+    from pulumi.config import ConfigMissingError, ConfigTypeError
 
     text = "".join(traceback.format_exception(exc))
     if isinstance(exc, ModuleNotFoundError) and not _is_program_module(exc, project):
         where, _ = _program_frame(exc, project)
         return ProgramError([missing_module(exc, project, where)], text)
+    stack_file = f"Pulumi.{stack}.yaml" if stack else "the stack file"
+    if isinstance(exc, ConfigMissingError):
+        where, _ = _program_frame(exc, project)
+        return ProgramError(
+            [
+                f"{stack_file}: missing required configuration value '{exc.key}' (read at"
+                f" {where}); set it in {stack_file} or with --config {exc.key}=VALUE"
+            ],
+            text,
+        )
+    if isinstance(exc, ConfigTypeError):
+        where, _ = _program_frame(exc, project)
+        return ProgramError(
+            [
+                f"{stack_file}: {exc.key}: {exc.value!r} is not a valid {exc.expect_type}"
+                f" (read at {where})"
+            ],
+            text,
+        )
+    if isinstance(exc, SystemExit):
+        where, _ = _program_frame(exc, project)
+        return ProgramError([f"{where}: the program exited: sys.exit({exc.code!r})"], text)
     if isinstance(exc, pulumi.RunError):
         lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         return ProgramError(lines, text)

@@ -309,3 +309,55 @@ def test_a_syntax_error_names_the_file_line_and_column(
     assert result.returncode == 2
     assert errors(result.stderr) == [expected]
     assert_clean(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("source", "stack_config", "expected"),
+    [
+        (
+            "import pulumi\n\nsize = pulumi.Config().require_int('size')\n",
+            "config:\n  gcp:project: p\n",
+            "error: Pulumi.dev.yaml: missing required configuration value 'broken:size' (read at"
+            " __main__.py:3 in <module>); set it in Pulumi.dev.yaml or with --config"
+            " broken:size=VALUE",
+        ),
+        (
+            "import pulumi\n\n\ndef size():\n    return pulumi.Config().get_int('size')\n\n\nsize()\n",
+            "config:\n  gcp:project: p\n  broken:size: ten\n",
+            "error: Pulumi.dev.yaml: broken:size: 'ten' is not a valid int (read at __main__.py:5"
+            " in size)",
+        ),
+        (
+            "import sys\n\nsys.exit('no region configured')\n",
+            "config:\n  gcp:project: p\n",
+            "error: __main__.py:3 in <module>: the program exited: sys.exit('no region configured')",
+        ),
+    ],
+)
+def test_config_the_program_cannot_read_and_sys_exit_are_one_line(
+    tmp_path: Path, source: str, stack_config: str, expected: str
+):
+    root = program(tmp_path, "", stack_config=stack_config)
+    (root / "__main__.py").write_text(source)
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [expected]
+    assert_clean(result.stderr)
+
+
+def test_sys_exit_0_ends_the_program_with_what_it_declared(tmp_path: Path):
+    # Under the language host a program that exits 0 has finished: the plan is what it
+    # declared by then (the engine's own process must not exit with it).
+    root = program(
+        tmp_path,
+        """
+        import sys
+        import pulumi_gcp as gcp
+
+        gcp.pubsub.Topic("t", name="t")
+        sys.exit(0)
+        """,
+    )
+    result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "gcp:pubsub/topic:Topic" in result.stdout
