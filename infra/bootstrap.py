@@ -15,7 +15,7 @@ project, before the first deploy (README, "Deploying for real"):
   one role per family, each with why) and `PREVIEWER_ROLES` (reading it all).
 - Quota: a new project has no GPU quota and little CPU and SSD quota; the figures the pools need
   at their most nodes (tools/bootstrap.py derives them from the config), vCPUs under each machine
-  family's own quota (`CPU_QUOTA`).
+  family's own quota (`cpu_quota`).
 - Pulumi's state and secrets: the state bucket behind `PULUMI_BACKEND_URL` and the Cloud KMS key
   behind `PULUMI_SECRETS_PROVIDER`, named from the project (`state_backend`, `secrets_provider`),
   with the deploy and preview accounts' grants on them (`STATE_ROLES`, `SECRETS_ROLES`). They are
