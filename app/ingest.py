@@ -505,21 +505,26 @@ class Ingestor(ShardHost):
 def spool_record(request: Any, digest: bytes, delivery: Delivery, answer: Any, seq: int) -> Any:
     """The `SpoolRecord` of one applied batch: number ``seq`` of the spool or a shard's journal."""
     accepted = delivery.ticks
-    return pb2.SpoolRecord(
+    record = pb2.SpoolRecord(
         seq=seq,
         producer=request.producer,
         batch_id=request.batch_id,
         fingerprint=digest,
         spooled_at_ns=time.time_ns(),
-        ticks=pb2.TickBatch(
-            symbol=accepted.symbol.tolist(),
-            price=accepted.price.tolist(),
-            size=accepted.size.tolist(),
-            ts_ns=accepted.ts_ns.tolist(),
-        ),
         reply=answer,
         features=delivery.features.ravel().tolist(),
     )
+    ticks = record.ticks
+    if len(accepted) == len(request.symbol):  # every tick: the request's columns, copied whole
+        ticks.CopyFrom(request)  # (a message copy is ~10x faster than columns through lists)
+        ticks.ClearField("batch_id")  # the record's own fields say these
+        ticks.ClearField("producer")
+    else:
+        ticks.symbol.extend(accepted.symbol.tolist())
+        ticks.price.extend(accepted.price.tolist())
+        ticks.size.extend(accepted.size.tolist())
+        ticks.ts_ns.extend(accepted.ts_ns.tolist())
+    return record
 
 
 def delivery_of(record: Any) -> Delivery:
