@@ -98,6 +98,12 @@ class Project:
     virtualenv: str | None = None
     # Pulumi.yaml's `config:`: project-level defaults and values, types a stack must keep.
     config: tuple[project_config.Declaration, ...] = ()
+    # Pulumi.yaml's `stackConfigDir`: where the stack files are, relative to the project.
+    stack_config_dir: str | None = None
+
+    def stack_path(self, stack: str) -> Path:
+        """The stack's `Pulumi.<stack>.yaml`, in `stackConfigDir` when the project names one."""
+        return self.root / (self.stack_config_dir or ".") / f"Pulumi.{stack}.yaml"
 
     @property
     def virtualenv_path(self) -> Path | None:
@@ -134,8 +140,18 @@ def read_project(program_dir: Path) -> Project:
         virtualenv = ".venv"  # uv's default, as the language host uses it
     if virtualenv is not None and not isinstance(virtualenv, str):
         raise PlanError(f"{path.name}: runtime.options.virtualenv must be a path (a string)")
+    config, stack_dir = raw.get("config"), raw.get("stackConfigDir")
+    if isinstance(config, str):  # the deprecated spelling of stackConfigDir
+        if stack_dir is not None:
+            raise PlanError(
+                f"{path.name}: config: {config!r} and stackConfigDir both name the stack files'"
+                " directory; keep stackConfigDir"
+            )
+        config, stack_dir = None, config
+    if stack_dir is not None and not isinstance(stack_dir, str):
+        raise PlanError(f"{path.name}: stackConfigDir must be a path (a string)")
     try:
-        declared = project_config.declarations(raw.get("config"), raw["name"], path.name)
+        declared = project_config.declarations(config, raw["name"], path.name)
     except project_config.ProjectConfigError as exc:
         raise PlanError(str(exc)) from None
     return Project(
@@ -145,6 +161,7 @@ def read_project(program_dir: Path) -> Project:
         root=path.parent.resolve(),
         virtualenv=virtualenv,
         config=declared,
+        stack_config_dir=stack_dir,
     )
 
 
@@ -171,7 +188,7 @@ def stack_config(
     """The stack file's config with command-line overrides applied, over Pulumi.yaml's
     project-level defaults and values. An encrypted value (`secure:`) must be overridden, and
     stays a secret as Pulumi keeps it."""
-    path = project.root / f"Pulumi.{stack}.yaml"
+    path = project.stack_path(stack)
     config = _stack_config(path, project.name, overrides or {}, raw_out=(raw := {}))
     try:
         values = project_config.apply(

@@ -139,3 +139,18 @@ def test_what_the_cli_refuses_is_one_line_and_exit_2(
         f"error: {message}"
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("spelling", ["stackConfigDir: stacks", "config: stacks"])
+def test_stack_files_in_the_stack_config_dir(tmp_path: Path, spelling: str):
+    # `stackConfigDir` (or its deprecated spelling, `config:` naming a directory) moves the
+    # stack files; plan and cost read them there.
+    (tmp_path / "Pulumi.yaml").write_text(f"name: moved\nruntime: python\n{spelling}\n")
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "stacks" / "Pulumi.dev.yaml").write_text("config:\n  moved:size: 3\n")
+    (tmp_path / "__main__.py").write_text(
+        "import pulumi\npulumi.export('size', pulumi.Config().require_int('size'))\n"
+    )
+    assert plan(tmp_path, "dev").outputs == {"size": 3}
+    result = run_tools("cost", "--stack", "dev", "--program", str(tmp_path), timeout=60)
+    assert result.returncode == 0, result.stderr

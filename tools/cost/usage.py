@@ -68,7 +68,7 @@ def usage_from_stack(
     program_dir: Path, stack: str, config_overrides: Iterable[str] | None = None
 ) -> StackUsage:
     project = read_project(Path(program_dir))
-    values = read_stack_config(project.root / f"Pulumi.{stack}.yaml", project.name)
+    values = read_stack_config(project.stack_path(stack), project.name)
     values.update(parse_overrides(list(config_overrides or []), project.name))
     return usage_from_values(values, project.name, f"Pulumi.{stack}.yaml")
 

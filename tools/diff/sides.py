@@ -35,7 +35,7 @@ def plan_program(
     """Plan one stack of a program in a fresh process: its modules cannot meet another
     program's, and a program that crashes or hangs fails only its own side. Plans made with
     the same `secret_digest_key` can tell whether a masked secret changed."""
-    if not (program / f"Pulumi.{stack}.yaml").is_file():
+    if not _stack_path(program, stack).is_file():
         return None, f"no Pulumi.{stack}.yaml: the stack does not exist there"
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
         out = Path(tmp) / "plan.json"
@@ -152,11 +152,20 @@ def _label(ref: str, commit: str) -> str:
     return commit[:7] if commit.startswith(ref) else f"{ref} ({commit[:7]})"
 
 
+def _stack_path(program: Path, stack: str) -> Path:
+    """Where the stack's file is (Pulumi.yaml's stackConfigDir); a project that cannot be
+    read is left for its plan to report."""
+    try:
+        return read_project(program).stack_path(stack)
+    except Exception:
+        return program / f"Pulumi.{stack}.yaml"
+
+
 def _stack_config(program: Path, stack: str) -> dict[str, str]:
     """The head's stack config, handed to the pack as `pulumi preview` does (PULUMI_CONFIG)."""
     try:
         project = read_project(program)
-        return read_stack_config(project.root / f"Pulumi.{stack}.yaml", project.name)
+        return read_stack_config(project.stack_path(stack), project.name)
     except Exception:  # the plan already reported what is wrong with the project
         return {}
 
