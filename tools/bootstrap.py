@@ -76,47 +76,28 @@ def quotas(config: StackConfig) -> list[Quota]:
         system = region.node_pools.system
         system_nodes = system.max_nodes * max(1, len(region.node_zones))
         pools = [(system, system_nodes), *((p, p.max_nodes) for p in region.node_pools.gpu)]
-        described = ", ".join(
-            f"{getattr(pool, 'name', 'system')} {nodes} x {pool.machine_type}"
-            for pool, nodes in pools
-        )
+        labels = [
+            f"{getattr(pool, 'name', 'system')} {n} x {pool.machine_type}" for pool, n in pools
+        ]
+        described = ", ".join(labels)
         gpus: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for pool in region.node_pools.gpu:
             kind = gpu_quota_name(pool.accelerator_type)
-            count = pool.max_nodes * pool.accelerator_count
-            gpus[f"PREEMPTIBLE-{kind}" if pool.spot else kind].append(
+            gpus[f"{'PREEMPTIBLE-' if pool.spot else ''}{kind}-per-project-region"].append(
                 (
-                    count,
+                    pool.max_nodes * pool.accelerator_count,
                     f"{pool.name} {pool.max_nodes} x {pool.accelerator_count} {pool.accelerator_type}",
                 )
             )
-        for quota_name, parts in sorted(gpus.items()):
-            count = sum(c for c, _ in parts)
-            found.append(
-                Quota(
-                    f"{quota_name}-per-project-region", name, count, ", ".join(w for _, w in parts)
-                )
+        cpus: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for (pool, nodes), label in zip(pools, labels, strict=True):
+            cpus[cpu_quota(pool.machine_type)].append(
+                (nodes * shapes.shape(pool.machine_type).vcpus, label)
             )
-            gpus_total += count
-        families: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for pool, nodes in pools:
-            families[cpu_quota(pool.machine_type)].append(
-                (
-                    nodes * shapes.shape(pool.machine_type).vcpus,
-                    f"{getattr(pool, 'name', 'system')} {nodes} x {pool.machine_type}",
-                )
-            )
-        for quota_id, parts in sorted(families.items()):
-            found.append(
-                Quota(
-                    quota_id,
-                    name,
-                    sum(c for c, _ in parts),
-                    ", ".join(w for _, w in parts),
-                    if_listed=quota_id != GENERAL_CPU_QUOTA,
-                )
-            )
-        cpus = sum(c for parts in families.values() for c, _ in parts)
+        region_gpus, region_cpus = _summed(gpus, name), _summed(cpus, name, GENERAL_CPU_QUOTA)
+        found += region_gpus + region_cpus
+        gpus_total += sum(q.value for q in region_gpus)
+        cpus_total += sum(q.value for q in region_cpus)
         spools = config.workloads.signal_service.max_replicas  # one spool disk per replica
         disk = sum(
             nodes * pool.disk_size_gb for pool, nodes in pools if pool.disk_type != "pd-standard"
@@ -129,13 +110,29 @@ def quotas(config: StackConfig) -> list[Quota]:
                 f"boot disks of {described}; {spools} spool disks of {SPOOL_VOLUME_SIZE}",
             )
         )
-        cpus_total += cpus
     regions = ", ".join(config.regions)
     found.append(Quota("GPUS-ALL-REGIONS-per-project", None, gpus_total, f"every GPU of {regions}"))
     found.append(
         Quota("CPUS-ALL-REGIONS-per-project", None, cpus_total, f"every vCPU of {regions}")
     )
     return found
+
+
+def _summed(
+    parts: dict[str, list[tuple[int, str]]], region: str, always: str | None = None
+) -> list[Quota]:
+    """One quota per id, its value the sum of its parts, each part named in why. With `always`,
+    every other id is a family's own quota, asked for only where the project lists it."""
+    return [
+        Quota(
+            quota_id,
+            region,
+            sum(count for count, _ in these),
+            ", ".join(why for _, why in these),
+            if_listed=always is not None and quota_id != always,
+        )
+        for quota_id, these in sorted(parts.items())
+    ]
 
 
 def preference_id(quota: Quota) -> str:
