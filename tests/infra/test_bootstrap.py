@@ -1,6 +1,7 @@
 """The bootstrap (infra/bootstrap.py, `python -m tools bootstrap`): what the first `pulumi up`
 cannot create itself, held against the program's API list, the resources its plans declare
-and the node pools they run."""
+and the node pools they run; its script run twice against a gcloud stand-in that remembers what
+exists (Pulumi's state bucket and secrets key among it)."""
 
 from __future__ import annotations
 
