@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from tools.engine import PlanError, read_project, read_stack_config
+from tools.engine import PlanError, read_project, stack_config
 from tools.plan_command import EXIT_BAD_INPUT, EXIT_OK
 
 REPOSITORY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         project = read_project(args.program)
-        values = read_stack_config(project.root / f"Pulumi.{args.stack}.yaml", project.name)
+        # As the program gets it: Pulumi.yaml's defaults under it, from stackConfigDir if named.
+        values = stack_config(project, args.stack).values
         config = StackConfig.load(args.stack, values)
     except (PlanError, ConfigError) as exc:
         for line in str(exc).splitlines():

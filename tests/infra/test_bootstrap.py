@@ -390,3 +390,23 @@ def test_the_command_prints_the_script_and_refuses_bad_input_in_one_line():
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.startswith("error: ") and "Pulumi.staging.yaml" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_the_state_env_is_the_stacks_from_where_the_project_keeps_its_stack_files(tmp_path):
+    """`--state-env` (deploy.yml's) prints the two URLs only, from the stack file in the
+    project's stackConfigDir when it names one."""
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "infra").mkdir()  # Pulumi.yaml's main: the project is read as Pulumi reads it
+    (tmp_path / "Pulumi.yaml").write_text(
+        (REPO / "Pulumi.yaml").read_text() + "stackConfigDir: stacks\n"
+    )
+    (tmp_path / "stacks" / "Pulumi.prod.yaml").write_text((REPO / "Pulumi.prod.yaml").read_text())
+    done = _bootstrap("--stack", "prod", "--state-env", "--program", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "PULUMI_BACKEND_URL=gs://signal-platform-prod-pulumi-state\n"
+        "PULUMI_SECRETS_PROVIDER=gcpkms://projects/signal-platform-prod/locations/global"
+        "/keyRings/pulumi-state/cryptoKeys/pulumi-secrets\n"
+    )
+    both = _bootstrap("--stack", "prod", "--state-env", "--github-repository", REPOSITORY)
+    assert both.returncode == 2 and both.stdout == "" and "not allowed with" in both.stderr
