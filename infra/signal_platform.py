@@ -32,12 +32,12 @@ from infra.identity import (
     PoolGrants,
     ServiceAccounts,
 )
+from infra.memorystore import RedisCluster
 from infra.mesh import WEBHOOK_PORT, Mesh
 from infra.messaging import Messaging
 from infra.metrics_adapter import METRICS_ADAPTER, METRICS_NAMESPACE, SECURE_PORT, MetricsAdapter
 from infra.network import KUBELET_PORT, RegionalNetwork, Vpc
 from infra.observability import Observability
-from infra.redis import RedisCluster
 from infra.service_agents import ServiceAgents
 from infra.settle import API_PROPAGATION, settle
 from infra.warehouse import Warehouse
@@ -45,6 +45,7 @@ from infra.workloads import (
     Placement,
     ServiceEndpoints,
     WorkloadSet,
+    check_planned_service_config,
     mesh_services,
     server_ca_bundle,
     triton_model_files,
@@ -105,14 +106,12 @@ class Region(pulumi.ComponentResource):
         accounts: ServiceAccounts,
         agents: ServiceAgents,
         fleet: Fleet,
-        models_bucket: pulumi.Input[str],
         admission: pulumi.Resource,
-        identity_ready: pulumi.Resource,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """`admission`: the Binary Authorization policy, in force before any pod is created.
-        `identity_ready`: the delay after the grants to the identity pool's principals, which
-        every workload running as one waits for (its first token exchange fails without)."""
+        What runs on the cluster as the identity pool's principals comes after, from
+        `deploy_workloads`, once the platform has granted to them."""
         super().__init__("signal:infra:Region", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.config = region
@@ -143,24 +142,19 @@ class Region(pulumi.ComponentResource):
             after=self.keys.grants_for("redis"),
             opts=child,
         )
-        self._compute(region, stack, vpc, accounts, fleet, models_bucket, admission, identity_ready)
+        self._cluster(region, stack, vpc, accounts, fleet, admission)
         self.register_outputs({"subnet": self.network.subnet.id})
 
-    def _compute(
+    def _cluster(
         self,
         region: RegionConfig,
         stack: StackConfig,
         vpc: Vpc,
         accounts: ServiceAccounts,
         fleet: Fleet,
-        models_bucket: pulumi.Input[str],
         admission: pulumi.Resource,
-        identity_ready: pulumi.Resource,
     ) -> None:
-        """Cluster → mesh → workloads: what runs on Kubernetes in this region. The workloads
-        (the stack's own image, the model in its bucket) only from stage `workloads`: on a new
-        project neither exists before the first `pulumi up` has created their registry and
-        bucket, and their rollouts would fail to become ready."""
+        """The cluster and its mesh."""
         child = pulumi.ResourceOptions(parent=self)
         self.cluster = GkeCluster(
             f"{region.name}-cluster",
@@ -190,6 +184,22 @@ class Region(pulumi.ComponentResource):
             labels=stack.labels,
             opts=on_cluster,
         )
+
+    def deploy_workloads(
+        self,
+        stack: StackConfig,
+        accounts: ServiceAccounts,
+        models_bucket: pulumi.Input[str],
+        identity_ready: pulumi.Resource,
+    ) -> None:
+        """What runs on the cluster as the identity pool's principals, after `identity_ready`
+        (the delay after the grants to them: a pod's first token exchange fails without): the
+        metrics adapter, and the workloads (the stack's own image, the model in its bucket)
+        only from stage `workloads`: on a new project neither exists before the first `pulumi
+        up` has created their registry and bucket, and their rollouts would fail to become
+        ready."""
+        region = self.config
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=self.cluster.provider)
         # The metrics adapter, the scaler and the detector read Cloud Monitoring as pool
         # principals: they wait for those grants too.
         after_mesh = pulumi.ResourceOptions.merge(
@@ -229,13 +239,10 @@ class Region(pulumi.ComponentResource):
                 accelerator=self.cluster.accelerator,
             ),
             model_bucket=models_bucket,
-            endpoints=ServiceEndpoints(
-                project_id=stack.project_id,
-                ticks_topic=stack.pubsub.ticks_topic,
-                signals_topic=stack.pubsub.signals_topic,
-                dataset=stack.bigquery.dataset_id,
-                redis=self.redis.discovery_endpoint,
-                redis_ca=self.redis.cluster.managed_server_cas.apply(server_ca_bundle),
+            endpoints=ServiceEndpoints.of(
+                stack,
+                self.redis.discovery_endpoint,
+                self.redis.cluster.managed_server_cas.apply(server_ca_bundle),
             ),
             storage_class=self.cluster.storage_class,
             tracing_collector=stack.mesh.tracing_collector,
@@ -283,6 +290,7 @@ class Platform(pulumi.ComponentResource):
 
     def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("signal:infra:Platform", name, None, opts)
+        check_planned_service_config(config)
         child = pulumi.ResourceOptions(parent=self)
         labels = config.labels
 
@@ -345,10 +353,22 @@ class Platform(pulumi.ComponentResource):
             deployers=deployers,
             previewers=previewers,
         )
-        # The identity pool exists once a cluster does: grants to its principals wait for the
-        # clusters, which the regions create below; what runs as those principals in each
-        # region waits for the grants to take effect (`PoolGrants.settled`).
-        clusters, resolve_clusters = pulumi.deferred_output()
+        self.regions = {
+            r.name: Region(
+                r.name,
+                r,
+                config,
+                self.vpc,
+                self.accounts,
+                self.agents,
+                fleet,
+                self.admission,
+                after_apis,
+            )
+            for r in regions
+        }
+        # The identity pool exists once a cluster does: grants to its principals wait for them,
+        # and what runs as those principals in each region for the grants to take effect.
         intelligence = config.intelligence
         readers = {
             "metrics-adapter-monitoring-viewer": MonitoringReader(
@@ -366,30 +386,15 @@ class Platform(pulumi.ComponentResource):
             project.number,
             self.accounts.workloads,
             readers,
-            pulumi.ResourceOptions(parent=self, depends_on=clusters),
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[r.cluster.cluster for r in self.regions.values()]
+            ),
         )
         # Triton mounts the models bucket, which the artefact store creates after the regions
         # (it is encrypted with the primary region's key): regions get its name as it resolves.
         models_bucket, resolve_models_bucket = pulumi.deferred_output()
-        self.regions = {
-            r.name: Region(
-                r.name,
-                r,
-                config,
-                self.vpc,
-                self.accounts,
-                self.agents,
-                fleet,
-                models_bucket,
-                self.admission,
-                self.pool_grants.settled,
-                after_apis,
-            )
-            for r in regions
-        }
-        resolve_clusters(
-            pulumi.Output.from_input([r.cluster.cluster for r in self.regions.values()])
-        )
+        for region in self.regions.values():
+            region.deploy_workloads(config, self.accounts, models_bucket, self.pool_grants.settled)
         # BigQuery and Pub/Sub keys must live where the warehouse lives (e.g. the "us" multi-region).
         self.warehouse_keys = KeyRing(
             f"{config.bigquery.location.lower()}-warehouse-keys",

@@ -19,6 +19,7 @@ are loaded; the HPA scales in one pod a minute, so a scale-in never overlaps a h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
+from pydantic import ValidationError
 
+from app.config_errors import Problem, problems_from
 from app.model.triton import TritonModelConfig, render_config_pbtxt
 from infra.cluster import (
     ACCELERATOR_KEY,
@@ -39,7 +42,16 @@ from infra.cluster import (
     GPU_UTILIZATION,
     SPOT_TAINT,
 )
-from infra.config import SignalServiceWorkload, TritonModel, TritonWorkload, Workload, Workloads
+from infra.config import NAMESPACE as CONFIG_NAMESPACE
+from infra.config import (
+    ConfigError,
+    SignalServiceWorkload,
+    StackConfig,
+    TritonModel,
+    TritonWorkload,
+    Workload,
+    Workloads,
+)
 from infra.identity import WORKLOADS
 from infra.kube import (
     METADATA_SERVER,
@@ -132,6 +144,20 @@ class ServiceEndpoints:
     # PEM bundle of the cluster's server CA (Memorystore's TLS is server-authenticated).
     redis_ca: pulumi.Input[str] | None = None
 
+    @classmethod
+    def of(
+        cls, stack: StackConfig, redis: pulumi.Input[str], redis_ca: pulumi.Input[str]
+    ) -> ServiceEndpoints:
+        """The stack's data services, with its region's Redis Cluster."""
+        return cls(
+            project_id=stack.project_id,
+            ticks_topic=stack.pubsub.ticks_topic,
+            signals_topic=stack.pubsub.signals_topic,
+            dataset=stack.bigquery.dataset_id,
+            redis=redis,
+            redis_ca=redis_ca,
+        )
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -168,6 +194,29 @@ def replica_address(namespace: str) -> str:
     return f"$(POD_NAME).{SIGNAL_REPLICAS}.{namespace}.svc.cluster.local:{GRPC_PORT}"
 
 
+# The stack keys (under `signal-platform:`) each part of the service's file is derived from,
+# by the file's key path (the longest prefix wins): a refusal names the key to change. What
+# is not listed is the program's own (ports, paths, sharding), reported at the workload.
+SERVICE_CONFIG_KEYS: Mapping[str, str] = {
+    "server.grace_s": "workloads.signalService.terminationGraceSeconds",
+    "kserve.model_name": "workloads.triton.model.name",
+    "batcher": "workloads.triton.model",
+    "batcher.max_batch_size": "workloads.triton.model.maxBatchSize",
+    "batcher.max_queue_delay_us": "workloads.triton.model.maxQueueDelayMicroseconds",
+    "publish.project": "projectId",
+    "publish.ticks_topic": "pubsub.ticksTopic",
+    "publish.signals_topic": "pubsub.signalsTopic",
+    "warehouse.project": "projectId",
+    "warehouse.dataset": "bigquery.datasetId",
+    "telemetry.otlp_endpoint": "mesh.tracingCollector",
+    "telemetry.trace_sample_ratio": "mesh.traceSamplingPercent",
+}
+# Any `host:port` and CA stand in for Memorystore's, unknown until a cluster exists, when the
+# file is checked before anything is declared: its validity does not depend on them.
+PLANNED_REDIS = "redis-discovery.invalid:6379"
+PLANNED_REDIS_CA = "the cluster's server CA"
+
+
 def signal_service_config(
     endpoints: ServiceEndpoints,
     model: TritonModel,
@@ -178,7 +227,9 @@ def signal_service_config(
 ) -> dict[str, Any]:
     """The signal service's own configuration file (sections of `app.config.AppConfig`):
     Triton over KServe-v2 gRPC, Redis Cluster as L2 and for the shards' leases, snapshots
-    and journals, Pub/Sub and BigQuery as sinks, the spool on the pod's volume."""
+    and journals, Pub/Sub and BigQuery as sinks, the spool on the pod's volume. Validated as
+    the service validates it (`check_service_config`): a file it would refuse at start is a
+    configuration error of the stack."""
     # With shards, the drain budget ends with their handover.
     drain = grace_seconds - HANDOVER_SECONDS if redis is not None else grace_seconds
     config: dict[str, Any] = {
@@ -235,7 +286,69 @@ def signal_service_config(
             "shards": SHARDS,
             "handover_timeout_s": HANDOVER_SECONDS,
         }
+    return check_service_config(config)
+
+
+def check_planned_service_config(stack: StackConfig) -> None:
+    """The file every region's signal service will get, checked before the program declares
+    anything (a configuration error raised among declared resources can leave the update
+    waiting on outputs that never resolve): a stack whose values give a file the service
+    refuses fails here, one line per problem."""
+    if not stack.deploys_workloads:
+        return
+    service = stack.workloads.signal_service
+    signal_service_config(
+        ServiceEndpoints.of(stack, PLANNED_REDIS, PLANNED_REDIS_CA),
+        stack.workloads.triton.model,
+        service_grace_seconds(service),
+        stack.mesh.tracing_collector,
+        stack.mesh.trace_sampling_percent,
+        PLANNED_REDIS,
+    )
+
+
+def check_service_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config`, if `app.config.AppConfig` accepts it; else the stack's `ConfigError`, one
+    line per problem at the stack key it comes from (`SERVICE_CONFIG_KEYS`).
+
+    `app.config` imports the service's runtime packages (Numba, Redis, gRPC ...): the
+    development virtualenv has them, so `tools plan`/`check`, CI and the tests check the file;
+    the deploy's (requirements.lock: the program's packages only) does not, and says so once.
+    """
+    try:
+        from app.config import AppConfig
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] == "app":
+            raise
+        _say_unchecked(exc.name)
+        return config
+    try:
+        AppConfig.model_validate(config)
+    except ValidationError as exc:
+        problems = [
+            Problem(
+                f"{CONFIG_NAMESPACE}:{_stack_key(found.path)}",
+                f"the signal service would refuse the config file this gives it: {found}",
+            )
+            for found in problems_from(exc, AppConfig)
+        ]
+        raise ConfigError(f"Pulumi.{pulumi.get_stack()}.yaml", problems) from None
     return config
+
+
+@functools.cache
+def _say_unchecked(missing: str | None) -> None:
+    pulumi.log.info(
+        f"the signal service's config file is not checked against app.config here ({missing} "
+        "is not installed: the service's packages are not the program's); `make check` checks it"
+    )
+
+
+def _stack_key(path: str) -> str:
+    sources = [
+        prefix for prefix in SERVICE_CONFIG_KEYS if path == prefix or path.startswith(f"{prefix}.")
+    ]
+    return SERVICE_CONFIG_KEYS[max(sources, key=len)] if sources else "workloads.signalService"
 
 
 def service_grace_seconds(workload: Workload) -> int:

@@ -130,6 +130,17 @@ OVERRIDES = [
     ),
     pytest.param(
         "dev",
+        config(
+            "workloads",
+            edited(
+                "dev", "workloads", lambda w: w["signalService"].update(terminationGraceSeconds=11)
+            ),
+        ),
+        ["workloads.signalService.terminationGraceSeconds:", "server.grace_s", "(got -1)"],
+        id="service-file-refused",
+    ),
+    pytest.param(
+        "dev",
         config("cluster", {"maintenance": {"startTime": "2026-01-03T25:99:00Z"}}),
         ["cluster.maintenance.startTime:", "not a valid date-time"],
         id="maintenance-25-99",

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from infra.config import ConfigError, RedisSettings, StackConfig
-from infra.redis import persistence_config
+from infra.memorystore import persistence_config
 from tests.infra.stack_config import load
 from tests.infra.test_apply_order import waits_for
 from tools.inventory import UNKNOWN, Inventory

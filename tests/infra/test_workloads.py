@@ -3,21 +3,28 @@ settings' validation, as the policy pack sees them in each stack's plan."""
 
 from __future__ import annotations
 
+import builtins
+import typing
 from types import SimpleNamespace
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from app.config import load_config
+import infra.workloads as workloads_module
+from app.config import AppConfig, load_config
 from app.model.triton import TritonModelConfig, render_config_pbtxt
 from app.telemetry import TelemetryConfig
 from infra.config import ConfigError, StackConfig
 from infra.workloads import (
     GPU_UTILIZATION_METRIC,
     REQUEST_RATE_METRIC,
+    SERVICE_CONFIG_KEYS,
     SHARDS,
     ServiceEndpoints,
+    check_service_config,
     render_service_config,
     server_ca_bundle,
     service_grace_seconds,
@@ -344,6 +351,83 @@ def test_without_redis_the_service_runs_on_its_l1_cache(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     assert "cache" not in config and load_config(path).cache.redis is None
+
+
+def test_a_file_the_service_would_refuse_fails_at_the_stack_key_that_made_it():
+    """The service's file is validated as `app.config` validates it when the pod starts: a
+    stack whose values give a file the service refuses is a configuration error, one line at
+    the stack key, not a pod that never starts. A grace period that leaves no drain budget
+    once preStop, the margin and the shards' handover are taken is one."""
+    cfg = load("dev")
+    endpoints = ServiceEndpoints("p-123456", "ticks", "signals", "ds", "10.0.0.3:6379", "PEM")
+    short = cfg.workloads.signal_service.model_copy(update={"termination_grace_seconds": 11})
+    with pytest.raises(ConfigError) as raised:
+        signal_service_config(
+            endpoints, cfg.workloads.triton.model, service_grace_seconds(short), None, 1.0,
+            "10.0.0.3:6379",
+        )  # fmt: skip
+    (line,) = str(raised.value).splitlines()
+    assert line.startswith("Pulumi.")
+    assert "signal-platform:workloads.signalService.terminationGraceSeconds: " in line
+    assert "server.grace_s" in line and "(got -1)" in line and "allowed: >= 0" in line
+    # Without shards there is no handover to leave room for: the same grace period is fine.
+    signal_service_config(
+        endpoints, cfg.workloads.triton.model, service_grace_seconds(short), None, 1.0, None
+    )
+
+
+def test_where_the_services_packages_are_missing_the_file_goes_unchecked_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The deploy's virtualenv has the program's packages only (requirements.lock), not the
+    service's runtime that `app.config` imports: there the check is skipped with one info line
+    (CI's `make check` ran it on the same commit). A missing module of the app itself is a bug
+    and raises."""
+    real_import = builtins.__import__
+    missing = "numba"
+
+    def without_app_packages(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "app.config":
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real_import(name, *args, **kwargs)
+
+    said: list[str] = []
+    workloads_module._say_unchecked.cache_clear()  # said once per process
+    monkeypatch.setattr(builtins, "__import__", without_app_packages)
+    monkeypatch.setattr(pulumi.log, "info", lambda message, *a, **k: said.append(message))
+    refused = {"server": {"grace_s": -1}}
+    assert check_service_config(refused) is refused
+    (line,) = said
+    assert "not checked" in line and "numba" in line
+    missing = "app.config"
+    with pytest.raises(ModuleNotFoundError):
+        check_service_config(refused)
+
+
+def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The model a field (by name or alias) holds, None for a plain value; KeyError if the
+    model has no such field."""
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            for kind in (field.annotation, *typing.get_args(field.annotation)):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    return kind
+            return None
+    raise KeyError(f"{model.__name__} has no field {key}")
+
+
+def _walk(model: type[BaseModel] | None, path: str) -> None:
+    for key in path.split("."):
+        assert model is not None, path
+        model = _field_model(model, key)
+
+
+def test_each_part_of_the_service_file_is_traced_to_a_real_stack_key():
+    """`SERVICE_CONFIG_KEYS` names real fields on both sides, so a refusal's line points at
+    a key that exists (a renamed field on either side fails here, not in a user's plan)."""
+    for app_path, stack_key in SERVICE_CONFIG_KEYS.items():
+        _walk(AppConfig, app_path)
+        _walk(StackConfig, stack_key)
 
 
 def test_server_ca_bundle_joins_every_certificate():
