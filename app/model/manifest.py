@@ -50,6 +50,39 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest's JSON, with the keys every reader relies on checked once here, so a
+    damaged file is one ``ModelMismatchError`` naming it rather than a KeyError later."""
+    rebuild = "rebuild it with `python -m app.model build`"
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelMismatchError(f"{path}: not a JSON manifest ({exc}); {rebuild}") from None
+    variants = manifest.get("variants") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("name"), str)
+        or isinstance(manifest.get("version"), bool)
+        or not isinstance(manifest.get("version"), int)
+        or not isinstance(variants, dict)
+        or not variants
+    ):
+        raise ModelMismatchError(
+            f"{path}: a manifest needs a string name, an integer version and a non-empty "
+            f"variants object; {rebuild}"
+        )
+    for variant, entry in variants.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise ModelMismatchError(
+                f"{path}: variants.{variant} needs a string path and sha256; {rebuild}"
+            )
+    return manifest
+
+
 @dataclass(frozen=True)
 class ModelArtifacts:
     """A built model folder, read through its manifest."""
@@ -64,7 +97,7 @@ class ModelArtifacts:
             raise FileNotFoundError(
                 f"{path}: no built model here; run `python -m app.model build --out {root}`"
             )
-        return cls(root=root, manifest=json.loads(path.read_text()))
+        return cls(root=root, manifest=_read_manifest(path))
 
     @classmethod
     def beside(cls, model_file: Path) -> ModelArtifacts | None:
@@ -78,7 +111,13 @@ class ModelArtifacts:
     def path(self, variant: Variant) -> Path:
         if variant not in VARIANTS:
             raise ValueError(f"variant = {variant!r}: must be one of {', '.join(VARIANTS)}")
-        return self.root / self.manifest["variants"][variant]["path"]
+        entry = self.manifest["variants"].get(variant)
+        if entry is None:
+            raise ModelMismatchError(
+                f"{self.manifest_path}: no {variant} variant in this build (built: "
+                f"{', '.join(self.manifest['variants'])}); configure one of those or rebuild"
+            )
+        return self.root / entry["path"]
 
     @property
     def manifest_path(self) -> Path:

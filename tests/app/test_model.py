@@ -336,3 +336,36 @@ def test_serve_refuses_a_model_trained_with_other_features(
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert "features.window = 20" in err and "features.window = 50" in err
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: "{not json", "not a JSON manifest"),
+        (lambda m: b"\x89PNG\x00\xff", "not a JSON manifest"),
+        (lambda m: "[1, 2]", "needs a string name, an integer version"),
+        (lambda m: {**m, "version": "one"}, "needs a string name, an integer version"),
+        (lambda m: {**m, "variants": {}}, "non-empty variants object"),
+        (lambda m: {**m, "variants": {"int8": {"path": 3}}}, "variants.int8 needs a string"),
+    ],
+)
+def test_a_damaged_manifest_is_one_model_error_naming_it(
+    model: ModelArtifacts, tmp_path: Path, damage, message: str
+) -> None:
+    manifest = json.loads(model.manifest_path.read_text())
+    content = damage(manifest)
+    target = tmp_path / model.manifest_path.name
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ModelMismatchError, match=re.escape(str(target)) + ".*" + message):
+        ModelArtifacts.load(tmp_path)
+
+
+def test_a_variant_the_build_lacks_is_a_model_error(model: ModelArtifacts, tmp_path: Path) -> None:
+    manifest = json.loads(model.manifest_path.read_text())
+    manifest["variants"] = {"fp32": manifest["variants"]["fp32"]}
+    (tmp_path / model.manifest_path.name).write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError, match=r"no int8 variant in this build \(built: fp32\)"):
+        ModelArtifacts.load(tmp_path).path("int8")
