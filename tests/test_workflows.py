@@ -180,6 +180,7 @@ def test_deploy_creates_its_stack_in_the_bucket_and_key_the_bootstrap_names(stac
     from infra.config import StackConfig
     from tools.bootstrap import script
     from tools.engine import read_stack_config
+    from tools.stack_file import read_mapping
 
     job = load("deploy")["jobs"][stack]
     assert job["env"]["PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER"] == "true"
@@ -214,6 +215,30 @@ def test_deploy_creates_its_stack_in_the_bucket_and_key_the_bootstrap_names(stac
     key = written["PULUMI_SECRETS_PROVIDER"].removeprefix("gcpkms://").split("/")
     assert key[0] == "projects" and key[1] == config.project_id
     assert f"gcloud kms keys create {key[7]} --keyring={key[5]} --location={key[3]} " in text
+    # The stack file names the same key, so a stack created by a first run that stopped before
+    # writing any state still never falls back to the passphrase provider.
+    assert (
+        read_mapping(REPO / f"Pulumi.{stack}.yaml")["secretsprovider"]
+        == (written["PULUMI_SECRETS_PROVIDER"])
+    )
+
+
+def test_preview_reads_each_stack_from_the_bootstraps_bucket_and_key():
+    """Each stack is its own project: the preview job runs in that stack's environment (its
+    Workload Identity pool and preview identity) and takes the state bucket and secrets key
+    from the bootstrap's names, as the deploy does; only the deploy creates stacks."""
+    job = load("preview")["jobs"]["pulumi"]
+    assert job["environment"] == "preview-${{ matrix.stack }}"
+    assert job["env"]["PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER"] == "true"
+    command = ".venv/bin/python -m tools bootstrap --stack ${{ matrix.stack }} --state-env"
+    order = [str(s.get("uses", s.get("run", ""))).strip() for s in job["steps"]]
+    at = order.index(f'{command} >> "$GITHUB_ENV"')
+    assert at < min(i for i, s in enumerate(order) if s.startswith("pulumi/actions@"))
+    settings = uses(job, "pulumi/actions")["with"]
+    assert "upsert" not in settings
+    assert settings["cloud-url"] == "${{ env.PULUMI_BACKEND_URL }}"
+    assert settings["secrets-provider"] == "${{ env.PULUMI_SECRETS_PROVIDER }}"
+    assert "vars.PULUMI_" not in (WORKFLOWS / "preview.yml").read_text()
 
 
 def test_a_deploy_job_outlasts_a_first_apply():
