@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         except ConfigError as exc:
-            print(exc, file=sys.stderr)
+            # One `error:` line per problem, as every other refusal here and the tools print.
+            for line in str(exc).splitlines():
+                print(f"error: {line}", file=sys.stderr)
             return 2
         from app.model.manifest import ModelMismatchError
         from app.server import serve as run_server

@@ -7,6 +7,9 @@ errors name the key, the value given and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,12 +36,34 @@ from app.spool import SpoolConfig
 from app.telemetry import TelemetryConfig
 from app.warehouse import WarehouseConfig
 
+# A DNS name (RFC 1123 labels; "_" too, as Kubernetes service names may carry it).
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def check_host(value: str) -> str:
+    """``value`` if it is an IP address (IPv6 with or without brackets) or a DNS name."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(value.removeprefix("[").removesuffix("]"))
+        return value
+    if _DNS_NAME.fullmatch(value):
+        return value
+    raise ValueError("not an IP address or a DNS name")
+
+
+def check_host_port(value: str) -> str:
+    """``value`` if it is ``host:port`` with a valid host and a port 1 to 65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("not host:port with a port 1 to 65535")
+    check_host(host)
+    return value
+
 
 class _Section(ConfigModel):
     """A section of the service's configuration: unknown keys and non-finite numbers refused."""
 
 
-class FeatureConfig(FeatureParams):
+class FeatureConfig(FeatureParams, ConfigModel):
     """The symbol universe and each symbol's venue; the feature parameters (indicator
     periods in ticks, ``max_gap_s``) are ``FeatureParams``, which the model must match."""
 
@@ -51,16 +76,16 @@ class FeatureConfig(FeatureParams):
     def _known_venue(cls, value: str) -> str:
         return check_venue(value)
 
-    @model_validator(mode="after")
-    def _symbol_venues_known(self) -> FeatureConfig:
+    def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
+        yield from super().rules(context)
         for symbol, venue in self.symbol_venues.items():
+            where = f"symbol_venues.{symbol}"
             if not 0 <= symbol < self.n_symbols:
-                raise ValueError(
-                    f"symbol_venues: symbol {symbol} is not a symbol id; "
-                    f"ids are 0 to {self.n_symbols - 1}"
-                )
-            check_venue(venue)
-        return self
+                yield Problem(where, "not a symbol id", symbol, f"0 to {self.n_symbols - 1}")
+            try:
+                check_venue(venue)
+            except ValueError as exc:
+                yield Problem(where, str(exc))
 
 
 class ModelConfig(_Section):
@@ -98,12 +123,17 @@ class KServeConfig(_Section):
     Unset ``url`` means in-process inference only.
     """
 
-    url: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+    url: str | None = None  # host:port
     model_name: str = "signal_mlp"
     model_version: str = ""
     timeout_s: float = Field(default=0.5, gt=0, le=60)
     failure_threshold: int = Field(default=3, ge=1)
     reset_timeout_s: float = Field(default=2.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        return None if value is None else check_host_port(value)
 
 
 class TlsConfig(_Section):
@@ -126,6 +156,11 @@ class ServerConfig(_Section):
     grace_s: float = Field(default=20.0, ge=0, le=300)  # spot preemption gives ~25 s
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     tls: TlsConfig | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_host(value)
 
 
 class AppConfig(_Section):

@@ -11,7 +11,9 @@ model's own path. This module needs nothing but pydantic: the service image carr
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import json
 import types
 import typing
@@ -108,8 +110,51 @@ def format_problems(source: str, problems: Iterable[Problem]) -> str:
 
 
 def show(value: Any) -> str:
-    text = repr(value)
+    """``repr(value)`` cut to `MAX_VALUE_CHARS`, built only that far: a YAML file's aliases can
+    nest a few lines into a value whose full repr would take gigabytes (and hang)."""
+    text = _bounded_repr(value, MAX_VALUE_CHARS)
     return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+class _Enough(Exception):
+    pass
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    """The first ``limit`` characters (or a few more) of ``repr(value)``, for plain containers
+    without building the rest; a self-referencing one stops at the limit too."""
+    out: list[str] = []
+    size = 0
+
+    def put(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+        if size > limit:
+            raise _Enough
+
+    def walk(item: Any) -> None:
+        kind = type(item)
+        if kind is dict:
+            put("{")
+            for i, (key, inner) in enumerate(item.items()):
+                put(", " if i else "")
+                walk(key)
+                put(": ")
+                walk(inner)
+            put("}")
+        elif kind is list or kind is tuple:
+            put("[" if kind is list else "(")
+            for i, inner in enumerate(item):
+                put(", " if i else "")
+                walk(inner)
+            put("]" if kind is list else ",)" if len(item) == 1 else ")")
+        else:
+            put(repr(item))
+
+    with contextlib.suppress(_Enough):
+        walk(value)
+    return "".join(out)
 
 
 def join_path(prefix: str, path: str) -> str:
@@ -147,9 +192,35 @@ class ConfigModel(BaseModel):
         ``yield from super().rules(context)``."""
         return iter(())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        """pydantic's lax mode reads ``true`` as 1: a number field given a boolean is refused.
+        (Strings of digits stay numbers: Pulumi writes `pulumi config set` values as strings.)"""
+        if isinstance(data, Mapping):
+            numeric = _numeric_keys(cls)
+            checked(data, (
+                Problem(str(key), "Input should be a number, not a boolean", value, "a number")
+                for key, value in data.items() if isinstance(value, bool) and key in numeric
+            ))  # fmt: skip
+        return data
+
     @model_validator(mode="after")
     def _apply_rules(self, info: ValidationInfo) -> Self:
         return checked(self, self.rules(info.context or {}))
+
+
+@functools.cache
+def _numeric_keys(model: type[BaseModel]) -> frozenset[str]:
+    """The keys (names and aliases) of ``model``'s fields that take only numbers."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        inner = _without_none(field.annotation)
+        kinds = typing.get_args(inner) if _is_union(inner) else (inner,)
+        if all(isinstance(k, type) and issubclass(k, (int, float)) and k is not bool
+               for k in kinds if k is not type(None)):  # fmt: skip
+            keys.update(k for k in (name, field.alias) if k)
+    return frozenset(keys)
 
 
 class CamelConfigModel(ConfigModel):
@@ -201,10 +272,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
     (and line:column where the parser knows it) when it is missing, unreadable, not JSON or
     YAML, has a key twice, or is not a mapping at the top."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             str(path), [Problem("", f"cannot be read ({exc.strerror or exc})")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(
+            str(path), [Problem("", f"not UTF-8 text (byte 0x{byte:02x} at offset {exc.start})")]
         ) from None
     try:
         if path.suffix == ".json":
@@ -221,6 +297,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(where, [Problem("", f"not valid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [Problem("", f"not valid YAML: {exc}")]) from None
+    except RecursionError:  # both parsers recurse per level of nesting
+        raise ConfigError(
+            str(path), [Problem("", "nested too deeply to read; a configuration is a few levels")]
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -313,8 +393,12 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
 
 
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
 def _without_none(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    if _is_union(annotation):
         rest = [a for a in typing.get_args(annotation) if a is not type(None)]
         return rest[0] if len(rest) == 1 else annotation
     return annotation

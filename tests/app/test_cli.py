@@ -66,7 +66,7 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
         ("features:\n  ema_fast: 30\n", "ema_fast = 30, ema_slow = 26: ema_fast must be smaller"),
         ("server:\n  prot: 1\n", "server.prot: unknown key, did you mean port? (got 1); allowed: host, port"),
         ("batcher:\n  max_queue_rows: 8\n  max_batch_size: 16\n", "max_queue_rows = 8: must be >= max_batch_size"),
-        ("kserve:\n  url: 'not a url'\n", "kserve.url: String should match pattern"),
+        ("kserve:\n  url: 'not a url'\n", "kserve.url: not host:port with a port 1 to 65535 (got 'not a url')"),
         ("ingest:\n  price_min: 10\n  price_max: 5\n", "price_min = 10, price_max = 5: price_min must be below price_max"),
         ("ingest:\n  size_max: .nan\n", "ingest.size_max: Input should be a finite number"),
         ("ingest:\n  max_future_skew_s: -1\n", "ingest.max_future_skew_s: Input should be greater than or equal to 0"),
