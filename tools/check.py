@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tools.engine import parse_overrides, read_project, stack_config
-from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
+from tools.plan_command import add_program_arguments, plan_from_args, run_guarded, write_output
 
 if TYPE_CHECKING:  # the analyzer (gRPC, jsonschema) loads only when a check runs
     from tools.analyzer import Analysis
@@ -136,9 +136,8 @@ def _check(args: argparse.Namespace) -> int:
     )
     print(render_report(analysis, inventory, str(args.policy_pack)))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report_json(analysis, inventory), indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        text = json.dumps(report_json(analysis, inventory), indent=2) + "\n"
+        write_output(args.json, text, "--json")
     return 1 if analysis.mandatory else 0
 
 

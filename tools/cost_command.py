@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.plan_command import add_program_arguments, plan_from_args, run_guarded
+from tools.plan_command import add_program_arguments, plan_from_args, run_guarded, write_output
 
 if TYPE_CHECKING:  # pricing (and the config model it reads) loads only when cost runs
     from tools.cost import Estimate
@@ -51,17 +51,12 @@ def _cost(args: argparse.Namespace) -> int:
         return 2
     print(render_text(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_output(args.json, json.dumps(result.to_json(), indent=2) + "\n", "--json")
     if args.policy_config:
-        args.policy_config.parent.mkdir(parents=True, exist_ok=True)
-        args.policy_config.write_text(json.dumps(budget_policy_config(result), indent=2) + "\n")
-        print(f"wrote {args.policy_config}", file=sys.stderr)
+        text = json.dumps(budget_policy_config(result), indent=2) + "\n"
+        write_output(args.policy_config, text, "--policy-config")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(render_markdown(result) + "\n")
-        print(f"wrote {args.markdown}", file=sys.stderr)
+        write_output(args.markdown, render_markdown(result) + "\n", "--markdown")
     return 0
 
 

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     head does not, 2 for a bad ref, program or argument."""
     # The diff machinery (git, the analyzer, pricing) loads only when a diff runs.
     from tools.diff import DiffError, Options, diff_stacks, render_markdown, render_text
+    from tools.engine import PlanError
+    from tools.plan_command import write_output
 
     stacks = args.stacks or list(DEFAULT_STACKS)
     options = Options(policy=not args.no_policy, cost=not args.no_cost)
@@ -52,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(render_text(diffs))
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(render_markdown(diffs))
-        print(f"wrote {args.markdown}", file=sys.stderr)
+        try:
+            write_output(args.markdown, render_markdown(diffs), "--markdown")
+        except PlanError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     failed = [d.stack for d in diffs if d.head.inventory is None]
     if failed:
         print(f"error: the head of {', '.join(failed)} could not be planned", file=sys.stderr)

@@ -103,7 +103,7 @@ class Project:
 
     def stack_path(self, stack: str) -> Path:
         """The stack's `Pulumi.<stack>.yaml`, in `stackConfigDir` when the project names one."""
-        return self.root / (self.stack_config_dir or ".") / f"Pulumi.{stack}.yaml"
+        return self.root / (self.stack_config_dir or ".") / f"Pulumi.{stack_name(stack)}.yaml"
 
     @property
     def virtualenv_path(self) -> Path | None:
@@ -112,6 +112,22 @@ class Project:
     @property
     def requirements(self) -> Path:
         return self.root / "requirements.txt"
+
+
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def stack_name(value: str) -> str:
+    """The stack's own name, which its file and URNs carry: `--stack` may name it fully
+    (`org/project/stack`), as the CLI accepts; anything else but Pulumi's name characters is
+    refused (an empty name, a path)."""
+    parts = value.split("/")
+    if len(parts) > 3 or any(not _STACK_NAME.match(p) or set(p) == {"."} for p in parts):
+        raise PlanError(
+            f"--stack {value!r}: not a stack name (letters, digits, '-', '_' and '.', optionally"
+            " as org/project/stack)"
+        )
+    return parts[-1]
 
 
 def read_project(program_dir: Path) -> Project:
@@ -270,6 +286,7 @@ def plan_checked(
     """Plan one stack, in the program's own virtualenv where it has one, and check its
     inputs against the SDKs the program ran with."""
     project = read_project(Path(program_dir))
+    stack = stack_name(stack)
     config = stack_config(project, stack, config_overrides)
     python = program_python(project)
     if python is not None:

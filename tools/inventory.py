@@ -142,9 +142,13 @@ class Inventory:
             "outputs": self.outputs,
         }
 
+    def dumps(self) -> str:
+        """The inventory as the JSON file `--json` writes."""
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+        path.write_text(self.dumps())
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Inventory:

@@ -90,6 +90,17 @@ def plan_from_args(args: argparse.Namespace) -> Inventory:
     return inventory
 
 
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write what an output option (`--json FILE` ...) names, creating its directory; a path
+    that cannot be written is bad input (exit 2), one line naming the option and why."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise PlanError(f"{option} {path}: cannot write it ({exc.strerror or exc})") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def run_guarded(action: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command under the exit-code contract (see the module docstring)."""
     verbose = bool(getattr(args, "verbose", False))
@@ -123,8 +134,7 @@ def _plan(args: argparse.Namespace) -> int:
     inventory = plan_from_args(args)
     print(inventory.summary())
     if args.json:
-        inventory.write(args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
+        write_output(args.json, inventory.dumps(), "--json")
     return 0
 
 

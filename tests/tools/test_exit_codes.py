@@ -361,3 +361,36 @@ def test_sys_exit_0_ends_the_program_with_what_it_declared(tmp_path: Path):
     result = run_tools("plan", "--stack", "dev", "--program", str(root), timeout=60)
     assert result.returncode == 0, result.stderr
     assert "gcp:pubsub/topic:Topic" in result.stdout
+
+
+@pytest.mark.parametrize("stack", ["", "../dev", "a/b/c/dev", "dev prod"])
+def test_a_stack_that_is_not_a_stack_name_is_refused(tmp_path: Path, stack: str):
+    root = program(tmp_path, "import pulumi\n")
+    result = run_tools("plan", "--stack", stack, "--program", str(root), timeout=60)
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        f"error: --stack {stack!r}: not a stack name (letters, digits, '-', '_' and '.',"
+        " optionally as org/project/stack)"
+    ]
+
+
+def test_a_fully_qualified_stack_names_its_file_and_urns_by_its_last_part(tmp_path: Path):
+    root = program(tmp_path, "import pulumi_gcp as gcp\n\ngcp.pubsub.Topic('t', name='t')\n")
+    out = tmp_path / "plan.json"
+    result = run_tools(
+        "plan", "--stack", "acme/broken/dev", "--program", str(root), "--json", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"urn:pulumi:dev::broken::gcp:pubsub/topic:Topic::t"' in out.read_text()
+
+
+@pytest.mark.parametrize("command", ("plan", "cost"))
+def test_an_output_file_that_cannot_be_written_is_bad_input(tmp_path: Path, command: str):
+    root = program(tmp_path, "import pulumi\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = blocker / "out.json"  # under a file: no directory can be made there
+    result = run_tools(command, "--stack", "dev", "--program", str(root), "--json", str(target))
+    assert result.returncode == 2
+    assert errors(result.stderr) == [f"error: --json {target}: cannot write it (File exists)"]
+    assert_clean(result.stderr)
