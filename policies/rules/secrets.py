@@ -39,6 +39,18 @@ SECRET_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
     ("a Stripe key", re.compile(r"\b[sr]k_live_[0-9A-Za-z]{20,}")),
     ("a JSON web token", re.compile(r"\beyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}")),
+    # Webhook URLs carry their credential in the path: whoever has one can post.
+    (
+        "a Slack webhook URL",
+        re.compile(r"https://hooks\.slack\.com/(services|workflows|triggers)/[A-Za-z0-9/_-]{20,}"),
+    ),
+    (
+        "a Discord webhook URL",
+        re.compile(r"https://(\w+\.)?discord(app)?\.com/api/webhooks/\d+/[\w-]{20,}"),
+    ),
+    ("an npm token", re.compile(r"\bnpm_[A-Za-z0-9]{36}\b")),
+    ("a GitLab token", re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}")),
+    ("a SendGrid key", re.compile(r"\bSG\.[\w-]{22}\.[\w-]{43}\b")),
 )
 # Fields that hold environment variables, in any provider's schema (lower-cased).
 _ENV_FIELDS = {

@@ -29,6 +29,9 @@ FUNCTION_GOLDEN = {
 AWS_KEY = "AKIA" + "Q3EGRFLDTGWBKXPA"
 GOOGLE_KEY = "AIza" + "SyD-4bQ9nV3c8Rk2xZ7LmP0wTq6YhJuE1sA"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzaWduYWwifQ.c2lnbmF0dXJlLW5vdC1yZWFs"
+SLACK_WEBHOOK = "https://hooks.slack.com/services/" + "T0000AAAA/B0000BBBB/cccccccccccccccccccccccc"
+DISCORD_WEBHOOK = "https://discord.com/api/webhooks/" + "123456789012345678/" + "d" * 68
+SENDGRID_KEY = "SG." + "e" * 22 + "." + "f" * 43
 
 
 def run_env(label: str, envs: list, expect: int = 1, **kw: object) -> Case:
@@ -80,6 +83,23 @@ CASES = [
         message="an AWS access key",
     ),
     function_env("function-token", {"SLACK_TOKEN": "plain-text-token"}),
+    # Credentials by shape under names that say nothing (Checkov's secret scanners' kinds).
+    *(
+        function_env(f"function-{label}", {"NOTIFY": value}, message=f"its value is {shape}")
+        for label, value, shape in (
+            ("slack-webhook", SLACK_WEBHOOK, "a Slack webhook URL"),
+            ("discord-webhook", DISCORD_WEBHOOK, "a Discord webhook URL"),
+            ("npm-token", "npm_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "an npm token"),
+            ("gitlab-token", "glpat-" + "x1Y2z3A4b5C6d7E8f9G0", "a GitLab token"),
+            ("sendgrid-key", SENDGRID_KEY, "a SendGrid key"),
+        )
+    ),
+    ok(
+        "secrets-no-plaintext-env",
+        FUNCTION,
+        mutate(FUNCTION_GOLDEN, {"environmentVariables.DOCS": "https://hooks.slack.com/"}),
+        "function-slack-host-alone",
+    ),
     function_env(
         "function-two-secrets",
         {"PASSWORD": "hunter2", "MAPS": GOOGLE_KEY, "LOG_LEVEL": "debug"},
