@@ -238,10 +238,11 @@ class SignalPipeline:
             raise
         reasons[passing] = engine_reasons
         accepted = reasons == 0
-        for code in np.unique(reasons[~accepted]):
-            self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
-                int((reasons == code).sum())
-            )
+        if not accepted.all():
+            for code in np.unique(reasons[~accepted]):
+                self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
+                    int((reasons == code).sum())
+                )
         ok = engine_reasons == 0
         if not ok.any():
             empty = np.empty(0, np.int64)
@@ -253,7 +254,8 @@ class SignalPipeline:
         )
         warm &= ok
         self._track_warm_up(symbol, ok, warm)
-        rows = last_warm_row_per_symbol(symbol, warm)
+        # The fused kernel found the same rows (its warm ticks are accepted ones) while it ran.
+        rows = last_warm_row_per_symbol(symbol, warm) if fused is None else fused.rows
         inference = None
         if rows.size and fused is not None and self._fused is not None:
             inference = self._fused.resolved(fused, self.batcher.monitor)  # the same rows, done
