@@ -144,3 +144,44 @@ def supported_version(r: Resource) -> Iterator[str]:
     patterns = [str(p) for p in r.config["endOfLifeVersions"]]
     if isinstance(version, str) and any(fnmatch.fnmatchcase(version, p) for p in patterns):
         yield f"databaseVersion {version} is past standard support: upgrade the major version"
+
+
+# Engine flags that open an instance up, by engine (databaseVersion's prefix): flag -> the
+# value it must not have.
+UNSAFE_FLAGS: dict[str, dict[str, str]] = {
+    # LOAD DATA LOCAL lets a client read files off the server.
+    "MYSQL": {"local_infile": "on"},
+    "SQLSERVER": {
+        "external scripts enabled": "on",
+        "cross db ownership chaining": "on",
+        "contained database authentication": "on",
+        "remote access": "on",
+    },
+}
+
+
+@RULES.resource(
+    "sql-no-unsafe-flags",
+    level=MANDATORY,
+    description=(
+        "Cloud SQL database flags keep the engine's unsafe features off: MySQL local_infile; "
+        "SQL Server external scripts, cross db ownership chaining, contained database "
+        "authentication and remote access."
+    ),
+    source=(
+        "CIS Google Cloud 6.1.3, 6.3.1, 6.3.2, 6.3.5, 6.3.7; Checkov CKV_GCP_50, CKV_GCP_58, "
+        "CKV_GCP_59."
+    ),
+    types={INSTANCE},
+)
+def unsafe_flags(r: Resource) -> Iterator[str]:
+    version = get(r.props, "databaseVersion")
+    if not isinstance(version, str):
+        return
+    unsafe = UNSAFE_FLAGS.get(version.split("_", 1)[0], {})
+    for index, flag in enumerate(as_list(get(r.props, "settings", "databaseFlags"))):
+        name, value = get(flag, "name"), get(flag, "value")
+        if not isinstance(name, str) or not isinstance(value, str):
+            continue
+        if unsafe.get(name.lower()) == value.lower():
+            yield f"settings.databaseFlags[{index}] sets {name} to {value!r}: turn it off"

@@ -18,6 +18,7 @@ LEVELS = {
     "sql-backups": "mandatory",
     "sql-deletion-protection": "mandatory",
     "sql-supported-version": "mandatory",
+    "sql-no-unsafe-flags": "mandatory",
 }
 
 GOLDEN = {
@@ -135,6 +136,49 @@ CASES = [
         "configured",
         {"databaseVersion": "POSTGRES_16"},
         config={"sql-supported-version": {"endOfLifeVersions": ["POSTGRES_1?"]}},
+    ),
+    ok(
+        "sql-no-unsafe-flags",
+        INSTANCE,
+        mutate(
+            GOLDEN,
+            {
+                "databaseVersion": "MYSQL_8_4",
+                "settings.databaseFlags": [{"name": "local_infile", "value": "off"}],
+            },
+        ),
+        "mysql-local-infile-off",
+    ),
+    ok(
+        "sql-no-unsafe-flags",
+        INSTANCE,
+        mutate(GOLDEN, {"settings.databaseFlags": [{"name": "local_infile", "value": "on"}]}),
+        "a-mysql-flag-on-postgres-is-not-judged",
+    ),
+    s(
+        "sql-no-unsafe-flags",
+        "mysql-local-infile-on",
+        {
+            "databaseVersion": "MYSQL_8_0",
+            "settings.databaseFlags": [
+                {"name": "slow_query_log", "value": "on"},
+                {"name": "local_infile", "value": "ON"},
+            ],
+        },
+        message="settings.databaseFlags[1] sets local_infile to 'ON'",
+    ),
+    s(
+        "sql-no-unsafe-flags",
+        "sqlserver-two-unsafe-flags",
+        {
+            "databaseVersion": "SQLSERVER_2022_STANDARD",
+            "settings.databaseFlags": [
+                {"name": "cross db ownership chaining", "value": "on"},
+                {"name": "external scripts enabled", "value": "on"},
+                {"name": "user connections", "value": "0"},
+            ],
+        },
+        expect=2,
     ),
 ]
 
