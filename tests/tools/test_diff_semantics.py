@@ -86,8 +86,12 @@ def test_a_replaced_cluster_replaces_its_provider_and_every_object_it_manages(di
     provider = diff["replace kubernetes k8s"]
     assert [c.path for c in provider.replacing] == ["clusterIdentifier"]
     deployment = diff["replace Deployment app"]
-    assert [(c.path, c.why) for c in deployment.replacing] == [
-        ("(provider)", "its provider is replaced")
+    assert [(c.path, c.old, c.why) for c in deployment.replacing] == [
+        (
+            "(provider)",
+            "urn:pulumi:dev::semantics::pulumi:providers:kubernetes::k8s",
+            "its provider is replaced",
+        )
     ]
 
 

@@ -295,7 +295,7 @@ def _cascade(
                 items.append(
                     InputChange(
                         "(provider)",
-                        resource.provider,
+                        provider_urn(resource.provider),
                         UNKNOWN,
                         "replace",
                         why="its provider is replaced",
