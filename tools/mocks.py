@@ -357,6 +357,8 @@ _DERIVED: dict[str, Callable[[Target], Outputs]] = {
     "gcp:monitoring/customService:CustomService": _monitoring_service,
     "gcp:monitoring/slo:Slo": _slo,
     "gcp:cloudrunv2/service:Service": _located("services"),
+    # Its `name` carries the project number (unknown); the id names the project as given.
+    "gcp:secretmanager/secret:Secret": _project_path("secrets", "secretId"),
 }
 
 

@@ -206,3 +206,18 @@ def test_project_and_region_a_resource_omits_are_its_providers(tmp_path: Path):
     inventory = plan(tmp_path, "dev")
     assert inventory.outputs["where"] == ["acme-dev", "europe-west1", "other"]
     assert inventory.named("gcp:projects/iAMMember:IAMMember", "m").inputs["project"] == "acme-dev"
+
+
+def test_a_secret_manager_secret_id_is_known_and_reaches_its_versions(tmp_path: Path):
+    # projects/P/secrets/ID, as the provider builds it from the inputs: a version's `secret`
+    # names it in a preview, as on a stack whose secret exists.
+    (tmp_path / "Pulumi.yaml").write_text("name: sm\nruntime: python\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text("config:\n  gcp:project: acme-dev\n")
+    (tmp_path / "__main__.py").write_text(
+        "import pulumi_gcp as gcp\n"
+        "secret = gcp.secretmanager.Secret('s', secret_id='db-url', replication={'auto': {}})\n"
+        "gcp.secretmanager.SecretVersion('v', secret=secret.id, secret_data='x')\n"
+    )
+    inventory = plan(tmp_path, "dev")
+    version = inventory.named("gcp:secretmanager/secretVersion:SecretVersion", "v")
+    assert version.inputs["secret"] == "projects/acme-dev/secrets/db-url"
