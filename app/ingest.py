@@ -384,8 +384,9 @@ class Ingestor(ShardHost):
                 result = await self.pipeline.finish(applied)
                 computed_at = time.time_ns()
                 answer = reply_of(request.batch_id, result, computed_at)
-                accepted = TickColumns(*(c[applied.accepted] for c in (
-                    ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)))  # fmt: skip
+                accepted = ticks if applied.accepted.all() else TickColumns(*(
+                    c[applied.accepted] for c in (ticks.symbol, ticks.price, ticks.size,
+                                                  ticks.ts_ns)))  # fmt: skip
                 features = result.features
                 if features is None:
                     features = np.empty((0, len(FEATURES)))
