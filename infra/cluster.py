@@ -412,7 +412,12 @@ class GkeCluster(pulumi.ComponentResource):
                 labels=labels,
                 node_labels={POOL_LABEL: "system"},
             ),
-            opts=replaced_in_place,
+            # The node count a new pool starts with replaces the pool when it changes: the
+            # system pool would be deleted first, every system pod with it. The autoscaler's
+            # minimum (updated in place) carries a later `minNodes` change instead.
+            opts=pulumi.ResourceOptions.merge(
+                replaced_in_place, pulumi.ResourceOptions(ignore_changes=["initialNodeCount"])
+            ),
         )
 
         self.gpu_pools: dict[str, gcp.container.NodePool] = {}

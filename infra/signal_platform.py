@@ -237,6 +237,7 @@ class Region(pulumi.ComponentResource):
                 compute_class=INFERENCE_COMPUTE_CLASS,
                 priority_class=INFERENCE_PRIORITY,
                 accelerator=self.cluster.accelerator,
+                gpu_on_demand=any(not pool.spot for pool in region.node_pools.gpu),
             ),
             model_bucket=models_bucket,
             endpoints=ServiceEndpoints.of(

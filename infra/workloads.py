@@ -161,11 +161,14 @@ class ServiceEndpoints:
 
 @dataclass(frozen=True)
 class Placement:
-    """What a cluster offers the workloads: where GPU pods go and how they rank."""
+    """What a cluster offers the workloads: where GPU pods go and how they rank.
+    `gpu_on_demand`: some GPU pool is on-demand, so a GPU pod finds a node whatever spot
+    capacity there is."""
 
     compute_class: str
     priority_class: str
     accelerator: str | None
+    gpu_on_demand: bool = True
 
 
 def mesh_services() -> list[MeshService]:
@@ -211,6 +214,14 @@ SERVICE_CONFIG_KEYS: Mapping[str, str] = {
     "telemetry.otlp_endpoint": "mesh.tracingCollector",
     "telemetry.trace_sample_ratio": "mesh.traceSamplingPercent",
 }
+# How long pulumi-kubernetes waits for a workload's rollout (its default: 10 minutes). A first
+# GPU rollout scales a node from zero (capacity, boot, the driver installer), pulls Triton's
+# image (about 10 GB) and loads the model, and Triton's startupProbe alone allows 10 minutes;
+# the service's pods wait for their spool disks and shards.
+# (pulumi-kubernetes reads it from the object's annotation, which the plan shows.)
+ROLLOUT_TIMEOUT = {"pulumi.com/timeoutSeconds": str(45 * 60)}
+SKIP_AWAIT = "pulumi.com/skipAwait"
+
 # Any `host:port` and CA stand in for Memorystore's, unknown until a cluster exists, when the
 # file is checked before anything is declared: its validity does not depend on them.
 PLANNED_REDIS = "redis-discovery.invalid:6379"
@@ -633,18 +644,31 @@ class WorkloadSet(pulumi.ComponentResource):
             },
         }
 
-    def _workload_metadata(self, app: str, workload: Workload) -> k8s.meta.v1.ObjectMetaArgsDict:
+    def _workload_metadata(
+        self, app: str, workload: Workload, annotations: Mapping[str, str] = MappingProxyType({})
+    ) -> k8s.meta.v1.ObjectMetaArgsDict:
         return object_metadata(
             app,
             self.namespace,
             k8s_labels(self._labels, app),
-            {**accepted_unpinned(workload.image, self._unpinned), **AFTER_IMAGE_AND_MODEL},
+            {
+                **accepted_unpinned(workload.image, self._unpinned),
+                **AFTER_IMAGE_AND_MODEL,
+                **ROLLOUT_TIMEOUT,
+                **annotations,
+            },
         )
 
-    def _deployment(self, app: str, workload: Workload, template: dict[str, Any]):
+    def _deployment(
+        self,
+        app: str,
+        workload: Workload,
+        template: dict[str, Any],
+        annotations: Mapping[str, str] = MappingProxyType({}),
+    ):
         return k8s.apps.v1.Deployment(
             f"{self._name}-{app}",
-            metadata=self._workload_metadata(app, workload),
+            metadata=self._workload_metadata(app, workload, annotations),
             # No `replicas`: the HPA owns the count (its minReplicas is the floor). Set here, it
             # would be applied over the HPA's on the next update: refused as a conflict with
             # kube-controller-manager's field (Server-Side Apply), or, forced, reset at peak.
@@ -660,7 +684,10 @@ class WorkloadSet(pulumi.ComponentResource):
                     "template": template,
                 }
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.service_accounts[app]]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.service_accounts[app]],
+            ),
         )
 
     def _signal_service(
@@ -800,7 +827,8 @@ class WorkloadSet(pulumi.ComponentResource):
                 }
             ),
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self.service_accounts[app], self._storage_class]
+                parent=self,
+                depends_on=[self.service_accounts[app], self._storage_class],
             ),
         )
 
@@ -892,7 +920,10 @@ class WorkloadSet(pulumi.ComponentResource):
             # GPU capacity is where spot is: prefer spreading, never wait for it.
             zone_spread="ScheduleAnyway",
         )
-        return self._deployment(TRITON, workload, template)
+        # Without an on-demand GPU pool Triton runs only while spot capacity lasts: a deploy
+        # does not wait for it (the service serves from its in-process model meanwhile).
+        spot_only = {} if placement.gpu_on_demand else {SKIP_AWAIT: "true"}
+        return self._deployment(TRITON, workload, template, spot_only)
 
     # ------------------------------------------------------------------ services, scaling
 

@@ -163,7 +163,11 @@ class MaintenanceWindow(Model):
 
 class ClusterSettings(Model):
     release_channel: Literal["RAPID", "REGULAR", "STABLE"] = "REGULAR"
-    kubernetes_minor_version: str = "1.33"
+    # The control plane's minimum minor (`minMasterVersion`): one the release channel offers
+    # for new clusters, which it stops doing at the minor's end of standard support (1.33 and
+    # 1.34 are past it by late 2026), and inside the Istio release's range (mesh.py). Check
+    # `gcloud container get-server-config --flatten=channels` before a first apply.
+    kubernetes_minor_version: str = "1.35"
     private_endpoint: bool = False
     master_authorized_networks: tuple[AuthorizedNetwork, ...] = (
         AuthorizedNetwork(cidr="10.0.0.0/8", name="internal"),

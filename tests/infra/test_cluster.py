@@ -3,6 +3,8 @@ policy pack sees them in each stack's plan, and the cluster settings' validation
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 
 import pytest
@@ -19,8 +21,11 @@ from infra.cluster import (
     spot_first,
 )
 from infra.config import ConfigError, GpuPool, StackConfig, load_catalog
+from infra.config.cluster import ClusterSettings
+from infra.config.mesh import ISTIO_KUBERNETES, MeshSettings
 from tests.infra.stack_config import section
 from tests.infra.test_config import load, stack_values
+from tools.diff.compare import diff_resource
 from tools.inventory import UNKNOWN, Inventory, Resource, provider_urn
 
 CLUSTER = "gcp:container/cluster:Cluster"
@@ -476,6 +481,32 @@ def test_node_pools_are_deleted_before_their_replacement(stack_plan: Inventory):
         assert resource.options["deleteBeforeReplace"] is True, resource.name
 
 
+def test_a_system_pool_size_change_updates_the_pool_and_never_replaces_it(
+    stack_plan: Inventory,
+):
+    """`initialNodeCount` replaces a node pool, and the system pool is deleted before its
+    replacement: a `minNodes` change must not take every system pod down. The autoscaler's
+    minimum carries it, in place."""
+    for pool in stack_plan.of_type(NODE_POOL):
+        if pool.inputs["name"] != "system":
+            continue
+        inputs = copy.deepcopy(pool.inputs)
+        inputs["initialNodeCount"] += 1
+        inputs["autoscaling"]["minNodeCount"] += 1
+        head = dataclasses.replace(pool, inputs=inputs)
+        change = diff_resource(pool, head, None)
+        assert change is not None and change.changes, pool.name
+        assert not change.replacing, [c.path for c in change.replacing]
+
+
+def test_the_default_control_plane_minor_is_one_istio_supports_and_not_past_support():
+    """1.33 and 1.34 leave GKE's release channels (end of standard support) before a late-2026
+    first apply, and a channel creates clusters only at minors it offers."""
+    minor = ClusterSettings().kubernetes_minor_version
+    assert tuple(map(int, minor.split("."))) >= (1, 35)
+    assert minor in ISTIO_KUBERNETES[MeshSettings().istio_minor]
+
+
 def test_the_kubernetes_provider_names_its_cluster(stack_plan: Inventory):
     """A replaced cluster keeps its name, so a kubeconfig of names alone would leave the
     provider (and Pulumi's record of every object) pointing at an empty new cluster: the
@@ -515,11 +546,8 @@ def test_the_provider_is_replaced_with_its_cluster():
     ]
     (provider,) = providers
     options = next(k.value for k in provider.keywords if k.arg == "opts")
-    replace_with = next(
-        k.value
-        for k in options.keywords
-        if k.arg == "replace_with"  # type: ignore[attr-defined]
-    )
+    assert isinstance(options, ast.Call)  # pulumi.ResourceOptions(...)
+    replace_with = next(k.value for k in options.keywords if k.arg == "replace_with")
     assert ast.unparse(replace_with) == "[self.cluster]"
 
 

@@ -65,9 +65,11 @@ def test_firewall_denies_ingress_by_default_and_allows_only_known_sources(stack_
     rules = {r.name.removeprefix("signal-vpc-"): r.inputs for r in stack_plan.of_type(FIREWALL)}
     deny = rules["deny-all-ingress"]
     assert deny["denies"] == [{"protocol": "all"}] and deny["sourceRanges"] == ["0.0.0.0/0"]
+    # Every rule logs; the default deny (internet noise) without the metadata annotations.
+    assert deny["logConfig"]["metadata"] == "EXCLUDE_ALL_METADATA"
     for name, rule in rules.items():
-        assert rule["logConfig"]["metadata"] == "INCLUDE_ALL_METADATA"
         if name != "deny-all-ingress":
+            assert rule["logConfig"]["metadata"] == "INCLUDE_ALL_METADATA"
             assert "allows" in rule and "0.0.0.0/0" not in rule["sourceRanges"], name
             assert rule["priority"] < deny["priority"]
     assert rules["allow-health-checks"]["sourceRanges"] == ["35.191.0.0/16", "130.211.0.0/22"]

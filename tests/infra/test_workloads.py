@@ -631,6 +631,28 @@ def test_the_signal_service_is_a_stateful_set_of_shard_owners(stack_plan: Invent
     assert 5 + app.server.grace_s + app.sharding.handover_timeout_s < grace
 
 
+def test_rollouts_get_time_for_a_gpu_node_and_spot_only_triton_is_not_awaited(
+    stack_plan: Inventory,
+):
+    """pulumi-kubernetes waits 10 minutes for a rollout by default, Triton's startupProbe alone
+    allows 10: a first rollout that scales a GPU node from zero and pulls Triton's image needs
+    longer. Where no GPU pool is on-demand (dev), Triton runs only while spot capacity lasts:
+    the deploy does not wait for it (the service serves from its in-process model)."""
+    cfg = config_of(stack_plan)
+    checked = 0
+    for resource in stack_plan.resources:
+        if resource.type not in (DEPLOYMENT, STATEFUL_SET) or "-workloads-" not in resource.name:
+            continue
+        checked += 1
+        annotations = resource.inputs["metadata"]["annotations"]
+        assert int(annotations["pulumi.com/timeoutSeconds"]) >= 30 * 60, resource.name
+        region = resource.name.split("-workloads-")[0]
+        on_demand = any(not p.spot for p in cfg.region(region).node_pools.gpu)
+        skipped = annotations.get("pulumi.com/skipAwait") == "true"
+        assert skipped == (resource.name.endswith("-triton") and not on_demand), resource.name
+    assert checked == 2 * len(cfg.regions)
+
+
 def test_prod_can_scale_to_ten_times_its_baseline(prod_plan: Inventory):
     for hpas in in_signals(prod_plan, HPA).values():
         for hpa in hpas.values():
