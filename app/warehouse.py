@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 from app.backoff import Backoff
 from app.config_errors import ConfigModel
 from app.schemas import DUCKDB_TYPES, Table, tables
-from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
+from app.signals import Signal, SignalColumns
 from app.telemetry import Metrics, default_metrics
 
 log = structlog.get_logger("app.warehouse")
@@ -51,15 +51,6 @@ log = structlog.get_logger("app.warehouse")
 Columns = dict[str, np.ndarray]  # one batch of one table: column name -> values, schema order
 LEDGER = "_spool_batches"  # DuckDB: (table_name, seq) of every batch each table holds
 RETENTION_CHECK_S = 3600.0
-
-# The `signals.direction` values: the protobuf Direction enum's names.
-DIRECTION_NAMES: dict[int, str] = {
-    DIRECTION_DOWN: "DIRECTION_DOWN",
-    DIRECTION_FLAT: "DIRECTION_FLAT",
-    DIRECTION_UP: "DIRECTION_UP",
-}
-DIRECTION_CODES: dict[str, int] = {v: k for k, v in DIRECTION_NAMES.items()}
-_DIRECTION_NAME_OF = np.array([DIRECTION_NAMES.get(code) for code in range(4)], dtype=object)
 
 _NUMPY_KIND: dict[str, tuple[str, ...]] = {
     "STRING": ("O", "U"),
@@ -181,14 +172,14 @@ def check_columns(tbl: Table, columns: Mapping[str, Any]) -> Columns:
 def signal_columns(
     signals: Sequence[Signal] | SignalColumns, computed_at_ns: int | None = None
 ) -> Columns:
-    """`signals` rows (the Signal message's fields; direction by its enum name); without
-    ``computed_at_ns`` that column is NULL."""
+    """`signals` rows (the Signal message's fields; direction by its enum number, as the
+    BigQuery subscription writes it); without ``computed_at_ns`` that column is NULL."""
     n = len(signals)
     if isinstance(signals, SignalColumns):
         columns: Columns = {
             "symbol": signals.symbol.astype(np.int64),
             "ts_ns": signals.ts_ns.astype(np.int64),
-            "direction": _DIRECTION_NAME_OF[signals.direction],
+            "direction": signals.direction.astype(np.int64),
             "strength": signals.strength.astype(np.float64),
             "confidence": signals.confidence.astype(np.float64),
             "model_version": np.full(n, signals.model_version, dtype=object),
@@ -200,7 +191,7 @@ def signal_columns(
         columns = {
             "symbol": np.array([s.symbol for s in signals], dtype=np.int64),
             "ts_ns": np.array([s.ts_ns for s in signals], dtype=np.int64),
-            "direction": np.array([DIRECTION_NAMES[s.direction] for s in signals], dtype=object),
+            "direction": np.array([s.direction for s in signals], dtype=np.int64),
             "strength": np.array([s.strength for s in signals], dtype=np.float64),
             "confidence": np.array([s.confidence for s in signals], dtype=np.float64),
             "model_version": np.array([s.model_version for s in signals], dtype=object),
@@ -220,7 +211,7 @@ _SIGNAL_FIELDS = ("symbol", "ts_ns", "direction", "strength", "confidence", "mod
 
 def _timed_from_row(row: Sequence[Any]) -> tuple[Signal, int]:
     symbol, ts_ns, direction, strength, confidence, model_version, *model, computed_at = row
-    signal = Signal(int(symbol), int(ts_ns), DIRECTION_CODES[direction], float(strength),
+    signal = Signal(int(symbol), int(ts_ns), int(direction), float(strength),
                     float(confidence), model_version, *(m or "" for m in model))  # fmt: skip
     return signal, int(ts_ns if computed_at is None else computed_at)
 

@@ -41,9 +41,8 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.config import PubSubSettings
-from infra.proto_schema import extract_message, parse
+from infra.proto_schema import APP_PROTO_PATH, extract_message, parse
 
-PROTO_PATH = Path(__file__).resolve().parent.parent / "app" / "proto" / "signals.proto"
 TICKS_MESSAGE = "TickBatch"
 SIGNALS_MESSAGE = "Signal"
 PUBLISHER = "roles/pubsub.publisher"
@@ -75,7 +74,7 @@ class Messaging(pulumi.ComponentResource):
         publishers: Mapping[str, pulumi.Input[str]],
         consumers: Mapping[str, pulumi.Input[str]],
         labels: Mapping[str, str],
-        proto_path: Path = PROTO_PATH,
+        proto_path: Path = APP_PROTO_PATH,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """`agent_member`: the Pub/Sub service agent, which writes the BigQuery subscription's

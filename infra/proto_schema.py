@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+# The one source of truth the schemas are cut from.
+APP_PROTO_PATH = Path(__file__).resolve().parent.parent / "app" / "proto" / "signals.proto"
 
 SCALARS = frozenset(
     {
@@ -246,3 +250,17 @@ def _quoted(statement: str) -> str:
     if match is None:
         raise ValueError(f"expected a quoted string in {statement!r}")
     return match.group(1)
+
+
+def enum_numbers(proto_text: str) -> dict[str, int]:
+    """Every top-level enum value's name → its number (names are unique across a file's
+    top-level enums in proto's C++ scoping, which the app's file follows)."""
+    proto = parse(proto_text)
+    masked = mask_comments(proto_text)
+    numbers: dict[str, int] = {}
+    for block in proto.blocks.values():
+        if block.kind == "enum":
+            body = masked[block.open_brace + 1 : block.end - 1]
+            for name, number in re.findall(r"\b([A-Za-z_]\w*)\s*=\s*(-?\d+)\s*[;\[]", body):
+                numbers[name] = int(number)
+    return numbers

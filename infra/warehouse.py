@@ -25,6 +25,7 @@ import pulumi_gcp as gcp
 
 from app.schemas import Table, tables
 from infra.config import BigQuerySettings
+from infra.proto_schema import APP_PROTO_PATH, enum_numbers
 from infra.settle import IAM_PROPAGATION, settle
 
 SQL_DIR = Path(__file__).with_name("sql")
@@ -58,9 +59,12 @@ LOGICAL_VIEWS: tuple[LogicalView, ...] = (
 
 
 def load_sql(name: str, project: str, dataset: str) -> str:
-    """`infra/sql/<name>.sql` with its `${project}` and `${dataset}` filled in."""
+    """`infra/sql/<name>.sql` with its `${project}` and `${dataset}` filled in, and each enum
+    value of the app's proto (`${DIRECTION_UP}`) by its number, as the BigQuery subscription
+    writes an enum field."""
     text = (SQL_DIR / f"{name}.sql").read_text()
-    return Template(text).substitute(project=project, dataset=dataset).strip() + "\n"
+    numbers = enum_numbers(APP_PROTO_PATH.read_text())
+    return Template(text).substitute(numbers, project=project, dataset=dataset).strip() + "\n"
 
 
 def partitioning(spec: Table, expiration_ms: int) -> dict[str, Any]:

@@ -117,8 +117,11 @@ def _check(table: Table) -> None:
     wanted = {"DAY": "TIMESTAMP", "RANGE": "INT64"}.get(table.partition_type)
     if wanted is None:
         raise ValueError(f"{where}: partitioning type must be DAY or RANGE")
-    if partition is None or partition.type != wanted or partition.mode != "REQUIRED":
-        raise ValueError(f"{where}: {table.partition_type} partitioning needs a REQUIRED {wanted}")
+    # NULL partitions (__NULL__) are allowed; a repeated column cannot partition.
+    if partition is None or partition.type != wanted or partition.mode == "REPEATED":
+        raise ValueError(
+            f"{where}: {table.partition_type} partitioning needs a non-repeated {wanted} column"
+        )
     if table.partition_range is not None:
         start, end, interval = table.partition_range
         if interval <= 0 or end <= start or (end - start) // interval > 10_000:

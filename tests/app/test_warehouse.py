@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Sequence
@@ -105,12 +106,19 @@ def test_rows_must_match_the_declared_schema() -> None:
         check_columns(ticks, {**tick_columns(3), "event_time": np.array([1.0, 2.0, 3.0])})
     with pytest.raises(ValueError, match=r"ticks.price: REQUIRED, but some values are NaN"):
         check_columns(ticks, {**tick_columns(3), "price": np.array([1.0, np.nan, 2.0])})
-    with pytest.raises(ValueError, match=r"signals.direction: REQUIRED, but some values are null"):
-        check_columns(table("signals"), {
-            "symbol": np.array([1]), "ts_ns": np.array([T0]),
-            "direction": np.array([None], dtype=object), "strength": np.array([0.1]),
-            "confidence": np.array([0.5]), "model_version": np.array(["m"], dtype=object),
-        })  # fmt: skip
+    signal_row = {
+        "symbol": np.array([1]), "ts_ns": np.array([T0]), "direction": np.array([3]),
+        "strength": np.array([0.1]), "confidence": np.array([0.5]),
+        "model_version": np.array([None], dtype=object),
+    }  # fmt: skip
+    check_columns(table("signals"), signal_row)  # NULLABLE, as Pub/Sub needs: accepted
+    required = dataclasses.replace(table("signals"), columns=tuple(
+        dataclasses.replace(c, mode="REQUIRED") if c.name == "model_version" else c
+        for c in table("signals").columns))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"signals.model_version: REQUIRED, but some values are null"
+    ):
+        check_columns(required, signal_row)
 
 
 def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> None:
@@ -138,7 +146,7 @@ def test_duckdb_tables_and_rows_match_the_declared_schemas(tmp_path: Path) -> No
         rsi = await sink.query("SELECT rsi FROM features ORDER BY event_time LIMIT 2")
         assert rsi == [(None,), (1 / 3,)]  # NaN (before warm-up) is stored as NULL
         assert (await sink.query("SELECT * FROM signals")) == [
-            (5, T0 + 5000, "DIRECTION_UP", 0.5, 0.75, "m/1", None, "", "", "")]  # fmt: skip
+            (5, T0 + 5000, DIRECTION_UP, 0.5, 0.75, "m/1", None, "", "", "")]  # fmt: skip
         await w.close()
 
     run(scenario())
@@ -388,7 +396,7 @@ def test_bigquery_appends_rows_in_the_declared_schema_to_the_default_stream() ->
         assert (ticks[3].symbol, ticks[3].price, ticks[3].size) == (3, 100.03, 4.0)
         _, signals = decode_rows(by_table["signals"])
         assert (signals[0].symbol, signals[0].ts_ns, signals[0].direction) == (
-            9, T0 + 1000, "DIRECTION_DOWN")  # fmt: skip
+            9, T0 + 1000, DIRECTION_DOWN)  # fmt: skip
         assert metrics.warehouse_failures.labels("ticks")._value.get() == 1  # retried
         await w.close()
 
@@ -434,11 +442,11 @@ class FakeReadClient:
 
 def test_bigquery_history_reads_restrict_by_symbol_and_time_and_keep_the_newest() -> None:
     rows = [
-        {"symbol": 4, "ts_ns": T0 + 7, "direction": "DIRECTION_UP", "strength": 0.5,
+        {"symbol": 4, "ts_ns": T0 + 7, "direction": DIRECTION_UP, "strength": 0.5,
          "confidence": 0.875, "model_version": "m/1"},
-        {"symbol": 4, "ts_ns": T0 + 9, "direction": "DIRECTION_DOWN", "strength": -0.5,
+        {"symbol": 4, "ts_ns": T0 + 9, "direction": DIRECTION_DOWN, "strength": -0.5,
          "confidence": 0.625, "model_version": "m/1", "computed_at_ns": T0 + 50},
-        {"symbol": 5, "ts_ns": T0 + 1, "direction": "DIRECTION_FLAT", "strength": 0.0,
+        {"symbol": 5, "ts_ns": T0 + 1, "direction": DIRECTION_FLAT, "strength": 0.0,
          "confidence": 0.5, "model_version": "m/2"},  # written before computed_at_ns existed
     ]  # fmt: skip
     client = FakeReadClient(rows)
@@ -475,7 +483,7 @@ def test_signals_go_to_the_warehouse_only_where_no_subscription_writes_them() ->
     rows = Warehouse(WarehouseConfig(), DuckDBSink(":memory:"))
     assert list(check_columns(table("signals"), {
         "symbol": cols.symbol.astype(np.int64), "ts_ns": cols.ts_ns,
-        "direction": np.array(["DIRECTION_UP", "DIRECTION_DOWN"], object),
+        "direction": np.array([DIRECTION_UP, DIRECTION_DOWN], np.int64),
         "strength": cols.strength.astype(np.float64),
         "confidence": cols.confidence.astype(np.float64),
         "model_version": np.array(["m/3", "m/3"], object),

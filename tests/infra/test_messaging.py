@@ -14,8 +14,8 @@ from grpc_tools import protoc
 from app.schemas import tables
 from infra.config import ConfigError
 from infra.config.data import regions_within
-from infra.messaging import PROTO_PATH, schema_id
-from infra.proto_schema import extract_message
+from infra.messaging import schema_id
+from infra.proto_schema import APP_PROTO_PATH, extract_message
 from tests.infra.stack_config import load
 from tools.inventory import Inventory, Resource
 
@@ -48,7 +48,9 @@ def message_class(files: descriptor_pb2.FileDescriptorSet, full_name: str) -> ty
 
 @pytest.fixture(scope="module")
 def app_proto(tmp_path_factory) -> descriptor_pb2.FileDescriptorSet:
-    return compile_proto(tmp_path_factory.mktemp("app"), "signals.proto", PROTO_PATH.read_text())
+    return compile_proto(
+        tmp_path_factory.mktemp("app"), "signals.proto", APP_PROTO_PATH.read_text()
+    )
 
 
 def app_message(app_proto, name: str) -> descriptor_pb2.DescriptorProto:
@@ -67,13 +69,15 @@ def schemas(plan: Inventory) -> dict[str, Resource]:
 def test_declared_schema_is_the_extraction_of_the_apps_proto(stack_plan: Inventory, topic: str):
     schema = schemas(stack_plan)[topic]
     assert schema.inputs["type"] == "PROTOCOL_BUFFER"
-    assert schema.inputs["definition"] == extract_message(PROTO_PATH.read_text(), MESSAGES[topic])
+    assert schema.inputs["definition"] == extract_message(
+        APP_PROTO_PATH.read_text(), MESSAGES[topic]
+    )
     assert schema.inputs["name"] == schema_id("signals.v1", MESSAGES[topic])
 
 
 @pytest.mark.parametrize("message", ["TickBatch", "Signal", "SignalBatch", "IngestAck"])
 def test_extraction_compiles_to_one_self_contained_message(tmp_path, app_proto, message: str):
-    definition = extract_message(PROTO_PATH.read_text(), message)
+    definition = extract_message(APP_PROTO_PATH.read_text(), message)
     (file,) = compile_proto(tmp_path, "schema.proto", definition).file
     assert [m.name for m in file.message_type] == [message], "one top-level message"
     assert not file.dependency and not file.enum_type and not file.service
@@ -89,7 +93,9 @@ def test_extraction_compiles_to_one_self_contained_message(tmp_path, app_proto, 
 
 def test_the_apps_encoded_signal_reads_the_same_under_the_schema(tmp_path, app_proto):
     app_signal = message_class(app_proto, "signals.v1.Signal")
-    schema = compile_proto(tmp_path, "s.proto", extract_message(PROTO_PATH.read_text(), "Signal"))
+    schema = compile_proto(
+        tmp_path, "s.proto", extract_message(APP_PROTO_PATH.read_text(), "Signal")
+    )
     schema_signal = message_class(schema, "Signal")
     sent = app_signal(
         symbol=7,
@@ -111,7 +117,8 @@ def test_the_apps_encoded_signal_reads_the_same_under_the_schema(tmp_path, app_p
     )
 
 
-# Protobuf field type → the BigQuery column types a BigQuery subscription writes it into.
+# Protobuf field type → the BigQuery column type a BigQuery subscription writes it into
+# (Pub/Sub's schema compatibility table for Protocol Buffer types: an enum is its number).
 BIGQUERY_TYPES = {
     FIELD.TYPE_INT32: "INT64",
     FIELD.TYPE_INT64: "INT64",
@@ -126,7 +133,7 @@ BIGQUERY_TYPES = {
     FIELD.TYPE_STRING: "STRING",
     FIELD.TYPE_BYTES: "BYTES",
     FIELD.TYPE_BOOL: "BOOL",
-    FIELD.TYPE_ENUM: "STRING",  # the value's name
+    FIELD.TYPE_ENUM: "INT64",
 }
 
 
@@ -137,6 +144,10 @@ def test_signals_table_columns_are_the_signal_messages_fields(app_proto):
     for column, field in zip(columns, signal.field, strict=True):
         assert column.type == BIGQUERY_TYPES[field.type], column.name
         assert (column.mode == "REPEATED") == (field.label == FIELD.LABEL_REPEATED)
+        # Pub/Sub refuses the subscription when the table requires a field the schema leaves
+        # optional: only a proto2 `required` field may be a REQUIRED column.
+        if column.mode == "REQUIRED":
+            assert field.label == FIELD.LABEL_REQUIRED, column.name
 
 
 # ---------------------------------------------------------------- topics

@@ -14,6 +14,7 @@ import sqlglot
 from sqlglot import exp
 
 from app.schemas import tables
+from infra.proto_schema import APP_PROTO_PATH, enum_numbers
 from infra.warehouse import LOGICAL_VIEWS, MATERIALIZED_VIEWS, load_sql
 
 # ---------------------------------------------------------------- incremental rules
@@ -169,7 +170,9 @@ INSERT_SIGNAL = ("INSERT INTO signals (symbol, ts_ns, direction, strength, confi
 
 
 AAPL, MSFT = 1, 2  # symbol ids, as in the gRPC API
-UP, DOWN, FLAT = "DIRECTION_UP", "DIRECTION_DOWN", "DIRECTION_FLAT"
+# The Direction enum's numbers, as the BigQuery subscription writes them.
+_ENUM = enum_numbers(APP_PROTO_PATH.read_text())
+UP, DOWN, FLAT = _ENUM["DIRECTION_UP"], _ENUM["DIRECTION_DOWN"], _ENUM["DIRECTION_FLAT"]
 
 # Ticks (symbol, time, price, size). AAPL has a bar at a minute boundary, a one-tick bar, an
 # empty minute and a bar across midnight; MSFT trades but never gets a signal.

@@ -185,7 +185,9 @@ def test_schema_definition_rejects_what_bigquery_would(tmp_path, monkeypatch):
     monkeypatch.setattr(schemas, "TABLES_PATH", path)
     schemas.tables.cache_clear()
     try:
-        with pytest.raises(ValueError, match="DAY partitioning needs a REQUIRED TIMESTAMP"):
+        with pytest.raises(
+            ValueError, match="DAY partitioning needs a non-repeated TIMESTAMP column"
+        ):
             schemas.tables()
     finally:
         schemas.tables.cache_clear()
