@@ -456,12 +456,18 @@ class SignalServer:
         """Recover the spool, bind, warm up, then serve; ``OSError`` if the port cannot be had."""
         sc = self.config.server
         address = f"{sc.host}:{sc.port}"
-        if sc.tls is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, server_credentials(sc.tls))
+        try:
+            if sc.tls is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, server_credentials(sc.tls))
+        except RuntimeError:  # grpcio raises where older releases returned port 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"server.port = {sc.port}: cannot listen on {address}")
+            raise OSError(
+                f"server.port = {sc.port}: cannot listen on {address} "
+                "(in use, or not an address of this host)"
+            )
         runtime = self.runtime
         runtime.ingestor.recover()  # before any call: replays what a crash left undelivered
         await warm_up(runtime)

@@ -645,3 +645,26 @@ def test_cancelled_calls_are_counted_as_cancelled_not_as_errors(served: Any) -> 
         else:
             pytest.fail("no cancellation reached the server")
     assert metric(port, "signal_requests_total", method="IngestTicks", code="UNKNOWN") == 0
+
+
+def test_a_port_in_use_is_one_error_naming_the_setting(model: ModelArtifacts) -> None:
+    """grpcio raises RuntimeError for an address it cannot bind; the server says which
+    setting, as the OSError the CLI turns into one line and exit 2."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+
+        async def main() -> None:
+            config = _config(model, {"server": {"host": "127.0.0.1", "port": busy}})
+            backend = LocalOnnxBackend(model.path("fp32"), model.model_version)
+            server = SignalServer(config, build_runtime(config, backend))
+            try:
+                with pytest.raises(OSError, match=rf"server.port = {busy}: cannot listen on"):
+                    await server.start()
+            finally:
+                await server.stop(grace_s=0.1)
+
+        run(main())
