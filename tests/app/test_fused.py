@@ -32,7 +32,7 @@ from app.signals import signals_from_probabilities
 from app.synthetic import synthetic_ticks
 from tests.app.conftest import TEST_BUILD
 
-TOLERANCE = 1e-5  # |fused - ONNX Runtime| for every probability (issue 17)
+TOLERANCE = 1e-5  # |fused - ONNX Runtime| for every probability
 N_SYMBOLS = 24
 ENGINE = FeatureConfig(n_symbols=N_SYMBOLS, symbol_venues={s: "XLON" for s in range(0, 24, 3)})
 
