@@ -5,10 +5,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from app.config import ConfigError, load_config
+
+# replay generates its ticks up front (~30 bytes each): a run is at most this many.
+MAX_REPLAY_TICKS = 20_000_000
+
+
+def _bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` from ``low`` to ``high`` (bad values exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+            ) from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,17 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("replay", help="stream synthetic ticks to a server, print latency")
     rp.add_argument("--target", action="append", help="host:port of the service, or of any of "
                     "its replicas (repeat for several; default 127.0.0.1:50051)")  # fmt: skip
-    rp.add_argument("--rate", type=float, required=True, help="ticks per second")
-    rp.add_argument("--seconds", type=float, required=True)
-    rp.add_argument("--batch-size", type=int, default=50, help="ticks per TickBatch")
-    rp.add_argument("--symbols", type=int, default=100)
+    rp.add_argument("--rate", type=_bounded(float, 1e-3, 1e7), required=True,
+                    help="ticks per second")  # fmt: skip
+    rp.add_argument("--seconds", type=_bounded(float, 1e-3, 7 * 86_400), required=True)
+    rp.add_argument("--batch-size", type=_bounded(int, 1, 1_000_000), default=50,
+                    help="ticks per TickBatch")  # fmt: skip
+    rp.add_argument("--symbols", type=_bounded(int, 1, 10_000_000), default=100)
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--producer", help="idempotency name of this client (default replay-<pid>)")
-    rp.add_argument("--tls-ca", type=Path, help="CA bundle to verify a TLS server with")
-    rp.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    rp.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
+    rp.add_argument("--tls-ca", type=_existing_file, help="CA bundle to verify a TLS server with")
+    rp.add_argument("--tls-cert", type=_existing_file, help="client certificate (mutual TLS)")
+    rp.add_argument("--tls-key", type=_existing_file, help="client private key (mutual TLS)")
 
     args = parser.parse_args(argv)
+    if args.command == "replay" and args.rate * args.seconds > MAX_REPLAY_TICKS:
+        parser.error(f"--rate x --seconds = {args.rate * args.seconds:.3g} ticks; a replay "
+                     f"sends at most {MAX_REPLAY_TICKS:,} (ticks are generated up front)")  # fmt: skip
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -140,3 +140,25 @@ def test_yaml_aliases_standing_for_a_billion_strings_answer_in_seconds(
     assert done.returncode == 2, done.stderr
     assert f"{path}: junk: unknown key (got [['lol', 'lol'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--rate", "nan", "--seconds", "1"], "argument --rate: nan is not between 0.001 and 1e+07"),
+        (["--rate", "10", "--seconds", "inf"], "argument --seconds: inf is not between"),
+        (["--rate", "1e308", "--seconds", "1"], "argument --rate: 1e308 is not between"),
+        (["--rate", "10", "--seconds", "1", "--symbols", "0"], "argument --symbols: 0 is not between 1"),
+        (["--rate", "10", "--seconds", "1", "--batch-size", "1.5"], "argument --batch-size: '1.5' is not an integer"),
+        (["--rate", "1e7", "--seconds", "100"], "--rate x --seconds = 1e+09 ticks; a replay sends at most 20,000,000"),
+        (["--rate", "10", "--seconds", "1", "--tls-ca", "/no/such/ca.pem"], "argument --tls-ca: /no/such/ca.pem: no such file"),
+    ],
+)  # fmt: skip
+def test_replay_arguments_out_of_range_exit_2_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        app_main(["replay", *args])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
