@@ -59,15 +59,20 @@ def plan_in_virtualenv(
             text=True,
             check=False,
         )
-        # The program's own prints and warnings, as the language host shows them.
-        sys.stderr.write(completed.stdout + completed.stderr)
+        output = completed.stdout + completed.stderr
         if not result.is_file():
+            # The engine never started there: its traceback is for --verbose only.
             last = (completed.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            raise PlanError(
-                f"the program's virtualenv ({project.virtualenv_path}) cannot run the offline"
-                f" engine ({last[0]}); it needs pulumi and what the program imports"
-                f" (pip install -r {project.requirements})"
+            raise ProgramError(
+                [
+                    f"the program's virtualenv ({project.virtualenv_path}) cannot run the"
+                    f" offline engine ({last[0]}); it needs pulumi and what the program imports"
+                    f" (pip install -r {project.requirements})"
+                ],
+                output,
             )
+        # The program's own prints and warnings, as the language host shows them.
+        sys.stderr.write(output)
         answer = json.loads(result.read_text())
     if "error" in answer:
         error = answer["error"]

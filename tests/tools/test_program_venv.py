@@ -117,3 +117,28 @@ def test_without_its_virtualenv_the_missing_module_is_one_line(program: Path, tm
     assert "the program imports 'pulumi_petname' (__main__.py:8 in <module>)" in line
     assert f"list it in {bare.resolve()}/requirements.txt" in line
     assert "Pulumi.yaml names the virtualenv 'venv', which does not exist" in line
+
+
+def test_a_virtualenv_without_pulumi_is_one_line_and_no_traceback(program: Path, tmp_path: Path):
+    # The program's virtualenv exists but was never installed into: the engine cannot start
+    # there. One line saying so; the child's traceback only with --verbose.
+    empty = tmp_path / "empty"
+    shutil.copytree(program, empty, ignore=shutil.ignore_patterns("venv"))
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(empty / "venv")],
+        check=True,
+        timeout=120,
+    )
+    result = run_tools("plan", "--stack", "test", "--program", str(empty), timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: the program's virtualenv ({(empty / 'venv').resolve()}) cannot run the offline"
+        " engine (ModuleNotFoundError: No module named 'google'); it needs pulumi and what the"
+        f" program imports (pip install -r {empty.resolve()}/requirements.txt)"
+    ]
+    assert "Traceback" not in result.stderr
+    verbose = run_tools(
+        "plan", "--stack", "test", "--program", str(empty), "--verbose", timeout=120
+    )
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
