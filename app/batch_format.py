@@ -17,18 +17,19 @@ parse as one ``BatchPayload`` with every entry in order.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import lz4.frame
 import numpy as np
 import zstandard
+
+from app.settings.publish import Codec
 
 SCHEMA_VERSION = 1
 TICK_BATCH = "signals.v1.TickBatch"
 SIGNAL_BATCH = "signals.v1.SignalBatch"
 RECORD_TYPES = (TICK_BATCH, SIGNAL_BATCH)
 
-Codec = Literal["zstd", "lz4", "none"]
 # The signals.proto Codec enum's numbers.
 CODEC_NUMBERS: dict[str, int] = {"none": 1, "zstd": 2, "lz4": 3}
 CODEC_NAMES: dict[int, str] = {v: k for k, v in CODEC_NUMBERS.items()}

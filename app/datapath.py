@@ -38,13 +38,17 @@ import numpy as np
 import structlog
 
 from app import batch_format
-from app.cache import CacheConfig, TieredCache
-from app.publish import PublishBackpressure, PublishConfig, Publisher, build_sink
-from app.shards import DEFAULT_SHARDS, ShardTable
+from app.cache import TieredCache
+from app.publish import PublishBackpressure, Publisher, build_sink
+from app.settings.cache import CacheConfig
+from app.settings.publish import PublishConfig
+from app.settings.shards import DEFAULT_SHARDS
+from app.settings.warehouse import WarehouseConfig
+from app.shards import ShardTable
 from app.signals import Signal, SignalColumns
 from app.synthetic import TickColumns
 from app.telemetry import Metrics, default_metrics
-from app.warehouse import Warehouse, WarehouseBackpressure, WarehouseConfig
+from app.warehouse import Warehouse, WarehouseBackpressure
 
 log = structlog.get_logger("app.datapath")
 

@@ -44,12 +44,12 @@ from typing import Any
 
 import numpy as np
 import structlog
-from pydantic import Field
 
 from app.datapath import DataPath
 from app.features import FEATURES
-from app.pipeline import AppliedBatch, IngestResult, SignalPipeline, TickBounds
+from app.pipeline import AppliedBatch, IngestResult, SignalPipeline
 from app.proto import load as load_stubs
+from app.settings.ingest import IngestConfig
 from app.shards import ShardHost, ShardOwnership, ShardSlot, ShardSnapshot
 from app.signals import Signal, SignalColumns
 from app.spool import Spool
@@ -58,16 +58,6 @@ from app.telemetry import Metrics, default_metrics
 
 pb2, _ = load_stubs()
 log = structlog.get_logger("app.ingest")
-
-
-class IngestConfig(TickBounds):
-    """Ingestion (section ``ingest``): tick bounds, idempotency and deadlines."""
-
-    dedupe_window_s: float = Field(default=600.0, ge=0, le=86_400)
-    dedupe_max_batches: int = Field(default=100_000, ge=0, le=100_000_000)
-    dedupe_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
-    # A call with less time than this left is refused before it is applied.
-    min_deadline_ms: float = Field(default=1.0, ge=0, le=60_000)
 
 
 class BatchIdReused(ValueError):

@@ -50,7 +50,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
-from app.cache import RedisConfig, redis_client_kwargs
+from app.cache import redis_client_kwargs
+from app.settings.cache import RedisConfig
 
 # What a Redis call can raise when the cluster is unreachable or failing over.
 REDIS_ERRORS = (TimeoutError, RedisError, RedisClusterException, OSError)

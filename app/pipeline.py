@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import Field, model_validator
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from app.config_errors import ConfigModel
 from app.features import FEATURES, FeatureEngine
 from app.fused import FusedBackend
 from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import model_inputs
+from app.settings.ingest import TickBounds
 from app.signals import (
     LatestSignals,
     Signal,
@@ -50,37 +49,6 @@ log = logging.getLogger(__name__)
 REJECT_PRICE_OUT_OF_RANGE = 5
 REJECT_SIZE_OUT_OF_RANGE = 6
 REJECT_FUTURE_TIMESTAMP = 7
-
-# The largest bound the config takes: with prices and sizes at most 1e100, every sum the
-# engine keeps (price * size over a session, squared deviations over a window) stays far
-# below float64's 1.8e308 even over 1e18 ticks.
-MAX_BOUND = 1e100
-
-
-class TickBounds(ConfigModel):
-    """What a tick's values may be (section ``ingest``): finite and inside these bounds.
-
-    A tick outside them is rejected with its reason (the batch's other ticks are applied);
-    the defaults carry any real instrument with room to spare.
-    """
-
-    price_min: float = Field(default=1e-9, gt=0, le=MAX_BOUND)
-    price_max: float = Field(default=1e9, gt=0, le=MAX_BOUND)
-    size_max: float = Field(default=1e12, gt=0, le=MAX_BOUND)
-    # A tick stamped later than the server's clock plus this is refused (FUTURE_TIMESTAMP):
-    # one bad stamp would otherwise make every later real tick of its symbol stale.
-    max_future_skew_s: float = Field(default=5.0, ge=0, le=86_400)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> TickBounds:
-        if self.price_min >= self.price_max:
-            raise ValueError(
-                f"price_min = {self.price_min:g}, price_max = {self.price_max:g}: "
-                "price_min must be below price_max"
-            )
-        if self.price_min < 1 / MAX_BOUND:
-            raise ValueError(f"price_min = {self.price_min:g}: must be >= {1 / MAX_BOUND:g}")
-        return self
 
 
 class TickOverflowError(ValueError):

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-DEFAULT_VENUE = "XNYS"
+from app.settings.features import DEFAULT_VENUE
+
 DEFAULT_START = "2000-01-01"
 NO_OPEN = np.iinfo(np.int64).max  # padding after a venue's last session: never <= a tick
 PADDING = 2  # sentinels after the last session: the kernel peeks two ahead

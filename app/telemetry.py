@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import grpc
 import structlog
@@ -32,10 +32,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
-from pydantic import Field, field_validator
 from structlog.typing import EventDict
 
-from app.config_errors import ConfigModel
+from app.settings.telemetry import TelemetryConfig
 
 # 10 µs .. 2.5 s, three steps per decade: fine where the hot path lives, coarse for outliers.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -47,35 +46,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 .. 16384
 BYTES_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))  # 64 B .. 16 MiB
-
-# Events logged per tick, per request or per cache lookup: sampled unless configured otherwise.
-DEFAULT_LOG_SAMPLING: dict[str, int] = {
-    "ticks_ingested": 100,
-    "signal_served": 100,
-    "cache_lookup": 1000,
-    "warehouse_flush": 10,
-    "request_rejected": 100,
-}
-
-
-class TelemetryConfig(ConfigModel):
-    """Where metrics are served, how logs are sampled, whether and where traces go."""
-
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = Field(default=9464, ge=0, le=65535)  # None: no HTTP endpoint
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_sampling: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_LOG_SAMPLING))
-    service_name: str = Field(default="signal-service", min_length=1)
-    trace_sample_ratio: float = Field(default=0.01, ge=0.0, le=1.0)
-    otlp_endpoint: str | None = None  # e.g. "otel-collector:4317"; None: spans not exported
-
-    @field_validator("log_sampling")
-    @classmethod
-    def _one_in_n(cls, value: dict[str, int]) -> dict[str, int]:
-        for event, every in value.items():
-            if every < 1:
-                raise ValueError(f"log_sampling.{event} = {every}: must be >= 1 (keep one in N)")
-        return value
 
 
 class Metrics:

@@ -33,7 +33,8 @@ from app.inference import InferenceBackend, KServeBackend, LocalOnnxBackend
 from app.model.build import ensure_model
 from app.model.train import make_dataset
 from app.serving.launch import MLServerProcess
-from app.telemetry import TelemetryConfig, configure_logging
+from app.settings.telemetry import TelemetryConfig
+from app.telemetry import configure_logging
 
 
 async def closed_loop(

@@ -35,7 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.batch_format import TICK_BATCH, Compressor, decode, envelope, tick_batch, tick_entries
-from app.shards import DEFAULT_SHARDS, ShardTable
+from app.settings.shards import DEFAULT_SHARDS
+from app.shards import ShardTable
 from app.synthetic import TickColumns, synthetic_ticks
 
 CODECS = ("zstd", "lz4")

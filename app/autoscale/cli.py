@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from app.autoscale.config import ConfigError
 from app.autoscale.prometheus import MINUTE, minute_of
-from app.telemetry import TelemetryConfig, configure_logging
+from app.settings.telemetry import TelemetryConfig
+from app.telemetry import configure_logging
 
 log = structlog.get_logger("app.autoscale.cli")
 

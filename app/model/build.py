@@ -27,7 +27,6 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.features import FeatureParams
 from app.model.calibration import (
     ECE_BINS,
     directions,
@@ -49,7 +48,8 @@ from app.model.manifest import (
 from app.model.quantization import INT4_BLOCK_SIZE, fake_quant_4bit, quantize_int4, quantize_int8
 from app.model.train import MLP, accuracy, distill_quantized, make_dataset, train_mlp
 from app.model.triton import InstanceGroup, TritonModelConfig, write_model_repository
-from app.sessions import DEFAULT_VENUE, check_venue
+from app.sessions import check_venue
+from app.settings.features import DEFAULT_VENUE, FeatureParams
 from app.synthetic import TRAINING_MARKET, MarketParams
 
 DRIFT_BINS = 10  # training deciles of each model input: the reference of the drift statistic

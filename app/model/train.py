@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.features import FeatureEngine, FeatureParams
+from app.features import FeatureEngine
 from app.model.contract import N_CLASSES, N_INPUTS, model_inputs
-from app.sessions import DEFAULT_VENUE, SessionTable
+from app.sessions import SessionTable
+from app.settings.features import DEFAULT_VENUE, FeatureParams
 from app.synthetic import TRAINING_MARKET, MarketParams, synthetic_market
 
 

@@ -16,10 +16,8 @@ from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
 
 from app.cache import (
-    CacheConfig,
     IamTokenCredentialProvider,
     L1Cache,
-    RedisConfig,
     RedisL2,
     TieredCache,
     decode_signal,
@@ -30,9 +28,11 @@ from app.cache import (
     signal_key,
 )
 from app.gcp_auth import AccessTokens
+from app.settings.cache import CacheConfig, RedisConfig
+from app.settings.warehouse import WarehouseConfig
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics
-from app.warehouse import DuckDBSink, Warehouse, WarehouseConfig
+from app.warehouse import DuckDBSink, Warehouse
 from tests.app.conftest import run
 from tests.app.redis_cluster import PASSWORD, LocalRedisCluster
 

@@ -28,9 +28,10 @@ from app.config import (
 from app.model.build import ModelArtifacts
 from app.publish import read_published
 from app.server import SignalServer, build_runtime, pb2, pb2_grpc
-from app.shards import DEFAULT_SHARDS, shard_of
-from app.telemetry import TelemetryConfig
-from app.warehouse import WarehouseConfig
+from app.settings.shards import DEFAULT_SHARDS
+from app.settings.telemetry import TelemetryConfig
+from app.settings.warehouse import WarehouseConfig
+from app.shards import shard_of
 from tests.app.conftest import ServiceProcess, run
 from tests.app.redis_cluster import PASSWORD, LocalRedisCluster
 

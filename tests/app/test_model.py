@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2
 
-from app.features import FeatureParams
 from app.model.__main__ import main as model_cli
 from app.model.build import VARIANTS, ModelArtifacts, ModelMismatchError, run_onnx, summary
 from app.model.calibration import (
@@ -38,6 +37,7 @@ from app.model.contract import (
 from app.model.quantization import fake_quant_4bit
 from app.model.train import make_dataset
 from app.model.triton import InstanceGroup, TritonModelConfig, render_config_pbtxt
+from app.settings.features import FeatureParams
 
 
 def test_build_writes_three_variants_that_meet_the_targets(model: ModelArtifacts) -> None:

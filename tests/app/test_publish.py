@@ -23,7 +23,6 @@ from app.publish import (
     LocalFileSink,
     PermanentPublishError,
     PublishBackpressure,
-    PublishConfig,
     Publisher,
     PubSubSink,
     build_sink,
@@ -31,6 +30,7 @@ from app.publish import (
     read_frames,
     read_local_topic,
 )
+from app.settings.publish import PublishConfig
 from app.shards import ShardTable
 from app.synthetic import synthetic_ticks
 from app.telemetry import Metrics
@@ -609,11 +609,11 @@ def test_a_replayed_batch_is_skipped_where_the_local_sink_already_holds_it(tmp_p
 def test_with_publishing_off_batches_still_reach_the_warehouse_and_the_watermark(
     tmp_path: Path,
 ) -> None:
-    from app.cache import CacheConfig
     from app.datapath import DataPath
     from app.features import FEATURES
+    from app.settings.cache import CacheConfig
+    from app.settings.warehouse import WarehouseConfig
     from app.signals import SignalColumns
-    from app.warehouse import WarehouseConfig
 
     watermarks: list[int] = []
 

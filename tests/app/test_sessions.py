@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.features import FEATURES, FeatureEngine, FeatureParams
+from app.features import FEATURES, FeatureEngine
 from app.sessions import SessionTable, check_venue
+from app.settings.features import FeatureParams
 from app.state import SymbolState
 
 VWAP = FEATURES.index("vwap")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from app.cache import RedisConfig
 from app.client import SignalClient
 from app.config import AppConfig, ConfigError, load_config
 from app.features import FeatureEngine
@@ -26,6 +25,7 @@ from app.lease import Fenced, JournalFull, Lease, LeaseStore
 from app.model.build import ModelArtifacts
 from app.proto import load as load_stubs
 from app.server import SignalServer, build_runtime
+from app.settings.cache import RedisConfig
 from app.shards import ShardSnapshot, ShardTable, shard_of
 from app.signals import Signal
 from app.synthetic import TickColumns, synthetic_ticks

@@ -16,8 +16,9 @@ from app.inference import LocalOnnxBackend
 from app.model.build import ModelArtifacts
 from app.model.contract import MODEL_INPUTS
 from app.model.train import make_dataset
+from app.settings.telemetry import TelemetryConfig
 from app.skew import SkewMonitor
-from app.telemetry import Metrics, TelemetryConfig, configure_logging
+from app.telemetry import Metrics, configure_logging
 from tests.app.conftest import run
 
 VWAP_GAP = MODEL_INPUTS.index("vwap_gap")

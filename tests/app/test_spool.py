@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app.settings.spool import SpoolConfig
 from app.spool import (
     FRAME,
     Spool,
-    SpoolConfig,
     SpoolFull,
     SpoolLocked,
     decode_frames,

@@ -15,12 +15,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from app.settings.telemetry import TelemetryConfig
 from app.telemetry import (
     LATENCY_BUCKETS,
     Metrics,
     MetricsInterceptor,
     MetricsServer,
-    TelemetryConfig,
     client_interceptors,
     configure_logging,
     configure_tracing,

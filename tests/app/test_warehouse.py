@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from app.schemas import DUCKDB_TYPES, Table, table, tables
+from app.settings.warehouse import WarehouseConfig
 from app.signals import DIRECTION_DOWN, DIRECTION_FLAT, DIRECTION_UP, Signal, SignalColumns
 from app.telemetry import Metrics
 from app.warehouse import (
@@ -27,7 +28,6 @@ from app.warehouse import (
     DuckDBSink,
     Warehouse,
     WarehouseBackpressure,
-    WarehouseConfig,
     check_columns,
 )
 from tests.app.conftest import run

@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.cache import CacheConfig
 from app.datapath import DataPath
 from app.features import FEATURES
-from app.publish import PublishConfig
+from app.settings.cache import CacheConfig
+from app.settings.publish import PublishConfig
+from app.settings.warehouse import WarehouseConfig
 from app.shards import ShardTable
 from app.signals import SignalColumns
 from app.synthetic import TickColumns, synthetic_ticks
 from app.telemetry import Metrics
-from app.warehouse import WarehouseConfig
 from tests.app.conftest import run
 
 REPO = Path(__file__).resolve().parents[2]
