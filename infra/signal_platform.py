@@ -391,11 +391,6 @@ class Platform(pulumi.ComponentResource):
                 parent=self, depends_on=[r.cluster.cluster for r in self.regions.values()]
             ),
         )
-        # Triton mounts the models bucket, which the artefact store creates after the regions
-        # (it is encrypted with the primary region's key): regions get its name as it resolves.
-        models_bucket, resolve_models_bucket = pulumi.deferred_output()
-        for region in self.regions.values():
-            region.deploy_workloads(config, self.accounts, models_bucket, self.pool_grants.settled)
         # BigQuery and Pub/Sub keys must live where the warehouse lives (e.g. the "us" multi-region).
         self.warehouse_keys = KeyRing(
             f"{config.bigquery.location.lower()}-warehouse-keys",
@@ -410,6 +405,8 @@ class Platform(pulumi.ComponentResource):
         )
         self._data_platform(config, project.number, after_apis)
 
+        # The models bucket is encrypted with the primary region's key, so it comes after the
+        # regions' key rings, and before the workloads: Triton mounts it.
         primary = self.regions[config.regions[0]]
         nodes = {pool: account.member for pool, account in self.accounts.nodes.items()}
         self.artifacts = ArtifactStore(
@@ -425,7 +422,10 @@ class Platform(pulumi.ComponentResource):
             force_destroy=not config.is_prod,
             opts=after_apis,
         )
-        resolve_models_bucket(self.artifacts.models.name)
+        for region in self.regions.values():
+            region.deploy_workloads(
+                config, self.accounts, self.artifacts.models.name, self.pool_grants.settled
+            )
         if intelligence.anomaly_detection.enabled:
             self.anomaly_alerts = AnomalyAlerts(
                 "anomaly-alerts",
