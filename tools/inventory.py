@@ -117,7 +117,12 @@ class Inventory:
                 region = None if resource.is_provider else resource.own_region
                 if region is None and resource.custom and not resource.is_provider:
                     region = provider_default(resource)
-                refs = (resource.parent, provider_urn(resource.provider))
+                refs = [resource.parent, provider_urn(resource.provider)]
+                if resource.is_provider:
+                    # A provider built from a resource's outputs (a Kubernetes provider from a
+                    # cluster's endpoint) works where that resource is: so do its resources.
+                    deps = resource.options.get("propertyDependencies") or {}
+                    refs += sorted({urn for urns in deps.values() for urn in urns})
                 for ref in refs:
                     if region is None and ref in index and depth < 64:
                         region = resolve(index[ref], depth + 1)

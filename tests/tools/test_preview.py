@@ -221,3 +221,12 @@ def test_a_secret_manager_secret_id_is_known_and_reaches_its_versions(tmp_path: 
     inventory = plan(tmp_path, "dev")
     version = inventory.named("gcp:secretmanager/secretVersion:SecretVersion", "v")
     assert version.inputs["secret"] == "projects/acme-dev/secrets/db-url"
+
+
+def test_kubernetes_objects_are_placed_where_their_provider_s_cluster_is(gke: Inventory):
+    # The provider is built from the cluster's endpoint: its objects run in the cluster's
+    # region (the provider's zone's), not "global".
+    regions = gke.regions()
+    for resource in gke.resources:
+        if resource.type.startswith("kubernetes:"):
+            assert regions[resource.urn] == "europe-west4", resource.urn
