@@ -61,6 +61,12 @@ FREE_TYPES: dict[str, str] = {
     "gcp:networkconnectivity/serviceConnectionPolicy:ServiceConnectionPolicy": (
         "service connection policies are free (the Redis nodes are priced)"
     ),
+    "gcp:projects/serviceIdentity:ServiceIdentity": "service agents are free",
+    "gcp:binaryauthorization/policy:Policy": "Binary Authorization for GKE has no charge",
+    "gcp:gkehub/membership:Membership": (
+        "fleet membership and Connect gateway are free for GKE clusters without GKE Enterprise"
+    ),
+    "gcp:storage/bucketObject:BucketObject": "a small file in a bucket whose storage is priced",
 }
 # Billed, but by the stack's usage lines (data stored, images kept), not per resource.
 USAGE_TYPES = ("gcp:bigquery/dataset:Dataset", "gcp:artifactregistry/repository:Repository")
@@ -76,6 +82,8 @@ def free_reason(resource: Resource) -> str | None:
         return "provider configuration"
     if resource.type.startswith("kubernetes:"):
         return "Kubernetes objects run on the node pools, which are priced"
+    if resource.type.startswith("time:"):
+        return "a delay or timestamp in the deploy itself: nothing runs or is billed in the cloud"
     if resource.type.startswith("gcp:") and _IAM_TYPE.search(resource.type):
         return "IAM grants are free"
     return None
