@@ -109,14 +109,60 @@ def _kind(value: Any) -> str:
     return "string" if isinstance(value, str) else type(value).__name__
 
 
+# A config file's values once aliases are expanded (yaml.v3 refuses "excessive aliasing" in
+# the same spirit): a few lines of nested aliases would otherwise expand to billions of values.
+MAX_EXPANDED_NODES = 100_000
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """How many nodes `root` stands for with every alias expanded (shared nodes counted once
+    per reference, each computed once)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
 def load_yaml(path: Path) -> Any:
     """A YAML file as Pulumi reads it; StackFileError (one line, file:line:column) otherwise."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise StackFileError(f"{path.name}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise StackFileError(
+            f"{path.name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); Pulumi reads YAML as UTF-8"
+        ) from None
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass
+        loader = _Yaml12Loader(text)  # a SafeLoader subclass
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            expanded = _expanded_nodes(node)
+            if expanded > MAX_EXPANDED_NODES:
+                raise StackFileError(
+                    f"{path.name}: aliases expand to {expanded:,} values (at most "
+                    f"{MAX_EXPANDED_NODES:,}); write the values out instead of nesting aliases"
+                )
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise StackFileError(f"{path.name}: nested too deeply for a configuration file") from None
     except _Refused as exc:
         raise StackFileError(
             f"{path.name}:{exc.mark.line + 1}:{exc.mark.column + 1}: {exc.problem}"

@@ -13,9 +13,12 @@ from tools.stack_file import StackFileError, read_stack_config, stack_file, stac
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write(tmp_path: Path, text: str, stack: str = "dev") -> Path:
+def write(tmp_path: Path, text: str | bytes, stack: str = "dev") -> Path:
     path = tmp_path / f"Pulumi.{stack}.yaml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     return path
 
 
@@ -46,6 +49,13 @@ def test_scalars_are_yaml_1_2_as_pulumi_reads_them(tmp_path: Path):
     }
 
 
+BOMB = "config:\n  p:a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  p:{n}: &{n} [{', '.join([f'*{m}'] * 10)}]\n"
+    for m, n in zip("abcdefg", "bcdefgh", strict=True)
+)  # eight lines that expand to over 10^8 values
+DEEP = "config:\n  p:a: " + "[" * 50_000 + "]" * 50_000 + "\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -72,6 +82,8 @@ def test_scalars_are_yaml_1_2_as_pulumi_reads_them(tmp_path: Path):
             "config:\n  a: 1\n  p:a: 2\n",
             r"^Pulumi\.dev\.yaml: config: 'a' and 'p:a' name the same key; keep one$",
         ),
+        (BOMB, r"^Pulumi\.dev\.yaml: aliases expand to 123,456,\d+ values \(at most 100,000\)"),
+        (DEEP, r"^Pulumi\.dev\.yaml: nested too deeply for a configuration file$"),
     ],
 )
 def test_what_pulumi_refuses_is_one_line_naming_the_file(tmp_path: Path, text: str, message: str):
@@ -119,10 +131,16 @@ def test_the_command_exits_2_with_the_line_for_a_missing_stack():
         ),
         ("config: [1\n", "Pulumi.dev.yaml:2:1: invalid YAML"),
         ("- 1\n", "Pulumi.dev.yaml: the top level is a list"),
+        (BOMB, "Pulumi.dev.yaml: aliases expand to"),
+        (DEEP, "Pulumi.dev.yaml: nested too deeply"),
+        (
+            b"\x89PNG\r\n\x1a\n\x00\xff\xfe",
+            "Pulumi.dev.yaml: not UTF-8 text (byte 0x89 at offset 0)",
+        ),
     ],
 )
 def test_every_command_refuses_a_bad_stack_file_with_exit_2(
-    tmp_path: Path, text: str, fragment: str
+    tmp_path: Path, text: str | bytes, fragment: str
 ):
     (tmp_path / "Pulumi.yaml").write_text("name: p\nruntime: python\n")
     (tmp_path / "__main__.py").write_text("import pulumi\n")
