@@ -60,6 +60,8 @@ def program_files(opened: set[str]) -> list[Path]:
         path = Path(name)
         if path.suffix == ".pyc" and path.parent.name == "__pycache__":
             path = path.parent.parent / f"{path.name.split('.')[0]}.py"
+        elif "__pycache__" in path.parts:  # other caches (Numba's): rewritten, not inputs
+            continue
         path = path.resolve() if path.is_absolute() else (REPO / path).resolve()
         if not path.is_file() or not path.is_relative_to(REPO):
             continue
