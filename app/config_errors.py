@@ -100,7 +100,11 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, problems: Sequence[Problem]):
         self.source = source
-        self.problems = list(problems)
+        # The same problem found twice (a rule run per region on shared settings) is one line.
+        unique: dict[str, Problem] = {}
+        for problem in problems:
+            unique.setdefault(str(problem), problem)
+        self.problems = list(unique.values())
         super().__init__(format_problems(source, self.problems))
 
 
@@ -314,6 +318,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pydantic → problems
 
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+# A Pulumi stack file's encrypted value (`key: {secure: <ciphertext>}`) where a plain one is
+# expected: only the Pulumi CLI can decrypt it, and a key of a non-secret setting needs none.
+SECURE_VALUE_MESSAGE = (
+    "cannot be a secret: secure values cannot be read offline, and this setting is not secret"
+)
+
+
+def _is_secure_value(value: Any) -> bool:
+    return type(value) is dict and len(value) == 1 and isinstance(value.get("secure"), str)
 
 
 def problems_from(exc: ValidationError, model: type[BaseModel] | None = None) -> list[Problem]:
@@ -336,6 +349,8 @@ def _problem(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> P
     value = err.get("input", NO_VALUE)
     if kind == "missing":
         return Problem(path, "required key is missing")
+    if _is_secure_value(value):
+        return Problem(path, SECURE_VALUE_MESSAGE, value, "the value in plain text")
     if kind == "extra_forbidden":
         keys = _keys_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)

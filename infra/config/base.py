@@ -18,8 +18,9 @@ from app.config_errors import CamelConfigModel, Invalid, Problem
 from app.config_errors import ConfigError as AppConfigError
 
 NAMESPACE = "signal-platform"
-# A protobuf duration as Istio and Envoy take it: "500ms", "2s", "3600s".
-DURATION_PATTERN = r"^\d+(ms|s)$"
+# A protobuf duration as Istio and Envoy take it: "500ms", "2s", "3600s". Its seconds stop at
+# 315,576,000,000 (google.protobuf.Duration): 11 digits stay below.
+DURATION_PATTERN = r"^\d{1,11}(ms|s)$"
 
 
 class Model(CamelConfigModel):
@@ -37,6 +38,7 @@ class ConfigError(AppConfigError, pulumi.RunError):
 class StackContext:
     """What a section's rules may know of the stack being loaded (the validation context)."""
 
+    # Prod's rules apply: the stack says prod and its name agrees (or says why not).
     prod: bool = False
     # Prod images that may go without a digest, by exact reference, with the reason.
     unpinned_images: Mapping[str, str] = field(default_factory=dict)

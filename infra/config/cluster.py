@@ -287,11 +287,19 @@ class ClusterSettings(Model):
 # --------------------------------------------------------------------------- node pools
 
 
+# GKE's limits (cloud.google.com/kubernetes-engine/quotas): 1,000 nodes per node pool zone,
+# 15,000 per cluster; Compute Engine boot disks stop at 65,536 GB.
+MAX_NODES_PER_POOL_ZONE = 1_000
+MAX_NODES_PER_CLUSTER = 15_000
+MAX_BOOT_DISK_GB = 65_536
+
+
 class NodePoolBase(Model):
     machine_type: str
-    min_nodes: int = Field(default=0, ge=0)
-    max_nodes: int = Field(default=3, ge=1)
-    disk_size_gb: int = Field(default=100, ge=20)
+    # Per zone (the system pool's counts; a GPU pool's are totals, see GpuPool).
+    min_nodes: int = Field(default=0, ge=0, le=MAX_NODES_PER_POOL_ZONE)
+    max_nodes: int = Field(default=3, ge=1, le=MAX_NODES_PER_POOL_ZONE)
+    disk_size_gb: int = Field(default=100, ge=20, le=MAX_BOOT_DISK_GB)
     disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
 
     def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
@@ -307,8 +315,8 @@ class NodePoolBase(Model):
 
 class SystemPool(NodePoolBase):
     machine_type: str = "e2-standard-4"
-    min_nodes: int = Field(default=1, ge=1)
-    max_nodes: int = Field(default=3, ge=1)
+    min_nodes: int = Field(default=1, ge=1, le=MAX_NODES_PER_POOL_ZONE)
+    max_nodes: int = Field(default=3, ge=1, le=MAX_NODES_PER_POOL_ZONE)
 
     @field_validator("machine_type")
     @classmethod
@@ -326,7 +334,9 @@ class GpuPool(NodePoolBase):
     accelerator_type: str = "nvidia-l4"
     accelerator_count: int = Field(default=1, ge=1)
     spot: bool = True
-    max_nodes: int = Field(default=4, ge=1)
+    # Totals across the pool's zones (total_min/max_node_count): the cluster's limit bounds them.
+    min_nodes: int = Field(default=0, ge=0, le=MAX_NODES_PER_CLUSTER)
+    max_nodes: int = Field(default=4, ge=1, le=MAX_NODES_PER_CLUSTER)
     max_shared_clients_per_gpu: int = Field(default=2, ge=1, le=48)
     sharing_strategy: Literal["TIME_SHARING", "MPS"] = "TIME_SHARING"
     driver_version: Literal["DEFAULT", "LATEST"] = "LATEST"

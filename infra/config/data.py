@@ -65,7 +65,8 @@ class RedisSettings(Model):
 
 class BigQuerySettings(Model):
     location: str = "US"
-    partition_expiration_days: int = Field(default=90, ge=1)
+    # Day partitions: a table holds at most 10,000 partitions (BigQuery's quotas).
+    partition_expiration_days: int = Field(default=90, ge=1, le=10_000)
     time_travel_hours: int = Field(default=168, ge=48, le=168)
     tables: tuple[Literal["ticks", "features", "signals"], ...] = ("ticks", "features", "signals")
     view_refresh_minutes: int = Field(default=30, ge=1, le=10080)

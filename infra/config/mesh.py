@@ -31,7 +31,7 @@ class ConnectionPool(Model):
     http2_max_requests: int = Field(default=4096, ge=1, le=1_000_000)
     http1_max_pending_requests: int = Field(default=1024, ge=1, le=100_000)
     # 0 = unlimited: connections stay open and are reused (no per-request TLS handshakes).
-    max_requests_per_connection: int = Field(default=0, ge=0)
+    max_requests_per_connection: int = Field(default=0, ge=0, le=2**31 - 1)  # Istio's int32
     connect_timeout: str = Field(default="1s", pattern=DURATION_PATTERN)
     idle_timeout: str = Field(default="3600s", pattern=DURATION_PATTERN)
     tcp_keepalive: str = Field(default="300s", pattern=DURATION_PATTERN)

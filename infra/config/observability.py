@@ -32,8 +32,12 @@ def is_placeholder_billing_account(value: str) -> bool:
     )
 
 
+# A budget's amount is a google.type.Money: whole units in an int64.
+MAX_BUDGET_UNITS = 2**63
+
+
 class Budget(Model):
-    monthly_usd: float
+    monthly_usd: float = Field(lt=MAX_BUDGET_UNITS)
     alert_thresholds: tuple[float, ...] = (0.5, 0.9, 1.0)
     # The Cloud Billing account the budget watches; without one no budget is declared.
     billing_account: str | None = None

@@ -8,7 +8,8 @@ naming the file, the key path, the value and what is allowed.
 
 The environment follows the stack's name: a stack whose name says prod, dev or staging
 (`prod`, `prod-eu`, `team-dev`, `production`) must set that environment, unless it says why
-not in `environmentMismatchReason`.
+not in `environmentMismatchReason`. Until it does, that mismatch is reported first and prod's
+rules wait (they would judge the stack by an environment that may be the mistake).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,9 +58,11 @@ ENVIRONMENT_WORDS = {
 }
 # The Artifact Registry repository the stack declares for its images (infra/artifacts.py).
 ARTIFACT_REPOSITORY = "signal"
+MISMATCH_REASON = "environmentMismatchReason"
 # What .github/workflows/image.yml pushes to that repository: `git-<commit>` tags (the
 # repository's tags are immutable) and the digest its pull request pins.
 PUSHED_TAG_RE = re.compile(r"^git-[0-9a-f]{40}$")
+Environment = Literal["dev", "staging", "prod"]
 STAGES = ("infrastructure", "workloads", "serving")
 Stage = Literal["infrastructure", "workloads", "serving"]
 
@@ -68,6 +72,32 @@ def environment_named_by(stack: str) -> str | None:
     words = re.split(r"[^a-z0-9]+", stack.lower())
     named = {ENVIRONMENT_WORDS[w] for w in words if w in ENVIRONMENT_WORDS}
     return named.pop() if len(named) == 1 else None
+
+
+def environment_settled(stack: str, environment: object, reason: object) -> bool:
+    """The stack's name agrees with its environment, or ``reason`` (environmentMismatchReason)
+    says why not. Until then the environment's own rules (prod's) are not applied: they would
+    judge a stack by an environment that may be the mistake."""
+    return environment_named_by(stack) in (None, environment) or reason is not None
+
+
+def environment_problems(stack: str, environment: object, reason: object) -> Iterator[Problem]:
+    """The name/environment mismatch nothing explains, or a reason without a mismatch."""
+    named = environment_named_by(stack)
+    if not environment_settled(stack, environment, reason):
+        yield Problem(
+            "environment",
+            f"stack {stack!r} is named for {named}",
+            environment,
+            f"{named}, or environmentMismatchReason: <why this stack differs>",
+        )
+    elif reason is not None and (named is None or named == environment):
+        yield Problem(
+            "environmentMismatchReason",
+            f"no mismatch to explain: stack {stack!r} and environment {environment!r} agree",
+            reason,
+            "no environmentMismatchReason",
+        )
 
 
 class RegionOverride(Model):
@@ -123,7 +153,7 @@ class StackConfig(Model):
 
     stack: str
     project_id: str
-    environment: Literal["dev", "staging", "prod"]
+    environment: Environment
     # Why this stack's environment differs from the one its name says (see the docstring).
     environment_mismatch_reason: str | None = Field(default=None, min_length=10)
     regions: tuple[str, ...] = Field(min_length=1)
@@ -212,6 +242,12 @@ class StackConfig(Model):
     @property
     def is_prod(self) -> bool:
         return self.environment == "prod"
+
+    @property
+    def prod_rules_apply(self) -> bool:
+        """Prod's rules judge this stack: it is prod, and its name does not say otherwise."""
+        reason = self.environment_mismatch_reason
+        return self.is_prod and environment_settled(self.stack, self.environment, reason)
 
     @property
     def deletion_protection(self) -> bool:
@@ -309,29 +345,14 @@ class StackConfig(Model):
         return sizes
 
     def _environment_rules(self) -> Iterator[Problem]:
-        if self.labels.get("env") and self.labels["env"] != self.environment:
-            yield Problem(
-                "labels.env",
-                "must equal the stack's environment",
-                self.labels["env"],
-                self.environment,
-            )
-        named = environment_named_by(self.stack)
         reason = self.environment_mismatch_reason
-        if named is not None and named != self.environment and reason is None:
+        yield from environment_problems(self.stack, self.environment, reason)
+        # The env label follows the environment once the stack's name and it agree.
+        label = self.labels.get("env")
+        settled = environment_settled(self.stack, self.environment, reason)
+        if label and label != self.environment and settled:
             yield Problem(
-                "environment",
-                f"stack {self.stack!r} is named for {named}",
-                self.environment,
-                f"{named}, or environmentMismatchReason: <why this stack differs>",
-            )
-        elif reason is not None and (named is None or named == self.environment):
-            yield Problem(
-                "environmentMismatchReason",
-                f"no mismatch to explain: stack {self.stack!r} and environment"
-                f" {self.environment!r} agree",
-                reason,
-                "no environmentMismatchReason",
+                "labels.env", "must equal the stack's environment", label, self.environment
             )
 
     def _region_rules(self, region: RegionConfig) -> Iterator[Problem]:
@@ -348,7 +369,7 @@ class StackConfig(Model):
                 minor,
                 ", ".join(supported),
             )
-        if self.is_prod:
+        if self.prod_rules_apply:
             redis_at = self._where(region.name, "redis")
             yield from (p.under(redis_at) for p in region.redis.prod_rules(region.name))
         yield from self._zone_rules(region)
@@ -449,9 +470,17 @@ class StackConfig(Model):
         """Validate a Pulumi config map (`{"signal-platform:regions": "[...]", ...}`)."""
         source = source or f"Pulumi.{stack}.yaml"
         data, problems = _namespace_values(values)
+        # The name/environment mismatch first, from the raw values, so it is reported even
+        # when a section fails (rules() says it again once all validate: one line, see
+        # ConfigError); prod's rules wait until it is settled (`_context`).
+        environment = data.get("environment")
+        if environment in typing.get_args(Environment):
+            mismatch = environment_problems(stack, environment, data.get(MISMATCH_REASON))
+            problems = [p.under(f"{NAMESPACE}:") for p in mismatch] + problems
         model: StackConfig | None = None
         try:
-            model = cls.model_validate({"stack": stack, **data}, context={"stack": _context(data)})
+            context = {"stack": _context(stack, data)}
+            model = cls.model_validate({"stack": stack, **data}, context=context)
         except ValidationError as exc:
             problems += [p.under(f"{NAMESPACE}:") for p in problems_from(exc, cls)]
         if problems or model is None:
@@ -482,11 +511,14 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _context(data: Mapping[str, Any]) -> StackContext:
-    """What the sections' rules need to know of the stack, read before it is validated."""
+def _context(stack: str, data: Mapping[str, Any]) -> StackContext:
+    """What the sections' rules need to know of the stack, read before it is validated: prod's
+    rules apply to a stack that says prod and whose name agrees (or explains why not)."""
     unpinned = data.get("unpinnedImages")
+    environment = data.get("environment")
     return StackContext(
-        prod=data.get("environment") == "prod",
+        prod=environment == "prod"
+        and environment_settled(stack, environment, data.get(MISMATCH_REASON)),
         unpinned_images=unpinned if isinstance(unpinned, dict) else {},
     )
 

@@ -19,12 +19,14 @@ GCS_FUSE_SIDECAR = Resources(
     requests={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
     limits={"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"},
 )
+# GKE runs at most 150,000 pods per cluster (cloud.google.com/kubernetes-engine/quotas).
+MAX_PODS_PER_CLUSTER = 150_000
 
 
 class Workload(Model):
     image: ImageReference = Field(min_length=1)
-    replicas: int = Field(default=2, ge=1)
-    max_replicas: int = Field(default=20, ge=1)
+    replicas: int = Field(default=2, ge=1, le=MAX_PODS_PER_CLUSTER)
+    max_replicas: int = Field(default=20, ge=1, le=MAX_PODS_PER_CLUSTER)
     resources: Resources
     # Spot VMs get 30 s notice before preemption: drain and exit inside it.
     termination_grace_seconds: int = Field(default=25, ge=5, le=25)
@@ -95,7 +97,7 @@ GPU = "nvidia.com/gpu"
 
 class TritonWorkload(Workload):
     # Bounded by GPU capacity: the default GPU pool holds 4 nodes x 2 shared clients.
-    max_replicas: int = Field(default=8, ge=1)
+    max_replicas: int = Field(default=8, ge=1, le=MAX_PODS_PER_CLUSTER)
     # The GPU utilisation target: scale out when the average duty cycle passes it.
     target_gpu_duty_cycle: int = Field(default=85, ge=10, le=100)
     model: TritonModel = TritonModel()
