@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 REJECT_PRICE_OUT_OF_RANGE = 5
 REJECT_SIZE_OUT_OF_RANGE = 6
 REJECT_FUTURE_TIMESTAMP = 7
+REJECT_PAST_TIMESTAMP = 8
 
 
 class TickOverflowError(ValueError):
@@ -156,6 +157,8 @@ class SignalPipeline:
         reasons = np.zeros(price.shape[0], dtype=np.uint8)
         latest = now_ns + int(b.max_future_skew_s * 1e9)
         reasons[ts_ns > latest] = REJECT_FUTURE_TIMESTAMP
+        if b.max_past_age_s > 0:
+            reasons[ts_ns < now_ns - int(b.max_past_age_s * 1e9)] = REJECT_PAST_TIMESTAMP
         reasons[size > b.size_max] = REJECT_SIZE_OUT_OF_RANGE
         # Zero or negative prices keep the engine's own reason (BAD_PRICE).
         reasons[(price > 0) & ((price < b.price_min) | (price > b.price_max))] = (

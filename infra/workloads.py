@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from app.config_errors import Problem, problems_from
 from app.model.triton import TritonModelConfig, render_config_pbtxt
+from app.settings.ingest import BIGQUERY_MAX_PAST_AGE_S
 from infra.cluster import (
     ACCELERATOR_KEY,
     CMEK_STORAGE_CLASS,
@@ -257,6 +258,8 @@ def signal_service_config(
             "max_batch_size": model.max_batch_size,
             "max_queue_delay_us": model.max_queue_delay_microseconds,
         },
+        # Ticks BigQuery would refuse to stream (dated too far back) are rejected at the ack.
+        "ingest": {"max_past_age_s": BIGQUERY_MAX_PAST_AGE_S},
         "publish": {
             "sink": "pubsub",
             "project": endpoints.project_id,

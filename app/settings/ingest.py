@@ -11,6 +11,8 @@ from app.config_errors import ConfigModel
 # engine keeps (price * size over a session, squared deviations over a window) stays far
 # below float64's 1.8e308 even over 1e18 ticks.
 MAX_BOUND = 1e100
+# BigQuery's streaming limit for time-partitioned tables: rows at most five years old.
+BIGQUERY_MAX_PAST_AGE_S = 5 * 365 * 86_400
 
 
 class TickBounds(ConfigModel):
@@ -26,6 +28,12 @@ class TickBounds(ConfigModel):
     # A tick stamped later than the server's clock plus this is refused (FUTURE_TIMESTAMP):
     # one bad stamp would otherwise make every later real tick of its symbol stale.
     max_future_skew_s: float = Field(default=5.0, ge=0, le=86_400)
+    # A tick stamped more than this before the server's clock is refused (PAST_TIMESTAMP); 0
+    # (the default: an embedded warehouse takes any date, replays of old tapes included) takes
+    # any age. Where the warehouse is BigQuery, set it to at most BIGQUERY_MAX_PAST_AGE_S:
+    # BigQuery refuses streamed rows of a time-partitioned table dated further back, so such a
+    # tick would be acknowledged and never reach the warehouse.
+    max_past_age_s: float = Field(default=0.0, ge=0, le=100 * 365 * 86_400)
 
     @model_validator(mode="after")
     def _ordered(self) -> TickBounds:

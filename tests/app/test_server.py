@@ -493,7 +493,7 @@ def served(model: ModelArtifacts, tmp_path_factory: pytest.TempPathFactory) -> I
     config = {
         "features": {"n_symbols": N_SYMBOLS},
         "model": {"build_if_missing": False},
-        "ingest": {"min_deadline_ms": 2000},
+        "ingest": {"min_deadline_ms": 2000, "max_past_age_s": 5 * 365 * 86_400},
         "spool": {"dir": str(root / "spool")},
         "publish": {"local_dir": str(root / "published")},
         "warehouse": {"duckdb_path": str(root / "warehouse.duckdb")},
@@ -584,6 +584,15 @@ def test_values_the_arithmetic_cannot_carry_and_future_stamps_are_rejected_per_t
         ]  # fmt: skip
         assert metric(served.metrics_port, "signal_ticks_rejected_total",
                       reason="FUTURE_TIMESTAMP") >= 1  # fmt: skip
+        # Stamps BigQuery would refuse (over five years back) or no clock gives: rejected too.
+        six_years = 6 * 365 * 86_400 * 10**9
+        ancient = pb2.TickBatch(symbol=[5, 5, 5, 5], price=[100.0] * 4, size=[1.0] * 4,
+                                ts_ns=[-(2**63), 0, 1, t0 - six_years])  # fmt: skip
+        ack = stub.IngestTicks(ancient)
+        assert (ack.accepted, ack.rejected) == (0, 4)
+        assert set(ack.rejected_reason) == {pb2.REJECT_REASON_PAST_TIMESTAMP}
+        assert metric(served.metrics_port, "signal_ticks_rejected_total",
+                      reason="PAST_TIMESTAMP") == 4  # fmt: skip
         # Nothing was locked or poisoned: real ticks after them are accepted and give finite
         # signals (had the INT64_MAX stamp been taken, every later tick would be STALE).
         normal = now_ticks([0, 1, 2, 3], 300, t0 + 2)

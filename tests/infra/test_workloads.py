@@ -16,6 +16,7 @@ from pydantic import BaseModel
 import infra.workloads as workloads_module
 from app.config import AppConfig, load_config
 from app.model.triton import TritonModelConfig, render_config_pbtxt
+from app.settings.ingest import BIGQUERY_MAX_PAST_AGE_S
 from app.telemetry import TelemetryConfig
 from infra.config import ConfigError, StackConfig
 from infra.workloads import (
@@ -335,6 +336,7 @@ def test_signal_service_is_configured_with_its_own_config_file(stack_plan: Inven
         assert app.publish.signals_topic == cfg.pubsub.signals_topic
         assert (app.warehouse.backend, app.warehouse.project) == ("bigquery", cfg.project_id)
         assert app.warehouse.dataset == cfg.bigquery.dataset_id
+        assert 0 < app.ingest.max_past_age_s <= BIGQUERY_MAX_PAST_AGE_S  # what BigQuery takes
         assert app.telemetry.metrics_port == 9464 == TelemetryConfig().metrics_port
         assert app.telemetry.otlp_endpoint == cfg.mesh.tracing_collector
         assert (str(app.model.dir), app.model.build_if_missing) == ("/models", False)
