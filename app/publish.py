@@ -46,6 +46,7 @@ import structlog
 from app import batch_format
 from app.backoff import Backoff
 from app.batch_format import Compressor
+from app.directories import ensure_directory
 from app.settings.publish import PUBSUB_MAX_MESSAGE_BYTES, PublishConfig
 from app.telemetry import Metrics, default_metrics
 
@@ -264,7 +265,7 @@ class LocalFileSink:
             if directory is None
             else Path(directory)
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_directory(self.directory, "publish.local_dir")
         self._limits = {"max_bytes": max_file_bytes, "max_age_s": max_file_age_s,
                         "max_files": max_files}  # fmt: skip
         self._logs: dict[str, FrameLog] = {}

@@ -49,6 +49,7 @@ from typing import Any
 
 import structlog
 
+from app.directories import ensure_directory
 from app.settings.spool import SpoolConfig
 from app.telemetry import Metrics, default_metrics
 
@@ -188,7 +189,7 @@ class Spool:
 
     def open(self) -> Recovery:
         """Lock the directory, cut a torn tail, and return what is on disk."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_directory(self.directory, "spool.dir")
         self._lock()
         checkpoint = self._read_checkpoint()
         recovery = Recovery(delivered_seq=checkpoint.get("delivered_seq", 0))

@@ -643,3 +643,10 @@ def test_with_publishing_off_batches_still_reach_the_warehouse_and_the_watermark
     with duckdb.connect(str(tmp_path / "w.duckdb")) as db:
         assert db.execute("SELECT count(*) FROM ticks").fetchone() == (80,)
         assert db.execute("SELECT count(*) FROM signals").fetchone() == (8,)
+
+
+def test_a_local_dir_that_cannot_be_a_directory_is_one_error_naming_the_setting(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match=rf"^publish.local_dir = '{blocked}': a file is in the way"):
+        LocalFileSink(blocked)

@@ -172,3 +172,12 @@ def test_the_default_directory_is_fixed_per_port_under_the_state_directory(
     assert default_spool_dir(50051) == default_spool_dir(50051)
     monkeypatch.delenv("XDG_STATE_HOME")
     assert default_spool_dir(7) == Path.home() / ".local/state/signal-platform/spool/port-7"
+
+
+def test_a_spool_dir_that_cannot_be_a_directory_is_one_error_naming_the_setting(tmp_path: Path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match=rf"^spool.dir = '{blocked}': a file is in the way"):
+        spool(blocked).open()
+    with pytest.raises(OSError, match=rf"^spool.dir = '{blocked / 'sub'}': cannot create"):
+        spool(blocked / "sub").open()
