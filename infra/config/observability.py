@@ -32,15 +32,26 @@ def is_placeholder_billing_account(value: str) -> bool:
     )
 
 
-# A budget's amount is a google.type.Money: whole units in an int64.
+# A budget's amount is a google.type.Money: its whole units are an int64.
 MAX_BUDGET_UNITS = 2**63
 
 
 class Budget(Model):
-    monthly_usd: float = Field(lt=MAX_BUDGET_UNITS)
+    monthly_usd: float
     alert_thresholds: tuple[float, ...] = (0.5, 0.9, 1.0)
     # The Cloud Billing account the budget watches; without one no budget is declared.
     billing_account: str | None = None
+
+    @field_validator("monthly_usd")
+    @classmethod
+    def _fits_money(cls, value: float) -> float:
+        if value >= MAX_BUDGET_UNITS:
+            raise refuse(
+                "more than a budget's amount carries (int64 whole units)",
+                value,
+                f"< {MAX_BUDGET_UNITS} (2^63)",
+            )
+        return value
 
     @field_validator("billing_account")
     @classmethod
