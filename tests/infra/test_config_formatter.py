@@ -87,6 +87,29 @@ def test_pydantics_own_errors_say_what_is_allowed():
     )
 
 
+def test_a_secure_value_where_a_plain_one_is_expected_says_it_cannot_be_a_secret():
+    # How a Pulumi stack file's `key: {secure: <ciphertext>}` reaches a model.
+    secret = {"secure": "AAABAKz0xq1y"}
+    lines = problems({"name": secret, "share": secret, "pools": [{"maxNodes": secret}]})
+    assert len(lines) == 3
+    for path in ("name", "share", "pools[0].maxNodes"):
+        line = next(line for line in lines if line.startswith(f"cluster.yaml: {path}: "))
+        assert "cannot be a secret: secure values cannot be read offline" in line, line
+        assert "valid" not in line  # not pydantic's "Input should be a valid number"
+        assert line.endswith("(got {'secure': 'AAABAKz0xq1y'}); allowed: the value in plain text")
+    # A mapping that merely has a `secure` key among others is judged as itself.
+    (other,) = problems({"name": "c", "share": {"secure": "x", "other": 1}})
+    assert "cannot be a secret" not in other and "valid number" in other
+
+
+def test_the_same_problem_found_twice_is_one_line():
+    problem = Problem("pools[0].machineType", "too small for its largest pod", "e2-medium", "more")
+    other = Problem("pools[1].machineType", "too small for its largest pod", "e2-medium", "more")
+    error = ConfigError("stack.yaml", [problem, other, problem, Problem(**vars(problem))])
+    assert error.problems == [problem, other]
+    assert str(error).splitlines() == [f"stack.yaml: {problem}", f"stack.yaml: {other}"]
+
+
 def test_long_values_are_cut():
     (line,) = problems({"name": "c", "share": "x" * 500})
     assert len(line) < 300 and "...'" not in line and "..." in line

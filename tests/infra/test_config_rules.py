@@ -362,6 +362,36 @@ def test_the_mismatch_needs_a_reason_and_only_a_real_one():
     assert "no mismatch to explain" in line
 
 
+def test_a_stack_claiming_another_environment_is_told_that_first_and_alone():
+    # Dev's file claiming prod: prod's rules (digests, spot fallback, replicas, Redis replicas,
+    # the env label) would judge a stack that is not prod; the mismatch is the one problem.
+    lines = refused("dev", environment="prod")
+    assert len(lines) == 1, lines
+    line = one_line(lines, "signal-platform:environment:")
+    assert (
+        "stack 'dev' is named for dev (got 'prod'); allowed: dev, or environmentMismatchReason"
+        in line
+    )
+    # With a section that fails on its own, the mismatch still comes first, and that
+    # section's own problem is still there.
+    redis = {**section("dev", "redis"), "shardCount": 0}
+    lines = refused("dev", environment="prod", redis=redis)
+    assert lines[0] == line
+    one_line(lines, "signal-platform:redis.shardCount:")
+    assert not [line for line in lines if "prod" in line.split("(got")[0]], lines
+
+
+def test_a_mismatch_with_its_reason_gets_the_environments_rules():
+    reason = "a rehearsal of prod's layout at dev's size"
+    lines = refused("dev", environment="prod", environmentMismatchReason=reason)
+    assert not [line for line in lines if "signal-platform:environment:" in line]
+    one_line(lines, "signal-platform:workloads.triton.image:", "prod images must be pinned")
+    one_line(lines, "signal-platform:workloads.signalService.replicas:", "prod needs at least two")
+    # The env label follows a settled environment.
+    labels = {**section("prod", "labels"), "env": "dev"}
+    one_line(refused("prod", labels=labels), "signal-platform:labels.env:", "(got 'dev')")
+
+
 # ---------------------------------------------------------------- every line's shape
 
 
@@ -500,3 +530,59 @@ def test_every_pod_the_program_sizes_sets_its_requests_and_memory_limit():
     one_line(lines, "signal-platform:mesh.cniResources.limits:", "limits lack memory")
     adapter = {"metricsAdapterResources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {}}}
     one_line(refused("dev", cluster=adapter), "cluster.metricsAdapterResources.limits:")
+
+
+# ---------------------------------------------------------------- what the cloud can carry
+
+
+def _set(path: list[str | int], value: object) -> Callable[[Any], None]:
+    def edit(section_value: Any) -> None:
+        for part in path[:-1]:
+            section_value = section_value[part]
+        section_value[path[-1]] = value
+
+    return edit
+
+
+# (top-level key, path inside it, the first value past the limit, what the line allows).
+LIMITS = [
+    ("budget", ["monthlyUsd"], 1e308, "< 9223372036854775808 (2^63)"),  # int64 units
+    ("nodePools", ["system", "diskSizeGb"], 99_999_999_999, "<= 65536"),  # boot disk
+    ("nodePools", ["system", "maxNodes"], 1_001, "<= 1000"),  # per node pool zone
+    ("nodePools", ["gpu", 0, "maxNodes"], 15_001, "<= 15000"),  # per cluster
+    ("workloads", ["signalService", "maxReplicas"], 150_001, "<= 150000"),  # pods per cluster
+    ("workloads", ["triton", "maxReplicas"], 150_001, "<= 150000"),
+    ("bigquery", ["partitionExpirationDays"], 10_001, "<= 10000"),  # partitions per table
+    ("pubsub", ["messageRetentionDays"], 32, "<= 31"),
+    ("mesh", ["connectionPool", "maxRequestsPerConnection"], 2**31, "<= 2147483647"),
+    ("mesh", ["api", "timeout"], "999999999999s", "matching"),  # protobuf Duration seconds
+]
+
+
+@pytest.mark.parametrize(("key", "path", "value", "allowed"), LIMITS)
+def test_values_beyond_what_the_cloud_carries_are_refused(key, path, value, allowed):
+    if key in ("mesh", "bigquery", "pubsub"):
+        base: dict = {}
+        _set(path, value)(_nested(base, path))
+    else:
+        base = edited("dev", key, _set(path, value))
+    lines = refused("dev", **{key: base})
+    dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+    line = one_line(lines, f"signal-platform:{key}.{dotted}:")
+    assert f"; allowed: {allowed}" in line
+
+
+def _nested(base: dict, path: list[str | int]) -> dict:
+    """``base`` with the mappings ``path`` goes through (to set its last key in)."""
+    here = base
+    for part in path[:-1]:
+        here = here.setdefault(part, {})
+    return base
+
+
+def test_the_limits_themselves_are_accepted():
+    pools = edited("dev", "nodePools", _set(["system", "diskSizeGb"], 65_536))
+    assert load("dev", nodePools=pools).node_pools.system.disk_size_gb == 65_536
+    assert load("dev", pubsub={"messageRetentionDays": 31}).pubsub.message_retention_days == 31
+    days = load("dev", bigquery={"partitionExpirationDays": 10_000})
+    assert days.bigquery.partition_expiration_days == 10_000
