@@ -266,6 +266,22 @@ FILES = [
         ["nodePools.gpu[0].minNodes:", "minNodes is greater than maxNodes"],
         id="cross-field",
     ),
+    pytest.param(
+        "dev",
+        # As `pulumi config set --secret --path budget.monthlyUsd 400` writes it.
+        lambda f: f["config"]["signal-platform:budget"].update(monthlyUsd={"secure": "AAABAMz="}),
+        ["budget.monthlyUsd: cannot be a secret: secure values cannot be read offline"],
+        id="secure-value-for-a-number",
+    ),
+    pytest.param(
+        "prod",
+        # Too small a node in all three regions, which share the setting: one line, not three.
+        lambda f: f["config"]["signal-platform:nodePools"]["system"].update(
+            machineType="e2-medium"
+        ),
+        ["nodePools.system.machineType:", "one e2-medium node has"],
+        id="shared-problem-once",
+    ),
 ]
 
 
@@ -297,58 +313,19 @@ def test_a_duplicated_key_is_refused_not_silently_dropped(
     assert line.startswith("error: Pulumi.dev.yaml:") and "signal-platform:budget" in line
 
 
-def _plan_file(
-    project: Path, stack: str, edit: Callable[[dict], None], capsys: pytest.CaptureFixture[str]
-) -> list[str]:
-    """The error lines of planning ``stack``'s file with ``edit`` applied; exit 2."""
-    content = stack_file(stack)
-    edit(content)
-    (project / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(content))
-    code, lines = run(["plan", "--stack", stack, "--program", str(project)], capsys)
-    assert code == 2
-    return lines
-
-
 def test_a_dev_file_claiming_prod_is_told_the_mismatch_not_prods_rules(
     project: Path, capsys: pytest.CaptureFixture[str]
 ):
-    lines = _plan_file(
-        project,
-        "dev",
-        lambda f: f["config"].update({"signal-platform:environment": "prod"}),
-        capsys,
-    )
+    content = stack_file("dev")
+    content["config"]["signal-platform:environment"] = "prod"
+    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump(content))
+    code, lines = run(["plan", "--stack", "dev", "--program", str(project)], capsys)
+    assert code == 2
     (line,) = lines
     assert line.startswith(
         "error: Pulumi.dev.yaml: signal-platform:environment: stack 'dev' is named for dev"
         " (got 'prod')"
     )
-
-
-def test_a_secure_value_where_a_number_is_expected_cannot_be_a_secret(
-    project: Path, capsys: pytest.CaptureFixture[str]
-):
-    # As `pulumi config set --secret --path budget.monthlyUsd 400` writes it.
-    def secret(f: dict) -> None:
-        f["config"]["signal-platform:budget"]["monthlyUsd"] = {"secure": "AAABAMzhcmQgdG8gcmVhZA=="}
-
-    (line,) = _plan_file(project, "dev", secret, capsys)
-    assert ERROR.match(line), line
-    assert line.startswith(
-        "error: Pulumi.dev.yaml: signal-platform:budget.monthlyUsd: cannot be a secret: secure"
-        " values cannot be read offline, and this setting is not secret (got {'secure': "
-    )
-
-
-def test_a_problem_of_settings_every_region_shares_is_printed_once(
-    project: Path, capsys: pytest.CaptureFixture[str]
-):
-    def small_nodes(f: dict) -> None:
-        f["config"]["signal-platform:nodePools"]["system"]["machineType"] = "e2-medium"
-
-    assert len(stack_file("prod")["config"]["signal-platform:regions"]) > 1
-    lines = _plan_file(project, "prod", small_nodes, capsys)
-    the_line(lines, "signal-platform:nodePools.system.machineType:", "one e2-medium node has")
 
 
 # ---------------------------------------------------------------- real processes
