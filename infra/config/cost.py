@@ -12,6 +12,11 @@ from app.config_errors import Problem
 from infra.config.base import Model
 
 POOL_USAGE_KEY_RE = re.compile(r"^(?:([a-z]+-[a-z]+\d+)/)?([a-z][a-z0-9-]{0,20})$")
+# Usage past any stack's (an exbibyte, a quadrillion signals a month) would only print a bill
+# of 300-digit figures.
+MAX_GIB = 2**30
+MAX_TIB = 2**20
+MAX_SIGNALS_PER_MONTH = 10**15
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,14 @@ class CostSettings(Model):
     # Average nodes of a pool across its zones, by pool name ("l4-spot") or for one region's
     # pool ("europe-west4/l4-spot", which wins over the plain name).
     average_nodes: dict[str, float] = Field(default_factory=dict)
-    signals_per_month: int = Field(default=100_000, ge=1)
-    bigquery_storage_gib: float = Field(default=100, ge=0)
-    bigquery_scanned_tib_per_month: float = Field(default=1, ge=0)
-    pubsub_gib_per_month: float = Field(default=50, ge=0)  # published + delivered
-    nat_gib_per_month: float = Field(default=50, ge=0)  # through each region's NAT
-    logging_gib_per_month: float = Field(default=50, ge=0)
-    bucket_storage_gib: float = Field(default=10, ge=0)  # in each bucket
-    artifact_storage_gib: float = Field(default=20, ge=0)  # in each registry
+    signals_per_month: int = Field(default=100_000, ge=1, le=MAX_SIGNALS_PER_MONTH)
+    bigquery_storage_gib: float = Field(default=100, ge=0, le=MAX_GIB)
+    bigquery_scanned_tib_per_month: float = Field(default=1, ge=0, le=MAX_TIB)
+    pubsub_gib_per_month: float = Field(default=50, ge=0, le=MAX_GIB)  # published + delivered
+    nat_gib_per_month: float = Field(default=50, ge=0, le=MAX_GIB)  # through each region's NAT
+    logging_gib_per_month: float = Field(default=50, ge=0, le=MAX_GIB)
+    bucket_storage_gib: float = Field(default=10, ge=0, le=MAX_GIB)  # in each bucket
+    artifact_storage_gib: float = Field(default=20, ge=0, le=MAX_GIB)  # in each registry
     # Whether this stack's zonal clusters get GKE's free-tier credit: one per billing account,
     # so false when another stack's zonal or Autopilot cluster on the same account takes it.
     gke_free_tier: bool = True

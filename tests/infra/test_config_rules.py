@@ -556,6 +556,8 @@ LIMITS = [
     ("pubsub", ["messageRetentionDays"], 32, "<= 31"),
     ("mesh", ["connectionPool", "maxRequestsPerConnection"], 2**31, "<= 2147483647"),
     ("mesh", ["api", "timeout"], "999999999999s", "matching"),  # protobuf Duration seconds
+    ("cost", ["bigqueryStorageGib"], 1e308, "<= 1073741824"),  # usage no bill shows
+    ("cost", ["signalsPerMonth"], 10**30, "<= 1000000000000000"),
 ]
 
 
