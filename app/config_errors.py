@@ -181,6 +181,18 @@ def key_path(loc: Iterable[Any]) -> str:
     return path
 
 
+# A Pulumi stack file's encrypted value (`key: {secure: <ciphertext>}`) where a plain one is
+# expected: only the Pulumi CLI can decrypt it, and a key of a non-secret setting needs none.
+SECURE_VALUE_MESSAGE = (
+    "cannot be a secret: secure values cannot be read offline, and this setting is not secret"
+)
+SECURE_VALUE_ALLOWED = "the value in plain text"
+
+
+def _is_secure_value(value: Any) -> bool:
+    return type(value) is dict and len(value) == 1 and isinstance(value.get("secure"), str)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -207,6 +219,14 @@ class ConfigModel(BaseModel):
                 Problem(str(key), "Input should be a number, not a boolean", value, "a number")
                 for key, value in data.items() if isinstance(value, bool) and key in numeric
             ))  # fmt: skip
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_secret(cls, data: Any) -> Any:
+        """A whole section given as a secure value: that, not "unknown key 'secure'"."""
+        if _is_secure_value(data):
+            raise Invalid([Problem("", SECURE_VALUE_MESSAGE, data, SECURE_VALUE_ALLOWED)])
         return data
 
     @model_validator(mode="after")
@@ -318,15 +338,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pydantic → problems
 
 _BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-# A Pulumi stack file's encrypted value (`key: {secure: <ciphertext>}`) where a plain one is
-# expected: only the Pulumi CLI can decrypt it, and a key of a non-secret setting needs none.
-SECURE_VALUE_MESSAGE = (
-    "cannot be a secret: secure values cannot be read offline, and this setting is not secret"
-)
-
-
-def _is_secure_value(value: Any) -> bool:
-    return type(value) is dict and len(value) == 1 and isinstance(value.get("secure"), str)
 
 
 def problems_from(exc: ValidationError, model: type[BaseModel] | None = None) -> list[Problem]:
@@ -350,7 +361,7 @@ def _problem(err: Any, loc: tuple[Any, ...], model: type[BaseModel] | None) -> P
     if kind == "missing":
         return Problem(path, "required key is missing")
     if _is_secure_value(value):
-        return Problem(path, SECURE_VALUE_MESSAGE, value, "the value in plain text")
+        return Problem(path, SECURE_VALUE_MESSAGE, value, SECURE_VALUE_ALLOWED)
     if kind == "extra_forbidden":
         keys = _keys_at(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), keys, n=1)

@@ -97,6 +97,9 @@ def test_a_secure_value_where_a_plain_one_is_expected_says_it_cannot_be_a_secret
         assert "cannot be a secret: secure values cannot be read offline" in line, line
         assert "valid" not in line  # not pydantic's "Input should be a valid number"
         assert line.endswith("(got {'secure': 'AAABAKz0xq1y'}); allowed: the value in plain text")
+    # A whole section given as a secret: that line alone, not "unknown key 'secure'".
+    (section,) = problems({"name": "c", "byRegion": {"r1": secret}})
+    assert section.startswith("cluster.yaml: byRegion.r1: cannot be a secret: ")
     # A mapping that merely has a `secure` key among others is judged as itself.
     (other,) = problems({"name": "c", "share": {"secure": "x", "other": 1}})
     assert "cannot be a secret" not in other and "valid number" in other
