@@ -18,8 +18,8 @@ import difflib
 import json
 import re
 import typing
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -97,6 +97,26 @@ def environment_problems(stack: str, environment: object, reason: object) -> Ite
             f"no mismatch to explain: stack {stack!r} and environment {environment!r} agree",
             reason,
             "no environmentMismatchReason",
+        )
+
+
+def once_for_all_regions(found: Iterable[tuple[str, Problem]]) -> Iterator[Problem]:
+    """Problems of a rule run per region, a problem that differs between regions only by the
+    region it names given once, naming them all: regions sharing a setting share its problem."""
+    merged: dict[tuple[str, str, str, str], tuple[Problem, list[str]]] = {}
+    for region, problem in found:
+        name = re.compile(rf"\b{re.escape(region)}\b(?!-)")  # not its zones (us-east4-a)
+        key = (
+            problem.path,
+            name.sub("\0", problem.message),
+            repr(problem.value),
+            name.sub("\0", problem.allowed),
+        )
+        merged.setdefault(key, (problem, []))[1].append(region)
+    for (_, message, _, allowed), (problem, regions) in merged.items():
+        names = ", ".join(regions)
+        yield replace(
+            problem, message=message.replace("\0", names), allowed=allowed.replace("\0", names)
         )
 
 
@@ -308,8 +328,8 @@ class StackConfig(Model):
                     region,
                     ", ".join(self.regions),
                 )
-        for name in self.regions:
-            yield from self._region_rules(self.region(name))
+        found = [(name, p) for name in self.regions for p in self._region_rules(self.region(name))]
+        yield from once_for_all_regions(found)
         yield from self._network_rules()
         yield from self._unpinned_image_rules()
         yield from self._own_image_rules()

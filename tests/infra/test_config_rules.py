@@ -532,6 +532,24 @@ def test_every_pod_the_program_sizes_sets_its_requests_and_memory_limit():
     one_line(refused("dev", cluster=adapter), "cluster.metricsAdapterResources.limits:")
 
 
+# ---------------------------------------------------------------- once per problem
+
+
+def test_a_problem_of_a_setting_regions_share_is_one_line_naming_them():
+    # Two of prod's three regions share the Redis settings (europe-west4 overrides its own),
+    # all three the cluster's: each problem once, naming the regions it applies to.
+    redis = {**section("prod", "redis"), "replicaCount": 0}
+    lines = refused("prod", redis=redis, mesh={"istioVersion": "1.28.1"})
+    one_line(lines, "signal-platform:cluster.kubernetesMinorVersion:", "Istio 1.28.1")
+    line = one_line(lines, "signal-platform:redis.replicaCount:")
+    assert "prod Redis in us-central1, us-east4 needs a replica" in line
+    override = section("prod", "regionOverrides")
+    override["europe-west4"]["redis"]["replicaCount"] = 0
+    lines = refused("prod", redis=redis, regionOverrides=override)
+    one_line(lines, "signal-platform:redis.replicaCount:", "in us-central1, us-east4 needs")
+    one_line(lines, "regionOverrides.europe-west4.redis.replicaCount:", "in europe-west4 needs")
+
+
 # ---------------------------------------------------------------- what the cloud can carry
 
 
