@@ -23,18 +23,17 @@ from pydantic import (
     model_validator,
 )
 
-from app.cache import CacheConfig
 from app.config_errors import ConfigError as FileConfigError
 from app.config_errors import ConfigModel, Problem, format_problems, problems_from, read_config_file
-from app.features import FeatureParams
-from app.ingest import IngestConfig
 from app.model import DEFAULT_MODEL_DIR
-from app.publish import PublishConfig
-from app.sessions import DEFAULT_VENUE, check_venue
-from app.shards import ShardingConfig
-from app.spool import SpoolConfig
-from app.telemetry import TelemetryConfig
-from app.warehouse import WarehouseConfig
+from app.settings.cache import CacheConfig
+from app.settings.features import DEFAULT_VENUE, FeatureParams
+from app.settings.ingest import IngestConfig
+from app.settings.publish import PublishConfig
+from app.settings.shards import ShardingConfig
+from app.settings.spool import SpoolConfig
+from app.settings.telemetry import TelemetryConfig
+from app.settings.warehouse import WarehouseConfig
 
 # A DNS name (RFC 1123 labels; "_" too, as Kubernetes service names may carry it).
 _DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
@@ -59,6 +58,15 @@ def check_host_port(value: str) -> str:
     return value
 
 
+def _check_venue(name: str) -> str:
+    """`app.sessions.check_venue`, imported when there is a venue to check: the calendars
+    (exchange_calendars, pandas) stay out of `import app.config`, which the Pulumi program
+    runs with its own packages only."""
+    from app.sessions import check_venue
+
+    return check_venue(name)
+
+
 class _Section(ConfigModel):
     """A section of the service's configuration: unknown keys and non-finite numbers refused."""
 
@@ -74,7 +82,7 @@ class FeatureConfig(FeatureParams, ConfigModel):
     @field_validator("venue")
     @classmethod
     def _known_venue(cls, value: str) -> str:
-        return check_venue(value)
+        return _check_venue(value)
 
     def rules(self, context: Mapping[str, Any]) -> Iterator[Problem]:
         yield from super().rules(context)
@@ -83,7 +91,7 @@ class FeatureConfig(FeatureParams, ConfigModel):
             if not 0 <= symbol < self.n_symbols:
                 yield Problem(where, "not a symbol id", symbol, f"0 to {self.n_symbols - 1}")
             try:
-                check_venue(venue)
+                _check_venue(venue)
             except ValueError as exc:
                 yield Problem(where, str(exc))
 

@@ -19,7 +19,6 @@ are loaded; the HPA scales in one pod a minute, so a scale-in never overlaps a h
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import pulumi_kubernetes as k8s
 import yaml
 from pydantic import ValidationError
 
+from app.config import AppConfig
 from app.config_errors import Problem, problems_from
 from app.model.triton import TritonModelConfig, render_config_pbtxt
 from app.settings.ingest import BIGQUERY_MAX_PAST_AGE_S
@@ -325,17 +325,9 @@ def check_service_config(config: dict[str, Any]) -> dict[str, Any]:
     """`config`, if `app.config.AppConfig` accepts it; else the stack's `ConfigError`, one
     line per problem at the stack key it comes from (`SERVICE_CONFIG_KEYS`).
 
-    `app.config` imports the service's runtime packages (Numba, Redis, gRPC ...): the
-    development virtualenv has them, so `tools plan`/`check`, CI and the tests check the file;
-    the deploy's (requirements.lock: the program's packages only) does not, and says so once.
-    """
-    try:
-        from app.config import AppConfig
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").partition(".")[0] == "app":
-            raise
-        _say_unchecked(exc.name)
-        return config
+    `app.config` needs only pydantic, PyYAML and the service's config models (`app.settings`),
+    not its runtime packages: the file is checked wherever the program runs, the deploy's
+    virtualenv (requirements.lock) and `pulumi up` included."""
     try:
         AppConfig.model_validate(config)
     except ValidationError as exc:
@@ -348,14 +340,6 @@ def check_service_config(config: dict[str, Any]) -> dict[str, Any]:
         ]
         raise ConfigError(f"Pulumi.{pulumi.get_stack()}.yaml", problems) from None
     return config
-
-
-@functools.cache
-def _say_unchecked(missing: str | None) -> None:
-    pulumi.log.info(
-        f"the signal service's config file is not checked against app.config here ({missing} "
-        "is not installed: the service's packages are not the program's); `make check` checks it"
-    )
 
 
 def _stack_key(path: str) -> str:

@@ -3,21 +3,18 @@ settings' validation, as the policy pack sees them in each stack's plan."""
 
 from __future__ import annotations
 
-import builtins
 import typing
 from types import SimpleNamespace
 from typing import Any
 
-import pulumi
 import pytest
 import yaml
 from pydantic import BaseModel
 
-import infra.workloads as workloads_module
 from app.config import AppConfig, load_config
 from app.model.triton import TritonModelConfig, render_config_pbtxt
 from app.settings.ingest import BIGQUERY_MAX_PAST_AGE_S
-from app.telemetry import TelemetryConfig
+from app.settings.telemetry import TelemetryConfig
 from infra.config import ConfigError, StackConfig
 from infra.workloads import (
     GPU_UTILIZATION_METRIC,
@@ -25,7 +22,6 @@ from infra.workloads import (
     SERVICE_CONFIG_KEYS,
     SHARDS,
     ServiceEndpoints,
-    check_service_config,
     render_service_config,
     server_ca_bundle,
     service_grace_seconds,
@@ -376,34 +372,6 @@ def test_a_file_the_service_would_refuse_fails_at_the_stack_key_that_made_it():
     signal_service_config(
         endpoints, cfg.workloads.triton.model, service_grace_seconds(short), None, 1.0, None
     )
-
-
-def test_where_the_services_packages_are_missing_the_file_goes_unchecked_and_says_so(
-    monkeypatch: pytest.MonkeyPatch,
-):
-    """The deploy's virtualenv has the program's packages only (requirements.lock), not the
-    service's runtime that `app.config` imports: there the check is skipped with one info line
-    (CI's `make check` ran it on the same commit). A missing module of the app itself is a bug
-    and raises."""
-    real_import = builtins.__import__
-    missing = "numba"
-
-    def without_app_packages(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "app.config":
-            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
-        return real_import(name, *args, **kwargs)
-
-    said: list[str] = []
-    workloads_module._say_unchecked.cache_clear()  # said once per process
-    monkeypatch.setattr(builtins, "__import__", without_app_packages)
-    monkeypatch.setattr(pulumi.log, "info", lambda message, *a, **k: said.append(message))
-    refused = {"server": {"grace_s": -1}}
-    assert check_service_config(refused) is refused
-    (line,) = said
-    assert "not checked" in line and "numba" in line
-    missing = "app.config"
-    with pytest.raises(ModuleNotFoundError):
-        check_service_config(refused)
 
 
 def _field_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
