@@ -117,15 +117,18 @@ def test_a_lease_is_held_once_and_a_late_writer_is_fenced(redis_cluster: LocalRe
     async def scenario() -> None:
         a, b = _store(redis_cluster, prefix), _store(redis_cluster, prefix)
         try:
-            # Many replicas racing for one free shard: exactly one gets it.
+            # Many replicas racing for one free shard: exactly one gets it (a TTL no loaded
+            # machine outlasts during the race, so no lease expires inside it).
             got = await asyncio.gather(*(
-                (a if i % 2 else b).acquire(3, f"10.0.0.{i}:50051", 300) for i in range(12)))  # fmt: skip
+                (a if i % 2 else b).acquire(3, f"10.0.0.{i}:50051", 60_000) for i in range(12)))  # fmt: skip
             leases = [g for g in got if isinstance(g, Lease)]
             assert len(leases) == 1
             first = leases[0]
             assert {g for g in got if not isinstance(g, Lease)} == {first.owner}  # names it
             await a.append(first, 1, b"batch-1", 100)
-            # The holder pauses past its TTL: it cannot write even before anyone else takes it.
+            # The holder's last renewal gave it 300 ms and it pauses longer: it cannot write
+            # even before anyone else takes the shard.
+            assert await a.renew(first, 300)
             await asyncio.sleep(0.45)
             with pytest.raises(Fenced):
                 await a.append(first, 2, b"batch-2", 100)
