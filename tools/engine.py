@@ -485,12 +485,11 @@ def program_error(exc: BaseException, project: Project, stack: str = "") -> Prog
     from pulumi.config import ConfigMissingError, ConfigTypeError
 
     text = "".join(traceback.format_exception(exc))
+    where, raised = _program_frame(exc, project)  # the program's own deepest frame
     if isinstance(exc, ModuleNotFoundError) and not _is_program_module(exc, project):
-        where, _ = _program_frame(exc, project)
         return ProgramError([missing_module(exc, project, where)], text)
     stack_file = f"Pulumi.{stack}.yaml" if stack else "the stack file"
     if isinstance(exc, ConfigMissingError):
-        where, _ = _program_frame(exc, project)
         return ProgramError(
             [
                 f"{stack_file}: missing required configuration value '{exc.key}' (read at"
@@ -499,7 +498,6 @@ def program_error(exc: BaseException, project: Project, stack: str = "") -> Prog
             text,
         )
     if isinstance(exc, ConfigTypeError):
-        where, _ = _program_frame(exc, project)
         return ProgramError(
             [
                 f"{stack_file}: {exc.key}: {exc.value!r} is not a valid {exc.expect_type}"
@@ -508,7 +506,6 @@ def program_error(exc: BaseException, project: Project, stack: str = "") -> Prog
             text,
         )
     if isinstance(exc, SystemExit):
-        where, _ = _program_frame(exc, project)
         return ProgramError([f"{where}: the program exited: sys.exit({exc.code!r})"], text)
     if isinstance(exc, pulumi.RunError):
         lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
@@ -516,7 +513,6 @@ def program_error(exc: BaseException, project: Project, stack: str = "") -> Prog
     syntax = _syntax_error(exc)
     if syntax is not None:
         return ProgramError([_syntax_line(syntax, project)], text)
-    where, raised = _program_frame(exc, project)
     message = str(raised).strip().splitlines()
     summary = f"{type(raised).__name__}: {message[0]}" if message else type(raised).__name__
     return ProgramError([f"{where}: {summary}"], text)
