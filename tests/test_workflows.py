@@ -374,9 +374,11 @@ ISOLATED = """
 import importlib.abc, importlib.machinery, importlib.metadata as md, os, re, runpy, sys
 allowed = set(sys.argv[1].split(","))
 owner = {}
-for dist in md.distributions():
+for dist in md.distributions():  # the name parsed once per distribution, not once per file
+    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+    root = os.path.realpath(dist.locate_file(""))
     for file in dist.files or ():
-        owner[os.path.realpath(dist.locate_file(file))] = re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower()
+        owner[os.path.normpath(os.path.join(root, file))] = name
 class OnlyAllowed(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         spec = importlib.machinery.PathFinder.find_spec(name, path)
