@@ -297,6 +297,13 @@ class Ingestor(ShardHost):
                      client_shards: int | None = None) -> Any:  # fmt: skip
         """The ``SignalBatch`` answering ``request`` (a decoded, well-formed TickBatch);
         ``client_shards``: the shard count the client split by, if it said."""
+        return await asyncio.shield(self.begin(request, ticks, time_left_s, client_shards))
+
+    def begin(self, request: Any, ticks: TickColumns, time_left_s: float | None,
+              client_shards: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
+        """Steps 0 to 4 now, without awaiting (a refusal raises here, before anything
+        changed); the future resolves to the ``SignalBatch`` once the batch is durable.
+        Batches begun one after the other are applied in that order."""
         slot = self.shards.admit(ticks.symbol, client_shards) if self.shards is not None else None
         key = (
             (request.producer, int(request.batch_id))
@@ -313,7 +320,7 @@ class Ingestor(ShardHost):
                         "different batch; batch ids must be unique per producer"
                     )
                 self.metrics.duplicate_batches.inc()
-                return await asyncio.shield(seen.reply)
+                return seen.reply
         if self.spool is not None and self.spool.failed is not None:
             raise self.spool.failed
         if time_left_s is not None and time_left_s * 1000 < self.config.min_deadline_ms:
@@ -350,14 +357,14 @@ class Ingestor(ShardHost):
             reply.set_result(answer)
             if key is not None:
                 self.recent.completed(key, answer.ByteSize())
-            return answer
+            return reply
         task = loop.create_task(
             self._complete(request, ticks, applied, key, digest, admission, reply, slot,
                            journal_seq), name="ingest"
         )  # fmt: skip
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(reply)
+        return reply
 
     async def _complete(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
                         key: tuple[str, int] | None, digest: bytes, admission: Any,

@@ -220,27 +220,47 @@ class SignalServicer:
         self.forwarder = PeerForwarder(sc.shards) if sc is not None and sc.forward else None
         age = data_path.cache.config.max_signal_age_s if data_path is not None else None
         self.max_age_s = "no limit" if age is None else f"{age:g} s"
+        # The queues of the open streams' messages (see `StreamSignals`, `close_streams`).
+        self._streams: set[asyncio.Queue[Any]] = set()
+        self.closing = False
+
+    def close_streams(self) -> None:
+        """Shutting down: open streams take no more messages and end once the replies of
+        those taken are sent (their clients send the rest elsewhere or after the restart)."""
+        self.closing = True
+        for taken in self._streams:
+            taken.put_nowait(None)
+
+    def _begin(self, request: Any, context: grpc.aio.ServicerContext) -> asyncio.Future[Any]:
+        """Decode and apply one TickBatch now (`Ingestor.begin`): its ``SignalBatch`` to come,
+        or the refusal raised before anything changed."""
+        ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
+        client_shards = client_shard_count(context) if self.shards is not None else None
+        return self.ingestor.begin(request, ticks, context.time_remaining(), client_shards)
 
     async def _ingest(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
         """The ``SignalBatch`` answering one TickBatch, or the call ends with its status."""
         try:
-            ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
-            client_shards = client_shard_count(context) if self.shards is not None else None
-            return await self.ingestor.ingest(request, ticks, context.time_remaining(),
-                                              client_shards)  # fmt: skip
+            return await asyncio.shield(self._begin(request, context))
         except Exception as exc:
-            code = status_of(exc)
-            if code is None:
-                raise
-            if isinstance(exc, SpoolFailed):
-                self.on_spool_failure()
-            if isinstance(exc, NotOwner) and self.forwarder is not None and exc.owner:
-                forwarder, owner = self.forwarder, exc.owner
-                if not forwarded(context):
-                    return await self._forward(context, method, owner, lambda: forwarder.ingest(
-                        owner, request, context.time_remaining()))  # fmt: skip
-            metadata = exc.metadata() if isinstance(exc, ShardRefusal) else ()
-            await refuse(context, method, code, str(exc), metadata)
+            return await self._refused(exc, request, context, method)
+
+    async def _refused(self, exc: Exception, request: Any, context: grpc.aio.ServicerContext,
+                       method: str) -> Any:  # fmt: skip
+        """The answer to a batch refused with ``exc``: the owner's, where the batch is sent on
+        to it; otherwise the call ends with the refusal's status (unknown errors re-raised)."""
+        code = status_of(exc)
+        if code is None:
+            raise exc
+        if isinstance(exc, SpoolFailed):
+            self.on_spool_failure()
+        if isinstance(exc, NotOwner) and self.forwarder is not None and exc.owner:
+            forwarder, owner = self.forwarder, exc.owner
+            if not forwarded(context):
+                return await self._forward(context, method, owner, lambda: forwarder.ingest(
+                    owner, request, context.time_remaining()))  # fmt: skip
+        metadata = exc.metadata() if isinstance(exc, ShardRefusal) else ()
+        await refuse(context, method, code, str(exc), metadata)
 
     async def _forward(self, context: grpc.aio.ServicerContext, method: str, owner: str,
                        send: Callable[[], Awaitable[Any]]) -> Any:  # fmt: skip
@@ -306,8 +326,52 @@ class SignalServicer:
     async def StreamSignals(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        async for request in request_iterator:
-            yield await self._ingest(request, context, "StreamSignals")
+        """Each message is applied as it arrives, without waiting for the replies of those
+        before it (so a client may keep several in flight and they share group commits);
+        replies go back in message order. A refused message ends the stream with its status,
+        after the replies of the messages before it, and no message after it is applied: a
+        client that sends the unanswered messages again, in order, keeps every symbol's
+        ticks in order (those applied are answered from the idempotency index). A message
+        sent on to its shard's owner also ends the stream, after the owner's reply, its
+        trailing metadata naming the owner. Shutting down ends a stream the same way after
+        the replies of the messages taken (`close_streams`)."""
+        loop = asyncio.get_running_loop()
+        taken: asyncio.Queue[tuple[Any, asyncio.Future[Any] | Exception] | None] = asyncio.Queue()
+        if self.closing:
+            await refuse(context, "StreamSignals", grpc.StatusCode.UNAVAILABLE,
+                         "the service is shutting down")  # fmt: skip
+
+        async def take() -> None:
+            try:
+                async for request in request_iterator:
+                    if self.closing:
+                        break
+                    try:
+                        taken.put_nowait((request, self._begin(request, context)))
+                    except Exception as exc:  # refused: nothing after it is applied
+                        taken.put_nowait((request, exc))
+                        return
+            except Exception:  # the stream broke: its call is ending anyway
+                pass
+            taken.put_nowait(None)
+
+        reader = loop.create_task(take(), name="stream-reader")
+        self._streams.add(taken)
+        try:
+            while (item := await taken.get()) is not None:
+                request, begun = item
+                if isinstance(begun, Exception):
+                    yield await self._refused(begun, request, context, "StreamSignals")
+                    return  # sent on to the owner: the client goes there next
+                try:
+                    reply = await asyncio.shield(begun)
+                except Exception as exc:  # applied, but could not be made durable
+                    await self._refused(exc, request, context, "StreamSignals")
+                    return
+                yield reply
+        finally:
+            self._streams.discard(taken)
+            reader.cancel()
 
 
 def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
@@ -513,6 +577,7 @@ class SignalServer:
         grace = self.config.server.grace_s if grace_s is None else grace_s
         runtime = self.runtime
         await self.health.enter_graceful_shutdown()
+        self.servicer.close_streams()
         await self.server.stop(grace)
         await runtime.ingestor.drain()  # applied batches: spooled and answered
         if runtime.shards is not None:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from app.cache import decode_value
+from app.client import SignalClient
 from app.config import AppConfig, FeatureConfig
 from app.features import REJECT_BAD_PRICE, REJECT_BAD_SIZE, REJECT_STALE_TIMESTAMP, FeatureEngine
 from app.inference import Inference, InferenceBackend, LocalOnnxBackend
@@ -280,6 +281,83 @@ def test_stream_aborts_on_a_bad_batch_and_the_server_keeps_serving(model: ModelA
         assert (await stub.IngestTicks(_batches(2)[1])).accepted == 100
 
     serve_and(model, scenario)
+
+
+def test_a_stream_applies_its_messages_without_waiting_for_earlier_replies(
+    model: ModelArtifacts,
+) -> None:
+    """Messages of one stream are applied as they arrive: 20 batches whose inference takes
+    0.1 s each finish in well under the 2 s they would take one after the other, and their
+    records share group commits."""
+
+    async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        batches = _batches(20, per_batch=20)
+
+        async def requests() -> AsyncIterator[Any]:
+            for b in batches:
+                yield b
+
+        started = time.monotonic()
+        replies = [r async for r in stub.StreamSignals(requests())]
+        took = time.monotonic() - started
+        assert [r.batch_id for r in replies] == list(range(1, 21))
+        assert all(r.ack.accepted == 20 for r in replies)
+        assert took < 1.2, f"{took:.2f} s: the stream's batches waited for each other"
+        assert server.runtime.spool is not None and server.runtime.spool.groups < 20
+
+    serve_and(model, scenario, delay_s=0.1)
+
+
+def test_a_refused_stream_message_ends_the_stream_and_nothing_after_it_is_applied(
+    model: ModelArtifacts,
+) -> None:
+    """The replies of the messages before a refused one come first; the messages after it
+    are not applied (a client sends them again, in order, after the refused one)."""
+
+    async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        b1, b2, b3 = _batches(3)
+        bad = pb2.TickBatch(symbol=[0], price=[float("nan")], size=[1.0], ts_ns=[1], batch_id=9)
+
+        async def requests() -> AsyncIterator[Any]:
+            for b in (b1, b2, bad, b3):
+                yield b
+
+        call = stub.StreamSignals(requests())
+        assert [(await call.read()).batch_id, (await call.read()).batch_id] == [1, 2]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert server.runtime.pipeline.seq == 2  # b3 came after the refusal: not applied
+        state = server.runtime.pipeline.engine.state
+        assert sum(state.tick_count(s) for s in range(N_SYMBOLS)) == 200
+
+    serve_and(model, scenario)
+
+
+def test_the_client_keeps_parts_in_order_through_refusals_mid_stream(
+    model: ModelArtifacts,
+) -> None:
+    """`SignalClient` keeps up to ``window`` parts in flight on one stream; when the service
+    refuses one for room (RESOURCE_EXHAUSTED, the inference queue full), the stream ends
+    there and the client sends it and those after it again, in order: every tick of every
+    batch is accepted in time order (a tick applied after a later one of its symbol would
+    come back rejected as stale)."""
+
+    async def scenario(_stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
+        columns = [tuple(np.array(getattr(b, f)) for f in ("symbol", "price", "size", "ts_ns"))
+                   for b in _batches(40)]  # fmt: skip
+        async with SignalClient([f"127.0.0.1:{server.port}"], window=8) as client:
+            for c in columns[:10]:  # warm: from here on every batch queues 20 rows
+                await client.ingest(*c)
+            replies = await asyncio.gather(*(client.ingest(*c) for c in columns[10:]))
+            assert client.retries > 0  # some parts were refused for room and sent again
+        assert [r.accepted for r in replies] == [100] * 30
+        assert all(r.rejected_index.size == 0 for r in replies)
+        assert server.runtime.batcher.stats.rejected > 0
+        state = server.runtime.pipeline.engine.state
+        assert sum(state.tick_count(s) for s in range(N_SYMBOLS)) == 4000  # each tick once
+
+    serve_and(model, scenario, delay_s=0.05, max_batch_size=20, max_queue_rows=40)
 
 
 def test_full_inference_queue_is_resource_exhausted(model: ModelArtifacts) -> None:
