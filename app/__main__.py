@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigError, load_config
+from app.config_errors import print_error
 
 # replay generates its ticks up front (~30 bytes each): a run is at most this many.
 MAX_REPLAY_TICKS = 20_000_000
@@ -93,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             )
         except ConfigError as exc:
-            # One `error:` line per problem, as every other refusal here and the tools print.
-            for line in str(exc).splitlines():
-                print(f"error: {line}", file=sys.stderr)
+            print_error(exc)  # one `error:` line per problem, as the tools print them
             return 2
         from app.model.manifest import ModelMismatchError
         from app.server import serve as run_server
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_server(config))
         except (ModelMismatchError, SpoolError, OSError) as exc:
             # What the configuration points at does not fit: the model, the spool, the port.
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(exc)
             return 2
         return 0
 
@@ -128,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except (ConnectionError, ValueError, OSError, ServiceRefused) as exc:
-        print(f"replay: {exc}", file=sys.stderr)
+        print_error(f"replay: {exc}")
         return 1
     except grpc.aio.AioRpcError as exc:
-        print(f"replay: the server answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print_error(f"replay: the server answered {exc.code().name}: {exc.details()}")
         return 1
     print(report.render())
     return 0

@@ -15,6 +15,7 @@ import contextlib
 import difflib
 import functools
 import json
+import sys
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -106,6 +107,13 @@ class ConfigError(ValueError):
             unique.setdefault(str(problem), problem)
         self.problems = list(unique.values())
         super().__init__(format_problems(source, self.problems))
+
+
+def print_error(error: BaseException | str) -> None:
+    """A refusal on stderr as the commands print it: one ``error:`` line per line of it (a
+    ConfigError has one per problem)."""
+    for line in str(error).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
 
 
 def format_problems(source: str, problems: Iterable[Problem]) -> str:

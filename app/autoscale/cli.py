@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from app.autoscale.config import ConfigError
 from app.autoscale.prometheus import MINUTE, minute_of
+from app.config_errors import print_error
 from app.settings.telemetry import TelemetryConfig
 from app.telemetry import configure_logging
 
@@ -59,7 +60,7 @@ def run_service(
     try:
         config = load(args.config)
     except (ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)  # one `error:` line per problem
         return 2
     if args.check:
         print(config.model_dump_json(by_alias=True, indent=2))

@@ -8,10 +8,12 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.__main__ import main as app_main
+from app.alerting.__main__ import main as alerting_main
 from app.autoscale.__main__ import main as autoscale_main
 from app.config_errors import show
 from app.serving.launch import REPO_ROOT
@@ -85,6 +87,20 @@ def test_wrong_values_are_refused_by_the_serve_command(
     err = capsys.readouterr().err
     assert f"error: {path}: {expected}" in err, err
     assert all(line.startswith("error: ") for line in err.splitlines()), err
+
+
+@pytest.mark.parametrize("main", [autoscale_main, alerting_main], ids=["scaler", "detector"])
+def test_every_problem_of_a_scaler_or_detector_file_is_its_own_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], main: Any
+) -> None:
+    path = tmp_path / "svc.yaml"
+    path.write_text("regions: 5\nmin_replicas: -1\nfoo: 2\n")
+    assert main(["--config", str(path), "--check"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4, lines  # the missing URL, regions, and the two unknown keys
+    assert all(line.startswith(f"error: {path}: ") for line in lines), lines
+    assert any("regions: Input should be a valid tuple (got 5)" in line for line in lines)
+    assert any("foo: unknown key (got 2)" in line for line in lines)
 
 
 def test_a_number_as_a_string_and_good_hosts_stay_accepted(tmp_path: Path) -> None:
