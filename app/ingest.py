@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from app import batch_format
 from app.datapath import DataPath
 from app.features import FEATURES
 from app.pipeline import AppliedBatch, IngestResult, SignalPipeline
@@ -173,20 +174,38 @@ class Delivery:
     answer: Callable[[], None] | None = None  # acknowledges it (None: a replay)
     shard: ShardSlot | None = None  # with sharding: its shard, and its seq in that journal
     journal_seq: int = 0
+    reply: Reply | None = None  # its answer (None: a replay)
 
 
-def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Any:
+class Reply:
+    """The answer to one batch: its ``SignalBatch`` serialized (what a stream sends and the
+    spool keeps, written straight from the signal columns) and its ``IngestAck`` (what
+    ``IngestTicks`` answers). A reply read back from the spool is the parsed message."""
+
+    __slots__ = ("ack", "data")
+
+    def __init__(self, data: bytes, ack: Any) -> None:
+        self.data = data
+        self.ack = ack
+
+    def ByteSize(self) -> int:  # as the message's: a reply may also be one
+        return len(self.data)
+
+
+def serialize_reply(reply: Any) -> bytes:
+    """The bytes of a `Reply` or of a ``SignalBatch`` message (the stream's serializer)."""
+    return reply.data if isinstance(reply, Reply) else reply.SerializeToString()
+
+
+def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Reply:
     """The ``SignalBatch`` (with its ``IngestAck``) answering one batch."""
     rejected = result.rejected_index
     s = result.signals
     ack = pb2.IngestAck(batch_id=batch_id, accepted=result.accepted, rejected=int(rejected.size),
                         rejected_index=rejected.tolist(),
                         rejected_reason=result.reasons[rejected].tolist(), signals=len(s))  # fmt: skip
-    return pb2.SignalBatch(batch_id=batch_id, symbol=s.symbol.tolist(), ts_ns=s.ts_ns.tolist(),
-                           direction=s.direction.tolist(), strength=s.strength.tolist(),
-                           confidence=s.confidence.tolist(), model_version=s.model_version,
-                           ack=ack, computed_at_ns=computed_at_ns, model_variant=s.model_variant,
-                           model_sha256=s.model_sha256, backend=s.backend)  # fmt: skip
+    return Reply(batch_format.signal_batch(s, computed_at_ns, batch_id=batch_id,
+                                           ack=ack.SerializeToString()), ack)  # fmt: skip
 
 
 class Ingestor(ShardHost):
@@ -358,6 +377,13 @@ class Ingestor(ShardHost):
             if key is not None:
                 self.recent.completed(key, answer.ByteSize())
             return reply
+        if (
+            slot is None
+            and self._order.next_seq == applied.seq
+            and (applied.inference is None or applied.inference.done())
+        ):  # nothing to wait for (the fused model's batches): no task
+            self._complete_now(request, ticks, applied, key, digest, admission, reply)
+            return reply
         task = loop.create_task(
             self._complete(request, ticks, applied, key, digest, admission, reply, slot,
                            journal_seq), name="ingest"
@@ -376,23 +402,13 @@ class Ingestor(ShardHost):
         delivery: Delivery | None = None
         try:
             failed: Exception | None = None  # before the turn, which is taken all the same
-            answer: Any = None
             try:
                 result = await self.pipeline.finish(applied)
-                computed_at = time.time_ns()
-                answer = reply_of(request.batch_id, result, computed_at)
-                accepted = ticks if applied.accepted.all() else TickColumns(*(
-                    c[applied.accepted] for c in (ticks.symbol, ticks.price, ticks.size,
-                                                  ticks.ts_ns)))  # fmt: skip
-                features = result.features
-                if features is None:
-                    features = np.empty((0, len(FEATURES)))
-                delivery = Delivery(seq, accepted, result.signals, features, computed_at,
-                                    admission, functools.partial(self._answer, key, reply, answer),
-                                    slot, journal_seq)  # fmt: skip
+                delivery = self._delivery(request, ticks, applied, result, key, admission, reply,
+                                          slot, journal_seq)  # fmt: skip
                 if slot is not None and self.shards is not None:
-                    record = spool_record(request, digest, delivery, answer, journal_seq)
-                    await self.shards.journal(slot, journal_seq, record.SerializeToString())
+                    record = spool_record(request, digest, delivery, journal_seq)
+                    await self.shards.journal(slot, journal_seq, record)
             except Exception as exc:
                 failed = exc
                 if slot is not None and journal_seq in slot.pending:
@@ -402,22 +418,59 @@ class Ingestor(ShardHost):
                 if failed is not None:
                     raise failed
                 assert delivery is not None
-                if slot is not None and self.shards is not None:
-                    self.shards.ackable(slot, journal_seq)
-                if self.spool is not None:
-                    record = spool_record(request, digest, delivery, answer, seq)
-                    durable = self.spool.append(seq, record.SerializeToString(), delivery)
-                    durable.add_done_callback(
-                        functools.partial(self._not_durable, key, reply, delivery)
-                    )
-                else:
-                    self._deliver(seq, delivery)
+                self._commit(request, digest, delivery, key, reply)
             finally:
                 self._order.done(seq)
         except BaseException as exc:
             self._refused_after_apply(key, reply, delivery, admission, exc)
             if not isinstance(exc, Exception):
                 raise
+
+    def _complete_now(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
+                      key: tuple[str, int] | None, digest: bytes, admission: Any,
+                      reply: asyncio.Future[Any]) -> None:  # fmt: skip
+        """`_complete` for a batch with nothing to wait for: its inference done, its turn
+        now, no journal."""
+        delivery: Delivery | None = None
+        try:
+            try:
+                result = self.pipeline.finished(applied)
+                delivery = self._delivery(request, ticks, applied, result, key, admission, reply)
+                self._commit(request, digest, delivery, key, reply)
+            finally:
+                self._order.done(applied.seq)
+        except Exception as exc:
+            self._refused_after_apply(key, reply, delivery, admission, exc)
+
+    def _delivery(self, request: Any, ticks: TickColumns, applied: AppliedBatch,
+                  result: IngestResult, key: tuple[str, int] | None, admission: Any,
+                  reply: asyncio.Future[Any], slot: ShardSlot | None = None,
+                  journal_seq: int = 0) -> Delivery:  # fmt: skip
+        """What the applied batch sends down the data path, its answer included."""
+        computed_at = time.time_ns()
+        answer = reply_of(request.batch_id, result, computed_at)
+        accepted = ticks if applied.accepted.all() else TickColumns(*(
+            c[applied.accepted] for c in (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)))  # fmt: skip
+        features = result.features
+        if features is None:
+            features = np.empty((0, len(FEATURES)))
+        return Delivery(applied.seq, accepted, result.signals, features, computed_at, admission,
+                        functools.partial(self._answer, key, reply, answer), slot, journal_seq,
+                        answer)  # fmt: skip
+
+    def _commit(self, request: Any, digest: bytes, delivery: Delivery,
+                key: tuple[str, int] | None, reply: asyncio.Future[Any]) -> None:  # fmt: skip
+        """In sequence order: the record to the spool (the ack follows once it is durable),
+        or, without a spool, the batch straight on."""
+        seq = delivery.seq
+        if delivery.shard is not None and self.shards is not None:
+            self.shards.ackable(delivery.shard, delivery.journal_seq)
+        if self.spool is not None:
+            record = spool_record(request, digest, delivery, seq)
+            durable = self.spool.append(seq, record, delivery)
+            durable.add_done_callback(functools.partial(self._not_durable, key, reply, delivery))
+        else:
+            self._deliver(seq, delivery)
 
     async def _not_journaled(self, slot: ShardSlot, journal_seq: int) -> None:
         """A batch that failed before its journal append: the shard breaks there."""
@@ -500,29 +553,21 @@ class Ingestor(ShardHost):
         self.flush_deliveries()
 
 
-def spool_record(request: Any, digest: bytes, delivery: Delivery, answer: Any, seq: int) -> Any:
-    """The `SpoolRecord` of one applied batch: number ``seq`` of the spool or a shard's journal."""
-    accepted = delivery.ticks
-    record = pb2.SpoolRecord(
-        seq=seq,
-        producer=request.producer,
-        batch_id=request.batch_id,
-        fingerprint=digest,
-        spooled_at_ns=time.time_ns(),
-        reply=answer,
-        features=delivery.features.ravel().tolist(),
-    )
-    ticks = record.ticks
-    if len(accepted) == len(request.symbol):  # every tick: the request's columns, copied whole
-        ticks.CopyFrom(request)  # (a message copy is ~10x faster than columns through lists)
-        ticks.ClearField("batch_id")  # the record's own fields say these
-        ticks.ClearField("producer")
-    else:
-        ticks.symbol.extend(accepted.symbol.tolist())
-        ticks.price.extend(accepted.price.tolist())
-        ticks.size.extend(accepted.size.tolist())
-        ticks.ts_ns.extend(accepted.ts_ns.tolist())
-    return record
+def spool_record(request: Any, digest: bytes, delivery: Delivery, seq: int) -> bytes:
+    """The serialized `SpoolRecord` of one applied batch (number ``seq`` of the spool or a
+    shard's journal): its fields written in order, the ticks, reply and features straight
+    from their columns and bytes (what protobuf's serializer writes for the same record)."""
+    assert delivery.reply is not None
+    t = delivery.ticks
+    head = pb2.SpoolRecord(seq=seq, producer=request.producer, batch_id=request.batch_id,
+                           fingerprint=digest, spooled_at_ns=time.time_ns())  # fmt: skip
+    return b"".join((
+        head.SerializeToString(),
+        batch_format.length_delimited(6, batch_format.tick_batch(t.symbol, t.price, t.size,
+                                                                 t.ts_ns)),
+        batch_format.length_delimited(7, delivery.reply.data),
+        batch_format.packed(8, delivery.features.ravel(), "<f8"),
+    ))  # fmt: skip
 
 
 def delivery_of(record: Any) -> Delivery:

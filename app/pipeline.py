@@ -20,6 +20,7 @@ one event loop). A batch is handled in two steps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -258,11 +259,18 @@ class SignalPipeline:
 
     async def finish(self, applied: AppliedBatch) -> IngestResult:
         """The applied batch's signals (none when its inference failed: counted, not raised)."""
+        if applied.inference is not None and not applied.inference.done():
+            with contextlib.suppress(Exception):  # `finished` counts it
+                await applied.inference
+        return self.finished(applied)
+
+    def finished(self, applied: AppliedBatch) -> IngestResult:
+        """`finish`, for a batch whose inference is done (or that has none)."""
         signals = SignalColumns.empty()
         features = applied.signal_features
         if applied.inference is not None:
             try:
-                inference = await applied.inference
+                inference = applied.inference.result()
                 signals = signals_from_inference(applied.signal_symbol, applied.signal_ts_ns,
                                                  inference)  # fmt: skip
             except Exception as exc:

@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from app import telemetry
+from app import batch_format, telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from app.breaker import CircuitBreaker
 from app.client import FORWARDED, PeerForwarder
@@ -61,7 +61,7 @@ from app.inference import (
     ResilientBackend,
     in_process_backend,
 )
-from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor
+from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor, serialize_reply
 from app.lease import LeaseStore
 from app.model.contract import N_INPUTS, model_inputs
 from app.model.manifest import ModelMismatchError
@@ -100,26 +100,40 @@ class Malformed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A TickBatch as it arrived: the parsed message and its bytes (its columns are read
+    from them, `batch_format.tick_columns`)."""
+
+    message: Any
+    data: bytes
+
+
 def tolerant(message_type: Any) -> Callable[[bytes], Any]:
     """A request deserializer that returns `Malformed` instead of raising: gRPC would answer
-    a raising deserializer with a logged traceback and a non-descript status."""
+    a raising deserializer with a logged traceback and a non-descript status. A TickBatch
+    comes as `Received`."""
     name = message_type.DESCRIPTOR.full_name
+    keep = message_type is pb2.TickBatch
 
     def parse(data: bytes) -> Any:
         try:
-            return message_type.FromString(data)
+            message = message_type.FromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:
             return Malformed(name, len(data), str(exc) or type(exc).__name__)
+        return Received(message, data) if keep else message
 
     return parse
 
 
-def decode_tick_batch(batch: Any, n_symbols: int, max_ticks: int) -> TickColumns:
-    """The batch's columns as arrays, or ``InvalidRequestError`` naming the bad field."""
-    if isinstance(batch, Malformed):
+def decode_tick_batch(received: Any, n_symbols: int, max_ticks: int) -> TickColumns:
+    """The columns of a `Received` TickBatch (or of the message itself) as arrays, or
+    ``InvalidRequestError`` naming the bad field."""
+    if isinstance(received, Malformed):
         raise InvalidRequestError(
-            f"request: {batch.nbytes} bytes that are not a {batch.message} ({batch.error})"
+            f"request: {received.nbytes} bytes that are not a {received.message} ({received.error})"
         )
+    batch = received.message if isinstance(received, Received) else received
     n = len(batch.symbol)
     if n == 0:
         raise InvalidRequestError(f"symbol: the batch is empty; send 1 to {max_ticks} ticks")
@@ -133,11 +147,11 @@ def decode_tick_batch(batch: Any, n_symbols: int, max_ticks: int) -> TickColumns
             raise InvalidRequestError(
                 f"{name}: {m} values but symbol has {n}; every column needs one value per tick"
             )
-    # fromiter with the count: a third faster than np.array over a repeated field
-    symbol = np.fromiter(batch.symbol, np.int32, n)
-    price = np.fromiter(batch.price, np.float64, n)
-    size = np.fromiter(batch.size, np.float64, n)
-    ts_ns = np.fromiter(batch.ts_ns, np.int64, n)
+    columns = batch_format.tick_columns(received.data) if isinstance(received, Received) else None
+    if columns is None:  # fromiter with the count: a third faster than np.array
+        columns = (np.fromiter(batch.symbol, np.int32, n), np.fromiter(batch.price, np.float64, n),
+                   np.fromiter(batch.size, np.float64, n), np.fromiter(batch.ts_ns, np.int64, n))  # fmt: skip
+    symbol, price, size, ts_ns = columns
     bad = np.flatnonzero((symbol < 0) | (symbol >= n_symbols))
     if bad.size:
         i = int(bad[0])
@@ -232,11 +246,12 @@ class SignalServicer:
             taken.put_nowait(None)
 
     def _begin(self, request: Any, context: grpc.aio.ServicerContext) -> asyncio.Future[Any]:
-        """Decode and apply one TickBatch now (`Ingestor.begin`): its ``SignalBatch`` to come,
-        or the refusal raised before anything changed."""
+        """Decode and apply one TickBatch (`Received`) now (`Ingestor.begin`): its
+        ``SignalBatch`` to come, or the refusal raised before anything changed."""
         ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
         client_shards = client_shard_count(context) if self.shards is not None else None
-        return self.ingestor.begin(request, ticks, context.time_remaining(), client_shards)
+        return self.ingestor.begin(request.message, ticks, context.time_remaining(),
+                                   client_shards)  # fmt: skip
 
     async def _ingest(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
         """The ``SignalBatch`` answering one TickBatch, or the call ends with its status."""
@@ -256,9 +271,10 @@ class SignalServicer:
             self.on_spool_failure()
         if isinstance(exc, NotOwner) and self.forwarder is not None and exc.owner:
             forwarder, owner = self.forwarder, exc.owner
+            message = request.message if isinstance(request, Received) else request
             if not forwarded(context):
                 return await self._forward(context, method, owner, lambda: forwarder.ingest(
-                    owner, request, context.time_remaining()))  # fmt: skip
+                    owner, message, context.time_remaining()))  # fmt: skip
         metadata = exc.metadata() if isinstance(exc, ShardRefusal) else ()
         await refuse(context, method, code, str(exc), metadata)
 
@@ -385,7 +401,7 @@ def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
             response_serializer=pb2.Signal.SerializeToString),
         "StreamSignals": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSignals, request_deserializer=tolerant(pb2.TickBatch),
-            response_serializer=pb2.SignalBatch.SerializeToString),
+            response_serializer=serialize_reply),
     })  # fmt: skip
 
 

@@ -216,7 +216,9 @@ def test_a_batch_whose_features_would_overflow_is_refused_whole(model: ModelArti
     from app.state import F_VWAP_PV
 
     async def scenario(stub: Any, _channel: grpc.aio.Channel, server: SignalServer) -> None:
-        t0 = time.time_ns() - 10**10
+        # Inside the default venue's session (2026-12-02 15:00 UTC, a Wednesday): outside it
+        # each tick starts the session's VWAP afresh, and the poisoned sum would go unread.
+        t0 = 1_796_223_600 * 10**9
         await stub.IngestTicks(pb2.TickBatch(**now_ticks([1, 2], 3, t0)))
         state = server.runtime.pipeline.engine.state
         state.floats[F_VWAP_PV, 2] = np.inf

@@ -235,3 +235,116 @@ def test_a_consumer_with_stock_libraries_reads_pubsub_messages_and_their_attribu
     signals = [row for _, _, rows in read["signals"] for row in rows]
     assert len(signals) == sum(len(sig) for _, sig in stream())
     assert all(row[3] == COMPUTED_AT for row in signals)
+
+
+# --- the service's own encoders: replies, spool records, incoming tick columns ---------------
+
+
+def _signals(n: int, seed: int, strings: bool = True) -> SignalColumns:
+    rng = np.random.default_rng(seed)
+    return SignalColumns(rng.integers(0, 70_000, n).astype(np.int32),
+                         rng.integers(0, 2**62, n).astype(np.int64),
+                         rng.integers(1, 4, n).astype(np.int8),
+                         rng.uniform(-1, 1, n).astype(np.float32),
+                         rng.uniform(0.3, 1, n).astype(np.float32),
+                         *(("signal_mlp/3", "int8", "ab" * 32, "local") if strings else ("",)))  # fmt: skip
+
+
+@pytest.mark.parametrize(("n", "batch_id", "computed_at", "strings", "rejected"), [
+    (0, 0, 0, False, []), (0, 7, COMPUTED_AT, True, [0, 3]), (1, 2**40, COMPUTED_AT, True, []),
+    (57, 9, COMPUTED_AT, True, [1, 2, 200]), (57, 9, 0, False, []),
+])  # fmt: skip
+def test_replies_and_spool_records_are_the_bytes_protobuf_writes(
+    n: int, batch_id: int, computed_at: int, strings: bool, rejected: list[int]
+) -> None:
+    """The service writes its replies and spool records from columns, not through message
+    objects: the bytes must be exactly protobuf's for the same message, so any reader
+    (a client, the spool's recovery, another replica) parses the same values."""
+    from app.ingest import Delivery, reply_of, spool_record
+    from app.pipeline import IngestResult
+    from app.proto import load
+
+    pb2, _ = load()
+    signals = _signals(n, seed=n + batch_id, strings=strings)
+    reasons = np.zeros(300, np.uint8)
+    reasons[rejected] = 4
+    reply = reply_of(batch_id, IngestResult(reasons, signals), computed_at)
+    ack = pb2.IngestAck(batch_id=batch_id, accepted=300 - len(rejected), rejected=len(rejected),
+                        rejected_index=rejected, rejected_reason=[4] * len(rejected), signals=n)  # fmt: skip
+    message = pb2.SignalBatch(batch_id=batch_id, symbol=signals.symbol.tolist(),
+                              ts_ns=signals.ts_ns.tolist(), direction=signals.direction.tolist(),
+                              strength=signals.strength.tolist(),
+                              confidence=signals.confidence.tolist(),
+                              model_version=signals.model_version, ack=ack,
+                              computed_at_ns=computed_at, model_variant=signals.model_variant,
+                              model_sha256=signals.model_sha256, backend=signals.backend)  # fmt: skip
+    assert reply.data == message.SerializeToString() and reply.ack == ack
+
+    ticks, _ = synthetic_ticks(SYMBOLS, 5, seed=n)
+    features = np.random.default_rng(n).normal(size=(n, len(FEATURES)))
+    delivery = Delivery(3, ticks, signals, features, computed_at, reply=reply)
+    request = pb2.TickBatch(batch_id=batch_id, producer="feed-1" if strings else "")
+    record = spool_record(request, b"\x01" * 16, delivery, 41)
+    parsed = pb2.SpoolRecord.FromString(record)
+    expected = pb2.SpoolRecord(seq=41, producer=request.producer, batch_id=batch_id,
+                               fingerprint=b"\x01" * 16, spooled_at_ns=parsed.spooled_at_ns,
+                               ticks=pb2.TickBatch(symbol=ticks.symbol.tolist(),
+                                                   price=ticks.price.tolist(),
+                                                   size=ticks.size.tolist(),
+                                                   ts_ns=ticks.ts_ns.tolist()),
+                               reply=message, features=features.ravel().tolist())  # fmt: skip
+    assert record == expected.SerializeToString()
+
+
+def _unpacked(message: Any) -> bytes:
+    """A TickBatch with its columns written one value per field (unpacked): valid protobuf
+    that no packed reader may take for packed."""
+    from app.batch_format import length_delimited, varint
+
+    out = b""
+    for s in message.symbol:
+        out += b"\x08" + varint(s & (2**64 - 1))
+    for field, name in ((2, "price"), (3, "size")):
+        for v in getattr(message, name):
+            out += bytes([field << 3 | 1]) + np.float64(v).tobytes()
+    for t in message.ts_ns:
+        out += b"\x21" + np.int64(t).tobytes()
+    return out + b"\x28" + varint(message.batch_id) + length_delimited(6, message.producer.encode())
+
+
+def test_incoming_tick_columns_are_read_from_the_bytes_whatever_their_layout() -> None:
+    """The server reads a TickBatch's columns straight from its packed fields; any other
+    valid layout (unpacked, split) is read through the parsed message, with the same result."""
+    from app.batch_format import tick_columns
+    from app.proto import load
+    from app.server import Received, decode_tick_batch
+
+    pb2, _ = load()
+    rng = np.random.default_rng(8)
+    for n in (1, 3, 500):
+        symbol = rng.integers(0, 5000, n).astype(np.int32)
+        symbol[0] = -3  # ten varint bytes: refused later as unknown, read right here
+        message = pb2.TickBatch(symbol=symbol.tolist(), price=rng.uniform(1, 500, n).tolist(),
+                                size=rng.integers(1, 900, n).astype(float).tolist(),
+                                ts_ns=(COMPUTED_AT + np.arange(n)).tolist(), batch_id=n,
+                                producer="p")  # fmt: skip
+        want = [np.array(getattr(message, f), dtype) for f, dtype in
+                (("symbol", np.int32), ("price", np.float64), ("size", np.float64),
+                 ("ts_ns", np.int64))]  # fmt: skip
+        packed = tick_columns(message.SerializeToString())
+        assert packed is not None
+        for got, expected in zip(packed, want, strict=True):
+            assert got.dtype == expected.dtype and np.array_equal(got, expected)
+            assert got.flags.writeable and got.flags.aligned
+        unpacked = _unpacked(message)
+        assert pb2.TickBatch.FromString(unpacked) == message
+        assert tick_columns(unpacked) is None
+        split = message.SerializeToString() + pb2.TickBatch(price=[1.0]).SerializeToString()
+        assert tick_columns(split) is None  # a second piece of price: through the message
+        symbol[0] = 3
+        message.symbol[0] = 3
+        for data in (message.SerializeToString(), _unpacked(message)):
+            d = decode_tick_batch(Received(pb2.TickBatch.FromString(data), data), 5000, 1000)
+            for got, expected in zip((d.symbol, d.price, d.size, d.ts_ns), [symbol, *want[1:]],
+                                     strict=True):  # fmt: skip
+                assert np.array_equal(got, expected)
