@@ -365,7 +365,6 @@ class _ShardStream:
     def __init__(self, client: SignalClient, shard: int) -> None:
         self.client = client
         self.shard = shard
-        self.room = asyncio.Semaphore(client.window)
         self.unsent: deque[_Part] = deque()
         self.unanswered: deque[_Part] = deque()  # written on the current call, in order
         self.answered = 0
@@ -375,16 +374,17 @@ class _ShardStream:
         self._timed_out = False
 
     async def send(self, batch: Any) -> Any:
-        async with self.room:
-            loop = asyncio.get_running_loop()
-            part = _Part(batch, loop.create_future())
-            if not self.unanswered and not self.unsent:
-                self._progress_at = time.monotonic()
-            self.unsent.append(part)
-            self.wake.set()
-            if self.task is None:
-                self.task = loop.create_task(self._run(), name=f"shard-{self.shard}-stream")
-            return await part.reply
+        """The part's reply; parts go out in the order of the calls (queued at once: the
+        window holds back writes, not the queue)."""
+        loop = asyncio.get_running_loop()
+        part = _Part(batch, loop.create_future())
+        if not self.unanswered and not self.unsent:
+            self._progress_at = time.monotonic()
+        self.unsent.append(part)
+        self.wake.set()
+        if self.task is None:
+            self.task = loop.create_task(self._run(), name=f"shard-{self.shard}-stream")
+        return await part.reply
 
     async def close(self) -> None:
         if self.task is not None:
@@ -447,7 +447,7 @@ class _ShardStream:
         watchdog = loop.call_later(client.timeout_s / 4, self._watch, call)
         try:
             while not reader.done():
-                if self.unsent:
+                if self.unsent and len(self.unanswered) < client.window:
                     part = self.unsent.popleft()
                     self.unanswered.append(part)
                     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.client import ClientTls, IngestReply, SignalClient, open_channel
+from app.client import ClientTls, IngestReply, SignalClient, open_channel, pb2
 from app.synthetic import synthetic_ticks
 
 __all__ = ["ClientTls", "ReplayReport", "open_channel", "replay"]
@@ -37,6 +37,7 @@ class ReplayReport:
     latencies_us: np.ndarray
     shards: int = 1
     retries: int = 0
+    reasons: dict[str, int] | None = None  # rejected ticks by RejectReason name
 
     @property
     def ticks_per_s(self) -> float:
@@ -49,15 +50,17 @@ class ReplayReport:
 
     def render(self) -> str:
         sharded = (
-            f" ({self.shards} shards, {self.retries} parts retried)" if self.shards > 1 else ""
-        )
+            f" ({self.shards} shards, {self.retries} parts retried)" if self.shards > 1
+            else f" ({self.retries} parts retried)" if self.retries else ""
+        )  # fmt: skip
+        why = ", ".join(f"{k} {v:,}" for k, v in sorted((self.reasons or {}).items()))
         return "\n".join(
             [
                 f"replay to {self.target}{sharded}: {self.rate:g} ticks/s requested for "
                 f"{self.seconds:g} s",
                 f"sent {self.ticks:,} ticks in {self.batches:,} batches over {self.elapsed_s:.2f} s: "
                 f"{self.ticks_per_s:,.0f} ticks/s; accepted {self.accepted:,}, "
-                f"rejected {self.rejected:,}, signals {self.signals:,} "
+                f"rejected {self.rejected:,}{f' ({why})' if why else ''}, signals {self.signals:,} "
                 f"({self.signals / self.elapsed_s if self.elapsed_s else 0:,.0f}/s)",
                 f"latency per batch (scheduled send -> last reply): "
                 f"p50 {self.percentile_us(50):,.0f} us  p95 {self.percentile_us(95):,.0f} us  "
@@ -117,7 +120,11 @@ async def replay(
         replies = await asyncio.gather(*(one(b) for b in range(n_batches)))
         elapsed = time.perf_counter() - start
     accepted = sum(r.accepted for r in replies)
+    codes = np.concatenate([r.rejected_reason for r in replies]) if replies else np.empty(0)
+    names = pb2.RejectReason.Name
+    reasons = {names(int(c)).removeprefix("REJECT_REASON_"): int(n)
+               for c, n in zip(*np.unique(codes, return_counts=True), strict=True)}  # fmt: skip
     return ReplayReport(
         ", ".join(targets), rate, seconds, len(replies), total, accepted, total - accepted,
-        sum(r.signals for r in replies), elapsed, latencies, shards, client.retries,
+        sum(r.signals for r in replies), elapsed, latencies, shards, client.retries, reasons,
     )  # fmt: skip
