@@ -22,6 +22,7 @@ from typing import Any
 import lz4.frame
 import numpy as np
 import zstandard
+from numba import njit
 
 from app.settings.publish import Codec
 
@@ -58,28 +59,30 @@ def _length_delimited(field: int, data: bytes) -> bytes:
 length_delimited = _length_delimited  # a message or string field, for other modules' encoders
 
 
-_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)  # the 7-bit groups of a 64-bit value
+@njit(cache=True, nogil=True)
+def _encode_varints(v: np.ndarray, out: np.ndarray, offsets: np.ndarray) -> int:
+    """``v`` (uint64) as varints into ``out``, each one's start into ``offsets``; the length."""
+    i = 0
+    for k in range(v.shape[0]):
+        offsets[k] = i
+        x = v[k]
+        while x >= 0x80:
+            out[i] = (x & 0x7F) | 0x80
+            x >>= 7
+            i += 1
+        out[i] = x
+        i += 1
+    offsets[v.shape[0]] = i
+    return i
 
 
 def varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     """Integers as consecutive protobuf varints (negative ones as ten bytes, as protobuf
     writes an int32 or int64) and each value's start offset (length n + 1)."""
-    v = np.asarray(values).astype(np.int64).view(np.uint64)
-    if v.size == 0:
-        return b"", np.zeros(1, dtype=np.int64)
-    top = int(v.max())
-    if top < 0x80:  # the common case for small enums: one byte each
-        return v.astype(np.uint8).tobytes(), np.arange(v.size + 1, dtype=np.int64)
-    width = (top.bit_length() + 6) // 7  # bytes of the longest
-    sizes = np.ones(v.size, dtype=np.int64)
-    for k in range(1, width):
-        sizes += v >= np.uint64(1 << (7 * k))
-    groups = ((v[:, None] >> _SHIFTS[:width]) & np.uint64(0x7F)).astype(np.uint8)
-    position = np.arange(width)
-    groups[position < (sizes - 1)[:, None]] |= 0x80  # every byte but a value's last continues
-    offsets = np.zeros(v.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    return groups[position < sizes[:, None]].tobytes(), offsets
+    v = np.ascontiguousarray(values).astype(np.int64).view(np.uint64)
+    out = np.empty(10 * v.size, np.uint8)
+    offsets = np.empty(v.size + 1, np.int64)
+    return out[: _encode_varints(v, out, offsets)].tobytes(), offsets
 
 
 class _Packed:
@@ -213,20 +216,31 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def decode_varints(data: bytes) -> np.ndarray:
-    """Consecutive protobuf varints (a packed repeated field's content) as uint64."""
+@njit(cache=True, nogil=True)
+def _decode_varints(raw: np.ndarray, out: np.ndarray) -> int:
+    """The varints of ``raw`` into ``out`` (uint64); how many, or -1 if the last is cut."""
+    n = 0
+    value = np.uint64(0)
+    shift = np.uint64(0)
+    for byte in raw:
+        value |= np.uint64(byte & 0x7F) << shift
+        if byte < 0x80:
+            out[n] = value
+            n += 1
+            value = np.uint64(0)
+            shift = np.uint64(0)
+        else:
+            shift += np.uint64(7)
+    return n if shift == 0 else -1
+
+
+def decode_varints(data: bytes) -> np.ndarray | None:
+    """Consecutive protobuf varints (a packed repeated field's content) as uint64; None
+    when the last one is cut short."""
     raw = np.frombuffer(data, np.uint8)
-    if raw.size == 0:
-        return np.zeros(0, np.uint64)
-    if raw.max() < 0x80:  # one byte each
-        return raw.astype(np.uint64)
-    ends = np.flatnonzero(raw < 0x80)
-    starts = np.empty(ends.size, np.int64)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    place = np.arange(raw.size, dtype=np.int64) - np.repeat(starts, ends - starts + 1)
-    groups = (raw & 0x7F).astype(np.uint64) << (np.uint64(7) * place.astype(np.uint64))
-    return np.add.reduceat(groups, starts)
+    out = np.empty(raw.size, np.uint64)
+    n = _decode_varints(raw, out)
+    return None if n < 0 else out[:n]
 
 
 # TickBatch's columns: field number -> the dtype of its packed values (None: int32 varints)
@@ -267,7 +281,10 @@ def tick_columns(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     for field, dtype in _TICK_FIELDS.items():
         lo, hi = spans.get(field, (0, 0))
         if dtype is None:  # negative int32s are ten bytes: a sign-extended int64
-            out.append(decode_varints(data[lo:hi]).view(np.int64).astype(np.int32))
+            values = decode_varints(data[lo:hi])
+            if values is None:
+                return None
+            out.append(values.view(np.int64).astype(np.int32))
             continue
         if (hi - lo) % 8:
             return None

@@ -144,10 +144,10 @@ def signal_columns(
             "direction": signals.direction.astype(np.int64),
             "strength": signals.strength.astype(np.float64),
             "confidence": signals.confidence.astype(np.float64),
-            "model_version": np.full(n, signals.model_version, dtype=object),
-            "model_variant": np.full(n, signals.model_variant, dtype=object),
-            "model_sha256": np.full(n, signals.model_sha256, dtype=object),
-            "backend": np.full(n, signals.backend, dtype=object),
+            "model_version": _repeated(signals.model_version, n),
+            "model_variant": _repeated(signals.model_variant, n),
+            "model_sha256": _repeated(signals.model_sha256, n),
+            "backend": _repeated(signals.backend, n),
         }
     else:
         columns = {
@@ -164,6 +164,22 @@ def signal_columns(
     if computed_at_ns is not None:
         columns["computed_at_ns"] = np.full(n, computed_at_ns, dtype=np.int64)
     return columns
+
+
+_REPEATED: dict[str, np.ndarray] = {}  # text -> a read-only object column of it, grown as needed
+
+
+def _repeated(text: str, n: int) -> np.ndarray:
+    """``n`` times ``text`` as an object column: a view of one kept per text (a batch's
+    model fields are the same for every signal; filling four new columns per batch cost
+    more than the rest of its warehouse rows)."""
+    column = _REPEATED.get(text)
+    if column is None or len(column) < n:
+        if len(_REPEATED) >= 64:  # model texts change rarely: a bound, not a working set
+            _REPEATED.clear()
+        column = _REPEATED[text] = np.full(max(n, 4096), text, dtype=object)
+        column.flags.writeable = False
+    return column[:n]
 
 
 # The columns L3 reads back: a Signal, then when it was computed (NULL: by its tick time).
