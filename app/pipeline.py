@@ -187,8 +187,7 @@ class SignalPipeline:
         passing = np.flatnonzero(reasons == 0)
         if passing.size < n:
             symbol, price, size, ts_ns = (c[passing] for c in (symbol, price, size, ts_ns))
-        touched = np.unique(symbol)
-        saved = self._save(touched)
+        saved = self._save(symbol)
         try:
             fused = None if self._fused is None else self._fused.run(self.engine, symbol, price,
                                                                      size, ts_ns)  # fmt: skip
@@ -206,7 +205,7 @@ class SignalPipeline:
                     f" (price {float(price[i]):g}, size {float(size[i]):g}); the batch was refused"
                 )
         except BaseException:
-            self._restore(touched, saved)
+            self._restore(symbol, saved)
             raise
         reasons[passing] = engine_reasons
         accepted = reasons == 0
@@ -237,13 +236,13 @@ class SignalPipeline:
         return AppliedBatch(self._seq, reasons, accepted, symbol[rows].astype(np.int32),
                             ts_ns[rows].astype(np.int64), features[rows], inference)  # fmt: skip
 
-    def _save(self, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        st = self.engine.state
-        return st.floats[:, symbols], st.ints[:, symbols], st.rings[:, symbols]
+    def _save(self, symbols: np.ndarray) -> np.ndarray:
+        """The whole records of ``symbols`` (repeats included: one gather of rows costs less
+        than finding the distinct ones first)."""
+        return np.take(self.engine.state.records, symbols, axis=0)
 
-    def _restore(self, symbols: np.ndarray, saved: tuple[np.ndarray, ...]) -> None:
-        st = self.engine.state
-        st.floats[:, symbols], st.ints[:, symbols], st.rings[:, symbols] = saved
+    def _restore(self, symbols: np.ndarray, saved: np.ndarray) -> None:
+        self.engine.state.records[symbols] = saved  # a repeated symbol gets its same row again
 
     def _track_warm_up(self, symbol: np.ndarray, ok: np.ndarray, warm: np.ndarray) -> None:
         last = last_warm_row_per_symbol(symbol, ok)  # each symbol's last applied tick decides
