@@ -126,6 +126,9 @@ def tolerant(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+BYTES_READ_TICKS = 32  # from this many ticks a batch's columns are read from its bytes
+
+
 def decode_tick_batch(received: Any, n_symbols: int, max_ticks: int) -> TickColumns:
     """The columns of a `Received` TickBatch (or of the message itself) as arrays, or
     ``InvalidRequestError`` naming the bad field."""
@@ -147,7 +150,11 @@ def decode_tick_batch(received: Any, n_symbols: int, max_ticks: int) -> TickColu
             raise InvalidRequestError(
                 f"{name}: {m} values but symbol has {n}; every column needs one value per tick"
             )
-    columns = batch_format.tick_columns(received.data) if isinstance(received, Received) else None
+    columns = (  # from the bytes: a third of the cost, once a batch is more than a few ticks
+        batch_format.tick_columns(received.data)
+        if isinstance(received, Received) and n >= BYTES_READ_TICKS
+        else None
+    )
     if columns is None:  # fromiter with the count: a third faster than np.array
         columns = (np.fromiter(batch.symbol, np.int32, n), np.fromiter(batch.price, np.float64, n),
                    np.fromiter(batch.size, np.float64, n), np.fromiter(batch.ts_ns, np.int64, n))  # fmt: skip
