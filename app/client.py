@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from app import batch_format
 from app.proto import load as load_stubs
 from app.shards import ShardTable, shard_of
 
@@ -57,6 +58,23 @@ CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+
+
+STREAM_SIGNALS = "/signals.v1.SignalService/StreamSignals"
+
+
+def tick_batch_bytes(symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray,
+                     batch_id: int, producer: str) -> bytes:  # fmt: skip
+    """A serialized ``TickBatch`` written from the columns (the bytes protobuf writes for the
+    same message: a sixth of the cost of filling one from Python lists)."""
+    tail = batch_format.varint(5 << 3) + batch_format.varint(batch_id) if batch_id else b""
+    if producer:
+        tail += batch_format.length_delimited(6, producer.encode())
+    return batch_format.tick_batch(symbol, price, size, ts_ns) + tail
+
+
+def _serialized(request: Any) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -191,13 +209,13 @@ class SignalClient:
         else:
             of = self._shards_of(columns[0], shards)
             parts = [np.flatnonzero(of == s) for s in dict.fromkeys(of.tolist())]
-        replies = await asyncio.gather(*(
-            self._send(int(of[idx][0]) if shards > 1 else 0, pb2.TickBatch(
-                symbol=columns[0][idx].tolist(), price=columns[1][idx].tolist(),
-                size=columns[2][idx].tolist(), ts_ns=columns[3][idx].tolist(),
-                batch_id=next(self._ids), producer=self.producer))
+        sends = [
+            self._send(int(of[idx][0]) if shards > 1 else 0,
+                       tick_batch_bytes(columns[0][idx], columns[1][idx], columns[2][idx],
+                                        columns[3][idx], next(self._ids), self.producer))
             for idx in parts
-        ))  # fmt: skip
+        ]  # fmt: skip
+        replies = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
         if shards == 1:
             index = [np.array(replies[0].ack.rejected_index, np.int64)]
         else:
@@ -440,7 +458,10 @@ class _ShardStream:
         client = self.client
         loop = asyncio.get_running_loop()
         metadata = retry.metadata if retry is not None else (("shard-count", str(client.shards)),)
-        call = pb2_grpc.SignalServiceStub(client._channel(target)).StreamSignals(metadata=metadata)
+        call = client._channel(target).stream_stream(
+            STREAM_SIGNALS, request_serializer=_serialized,
+            response_deserializer=pb2.SignalBatch.FromString,
+        )(metadata=metadata)  # fmt: skip
         self._timed_out = False
         self._progress_at = time.monotonic()
         reader = loop.create_task(self._read(call))

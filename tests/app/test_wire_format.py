@@ -348,3 +348,18 @@ def test_incoming_tick_columns_are_read_from_the_bytes_whatever_their_layout() -
             for got, expected in zip((d.symbol, d.price, d.size, d.ts_ns), [symbol, *want[1:]],
                                      strict=True):  # fmt: skip
                 assert np.array_equal(got, expected)
+
+
+def test_the_clients_tick_batches_are_the_bytes_protobuf_writes() -> None:
+    """`SignalClient` writes each part's TickBatch from its columns: exactly the message."""
+    from app.client import tick_batch_bytes
+    from app.proto import load
+
+    pb2, _ = load()
+    ticks, _ = synthetic_ticks(SYMBOLS, 7, seed=9)
+    cols = (ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+    for batch_id, producer in ((0, ""), (1, "replay-7"), (2**63 + 5, "é" * 40)):
+        message = pb2.TickBatch(symbol=ticks.symbol.tolist(), price=ticks.price.tolist(),
+                                size=ticks.size.tolist(), ts_ns=ticks.ts_ns.tolist(),
+                                batch_id=batch_id, producer=producer)  # fmt: skip
+        assert tick_batch_bytes(*cols, batch_id, producer) == message.SerializeToString()
