@@ -90,6 +90,7 @@ class _Packed:
     repeated field."""
 
     def __init__(self, field: int, values: np.ndarray, dtype: str | None) -> None:
+        self.field = field
         self.key = _key(field, _LEN)
         if dtype is None:  # varints
             self.data, self.offsets = varints(values)
@@ -125,12 +126,7 @@ def runs(groups: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     return order, [(g, lo, hi) for g, lo, hi in zip(starts, bounds[:-1], bounds[1:], strict=True)]
 
 
-_ENTRY_TICKS, _ENTRY_SIGNALS, _ENTRY_SEQ = 1, 2, 3  # BatchPayload's fields
-
-
-def _entry(field: int, message: bytes, seq: int) -> bytes:
-    """One BatchPayload fragment: the entry and its service batch's sequence number."""
-    return _length_delimited(field, message) + _length_delimited(_ENTRY_SEQ, varint(seq))
+_ENTRY_TICKS, _ENTRY_SIGNALS = 1, 2  # BatchPayload's entry fields (3: their sequence numbers)
 
 
 def tick_batch(symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray) -> bytes:
@@ -145,6 +141,81 @@ def _tick_columns(symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
             _Packed(4, ts_ns, "<i8"))  # fmt: skip
 
 
+@njit(cache=True, nogil=True)
+def _varint_size(x: int) -> int:
+    n = 1
+    while x >= 0x80:
+        x >>= 7
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _put_varint(out: np.ndarray, i: int, x: int) -> int:
+    while x >= 0x80:
+        out[i] = (x & 0x7F) | 0x80
+        x >>= 7
+        i += 1
+    out[i] = x
+    return i + 1
+
+
+@njit(cache=True, nogil=True)
+def _assemble_entries(data, offsets, fields, suffix, entry_field, seq, bounds, out, ends):
+    """Every group's BatchPayload fragment into ``out``, one after the other (group g ends
+    at ``ends[g]``): per group, the entry (field ``entry_field``) of each column's packed
+    field (column c's rows ``bounds[g]`` to ``bounds[g + 1]`` are ``data[offsets[c, lo] :
+    offsets[c, hi]]``, under field ``fields[c]``; none when empty) and ``suffix``, then the
+    sequence number (field 3). The bytes `_entry` and `_Packed.slice` write, in one pass."""
+    i = 0
+    for g in range(bounds.shape[0] - 1):
+        lo, hi = bounds[g], bounds[g + 1]
+        size = suffix.shape[0]
+        for c in range(fields.shape[0]):
+            n = offsets[c, hi] - offsets[c, lo]
+            if n:
+                size += _varint_size(fields[c] << 3 | 2) + _varint_size(n) + n
+        i = _put_varint(out, i, entry_field << 3 | 2)
+        i = _put_varint(out, i, size)
+        for c in range(fields.shape[0]):
+            a, b = offsets[c, lo], offsets[c, hi]
+            if b > a:
+                i = _put_varint(out, i, fields[c] << 3 | 2)
+                i = _put_varint(out, i, b - a)
+                out[i : i + b - a] = data[a:b]
+                i += b - a
+        out[i : i + suffix.shape[0]] = suffix
+        i += suffix.shape[0]
+        i = _put_varint(out, i, 3 << 3 | 2)
+        i = _put_varint(out, i, _varint_size(seq))
+        i = _put_varint(out, i, seq)
+        ends[g] = i
+    return i
+
+
+def _entries(entry_field: int, columns: tuple[_Packed, ...], suffix: bytes, seq: int,
+             spans: list[tuple[int, int, int]]) -> list[tuple[int, bytes, int]]:  # fmt: skip
+    """``(group, fragment, rows)`` per span of the (group-ordered) columns: `_assemble_entries`
+    over the columns' encodings laid end to end."""
+    n = max(hi for _, _, hi in spans)
+    data = np.frombuffer(b"".join(c.data for c in columns), np.uint8)
+    offsets = np.empty((len(columns), n + 1), np.int64)
+    base = 0
+    for row, c in zip(offsets, columns, strict=True):
+        row[:] = base + (c.offsets if not c.width else np.arange(n + 1, dtype=np.int64) * c.width)
+        base += len(c.data)
+    fields = np.array([c.field for c in columns], np.int64)
+    bounds = np.array([lo for _, lo, _ in spans] + [n], np.int64)
+    out = np.empty(len(data) + len(spans) * (24 + len(suffix) + 16 * len(columns)), np.uint8)
+    ends = np.empty(len(spans), np.int64)
+    _assemble_entries(data, offsets, fields, np.frombuffer(suffix, np.uint8), entry_field, seq,
+                      bounds, out, ends)  # fmt: skip
+    blob = out[: ends[-1]].tobytes()
+    starts = [0, *ends[:-1].tolist()]
+    return [(group, blob[a:b], hi - lo)
+            for (group, lo, hi), a, b in zip(spans, starts, ends.tolist(), strict=True)]  # fmt: skip
+
+
 def tick_entries(
     groups: np.ndarray, seq: int, symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
     ts_ns: np.ndarray,
@@ -152,11 +223,10 @@ def tick_entries(
     """``(group, BatchPayload fragment, ticks)`` per group of rows (``groups[i]`` is row i's
     ordering shard): each group's ticks of service batch ``seq`` as one TickBatch entry."""
     order, spans = runs(groups)
+    if not spans:
+        return []
     columns = _tick_columns(symbol[order], price[order], size[order], ts_ns[order])
-    return [
-        (group, _entry(_ENTRY_TICKS, b"".join(c.slice(lo, hi) for c in columns), seq), hi - lo)
-        for group, lo, hi in spans
-    ]
+    return _entries(_ENTRY_TICKS, columns, b"", seq, spans)
 
 
 def signal_entries(groups: np.ndarray, seq: int, signals: Any,
@@ -165,6 +235,8 @@ def signal_entries(groups: np.ndarray, seq: int, signals: Any,
     (an `app.signals.SignalColumns`) of service batch ``seq`` as one SignalBatch entry, with
     the model that computed them and when."""
     order, spans = runs(groups)
+    if not spans:
+        return []
     columns = (
         _Packed(2, signals.symbol[order], None),
         _Packed(3, signals.ts_ns[order], "<i8"),
@@ -172,12 +244,7 @@ def signal_entries(groups: np.ndarray, seq: int, signals: Any,
         _Packed(5, signals.strength[order], "<f4"),
         _Packed(6, signals.confidence[order], "<f4"),
     )
-    scalars = _model_fields(signals, computed_at_ns)
-    out: list[tuple[int, bytes, int]] = []
-    for group, lo, hi in spans:
-        message = b"".join(c.slice(lo, hi) for c in columns) + scalars
-        out.append((group, _entry(_ENTRY_SIGNALS, message, seq), hi - lo))
-    return out
+    return _entries(_ENTRY_SIGNALS, columns, _model_fields(signals, computed_at_ns), seq, spans)
 
 
 def _model_fields(signals: Any, computed_at_ns: int, ack: bytes | None = None) -> bytes:

@@ -363,3 +363,44 @@ def test_the_clients_tick_batches_are_the_bytes_protobuf_writes() -> None:
                                 size=ticks.size.tolist(), ts_ns=ticks.ts_ns.tolist(),
                                 batch_id=batch_id, producer=producer)  # fmt: skip
         assert tick_batch_bytes(*cols, batch_id, producer) == message.SerializeToString()
+
+
+@pytest.mark.parametrize("shards", [1, 4, 16])
+def test_published_entries_are_the_bytes_protobuf_writes(shards: int) -> None:
+    """Each group's fragment is exactly a BatchPayload of its one entry and its sequence
+    number, as protobuf writes it (so joined fragments parse as one BatchPayload)."""
+    from app.batch_format import signal_entries, tick_entries
+    from app.proto import load
+
+    pb2, _ = load()
+    ticks, _ = synthetic_ticks(SYMBOLS, 9, seed=shards)
+    ticks = TickColumns(ticks.symbol * 997, ticks.price, ticks.size, ticks.ts_ns)  # 3-byte ids
+    groups = ShardTable(int(ticks.symbol.max()) + 1, shards).of(ticks.symbol)
+    for seq in (1, 300, 2**40):
+        for group, fragment, rows in tick_entries(groups, seq, ticks.symbol, ticks.price,
+                                                  ticks.size, ticks.ts_ns):  # fmt: skip
+            at = np.flatnonzero(groups == group)
+            entry = pb2.TickBatch(symbol=ticks.symbol[at].tolist(), price=ticks.price[at].tolist(),
+                                  size=ticks.size[at].tolist(), ts_ns=ticks.ts_ns[at].tolist())  # fmt: skip
+            assert rows == len(at)
+            assert fragment == pb2.BatchPayload(ticks=[entry], seq=[seq]).SerializeToString()
+        signals = _signals(50, seed=seq % 97)
+        signals = SignalColumns(signals.symbol % (int(ticks.symbol.max()) + 1), *(
+            getattr(signals, f) for f in ("ts_ns", "direction", "strength", "confidence",
+                                          "model_version", "model_variant", "model_sha256",
+                                          "backend")))  # fmt: skip
+        of = ShardTable(int(ticks.symbol.max()) + 1, shards).of(signals.symbol)
+        for computed_at in (0, COMPUTED_AT):
+            for group, fragment, rows in signal_entries(of, seq, signals, computed_at):
+                at = np.flatnonzero(of == group)
+                entry = pb2.SignalBatch(
+                    symbol=signals.symbol[at].tolist(), ts_ns=signals.ts_ns[at].tolist(),
+                    direction=signals.direction[at].tolist(),
+                    strength=signals.strength[at].tolist(),
+                    confidence=signals.confidence[at].tolist(),
+                    model_version=signals.model_version, computed_at_ns=computed_at,
+                    model_variant=signals.model_variant, model_sha256=signals.model_sha256,
+                    backend=signals.backend,
+                )  # fmt: skip
+                assert rows == len(at)
+                assert fragment == pb2.BatchPayload(signals=[entry], seq=[seq]).SerializeToString()
