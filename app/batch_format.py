@@ -52,11 +52,27 @@ def _key(field: int, wire_type: int) -> bytes:
     return varint(field << 3 | wire_type)
 
 
-def _length_delimited(field: int, data: bytes) -> bytes:
+def length_delimited(field: int, data: bytes) -> bytes:
     return _key(field, _LEN) + varint(len(data)) + data
 
 
-length_delimited = _length_delimited  # a message or string field, for other modules' encoders
+@njit(cache=True, nogil=True)
+def _varint_size(x: int) -> int:
+    n = 1
+    while x >= 0x80:
+        x >>= 7
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _put_varint(out: np.ndarray, i: int, x: int) -> int:
+    while x >= 0x80:
+        out[i] = (x & 0x7F) | 0x80
+        x >>= 7
+        i += 1
+    out[i] = x
+    return i + 1
 
 
 @njit(cache=True, nogil=True)
@@ -65,13 +81,7 @@ def _encode_varints(v: np.ndarray, out: np.ndarray, offsets: np.ndarray) -> int:
     i = 0
     for k in range(v.shape[0]):
         offsets[k] = i
-        x = v[k]
-        while x >= 0x80:
-            out[i] = (x & 0x7F) | 0x80
-            x >>= 7
-            i += 1
-        out[i] = x
-        i += 1
+        i = _put_varint(out, i, v[k])
     offsets[v.shape[0]] = i
     return i
 
@@ -142,31 +152,12 @@ def _tick_columns(symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _varint_size(x: int) -> int:
-    n = 1
-    while x >= 0x80:
-        x >>= 7
-        n += 1
-    return n
-
-
-@njit(cache=True, nogil=True)
-def _put_varint(out: np.ndarray, i: int, x: int) -> int:
-    while x >= 0x80:
-        out[i] = (x & 0x7F) | 0x80
-        x >>= 7
-        i += 1
-    out[i] = x
-    return i + 1
-
-
-@njit(cache=True, nogil=True)
 def _assemble_entries(data, offsets, fields, suffix, entry_field, seq, bounds, out, ends):
     """Every group's BatchPayload fragment into ``out``, one after the other (group g ends
     at ``ends[g]``): per group, the entry (field ``entry_field``) of each column's packed
     field (column c's rows ``bounds[g]`` to ``bounds[g + 1]`` are ``data[offsets[c, lo] :
     offsets[c, hi]]``, under field ``fields[c]``; none when empty) and ``suffix``, then the
-    sequence number (field 3). The bytes `_entry` and `_Packed.slice` write, in one pass."""
+    sequence number (field 3): one BatchPayload fragment per group, in one pass."""
     i = 0
     for g in range(bounds.shape[0] - 1):
         lo, hi = bounds[g], bounds[g + 1]
@@ -252,7 +243,7 @@ def _model_fields(signals: Any, computed_at_ns: int, ack: bytes | None = None) -
     ack (a serialized IngestAck, if any) and when, in field order."""
     out = _strings((7, signals.model_version))
     if ack is not None:
-        out += _length_delimited(8, ack)
+        out += length_delimited(8, ack)
     if computed_at_ns:
         out += _key(9, _I64) + int(computed_at_ns).to_bytes(8, "little", signed=True)
     return out + _strings((10, signals.model_variant), (11, signals.model_sha256),
@@ -361,7 +352,7 @@ def tick_columns(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def _strings(*fields: tuple[int, str]) -> bytes:
     """String fields, leaving out empty ones (proto3 writes no default value)."""
-    return b"".join(_length_delimited(number, text.encode()) for number, text in fields if text)
+    return b"".join(length_delimited(number, text.encode()) for number, text in fields if text)
 
 
 class Compressor:

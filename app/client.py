@@ -295,6 +295,11 @@ class SignalClient:
         call = stub.GetSignal(request, metadata=metadata, timeout=self.timeout_s)
         return await call, call
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call carries: the shard count the client split by."""
+        return (("shard-count", str(self.shards)),)
+
     def _target(self, shard: int, attempt: int) -> str:
         return self.owners.get(shard) or self.targets[(shard + attempt) % len(self.targets)]
 
@@ -305,7 +310,7 @@ class SignalClient:
             target = self._target(shard, retry.attempt)
             try:
                 reply, done = await call(
-                    pb2_grpc.SignalServiceStub(self._channel(target)), retry.metadata
+                    pb2_grpc.SignalServiceStub(self._channel(target)), self.metadata
                 )
                 owner = trailing_of(await done.trailing_metadata()).get("shard-owner")
                 if owner and owner != target:  # a replica forwarded it: go direct next time
@@ -336,7 +341,6 @@ class _Retry:
         self.deadline = time.monotonic() + client.retry_for_s
         self.delay = 0.02
         self.attempt = 0  # bumped when a replica is gone, to try the next target
-        self.metadata = (("shard-count", str(client.shards)),)
 
     async def failed(self, target: str, exc: grpc.aio.AioRpcError) -> None:
         """Returns when the call may be made again (at the owner now known); raises
@@ -432,7 +436,7 @@ class _ShardStream:
                     retry = None  # replies came since: a new run of failures
                 target = client._target(self.shard, retry.attempt if retry is not None else 0)
                 try:
-                    await self._stream(target, retry)
+                    await self._stream(target)
                 except grpc.aio.AioRpcError as exc:
                     if retry is None:
                         retry, answered = _Retry(client, self.shard), self.answered
@@ -452,16 +456,15 @@ class _ShardStream:
         finally:
             self.task = None
 
-    async def _stream(self, target: str, retry: _Retry | None) -> None:
+    async def _stream(self, target: str) -> None:
         """Write the parts on one call until it ends or stays idle; returns when it ended
         with every part answered (or the owner named, for the rest)."""
         client = self.client
         loop = asyncio.get_running_loop()
-        metadata = retry.metadata if retry is not None else (("shard-count", str(client.shards)),)
         call = client._channel(target).stream_stream(
             STREAM_SIGNALS, request_serializer=_serialized,
             response_deserializer=pb2.SignalBatch.FromString,
-        )(metadata=metadata)  # fmt: skip
+        )(metadata=client.metadata)  # fmt: skip
         self._timed_out = False
         self._progress_at = time.monotonic()
         reader = loop.create_task(self._read(call))

@@ -69,13 +69,14 @@ SIGNAL_COLUMNS = N_CLASSES + 2
 
 _F32_255 = np.float32(255.0)
 OFFLOAD_ROWS = 1024  # model-only calls of this many rows run on a worker thread
+SCRATCH_ROWS = 4  # `_mlp_row`'s working rows: two of activations, int8 activations, inputs
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _mlp_row(x, i, values, layers, scratch, probs, r):
     """The model's probabilities of input row ``x[i]`` into ``probs[r, :N_CLASSES]``.
 
-    float32 throughout, as ONNX Runtime computes. ``scratch`` is float32 ``[4, width]``:
+    float32 throughout, as ONNX Runtime computes. ``scratch`` is float32 ``[SCRATCH_ROWS, width]``:
     two rows of activations in turn, the quantised activations of an int8 layer
     (``DynamicQuantizeLinear``: uint8 over the row's range, 0 included, minus the zero
     point, so the integer sums are ONNX Runtime's exactly), and the positions of a layer's
@@ -341,7 +342,7 @@ class FusedPath:
         self._work = _new_work(
             self.symbol, self.price, self.size, self.ts_ns, records, params, table,
             self._out, self._reasons, model.mlp.values, model.mlp.layers,
-            np.zeros((4, model.mlp.width), np.float32), model.threshold, self._inputs,
+            np.zeros((SCRATCH_ROWS, model.mlp.width), np.float32), model.threshold, self._inputs,
             self._warm, self._rows, self._signal, self._direction, self._signal_symbol,
             self._signal_ts,
         )  # fmt: skip
@@ -477,7 +478,7 @@ class FusedBackend(InferenceBackend):
         """Probabilities for model inputs (float32 ``[n, N_INPUTS]``), on this thread."""
         x = check_inputs(inputs)
         probs = np.empty((x.shape[0], N_CLASSES), np.float32)
-        scratch = np.empty((4, self.mlp.width), np.float32)
+        scratch = np.empty((SCRATCH_ROWS, self.mlp.width), np.float32)
         _mlp_rows(x, self.mlp.values, self.mlp.layers, scratch, probs)
         return probs
 

@@ -312,17 +312,13 @@ class Ingestor(ShardHost):
 
     # --- one batch ---------------------------------------------------------------------------
 
-    async def ingest(self, request: Any, ticks: TickColumns, time_left_s: float | None,
-                     client_shards: int | None = None) -> Any:  # fmt: skip
-        """The ``SignalBatch`` answering ``request`` (a decoded, well-formed TickBatch);
-        ``client_shards``: the shard count the client split by, if it said."""
-        return await asyncio.shield(self.begin(request, ticks, time_left_s, client_shards))
-
     def begin(self, request: Any, ticks: TickColumns, time_left_s: float | None,
               client_shards: int | None = None) -> asyncio.Future[Any]:  # fmt: skip
-        """Steps 0 to 4 now, without awaiting (a refusal raises here, before anything
-        changed); the future resolves to the ``SignalBatch`` once the batch is durable.
-        Batches begun one after the other are applied in that order."""
+        """Steps 0 to 4 for ``request`` (a decoded, well-formed TickBatch) now, without
+        awaiting (a refusal raises here, before anything changed); the future resolves to
+        the ``SignalBatch`` once the batch is durable. Batches begun one after the other are
+        applied in that order. ``client_shards``: the shard count the client split by, if it
+        said."""
         slot = self.shards.admit(ticks.symbol, client_shards) if self.shards is not None else None
         key = (
             (request.producer, int(request.batch_id))
