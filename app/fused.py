@@ -238,7 +238,7 @@ class _WorkType(types.StructRef):
 
 
 class _Work(structref.StructRefProxy):
-    """A ``FusedPath``'s buffers, its engine's state and its model, for ``_step``."""
+    """A ``FusedPath``'s buffers, its engine's state and its model, for ``step_work``."""
 
 
 structref.define_proxy(_Work, _WorkType, list(_WORK_FIELDS))
@@ -254,7 +254,7 @@ _I32, _I64, _F32, _F64 = (
     _c(types.float32, 1),
     _c(types.float64, 1),
 )
-_WORK_TYPE = _WorkType(list(zip(_WORK_FIELDS, (
+WORK_TYPE = _WorkType(list(zip(_WORK_FIELDS, (
     _I32, _F64, _F64, _I64, _c(types.float64, 2), _I64, _c(types.int64, 3),
     _c(types.float64, 2), _c(types.uint8, 1), _F32, _c(types.int64, 2), _c(types.float32, 2),
     types.float64, _c(types.float32, 2), _c(types.boolean, 1), _I64, _c(types.float32, 2),
@@ -274,7 +274,7 @@ def _new_work(
 
 
 # Explicit signatures: columns of other types raise TypeError at once (then converted).
-@njit(types.int64(_WORK_TYPE, _I32, _F64, _F64, _I64), cache=True, nogil=True,
+@njit(types.int64(WORK_TYPE, _I32, _F64, _F64, _I64), cache=True, nogil=True,
       error_model="numpy")  # fmt: skip
 def _step_columns(w, symbol, price, size, ts_ns):
     """The fused kernel over the given tick columns, into the work's buffers."""
@@ -285,8 +285,8 @@ def _step_columns(w, symbol, price, size, ts_ns):
     )  # fmt: skip
 
 
-@njit(types.int64(_WORK_TYPE, types.int64), cache=True, nogil=True, error_model="numpy")
-def _step(w, n):
+@njit(types.int64(WORK_TYPE, types.int64), cache=True, nogil=True, error_model="numpy")
+def step_work(w, n):
     """The fused kernel over the first ``n`` ticks of the work's own tick buffers."""
     return _step_columns(w, w.symbol[:n], w.price[:n], w.size[:n], w.ts_ns[:n])
 
@@ -347,12 +347,22 @@ class FusedPath:
             self._signal_ts,
         )  # fmt: skip
 
+    @property
+    def work(self) -> _Work:
+        """The path's buffers, state and model as one object (compiled callers: `step_work`)."""
+        return self._work
+
+    def reserve(self, n: int) -> None:
+        """Room for batches of ``n`` ticks (the buffers grow, at least doubling)."""
+        if n > self.capacity:
+            self._allocate(max(n, 2 * self.capacity))
+
     def step(self, n: int) -> int:
         """Apply the first ``n`` ticks of the buffers and make their signals; returns how many
         signals (``last`` has the results). Allocates nothing."""
         if not 0 <= n <= self.capacity:
             raise ValueError(f"n = {n}: must be in [0, {self.capacity}] (the buffers' capacity)")
-        m = _step(self._work, n)
+        m = step_work(self._work, n)
         self._n, self._m = n, m
         return m
 
@@ -362,8 +372,7 @@ class FusedPath:
         """Apply the given columns (converted as ``FeatureEngine.update`` does) and make their
         signals; returns how many (``last`` has the results)."""
         n = len(symbol)
-        if n > self.capacity:
-            self._allocate(max(n, 2 * self.capacity))
+        self.reserve(n)
         try:  # columns of the kernel's types go straight in
             m = _step_columns(self._work, symbol, price, size, ts_ns)
         except TypeError:  # another type or layout: convert what can be, refuse the rest
@@ -389,7 +398,10 @@ class FusedPath:
     ) -> SignalColumns:
         """The signals of a batch of ticks (each symbol's last warm tick), decided in the
         compiled call: the whole in-process tick → signal path."""
-        m = self.apply(symbol, price, size, ts_ns)
+        return self.signal_columns(self.apply(symbol, price, size, ts_ns))
+
+    def signal_columns(self, m: int) -> SignalColumns:
+        """Copies of the first ``m`` signals of the last call, naming the model."""
         model = self.backend.identity
         return SignalColumns(
             self._signal_symbol[:m].copy(), self._signal_ts[:m].copy(), self._direction[:m].copy(),
@@ -412,9 +424,9 @@ class FusedPath:
 class FusedBackend(InferenceBackend):
     """The built model evaluated by compiled code in this process (see the module docstring).
 
-    ``bind(engine)`` gives the fused tick → signal path over that engine's state; ``run``,
-    ``signals`` and ``resolved`` use the path of the engine they are given (one at a time:
-    one pipeline). ``infer_sync`` may run on any thread (its scratch is its own).
+    ``bind(engine)`` gives the fused tick → signal path over that engine's state; ``run``
+    and ``signals`` use the path of the engine they are given (one at a time: one
+    pipeline). ``infer_sync`` may run on any thread (its scratch is its own).
     """
 
     name = "local"
@@ -452,16 +464,13 @@ class FusedBackend(InferenceBackend):
         """Apply the ticks to ``engine`` and make their signals, in one compiled call."""
         return self.bind(engine).run(symbol, price, size, ts_ns)
 
-    def resolved(self, batch: FusedBatch, monitor: SkewMonitor | None) -> asyncio.Future[Inference]:
-        """The batch's inference as a finished future (the pipeline awaits one per batch):
-        its signals' probabilities, copied; their inputs go to the skew ``monitor``."""
-        inputs = batch.inputs[batch.rows]
+    def served(self, inputs: np.ndarray, monitor: SkewMonitor | None) -> None:
+        """Count the model inputs a fused call made signals of (float32 ``[m, N_INPUTS]``),
+        as the batcher counts those it sends a backend: the batch size, and the skew
+        ``monitor``'s rows."""
         default_metrics().inference_batch_size.observe(inputs.shape[0])
         if monitor is not None:
             monitor.observe(inputs, self.identity.sha256)
-        future: asyncio.Future[Inference] = asyncio.get_running_loop().create_future()
-        future.set_result(Inference(batch.probabilities.copy(), self.identity, self.name))
-        return future
 
     def signals(
         self,

@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, types
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from app.features import FEATURES, FeatureEngine
-from app.fused import FusedBackend
+from app.features import FEATURES, FeatureEngine, check_columns, kernel_refusal, tick_column
+from app.fused import BAD_BUFFERS, WORK_TYPE, FusedBackend, step_work
 from app.inference import Inference, LocalOnnxBackend
-from app.model.contract import model_inputs
+from app.model.contract import N_INPUTS, model_inputs
 from app.settings.ingest import TickBounds
 from app.signals import (
     LatestSignals,
@@ -84,6 +85,7 @@ class AppliedBatch:
     signal_ts_ns: np.ndarray
     signal_features: np.ndarray
     inference: asyncio.Future[Inference] | None
+    signals: SignalColumns | None = None  # made while applying (the fused model): no inference
 
 
 def last_warm_row_per_symbol(symbol: np.ndarray, warm: np.ndarray) -> np.ndarray:
@@ -94,6 +96,117 @@ def last_warm_row_per_symbol(symbol: np.ndarray, warm: np.ndarray) -> np.ndarray
     reversed_symbols = symbol[candidates][::-1]
     _, first_in_reversed = np.unique(reversed_symbols, return_index=True)
     return np.sort(candidates[candidates.size - 1 - first_in_reversed])
+
+
+NO_EARLIEST = np.iinfo(np.int64).min  # the screen's earliest stamp without a past limit
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _screen_tick(price, size, ts, latest, earliest, size_max, price_min, price_max):
+    """0, or the reason a tick is outside the bounds (the last rule that applies wins)."""
+    reason = 0
+    if ts > latest:
+        reason = REJECT_FUTURE_TIMESTAMP
+    if ts < earliest:
+        reason = REJECT_PAST_TIMESTAMP
+    if size > size_max:
+        reason = REJECT_SIZE_OUT_OF_RANGE
+    if price > 0 and (price < price_min or price > price_max):  # else the engine's BAD_PRICE
+        reason = REJECT_PRICE_OUT_OF_RANGE
+    return reason
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _screen(price, size, ts_ns, latest, earliest, size_max, price_min, price_max, reasons):
+    for t in range(price.shape[0]):
+        reasons[t] = _screen_tick(price[t], size[t], ts_ns[t], latest, earliest, size_max,
+                                  price_min, price_max)  # fmt: skip
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _track_warm_up(symbol, reasons, warm, n, seen, warm_now):
+    """Each symbol's last applied tick (reason 0) among the first ``n`` decides: seen, and
+    whether its row was warm."""
+    for t in range(n):
+        if reasons[t] == 0:
+            seen[symbol[t]] = True
+            warm_now[symbol[t]] = warm[t]
+
+
+OVERFLOW = -20  # `_ingest`: a tick's features would not be finite; the batch was undone
+# `_ingest`'s ``found``: accepted ticks; and of an overflow, the tick, its row, the column
+FOUND_ACCEPTED, FOUND_TICK, FOUND_ROW, FOUND_COLUMN = range(4)
+
+
+@njit(
+    types.int64(WORK_TYPE, types.int32[::1], types.float64[::1], types.float64[::1],
+                types.int64[::1], types.int64, types.int64, types.float64, types.float64,
+                types.float64, types.uint8[::1], types.boolean[::1], types.boolean[::1],
+                types.float64[:, ::1], types.float32[:, ::1], types.float64[:, ::1],
+                types.int64[::1]),
+    cache=True, nogil=True, error_model="numpy",
+)  # fmt: skip
+def _ingest(w, symbol, price, size, ts_ns, latest, earliest, size_max, price_min, price_max,
+            reasons, seen, warm_now, saved, signal_inputs, signal_features, found):  # fmt: skip
+    """`SignalPipeline.apply` on the fused path in one call: screen the ticks into
+    ``reasons``, apply those passing (`step_work` over the path's tick buffers, their
+    symbols' records saved first), undo it all if a tick's features are not finite
+    (``OVERFLOW``, ``found`` says where, ``signal_features[0]`` holds its row), else the
+    engine's reasons into ``reasons``, the warm-up tracked, and each signal's model inputs
+    and features gathered. Returns the number of signals, or a negative code."""
+    n = symbol.shape[0]
+    bad = check_columns(symbol, price, size, ts_ns)
+    if bad != 0:
+        return bad
+    if w.symbol.shape[0] < n or saved.shape[0] < n or reasons.shape[0] < n:
+        return BAD_BUFFERS
+    rec = w.rec
+    k = 0
+    for t in range(n):
+        reasons[t] = _screen_tick(price[t], size[t], ts_ns[t], latest, earliest, size_max,
+                                  price_min, price_max)  # fmt: skip
+        if reasons[t] == 0:
+            w.symbol[k] = symbol[t]
+            w.price[k] = price[t]
+            w.size[k] = size[t]
+            w.ts_ns[k] = ts_ns[t]
+            if 0 <= symbol[t] < rec.shape[0]:  # else the engine refuses it, touching nothing
+                saved[k, :] = rec[symbol[t], :]
+            k += 1
+    m = step_work(w, k)
+    if m < 0:
+        return m
+    out = w.out
+    verdicts = w.reasons
+    for j in range(k):
+        for c in range(out.shape[1]):
+            if verdicts[j] == 0 and np.isinf(out[j, c]):
+                for i in range(k):  # a repeated symbol gets its same row again
+                    if 0 <= w.symbol[i] < rec.shape[0]:
+                        rec[w.symbol[i], :] = saved[i, :]
+                t = -1
+                passing = -1
+                while passing < j:  # the request's index of the j-th passing tick
+                    t += 1
+                    passing += reasons[t] == 0
+                found[FOUND_TICK] = t
+                found[FOUND_ROW] = j
+                found[FOUND_COLUMN] = c
+                signal_features[0, :] = out[j, :]
+                return OVERFLOW
+    accepted = 0
+    j = 0
+    for t in range(n):
+        if reasons[t] == 0:
+            reasons[t] = verdicts[j]
+            j += 1
+        accepted += reasons[t] == 0
+    found[FOUND_ACCEPTED] = accepted
+    _track_warm_up(w.symbol, verdicts, w.warm, k, seen, warm_now)
+    for r in range(m):
+        signal_inputs[r, :] = w.inputs[w.rows[r], :]
+        signal_features[r, :] = out[w.rows[r], :]
+    return m
 
 
 class SignalPipeline:
@@ -127,9 +240,14 @@ class SignalPipeline:
         self._floor = np.zeros(n, dtype=np.int64)
         self._adopted: dict[int, tuple[Signal, int]] = {}
         # The fused backend (app.fused) makes features and signals in one compiled call: apply
-        # then uses it in place of the engine's update and the batcher's queue.
+        # then uses it (`_ingest`) in place of the engine's update and the batcher's queue.
         fused = batcher.backend
         self._fused = fused if isinstance(fused, FusedBackend) else None
+        if self._fused is not None:
+            self._path = self._fused.bind(engine)
+            self._found = np.zeros(4, np.int64)
+            self._saved = np.empty((0, engine.state.records.shape[1]), np.float64)
+            self._grow(64)
 
     @property
     def n_symbols(self) -> int:
@@ -154,18 +272,19 @@ class SignalPipeline:
         self, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray, now_ns: int
     ) -> np.ndarray:
         """uint8 per tick: 0, or the reason it is outside the configured bounds."""
-        b = self.bounds
+        price, size, ts_ns = (tick_column(name, c, dtype) for name, c, dtype in (
+            ("price", price, np.float64), ("size", size, np.float64), ("ts_ns", ts_ns, np.int64)))  # fmt: skip
         reasons = np.zeros(price.shape[0], dtype=np.uint8)
-        latest = now_ns + int(b.max_future_skew_s * 1e9)
-        reasons[ts_ns > latest] = REJECT_FUTURE_TIMESTAMP
-        if b.max_past_age_s > 0:
-            reasons[ts_ns < now_ns - int(b.max_past_age_s * 1e9)] = REJECT_PAST_TIMESTAMP
-        reasons[size > b.size_max] = REJECT_SIZE_OUT_OF_RANGE
-        # Zero or negative prices keep the engine's own reason (BAD_PRICE).
-        reasons[(price > 0) & ((price < b.price_min) | (price > b.price_max))] = (
-            REJECT_PRICE_OUT_OF_RANGE
-        )
+        _screen(price, size, ts_ns, *self._limits(now_ns), reasons)
         return reasons
+
+    def _limits(self, now_ns: int) -> tuple[int, int, float, float, float]:
+        """The screen's bounds at ``now_ns``: latest and earliest stamp, largest size, price
+        range."""
+        b = self.bounds
+        earliest = now_ns - int(b.max_past_age_s * 1e9) if b.max_past_age_s > 0 else NO_EARLIEST
+        return (now_ns + int(b.max_future_skew_s * 1e9), earliest, b.size_max, b.price_min,
+                b.price_max)  # fmt: skip
 
     # --- apply -------------------------------------------------------------------------------
 
@@ -183,19 +302,16 @@ class SignalPipeline:
                 f"inference queue full: {self.batcher.queued_rows} rows queued, "
                 f"max_queue_rows = {self.batcher.max_queue_rows}; retry the batch later"
             )
+        if self._fused is not None:
+            return self._apply_fused(symbol, price, size, ts_ns)
         reasons = self.screen(price, size, ts_ns, self._clock_ns())
         passing = np.flatnonzero(reasons == 0)
         if passing.size < n:
             symbol, price, size, ts_ns = (c[passing] for c in (symbol, price, size, ts_ns))
         saved = self._save(symbol)
         try:
-            fused = None if self._fused is None else self._fused.run(self.engine, symbol, price,
-                                                                     size, ts_ns)  # fmt: skip
-            if fused is None:
-                features = self.engine.update(symbol, price, size, ts_ns)
-                engine_reasons = self.engine.last_reasons
-            else:
-                features, engine_reasons = fused.features, fused.reasons
+            features = self.engine.update(symbol, price, size, ts_ns)
+            engine_reasons = self.engine.last_reasons
             overflow = np.flatnonzero(np.isinf(features).any(axis=1) & (engine_reasons == 0))
             if overflow.size:
                 i = int(overflow[0])
@@ -210,31 +326,83 @@ class SignalPipeline:
         reasons[passing] = engine_reasons
         accepted = reasons == 0
         if not accepted.all():
-            for code in np.unique(reasons[~accepted]):
-                self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
-                    int((reasons == code).sum())
-                )
+            self._count_rejected(reasons)
         ok = engine_reasons == 0
         if not ok.any():
-            empty = np.empty(0, np.int64)
-            return AppliedBatch(0, reasons, accepted, empty.astype(np.int32), empty,
-                                np.empty((0, len(FEATURES))), None)  # fmt: skip
+            return self._nothing_applied(reasons)
         self._seq += 1
-        inputs, warm = (
-            model_inputs(features) if fused is None else (fused.inputs, fused.warm.copy())
-        )
-        warm &= ok
-        self._track_warm_up(symbol, ok, warm)
-        # The fused kernel found the same rows (its warm ticks are accepted ones) while it ran.
-        rows = last_warm_row_per_symbol(symbol, warm) if fused is None else fused.rows
-        inference = None
-        if rows.size and fused is not None and self._fused is not None:
-            inference = self._fused.resolved(fused, self.batcher.monitor)  # the same rows, done
-        elif rows.size:
-            # Queued synchronously (no await since the room check): the room is still there.
-            inference = self.batcher.submit(inputs[rows])
+        inputs, warm = model_inputs(features)
+        _track_warm_up(symbol, engine_reasons, warm, symbol.shape[0], self._seen, self._warm)
+        rows = last_warm_row_per_symbol(symbol, warm & ok)
+        # Queued synchronously (no await since the room check): the room is still there.
+        inference = self.batcher.submit(inputs[rows]) if rows.size else None
         return AppliedBatch(self._seq, reasons, accepted, symbol[rows].astype(np.int32),
                             ts_ns[rows].astype(np.int64), features[rows], inference)  # fmt: skip
+
+    def _apply_fused(
+        self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
+    ) -> AppliedBatch:
+        """`apply` with the fused model: one compiled call (`_ingest`) does it all."""
+        n = symbol.shape[0]
+        self._grow(n)
+        reasons = np.empty(n, np.uint8)
+        limits = self._limits(self._clock_ns())
+        buffers = (reasons, self._seen, self._warm, self._saved, self._signal_inputs,
+                   self._signal_features, self._found)  # fmt: skip
+        try:  # columns of the kernel's types go straight in
+            m = _ingest(self._path.work, symbol, price, size, ts_ns, *limits, *buffers)
+        except TypeError:  # another type or layout: convert what can be, refuse the rest
+            symbol = tick_column("symbol", symbol, np.int32)
+            price, size, ts_ns = (tick_column(name, c, dtype, n) for name, c, dtype in (
+                ("price", price, np.float64), ("size", size, np.float64),
+                ("ts_ns", ts_ns, np.int64)))  # fmt: skip
+            m = _ingest(self._path.work, symbol, price, size, ts_ns, *limits, *buffers)
+        found = self._found
+        if m == OVERFLOW:
+            t, row = int(found[FOUND_TICK]), self._signal_features[0]
+            column = FEATURES[int(found[FOUND_COLUMN])]
+            raise TickOverflowError(
+                f"ticks[{t}]: {column} would be {row[FEATURES.index(column)]} (price "
+                f"{float(price[t]):g}, size {float(size[t]):g}); the batch was refused"
+            )
+        if m < 0:
+            raise kernel_refusal(m, n, price, size, ts_ns, None, None)
+        accepted = int(found[FOUND_ACCEPTED])
+        if accepted < n:
+            self._count_rejected(reasons)
+            if accepted == 0:
+                return self._nothing_applied(reasons)
+        self._seq += 1
+        if m == 0:
+            signals, features = SignalColumns.empty(), np.empty((0, len(FEATURES)))
+        else:
+            self._path.backend.served(self._signal_inputs[:m], self.batcher.monitor)
+            signals, features = self._path.signal_columns(m), self._signal_features[:m].copy()
+        return AppliedBatch(self._seq, reasons, reasons == 0, signals.symbol, signals.ts_ns,
+                            features, None, signals)  # fmt: skip
+
+    def _grow(self, n: int) -> None:
+        """Room in the fused path and in `_ingest`'s buffers for a batch of ``n`` ticks."""
+        self._path.reserve(n)
+        if n > self._saved.shape[0]:
+            rows = max(n, 2 * self._saved.shape[0])
+            self._saved = np.empty((rows, self._saved.shape[1]), np.float64)
+            self._signal_inputs = np.empty((rows, N_INPUTS), np.float32)
+            self._signal_features = np.empty((rows, len(FEATURES)), np.float64)
+
+    def _count_rejected(self, reasons: np.ndarray) -> None:
+        """The rejected ticks' metric, by reason."""
+        for code in np.unique(reasons[reasons != 0]):
+            self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
+                int((reasons == code).sum())
+            )
+
+    @staticmethod
+    def _nothing_applied(reasons: np.ndarray) -> AppliedBatch:
+        """Every tick was rejected: nothing changed."""
+        empty = np.empty(0, np.int64)
+        return AppliedBatch(0, reasons, reasons == 0, empty.astype(np.int32), empty,
+                            np.empty((0, len(FEATURES))), None)  # fmt: skip
 
     def _save(self, symbols: np.ndarray) -> np.ndarray:
         """The whole records of ``symbols`` (repeats included: one gather of rows costs less
@@ -243,11 +411,6 @@ class SignalPipeline:
 
     def _restore(self, symbols: np.ndarray, saved: np.ndarray) -> None:
         self.engine.state.records[symbols] = saved  # a repeated symbol gets its same row again
-
-    def _track_warm_up(self, symbol: np.ndarray, ok: np.ndarray, warm: np.ndarray) -> None:
-        last = last_warm_row_per_symbol(symbol, ok)  # each symbol's last applied tick decides
-        self._seen[symbol[last]] = True
-        self._warm[symbol[last]] = warm[last]
 
     def warming_up(self, symbol: int) -> bool:
         """Whether ``symbol`` has ticks since this process started but no warm features yet
@@ -265,6 +428,9 @@ class SignalPipeline:
 
     def finished(self, applied: AppliedBatch) -> IngestResult:
         """`finish`, for a batch whose inference is done (or that has none)."""
+        if applied.signals is not None:
+            return IngestResult(applied.reasons, applied.signals, applied.seq,
+                                applied.signal_features)  # fmt: skip
         signals = SignalColumns.empty()
         features = applied.signal_features
         if applied.inference is not None:
@@ -321,9 +487,9 @@ class SignalPipeline:
         """Apply ticks accepted before (another replica's journal) to the state only: no
         screening, no inference, no sequence number."""
         features = self.engine.update(symbol, price, size, ts_ns)
-        ok = self.engine.last_reasons == 0
         _, warm = model_inputs(features)
-        self._track_warm_up(symbol, ok, warm & ok)
+        _track_warm_up(symbol, self.engine.last_reasons, warm, symbol.shape[0], self._seen,
+                       self._warm)  # fmt: skip
 
     def adopt_signals(self, signals: list[tuple[Signal, int]]) -> None:
         """Take latest signals computed elsewhere (in order: a later one replaces an earlier)."""
