@@ -152,16 +152,19 @@ def _tick_columns(symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _assemble_entries(data, offsets, fields, suffix, entry_field, seq, bounds, out, ends):
+def _assemble_entries(data, offsets, fields, suffixes, suffix_bounds, entry_field, seqs, bounds,
+                      out, ends):  # fmt: skip
     """Every group's BatchPayload fragment into ``out``, one after the other (group g ends
     at ``ends[g]``): per group, the entry (field ``entry_field``) of each column's packed
     field (column c's rows ``bounds[g]`` to ``bounds[g + 1]`` are ``data[offsets[c, lo] :
-    offsets[c, hi]]``, under field ``fields[c]``; none when empty) and ``suffix``, then the
-    sequence number (field 3): one BatchPayload fragment per group, in one pass."""
+    offsets[c, hi]]``, under field ``fields[c]``; none when empty) and its suffix
+    (``suffixes[suffix_bounds[g] : suffix_bounds[g + 1]]``), then its sequence number
+    ``seqs[g]`` (field 3): one BatchPayload fragment per group, in one pass."""
     i = 0
     for g in range(bounds.shape[0] - 1):
         lo, hi = bounds[g], bounds[g + 1]
-        size = suffix.shape[0]
+        s0, s1 = suffix_bounds[g], suffix_bounds[g + 1]
+        size = s1 - s0
         for c in range(fields.shape[0]):
             n = offsets[c, hi] - offsets[c, lo]
             if n:
@@ -175,19 +178,23 @@ def _assemble_entries(data, offsets, fields, suffix, entry_field, seq, bounds, o
                 i = _put_varint(out, i, b - a)
                 out[i : i + b - a] = data[a:b]
                 i += b - a
-        out[i : i + suffix.shape[0]] = suffix
-        i += suffix.shape[0]
+        out[i : i + s1 - s0] = suffixes[s0:s1]
+        i += s1 - s0
         i = _put_varint(out, i, 3 << 3 | 2)
-        i = _put_varint(out, i, _varint_size(seq))
-        i = _put_varint(out, i, seq)
+        i = _put_varint(out, i, _varint_size(seqs[g]))
+        i = _put_varint(out, i, seqs[g])
         ends[g] = i
     return i
 
 
-def _entries(entry_field: int, columns: tuple[_Packed, ...], suffix: bytes, seq: int,
-             spans: list[tuple[int, int, int]]) -> list[tuple[int, bytes, int]]:  # fmt: skip
-    """``(group, fragment, rows)`` per span of the (group-ordered) columns: `_assemble_entries`
-    over the columns' encodings laid end to end."""
+Entry = tuple[int, bytes, int, int]  # (ordering group, BatchPayload fragment, rows, seq)
+
+
+def _entries(entry_field: int, columns: tuple[_Packed, ...], spans: list[tuple[int, int, int]],
+             seqs: np.ndarray, suffixes: list[bytes]) -> list[Entry]:  # fmt: skip
+    """``(group, fragment, rows, seq)`` per span of the (group-ordered) columns, span k of
+    service batch ``seqs[k]`` with suffix ``suffixes[k]``: `_assemble_entries` over the
+    columns' encodings laid end to end."""
     n = max(hi for _, _, hi in spans)
     data = np.frombuffer(b"".join(c.data for c in columns), np.uint8)
     offsets = np.empty((len(columns), n + 1), np.int64)
@@ -197,35 +204,58 @@ def _entries(entry_field: int, columns: tuple[_Packed, ...], suffix: bytes, seq:
         base += len(c.data)
     fields = np.array([c.field for c in columns], np.int64)
     bounds = np.array([lo for _, lo, _ in spans] + [n], np.int64)
-    out = np.empty(len(data) + len(spans) * (24 + len(suffix) + 16 * len(columns)), np.uint8)
+    suffix_bounds = np.zeros(len(spans) + 1, np.int64)
+    np.cumsum([len(x) for x in suffixes], out=suffix_bounds[1:])
+    out = np.empty(len(data) + int(suffix_bounds[-1]) + len(spans) * (24 + 16 * len(columns)),
+                   np.uint8)  # fmt: skip
     ends = np.empty(len(spans), np.int64)
-    _assemble_entries(data, offsets, fields, np.frombuffer(suffix, np.uint8), entry_field, seq,
-                      bounds, out, ends)  # fmt: skip
+    _assemble_entries(data, offsets, fields, np.frombuffer(b"".join(suffixes), np.uint8),
+                      suffix_bounds, entry_field, seqs, bounds, out, ends)  # fmt: skip
     blob = out[: ends[-1]].tobytes()
     starts = [0, *ends[:-1].tolist()]
-    return [(group, blob[a:b], hi - lo)
-            for (group, lo, hi), a, b in zip(spans, starts, ends.tolist(), strict=True)]  # fmt: skip
+    return [(group, blob[a:b], hi - lo, seq)
+            for (group, lo, hi), a, b, seq in zip(spans, starts, ends.tolist(), seqs.tolist(),
+                                                   strict=True)]  # fmt: skip
+
+
+def _batch_spans(groups: np.ndarray, seqs: int | np.ndarray
+                 ) -> tuple[np.ndarray, list[tuple[int, int, int]], np.ndarray]:  # fmt: skip
+    """The rows ordered by group, keeping their order within each (a stable sort), and the
+    ``(group, first, end)`` runs of one group and one service batch in that order, with each
+    run's seq. ``seqs``: each row's service batch (in order), or one for every row."""
+    order = np.argsort(groups, kind="stable")
+    group = groups[order]
+    seq = np.broadcast_to(np.asarray(seqs, np.int64), group.shape)[order]
+    if group.size == 0:
+        return order, [], seq
+    cuts = np.flatnonzero((group[1:] != group[:-1]) | (seq[1:] != seq[:-1])) + 1
+    bounds = [0, *cuts.tolist(), int(group.size)]
+    starts = bounds[:-1]
+    spans = list(zip(group[starts].tolist(), starts, bounds[1:], strict=True))
+    return order, spans, seq[starts]
 
 
 def tick_entries(
-    groups: np.ndarray, seq: int, symbol: np.ndarray, price: np.ndarray, size: np.ndarray,
-    ts_ns: np.ndarray,
-) -> list[tuple[int, bytes, int]]:  # fmt: skip
-    """``(group, BatchPayload fragment, ticks)`` per group of rows (``groups[i]`` is row i's
-    ordering shard): each group's ticks of service batch ``seq`` as one TickBatch entry."""
-    order, spans = runs(groups)
+    groups: np.ndarray, seqs: int | np.ndarray, symbol: np.ndarray, price: np.ndarray,
+    size: np.ndarray, ts_ns: np.ndarray,
+) -> list[Entry]:  # fmt: skip
+    """``(group, BatchPayload fragment, ticks, seq)`` per group of rows and service batch
+    (``groups[i]`` is row i's ordering shard, ``seqs`` its service batch or one for all):
+    each group's ticks of each batch as one TickBatch entry, in batch order."""
+    order, spans, span_seqs = _batch_spans(groups, seqs)
     if not spans:
         return []
     columns = _tick_columns(symbol[order], price[order], size[order], ts_ns[order])
-    return _entries(_ENTRY_TICKS, columns, b"", seq, spans)
+    return _entries(_ENTRY_TICKS, columns, spans, span_seqs, [b""] * len(spans))
 
 
-def signal_entries(groups: np.ndarray, seq: int, signals: Any,
-                   computed_at_ns: int) -> list[tuple[int, bytes, int]]:  # fmt: skip
-    """``(group, BatchPayload fragment, signals)`` per group of rows: each group's signals
-    (an `app.signals.SignalColumns`) of service batch ``seq`` as one SignalBatch entry, with
-    the model that computed them and when."""
-    order, spans = runs(groups)
+def signal_entries(groups: np.ndarray, seqs: int | np.ndarray, signals: Any,
+                   computed_at_ns: int | dict[int, int]) -> list[Entry]:  # fmt: skip
+    """``(group, BatchPayload fragment, signals, seq)`` per group of rows and service batch:
+    each group's signals (an `app.signals.SignalColumns`) of each batch as one SignalBatch
+    entry, with the model that computed them and when (``computed_at_ns``: one time, or
+    each batch's by seq)."""
+    order, spans, span_seqs = _batch_spans(groups, seqs)
     if not spans:
         return []
     columns = (
@@ -235,7 +265,12 @@ def signal_entries(groups: np.ndarray, seq: int, signals: Any,
         _Packed(5, signals.strength[order], "<f4"),
         _Packed(6, signals.confidence[order], "<f4"),
     )
-    return _entries(_ENTRY_SIGNALS, columns, _model_fields(signals, computed_at_ns), seq, spans)
+    if isinstance(computed_at_ns, int):
+        suffixes = [_model_fields(signals, computed_at_ns)] * len(spans)
+    else:
+        by_seq = {seq: _model_fields(signals, at) for seq, at in computed_at_ns.items()}
+        suffixes = [by_seq[seq] for seq in span_seqs.tolist()]
+    return _entries(_ENTRY_SIGNALS, columns, spans, span_seqs, suffixes)
 
 
 def _model_fields(signals: Any, computed_at_ns: int, ack: bytes | None = None) -> bytes:

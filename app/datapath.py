@@ -1,7 +1,9 @@
 """The service's data path: where an acknowledged batch's ticks, signals and features go.
 
-Per batch (`deliver`, called in sequence order once the batch is durable): accepted ticks
-go to the warehouse (`ticks`) and are published: each ordering shard's ticks as one
+Batches come in groups (`deliver`, called in sequence order once they are durable; the
+ingestor hands on those acknowledged within a few milliseconds together, so the cost per
+batch falls with load). Per group: accepted ticks go to the warehouse (`ticks`, one append
+for the group) and are published: each ordering shard's ticks of each batch as one
 ``TickBatch`` entry under the shard's ordering key, in compressed ``PublishedBatch``
 messages on ``<ticks_topic><batch_suffix>`` (`app.batch_format`; and, with Pub/Sub, the
 whole batch as one ``TickBatch`` on the schema topic); new signals go to the L2 cache (in
@@ -16,10 +18,11 @@ keys, and every message of a symbol under the same one, so each symbol's records
 their order. Nothing here builds a Python object per tick or per signal: columns are
 encoded as they are.
 
-Every part carries the batch's sequence number, so each sink applies batches in order,
-and `on_delivered(watermark)` says up to which batch every durable sink (warehouse,
-publishers) has every batch whole: the spool no longer needs them. After a crash, `prepare_replay` asks the
-sinks what they already hold and a replayed batch skips those parts.
+Every part carries its batch's sequence number (a warehouse append, those of its group's
+batches), so each sink applies batches in order, and `on_delivered(watermark)` says up to
+which batch every durable sink (warehouse, publishers) has every batch whole: the spool no
+longer needs them. After a crash, `prepare_replay` asks the sinks what they already hold
+and a replayed batch skips those parts.
 
 Back-pressure without loss: `admit` reserves room for a batch in every buffer before the
 batch is applied; a full buffer refuses the batch up front (the server answers
@@ -28,9 +31,11 @@ RESOURCE_EXHAUSTED and changes nothing), and an admitted batch's records always 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +127,31 @@ class DeliveryTracker:
     def pending(self) -> int:
         """Batches not yet complete."""
         return len(self._outstanding)
+
+
+@dataclass
+class DurableBatch:
+    """One durable batch, as the data path takes it."""
+
+    seq: int
+    ticks: TickColumns  # the accepted ticks
+    signals: SignalColumns
+    features: np.ndarray  # float64[len(signals), len(FEATURES)]: the rows behind them
+    computed_at_ns: int
+    admission: Admission | None = None  # the room reserved for it; None: a replay
+
+
+def _model(batch: DurableBatch) -> tuple[str, str, str, str]:
+    """The model that computed a batch's signals (batches of one model share a group)."""
+    s = batch.signals
+    return s.model_version, s.model_variant, s.model_sha256, s.backend
+
+
+def _joined(parts: Sequence[Any], names: Sequence[str]) -> list[np.ndarray]:
+    """Each named column of ``parts`` (objects with those array attributes) end to end."""
+    if len(parts) == 1:
+        return [getattr(parts[0], name) for name in names]
+    return [np.concatenate([getattr(part, name) for part in parts]) for name in names]
 
 
 class DataPath:
@@ -240,49 +270,64 @@ class DataPath:
                 target.release(n)
             admission.open = False
 
-    def deliver(
-        self,
-        seq: int,
-        ticks: TickColumns,
-        signals: SignalColumns,
-        features: np.ndarray,
-        computed_at_ns: int,
-        admission: Admission | None,
-    ) -> None:
-        """Send durable batch ``seq`` down the data path (in sequence order). With an
-        ``admission``, into the room it reserved (released after); without, a replay:
-        parts a sink already holds are skipped, the rest is never refused."""
-        reserved = admission is not None
+    def deliver(self, batches: Sequence[DurableBatch]) -> None:
+        """Send durable batches (consecutive, in sequence order) down the data path as one
+        group: each sink gets one append or one entry per ordering shard and batch for the
+        whole group, so the cost per batch falls as more wait together. With admissions,
+        into the room they reserved (released after); without, a replay (one batch): parts
+        a sink already holds are skipped, the rest is never refused."""
+        if not batches:
+            return
+        reserved = batches[0].admission is not None
         replay = not reserved
-        parts = 0
+        parts = dict.fromkeys((b.seq for b in batches), 0)
         try:
-            parts += self._ticks(seq, ticks, reserved, replay)
-            if len(signals):
-                parts += self._signals(seq, signals, features, computed_at_ns, reserved, replay)
+            self._ticks(batches, parts, reserved, replay)
+            for _, run in itertools.groupby((b for b in batches if len(b.signals)), _model):
+                self._signals(list(run), parts, reserved, replay)
         finally:
-            if admission is not None:
-                self.release(admission)
-        self.tracker.expect(seq, parts)
+            for batch in batches:
+                if batch.admission is not None:
+                    self.release(batch.admission)
+        for seq, n in parts.items():
+            self.tracker.expect(seq, n)
 
-    def _ticks(self, seq: int, ticks: TickColumns, reserved: bool, replay: bool) -> int:
-        """Write and publish the accepted ticks; returns the parts to wait for."""
-        symbol, price, size, ts_ns = ticks.symbol, ticks.price, ticks.size, ticks.ts_ns
-        if int(symbol.shape[0]) == 0:
-            return 0
-        parts = int(self.warehouse.append_ticks(symbol, price, size, ts_ns, reserved=reserved,
-                                                seq=seq, replay=replay))  # fmt: skip
+    def _ticks(self, batches: Sequence[DurableBatch], parts: dict[int, int], reserved: bool,
+               replay: bool) -> None:  # fmt: skip
+        """Write and publish the accepted ticks, counting the parts to wait for per batch."""
+        with_ticks = [b for b in batches if len(b.ticks)]
+        if not with_ticks:
+            return
+        symbol, price, size, ts_ns = _joined([b.ticks for b in with_ticks],
+                                             ("symbol", "price", "size", "ts_ns"))  # fmt: skip
+        seqs = [b.seq for b in with_ticks]
+        if self.warehouse.append_ticks(symbol, price, size, ts_ns, reserved=reserved, seq=seqs,
+                                       replay=replay):  # fmt: skip
+            for seq in seqs:
+                parts[seq] += 1
         if self.ticks_schema is not None:
-            whole = batch_format.tick_batch(symbol, price, size, ts_ns)
-            parts += self.ticks_schema.submit("", whole, reserved=reserved, seq=seq,
-                                              replay=replay)  # fmt: skip
-        if self.ticks_frames is None:
-            return parts
-        entries = batch_format.tick_entries(self._shards_of(symbol), seq, symbol, price, size,
-                                            ts_ns)  # fmt: skip
-        for shard, entry, rows in entries:
-            parts += self.ticks_frames.submit(self._keys[shard], entry, rows=rows,
-                                              reserved=reserved, seq=seq, replay=replay)  # fmt: skip
-        return parts
+            for b in with_ticks:
+                t = b.ticks
+                whole = batch_format.tick_batch(t.symbol, t.price, t.size, t.ts_ns)
+                parts[b.seq] += self.ticks_schema.submit("", whole, reserved=reserved, seq=b.seq,
+                                                         replay=replay)  # fmt: skip
+        if self.ticks_frames is not None:
+            row_seqs = np.repeat(seqs, [len(b.ticks) for b in with_ticks])
+            entries = batch_format.tick_entries(self._shards_of(symbol), row_seqs, symbol, price,
+                                                size, ts_ns)  # fmt: skip
+            self._publish(self.ticks_frames, entries, parts, reserved, replay)
+
+    def _publish(self, publisher: Publisher, entries: list[batch_format.Entry],
+                 parts: dict[int, int], reserved: bool, replay: bool) -> None:  # fmt: skip
+        """Each shard's entries (in batch order) as that shard's records, counted per batch."""
+        by_shard: dict[int, list[tuple[bytes, int, int]]] = {}
+        for shard, entry, rows, seq in entries:
+            by_shard.setdefault(shard, []).append((entry, rows, seq))
+        for shard, records in by_shard.items():
+            if publisher.submit_entries(self._keys[shard], records, reserved=reserved,
+                                        replay=replay):  # fmt: skip
+                for _, _, seq in records:
+                    parts[seq] += 1
 
     def _shards_of(self, symbols: np.ndarray) -> np.ndarray:
         """Each symbol's ordering shard (a table given for fewer ids grows to cover them)."""
@@ -292,28 +337,41 @@ class DataPath:
             self.shards = table = ShardTable(wanted, table.shards)
         return table.of(symbols)
 
-    def _signals(self, seq: int, signals: SignalColumns, features: np.ndarray,
-                 computed_at_ns: int, reserved: bool, replay: bool) -> int:  # fmt: skip
-        parts = int(self.warehouse.append_signals(signals, reserved=reserved, seq=seq,
-                                                  replay=replay, computed_at_ns=computed_at_ns))  # fmt: skip
-        parts += int(self.warehouse.append_features(signals.symbol, signals.ts_ns, features,
-                                                    reserved=reserved, seq=seq, replay=replay))  # fmt: skip
+    def _signals(self, batches: list[DurableBatch], parts: dict[int, int], reserved: bool,
+                 replay: bool) -> None:  # fmt: skip
+        """Write, cache and publish the signals of batches computed by one model (and the
+        features behind them), counting the parts to wait for per batch."""
+        names = ("symbol", "ts_ns", "direction", "strength", "confidence")
+        signals = dataclasses.replace(batches[0].signals, **dict(zip(
+            names, _joined([b.signals for b in batches], names), strict=True)))  # fmt: skip
+        features = np.concatenate([b.features for b in batches])
+        seqs = [b.seq for b in batches]
+        counts = [len(b.signals) for b in batches]
+        computed_at = np.repeat([b.computed_at_ns for b in batches], counts)
+        landed = int(self.warehouse.append_signals(signals, reserved=reserved, seq=seqs,
+                                                   replay=replay, computed_at_ns=computed_at))  # fmt: skip
+        landed += int(self.warehouse.append_features(signals.symbol, signals.ts_ns, features,
+                                                     reserved=reserved, seq=seqs, replay=replay))  # fmt: skip
+        for seq in seqs:
+            parts[seq] += landed
         shards = self._shards_of(signals.symbol)
         if self.signals_frames is not None:
-            for shard, entry, rows in batch_format.signal_entries(shards, seq, signals,
-                                                                  computed_at_ns):  # fmt: skip
-                parts += self.signals_frames.submit(self._keys[shard], entry, rows=rows,
-                                                    reserved=reserved, seq=seq, replay=replay)  # fmt: skip
+            entries = batch_format.signal_entries(
+                shards, np.repeat(seqs, counts), signals,
+                {b.seq: b.computed_at_ns for b in batches})  # fmt: skip
+            self._publish(self.signals_frames, entries, parts, reserved, replay)
         if self.signals_schema is not None:  # one Signal message each (BigQuery rows)
+            row_seqs = np.repeat(seqs, counts)
             order, spans = batch_format.runs(shards)
             for shard, lo, hi in spans:
-                messages = [signal_message(signals.row(int(i)), computed_at_ns).SerializeToString()
-                            for i in order[lo:hi]]  # fmt: skip
-                parts += self.signals_schema.submit_many(self._keys[shard], messages,
-                                                         reserved=reserved, seq=seq, replay=replay)  # fmt: skip
+                for i in order[lo:hi].tolist():
+                    message = signal_message(signals.row(i), int(computed_at[i]))
+                    parts[int(row_seqs[i])] += self.signals_schema.submit(
+                        self._keys[shard], message.SerializeToString(), reserved=reserved,
+                        seq=int(row_seqs[i]), replay=replay)  # fmt: skip
         if not replay:
-            self.cache.submit(signals, computed_at_ns)  # L2, in the background
-        return parts
+            for b in batches:
+                self.cache.submit(b.signals, b.computed_at_ns)  # L2, in the background
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ import contextlib
 import functools
 import hashlib
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +46,7 @@ import numpy as np
 import structlog
 
 from app import batch_format
-from app.datapath import DataPath
+from app.datapath import DataPath, DurableBatch
 from app.features import FEATURES
 from app.pipeline import AppliedBatch, IngestResult, SignalPipeline
 from app.proto import load as load_stubs
@@ -162,15 +162,10 @@ class InOrder:
 
 
 @dataclass
-class Delivery:
-    """What one applied batch sends down the data path once it is durable."""
+class Delivery(DurableBatch):
+    """What one applied batch sends down the data path once it is durable, and how it is
+    answered (``admission`` None: a replay)."""
 
-    seq: int
-    ticks: TickColumns  # the accepted ticks
-    signals: SignalColumns
-    features: np.ndarray
-    computed_at_ns: int
-    admission: Any = None  # room the data path reserved for it (None: a replay)
     answer: Callable[[], None] | None = None  # acknowledges it (None: a replay)
     shard: ShardSlot | None = None  # with sharding: its shard, and its seq in that journal
     journal_seq: int = 0
@@ -232,8 +227,8 @@ class Ingestor(ShardHost):
         self._unanswered: set[asyncio.Future[Any]] = set()  # replies of batches in flight
         # Acknowledged batches on their way to the data path (`_deliver`), and the timer that
         # hands them on.
-        self._undelivered: deque[tuple[int, Delivery]] = deque()
-        self._flush: asyncio.TimerHandle | None = None
+        self._undelivered: list[Delivery] = []
+        self._flush: asyncio.Handle | None = None
         self.shards: ShardOwnership | None = None  # set when sharding is on (app.server)
         if spool is not None:
             spool.on_durable = self._deliver
@@ -501,38 +496,44 @@ class Ingestor(ShardHost):
 
     def _deliver(self, seq: int, delivery: Delivery) -> None:
         """A durable batch, in sequence order: the latest signals and the ack, then the data
-        path. The data path's share (encoding, publishing, warehouse rows) runs just after the
-        acks go out: the spool holds the batch until every sink has it, so the ack needs none
-        of it, and a crash in between replays it (`recover`)."""
+        path. The data path's share (encoding, publishing, warehouse rows) waits for the
+        batches acknowledged within `DATA_PATH_GROUP_S` and takes them as one group: the spool
+        holds each batch until every sink has it, so the ack needs none of it, and a crash in
+        between replays it (`recover`)."""
         self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
         if delivery.shard is not None:
             delivery.shard.delivered_seq = max(delivery.shard.delivered_seq, delivery.journal_seq)
         if delivery.answer is None:  # a replay: nobody waits
             self.flush_deliveries()
-            self._to_data_path(seq, delivery)
+            self._to_data_path([delivery])
             return
-        self._undelivered.append((seq, delivery))
+        self._undelivered.append(delivery)
         delivery.answer()
+        loop = asyncio.get_running_loop()
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(ACK_HEADSTART_S,
-                                                                self.flush_deliveries)  # fmt: skip
+            self._flush = loop.call_later(DATA_PATH_GROUP_S, self.flush_deliveries)
+        elif len(self._undelivered) == DATA_PATH_GROUP_MAX:  # a full group goes now
+            self._flush.cancel()
+            self._flush = loop.call_soon(self.flush_deliveries)
 
     def flush_deliveries(self) -> None:
         """Hand every acknowledged batch not yet there to the data path, in sequence order."""
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        backlog = self._undelivered
-        while backlog:
-            self._to_data_path(*backlog.popleft())
+        if self._undelivered:
+            group, self._undelivered = self._undelivered, []
+            self._to_data_path(group)
 
-    def _to_data_path(self, seq: int, delivery: Delivery) -> None:
+    def _to_data_path(self, group: list[Delivery]) -> None:
         if self.data_path is None:
-            self._delivered(seq)
-        else:
-            admission, delivery.admission = delivery.admission, None
-            self.data_path.deliver(seq, delivery.ticks, delivery.signals, delivery.features,
-                                   delivery.computed_at_ns, admission)  # fmt: skip
+            self._delivered(group[-1].seq)
+            return
+        try:
+            self.data_path.deliver(group)
+        finally:
+            for delivery in group:
+                delivery.admission = None  # released by the data path
 
     def _delivered(self, watermark: int) -> None:
         if self.spool is not None:
@@ -586,10 +587,12 @@ def signals_of(reply: Any) -> SignalColumns:
                          r.model_sha256, r.backend)  # fmt: skip
 
 
-# How long after a group's acks its batches go to the data path: long enough for the
-# replies to be sent first (a few event-loop turns), short enough to keep the sinks' batches
-# flowing.
-ACK_HEADSTART_S = 0.0002
+# Acknowledged batches go to the data path together: those acked within this long of the
+# first (a fifth of publish.max_latency_ms's default), or this many, whichever comes first.
+# The data path's cost is mostly per group, so this keeps it small per batch, and its work
+# runs after the replies are sent.
+DATA_PATH_GROUP_S = 0.01
+DATA_PATH_GROUP_MAX = 64
 
 
 def _record_bytes_bound(n_ticks: int) -> int:

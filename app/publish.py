@@ -511,7 +511,7 @@ class Publisher:
                seq: int = 0, replay: bool = False) -> int:  # fmt: skip
         """Accept one record of ``rows`` rows for ``key`` or raise `PublishBackpressure`;
         returns the records accepted (0: a replay the sink holds). See `submit_many`."""
-        return self._accept(key, (record,), rows, reserved, seq, replay)
+        return self._accept(key, ((record, rows, seq),), reserved, replay)
 
     def submit_many(self, key: str, records: Sequence[bytes], *, reserved: bool = False,
                     seq: int = 0, replay: bool = False) -> int:  # fmt: skip
@@ -521,14 +521,21 @@ class Publisher:
         ``seq``: the batch they belong to, reported by `on_delivered` and carried in the
         published message's attributes. ``replay``: a spooled batch delivered again:
         skipped (0) when the sink already holds it under ``key``, never refused."""
-        return self._accept(key, records, 1, reserved, seq, replay)
+        return self._accept(key, [(record, 1, seq) for record in records], reserved, replay)
 
-    def _accept(self, key: str, records: Sequence[bytes], rows_each: int, reserved: bool,
-                seq: int, replay: bool) -> int:  # fmt: skip
-        if not records:
+    def submit_entries(self, key: str, entries: Sequence[tuple[bytes, int, int]], *,
+                       reserved: bool = False, replay: bool = False) -> int:  # fmt: skip
+        """`submit_many` for records of several rows and service batches: ``(record, rows,
+        seq)`` each, in order (a replay's are one batch's)."""
+        return self._accept(key, entries, reserved, replay)
+
+    def _accept(self, key: str, entries: Sequence[tuple[bytes, int, int]], reserved: bool,
+                replay: bool) -> int:  # fmt: skip
+        if not entries:
             return 0
-        rows = rows_each * len(records)
-        if replay and seq and self.sink.delivered_seq(self.topic, key) >= seq:
+        rows = sum(n for _, n, _ in entries)
+        last_seq = entries[-1][2]
+        if replay and last_seq and self.sink.delivered_seq(self.topic, key) >= last_seq:
             return 0
         if reserved:
             self._reserved -= min(rows, self._reserved)
@@ -536,10 +543,10 @@ class Publisher:
             self._check_room(rows)
         cfg = self.config
         batch = self._open.get(key)
-        for record in records:
+        for record, n, seq in entries:
             if batch is None:
                 batch = self._open[key] = _Batch(key, opened_at=self._clock())
-            batch.add(record, rows_each, seq)
+            batch.add(record, n, seq)
             if batch.rows >= cfg.max_messages or batch.nbytes >= cfg.max_bytes:
                 self._seal(batch)
                 batch = None
@@ -547,7 +554,7 @@ class Publisher:
         self._backlog_gauge.set(self._backlog)
         self._drained.clear()
         self._wake.set()
-        return len(records)
+        return len(entries)
 
     def _queue(self, key: str) -> _KeyQueue:
         queue = self._keys.get(key)

@@ -132,10 +132,11 @@ def check_columns(tbl: Table, columns: Mapping[str, Any]) -> Columns:
 
 
 def signal_columns(
-    signals: Sequence[Signal] | SignalColumns, computed_at_ns: int | None = None
+    signals: Sequence[Signal] | SignalColumns, computed_at_ns: int | np.ndarray | None = None
 ) -> Columns:
     """`signals` rows (the Signal message's fields; direction by its enum number, as the
-    BigQuery subscription writes it); without ``computed_at_ns`` that column is NULL."""
+    BigQuery subscription writes it); ``computed_at_ns``: one for all rows or each row's;
+    without it that column is NULL."""
     n = len(signals)
     if isinstance(signals, SignalColumns):
         columns: Columns = {
@@ -162,7 +163,7 @@ def signal_columns(
             "backend": np.array([s.backend for s in signals], dtype=object),
         }
     if computed_at_ns is not None:
-        columns["computed_at_ns"] = np.full(n, computed_at_ns, dtype=np.int64)
+        columns["computed_at_ns"] = np.broadcast_to(np.asarray(computed_at_ns, np.int64), (n,))
     return columns
 
 
@@ -643,17 +644,19 @@ class Warehouse:
 
     def append(
         self, table_name: str, columns: Mapping[str, Any], *, reserved: bool = False,
-        seq: int = 0, replay: bool = False,
+        seq: int | Sequence[int] = 0, replay: bool = False,
     ) -> bool:  # fmt: skip
         """Accept rows for ``table_name`` (checked against its declared schema) or raise
         `WarehouseBackpressure` without accepting any when the backlog is full.
-        ``reserved``: the room was taken with `reserve`. ``seq``: the batch the rows belong
-        to (`on_written` reports it once written). ``replay``: a spooled batch delivered
-        again: skipped (False) if the table holds it, never refused for room."""
+        ``reserved``: the room was taken with `reserve`. ``seq``: the batch (or batches) the
+        rows belong to (`on_written` reports each once written, and the ledger records each
+        as held). ``replay``: a spooled batch delivered again: skipped (False) if the table
+        holds it, never refused for room."""
         buf = self._buffers.get(table_name)
         if buf is None:
             raise KeyError(f"no warehouse table {table_name!r}; known: {sorted(self._buffers)}")
-        if replay and seq in self._held.get(table_name, ()):
+        seqs = [seq] if isinstance(seq, int) else list(seq)
+        if replay and any(s in self._held.get(table_name, ()) for s in seqs):
             return False
         checked = check_columns(buf.table, columns)
         n = len(next(iter(checked.values())))
@@ -666,7 +669,7 @@ class Warehouse:
         if not buf.chunks:
             buf.oldest = self._clock()
         buf.chunks.append(checked)
-        buf.seqs.append([seq] if seq else [])
+        buf.seqs.append([s for s in seqs if s])
         buf.rows += n
         self._backlog += n
         self._idle.clear()
@@ -677,7 +680,8 @@ class Warehouse:
 
     def append_signals(
         self, signals: Sequence[Signal] | SignalColumns, *, reserved: bool = False,
-        seq: int = 0, replay: bool = False, computed_at_ns: int | None = None,
+        seq: int | Sequence[int] = 0, replay: bool = False,
+        computed_at_ns: int | np.ndarray | None = None,
     ) -> bool:  # fmt: skip
         """Signals for the `signals` table, unless its BigQuery subscription writes it."""
         if len(signals) and self.config.writes_signals:
@@ -687,7 +691,7 @@ class Warehouse:
 
     def append_ticks(
         self, symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray,
-        *, reserved: bool = False, seq: int = 0, replay: bool = False,
+        *, reserved: bool = False, seq: int | Sequence[int] = 0, replay: bool = False,
     ) -> bool:  # fmt: skip
         ts = np.asarray(ts_ns, dtype=np.int64)
         return self.append(
@@ -699,7 +703,7 @@ class Warehouse:
 
     def append_features(
         self, symbol: np.ndarray, ts_ns: np.ndarray, features: np.ndarray, *,
-        reserved: bool = False, seq: int = 0, replay: bool = False,
+        reserved: bool = False, seq: int | Sequence[int] = 0, replay: bool = False,
     ) -> bool:  # fmt: skip
         """Feature rows (``float64[n, len(FEATURES)]`` in `app.features.FEATURES` order) of the
         ticks at ``ts_ns``: the service writes the row behind each signal it emits."""

@@ -70,7 +70,7 @@ def messages(batches: list[TickColumns], groups_of: Callable[[np.ndarray], np.nd
         pending: dict[int, list[bytes]] = {}
         rows: dict[int, int] = {}
         for seq, b in enumerate(batches[w : w + window], start=w + 1):
-            for group, entry, n in tick_entries(groups_of(b.symbol), seq, b.symbol, b.price,
+            for group, entry, n, _ in tick_entries(groups_of(b.symbol), seq, b.symbol, b.price,
                                                 b.size, b.ts_ns):  # fmt: skip
                 pending.setdefault(group, []).append(entry)
                 rows[group] = rows.get(group, 0) + n
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def encode(comp: Compressor = comp) -> bytes:
             entries = tick_entries(table.of(b.symbol), 1, b.symbol, b.price, b.size, b.ts_ns)
-            return envelope(b"".join(e for _, e, _ in entries), comp, TICK_BATCH, len(b))
+            return envelope(b"".join(e for _, e, _, _ in entries), comp, TICK_BATCH, len(b))
 
         message = encode()
         enc, dec = timed(encode, repeat), timed(lambda m=message: decode(m), repeat)

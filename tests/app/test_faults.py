@@ -220,6 +220,7 @@ def test_a_full_publish_buffer_refuses_whole_batches_before_applying_them(
                 assert refused_at is not None and accepted == 8 * (refused_at - 1)
                 assert framed.backlog <= 60
                 down.up = True  # the sink recovers: the buffer drains, nothing was dropped
+                runtime.ingestor.flush_deliveries()  # the acked batches' group, without waiting
                 await framed.flush(10)
                 # The refused batch changed no state: sent again, every tick is accepted
                 # (had it been applied, its ticks would now be rejected as stale).

@@ -113,7 +113,7 @@ def test_batches_round_trip_and_the_envelope_names_the_codec(codec: str) -> None
     groups = ShardTable(3, 2).of(ticks.symbol)
     entries = batch_format.tick_entries(groups, 7, ticks.symbol, ticks.price, ticks.size,
                                         ticks.ts_ns)  # fmt: skip
-    body = b"".join(e for _, e, _ in entries)
+    body = b"".join(e for _, e, _, _ in entries)
     message = envelope(body, Compressor(codec), TICK_BATCH, len(ticks), 7, 7)  # type: ignore[arg-type]
     batch, content = decode(message)
     assert (batch.schema_version, batch.codec, batch.record_type) == (
@@ -429,7 +429,7 @@ def test_ticks_split_by_ordering_shard_keep_each_symbols_order() -> None:
         shards = ShardTable(40, 4)
         for seq, lo in enumerate(range(0, len(ticks), 100), start=1):
             batch = ticks.slice(lo, lo + 100)
-            for shard, fragment, rows in batch_format.tick_entries(
+            for shard, fragment, rows, _ in batch_format.tick_entries(
                 shards.of(batch.symbol), seq, batch.symbol, batch.price, batch.size, batch.ts_ns
             ):
                 pub.submit(f"shard-{shard}", fragment, rows=rows, seq=seq)
@@ -609,7 +609,7 @@ def test_a_replayed_batch_is_skipped_where_the_local_sink_already_holds_it(tmp_p
 def test_with_publishing_off_batches_still_reach_the_warehouse_and_the_watermark(
     tmp_path: Path,
 ) -> None:
-    from app.datapath import DataPath
+    from app.datapath import DataPath, DurableBatch
     from app.features import FEATURES
     from app.settings.cache import CacheConfig
     from app.settings.warehouse import WarehouseConfig
@@ -631,8 +631,8 @@ def test_with_publishing_off_batches_still_reach_the_warehouse_and_the_watermark
         signals = SignalColumns(ticks.symbol[:4], ticks.ts_ns[:4], np.ones(4, np.int8),
                                 np.full(4, 0.5, np.float32), np.full(4, 0.7, np.float32), "m/1")  # fmt: skip
         for seq in (1, 2):
-            data_path.deliver(seq, ticks, signals, np.zeros((4, len(FEATURES))), 1,
-                              data_path.admit(len(ticks)))  # fmt: skip
+            data_path.deliver([DurableBatch(seq, ticks, signals, np.zeros((4, len(FEATURES))), 1,
+                                            data_path.admit(len(ticks)))])  # fmt: skip
         await data_path.close()
 
     run(scenario())

@@ -269,27 +269,30 @@ def test_a_replayed_batch_lands_in_each_table_once(tmp_path: Path) -> None:
         w.on_written = lambda table, seqs: written.append((table, seqs))
         w.append("ticks", tick_columns(5), seq=11)
         w.append("ticks", tick_columns(5, start=5), seq=12)
+        w.append("ticks", tick_columns(10, start=20), seq=[14, 15])  # a group of two batches
         w.append_signals([Signal(1, T0, DIRECTION_UP, 0.5, 0.75, "m/1")], seq=11)
         await w.flush(10)
         await w.close()
         return written
 
     written = run(first_life())
-    assert sorted(written) == [("signals", [11]), ("ticks", [11, 12])]
+    assert sorted(written) == [("signals", [11]), ("ticks", [11, 12, 14, 15])]
 
     async def after_restart() -> None:
         sink = DuckDBSink(path)
         w = Warehouse(WarehouseConfig(batch_rows=1000, retention_days=None), sink,
                       Metrics(CollectorRegistry()))  # fmt: skip
-        assert w.prepare_replay(after_seq=10) == 12
+        assert w.prepare_replay(after_seq=10) == 15
         assert not w.append("ticks", tick_columns(5), seq=11, replay=True)  # held: skipped
+        for seq in (14, 15):  # each batch of a group is held
+            assert not w.append("ticks", tick_columns(5, start=20), seq=seq, replay=True)
         assert w.append_signals([Signal(2, T0, DIRECTION_UP, 0.5, 0.75, "m/1")], seq=12,
                                 replay=True)  # fmt: skip
         assert w.append("ticks", tick_columns(5, start=10), seq=13, replay=True)
         await w.flush(10)
-        assert await sink.query("SELECT count(*), count(DISTINCT ts_ns) FROM ticks") == [(15, 15)]
+        assert await sink.query("SELECT count(*), count(DISTINCT ts_ns) FROM ticks") == [(25, 25)]
         assert await sink.query("SELECT count(*) FROM signals") == [(2,)]
-        w.forget_batches_through(13)  # every sink has them: the ledger may let go
+        w.forget_batches_through(15)  # every sink has them: the ledger may let go
         deadline = time.monotonic() + 10
         while await sink.query("SELECT count(*) FROM _spool_batches") != [(0,)]:
             assert time.monotonic() < deadline, "the ledger kept rows no replay can ask for"

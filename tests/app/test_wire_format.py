@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.datapath import DataPath
+from app.datapath import DataPath, DurableBatch
 from app.features import FEATURES
 from app.settings.cache import CacheConfig
 from app.settings.publish import PublishConfig
@@ -36,6 +36,13 @@ from tests.app.conftest import run
 REPO = Path(__file__).resolve().parents[2]
 SYMBOLS, SHARDS, BATCHES, BATCH = 40, 4, 6, 150
 COMPUTED_AT = 1_700_000_000_123_456_789
+GROUPS = (1, 3, 2)  # the stream's batches reach the data path in groups of these sizes
+
+
+def computed_at(seq: int) -> int:
+    """When batch ``seq``'s signals were computed (each batch its own time)."""
+    return COMPUTED_AT + 1000 * seq
+
 
 # The consumer: stock libraries only. argv: proto dir, output dir of protoc, input JSON.
 CONSUMER = r"""
@@ -155,10 +162,15 @@ def publish(tmp_path: Path, publish: PublishConfig, client: Any = None) -> None:
             pubsub_client=client,
         )  # fmt: skip
         data_path.start()
-        for seq, (ticks, signals) in enumerate(stream(), start=1):
-            features = np.zeros((len(signals), len(FEATURES)))
-            admission = data_path.admit(len(ticks))
-            data_path.deliver(seq, ticks, signals, features, COMPUTED_AT, admission)
+        batches = [
+            DurableBatch(seq, ticks, signals, np.zeros((len(signals), len(FEATURES))),
+                         computed_at(seq), data_path.admit(len(ticks)))
+            for seq, (ticks, signals) in enumerate(stream(), start=1)
+        ]  # fmt: skip
+        for n in GROUPS:  # in groups of several sizes, as the service hands them on
+            data_path.deliver(batches[:n])
+            batches = batches[n:]
+        assert not batches
         await data_path.close()
 
     run(scenario())
@@ -212,7 +224,7 @@ def test_a_consumer_with_stock_libraries_reads_the_local_topic_files(
             row = sig.row(i)
             want.setdefault(row.symbol, []).append(
                 [seq, row.symbol, row.ts_ns, row.direction, pytest.approx(row.strength),
-                 pytest.approx(row.confidence), "signal_mlp/3", COMPUTED_AT, "local"]
+                 pytest.approx(row.confidence), "signal_mlp/3", computed_at(seq), "local"]
             )  # fmt: skip
     assert signals == want
 
@@ -234,7 +246,7 @@ def test_a_consumer_with_stock_libraries_reads_pubsub_messages_and_their_attribu
     assert {s: [r[:3] for r in rows] for s, rows in expected_ticks().items()} == whole
     signals = [row for _, _, rows in read["signals"] for row in rows]
     assert len(signals) == sum(len(sig) for _, sig in stream())
-    assert all(row[3] == COMPUTED_AT for row in signals)
+    assert all(row[3] == computed_at(row[0]) for row in signals)
 
 
 # --- the service's own encoders: replies, spool records, incoming tick columns ---------------
@@ -377,12 +389,12 @@ def test_published_entries_are_the_bytes_protobuf_writes(shards: int) -> None:
     ticks = TickColumns(ticks.symbol * 997, ticks.price, ticks.size, ticks.ts_ns)  # 3-byte ids
     groups = ShardTable(int(ticks.symbol.max()) + 1, shards).of(ticks.symbol)
     for seq in (1, 300, 2**40):
-        for group, fragment, rows in tick_entries(groups, seq, ticks.symbol, ticks.price,
+        for group, fragment, rows, at_seq in tick_entries(groups, seq, ticks.symbol, ticks.price,
                                                   ticks.size, ticks.ts_ns):  # fmt: skip
             at = np.flatnonzero(groups == group)
             entry = pb2.TickBatch(symbol=ticks.symbol[at].tolist(), price=ticks.price[at].tolist(),
                                   size=ticks.size[at].tolist(), ts_ns=ticks.ts_ns[at].tolist())  # fmt: skip
-            assert rows == len(at)
+            assert rows == len(at) and at_seq == seq
             assert fragment == pb2.BatchPayload(ticks=[entry], seq=[seq]).SerializeToString()
         signals = _signals(50, seed=seq % 97)
         signals = SignalColumns(signals.symbol % (int(ticks.symbol.max()) + 1), *(
@@ -391,7 +403,7 @@ def test_published_entries_are_the_bytes_protobuf_writes(shards: int) -> None:
                                           "backend")))  # fmt: skip
         of = ShardTable(int(ticks.symbol.max()) + 1, shards).of(signals.symbol)
         for computed_at in (0, COMPUTED_AT):
-            for group, fragment, rows in signal_entries(of, seq, signals, computed_at):
+            for group, fragment, rows, at_seq in signal_entries(of, seq, signals, computed_at):
                 at = np.flatnonzero(of == group)
                 entry = pb2.SignalBatch(
                     symbol=signals.symbol[at].tolist(), ts_ns=signals.ts_ns[at].tolist(),
@@ -402,5 +414,5 @@ def test_published_entries_are_the_bytes_protobuf_writes(shards: int) -> None:
                     model_variant=signals.model_variant, model_sha256=signals.model_sha256,
                     backend=signals.backend,
                 )  # fmt: skip
-                assert rows == len(at)
+                assert rows == len(at) and at_seq == seq
                 assert fragment == pb2.BatchPayload(signals=[entry], seq=[seq]).SerializeToString()
