@@ -232,9 +232,6 @@ class SignalPipeline:
         # Per symbol: whether it had a tick since start, and whether its last tick's row was warm.
         self._seen = np.zeros(n, dtype=np.bool_)
         self._warm = np.zeros(n, dtype=np.bool_)
-        # When the stored signal was computed (ns), kept beside LatestSignals' own seq rule.
-        self._stored_seq = np.zeros(n, dtype=np.int64)
-        self._computed_at = np.zeros(n, dtype=np.int64)
         # Sharding: signals stored up to a symbol's floor were computed before its shard last
         # moved here and are not answered; `adopt_signals` gives those it brought along.
         self._floor = np.zeros(n, dtype=np.int64)
@@ -447,19 +444,16 @@ class SignalPipeline:
 
     def store_signals(self, signals: SignalColumns, seq: int, computed_at_ns: int) -> None:
         """Make batch ``seq``'s signals the latest where no later batch's already are."""
-        if not len(signals):
-            return
-        self.store.update(signals, seq)
-        newer = self._stored_seq[signals.symbol] < seq
-        self._stored_seq[signals.symbol[newer]] = seq
-        self._computed_at[signals.symbol[newer]] = computed_at_ns
+        if len(signals):
+            self.store.update(signals, seq, computed_at_ns)
 
     def latest(self, symbol: int) -> tuple[Signal, int] | None:
         """The latest signal of ``symbol`` computed here, and when (ns), or None."""
-        if self._stored_seq[symbol] <= self._floor[symbol]:
+        store = self.store
+        if store.seq_of(symbol) <= self._floor[symbol]:
             return self._adopted.get(symbol)
-        found = self.store.get(symbol)
-        return None if found is None else (found, int(self._computed_at[symbol]))
+        found = store.get(symbol)
+        return None if found is None else (found, store.computed_at(symbol))
 
     # --- shards: state that moves between replicas (app.shards) ---------------------------------
 
@@ -494,7 +488,7 @@ class SignalPipeline:
     def adopt_signals(self, signals: list[tuple[Signal, int]]) -> None:
         """Take latest signals computed elsewhere (in order: a later one replaces an earlier)."""
         for signal, computed_at in signals:
-            if self._stored_seq[signal.symbol] <= self._floor[signal.symbol]:
+            if self.store.seq_of(signal.symbol) <= self._floor[signal.symbol]:
                 self._adopted[signal.symbol] = (signal, computed_at)
 
 

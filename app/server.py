@@ -46,6 +46,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from numba import njit
 
 from app import batch_format, telemetry
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
@@ -128,6 +129,22 @@ def tolerant(message_type: Any) -> Callable[[bytes], Any]:
 
 BYTES_READ_TICKS = 32  # from this many ticks a batch's columns are read from its bytes
 
+_VALID, _SYMBOL, _PRICE, _SIZE = range(4)  # `_first_invalid`'s fields
+
+
+@njit(cache=True, nogil=True)
+def _first_invalid(symbol, price, size, n_symbols):
+    """``(field, index)`` of the first unknown symbol, else of the first non-finite price,
+    else size (the order the errors are reported in); ``(_VALID, 0)`` when all are valid."""
+    for i in range(symbol.shape[0]):
+        if not 0 <= symbol[i] < n_symbols:
+            return _SYMBOL, i
+    for field, column in ((_PRICE, price), (_SIZE, size)):
+        for i in range(column.shape[0]):
+            if not np.isfinite(column[i]):
+                return field, i
+    return _VALID, 0
+
 
 def decode_tick_batch(received: Any, n_symbols: int, max_ticks: int) -> TickColumns:
     """The columns of a `Received` TickBatch (or of the message itself) as arrays, or
@@ -159,17 +176,14 @@ def decode_tick_batch(received: Any, n_symbols: int, max_ticks: int) -> TickColu
         columns = (np.fromiter(batch.symbol, np.int32, n), np.fromiter(batch.price, np.float64, n),
                    np.fromiter(batch.size, np.float64, n), np.fromiter(batch.ts_ns, np.int64, n))  # fmt: skip
     symbol, price, size, ts_ns = columns
-    bad = np.flatnonzero((symbol < 0) | (symbol >= n_symbols))
-    if bad.size:
-        i = int(bad[0])
+    field, i = _first_invalid(symbol, price, size, n_symbols)
+    if field == _SYMBOL:
         raise InvalidRequestError(
             f"symbol[{i}] = {int(symbol[i])}: unknown symbol; ids are 0 to {n_symbols - 1}"
         )
-    for name, column in (("price", price), ("size", size)):
-        bad = np.flatnonzero(~np.isfinite(column))
-        if bad.size:
-            i = int(bad[0])
-            raise InvalidRequestError(f"{name}[{i}] = {column[i]}: {name}s must be finite numbers")
+    if field != _VALID:
+        name, column = ("price", price) if field == _PRICE else ("size", size)
+        raise InvalidRequestError(f"{name}[{i}] = {column[i]}: {name}s must be finite numbers")
     if len(batch.producer) > 256:
         raise InvalidRequestError(f"producer: {len(batch.producer)} characters; at most 256")
     return TickColumns(symbol, price, size, ts_ns)

@@ -7,7 +7,7 @@ model that computed it: ``name/version``, the variant (fp32, int8, int4), the SH
 its ONNX file and the backend that ran it (``local``, ``kserve``).
 
 ``LatestSignals`` is the in-process (L1) store ``GetSignal`` reads: preallocated columns
-indexed by symbol.
+indexed by symbol, updated by one compiled call per batch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numba import njit
 
 from app.model.calibration import decide
 
@@ -123,8 +124,31 @@ def signals_from_inference(
     )  # fmt: skip
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _store(symbol, ts_ns, direction, strength, confidence, seq, model, computed_at_ns,
+           seqs, ts_col, direction_col, strength_col, confidence_col, model_col, computed_col):  # fmt: skip
+    """Rows of symbols whose stored signal is older than batch ``seq`` into the columns
+    (all decided before any is written: a repeated symbol takes its last row); how many."""
+    newer = np.empty(symbol.shape[0], np.bool_)
+    count = 0
+    for i in range(symbol.shape[0]):
+        newer[i] = seqs[symbol[i]] < seq
+        count += newer[i]
+    for i in range(symbol.shape[0]):
+        if newer[i]:
+            s = symbol[i]
+            seqs[s] = seq
+            ts_col[s] = ts_ns[i]
+            direction_col[s] = direction[i]
+            strength_col[s] = strength[i]
+            confidence_col[s] = confidence[i]
+            model_col[s] = model
+            computed_col[s] = computed_at_ns
+    return count
+
+
 class LatestSignals:
-    """The newest signal of each symbol, in preallocated columns.
+    """The newest signal of each symbol, and when it was computed, in preallocated columns.
 
     Updates carry the sequence number of the tick batch that produced them; an older
     batch whose inference finishes late never overwrites a newer signal.
@@ -138,27 +162,30 @@ class LatestSignals:
         self._strength = np.zeros(n_symbols, dtype=np.float32)
         self._confidence = np.zeros(n_symbols, dtype=np.float32)
         self._model = np.zeros(n_symbols, dtype=np.int32)
+        self._computed_at = np.zeros(n_symbols, dtype=np.int64)  # ns
         self._models: list[tuple[str, str, str, str]] = []  # (version, variant, sha256, backend)
 
-    def update(self, signals: SignalColumns, seq: int) -> int:
-        """Store ``signals`` from batch ``seq`` (>= 1) where newer; returns how many were stored."""
-        newer = self._seq[signals.symbol] < seq
-        s = signals.symbol[newer]
-        if s.size == 0:
-            return 0
+    def update(self, signals: SignalColumns, seq: int, computed_at_ns: int = 0) -> int:
+        """Store ``signals`` from batch ``seq`` (>= 1), computed at ``computed_at_ns``, where
+        newer; returns how many were stored."""
         key = (signals.model_version, signals.model_variant, signals.model_sha256, signals.backend)
-        try:
-            model = self._models.index(key)
-        except ValueError:
-            self._models.append(key)
-            model = len(self._models) - 1
-        self._seq[s] = seq
-        self._ts[s] = signals.ts_ns[newer]
-        self._direction[s] = signals.direction[newer]
-        self._strength[s] = signals.strength[newer]
-        self._confidence[s] = signals.confidence[newer]
-        self._model[s] = model
-        return int(s.size)
+        models = self._models
+        model = models.index(key) if key in models else len(models)  # listed once stored
+        stored = _store(signals.symbol, signals.ts_ns, signals.direction, signals.strength,
+                        signals.confidence, seq, model, computed_at_ns, self._seq, self._ts,
+                        self._direction, self._strength, self._confidence, self._model,
+                        self._computed_at)  # fmt: skip
+        if stored and model == len(models):
+            models.append(key)
+        return stored
+
+    def seq_of(self, symbol: int) -> int:
+        """The batch of ``symbol``'s stored signal (0: none)."""
+        return int(self._seq[symbol])
+
+    def computed_at(self, symbol: int) -> int:
+        """When ``symbol``'s stored signal was computed (ns)."""
+        return int(self._computed_at[symbol])
 
     def get(self, symbol: int) -> Signal | None:
         if not 0 <= symbol < self.n_symbols or self._seq[symbol] == 0:
