@@ -57,7 +57,7 @@ def length_delimited(field: int, data: bytes) -> bytes:
 
 
 @njit(cache=True, nogil=True)
-def _varint_size(x: int) -> int:
+def _varint_size(x: int | np.integer) -> int:
     n = 1
     while x >= 0x80:
         x >>= 7
@@ -66,7 +66,7 @@ def _varint_size(x: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _put_varint(out: np.ndarray, i: int, x: int) -> int:
+def _put_varint(out: np.ndarray, i: int, x: int | np.integer) -> int:
     while x >= 0x80:
         out[i] = (x & 0x7F) | 0x80
         x >>= 7
@@ -273,29 +273,220 @@ def signal_entries(groups: np.ndarray, seqs: int | np.ndarray, signals: Any,
     return _entries(_ENTRY_SIGNALS, columns, spans, span_seqs, suffixes)
 
 
-def _model_fields(signals: Any, computed_at_ns: int, ack: bytes | None = None) -> bytes:
-    """A SignalBatch's fields after its columns: the model that computed the signals, the
-    ack (a serialized IngestAck, if any) and when, in field order."""
-    out = _strings((7, signals.model_version))
-    if ack is not None:
-        out += length_delimited(8, ack)
+def _model_fields(signals: Any, computed_at_ns: int) -> bytes:
+    """A SignalBatch entry's fields after its columns: the model that computed the signals
+    and when, in field order."""
+    head, tail = _model_strings(signals.model_version, signals.model_variant,
+                                signals.model_sha256, signals.backend)  # fmt: skip
     if computed_at_ns:
-        out += _key(9, _I64) + int(computed_at_ns).to_bytes(8, "little", signed=True)
-    return out + _strings((10, signals.model_variant), (11, signals.model_sha256),
-                          (12, signals.backend))  # fmt: skip
+        head += _key(9, _I64) + int(computed_at_ns).to_bytes(8, "little", signed=True)
+    return head + tail
 
 
-def signal_batch(signals: Any, computed_at_ns: int, *, batch_id: int = 0,
-                 ack: bytes | None = None) -> bytes:  # fmt: skip
-    """A serialized ``SignalBatch`` of ``signals`` (`app.signals.SignalColumns`, in their
-    order) with its ``batch_id`` and ``ack`` (a serialized ``IngestAck``; None: no ack):
-    the bytes protobuf's serializer writes for the same message."""
-    head = _key(1, 0) + varint(batch_id) if batch_id else b""
-    return b"".join((
-        head, packed(2, signals.symbol), packed(3, signals.ts_ns, "<i8"),
-        packed(4, signals.direction), packed(5, signals.strength, "<f4"),
-        packed(6, signals.confidence, "<f4"), _model_fields(signals, computed_at_ns, ack),
-    ))  # fmt: skip
+@functools.lru_cache(maxsize=64)
+def _model_strings(version: str, variant: str, sha256: str, backend: str) -> tuple[bytes, bytes]:
+    """A SignalBatch's model fields, encoded once per model: the version (field 7), and the
+    variant, SHA-256 and backend (10 to 12), which come after the ack and the time."""
+    return _strings((7, version)), _strings((10, variant), (11, sha256), (12, backend))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put_key(out, i, field, wire_type):
+    return _put_varint(out, i, field << 3 | wire_type)
+
+
+@njit(cache=True, nogil=True)
+def _put_bytes(out, i, data):
+    for k in range(len(data)):
+        out[i + k] = data[k]
+    return i + len(data)
+
+
+@njit(cache=True, nogil=True)
+def _put_fixed64(out, i, value):
+    x = np.uint64(np.int64(value))
+    for k in range(8):
+        out[i + k] = (x >> np.uint64(8 * k)) & np.uint64(0xFF)
+    return i + 8
+
+
+@njit(cache=True, nogil=True)
+def _put_packed_varints(out, i, field, values):
+    """``values`` (integers, negative ones as ten bytes) as a packed field; none if empty."""
+    if values.shape[0] == 0:
+        return i
+    size = 0
+    for v in values:
+        size += _varint_size(np.uint64(np.int64(v)))
+    i = _put_key(out, i, field, 2)
+    i = _put_varint(out, i, size)
+    for v in values:
+        i = _put_varint(out, i, np.uint64(np.int64(v)))
+    return i
+
+
+@njit(cache=True, nogil=True)
+def _put_packed_fixed(out, i, field, values):
+    """``values`` (a C-contiguous array, native = little-endian) as a packed fixed-width
+    field; none if empty."""
+    if values.shape[0] == 0:
+        return i
+    raw = values.view(np.uint8)
+    i = _put_key(out, i, field, 2)
+    i = _put_varint(out, i, raw.shape[0])
+    out[i : i + raw.shape[0]] = raw
+    return i + raw.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def _put_uint(out, i, field, value):
+    """A varint field; none when 0 (proto3 writes no default)."""
+    if value == 0:
+        return i
+    i = _put_key(out, i, field, 0)
+    return _put_varint(out, i, value)
+
+
+_GAP = 5  # room left for a length that is written after what it measures (< 2**35)
+
+
+@njit(cache=True, nogil=True)
+def _put_length(out, i, start, end):
+    """The length of ``out[start:end]`` (written at ``start = i + _GAP``) as a varint at
+    ``i``, the content moved back to follow it; returns its new end."""
+    at = _put_varint(out, i, end - start)
+    for k in range(end - start):  # forwards: it only moves back
+        out[at + k] = out[start + k]
+    return at + end - start
+
+
+@njit(cache=True, nogil=True)
+def _put_string(out, i, field, data):
+    """A bytes or string field (``data``: bytes); none when empty."""
+    if len(data) == 0:
+        return i
+    i = _put_key(out, i, field, 2)
+    i = _put_varint(out, i, len(data))
+    return _put_bytes(out, i, data)
+
+
+@njit(cache=True, nogil=True)
+def _write_record(out, seq, producer, batch_id, fingerprint, spooled_at_ns, symbol, price, size,
+                  ts_ns, reply, features):  # fmt: skip
+    """A ``SpoolRecord`` into ``out``, fields in number order; returns the length."""
+    i = _put_uint(out, 0, 1, seq)
+    i = _put_string(out, i, 2, producer)
+    i = _put_uint(out, i, 3, batch_id)
+    i = _put_string(out, i, 4, fingerprint)
+    if spooled_at_ns:
+        i = _put_key(out, i, 5, 1)
+        i = _put_fixed64(out, i, spooled_at_ns)
+    i = _put_key(out, i, 6, 2)
+    start = i + _GAP
+    end = _put_packed_varints(out, start, 1, symbol)
+    end = _put_packed_fixed(out, end, 2, price)
+    end = _put_packed_fixed(out, end, 3, size)
+    end = _put_packed_fixed(out, end, 4, ts_ns)
+    i = _put_length(out, i, start, end)
+    i = _put_key(out, i, 7, 2)
+    i = _put_varint(out, i, len(reply))
+    i = _put_bytes(out, i, reply)
+    return _put_packed_fixed(out, i, 8, features)
+
+
+def spool_record(seq: int, producer: str, batch_id: int, fingerprint: bytes,
+                 spooled_at_ns: int, ticks: Any, reply: bytes, features: np.ndarray) -> bytes:  # fmt: skip
+    """A serialized ``SpoolRecord``: ``ticks`` (an `app.synthetic.TickColumns`) as its
+    TickBatch, ``reply`` (a serialized SignalBatch) as it is, ``features`` row-major; the
+    bytes protobuf's serializer writes for the same record, in one compiled pass."""
+    name = producer.encode()
+    rows = np.ascontiguousarray(features, np.float64).reshape(-1)
+    n = len(ticks.symbol)
+    out = np.empty(128 + len(name) + len(fingerprint) + 34 * n + len(reply) + 8 * rows.size,
+                   np.uint8)  # a bound  # fmt: skip
+    size = _write_record(
+        out, np.uint64(seq), name, np.uint64(batch_id), fingerprint, int(spooled_at_ns),
+        np.ascontiguousarray(ticks.symbol, np.int32),
+        np.ascontiguousarray(ticks.price, np.float64),
+        np.ascontiguousarray(ticks.size, np.float64),
+        np.ascontiguousarray(ticks.ts_ns, np.int64), reply, rows,
+    )  # fmt: skip
+    return out[:size].tobytes()
+
+
+@njit(cache=True, nogil=True)
+def _write_ack(out, i, batch_id, reasons, signals):
+    """An ``IngestAck`` of the batch's verdicts (``reasons``, 0: accepted) into ``out``."""
+    rejected = 0
+    index_bytes = 0
+    for t in range(reasons.shape[0]):
+        if reasons[t] != 0:
+            rejected += 1
+            index_bytes += _varint_size(t)
+    i = _put_uint(out, i, 1, batch_id)
+    i = _put_uint(out, i, 2, reasons.shape[0] - rejected)
+    i = _put_uint(out, i, 3, rejected)
+    if rejected:
+        i = _put_key(out, i, 4, 2)
+        i = _put_varint(out, i, index_bytes)
+        for t in range(reasons.shape[0]):
+            if reasons[t] != 0:
+                i = _put_varint(out, i, t)
+        i = _put_key(out, i, 5, 2)
+        i = _put_varint(out, i, rejected)  # one byte per reason (all below 128)
+        for t in range(reasons.shape[0]):
+            if reasons[t] != 0:
+                out[i] = reasons[t]
+                i += 1
+    return _put_uint(out, i, 6, signals)
+
+
+@njit(cache=True, nogil=True)
+def _write_reply(out, batch_id, reasons, symbol, ts_ns, direction, strength, confidence,
+                 computed_at_ns, head, tail, ack_span):  # fmt: skip
+    """A ``SignalBatch`` with its ``IngestAck`` into ``out``, fields in number order; the
+    ack's content is ``out[ack_span[0]:ack_span[1]]``. Returns the length."""
+    i = _put_uint(out, 0, 1, batch_id)
+    i = _put_packed_varints(out, i, 2, symbol)
+    i = _put_packed_fixed(out, i, 3, ts_ns)
+    i = _put_packed_varints(out, i, 4, direction)
+    i = _put_packed_fixed(out, i, 5, strength)
+    i = _put_packed_fixed(out, i, 6, confidence)
+    i = _put_bytes(out, i, head)
+    i = _put_key(out, i, 8, 2)
+    start = i + _GAP
+    end = _write_ack(out, start, batch_id, reasons, symbol.shape[0])
+    i = _put_length(out, i, start, end)
+    ack_span[0] = i - (end - start)
+    ack_span[1] = i
+    if computed_at_ns:
+        i = _put_key(out, i, 9, 1)
+        i = _put_fixed64(out, i, computed_at_ns)
+    return _put_bytes(out, i, tail)
+
+
+def reply(signals: Any, reasons: np.ndarray, batch_id: int,
+          computed_at_ns: int) -> tuple[bytes, bytes]:  # fmt: skip
+    """The serialized ``SignalBatch`` answering one batch (``signals``: its
+    `app.signals.SignalColumns`; ``reasons``: uint8 per tick, 0 accepted) with its
+    ``IngestAck``, and that ack's bytes: what protobuf's serializer writes for them, in one
+    compiled pass."""
+    head, tail = _model_strings(signals.model_version, signals.model_variant,
+                                signals.model_sha256, signals.backend)  # fmt: skip
+    n, m = len(reasons), len(signals)
+    out = np.empty(160 + len(head) + len(tail) + 8 * n + 40 * m, np.uint8)  # a bound
+    span = np.empty(2, np.int64)
+    size = _write_reply(
+        out, np.uint64(batch_id), np.ascontiguousarray(reasons, np.uint8),
+        np.ascontiguousarray(signals.symbol, np.int32),
+        np.ascontiguousarray(signals.ts_ns, np.int64),
+        np.ascontiguousarray(signals.direction, np.int8),
+        np.ascontiguousarray(signals.strength, np.float32),
+        np.ascontiguousarray(signals.confidence, np.float32), int(computed_at_ns), head, tail,
+        span,
+    )  # fmt: skip
+    data = out[:size].tobytes()
+    return data, data[span[0] : span[1]]
 
 
 def _read_varint(data: bytes, i: int) -> tuple[int, int]:

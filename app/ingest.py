@@ -174,14 +174,22 @@ class Delivery(DurableBatch):
 
 class Reply:
     """The answer to one batch: its ``SignalBatch`` serialized (what a stream sends and the
-    spool keeps, written straight from the signal columns) and its ``IngestAck`` (what
-    ``IngestTicks`` answers). A reply read back from the spool is the parsed message."""
+    spool keeps, written straight from the signal columns) and its ``IngestAck``'s bytes
+    (what ``IngestTicks`` answers; ``ack``, the message, is parsed from them when read). A
+    reply read back from the spool is the parsed message."""
 
-    __slots__ = ("ack", "data")
+    __slots__ = ("_ack", "ack_data", "data")
 
-    def __init__(self, data: bytes, ack: Any) -> None:
+    def __init__(self, data: bytes, ack_data: bytes) -> None:
         self.data = data
-        self.ack = ack
+        self.ack_data = ack_data
+        self._ack: Any = None
+
+    @property
+    def ack(self) -> Any:
+        if self._ack is None:
+            self._ack = pb2.IngestAck.FromString(self.ack_data)
+        return self._ack
 
     def ByteSize(self) -> int:  # as the message's: a reply may also be one
         return len(self.data)
@@ -192,15 +200,15 @@ def serialize_reply(reply: Any) -> bytes:
     return reply.data if isinstance(reply, Reply) else reply.SerializeToString()
 
 
+def serialize_ack(reply: Any) -> bytes:
+    """The ``IngestAck`` bytes of a `Reply` or of a ``SignalBatch`` message (the unary
+    call's serializer)."""
+    return reply.ack_data if isinstance(reply, Reply) else reply.ack.SerializeToString()
+
+
 def reply_of(batch_id: int, result: IngestResult, computed_at_ns: int) -> Reply:
     """The ``SignalBatch`` (with its ``IngestAck``) answering one batch."""
-    rejected = result.rejected_index
-    s = result.signals
-    ack = pb2.IngestAck(batch_id=batch_id, accepted=result.accepted, rejected=int(rejected.size),
-                        rejected_index=rejected.tolist(),
-                        rejected_reason=result.reasons[rejected].tolist(), signals=len(s))  # fmt: skip
-    return Reply(batch_format.signal_batch(s, computed_at_ns, batch_id=batch_id,
-                                           ack=ack.SerializeToString()), ack)  # fmt: skip
+    return Reply(*batch_format.reply(result.signals, result.reasons, batch_id, computed_at_ns))
 
 
 class Ingestor(ShardHost):
@@ -552,19 +560,11 @@ class Ingestor(ShardHost):
 
 def spool_record(request: Any, digest: bytes, delivery: Delivery, seq: int) -> bytes:
     """The serialized `SpoolRecord` of one applied batch (number ``seq`` of the spool or a
-    shard's journal): its fields written in order, the ticks, reply and features straight
-    from their columns and bytes (what protobuf's serializer writes for the same record)."""
+    shard's journal), written straight from its columns and bytes (`batch_format`)."""
     assert delivery.reply is not None
-    t = delivery.ticks
-    head = pb2.SpoolRecord(seq=seq, producer=request.producer, batch_id=request.batch_id,
-                           fingerprint=digest, spooled_at_ns=time.time_ns())  # fmt: skip
-    return b"".join((
-        head.SerializeToString(),
-        batch_format.length_delimited(6, batch_format.tick_batch(t.symbol, t.price, t.size,
-                                                                 t.ts_ns)),
-        batch_format.length_delimited(7, delivery.reply.data),
-        batch_format.packed(8, delivery.features.ravel(), "<f8"),
-    ))  # fmt: skip
+    return batch_format.spool_record(seq, request.producer, request.batch_id, digest,
+                                     time.time_ns(), delivery.ticks, delivery.reply.data,
+                                     delivery.features)  # fmt: skip
 
 
 def delivery_of(record: Any) -> Delivery:

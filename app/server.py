@@ -62,7 +62,13 @@ from app.inference import (
     ResilientBackend,
     in_process_backend,
 )
-from app.ingest import BatchIdReused, DeadlineTooShort, Ingestor, serialize_reply
+from app.ingest import (
+    BatchIdReused,
+    DeadlineTooShort,
+    Ingestor,
+    serialize_ack,
+    serialize_reply,
+)
 from app.lease import LeaseStore
 from app.model.contract import N_INPUTS, model_inputs
 from app.model.manifest import ModelMismatchError
@@ -312,7 +318,9 @@ class SignalServicer:
         return reply
 
     async def IngestTicks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return (await self._ingest(request, context, "IngestTicks")).ack
+        """The batch's reply (a `Reply` or a ``SignalBatch``): its ack is what is sent
+        (`serialize_ack`)."""
+        return await self._ingest(request, context, "IngestTicks")
 
     async def GetSignal(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Malformed):
@@ -416,7 +424,7 @@ def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, {
         "IngestTicks": grpc.unary_unary_rpc_method_handler(
             servicer.IngestTicks, request_deserializer=tolerant(pb2.TickBatch),
-            response_serializer=pb2.IngestAck.SerializeToString),
+            response_serializer=serialize_ack),
         "GetSignal": grpc.unary_unary_rpc_method_handler(
             servicer.GetSignal, request_deserializer=tolerant(pb2.SignalRequest),
             response_serializer=pb2.Signal.SerializeToString),
