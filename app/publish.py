@@ -614,8 +614,9 @@ class Publisher:
                     return
             self._wake.clear()
             timeout = None if wait == float("inf") else max(wait, 0.0005)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            with contextlib.suppress(TimeoutError):  # no task per wait, as wait_for makes
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _messages(self, batch: _Batch) -> list[Message]:
         """What the sink publishes for ``batch``: one compressed PublishedBatch, or each

@@ -5,9 +5,11 @@ Each accepted batch is one record (its sequence number and the `SpoolRecord` mes
 batch is acknowledged. Appends made while a write is in progress join the next write:
 one ``write`` and one ``fsync`` per group (group commit), so the fsync cost is shared by
 every batch waiting on it. The write goes to the page cache on the event loop; the fsync
-runs there too while the disk answers in well under a millisecond, else on a thread. After the fsync, ``on_durable`` is called for each record of
-the group in sequence order (the data path delivers it to the sinks), then the appenders'
-futures resolve.
+runs on a thread (the loop serves other calls meanwhile, whose records join the next
+group), or on the loop for a lone record while the disk answers in well under a
+millisecond. After the fsync, ``on_durable`` is called for each record of the group in
+sequence order (the data path delivers it to the sinks), then the appenders' futures
+resolve.
 
 On disk, a directory (``SpoolConfig.dir``; by default a fixed path under the platform's
 state directory, so a restart with the same configuration finds it) holds:
@@ -62,7 +64,7 @@ SEGMENT_SUFFIX = ".log"
 CHECKPOINT = "checkpoint.json"
 LOCK = "lock"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
-INLINE_FSYNC_S = 0.0005  # an fdatasync faster than this runs on the event loop (see `_sync`)
+INLINE_FSYNC_S = 0.0005  # a lone record's fdatasync faster than this runs on the loop (`_sync`)
 
 
 def state_dir() -> Path:
@@ -321,7 +323,7 @@ class Spool:
             try:
                 fd = self._write_group(group)  # into the page cache: no thread hop needed
                 if self.config.fsync:
-                    await self._sync(loop, fd)
+                    await self._sync(loop, fd, len(group))
             except OSError as exc:
                 self._fail(exc, group)
                 continue
@@ -341,13 +343,14 @@ class Spool:
                     item.future.set_result(None)
             self._update_bytes_gauge()
 
-    async def _sync(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        """``fdatasync`` inline while the disk answers in well under a millisecond (handing
-        it to a thread costs more: on a busy host the thread waits up to the interpreter's
-        switch interval, 5 ms, to report back), on a thread once it is slower, so a slow
-        disk never stalls the event loop for long."""
+    async def _sync(self, loop: asyncio.AbstractEventLoop, fd: int, records: int) -> None:
+        """``fdatasync`` of a group of ``records``: inline for a lone record while the disk
+        answers in well under a millisecond (one client waiting: a thread hop would add to its
+        latency), else on a thread, so the loop serves other calls meanwhile and their records
+        share the next group (an inline sync under load stalls the loop and keeps the groups
+        small), and a slow disk never stalls the event loop for long."""
         started = time.perf_counter()
-        if self._fsync_s < INLINE_FSYNC_S:
+        if records == 1 and self._fsync_s < INLINE_FSYNC_S:
             os.fdatasync(fd)
         else:
             await loop.run_in_executor(self._executor, os.fdatasync, fd)

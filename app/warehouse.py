@@ -772,8 +772,9 @@ class Warehouse:
                 if self._closing and self._backlog == 0:
                     return
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s / 4)
+                with contextlib.suppress(TimeoutError):  # no task per wait, as wait_for makes
+                    async with asyncio.timeout(self.config.flush_interval_s / 4):
+                        await self._wake.wait()
                 continue
             for buf in due:
                 columns, seqs = buf.take()
