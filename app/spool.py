@@ -6,10 +6,11 @@ batch is acknowledged. Appends made while a write is in progress join the next w
 one ``write`` and one ``fsync`` per group (group commit), so the fsync cost is shared by
 every batch waiting on it. The write goes to the page cache on the event loop; the fsync
 runs on a thread (the loop serves other calls meanwhile, whose records join the next
-group), or on the loop for a lone record while the disk answers in well under a
-millisecond. After the fsync, ``on_durable`` is called for each record of the group in
-sequence order (the data path delivers it to the sinks), then the appenders' futures
-resolve.
+group). A lone record, while the disk answers in well under a millisecond, is synced on
+the loop instead, and one appended with nothing else in flight is made durable inside
+`append` itself (one client's ack then waits for no turn of the loop). After the fsync,
+``on_durable`` is called for each record of the group in sequence order (the data path
+delivers it to the sinks), then the appenders' futures resolve.
 
 On disk, a directory (``SpoolConfig.dir``; by default a fixed path under the platform's
 state directory, so a restart with the same configuration finds it) holds:
@@ -184,6 +185,8 @@ class Spool:
         self._ticker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._closing = False
+        self._busy = False  # the writer has a group on its way to disk
+        self._synced_now = False  # a record was made durable in `append` this loop turn
         self._fsync_s = 0.0  # how long fdatasync takes here, lately (see `_sync`)
         self.groups = 0  # fsynced groups so far (the bench divides records by it)
 
@@ -281,8 +284,9 @@ class Spool:
             )
 
     def append(self, seq: int, message: bytes, context: Any = None) -> asyncio.Future[None]:
-        """Queue record ``seq`` (the next in order); the future resolves once it is durable,
-        right after ``on_durable(seq, context)`` ran."""
+        """Queue record ``seq`` (the next in order), or make it durable now when nothing else
+        is in flight; the future resolves once it is durable, right after
+        ``on_durable(seq, context)`` ran."""
         if self._failed is not None:
             raise self._failed
         if self._closing:
@@ -293,12 +297,32 @@ class Spool:
         self._start()
         frame = encode_frame(seq, message)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(seq, frame, context, future))
-        self._pending_bytes += len(frame)
+        item = _Pending(seq, frame, context, future)
         self._last_appended = seq
+        if not (self._busy or self._pending or self._synced_now) and self._fsync_s < INLINE_FSYNC_S:
+            # Nothing else in flight: durable now, before the caller awaits (one client's
+            # ack then goes out without waiting for the writer's turn on the loop). Records
+            # appended later in this turn of the loop go to the writer as one group.
+            self._synced_now = True
+            asyncio.get_running_loop().call_soon(self._turn_over)
+            started = time.perf_counter()
+            try:
+                fd = self._write_group([item])
+                if self.config.fsync:
+                    self._fdatasync(fd)
+            except OSError as exc:
+                self._fail(exc, [item])
+            else:
+                self._durable([item], started)
+            return future
+        self._pending.append(item)
+        self._pending_bytes += len(frame)
         assert self._wake is not None
         self._wake.set()
         return future
+
+    def _turn_over(self) -> None:
+        self._synced_now = False
 
     def _start(self) -> None:
         if self._writer is None:
@@ -320,6 +344,7 @@ class Spool:
             group, self._pending = self._pending, []
             nbytes = sum(len(p.frame) for p in group)
             started = time.perf_counter()
+            self._busy = True
             try:
                 fd = self._write_group(group)  # into the page cache: no thread hop needed
                 if self.config.fsync:
@@ -327,21 +352,27 @@ class Spool:
             except OSError as exc:
                 self._fail(exc, group)
                 continue
+            else:
+                self._durable(group, started)
             finally:
+                self._busy = False
                 self._pending_bytes -= nbytes
-            self.groups += 1
-            self.metrics.spool_commit_latency.observe(time.perf_counter() - started)
-            self.metrics.spool_group_records.observe(len(group))
-            self._last_durable = group[-1].seq
-            for item in group:
-                try:
-                    self.on_durable(item.seq, item.context)
-                except Exception:  # a delivery bug must not strand the acks of durable records
-                    log.exception("spool_on_durable_failed", seq=item.seq)
-            for item in group:
-                if not item.future.done():
-                    item.future.set_result(None)
-            self._update_bytes_gauge()
+
+    def _durable(self, group: list[_Pending], started: float) -> None:
+        """A group is on disk: hand each record on (``on_durable``), then resolve its future."""
+        self.groups += 1
+        self.metrics.spool_commit_latency.observe(time.perf_counter() - started)
+        self.metrics.spool_group_records.observe(len(group))
+        self._last_durable = group[-1].seq
+        for item in group:
+            try:
+                self.on_durable(item.seq, item.context)
+            except Exception:  # a delivery bug must not strand the acks of durable records
+                log.exception("spool_on_durable_failed", seq=item.seq)
+        for item in group:
+            if not item.future.done():
+                item.future.set_result(None)
+        self._update_bytes_gauge()
 
     async def _sync(self, loop: asyncio.AbstractEventLoop, fd: int, records: int) -> None:
         """``fdatasync`` of a group of ``records``: inline for a lone record while the disk
@@ -349,13 +380,21 @@ class Spool:
         latency), else on a thread, so the loop serves other calls meanwhile and their records
         share the next group (an inline sync under load stalls the loop and keeps the groups
         small), and a slow disk never stalls the event loop for long."""
-        started = time.perf_counter()
         if records == 1 and self._fsync_s < INLINE_FSYNC_S:
-            os.fdatasync(fd)
-        else:
-            await loop.run_in_executor(self._executor, os.fdatasync, fd)
-        took = time.perf_counter() - started
-        self._fsync_s += (took - self._fsync_s) / 8  # a moving average of recent syncs
+            self._fdatasync(fd)
+            return
+        started = time.perf_counter()
+        await loop.run_in_executor(self._executor, os.fdatasync, fd)
+        self._took(time.perf_counter() - started)
+
+    def _fdatasync(self, fd: int) -> None:
+        """``fdatasync`` on this thread (the loop's), timed."""
+        started = time.perf_counter()
+        os.fdatasync(fd)
+        self._took(time.perf_counter() - started)
+
+    def _took(self, seconds: float) -> None:
+        self._fsync_s += (seconds - self._fsync_s) / 8  # a moving average of recent syncs
 
     def _fail(self, exc: OSError, group: list[_Pending]) -> None:
         self._failed = SpoolFailed(f"spool write failed in {self.directory}: {exc}")
