@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import time
 from collections import OrderedDict
@@ -166,7 +165,8 @@ class Delivery(DurableBatch):
     """What one applied batch sends down the data path once it is durable, and how it is
     answered (``admission`` None: a replay)."""
 
-    answer: Callable[[], None] | None = None  # acknowledges it (None: a replay)
+    key: tuple[str, int] | None = None  # its (producer, batch_id), if deduplicated
+    waiting: asyncio.Future[Any] | None = None  # its caller's reply (None: a replay)
     shard: ShardSlot | None = None  # with sharding: its shard, and its seq in that journal
     journal_seq: int = 0
     reply: Reply | None = None  # its answer (None: a replay)
@@ -240,6 +240,7 @@ class Ingestor(ShardHost):
         self.shards: ShardOwnership | None = None  # set when sharding is on (app.server)
         if spool is not None:
             spool.on_durable = self._deliver
+            spool.on_failed = self._not_durable
         if data_path is not None:
             data_path.on_delivered = self._delivered
 
@@ -362,19 +363,14 @@ class Ingestor(ShardHost):
             raise
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        reply.add_done_callback(_retrieve)
         self._unanswered.add(reply)
-        reply.add_done_callback(self._unanswered.discard)
         if key is not None:
             self.recent.put(key, digest, reply)
         if applied.seq == 0:  # nothing accepted, nothing changed: answer now
             if admission is not None:
                 self.data_path.release(admission)  # type: ignore[union-attr]
             result = IngestResult(applied.reasons, SignalColumns.empty())
-            answer = reply_of(request.batch_id, result, 0)
-            reply.set_result(answer)
-            if key is not None:
-                self.recent.completed(key, answer.ByteSize())
+            self._answer(key, reply, reply_of(request.batch_id, result, 0))
             return reply
         if (
             slot is None
@@ -454,8 +450,7 @@ class Ingestor(ShardHost):
         if features is None:
             features = np.empty((0, len(FEATURES)))
         return Delivery(applied.seq, accepted, result.signals, features, computed_at, admission,
-                        functools.partial(self._answer, key, reply, answer), slot, journal_seq,
-                        answer)  # fmt: skip
+                        key, reply, slot, journal_seq, answer)  # fmt: skip
 
     def _commit(self, request: Any, digest: bytes, delivery: Delivery,
                 key: tuple[str, int] | None, reply: asyncio.Future[Any]) -> None:  # fmt: skip
@@ -466,8 +461,7 @@ class Ingestor(ShardHost):
             self.shards.ackable(delivery.shard, delivery.journal_seq)
         if self.spool is not None:
             record = spool_record(request, digest, delivery, seq)
-            durable = self.spool.append(seq, record, delivery)
-            durable.add_done_callback(functools.partial(self._not_durable, key, reply, delivery))
+            self.spool.append(seq, record, delivery)  # a failure: `_not_durable`
         else:
             self._deliver(seq, delivery)
 
@@ -482,12 +476,13 @@ class Ingestor(ShardHost):
             self.recent.completed(key, answer.ByteSize())
         if not reply.done():
             reply.set_result(answer)
+        self._unanswered.discard(reply)
 
-    def _not_durable(self, key: tuple[str, int] | None, reply: asyncio.Future[Any],
-                     delivery: Delivery, durable: asyncio.Future[None]) -> None:  # fmt: skip
-        if not durable.cancelled() and durable.exception() is not None:
-            self._refused_after_apply(key, reply, delivery, delivery.admission,
-                                      durable.exception())  # fmt: skip
+    def _not_durable(self, _seq: int, delivery: Delivery, exc: Exception) -> None:
+        """The spool could not make an applied batch durable: no ack."""
+        assert delivery.waiting is not None
+        self._refused_after_apply(delivery.key, delivery.waiting, delivery, delivery.admission,
+                                  exc)  # fmt: skip
 
     def _refused_after_apply(self, key: tuple[str, int] | None, reply: asyncio.Future[Any],
                              delivery: Delivery | None, admission: Any,
@@ -499,6 +494,8 @@ class Ingestor(ShardHost):
             self.recent.forget(key)
         if not reply.done():
             reply.set_exception(exc or RuntimeError("the batch was not acknowledged"))
+            reply.exception()  # retrieved: its caller may have gone away
+        self._unanswered.discard(reply)
 
     # --- delivery ----------------------------------------------------------------------------
 
@@ -511,12 +508,13 @@ class Ingestor(ShardHost):
         self.pipeline.store_signals(delivery.signals, seq, delivery.computed_at_ns)
         if delivery.shard is not None:
             delivery.shard.delivered_seq = max(delivery.shard.delivered_seq, delivery.journal_seq)
-        if delivery.answer is None:  # a replay: nobody waits
+        if delivery.waiting is None:  # a replay: nobody waits
             self.flush_deliveries()
             self._to_data_path([delivery])
             return
         self._undelivered.append(delivery)
-        delivery.answer()
+        assert delivery.reply is not None
+        self._answer(delivery.key, delivery.waiting, delivery.reply)
         loop = asyncio.get_running_loop()
         if self._flush is None:
             self._flush = loop.call_later(DATA_PATH_GROUP_S, self.flush_deliveries)
@@ -599,9 +597,3 @@ DATA_PATH_GROUP_MAX = 256
 def _record_bytes_bound(n_ticks: int) -> int:
     """An upper bound of a record's size: ~29 B per tick, ~110 B per signal with features."""
     return 256 + 140 * n_ticks
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a reply's exception as seen (its caller may have gone away)."""
-    if not future.cancelled():
-        future.exception()

@@ -161,12 +161,14 @@ class Spool:
         directory: Path,
         *,
         on_durable: Callable[[int, Any], None] = lambda _seq, _ctx: None,
+        on_failed: Callable[[int, Any, SpoolFailed], None] = lambda _seq, _ctx, _exc: None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.directory = Path(directory)
         self.on_durable = on_durable
+        self.on_failed = on_failed  # a record that will never be durable (the spool failed)
         self.metrics = metrics or default_metrics()
         self._clock = clock
         self._segments: list[_Segment] = []
@@ -400,8 +402,13 @@ class Spool:
         self._failed = SpoolFailed(f"spool write failed in {self.directory}: {exc}")
         log.error("spool_failed", dir=str(self.directory), error=repr(exc))
         for item in group + self._pending:
+            try:
+                self.on_failed(item.seq, item.context, self._failed)
+            except Exception:  # a caller's bug must not keep the other records waiting
+                log.exception("spool_on_failed_failed", seq=item.seq)
             if not item.future.done():
                 item.future.set_exception(self._failed)
+                item.future.exception()  # retrieved: the hook is how callers learn of it
         self._pending = []
 
     @property

@@ -15,6 +15,7 @@ from app.settings.spool import SpoolConfig
 from app.spool import (
     FRAME,
     Spool,
+    SpoolFailed,
     SpoolFull,
     SpoolLocked,
     decode_frames,
@@ -74,6 +75,52 @@ def test_concurrent_appends_share_one_fsync_and_resolve_once_durable(
     (segment,) = tmp_path.glob("spool-*.log")
     records, _ = decode_frames(segment.read_bytes())
     assert [seq for seq, _ in records] == list(range(1, 101))
+
+
+def test_a_failed_fsync_makes_nothing_durable_and_names_every_record_it_strands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync the disk refuses (EIO) fails the spool: no record of the group or after it is
+    handed on as durable, each is named to ``on_failed`` once, and later appends are refused."""
+    import errno
+
+    def refused(_fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    durable: list[int] = []
+    failed: list[tuple[int, Any, str]] = []
+
+    async def scenario() -> None:
+        s = spool(tmp_path)
+        s.on_durable = lambda seq, ctx: durable.append(seq)
+        s.on_failed = lambda seq, ctx, exc: failed.append((seq, ctx, str(exc)))
+        s.open()
+        assert await s.append(1, b"fine") is None  # durable at once: nothing in flight
+        monkeypatch.setattr(os, "fdatasync", refused)
+        futures = [s.append(seq, b"r%d" % seq, f"ctx-{seq}") for seq in range(2, 6)]
+        for future in futures:
+            with pytest.raises(SpoolFailed, match=r"spool write failed in .*Input/output error"):
+                await future
+        with pytest.raises(SpoolFailed):
+            s.append(6, b"later")
+        with pytest.raises(SpoolFailed):
+            s.check_room(10)
+
+    run(scenario())
+    assert durable == [1]
+    assert [(seq, ctx) for seq, ctx, _ in failed] == [(n, f"ctx-{n}") for n in range(2, 6)]
+
+    async def alone() -> None:  # the record made durable inside `append` fails the same way
+        s = spool(tmp_path / "alone")
+        s.on_failed = lambda seq, ctx, exc: failed.append((seq, ctx, str(exc)))
+        s.open()
+        future = s.append(1, b"lone", "ctx-alone")
+        assert future.done()
+        with pytest.raises(SpoolFailed):
+            await future
+
+    run(alone())
+    assert failed[-1][:2] == (1, "ctx-alone") and durable == [1]
 
 
 def test_undelivered_records_come_back_after_a_crash_and_a_torn_tail_is_cut(tmp_path: Path) -> None:
