@@ -489,91 +489,104 @@ def reply(signals: Any, reasons: np.ndarray, batch_id: int,
     return data, data[span[0] : span[1]]
 
 
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
+@njit(cache=True, nogil=True)
+def _varint_at(data, i, end):
+    """The varint at ``data[i]`` and where it ends (-1: cut short, or over ten bytes)."""
+    value = np.uint64(0)
+    shift = np.uint64(0)
+    while i < end:
         byte = data[i]
         i += 1
-        value |= (byte & 0x7F) << shift
+        value |= np.uint64(byte & 0x7F) << shift
         if byte < 0x80:
             return value, i
-        shift += 7
+        shift += np.uint64(7)
+        if shift >= np.uint64(64):
+            break
+    return value, -1
 
 
 @njit(cache=True, nogil=True)
-def _decode_varints(raw: np.ndarray, out: np.ndarray) -> int:
-    """The varints of ``raw`` into ``out`` (uint64); how many, or -1 if the last is cut."""
+def _not_read():
+    return (False, np.empty(0, np.int32), np.empty(0, np.float64), np.empty(0, np.float64),
+            np.empty(0, np.int64))  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def _read_tick_columns(data):
+    """`tick_columns` in one compiled pass: ``(read, symbol, price, size, ts_ns)``, ``read``
+    False (`_not_read`) where a column is not one packed field or the bytes are cut short.
+    Fields 1 to 4 are the columns; the others (batch_id, producer, unknown ones) are
+    skipped by their wire type."""
+    end = len(data)
+    spans = np.zeros(10, np.int64)  # column f's packed content: data[spans[2f]:spans[2f + 1]]
+    seen = 0
+    i = 0
+    while i < end:
+        key, i = _varint_at(data, i, end)
+        if i < 0:
+            return _not_read()
+        field, wire = np.int64(key >> np.uint64(3)), np.int64(key & np.uint64(7))
+        column = 1 <= field <= 4
+        if column and (wire != _LEN or seen & (1 << field)):
+            return _not_read()  # unpacked, or a second piece
+        if wire == _LEN:
+            length, i = _varint_at(data, i, end)
+            if i < 0 or length > np.uint64(end - i):
+                return _not_read()
+            if column:
+                seen |= 1 << field
+                spans[2 * field] = i
+                spans[2 * field + 1] = i + np.int64(length)
+            i += np.int64(length)
+        elif wire == 0:
+            _, i = _varint_at(data, i, end)
+            if i < 0:
+                return _not_read()
+        elif wire == _I64:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:  # groups (wire types 3, 4) and the invalid 6, 7
+            return _not_read()
+    if i > end:
+        return _not_read()
+    for f in range(2, 5):
+        if (spans[2 * f + 1] - spans[2 * f]) % 8:
+            return _not_read()
+    lo, hi = spans[2], spans[3]
     n = 0
-    value = np.uint64(0)
-    shift = np.uint64(0)
-    for byte in raw:
-        value |= np.uint64(byte & 0x7F) << shift
-        if byte < 0x80:
-            out[n] = value
-            n += 1
-            value = np.uint64(0)
-            shift = np.uint64(0)
-        else:
-            shift += np.uint64(7)
-    return n if shift == 0 else -1
-
-
-def decode_varints(data: bytes) -> np.ndarray | None:
-    """Consecutive protobuf varints (a packed repeated field's content) as uint64; None
-    when the last one is cut short."""
-    raw = np.frombuffer(data, np.uint8)
-    out = np.empty(raw.size, np.uint64)
-    n = _decode_varints(raw, out)
-    return None if n < 0 else out[:n]
-
-
-# TickBatch's columns: field number -> the dtype of its packed values (None: int32 varints)
-_TICK_FIELDS: dict[int, str | None] = {1: None, 2: "<f8", 3: "<f8", 4: "<i8"}
-_NATIVE = {"<f8": np.float64, "<i8": np.int64}
+    for k in range(lo, hi):  # a varint ends at each byte below 0x80
+        n += data[k] < 0x80
+    symbol = np.empty(n, np.int32)
+    k = lo
+    for t in range(n):
+        if data[k] < 0x80:  # one byte: 0 to 127
+            symbol[t] = data[k]
+            k += 1
+            continue
+        value, k = _varint_at(data, k, hi)
+        if k < 0:
+            return _not_read()
+        low = np.int64(value & np.uint64(0xFFFFFFFF))  # an int32 is the varint's low 32 bits
+        symbol[t] = low - (1 << 32) if low >= 1 << 31 else low
+    if k != hi:  # the last varint is cut short
+        return _not_read()
+    raw = np.frombuffer(data, np.uint8)  # the fixed-width columns: copies of their bytes
+    return (True, symbol, raw[spans[4] : spans[5]].view(np.float64).copy(),
+            raw[spans[6] : spans[7]].view(np.float64).copy(),
+            raw[spans[8] : spans[9]].view(np.int64).copy())  # fmt: skip
 
 
 def tick_columns(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The ``symbol``, ``price``, ``size`` and ``ts_ns`` columns of a serialized
-    ``TickBatch`` (one that protobuf parsed), read straight from its packed fields: a
-    tenth of the cost of iterating the parsed message's fields. None when a column is laid
-    out otherwise (unpacked, or packed in several pieces, as protobuf also allows): read
-    those through the message."""
-    spans: dict[int, tuple[int, int]] = {}
-    i, end = 0, len(data)
-    try:
-        while i < end:
-            key, i = _read_varint(data, i)
-            field, wire = key >> 3, key & 7
-            if field in _TICK_FIELDS and (wire != _LEN or field in spans):
-                return None
-            if wire == _LEN:
-                length, i = _read_varint(data, i)
-                if field in _TICK_FIELDS:
-                    spans[field] = (i, i + length)
-                i += length
-            elif wire == 0:
-                _, i = _read_varint(data, i)
-            elif wire == _I64:
-                i += 8
-            elif wire == 5:
-                i += 4
-            else:
-                return None
-    except IndexError:
-        return None
-    out = []
-    for field, dtype in _TICK_FIELDS.items():
-        lo, hi = spans.get(field, (0, 0))
-        if dtype is None:  # negative int32s are ten bytes: a sign-extended int64
-            values = decode_varints(data[lo:hi])
-            if values is None:
-                return None
-            out.append(values.view(np.int64).astype(np.int32))
-            continue
-        if (hi - lo) % 8:
-            return None
-        out.append(np.frombuffer(data, dtype, (hi - lo) // 8, lo).astype(_NATIVE[dtype]))
-    return out[0], out[1], out[2], out[3]
+    ``TickBatch`` (one that protobuf parsed), read straight from its packed fields in one
+    compiled pass (`_read_tick_columns`): symbols as int32 (a negative one is a ten-byte,
+    sign-extended varint), the others copied as they lie. None when a column is laid out
+    otherwise (unpacked, or packed in several pieces, as protobuf also allows): read those
+    through the message."""
+    read, symbol, price, size, ts_ns = _read_tick_columns(data)
+    return (symbol, price, size, ts_ns) if read else None
 
 
 def _strings(*fields: tuple[int, str]) -> bytes:

@@ -362,6 +362,57 @@ def test_incoming_tick_columns_are_read_from_the_bytes_whatever_their_layout() -
                 assert np.array_equal(got, expected)
 
 
+def test_the_compiled_tick_reader_walks_every_field_and_refuses_what_it_cannot_read() -> None:
+    """`tick_columns` reads each column (symbols at the edges of int32, negative ones as
+    ten-byte varints) whatever the other fields around them (varints, 64- and 32-bit,
+    length-delimited, unknown numbers), and a missing column as empty; it answers None for
+    a column in several pieces or unpacked, and for bytes cut short or not protobuf."""
+    from app.batch_format import length_delimited, packed, tick_columns, varint
+    from app.proto import load
+
+    pb2, _ = load()
+    symbol = np.array([0, 1, 127, 128, 16383, 16384, 2**31 - 1, -1, -(2**31), -300], np.int32)
+    n = len(symbol)
+    price, size = np.linspace(-1e300, 1e300, n), np.array([0.0, -0.0, np.inf, np.nan] * 3)[:n]
+    ts_ns = np.array([-(2**63), 2**63 - 1, *range(n - 2)], np.int64)
+    columns = [packed(1, symbol), packed(2, price, "<f8"), packed(3, size, "<f8"),
+               packed(4, ts_ns, "<i8")]  # fmt: skip
+    others = [b"\x28" + varint(2**64 - 1), length_delimited(6, b"desk"),
+              b"\x39" + bytes(8), b"\x45" + bytes(4), length_delimited(99, b"\x80" * 9),
+              b"\xf8\x07" + varint(5)]  # fmt: skip
+    for order in (columns + others, others[::-1] + columns[::-1],
+                  [x for pair in zip(others, columns, strict=False) for x in pair] + others[4:]):  # fmt: skip
+        data = b"".join(order)
+        message = pb2.TickBatch.FromString(data)  # valid protobuf, unknown fields and all
+        read = tick_columns(data)
+        assert read is not None
+        for got, want in zip(read, (symbol, price, size, ts_ns), strict=True):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        assert read[0].tolist() == list(message.symbol)
+    only_prices = tick_columns(columns[1])
+    assert only_prices is not None and [len(c) for c in only_prices] == [0, n, 0, 0]
+    assert [len(c) for c in tick_columns(b"") or ()] == [0, 0, 0, 0]
+    whole = b"".join(columns)
+    refused = {
+        "symbols in two pieces": packed(1, symbol[:3]) + whole,
+        "an unpacked symbol": whole + b"\x08\x05",
+        "an unpacked price": b"\x11" + bytes(8) + whole,
+        "a varint over ten bytes": length_delimited(1, b"\xff" * 10 + b"\x01") + columns[1],
+        "a symbol cut short": length_delimited(1, b"\x05\x80"),
+        "a price cut short": length_delimited(2, bytes(12)),
+        "a length past the end": whole + b"\x32\x09abc",
+        "a key cut short": whole + b"\xff",
+        "a varint field cut short": whole + b"\x28\xff",
+        "a 64-bit field cut short": whole + b"\x39" + bytes(7),
+        "a group": whole + b"\x3b\x3c",
+        "wire type 7": whole + b"\x3f",
+    }
+    for case, data in refused.items():
+        assert tick_columns(data) is None, case
+    for case in ("symbols in two pieces", "an unpacked symbol", "an unpacked price"):
+        pb2.TickBatch.FromString(refused[case])  # valid: the server reads the message
+
+
 def test_the_clients_tick_batches_are_the_bytes_protobuf_writes() -> None:
     """`SignalClient` writes each part's TickBatch from its columns: exactly the message."""
     from app.client import tick_batch_bytes
