@@ -433,9 +433,11 @@ class SignalServicer:
             reader.cancel()
 
 
-def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
-    """``signals.v1.SignalService`` with `tolerant` request deserializers."""
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+def signal_service_handler(servicer: SignalServicer,
+                           metrics: telemetry.Metrics | None = None) -> grpc.GenericRpcHandler:  # fmt: skip
+    """``signals.v1.SignalService`` with `tolerant` request deserializers, each method
+    counted and timed (`telemetry.measured`, on ``metrics`` or the process's)."""
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, telemetry.measured({
         "IngestTicks": grpc.unary_unary_rpc_method_handler(
             servicer.IngestTicks, request_deserializer=tolerant(pb2.TickBatch),
             response_serializer=serialize_ack),
@@ -445,7 +447,7 @@ def signal_service_handler(servicer: SignalServicer) -> grpc.GenericRpcHandler:
         "StreamSignals": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSignals, request_deserializer=tolerant(pb2.TickBatch),
             response_serializer=serialize_reply),
-    })  # fmt: skip
+    }, metrics))  # fmt: skip
 
 
 @dataclass

@@ -6,6 +6,8 @@
   Latency histograms start at 10 µs: the in-process tick → signal path is tens of µs.
 * Logs are one JSON object per line (structlog). High-volume events are sampled, one
   kept in N, counted deterministically; warnings and errors are never sampled away.
+* Request metrics come from the service's handlers, wrapped once at registration
+  (`measured`): a call pays the timing and the count, not a grpc.aio interceptor.
 * Traces: gRPC server and client interceptors from opentelemetry-instrumentation-grpc,
   and ``trace_headers()`` for calls that are not made through an instrumented channel
   (the tritonclient inference call passes them as gRPC metadata), so a request's trace
@@ -61,10 +63,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        # Every finished request by method and final status: the request rate the infra's
-        # HPA scales on (infra/workloads.py REQUEST_RATE_METRIC), and, by code, the errors
-        # of the SLO and the alerts (infra/metrics.py SERVER_ERROR_CODES). A cancelled call
-        # is CANCELLED, a client's mistake INVALID_ARGUMENT or NOT_FOUND: answers, not errors.
+        # Every finished request of the signal API (signals.v1.SignalService's methods, by
+        # `measured`; health checks and reflection are not counted) by method and final
+        # status: the request rate the infra's HPA scales on (infra/workloads.py
+        # REQUEST_RATE_METRIC), and, by code, the errors of the SLO and the alerts
+        # (infra/metrics.py SERVER_ERROR_CODES). A cancelled call is CANCELLED, a client's
+        # mistake INVALID_ARGUMENT or NOT_FOUND: answers, not errors.
         self.requests = Counter(
             "signal_requests_total",
             "gRPC requests by method and final status code (OK, CANCELLED, or the error's).",
@@ -342,105 +346,94 @@ def configure_tracing(
     return provider
 
 
-def server_interceptors(
-    provider: TracerProvider | None = None, metrics: Metrics | None = None, *, tracing: bool = True
-) -> list[Any]:
-    """Interceptors for ``grpc.aio.server(interceptors=...)``: latency and error metrics per
-    method, and (``tracing``) one span per RPC continuing the caller's trace from its
-    ``traceparent``. The server traces only when spans go somewhere (``otlp_endpoint``):
-    the tracing interceptor costs tens of microseconds a call, sampled or not."""
+def server_interceptors(provider: TracerProvider | None = None, *, tracing: bool = True
+                        ) -> list[Any]:  # fmt: skip
+    """Interceptors for ``grpc.aio.server(interceptors=...)``: one span per RPC continuing
+    the caller's trace from its ``traceparent``, where ``tracing`` (none otherwise). The
+    server traces only when spans go somewhere (``otlp_endpoint``): the tracing interceptor
+    costs tens of microseconds a call, sampled or not. Metrics are not an interceptor:
+    `measured` wraps a service's handlers once, at registration."""
     if not tracing:
-        return [MetricsInterceptor(metrics)]
+        return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [MetricsInterceptor(metrics), aio_server_interceptor(tracer_provider=provider)]
+    return [aio_server_interceptor(tracer_provider=provider)]
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """``signal_request_duration_seconds{method}`` and ``signal_requests_total{method,code}``
-    for unary and streaming RPCs (a stream is timed from its start to its end). A call the
-    client cancelled is counted as CANCELLED."""
+def measured(handlers: Mapping[str, grpc.RpcMethodHandler], metrics: Metrics | None = None
+             ) -> dict[str, grpc.RpcMethodHandler]:  # fmt: skip
+    """A service's method handlers (method name -> handler, as for
+    ``grpc.method_handlers_generic_handler``), each wrapped once to count its calls:
+    ``signal_request_duration_seconds{method}`` and ``signal_requests_total{method,code}``
+    (a streaming call is timed from its start to its end). The code is the call's final
+    status: OK, the code it was ended with (``context.abort``, ``set_code``), UNKNOWN for
+    an unexpected exception, CANCELLED where the client went away. A call pays only the
+    timing and the count (the metrics' children are resolved here), not the per-call
+    interceptor machinery of grpc.aio. Only the services registered through it are
+    counted: health checks and reflection are not. Handlers must be coroutines or async
+    generators, as grpc.aio's are."""
+    m = metrics if metrics is not None else default_metrics()
+    return {method: _measured(method, handler, m) for method, handler in handlers.items()}
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self._metrics = metrics
-        # method -> (the handler, its wrapped handler): a method's handler is one object when
-        # no interceptor behind this one rebuilds it per call, so it is wrapped once.
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-        self._children: dict[str, tuple[Any, Any]] = {}  # method -> (latency, requests OK)
 
-    @property
-    def metrics(self) -> Metrics:
-        return self._metrics or default_metrics()
+def _measured(method: str, handler: grpc.RpcMethodHandler, metrics: Metrics
+              ) -> grpc.RpcMethodHandler:  # fmt: skip
+    observe = metrics.request_latency.labels(method).observe
+    requests = metrics.requests
+    count_ok = requests.labels(method, "OK").inc
+    counters: dict[str, Any] = {}  # code -> its child's inc, resolved on first use
+    clock = time.perf_counter
 
-    async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        full_name = handler_call_details.method
-        known = self._wrapped.get(full_name)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = self._wrap(handler, full_name.rsplit("/", 1)[-1])
-        self._wrapped[full_name] = (handler, wrapped)
-        return wrapped
+    def finished(start: float, context: Any, exc: BaseException | None) -> None:
+        observe(clock() - start)
+        code = context.code()
+        if code is not None and code != grpc.StatusCode.OK:
+            name = code.name if hasattr(code, "name") else str(code)
+        elif isinstance(exc, asyncio.CancelledError):  # the client went away
+            name = "CANCELLED"
+        elif exc is None:
+            count_ok()
+            return
+        else:
+            name = "UNKNOWN"
+        inc = counters.get(name)
+        if inc is None:
+            inc = counters[name] = requests.labels(method, name).inc
+        inc()
 
-    def _wrap(self, handler: Any, method: str) -> Any:
-        requests = self.metrics.requests
-        children = self._children.get(method)
-        if children is None:  # resolved once per method: a label lookup per call adds up
-            children = (self.metrics.request_latency.labels(method), requests.labels(method, "OK"))
-            self._children[method] = children
-        latency, ok = children
+    unary_reply = handler.unary_unary or handler.stream_unary
+    if unary_reply is not None:
+        inner = unary_reply
 
-        def code_of(context: Any, exc: BaseException | None) -> str | None:
-            code = context.code() if hasattr(context, "code") else None
-            if code is not None and code != grpc.StatusCode.OK:
-                return code.name if hasattr(code, "name") else str(code)
-            if isinstance(exc, asyncio.CancelledError):  # the client went away
-                return "CANCELLED"
-            return None if exc is None else "UNKNOWN"
+        async def unary(request: Any, context: Any) -> Any:
+            start = clock()
+            try:
+                reply = await inner(request, context)
+            except BaseException as exc:
+                finished(start, context, exc)
+                raise
+            finished(start, context, None)
+            return reply
 
-        def count(code: str | None) -> None:
-            (ok if code is None else requests.labels(method, code)).inc()
+        wrap = (grpc.unary_unary_rpc_method_handler if handler.unary_unary is not None
+                else grpc.stream_unary_rpc_method_handler)  # fmt: skip
+        return wrap(unary, handler.request_deserializer, handler.response_serializer)
+    inner_stream: Any = handler.stream_stream or handler.unary_stream  # an async generator
+    assert inner_stream is not None, f"{method}: a handler without a behaviour"
 
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+    async def stream(request: Any, context: Any) -> Any:
+        start = clock()
+        try:
+            async for reply in inner_stream(request, context):
+                yield reply
+        except BaseException as exc:
+            finished(start, context, exc)
+            raise
+        finished(start, context, None)
 
-            async def unary(request: Any, context: Any) -> Any:
-                start = time.perf_counter()
-                exc: BaseException | None = None
-                try:
-                    return await inner(request, context)
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    latency.observe(time.perf_counter() - start)
-                    count(code_of(context, exc))
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream is not None:
-            inner_stream = handler.stream_stream
-
-            async def stream(request_iterator: Any, context: Any) -> Any:
-                start = time.perf_counter()
-                exc: BaseException | None = None
-                try:
-                    async for response in inner_stream(request_iterator, context):
-                        yield response
-                except BaseException as e:
-                    exc = e
-                    raise
-                finally:
-                    latency.observe(time.perf_counter() - start)
-                    count(code_of(context, exc))
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+    wrap = (grpc.stream_stream_rpc_method_handler if handler.stream_stream is not None
+            else grpc.unary_stream_rpc_method_handler)  # fmt: skip
+    return wrap(stream, handler.request_deserializer, handler.response_serializer)
 
 
 def client_interceptors(provider: TracerProvider | None = None) -> Sequence[Any]:

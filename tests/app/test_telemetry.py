@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import urllib.request
@@ -19,11 +20,11 @@ from app.settings.telemetry import TelemetryConfig
 from app.telemetry import (
     LATENCY_BUCKETS,
     Metrics,
-    MetricsInterceptor,
     MetricsServer,
     client_interceptors,
     configure_logging,
     configure_tracing,
+    measured,
     server_interceptors,
     trace_headers,
 )
@@ -81,24 +82,74 @@ def test_metrics_are_served_on_a_port_with_standard_names_and_fine_buckets() -> 
 
 def test_every_request_is_counted_by_method_and_code() -> None:
     """`signal_requests_total` is the request rate the HPA scales on and, by code, the errors
-    the SLO and the alerts count (no second counter of errors)."""
+    the SLO and the alerts count (no second counter of errors). Through a real grpc.aio
+    server: the handlers `measured` wraps are counted by their final status (OK, the code
+    they end with, UNKNOWN for an exception, CANCELLED for a client that went away, a stream
+    at its end); a service registered without it (health) is not counted."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    started = asyncio.Event()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def missing(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        raise AssertionError("unreachable")
+
+    async def broken(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise RuntimeError("a bug")
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started.set()
+        await asyncio.sleep(30)
+        return request
+
+    async def chat(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in requests:
+            yield request
+
+    def count(method: str, code: str) -> float:
+        labels = {"method": method, "code": code}
+        return registry.get_sample_value("signal_requests_total", labels) or 0.0
 
     async def scenario() -> None:
-        server = grpc.aio.server(interceptors=[MetricsInterceptor(metrics)])
-        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        server = grpc.aio.server(interceptors=server_interceptors(tracing=False))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Svc", measured({
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Missing": grpc.unary_unary_rpc_method_handler(missing),
+            "Broken": grpc.unary_unary_rpc_method_handler(broken),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        }, metrics)),))  # fmt: skip
+        checks = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
                 for _ in range(3):
-                    await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                    assert await channel.unary_unary("/test.Svc/Echo")(b"hi") == b"hi"
+                for method, code in (("Missing", grpc.StatusCode.NOT_FOUND),
+                                     ("Broken", grpc.StatusCode.UNKNOWN)):  # fmt: skip
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await channel.unary_unary(f"/test.Svc/{method}")(b"x")
+                    assert err.value.code() == code
+                replies = channel.stream_stream("/test.Svc/Chat")(iter([b"a", b"b"]))
+                assert [r async for r in replies] == [b"a", b"b"]
+                call = channel.unary_unary("/test.Svc/Slow")(b"x")
+                await asyncio.wait_for(started.wait(), 5)
+                call.cancel()
+                for _ in range(500):  # the server learns of the cancel asynchronously
+                    if count("Slow", "CANCELLED"):
+                        break
+                    await asyncio.sleep(0.01)
+                health_stub: Any = health_pb2_grpc.HealthStub(channel)
+                await health_stub.Check(health_pb2.HealthCheckRequest(service=""))
                 with pytest.raises(grpc.aio.AioRpcError):
-                    await stub.Check(health_pb2.HealthCheckRequest(service="no-such-service"))
+                    await health_stub.Check(health_pb2.HealthCheckRequest(service="no-such"))
         finally:
             await server.stop(None)
 
@@ -108,9 +159,19 @@ def test_every_request_is_counted_by_method_and_code() -> None:
         text = scrape(server.port)
     finally:
         server.close()
-    assert sample(text, "signal_requests_total", code="OK", method="Check") == 3
-    assert sample(text, "signal_requests_total", code="NOT_FOUND", method="Check") == 1
+    assert sample(text, "signal_requests_total", code="OK", method="Echo") == 3
+    assert sample(text, "signal_requests_total", code="NOT_FOUND", method="Missing") == 1
+    assert sample(text, "signal_requests_total", code="UNKNOWN", method="Broken") == 1
+    assert sample(text, "signal_requests_total", code="OK", method="Chat") == 1
+    assert sample(text, "signal_requests_total", code="CANCELLED", method="Slow") == 1
+    assert sample(text, "signal_request_duration_seconds_count", method="Echo") == 3
+    assert sample(text, "signal_request_duration_seconds_count", method="Slow") == 1
+    assert 'method="Check"' not in text  # health is not the signal API
     assert "signal_request_errors_total" not in text
+    counted = [line for line in text.splitlines() if line.startswith("signal_requests_total{")]
+    assert sum(not line.endswith(" 0.0") for line in counted) == 5  # no other method or code
+    # Each method's OK series exists from registration on (a rate over it starts at 0).
+    assert sample(text, "signal_requests_total", code="OK", method="Missing") == 0
 
 
 def test_telemetry_config_errors_name_the_field() -> None:
@@ -241,23 +302,25 @@ def test_the_inference_call_passes_trace_context_as_grpc_metadata() -> None:
 
 
 def test_a_method_is_wrapped_once_and_tracing_only_where_spans_are_exported() -> None:
-    """Per call, the metrics interceptor hands back the wrapper it built for the method (its
-    handler unchanged), so a call pays no handler build or label lookup."""
-    interceptor = MetricsInterceptor(Metrics(CollectorRegistry()))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
-    other = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    """`measured` wraps each method's handler once, at registration: the generic handler
+    hands grpc.aio the same wrapped handler for every call (no handler built, no label
+    looked up per call), with the method's own deserializer and serializer. The tracing
+    interceptor is the only server interceptor, installed where spans are exported."""
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(call, bytes.upper, bytes.lower)
+    generic = grpc.method_handlers_generic_handler(
+        "signals.v1.SignalService", measured({"IngestTicks": handler}, Metrics(CollectorRegistry()))
+    )
 
     class Details:
         method = "/signals.v1.SignalService/IngestTicks"
 
-    async def intercept(returned: Any) -> Any:
-        async def continuation(_details: Any) -> Any:
-            return returned
-
-        return await interceptor.intercept_service(continuation, Details())
-
-    first, again, rebuilt = (run(intercept(h)) for h in (handler, handler, other))
-    assert first is again and first is not handler
-    assert rebuilt is not first  # a handler rebuilt behind it gets its own wrapper
-    assert [type(i) for i in server_interceptors(tracing=False)] == [MetricsInterceptor]
-    assert len(server_interceptors()) == 2
+    first, again = generic.service(Details()), generic.service(Details())  # type: ignore[arg-type]
+    assert first is not None and first is again and first is not handler
+    assert first.request_deserializer is bytes.upper and first.response_serializer is bytes.lower
+    assert first.unary_unary is not call
+    assert server_interceptors(tracing=False) == []
+    assert len(server_interceptors()) == 1
