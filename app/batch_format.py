@@ -17,6 +17,7 @@ parse as one ``BatchPayload`` with every entry in order.
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any
 
 import lz4.frame
@@ -587,6 +588,60 @@ def tick_columns(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     through the message."""
     read, symbol, price, size, ts_ns = _read_tick_columns(data)
     return (symbol, price, size, ts_ns) if read else None
+
+
+_MASK64 = (1 << 64) - 1
+_KEY_SFIXED64 = struct.Struct("<Bq")  # a key byte and an sfixed64
+_FLOAT32 = struct.Struct("<f")
+# A Signal's fields 2 to 5 when none is a default: ts_ns, direction (one byte), strength,
+# confidence.
+_SIGNAL_MIDDLE = struct.Struct("<BqBBBfBf")
+
+
+@functools.lru_cache(maxsize=65536)
+def _symbol_field(symbol: int) -> bytes:
+    """A Signal's field 1 (int32 ``symbol``; none when 0)."""
+    return b"\x08" + varint(symbol & _MASK64) if symbol else b""
+
+
+@functools.lru_cache(maxsize=64)
+def _signal_strings(version: str, variant: str, sha256: str, backend: str) -> tuple[bytes, bytes]:
+    """A Signal's model fields, encoded once per model: the version (field 6), and the
+    variant, SHA-256 and backend (8 to 10), which come after ``computed_at_ns`` (7)."""
+    return _strings((6, version)), _strings((8, variant), (9, sha256), (10, backend))
+
+
+def _float32(field: int, value: float) -> bytes:
+    """A float field (none when its bits are 0: -0.0 is written, as protobuf does)."""
+    try:
+        bits = _FLOAT32.pack(value)
+    except OverflowError:  # beyond float32: what the C cast gives (inf, or the largest)
+        with np.errstate(over="ignore"):
+            bits = np.float32(value).tobytes()
+    return bytes((field << 3 | 5,)) + bits if bits != b"\0\0\0\0" else b""
+
+
+def signal_bytes(signal: Any, computed_at_ns: int) -> bytes:
+    """A serialized ``Signal`` of one `app.signals.Signal` computed at ``computed_at_ns``:
+    the bytes ``Signal(...).SerializeToString()`` writes (fields in number order, defaults
+    left out), without building the message."""
+    head, tail = _signal_strings(signal.model_version, signal.model_variant,
+                                 signal.model_sha256, signal.backend)  # fmt: skip
+    ts_ns, direction = signal.ts_ns, signal.direction
+    strength, confidence = signal.strength, signal.confidence
+    if ts_ns and 0 < direction < 0x80 and strength and confidence and (
+        abs(strength) <= 3e38 and abs(confidence) <= 3e38  # all of them written, and as is
+    ):  # fmt: skip
+        middle = _SIGNAL_MIDDLE.pack(0x11, ts_ns, 0x18, direction, 0x25, strength, 0x2D,
+                                     confidence)  # fmt: skip
+    else:
+        middle = b"".join((
+            _KEY_SFIXED64.pack(0x11, ts_ns) if ts_ns else b"",
+            b"\x18" + varint(direction & _MASK64) if direction else b"",
+            _float32(4, strength), _float32(5, confidence),
+        ))  # fmt: skip
+    at = _KEY_SFIXED64.pack(0x39, computed_at_ns) if computed_at_ns else b""
+    return b"".join((_symbol_field(signal.symbol), middle, head, at, tail))
 
 
 def _strings(*fields: tuple[int, str]) -> bytes:

@@ -53,7 +53,7 @@ from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
 from app.breaker import CircuitBreaker
 from app.client import FORWARDED, PeerForwarder
 from app.config import AppConfig, TlsConfig
-from app.datapath import DataPath, DataPathBackpressure, signal_message
+from app.datapath import DataPath, DataPathBackpressure
 from app.features import FeatureEngine
 from app.inference import (
     InferenceBackend,
@@ -268,6 +268,7 @@ class SignalServicer:
         self.ingestor = ingestor
         self.pipeline = ingestor.pipeline
         self.max_batch_ticks = max_batch_ticks
+        self.n_symbols = self.pipeline.n_symbols
         self.data_path = data_path
         self.on_spool_failure = on_spool_failure
         self.shards = ingestor.shards
@@ -289,17 +290,10 @@ class SignalServicer:
     def _begin(self, request: Any, context: grpc.aio.ServicerContext) -> asyncio.Future[Any]:
         """Decode and apply one TickBatch (`Received`) now (`Ingestor.begin`): its
         ``SignalBatch`` to come, or the refusal raised before anything changed."""
-        ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_batch_ticks)
+        ticks = decode_tick_batch(request, self.n_symbols, self.max_batch_ticks)
         client_shards = client_shard_count(context) if self.shards is not None else None
         return self.ingestor.begin(request.message, ticks, context.time_remaining(),
                                    client_shards)  # fmt: skip
-
-    async def _ingest(self, request: Any, context: grpc.aio.ServicerContext, method: str) -> Any:
-        """The ``SignalBatch`` answering one TickBatch, or the call ends with its status."""
-        try:
-            return await asyncio.shield(self._begin(request, context))
-        except Exception as exc:
-            return await self._refused(exc, request, context, method)
 
     async def _refused(self, exc: Exception, request: Any, context: grpc.aio.ServicerContext,
                        method: str) -> Any:  # fmt: skip
@@ -333,15 +327,22 @@ class SignalServicer:
 
     async def IngestTicks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """The batch's reply (a `Reply` or a ``SignalBatch``): its ack is what is sent
-        (`serialize_ack`)."""
-        return await self._ingest(request, context, "IngestTicks")
+        (`serialize_ack`); or the call ends with its status."""
+        try:
+            begun = self._begin(request, context)
+            # Shielded: a call cancelled while its batch becomes durable leaves the batch's
+            # future (which a retry of the batch may share) alone. A reply already there
+            # (an earlier batch's, for a retry) is taken as it is.
+            return begun.result() if begun.done() else await asyncio.shield(begun)
+        except Exception as exc:
+            return await self._refused(exc, request, context, "IngestTicks")
 
     async def GetSignal(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Malformed):
             await refuse(context, "GetSignal", grpc.StatusCode.INVALID_ARGUMENT,
                          f"request: {request.nbytes} bytes that are not a {request.message} "
                          f"({request.error})")  # fmt: skip
-        n = self.pipeline.n_symbols
+        n = self.n_symbols
         symbol: int = request.symbol
         if not 0 <= symbol < n:
             await refuse(context, "GetSignal", grpc.StatusCode.INVALID_ARGUMENT,
@@ -380,7 +381,7 @@ class SignalServicer:
                 f"cache.max_signal_age_s = {self.max_age_s})",
             )
         assert signal is not None
-        return signal_message(signal, computed_at)
+        return batch_format.signal_bytes(signal, computed_at)  # no Signal message built
 
     async def StreamSignals(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -423,7 +424,7 @@ class SignalServicer:
                     yield await self._refused(begun, request, context, "StreamSignals")
                     return  # sent on to the owner: the client goes there next
                 try:
-                    reply = await asyncio.shield(begun)
+                    reply = begun.result() if begun.done() else await asyncio.shield(begun)
                 except Exception as exc:  # applied, but could not be made durable
                     await self._refused(exc, request, context, "StreamSignals")
                     return
@@ -431,6 +432,13 @@ class SignalServicer:
         finally:
             self._streams.discard(taken)
             reader.cancel()
+
+
+def serialize_signal(reply: Any) -> bytes:
+    """GetSignal's serializer: the ``Signal`` bytes the handler wrote
+    (`batch_format.signal_bytes`), or those of a message (an owner's answer to a call sent on
+    to it)."""
+    return reply if type(reply) is bytes else reply.SerializeToString()
 
 
 def signal_service_handler(servicer: SignalServicer,
@@ -443,7 +451,7 @@ def signal_service_handler(servicer: SignalServicer,
             response_serializer=serialize_ack),
         "GetSignal": grpc.unary_unary_rpc_method_handler(
             servicer.GetSignal, request_deserializer=tolerant(pb2.SignalRequest),
-            response_serializer=pb2.Signal.SerializeToString),
+            response_serializer=serialize_signal),
         "StreamSignals": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSignals, request_deserializer=tolerant(pb2.TickBatch),
             response_serializer=serialize_reply),

@@ -179,22 +179,25 @@ class LatestSignals:
             models.append(key)
         return stored
 
+    # Reads take each value with ``item``: a Python number straight from the column, without
+    # the numpy scalar that indexing makes first.
+
     def seq_of(self, symbol: int) -> int:
         """The batch of ``symbol``'s stored signal (0: none)."""
-        return int(self._seq[symbol])
+        return self._seq.item(symbol)
 
     def computed_at(self, symbol: int) -> int:
         """When ``symbol``'s stored signal was computed (ns)."""
-        return int(self._computed_at[symbol])
+        return self._computed_at.item(symbol)
 
     def get(self, symbol: int) -> Signal | None:
-        if not 0 <= symbol < self.n_symbols or self._seq[symbol] == 0:
+        if not 0 <= symbol < self.n_symbols or self._seq.item(symbol) == 0:
             return None
         return Signal(
             symbol,
-            int(self._ts[symbol]),
-            int(self._direction[symbol]),
-            float(self._strength[symbol]),
-            float(self._confidence[symbol]),
-            *self._models[int(self._model[symbol])],
+            self._ts.item(symbol),
+            self._direction.item(symbol),
+            self._strength.item(symbol),
+            self._confidence.item(symbol),
+            *self._models[self._model.item(symbol)],
         )

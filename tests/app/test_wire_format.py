@@ -413,6 +413,47 @@ def test_the_compiled_tick_reader_walks_every_field_and_refuses_what_it_cannot_r
         pb2.TickBatch.FromString(refused[case])  # valid: the server reads the message
 
 
+def test_get_signal_answers_the_bytes_protobuf_writes_for_the_signal() -> None:
+    """GetSignal writes its answer's bytes (`signal_bytes`) without building a ``Signal``:
+    byte for byte what the message serializes to, defaults (0, 0.0, "") left out, -0.0 and
+    NaN written, a double beyond float32 cast as protobuf casts it."""
+    from app.batch_format import signal_bytes
+    from app.proto import load
+    from app.signals import Signal
+
+    pb2, _ = load()
+    rng = np.random.default_rng(5)
+    floats = [0.0, -0.0, 0.25, -1.0, float(np.float32(0.1)), 1e-45, np.nan, np.inf, -np.inf,
+              3.4e38, 3.5e38, -1e300, float(rng.uniform(-1, 1))]  # fmt: skip
+    models = [("signal_mlp/3", "int8", "ab" * 32, "local"), ("", "", "", ""),
+              ("m/ü", "fp32", "", "kserve")]  # fmt: skip
+    cases = 0
+    for symbol in (0, 1, 127, 128, 999, 2**31 - 1, -5):
+        for ts_ns, direction, computed_at in ((0, 0, 0), (1_700_000_000_000_000_000, 3, 17),
+                                              (-(2**63), 1, -1), (2**63 - 1, 2, 2**63 - 1),
+                                              (5, -1, COMPUTED_AT), (5, 300, 0)):  # fmt: skip
+            for k, model in enumerate(models):
+                strength, confidence = floats[(symbol + k) % 13], floats[(ts_ns + 3 * k) % 13]
+                signal = Signal(symbol, ts_ns, direction, strength, confidence, *model)
+                message = pb2.Signal(symbol=symbol, ts_ns=ts_ns, direction=direction,
+                                     strength=strength, confidence=confidence,
+                                     model_version=model[0], computed_at_ns=computed_at,
+                                     model_variant=model[1], model_sha256=model[2],
+                                     backend=model[3])  # fmt: skip
+                got = signal_bytes(signal, computed_at)
+                assert got == message.SerializeToString(), (signal, computed_at)
+                cases += 1
+    for strength in floats:  # every float in the common case too (all fields written)
+        for confidence in floats:
+            signal = Signal(7, 11, 3, strength, confidence, *models[0])
+            message = pb2.Signal(symbol=7, ts_ns=11, direction=3, strength=strength,
+                                 confidence=confidence, model_version=models[0][0],
+                                 computed_at_ns=13, model_variant=models[0][1],
+                                 model_sha256=models[0][2], backend=models[0][3])  # fmt: skip
+            assert signal_bytes(signal, 13) == message.SerializeToString(), signal
+    assert cases == 7 * 6 * 3
+
+
 def test_the_clients_tick_batches_are_the_bytes_protobuf_writes() -> None:
     """`SignalClient` writes each part's TickBatch from its columns: exactly the message."""
     from app.client import tick_batch_bytes
