@@ -32,7 +32,6 @@ RESOURCE_EXHAUSTED and changes nothing), and an admitted batch's records always 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -56,22 +55,6 @@ from app.telemetry import Metrics, default_metrics
 from app.warehouse import Warehouse, WarehouseBackpressure
 
 log = structlog.get_logger("app.datapath")
-
-
-def signal_message(signal: Signal, computed_at_ns: int) -> Any:
-    """The ``Signal`` message of one signal (the API's and the signals topic's)."""
-    return _pb2().Signal(symbol=signal.symbol, ts_ns=signal.ts_ns, direction=signal.direction,
-                      strength=signal.strength, confidence=signal.confidence,
-                      model_version=signal.model_version, computed_at_ns=computed_at_ns,
-                      model_variant=signal.model_variant, model_sha256=signal.model_sha256,
-                      backend=signal.backend)  # fmt: skip
-
-
-@functools.cache
-def _pb2() -> Any:
-    from app.proto import load
-
-    return load()[0]
 
 
 class DataPathBackpressure(RuntimeError):
@@ -365,10 +348,10 @@ class DataPath:
             order, spans = batch_format.runs(shards)
             for shard, lo, hi in spans:
                 for i in order[lo:hi].tolist():
-                    message = signal_message(signals.row(i), int(computed_at[i]))
+                    message = batch_format.signal_bytes(signals.row(i), int(computed_at[i]))
                     parts[int(row_seqs[i])] += self.signals_schema.submit(
-                        self._keys[shard], message.SerializeToString(), reserved=reserved,
-                        seq=int(row_seqs[i]), replay=replay)  # fmt: skip
+                        self._keys[shard], message, reserved=reserved, seq=int(row_seqs[i]),
+                        replay=replay)  # fmt: skip
         if not replay:
             for b in batches:
                 self.cache.submit(b.signals, b.computed_at_ns)  # L2, in the background
