@@ -413,7 +413,7 @@ class Ingestor(ShardHost):
                 if failed is not None:
                     raise failed
                 assert delivery is not None
-                self._commit(request, digest, delivery, key, reply)
+                self._commit(request, digest, delivery)
             finally:
                 self._order.done(seq)
         except BaseException as exc:
@@ -431,7 +431,7 @@ class Ingestor(ShardHost):
             try:
                 result = self.pipeline.finished(applied)
                 delivery = self._delivery(request, ticks, applied, result, key, admission, reply)
-                self._commit(request, digest, delivery, key, reply)
+                self._commit(request, digest, delivery)
             finally:
                 self._order.done(applied.seq)
         except Exception as exc:
@@ -452,8 +452,7 @@ class Ingestor(ShardHost):
         return Delivery(applied.seq, accepted, result.signals, features, computed_at, admission,
                         key, reply, slot, journal_seq, answer)  # fmt: skip
 
-    def _commit(self, request: Any, digest: bytes, delivery: Delivery,
-                key: tuple[str, int] | None, reply: asyncio.Future[Any]) -> None:  # fmt: skip
+    def _commit(self, request: Any, digest: bytes, delivery: Delivery) -> None:
         """In sequence order: the record to the spool (the ack follows once it is durable),
         or, without a spool, the batch straight on."""
         seq = delivery.seq
