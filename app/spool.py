@@ -18,7 +18,8 @@ state directory, so a restart with the same configuration finds it) holds:
 * ``spool-<first seq>.log`` segments: frames of ``u32 length, u32 CRC-32, u64 seq`` (little
   endian; the CRC covers the seq's 8 bytes and the message) followed by the message. A
   torn frame at the end of the last segment (a crash mid-write) is cut off on open;
-  nothing before it was acknowledged.
+  nothing before it was acknowledged. The segment being written holds zeros ahead of its
+  records (`ZERO_AHEAD_BYTES`), cut off when it is closed, or on open after a crash.
 * ``checkpoint.json``: ``{"delivered_seq": D, "last_seq": L}``: every record up to D has
   reached every sink. It is rewritten (atomically) as deliveries complete; a stale
   checkpoint only means more is replayed, which the sinks recognise (they dedupe by seq).
@@ -65,6 +66,13 @@ SEGMENT_SUFFIX = ".log"
 CHECKPOINT = "checkpoint.json"
 LOCK = "lock"
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+# Zeros written ahead of the records, this much at a time: a record then overwrites blocks
+# already written, so its fdatasync flushes data only. An append that grows the file must
+# commit the new size through ext4's journal, and in its ordered mode the commit first
+# flushes every other file's pending writes (the publisher's, DuckDB's): 120-140 us per sync
+# instead of 175-245 on this project's disks.
+ZERO_AHEAD_BYTES = 1 << 20
+_ZEROS = bytes(ZERO_AHEAD_BYTES)
 INLINE_FSYNC_S = 0.0005  # a lone record's fdatasync faster than this runs on the loop (`_sync`)
 
 
@@ -173,6 +181,7 @@ class Spool:
         self._clock = clock
         self._segments: list[_Segment] = []
         self._fd: int | None = None
+        self._zeroed = 0  # the segment being written holds zeros up to here
         self._lock_fd: int | None = None
         self._pending: list[_Pending] = []
         self._pending_bytes = 0
@@ -205,10 +214,12 @@ class Spool:
             data = path.read_bytes()
             records, valid = decode_frames(data)
             if valid < len(data):
-                last = index == len(paths) - 1
-                log.warning("spool_torn_tail" if last else "spool_corrupt_segment",
-                            path=str(path), kept_bytes=valid, dropped_bytes=len(data) - valid)  # fmt: skip
-                recovery.truncated_bytes += len(data) - valid
+                if data.count(0, valid) < len(data) - valid:  # not just the zeros ahead
+                    last = index == len(paths) - 1
+                    log.warning("spool_torn_tail" if last else "spool_corrupt_segment",
+                                path=str(path), kept_bytes=valid,
+                                dropped_bytes=len(data) - valid)  # fmt: skip
+                    recovery.truncated_bytes += len(data) - valid
                 with open(path, "r+b") as f:
                     f.truncate(valid)
                     os.fsync(f.fileno())
@@ -425,21 +436,38 @@ class Spool:
         ):
             self._roll(group[0].seq)
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
         segment = self._segments[-1]
-        segment.size += len(data)
+        end = segment.size + len(data)
+        if self.config.fsync and end > self._zeroed:
+            self._zero_ahead(end)
+        _pwrite_all(self._fd, data, segment.size)
+        segment.size = end
         segment.last_seq = group[-1].seq
         segment.written_at = self._clock()
         return self._fd
 
-    def _roll(self, first_seq: int) -> None:
+    def _zero_ahead(self, end: int) -> None:
+        """Zeros from the written end to ``ZERO_AHEAD_BYTES`` past ``end`` (see there)."""
+        assert self._fd is not None
+        target = end + ZERO_AHEAD_BYTES
+        while self._zeroed < target:
+            chunk = min(target - self._zeroed, ZERO_AHEAD_BYTES)
+            _pwrite_all(self._fd, _ZEROS[:chunk], self._zeroed)
+            self._zeroed += chunk
+
+    def _close_segment(self) -> None:
+        """Close the segment being written, cut to its records (the zeros ahead go)."""
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._segments[-1].size)
             os.close(self._fd)
+            self._fd = None
+
+    def _roll(self, first_seq: int) -> None:
+        self._close_segment()
         path = self.directory / f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._zeroed = 0
         if self.config.fsync:  # the new file's directory entry must survive a crash too
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
@@ -521,12 +549,18 @@ class Spool:
             with contextlib.suppress(OSError):
                 await self.checkpoint()
         self._executor.shutdown(wait=True)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._close_segment()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _first_seq_of(path: Path) -> int:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from app.settings.spool import SpoolConfig
 from app.spool import (
     FRAME,
+    ZERO_AHEAD_BYTES,
     Spool,
     SpoolFailed,
     SpoolFull,
@@ -130,10 +131,11 @@ def test_undelivered_records_come_back_after_a_crash_and_a_torn_tail_is_cut(tmp_
         await asyncio.gather(*(s.append(seq, b"r%d" % seq) for seq in range(1, 11)))
         s.delivered_through(6)
         await s.checkpoint()
-        # A crash: no close; the last frame is torn as a kill mid-write leaves it, and the
-        # dead process's lock goes with it.
+        # A crash: no close; the last frame is torn as a kill mid-write leaves it (after the
+        # records, before the zeros written ahead of them), and the dead process's lock goes
+        # with it.
         assert s._fd is not None and s._lock_fd is not None
-        os.write(s._fd, encode_frame(11, b"never acknowledged")[:-3])
+        os.pwrite(s._fd, encode_frame(11, b"never acknowledged")[:-3], s._segments[-1].size)
         os.close(s._lock_fd)
 
     run(first_life())
@@ -153,6 +155,41 @@ def test_undelivered_records_come_back_after_a_crash_and_a_torn_tail_is_cut(tmp_
         await s.close()
 
     run(second_life())
+
+
+def test_records_overwrite_zeros_written_ahead_and_a_restart_cuts_them_quietly(
+    tmp_path: Path,
+) -> None:
+    """The segment being written holds zeros ahead of its records (an fdatasync then
+    flushes data only); after a crash they are cut off on open without counting as torn."""
+    frames = sum(len(encode_frame(seq, b"r%d" % seq)) for seq in range(1, 21))
+
+    async def first_life() -> None:
+        s = spool(tmp_path)
+        s.open()
+        await asyncio.gather(*(s.append(seq, b"r%d" % seq) for seq in range(1, 21)))
+        (segment,) = tmp_path.glob("spool-*.log")
+        data = segment.read_bytes()
+        assert len(data) >= ZERO_AHEAD_BYTES > frames and not any(data[frames:])  # zeros ahead
+        assert decode_frames(data)[1] == frames
+        assert s._lock_fd is not None
+        os.close(s._lock_fd)  # a crash: no close
+
+    run(first_life())
+
+    async def second_life() -> None:
+        s = spool(tmp_path)
+        recovery = s.open()
+        assert recovery.truncated_bytes == 0  # nothing torn
+        assert [seq for seq, _ in recovery.records] == list(range(1, 21))
+        (segment,) = tmp_path.glob("spool-*.log")
+        assert segment.stat().st_size == frames  # the zeros are gone
+        await s.append(21, b"after the restart")
+        await s.close()
+
+    run(second_life())
+    sizes = sorted(p.stat().st_size for p in tmp_path.glob("spool-*.log"))
+    assert sizes == sorted([frames, len(encode_frame(21, b"after the restart"))])  # closed: cut
 
 
 def test_delivered_segments_go_after_retention_and_at_once_when_full(tmp_path: Path) -> None:
