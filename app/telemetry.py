@@ -389,7 +389,7 @@ def _measured(method: str, handler: grpc.RpcMethodHandler, metrics: Metrics
         code = context.code()
         if code is not None and code != grpc.StatusCode.OK:
             name = code.name if hasattr(code, "name") else str(code)
-        elif isinstance(exc, asyncio.CancelledError):  # the client went away
+        elif isinstance(exc, asyncio.CancelledError) or context.cancelled():  # client gone
             name = "CANCELLED"
         elif exc is None:
             count_ok()
