@@ -330,6 +330,7 @@ class DataPath:
         features = np.concatenate([b.features for b in batches])
         seqs = [b.seq for b in batches]
         counts = [len(b.signals) for b in batches]
+        row_seqs = np.repeat(seqs, counts)
         computed_at = np.repeat([b.computed_at_ns for b in batches], counts)
         landed = int(self.warehouse.append_signals(signals, reserved=reserved, seq=seqs,
                                                    replay=replay, computed_at_ns=computed_at))  # fmt: skip
@@ -340,11 +341,10 @@ class DataPath:
         shards = self._shards_of(signals.symbol)
         if self.signals_frames is not None:
             entries = batch_format.signal_entries(
-                shards, np.repeat(seqs, counts), signals,
-                {b.seq: b.computed_at_ns for b in batches})  # fmt: skip
+                shards, row_seqs, signals, {b.seq: b.computed_at_ns for b in batches}
+            )
             self._publish(self.signals_frames, entries, parts, reserved, replay)
         if self.signals_schema is not None:  # one Signal message each (BigQuery rows)
-            row_seqs = np.repeat(seqs, counts)
             order, spans = batch_format.runs(shards)
             for shard, lo, hi in spans:
                 for i in order[lo:hi].tolist():

@@ -73,7 +73,7 @@ MAX_RECORD_BYTES = 256 * 1024 * 1024
 # instead of 175-245 on this project's disks.
 ZERO_AHEAD_BYTES = 1 << 20
 _ZEROS = memoryview(bytes(ZERO_AHEAD_BYTES))
-INLINE_FSYNC_S = 0.0005  # a lone record's fdatasync faster than this runs on the loop (`_sync`)
+INLINE_FSYNC_S = 0.0005  # a lone record's fdatasync faster than this runs on the loop
 
 
 def state_dir() -> Path:
@@ -198,7 +198,7 @@ class Spool:
         self._closing = False
         self._busy = False  # the writer has a group on its way to disk
         self._synced_now = False  # a record was made durable in `append` this loop turn
-        self._fsync_s = 0.0  # how long fdatasync takes here, lately (see `_sync`)
+        self._fsync_s = 0.0  # how long fdatasync takes here, lately (`_disk_is_fast`)
         self.groups = 0  # fsynced groups so far (the bench divides records by it)
 
     # --- opening and recovery ------------------------------------------------------------
@@ -312,21 +312,13 @@ class Spool:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         item = _Pending(seq, frame, context, future)
         self._last_appended = seq
-        if not (self._busy or self._pending or self._synced_now) and self._fsync_s < INLINE_FSYNC_S:
+        if not (self._busy or self._pending or self._synced_now) and self._disk_is_fast:
             # Nothing else in flight: durable now, before the caller awaits (one client's
             # ack then goes out without waiting for the writer's turn on the loop). Records
             # appended later in this turn of the loop go to the writer as one group.
             self._synced_now = True
             asyncio.get_running_loop().call_soon(self._turn_over)
-            started = time.perf_counter()
-            try:
-                fd = self._write_group([item])
-                if self.config.fsync:
-                    self._fdatasync(fd)
-            except OSError as exc:
-                self._fail(exc, [item])
-            else:
-                self._durable([item], started)
+            self._commit_now([item])
             return future
         self._pending.append(item)
         self._pending_bytes += len(frame)
@@ -356,20 +348,37 @@ class Spool:
                 continue
             group, self._pending = self._pending, []
             nbytes = sum(len(p.frame) for p in group)
-            started = time.perf_counter()
             self._busy = True
             try:
-                fd = self._write_group(group)  # into the page cache: no thread hop needed
-                if self.config.fsync:
-                    await self._sync(loop, fd, len(group))
-            except OSError as exc:
-                self._fail(exc, group)
-                continue
-            else:
-                self._durable(group, started)
+                if len(group) == 1 and self._disk_is_fast:  # a thread hop would add latency
+                    self._commit_now(group)
+                    continue
+                started = time.perf_counter()
+                try:
+                    fd = self._write_group(group)  # into the page cache: no thread hop needed
+                    if self.config.fsync:  # on a thread: the loop serves calls meanwhile
+                        synced = time.perf_counter()
+                        await loop.run_in_executor(self._executor, os.fdatasync, fd)
+                        self._took(time.perf_counter() - synced)
+                except OSError as exc:
+                    self._fail(exc, group)
+                else:
+                    self._durable(group, started)
             finally:
                 self._busy = False
                 self._pending_bytes -= nbytes
+
+    def _commit_now(self, group: list[_Pending]) -> None:
+        """Write and sync ``group`` on the loop, then hand it on (or fail the spool)."""
+        started = time.perf_counter()
+        try:
+            fd = self._write_group(group)
+            if self.config.fsync:
+                self._fdatasync(fd)
+        except OSError as exc:
+            self._fail(exc, group)
+        else:
+            self._durable(group, started)
 
     def _durable(self, group: list[_Pending], started: float) -> None:
         """A group is on disk: hand each record on (``on_durable``), then resolve its future."""
@@ -387,21 +396,16 @@ class Spool:
                 item.future.set_result(None)
         self._update_bytes_gauge()
 
-    async def _sync(self, loop: asyncio.AbstractEventLoop, fd: int, records: int) -> None:
-        """``fdatasync`` of a group of ``records``: inline for a lone record while the disk
-        answers in well under a millisecond (one client waiting: a thread hop would add to its
-        latency), else on a thread, so the loop serves other calls meanwhile and their records
-        share the next group (an inline sync under load stalls the loop and keeps the groups
-        small), and a slow disk never stalls the event loop for long."""
-        if records == 1 and self._fsync_s < INLINE_FSYNC_S:
-            self._fdatasync(fd)
-            return
-        started = time.perf_counter()
-        await loop.run_in_executor(self._executor, os.fdatasync, fd)
-        self._took(time.perf_counter() - started)
+    @property
+    def _disk_is_fast(self) -> bool:
+        """Whether recent syncs took well under a millisecond: a lone record is then synced
+        on the loop, since a thread hop would add to its client's latency. Several records,
+        or a slow disk, go to the thread, so the loop serves other calls meanwhile (their
+        records share the next group) and a slow disk never stalls it for long."""
+        return self._fsync_s < INLINE_FSYNC_S
 
     def _fdatasync(self, fd: int) -> None:
-        """``fdatasync`` on this thread (the loop's), timed."""
+        """``fdatasync`` on the loop, timed."""
         started = time.perf_counter()
         os.fdatasync(fd)
         self._took(time.perf_counter() - started)
