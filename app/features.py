@@ -593,16 +593,12 @@ class FeatureEngine:
             status = _update_kernel(symbol, price, size, ts_ns, records, params, table, out,
                                     reasons)  # fmt: skip
         except TypeError:  # another type or layout: convert what can be, refuse the rest
-            symbol = tick_column("symbol", symbol, np.int32)
+            symbol, price, size, ts_ns = kernel_columns(symbol, price, size, ts_ns)
             n = symbol.shape[0]
-            columns = (
-                tick_column("price", price, np.float64, n),
-                tick_column("size", size, np.float64, n),
-                tick_column("ts_ns", ts_ns, np.int64, n),
-            )
             _check_buffer("out", out, np.float64, (n, len(FEATURES)))
             _check_buffer("reasons", reasons, np.uint8, (n,))
-            status = _update_kernel(symbol, *columns, records, params, table, out, reasons)
+            status = _update_kernel(symbol, price, size, ts_ns, records, params, table, out,
+                                    reasons)  # fmt: skip
         if status < 0:
             raise kernel_refusal(status, n, price, size, ts_ns, out, reasons)
         self._reasons = reasons
@@ -649,6 +645,16 @@ def tick_column(name: str, values: np.ndarray, dtype: type, n: int | None = None
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name}: {arr.shape[0]} values but symbol has {n}: lengths must match")
     return arr if arr.flags.writeable else arr.copy()  # the kernel's types are writable arrays
+
+
+def kernel_columns(symbol: np.ndarray, price: np.ndarray, size: np.ndarray, ts_ns: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """A batch's columns as the compiled kernels take them (`tick_column`), each as long as
+    ``symbol``; ValueError naming the first that is not."""
+    symbol = tick_column("symbol", symbol, np.int32)
+    n = symbol.shape[0]
+    return (symbol, tick_column("price", price, np.float64, n),
+            tick_column("size", size, np.float64, n), tick_column("ts_ns", ts_ns, np.int64, n))  # fmt: skip
 
 
 def _check_buffer(name: str, buffer: np.ndarray, dtype: type, shape: tuple[int, ...]) -> None:

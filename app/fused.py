@@ -38,8 +38,8 @@ from app.features import (
     FeatureEngine,
     apply_batch,
     check_columns,
+    kernel_columns,
     kernel_refusal,
-    tick_column,
 )
 from app.inference import Inference, InferenceBackend, check_inputs, model_identity
 from app.intrinsics import as_float, as_int
@@ -376,10 +376,7 @@ class FusedPath:
         try:  # columns of the kernel's types go straight in
             m = _step_columns(self._work, symbol, price, size, ts_ns)
         except TypeError:  # another type or layout: convert what can be, refuse the rest
-            symbol = tick_column("symbol", symbol, np.int32)
-            price = tick_column("price", price, np.float64, n)
-            size = tick_column("size", size, np.float64, n)
-            ts_ns = tick_column("ts_ns", ts_ns, np.int64, n)
+            symbol, price, size, ts_ns = kernel_columns(symbol, price, size, ts_ns)
             m = _step_columns(self._work, symbol, price, size, ts_ns)
         if m < 0:
             raise kernel_refusal(m, n, price, size, ts_ns, self._out, self._reasons)

@@ -31,7 +31,14 @@ import numpy as np
 from numba import njit, types
 
 from app.batcher import BatcherClosedError, MicroBatcher, QueueFullError
-from app.features import FEATURES, FeatureEngine, check_columns, kernel_refusal, tick_column
+from app.features import (
+    FEATURES,
+    FeatureEngine,
+    check_columns,
+    kernel_columns,
+    kernel_refusal,
+    tick_column,
+)
 from app.fused import BAD_BUFFERS, WORK_TYPE, FusedBackend, step_work
 from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import N_INPUTS, model_inputs
@@ -349,10 +356,7 @@ class SignalPipeline:
         try:  # columns of the kernel's types go straight in
             m = _ingest(self._path.work, symbol, price, size, ts_ns, *limits, *buffers)
         except TypeError:  # another type or layout: convert what can be, refuse the rest
-            symbol = tick_column("symbol", symbol, np.int32)
-            price, size, ts_ns = (tick_column(name, c, dtype, n) for name, c, dtype in (
-                ("price", price, np.float64), ("size", size, np.float64),
-                ("ts_ns", ts_ns, np.int64)))  # fmt: skip
+            symbol, price, size, ts_ns = kernel_columns(symbol, price, size, ts_ns)
             m = _ingest(self._path.work, symbol, price, size, ts_ns, *limits, *buffers)
         found = self._found
         if m == OVERFLOW:
