@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from app.features import (
 from app.fused import BAD_BUFFERS, WORK_TYPE, FusedBackend, step_work
 from app.inference import Inference, LocalOnnxBackend
 from app.model.contract import N_INPUTS, model_inputs
+from app.proto import reject_reason_name
 from app.settings.ingest import TickBounds
 from app.signals import (
     LatestSignals,
@@ -394,7 +394,7 @@ class SignalPipeline:
     def _count_rejected(self, reasons: np.ndarray) -> None:
         """The rejected ticks' metric, by reason."""
         for code in np.unique(reasons[reasons != 0]):
-            self.metrics.ticks_rejected.labels(_reason_name(int(code))).inc(
+            self.metrics.ticks_rejected.labels(reject_reason_name(int(code))).inc(
                 int((reasons == code).sum())
             )
 
@@ -494,18 +494,6 @@ class SignalPipeline:
         for signal, computed_at in signals:
             if self.store.seq_of(signal.symbol) <= self._floor[signal.symbol]:
                 self._adopted[signal.symbol] = (signal, computed_at)
-
-
-@functools.cache
-def _reason_name(code: int) -> str:
-    """The RejectReason enum's name of ``code`` without its prefix (a metric label)."""
-    from app.proto import load
-
-    pb2, _ = load()
-    try:
-        return pb2.RejectReason.Name(code).removeprefix("REJECT_REASON_")
-    except ValueError:
-        return str(code)
 
 
 def tick_to_signal_sync(

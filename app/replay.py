@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.client import ClientTls, IngestReply, SignalClient, open_channel, pb2
+from app.client import ClientTls, IngestReply, SignalClient, open_channel
+from app.proto import reject_reason_name
 from app.synthetic import synthetic_ticks
 
 __all__ = ["ClientTls", "ReplayReport", "open_channel", "replay"]
@@ -121,8 +122,7 @@ async def replay(
         elapsed = time.perf_counter() - start
     accepted = sum(r.accepted for r in replies)
     codes = np.concatenate([r.rejected_reason for r in replies]) if replies else np.empty(0)
-    names = pb2.RejectReason.Name
-    reasons = {names(int(c)).removeprefix("REJECT_REASON_"): int(n)
+    reasons = {reject_reason_name(int(c)): int(n)
                for c, n in zip(*np.unique(codes, return_counts=True), strict=True)}  # fmt: skip
     return ReplayReport(
         ", ".join(targets), rate, seconds, len(replies), total, accepted, total - accepted,

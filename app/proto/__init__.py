@@ -7,6 +7,7 @@ fresh clone works without a build step). Generation needs ``grpcio-tools``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -58,3 +59,13 @@ def load() -> tuple[ModuleType, ModuleType]:
     pb2 = importlib.import_module("app.proto.signals_pb2")
     pb2_grpc = importlib.import_module("app.proto.signals_pb2_grpc")
     return pb2, pb2_grpc
+
+
+@functools.cache
+def reject_reason_name(code: int) -> str:
+    """The RejectReason enum's name of ``code`` without its prefix (a metric label, a
+    report's word), or the number for a code the enum lacks."""
+    try:
+        return load()[0].RejectReason.Name(code).removeprefix("REJECT_REASON_")
+    except ValueError:
+        return str(code)
