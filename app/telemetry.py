@@ -429,7 +429,9 @@ def _measured(method: str, handler: grpc.RpcMethodHandler, metrics: Metrics
         except BaseException as exc:
             finished(start, context, exc)
             raise
-        finished(start, context, None)
+        # Counted once the call is over: a stream whose client went away can end normally
+        # (its reads just stop) before gRPC marks the call cancelled.
+        context.add_done_callback(lambda done: finished(start, done, None))
 
     wrap = (grpc.stream_stream_rpc_method_handler if handler.stream_stream is not None
             else grpc.unary_stream_rpc_method_handler)  # fmt: skip
