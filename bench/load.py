@@ -10,6 +10,11 @@ Setups, each a process of its own driven by the same clients at the same levels:
 * ``floor``: a do-nothing ``grpc.aio`` server with the same API (decode the request, answer
   an ack shaped like the service's): what gRPC itself costs. The service is compared with
   it per level (req/s, IngestTicks p50, ratios), the headline last.
+* ``essential``: the floor plus the least the service's promises cost, made of the service's
+  own parts: the batch checked and applied (`SignalPipeline`: features and the fused model),
+  its record made durable (`Spool`: group commit, fdatasync) before the ack, the read
+  answered from the latest signals. No data path, metrics or idempotency. Where it stays
+  under a ratio of the floor, no design of the service with those promises reaches it.
 * ``embedded``: the service (``python -m app serve``) with the in-process model, L1 only.
 * ``full``: the service with inference through MLServer (KServe-v2 gRPC) and L2 on a
   six-node Redis Cluster, beside the embedded one: what the real data path costs.
@@ -199,19 +204,68 @@ class FloorServicer:
             yield pb2.SignalBatch(batch_id=request.batch_id, ack=self.ack(request))
 
 
-async def serve_floor() -> None:
-    """The floor server on a free loopback port (announced as the service does) until SIGTERM."""
-    from app.server import SERVICE_NAME
+class EssentialServicer(FloorServicer):
+    """The floor plus what the service must do for its promises, with its own parts: an
+    ingest is decoded and checked, applied (features and the fused model), its bytes made
+    durable in the spool, then acknowledged with the counts; a read answers the symbol's
+    latest signal (the floor's fixed one before it has any)."""
 
-    servicer = FloorServicer()
+    def __init__(self, config_path: Path) -> None:
+        import yaml
+
+        from app.config import AppConfig
+        from app.server import build_runtime, spool_dir
+        from app.spool import Spool
+
+        super().__init__()
+        config = AppConfig.model_validate(yaml.safe_load(config_path.read_text()))
+        self.runtime = build_runtime(config)  # its data path is never started
+        self.pipeline = self.runtime.pipeline
+        self.spool = Spool(config.spool, spool_dir(config))
+        self.spool.open()
+        self.max_ticks = config.server.max_batch_ticks
+
+    async def IngestTicks(self, request: Any, _context: Any) -> Any:
+        from app.server import decode_tick_batch
+
+        ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_ticks)
+        applied = self.pipeline.apply(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
+        signals = (await self.pipeline.finish(applied)).signals
+        await self.spool.append(self.spool.last_seq + 1, request.data)
+        self.pipeline.store_signals(signals, applied.seq, time.time_ns())
+        return pb2.IngestAck(batch_id=request.message.batch_id, accepted=int(applied.accepted.sum()),
+                             signals=len(signals))  # fmt: skip
+
+    async def GetSignal(self, request: Any, _context: Any) -> Any:
+        from app.batch_format import signal_bytes
+
+        found = self.pipeline.latest(request.symbol)
+        return await super().GetSignal(request, _context) if found is None else signal_bytes(*found)
+
+
+def _bytes(reply: Any) -> bytes:
+    return reply if type(reply) is bytes else reply.SerializeToString()
+
+
+async def serve_floor(essential_config: Path | None = None) -> None:
+    """The floor server (or, with the service's config, the essential one) on a free loopback
+    port (announced as the service does) until SIGTERM."""
+    from app.server import SERVICE_NAME, tolerant, warm_up
+
+    servicer: FloorServicer = FloorServicer()
+    ticks = pb2.TickBatch.FromString
+    if essential_config is not None:
+        servicer = EssentialServicer(essential_config)
+        ticks = tolerant(pb2.TickBatch)  # its bytes kept, as the service keeps them
+        await warm_up(servicer.runtime)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
         "IngestTicks": grpc.unary_unary_rpc_method_handler(
-            servicer.IngestTicks, request_deserializer=pb2.TickBatch.FromString,
+            servicer.IngestTicks, request_deserializer=ticks,
             response_serializer=pb2.IngestAck.SerializeToString),
         "GetSignal": grpc.unary_unary_rpc_method_handler(
             servicer.GetSignal, request_deserializer=pb2.SignalRequest.FromString,
-            response_serializer=pb2.Signal.SerializeToString),
+            response_serializer=_bytes),
         "StreamSignals": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSignals, request_deserializer=pb2.TickBatch.FromString,
             response_serializer=pb2.SignalBatch.SerializeToString),
@@ -224,6 +278,8 @@ async def serve_floor() -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1)
+    if isinstance(servicer, EssentialServicer):
+        await servicer.spool.close()
 
 
 # --- bringing the loop up --------------------------------------------------------------------
@@ -311,6 +367,7 @@ def service_yaml(model_root: Path, publish_dir: Path, *, kserve: str | None = No
 
 
 SETUPS = {"floor": "floor (do-nothing grpc.aio server, same API)",
+          "essential": "essential (floor + apply with the fused model + spool fsync)",
           "embedded": "embedded (in-process model, L1 only)",
           "full": "full (MLServer + Redis Cluster L2)"}  # fmt: skip
 FLOOR_RPS_TARGET = 0.8  # the service's req/s at the most clients, at least this x the floor's
@@ -346,15 +403,22 @@ def medians(reports: list[LoadReport]) -> tuple[float, float]:
 
 
 def floor_lines(levels: list[int], floor: dict[int, list[LoadReport]],
-                service: dict[int, list[LoadReport]]) -> list[str]:  # fmt: skip
-    """Per level, the service beside the floor (medians over rounds); last, the headline with
-    both targets: req/s at the most clients, IngestTicks p50 at the fewest."""
+                service: dict[int, list[LoadReport]],
+                essential: dict[int, list[LoadReport]] | None = None) -> list[str]:  # fmt: skip
+    """Per level, the service beside the floor (medians over rounds), and the essential
+    server's req/s beside both where it ran; last, the headline with both targets: req/s at
+    the most clients, IngestTicks p50 at the fewest."""
     lines = []
     for c in levels:
         (f_rps, f50), (s_rps, s50) = medians(floor[c]), medians(service[c])
         lines.append(f"  c={c:<3} floor {f_rps:>6.0f} req/s p50 {f50:.2f} ms | service "
                      f"{s_rps:>6.0f} req/s p50 {s50:.2f} ms | req/s {s_rps / f_rps:.2f}x, "
                      f"p50 {s50 / f50:.2f}x")  # fmt: skip
+        if essential is not None:
+            e_rps, e50 = medians(essential[c])
+            lines.append(f"        essential {e_rps:>6.0f} req/s p50 {e50:.2f} ms: "
+                         f"{e_rps / f_rps:.2f}x the floor's req/s; the service "
+                         f"{s_rps / e_rps:.2f}x the essential's")  # fmt: skip
     top, one = max(levels), min(levels)
     (f_rps, _), (s_rps, _) = medians(floor[top]), medians(service[top])
     rps = s_rps / f_rps
@@ -414,9 +478,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay 500-tick batches at --rate, publishing on then off")  # fmt: skip
     parser.add_argument("--rate", type=float, default=400_000.0, help="ticks/s for --replay")
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-essential", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_floor:
-        asyncio.run(serve_floor())
+    if args.serve_floor or args.serve_essential:
+        asyncio.run(serve_floor(args.serve_essential))
         return 0
     levels = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,4,16")).split(",")]
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -433,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="signal-load-"))
     model_root = MODEL_DIR
-    if args.replay or "embedded" in chosen or "full" in chosen:
+    if args.replay or {"essential", "embedded", "full"} & set(chosen):
         bench_model()
     if args.replay:
         return run_replay(work, model_root, args.seconds or (3.0 if args.quick else 8.0), args.rate)
@@ -444,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         setups: dict[str, ServiceProcess] = {}
         if "floor" in chosen:
             setups["floor"] = ServiceProcess("", work, [sys.executable, __file__, "--serve-floor"])
+        if "essential" in chosen:
+            essential = ServiceProcess(service_yaml(model_root, work / "pub-essential",
+                                                    publishing=False), work)  # fmt: skip
+            essential.command = [sys.executable, __file__, "--serve-essential",
+                                 str(essential.config_path)]  # fmt: skip
+            setups["essential"] = essential
         if "embedded" in chosen:
             setups["embedded"] = ServiceProcess(service_yaml(model_root, work / "pub-embedded"),
                                                 work)  # fmt: skip
@@ -481,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     service_name = "embedded" if "embedded" in results else "full"
     if "floor" in results and service_name in results:
         print(f"\n{service_name} service beside the floor (medians of {rounds} rounds):")
-        print("\n".join(floor_lines(levels, results["floor"], results[service_name])))
+        print("\n".join(floor_lines(levels, results["floor"], results[service_name],
+                                     results.get("essential"))))  # fmt: skip
     return 0 if errors == 0 else 1
 
 
