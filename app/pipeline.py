@@ -270,6 +270,15 @@ class SignalPipeline:
         """Take no more batches (the batcher is about to close)."""
         self._closing = True
 
+    def warm_up(self) -> None:
+        """Call the unfused apply's kernels once, on scratch arrays (no state changes): each is
+        loaded from Numba's cache on its first call, which a request would otherwise wait for."""
+        one = np.ones(1)
+        self.screen(one, one, np.zeros(1, np.int64), 0)
+        flags = np.zeros((3, 1), np.bool_)
+        _track_warm_up(np.zeros(1, np.int32), np.zeros(1, np.uint8), flags[0], 1, flags[1],
+                       flags[2])  # fmt: skip
+
     # --- screening -------------------------------------------------------------------------
 
     def screen(

@@ -54,7 +54,7 @@ from app.breaker import CircuitBreaker
 from app.client import FORWARDED, PeerForwarder
 from app.config import AppConfig, TlsConfig
 from app.datapath import DataPath, DataPathBackpressure
-from app.features import FeatureEngine
+from app.features import FEATURES, FeatureEngine
 from app.inference import (
     InferenceBackend,
     InferenceError,
@@ -70,7 +70,8 @@ from app.ingest import (
     serialize_reply,
 )
 from app.lease import LeaseStore
-from app.model.contract import N_INPUTS, model_inputs
+from app.model.calibration import decide
+from app.model.contract import N_CLASSES, N_INPUTS, model_inputs
 from app.model.manifest import ModelMismatchError
 from app.model.weights import UnsupportedModelError
 from app.pipeline import SignalPipeline, TickOverflowError
@@ -85,6 +86,7 @@ from app.shards import (
     ShardTable,
     ShardUnavailable,
 )
+from app.signals import LatestSignals, SignalColumns
 from app.spool import Spool, SpoolFailed, SpoolFull, default_spool_dir
 from app.synthetic import TickColumns
 
@@ -535,10 +537,31 @@ async def warm_up(runtime: Runtime) -> None:
     scratch = FeatureEngine(1)
     scratch.update(np.zeros(1, np.int32), np.ones(1), np.ones(1), np.zeros(1, np.int64))
     model_inputs(np.ones((1, 7)))
+    warm_request_path(runtime.pipeline)
     try:
         await runtime.backend.infer(np.zeros((1, N_INPUTS), np.float32))
     except (InferenceError, OSError) as exc:  # a remote backend may be down: the breaker copes
         log.warning("warm-up inference failed: %s", exc)
+
+
+def warm_request_path(pipeline: SignalPipeline) -> None:
+    """Call the request path's lazily typed kernels once, with one tick of each column type
+    the path passes them, changing no state: each is loaded from Numba's cache on its first
+    call (~45 ms for the lot), which the first request would otherwise wait for."""
+    one = pb2.TickBatch(symbol=[0], price=[1.0], size=[1.0], ts_ns=[1], batch_id=1)
+    ticks = decode_tick_batch(tolerant(pb2.TickBatch)(one.SerializeToString()),
+                              pipeline.n_symbols, 1)  # fmt: skip
+    pipeline.warm_up()
+    _, strength, confidence = decide(np.full((1, N_CLASSES), 1 / 3, np.float32), 0.1)
+    signals = SignalColumns(ticks.symbol, ticks.ts_ns, np.ones(1, np.int8), strength, confidence,
+                            "warm-up")  # fmt: skip
+    LatestSignals(1).update(signals, 1, 1)
+    reply, _ = batch_format.reply(signals, np.zeros(1, np.uint8), 1, 1)
+    batch_format.spool_record(1, "", 1, b"", 1, ticks, reply, np.zeros((1, len(FEATURES))))
+    seqs = np.ones(1, np.int64)
+    batch_format.tick_entries(ticks.symbol, seqs, ticks.symbol, ticks.price, ticks.size,
+                              ticks.ts_ns)  # fmt: skip
+    batch_format.signal_entries(signals.symbol, seqs, signals, {1: 1})
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
