@@ -84,9 +84,9 @@ def _mlp_row(x, i, values, layers, scratch, probs, r):
 
     Each output is summed over the non-zero inputs in their order, whatever the batch (so a
     signal never depends on how its ticks were batched); eight inputs at a time per pass
-    over the outputs (then four, then one), each added in turn, so the sums are the same,
-    with an eighth of the loads and stores of the outputs (four at a time was 1.7x faster
-    than one; eight is 1.1x faster than four on fp32 and int8).
+    over the outputs (the last few one at a time), each added in turn, so the sums are the
+    same, with an eighth of the loads and stores of the outputs (four at a time was 1.7x
+    faster than one; eight is 1.1x faster than four on fp32 and int8).
     """
     n_in = x.shape[1]
     for c in range(n_in):
@@ -149,20 +149,6 @@ def _mlp_row(x, i, values, layers, scratch, probs, r):
                 acc += h8 * values[r8 + np.uint64(j)]
                 scratch[b, j] = acc
             q += 8
-        while q + 4 <= m:
-            k1, k2, k3, k4 = (int(scratch[3, q]), int(scratch[3, q + 1]), int(scratch[3, q + 2]),
-                              int(scratch[3, q + 3]))  # fmt: skip
-            h1, h2, h3, h4 = scratch[src, k1], scratch[src, k2], scratch[src, k3], scratch[src, k4]
-            r1, r2 = np.uint64(w0 + k1 * n_out), np.uint64(w0 + k2 * n_out)
-            r3, r4 = np.uint64(w0 + k3 * n_out), np.uint64(w0 + k4 * n_out)
-            for j in range(n_out):
-                acc = scratch[b, j]
-                acc += h1 * values[r1 + np.uint64(j)]
-                acc += h2 * values[r2 + np.uint64(j)]
-                acc += h3 * values[r3 + np.uint64(j)]
-                acc += h4 * values[r4 + np.uint64(j)]
-                scratch[b, j] = acc
-            q += 4
         while q < m:
             k = int(scratch[3, q])
             h = scratch[src, k]
