@@ -213,11 +213,13 @@ class EssentialServicer(FloorServicer):
     def __init__(self, config_path: Path) -> None:
         import yaml
 
+        from app.batch_format import signal_bytes
         from app.config import AppConfig
-        from app.server import build_runtime, spool_dir
+        from app.server import build_runtime, decode_tick_batch, spool_dir
         from app.spool import Spool
 
         super().__init__()
+        self.decode, self.signal_bytes = decode_tick_batch, signal_bytes  # imported once
         config = AppConfig.model_validate(yaml.safe_load(config_path.read_text()))
         self.runtime = build_runtime(config)  # its data path is never started
         self.pipeline = self.runtime.pipeline
@@ -226,9 +228,7 @@ class EssentialServicer(FloorServicer):
         self.max_ticks = config.server.max_batch_ticks
 
     async def IngestTicks(self, request: Any, _context: Any) -> Any:
-        from app.server import decode_tick_batch
-
-        ticks = decode_tick_batch(request, self.pipeline.n_symbols, self.max_ticks)
+        ticks = self.decode(request, self.pipeline.n_symbols, self.max_ticks)
         applied = self.pipeline.apply(ticks.symbol, ticks.price, ticks.size, ticks.ts_ns)
         signals = (await self.pipeline.finish(applied)).signals
         await self.spool.append(self.spool.last_seq + 1, request.data)
@@ -237,20 +237,16 @@ class EssentialServicer(FloorServicer):
                              signals=len(signals))  # fmt: skip
 
     async def GetSignal(self, request: Any, _context: Any) -> Any:
-        from app.batch_format import signal_bytes
-
         found = self.pipeline.latest(request.symbol)
-        return await super().GetSignal(request, _context) if found is None else signal_bytes(*found)
-
-
-def _bytes(reply: Any) -> bytes:
-    return reply if type(reply) is bytes else reply.SerializeToString()
+        if found is None:
+            return await super().GetSignal(request, _context)
+        return self.signal_bytes(*found)
 
 
 async def serve_floor(essential_config: Path | None = None) -> None:
     """The floor server (or, with the service's config, the essential one) on a free loopback
     port (announced as the service does) until SIGTERM."""
-    from app.server import SERVICE_NAME, tolerant, warm_up
+    from app.server import SERVICE_NAME, serialize_signal, tolerant, warm_up
 
     servicer: FloorServicer = FloorServicer()
     ticks = pb2.TickBatch.FromString
@@ -265,7 +261,7 @@ async def serve_floor(essential_config: Path | None = None) -> None:
             response_serializer=pb2.IngestAck.SerializeToString),
         "GetSignal": grpc.unary_unary_rpc_method_handler(
             servicer.GetSignal, request_deserializer=pb2.SignalRequest.FromString,
-            response_serializer=_bytes),
+            response_serializer=serialize_signal),
         "StreamSignals": grpc.stream_stream_rpc_method_handler(
             servicer.StreamSignals, request_deserializer=pb2.TickBatch.FromString,
             response_serializer=pb2.SignalBatch.SerializeToString),
